@@ -1,0 +1,1 @@
+"""The in-sandbox agent and how it is delivered (``bundle``)."""

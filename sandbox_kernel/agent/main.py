@@ -1,0 +1,268 @@
+"""The in-sandbox agent: PID 1 of the sandbox, standard library only.
+
+It arrives over the sandbox's stdin (see ``bundle.py``; no file of the host is
+mounted), then speaks the frame protocol of ``relay/protocol.py`` on its
+stdin/stdout:
+
+1. sends ``hello`` (versions, uid, kernel release) so the host knows the
+   sandbox is up;
+2. on ``start``: copies ``/etc/skel`` into the fresh home, writes the kernel's
+   connection file, launches the kernel in its own session, forwards the
+   kernel's console output on stream 0, answers ``started``;
+3. on ``OPEN``: connects to ``127.0.0.1:<port>`` inside the sandbox (retrying
+   while the kernel is still binding) and relays the stream;
+4. on ``signal``: signals the kernel's process group (interrupt, terminate);
+5. when the kernel exits: reports ``exited`` and ends the sandbox; when its
+   stdin closes (the host side is gone): kills the kernel and ends.
+
+Runs on the image's Python (>= 3.8), under an unprivileged uid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from typing import Any, Dict, List, Optional
+
+from ..relay import mux as m
+from ..relay import protocol as p
+
+CONNECT_RETRY_SECONDS = 30.0
+CONNECT_RETRY_INTERVAL = 0.02
+
+
+def exit_code(status: int) -> int:
+    """Popen-style code: the exit status, or minus the signal number."""
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+class _PipeIn(asyncio.Protocol):
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.agent.mux.feed(data)
+        except p.ProtocolError as exc:
+            self.agent.fatal("protocol error from host: %s" % exc)
+
+    def eof_received(self) -> Optional[bool]:
+        self.agent.finish(None, "host closed the pipe")
+        return None
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self.agent.finish(None, "host pipe lost")
+
+
+class _PipeOut(asyncio.Protocol):
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def pause_writing(self) -> None:
+        self.agent.mux.pipe_pause()
+
+    def resume_writing(self) -> None:
+        self.agent.mux.pipe_resume()
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self.agent.finish(None, "host pipe lost")
+
+
+class Agent:
+    def __init__(self, loop: asyncio.AbstractEventLoop, pipe_in: int, pipe_out: int) -> None:
+        self.loop = loop
+        self.pipe_in = pipe_in
+        self.pipe_out = pipe_out
+        self.mux = m.Mux(self._write, on_control=self.on_control, on_open=self.on_open)
+        self.out: Optional[asyncio.WriteTransport] = None
+        self.kernel: Optional[subprocess.Popen[bytes]] = None
+        self.kernel_pgid: Optional[int] = None
+        self.done: asyncio.Future[int] = loop.create_future()
+        self.status: Optional[int] = None
+
+    def _write(self, data: bytes) -> None:
+        if self.out is not None and not self.out.is_closing():
+            self.out.write(data)
+
+    async def run(self) -> int:
+        loop = self.loop
+        self.out, _ = await loop.connect_write_pipe(
+            lambda: _PipeOut(self), os.fdopen(self.pipe_out, "wb", buffering=0)
+        )
+        await loop.connect_read_pipe(lambda: _PipeIn(self), os.fdopen(self.pipe_in, "rb", buffering=0))
+        loop.add_signal_handler(signal.SIGCHLD, self.reap)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(signum, self.forward_signal, signum)
+        self.mux.send_control(
+            {
+                "op": "hello",
+                "version": p.VERSION,
+                "python": sys.version.split()[0],
+                "release": os.uname().release,
+                "uid": os.getuid(),
+                "pid": os.getpid(),
+            }
+        )
+        code = await self.done
+        # Let the last frames (exited, console tail) reach the host.
+        for _ in range(100):
+            if self.out is None or self.out.get_write_buffer_size() == 0:
+                break
+            await asyncio.sleep(0.01)
+        return code
+
+    # -- control messages ------------------------------------------------------
+    def on_control(self, msg: Dict[str, Any]) -> None:
+        op = msg["op"]
+        if op == "start":
+            try:
+                self.start_kernel(msg)
+            except Exception as exc:  # report, then end: the host sees a clean error
+                self.mux.send_control({"op": "error", "message": "%s: %s" % (type(exc).__name__, exc)})
+                self.finish(127, "kernel failed to start")
+        elif op == "signal":
+            self.signal_kernel(int(msg["signum"]))
+        elif op == "shutdown":
+            self.finish(0, "shutdown requested")
+
+    def start_kernel(self, msg: Dict[str, Any]) -> None:
+        if self.kernel is not None:
+            raise RuntimeError("a kernel is already running in this sandbox")
+        env: Dict[str, str] = {k: str(v) for k, v in dict(msg.get("env") or {}).items()}
+        home = env.get("HOME") or os.environ.get("HOME") or "/tmp"
+        populate_home(home)
+        conn_path = str(msg["connection_file"])
+        os.makedirs(os.path.dirname(conn_path), mode=0o700, exist_ok=True)
+        fd = os.open(conn_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(msg["connection"], f)
+        argv: List[str] = [str(a) for a in msg["argv"]]
+        full_env = dict(os.environ)
+        full_env.update(env)
+        self.kernel = subprocess.Popen(
+            argv,
+            env=full_env,
+            cwd=str(msg.get("cwd") or home),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+        self.kernel_pgid = self.kernel.pid
+        console = m.Stream(self.mux, p.CONSOLE_STREAM)
+        self.mux.register(console)
+        assert self.kernel.stdout is not None
+        self.loop.create_task(self.loop.connect_read_pipe(lambda: console, self.kernel.stdout))
+        self.mux.send_control({"op": "started", "pid": self.kernel.pid})
+
+    def signal_kernel(self, signum: int) -> None:
+        if self.kernel is None or self.status is not None:
+            return
+        try:
+            os.killpg(self.kernel_pgid or self.kernel.pid, signum)
+        except OSError:
+            try:
+                os.kill(self.kernel.pid, signum)
+            except OSError:
+                pass
+
+    def forward_signal(self, signum: int) -> None:
+        if self.kernel is None:
+            self.finish(128 + signum, "signal %d before the kernel started" % signum)
+        else:
+            self.signal_kernel(signum)
+
+    # -- streams ---------------------------------------------------------------
+    def on_open(self, sid: int, port: int) -> None:
+        stream = m.Stream(self.mux, sid)
+        self.mux.register(stream)
+        self.loop.create_task(self.connect(stream, port))
+
+    async def connect(self, stream: m.Stream, port: int) -> None:
+        deadline = self.loop.time() + CONNECT_RETRY_SECONDS
+        while not stream.closed:
+            try:
+                await self.loop.create_connection(lambda: stream, "127.0.0.1", port)
+                return
+            except OSError as exc:
+                # Refused while the kernel is still binding its ports: retry while it lives.
+                kernel_alive = self.kernel is not None and self.status is None
+                if exc.errno != errno.ECONNREFUSED or not kernel_alive or self.loop.time() > deadline:
+                    stream.abort("connect to port %d failed: %s" % (port, exc))
+                    return
+                await asyncio.sleep(CONNECT_RETRY_INTERVAL)
+
+    # -- process bookkeeping -----------------------------------------------------
+    def reap(self) -> None:
+        """As PID 1, reap every child, orphans included; note the kernel's exit."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if self.kernel is not None and pid == self.kernel.pid:
+                self.kernel.returncode = exit_code(status)
+                self.finish(self.kernel.returncode, "kernel exited")
+
+    def finish(self, code: Optional[int], why: str) -> None:
+        if self.done.done():
+            return
+        if code is None:
+            code = self.status if self.status is not None else 0
+        self.status = code
+        # End whatever the kernel left running: as PID 1 of the sandbox's pid
+        # namespace, everything; otherwise only the kernel's process group.
+        try:
+            if os.getpid() == 1:
+                os.kill(-1, signal.SIGKILL)
+            elif self.kernel_pgid:
+                os.killpg(self.kernel_pgid, signal.SIGKILL)
+        except OSError:
+            pass
+        self.mux.send_control({"op": "exited", "status": code, "why": why})
+        self.done.set_result(code)
+
+    def fatal(self, message: str) -> None:
+        self.mux.send_control({"op": "error", "message": message})
+        self.finish(125, message)
+
+
+def populate_home(home: str, skel: str = "/etc/skel") -> None:
+    """Copy the image's skeleton (e.g. matplotlib's font cache) into the tmpfs home."""
+    if not os.path.isdir(skel) or not os.access(home, os.W_OK):
+        return
+    for name in os.listdir(skel):
+        src, dst = os.path.join(skel, name), os.path.join(home, name)
+        if os.path.exists(dst):
+            continue
+        if os.path.isdir(src):
+            shutil.copytree(src, dst, symlinks=True)
+        else:
+            shutil.copy2(src, dst)
+
+
+def main() -> None:
+    # Keep the protocol pipe away from fds 0-2 so nothing else (the kernel, a
+    # stray print) can write into it; the kernel gets its own pipes.
+    pipe_in = os.dup(0)
+    pipe_out = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    agent = Agent(loop, pipe_in, pipe_out)
+    code = loop.run_until_complete(agent.run())
+    os._exit(code if code >= 0 else 128 - code)

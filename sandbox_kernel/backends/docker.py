@@ -1,0 +1,234 @@
+"""Docker backend: one container per kernel, gVisor (``runsc``) by default.
+
+Who calls what: the provisioner calls ``preflight`` then ``create``/
+``attach``/``start`` at launch, ``kill``/``remove`` at shutdown. Docker SDK
+calls block, so each runs in a worker thread (``asyncio.to_thread``); the
+attach stream is opened by :class:`AgentSession` on the relay loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlparse
+
+from ..errors import SandboxError
+from ..policy import SandboxPolicy
+from ..relay.session import AgentSession
+from ..relay.thread import RelayThread
+from .base import Preflight, SandboxBackend
+
+LABEL_MANAGED = "org.sandbox-kernel.managed"
+LABEL_KERNEL_ID = "org.sandbox-kernel.kernel-id"
+LABEL_OWNER = "org.sandbox-kernel.owner"
+LABEL_SERVER_PID = "org.sandbox-kernel.server-pid"
+LABEL_HOST = "org.sandbox-kernel.host"
+
+SETUP_HINT = "run `sudo scripts/setup-host.sh` (installs Docker + gVisor and starts dockerd)"
+
+
+def container_spec(
+    policy: SandboxPolicy,
+    *,
+    runtime: str,
+    command: list[str],
+    labels: Mapping[str, str],
+    name: str,
+) -> dict[str, Any]:
+    """Keyword arguments for ``docker.containers.create``: the policy in Docker's terms.
+
+    Pure, so every isolation property is unit-testable: no mounts, volumes or
+    devices; no network; read-only rootfs with capped tmpfs; unprivileged user
+    with no capabilities; memory/CPU/process caps; no logging of the relay stream.
+    """
+    uid_gid = policy.user.split(":")
+    tmpfs_opts = "rw,nosuid,nodev,noexec"
+    return {
+        "image": policy.image,
+        "command": command,
+        "name": name,
+        "labels": dict(labels),
+        "runtime": runtime,
+        "stdin_open": True,
+        "tty": False,
+        "detach": True,
+        "user": policy.user,
+        "working_dir": policy.home,
+        "environment": {"HOME": policy.home, "LANG": "C.UTF-8"},
+        "hostname": "sandbox",
+        "network_mode": "none",
+        "read_only": True,
+        "tmpfs": {
+            "/tmp": f"{tmpfs_opts},size={policy.tmp_bytes},mode=1777",
+            policy.home: f"{tmpfs_opts},size={policy.home_bytes},uid={uid_gid[0]},"
+            f"gid={uid_gid[-1]},mode=0700",
+        },
+        "volumes": {},
+        "mounts": [],
+        "devices": [],
+        "privileged": False,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "mem_limit": policy.memory_bytes,
+        "memswap_limit": policy.memory_bytes,  # no swap beyond the memory cap
+        "nano_cpus": int(policy.cpus * 1e9),
+        "pids_limit": policy.pids_limit,
+        "ulimits": [
+            {"Name": "nproc", "Soft": policy.nproc, "Hard": policy.nproc},
+            {"Name": "nofile", "Soft": policy.nofile, "Hard": policy.nofile},
+            {"Name": "core", "Soft": 0, "Hard": 0},
+        ],
+        "log_config": {"Type": "none", "Config": {}},
+        "auto_remove": True,  # if the server dies, the agent exits and the container goes
+        "init": False,  # the agent is PID 1 and reaps
+    }
+
+
+def docker_endpoint() -> tuple[str, Any]:
+    """Where the Docker API listens, from DOCKER_HOST as the Docker SDK reads it."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if os.environ.get("DOCKER_TLS_VERIFY"):
+        raise SandboxError("DOCKER_TLS_VERIFY is set: the relay supports local unix:// or plain tcp:// only")
+    url = urlparse(host)
+    if url.scheme == "unix":
+        return ("unix", url.path)
+    if url.scheme == "tcp" and url.hostname:
+        return ("tcp", (url.hostname, url.port or 2375))
+    raise SandboxError(f"DOCKER_HOST={host!r} is not supported by the relay (use unix:// or tcp://)")
+
+
+class DockerBackend(SandboxBackend):
+    name = "docker"
+
+    def __init__(self, log: logging.Logger | None = None) -> None:
+        self.log = log or logging.getLogger(__name__)
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    # -- the Docker client (blocking; only ever called in worker threads) ---------
+    def _docker(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                import docker
+
+                try:
+                    self._client = docker.from_env(timeout=60)
+                except docker.errors.DockerException as exc:
+                    where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+                    raise SandboxError(
+                        f"cannot reach the Docker daemon at {where}: {exc}. "
+                        f"Start it: {SETUP_HINT} (or `systemctl start docker`)"
+                    ) from None
+            return self._client
+
+    def _preflight(self, policy: SandboxPolicy) -> Preflight:
+        import docker
+
+        client = self._docker()
+        try:
+            info = client.info()
+        except docker.errors.DockerException as exc:
+            self._client = None
+            raise SandboxError(f"the Docker daemon stopped answering: {exc}. {SETUP_HINT}") from None
+        runtimes = sorted((info.get("Runtimes") or {}).keys())
+        runtime = policy.runtime
+        warnings: list[str] = []
+        if runtime not in runtimes:
+            if policy.is_gvisor and policy.allow_weaker_runtime:
+                warnings.append(
+                    f"Docker has no {runtime!r} runtime; allow_weaker_runtime=True, so this kernel "
+                    "runs under runc WITHOUT gVisor: the host kernel is exposed to it"
+                )
+                runtime = "runc"
+            else:
+                raise SandboxError(
+                    f"the Docker daemon has no {runtime!r} runtime (it has: {', '.join(runtimes)}). "
+                    f"Register gVisor: {SETUP_HINT}; it adds runsc to /etc/docker/daemon.json. "
+                    "Refusing to start a weaker sandbox (set allow_weaker_runtime=True to override)."
+                )
+        elif not policy.is_gvisor:
+            warnings.append(f"runtime {runtime!r} is not gVisor: weaker isolation (allow_weaker_runtime=True)")
+        try:
+            client.images.get(policy.image)
+        except docker.errors.ImageNotFound:
+            raise SandboxError(
+                f"kernel image {policy.image!r} is not on this host. Build the default one with "
+                "`sudo sandbox-kernel image build`, or `docker pull`/`docker build` it "
+                "(see sandbox_kernel/image/Dockerfile)"
+            ) from None
+        except docker.errors.DockerException as exc:
+            raise SandboxError(f"cannot inspect image {policy.image!r}: {exc}") from None
+        return Preflight(runtime=runtime, warnings=tuple(warnings))
+
+    def _create(self, spec: dict[str, Any]) -> str:
+        import docker
+
+        try:
+            container = self._docker().containers.create(**spec)
+        except docker.errors.APIError as exc:
+            raise SandboxError(f"Docker could not create the sandbox: {exc.explanation or exc}") from None
+        return str(container.id)
+
+    def _start(self, cid: str) -> None:
+        import docker
+
+        try:
+            self._docker().api.start(cid)
+        except docker.errors.APIError as exc:
+            raise SandboxError(f"Docker could not start the sandbox: {exc.explanation or exc}") from None
+
+    def _kill(self, cid: str) -> None:
+        import docker
+
+        try:
+            self._docker().api.kill(cid)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: not running
+                raise
+
+    def _remove(self, cid: str) -> None:
+        import docker
+
+        try:
+            self._docker().api.remove_container(cid, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: removal already in progress (auto_remove)
+                raise
+
+    # -- SandboxBackend -------------------------------------------------------------
+    async def preflight(self, policy: SandboxPolicy) -> Preflight:
+        return await asyncio.to_thread(self._preflight, policy)
+
+    async def create(
+        self,
+        policy: SandboxPolicy,
+        preflight: Preflight,
+        *,
+        command: list[str],
+        labels: Mapping[str, str],
+        name: str,
+    ) -> str:
+        spec = container_spec(policy, runtime=preflight.runtime, command=command, labels=labels, name=name)
+        return await asyncio.to_thread(self._create, spec)
+
+    async def attach(self, sandbox_id: str, session: AgentSession) -> None:
+        endpoint = docker_endpoint()
+        version = await asyncio.to_thread(lambda: str(self._docker().api.api_version))
+        await RelayThread.get().run(session.attach(endpoint, version, sandbox_id))
+
+    async def start(self, sandbox_id: str) -> None:
+        await asyncio.to_thread(self._start, sandbox_id)
+
+    async def kill(self, sandbox_id: str) -> None:
+        await asyncio.to_thread(self._kill, sandbox_id)
+
+    async def remove(self, sandbox_id: str) -> None:
+        await asyncio.to_thread(self._remove, sandbox_id)

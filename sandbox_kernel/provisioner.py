@@ -1,0 +1,400 @@
+"""SandboxProvisioner: a jupyter_client kernel provisioner for sandboxed kernels.
+
+jupyter_client's ``KernelManager`` creates one instance per kernel (entry
+point ``sandbox-provisioner`` in group ``jupyter_client.kernel_provisioners``)
+and drives it through this lifecycle, the same instance across restarts:
+
+``pre_launch``
+    builds and validates the policy, checks the host (daemon, runtime, image),
+    binds the five host ports on 127.0.0.1 (once; kept across restarts) and
+    writes the host-side connection file with a fresh HMAC key.
+``launch_kernel``
+    creates the container, attaches to its stdin/stdout, starts it, sends the
+    agent, waits for ``hello`` and ``started``; on any failure removes the
+    container and the ports before raising.
+``poll``/``wait``/``send_signal``/``terminate``/``kill``
+    answered from the relay's state (no Docker call in ``poll``); SIGINT and
+    SIGTERM go to the kernel through the agent, SIGKILL to the container.
+``cleanup``
+    removes the container; unless restarting, also closes the ports.
+
+Docker calls run in worker threads and the relay on its own loop, so nothing
+here blocks the caller's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import getpass
+import os
+import re
+import secrets
+import signal
+import socket
+import sys
+from typing import Any
+
+from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
+from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, Union
+
+from .agent.bundle import agent_payload, bootstrap_command
+from .backends.base import Preflight, SandboxBackend
+from .backends.docker import (
+    LABEL_HOST,
+    LABEL_KERNEL_ID,
+    LABEL_MANAGED,
+    LABEL_OWNER,
+    LABEL_SERVER_PID,
+    DockerBackend,
+)
+from .errors import PolicyError, SandboxError
+from .image.recipe import DEFAULT_IMAGE
+from .policy import SandboxPolicy, build_policy
+from .relay import protocol
+from .relay.listeners import HOST, HostListeners
+from .relay.session import AgentSession, SessionError
+from .relay.thread import RelayThread
+
+# Ports the kernel binds on the sandbox's own loopback; each sandbox has its own
+# network namespace, so fixed numbers never collide.
+INSIDE_PORTS = {
+    "shell_port": 45001,
+    "iopub_port": 45002,
+    "stdin_port": 45003,
+    "control_port": 45004,
+    "hb_port": 45005,
+}
+INSIDE_CONNECTION_FILE = "/tmp/.sandbox-kernel/kernel.json"
+CONSOLE_TAIL_BYTES = 8192
+_PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
+
+
+class SandboxProvisioner(KernelProvisionerBase):  # type: ignore[misc]
+    """Starts each kernel in a gVisor container with no host files and no network."""
+
+    image = Unicode(DEFAULT_IMAGE, help="Docker image with python3 and ipykernel.").tag(config=True)
+    runtime = Unicode("runsc", help="Docker runtime; anything but gVisor needs allow_weaker_runtime.").tag(
+        config=True
+    )
+    allow_weaker_runtime = Bool(
+        False,
+        help="DANGEROUS: run without gVisor (runc) when runsc is missing or another runtime is set. "
+        "The host kernel's whole syscall surface is then exposed to untrusted code.",
+    ).tag(config=True)
+    memory_limit = Union([Unicode(), Int()], default_value="2g", help="Memory cap, e.g. '2g'.").tag(
+        config=True
+    )
+    cpu_limit = Float(1.0, help="CPUs the kernel may use.").tag(config=True)
+    nproc_limit = Int(512, help="RLIMIT_NPROC inside the sandbox: a fork bomb gets EAGAIN.").tag(
+        config=True
+    )
+    pids_limit = Int(4096, help="Host cgroup pids limit: the backstop behind nproc_limit.").tag(config=True)
+    nofile_limit = Int(4096, help="RLIMIT_NOFILE inside the sandbox.").tag(config=True)
+    tmp_size = Union([Unicode(), Int()], default_value="256m", help="Size cap of /tmp (tmpfs).").tag(
+        config=True
+    )
+    home_size = Union([Unicode(), Int()], default_value="512m", help="Size cap of the home (tmpfs).").tag(
+        config=True
+    )
+    env_allow = List(
+        Unicode(), default_value=["TZ"], help="Server environment variables passed into the sandbox."
+    ).tag(config=True)
+    env = Dict(value_trait=Unicode(), help="Fixed environment variables for the kernel.").tag(config=True)
+    launch_timeout = Float(60.0, help="Seconds from container creation to a running kernel.").tag(
+        config=True
+    )
+    console_output = Enum(
+        ["stderr", "discard"], default_value="stderr", help="Where the kernel's own stdout/stderr go."
+    ).tag(config=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        known = set(self.class_trait_names()) | {"parent", "config", "log"}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise PolicyError(
+                f"unknown sandbox-provisioner config key(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(self.class_own_trait_names()))}"
+            )
+        super().__init__(**kwargs)
+        self.backend: SandboxBackend = DockerBackend(self.log)
+        self.relay = RelayThread.get()
+        self.policy: SandboxPolicy | None = None
+        self._preflight: Preflight | None = None
+        self._listeners: HostListeners | None = None
+        self._session: AgentSession | None = None
+        self._container_id: str | None = None
+        self._key: bytes | None = None
+        self._launch_count = 0
+        self._console_tail: collections.deque[bytes] = collections.deque()
+        self._console_tail_size = 0
+
+    # -- policy ----------------------------------------------------------------------
+    def build_policy(self) -> SandboxPolicy:
+        return build_policy(
+            image=self.image,
+            runtime=self.runtime,
+            allow_weaker_runtime=self.allow_weaker_runtime,
+            memory_limit=self.memory_limit,
+            cpu_limit=self.cpu_limit,
+            nproc_limit=self.nproc_limit,
+            pids_limit=self.pids_limit,
+            nofile_limit=self.nofile_limit,
+            tmp_size=self.tmp_size,
+            home_size=self.home_size,
+            env_allow=self.env_allow,
+            env=self.env,
+            launch_timeout=self.launch_timeout,
+        )
+
+    # -- KernelProvisionerBase: launch --------------------------------------------------
+    @property
+    def has_process(self) -> bool:
+        return self._container_id is not None
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        policy = self.policy = self.build_policy()
+        self._preflight = await self.backend.preflight(policy)
+        for warning in self._preflight.warnings:
+            self.log.warning("sandbox-kernel %s: %s", self.kernel_id, warning)
+        argv = self._inside_argv(kwargs.pop("extra_arguments", []))
+        spec_env = dict(getattr(self.kernel_spec, "env", None) or {})
+        kernel_env = policy.kernel_env(os.environ, spec_env)
+        if self._listeners is None:
+            listeners = HostListeners(INSIDE_PORTS)
+            await self.relay.run(listeners.open())
+            self._listeners = listeners
+        try:
+            self._write_connection_info(kwargs.get("env") or {})
+        except BaseException:
+            await self._close_listeners()
+            raise
+        return {"cmd": argv, "sandbox_env": kernel_env}
+
+    def _inside_argv(self, extra: list[str]) -> list[str]:
+        argv = list(self.kernel_spec.argv) + list(extra)
+        if not argv:
+            raise SandboxError("the kernelspec has an empty argv")
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(1) == "connection_file":
+                return INSIDE_CONNECTION_FILE
+            raise SandboxError(
+                f"kernelspec argv uses {{{m.group(1)}}}, which has no meaning inside the sandbox; "
+                "only {connection_file} is substituted"
+            )
+
+        return [_PLACEHOLDER.sub(sub, arg) for arg in argv]
+
+    def _write_connection_info(self, env: dict[str, str]) -> None:
+        km = self.parent
+        assert self._listeners is not None
+        if self._key is None:
+            self._key = secrets.token_hex(32).encode()
+        if km is None:
+            self.connection_info = self._host_connection_info()
+            return
+        km.transport = "tcp"
+        km.ip = HOST
+        km.session.key = self._key
+        for name, port in self._listeners.ports.items():
+            setattr(km, name, port)
+        km.write_connection_file(jupyter_session=env.get("JPY_SESSION_NAME", ""))
+        self.connection_info = km.get_connection_info()
+
+    def _host_connection_info(self) -> dict[str, Any]:
+        assert self._listeners is not None and self._key is not None
+        info: dict[str, Any] = dict(self._listeners.ports)
+        info.update(ip=HOST, transport="tcp", key=self._key, signature_scheme="hmac-sha256")
+        return info
+
+    def _inside_connection_info(self) -> dict[str, Any]:
+        scheme = self.connection_info.get("signature_scheme", "hmac-sha256")
+        key = self._key.decode() if self._key else ""
+        return {**INSIDE_PORTS, "ip": "127.0.0.1", "transport": "tcp", "key": key,
+                "signature_scheme": scheme, "kernel_name": ""}
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> dict[str, Any]:
+        policy, preflight = self.policy, self._preflight
+        assert policy is not None and preflight is not None and self._listeners is not None
+        self._launch_count += 1
+        name = f"sandbox-kernel-{(self.kernel_id or 'anon')[:12]}-{self._launch_count}-{secrets.token_hex(3)}"
+        labels = {
+            LABEL_MANAGED: "1",
+            LABEL_KERNEL_ID: str(self.kernel_id or ""),
+            LABEL_OWNER: _owner(),
+            LABEL_SERVER_PID: str(os.getpid()),
+            LABEL_HOST: socket.gethostname(),
+        }
+        for warning in preflight.warnings:
+            self.log.warning("sandbox-kernel %s: %s", self.kernel_id, warning)
+        session = AgentSession(name, console=self._on_console, log=self.log)
+        try:
+            self._container_id = await self.backend.create(
+                policy, preflight, command=bootstrap_command(), labels=labels, name=name
+            )
+            self._session = session
+            await asyncio.wait_for(
+                self._start_agent(session, cmd, kwargs.get("sandbox_env") or {}, preflight),
+                timeout=policy.launch_timeout,
+            )
+        except BaseException as exc:
+            error = self._launch_error(exc, policy)
+            await self._teardown(restart=False)
+            if isinstance(exc, (SandboxError, asyncio.TimeoutError, SessionError)):
+                raise error from None
+            raise
+        self._listeners.session = session
+        self.log.info(
+            "sandbox-kernel %s: started %s (runtime %s, image %s) on ports %s",
+            self.kernel_id, name, preflight.runtime, policy.image, self._listeners.ports,
+        )
+        return self.connection_info
+
+    async def _start_agent(
+        self, session: AgentSession, argv: list[str], env: dict[str, str], preflight: Preflight
+    ) -> None:
+        assert self._container_id is not None
+        await self.backend.attach(self._container_id, session)
+        await self.backend.start(self._container_id)
+        start = {
+            "op": "start",
+            "argv": argv,
+            "env": env,
+            "cwd": env.get("HOME"),
+            "connection_file": INSIDE_CONNECTION_FILE,
+            "connection": self._inside_connection_info(),
+        }
+        hello = await self.relay.run(_send_agent(session))
+        if hello.get("version") != protocol.VERSION:
+            raise SandboxError(f"agent speaks protocol {hello.get('version')}, expected {protocol.VERSION}")
+        if hello.get("uid") == 0:
+            raise SandboxError("the sandbox runs as root; refusing (policy user is unprivileged)")
+        if preflight.runtime == "runsc" and hello.get("release") == os.uname().release:
+            raise SandboxError(
+                "runtime runsc was requested but the sandbox reports the host's kernel "
+                f"({hello.get('release')}); gVisor is not in effect. Check /etc/docker/daemon.json"
+            )
+        await self.relay.run(_start_kernel(session, start))
+
+    def _launch_error(self, exc: BaseException, policy: SandboxPolicy) -> SandboxError:
+        tail = b"".join(self._console_tail).decode("utf-8", "replace").strip()[-2000:]
+        detail = f"\nkernel output:\n{tail}" if tail else ""
+        if isinstance(exc, asyncio.TimeoutError):
+            return SandboxError(
+                f"the sandboxed kernel did not start within launch_timeout={policy.launch_timeout:g}s; "
+                f"the container was removed{detail}"
+            )
+        if isinstance(exc, SessionError):
+            return SandboxError(
+                f"the sandbox ended during start-up ({exc}); does image {policy.image!r} have "
+                f"python3 and ipykernel?{detail}"
+            )
+        return SandboxError(f"{exc}{detail}")
+
+    def _on_console(self, data: bytes) -> None:
+        """Kernel stdout/stderr (relay loop): pass on, and keep a tail for errors."""
+        self._console_tail.append(data)
+        self._console_tail_size += len(data)
+        while self._console_tail_size > CONSOLE_TAIL_BYTES and len(self._console_tail) > 1:
+            self._console_tail_size -= len(self._console_tail.popleft())
+        if self.console_output == "stderr":
+            try:
+                sys.stderr.buffer.write(data)
+                sys.stderr.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+
+    # -- KernelProvisionerBase: running kernel ----------------------------------------------
+    async def poll(self) -> int | None:
+        if self._container_id is None:
+            return 0
+        session = self._session
+        if session is None:
+            return 1  # loaded from saved state: the pipe is gone, so is the kernel for us
+        if not session.dead.is_set():
+            return None
+        return session.exit_status if session.exit_status is not None else -signal.SIGKILL
+
+    async def wait(self) -> int | None:
+        while (status := await self.poll()) is None:
+            await asyncio.sleep(0.05)
+        return status
+
+    async def send_signal(self, signum: int) -> None:
+        session = self._session
+        if self._container_id is None or session is None or session.dead.is_set():
+            return
+        if signum == signal.SIGKILL:
+            await self.backend.kill(self._container_id)
+            return
+        self.relay.loop.call_soon_threadsafe(session.send_control, {"op": "signal", "signum": int(signum)})
+
+    async def kill(self, restart: bool = False) -> None:
+        if self._container_id is not None:
+            await self.backend.kill(self._container_id)
+
+    async def terminate(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGTERM)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        await self._teardown(restart=restart)
+
+    async def _teardown(self, restart: bool) -> None:
+        """Remove the container and end the session; unless restarting, free the ports."""
+        cid, self._container_id = self._container_id, None
+        session, self._session = self._session, None
+        if self._listeners is not None:
+            self._listeners.session = None
+        try:
+            if cid is not None:
+                await self.backend.remove(cid)
+        finally:
+            if session is not None:
+                self.relay.loop.call_soon_threadsafe(session.close)
+            if not restart:
+                await self._close_listeners()
+
+    async def _close_listeners(self) -> None:
+        listeners, self._listeners = self._listeners, None
+        if listeners is not None:
+            await self.relay.run(listeners.close())
+
+    # -- KernelProvisionerBase: state ---------------------------------------------------------
+    def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
+        return max(recommended, 5.0)
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = await super().get_provisioner_info()
+        info.update(
+            container_id=self._container_id,
+            host_ports=dict(self._listeners.ports) if self._listeners else {},
+            runtime=self._preflight.runtime if self._preflight else None,
+            image=self.image,
+        )
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        self._container_id = provisioner_info.get("container_id")
+
+
+async def _send_agent(session: AgentSession) -> dict[str, Any]:
+    """On the relay loop: send the agent over stdin and wait for its hello."""
+    assert session.hello is not None
+    session.send_agent(agent_payload())
+    return await session.hello
+
+
+async def _start_kernel(session: AgentSession, start: dict[str, Any]) -> None:
+    """On the relay loop: ask the agent to start the kernel and wait until it has."""
+    assert session.started is not None
+    session.send_control(start)
+    await session.started
+
+
+def _owner() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return str(os.getuid())

@@ -1,0 +1,70 @@
+"""Host-local listening ports that lead into the sandbox.
+
+Bound on 127.0.0.1 only, once per kernel, and kept across restarts so
+clients reconnect to the same ports. Each accepted connection becomes a
+stream to the matching port inside the current sandbox; with no sandbox ready
+(between restarts) the connection is closed and ZeroMQ simply reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Mapping
+
+from .session import AgentSession
+
+HOST = "127.0.0.1"
+
+
+class _Refuse(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()
+
+
+class HostListeners:
+    """Named host ports (``shell_port`` ...) mapped to ports inside the sandbox."""
+
+    def __init__(self, inside_ports: Mapping[str, int]) -> None:
+        self.inside_ports = dict(inside_ports)
+        self.ports: dict[str, int] = {}
+        self.session: AgentSession | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+
+    async def open(self) -> None:
+        """Bind every port (on the relay loop); on any failure, bind none."""
+        loop = asyncio.get_running_loop()
+        try:
+            for name, inside in self.inside_ports.items():
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    sock.bind((HOST, 0))
+                    sock.listen(64)
+                except OSError:
+                    sock.close()
+                    raise
+                server = await loop.create_server(
+                    lambda inside=inside: self._accept(inside), sock=sock  # type: ignore[misc]
+                )
+                self._servers.append(server)
+                self.ports[name] = sock.getsockname()[1]
+        except BaseException:
+            await self.close()
+            raise
+
+    def _accept(self, inside_port: int) -> asyncio.Protocol:
+        session = self.session
+        if session is None or not session.ready or session.dead.is_set():
+            return _Refuse()
+        try:
+            return session.open_stream(inside_port)
+        except Exception:
+            return _Refuse()
+
+    async def close(self) -> None:
+        # Server.close() closes the listening sockets at once; wait_closed() would
+        # also wait for open connections (Python >= 3.12), which the session aborts.
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()
+        self.ports = {}

@@ -1,0 +1,293 @@
+"""Carry many TCP connections over one byte pipe, with per-stream flow control.
+
+Standard-library asyncio only: the same code runs on the host (the relay,
+where the pipe is Docker's attach stream) and inside the sandbox (the agent,
+where the pipe is its stdin/stdout). Each side wraps its local sockets in
+:class:`Stream` protocols; the :class:`Mux` owns the frame decoder, routes
+frames to streams and applies back-pressure in both directions:
+
+* a stream never sends more than its peer granted (``SendWindow``), so the
+  pipe reader never has to stop for one slow consumer and memory stays
+  bounded per stream;
+* when the pipe's own write buffer is full, every local socket stops reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Dict, Optional
+
+from . import protocol as p
+
+# Local write buffer bounds; HIGH <= INITIAL_WINDOW - CREDIT_BATCH keeps credit flowing.
+LOCAL_HIGH_WATER = 256 * 1024
+LOCAL_LOW_WATER = 64 * 1024
+PIPE_HIGH_WATER = 1024 * 1024
+PIPE_LOW_WATER = 256 * 1024
+
+
+class Stream(asyncio.Protocol):
+    """One relayed connection on this side of the pipe (an asyncio protocol)."""
+
+    def __init__(self, mux: Mux, sid: int) -> None:
+        self.mux = mux
+        self.sid = sid
+        self.transport: Optional[asyncio.BaseTransport] = None
+        self.send_window = p.SendWindow()
+        self.recv_window = p.RecvWindow()
+        self.pending_out = bytearray()  # local bytes waiting for credit
+        self.pending_in = bytearray()  # peer bytes waiting for the local connection
+        self.local_eof = False
+        self.eof_sent = False
+        self.remote_eof = False
+        self.reading_paused = False
+        self.writing_paused = False
+        self.closed = False
+
+    # -- local side (asyncio callbacks) --------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        if self.closed:
+            transport.abort()
+            return
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.set_write_buffer_limits(high=LOCAL_HIGH_WATER, low=LOCAL_LOW_WATER)
+        if self.pending_in:
+            data, self.pending_in = bytes(self.pending_in), bytearray()
+            self._write_local(data)
+        if self.remote_eof:
+            self._local_write_eof()
+        self.pump()
+
+    def data_received(self, data: bytes) -> None:
+        self.pending_out += data
+        self.pump()
+
+    def eof_received(self) -> bool:
+        self.local_eof = True
+        self.pump()
+        return True  # keep our write half open: the peer may still send
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        if not self.closed:
+            clean = self.eof_sent and self.remote_eof and not self.pending_out
+            if not clean:
+                self.mux.send(p.encode_reset(self.sid, "local connection closed"))
+            self._forget()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._settle()
+
+    # -- frames from the peer --------------------------------------------------
+    def on_data(self, data: bytes) -> None:
+        self.recv_window.received(len(data))
+        if self.remote_eof:
+            raise p.ProtocolError("DATA after EOF on stream %d" % self.sid)
+        if self.transport is None:
+            self.pending_in += data
+        else:
+            self._write_local(data)
+
+    def on_eof(self) -> None:
+        self.remote_eof = True
+        if self.transport is not None:
+            self._local_write_eof()
+        self._maybe_finish()
+
+    def on_reset(self) -> None:
+        self._forget()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def on_credit(self, amount: int) -> None:
+        self.send_window.grant(amount)
+        self.pump()
+
+    # -- internals -------------------------------------------------------------
+    def pump(self) -> None:
+        """Send what credit and the pipe allow; pause local reading otherwise."""
+        if self.closed:
+            return
+        mux = self.mux
+        while self.pending_out and not mux.pipe_paused:
+            n = self.send_window.take(min(len(self.pending_out), p.MAX_PAYLOAD))
+            if not n:
+                break
+            chunk = bytes(self.pending_out[:n])
+            del self.pending_out[:n]
+            mux.send(p.HEADER.pack(p.DATA, self.sid, n) + chunk)
+        if self.local_eof and not self.pending_out and not self.eof_sent:
+            self.eof_sent = True
+            mux.send(p.encode(p.EOF, self.sid))
+            self._maybe_finish()
+        self._set_reading(not self.pending_out and not mux.pipe_paused)
+
+    def _set_reading(self, on: bool) -> None:
+        t = self.transport
+        if t is None or self.closed or self.local_eof or not isinstance(t, asyncio.ReadTransport):
+            return
+        if on and self.reading_paused:
+            self.reading_paused = False
+            t.resume_reading()
+        elif not on and not self.reading_paused:
+            self.reading_paused = True
+            t.pause_reading()
+
+    def _write_local(self, data: bytes) -> None:
+        t = self.transport
+        assert isinstance(t, asyncio.WriteTransport)
+        if t.is_closing():
+            return
+        t.write(data)
+        self._settle()
+
+    def _settle(self) -> None:
+        t = self.transport
+        buffered = len(self.pending_in)
+        if isinstance(t, asyncio.WriteTransport):
+            buffered += t.get_write_buffer_size()
+        credit = self.recv_window.settle(buffered)
+        if credit and not self.closed:
+            self.mux.send(p.encode_credit(self.sid, credit))
+
+    def _local_write_eof(self) -> None:
+        t = self.transport
+        if isinstance(t, asyncio.WriteTransport) and t.can_write_eof() and not t.is_closing():
+            t.write_eof()
+
+    def _maybe_finish(self) -> None:
+        if self.eof_sent and self.remote_eof and self.transport is not None:
+            self._forget()
+            self.transport.close()  # flushes what is buffered, then closes
+
+    def _forget(self) -> None:
+        self.closed = True
+        self.mux.forget(self.sid)
+
+    def abort(self, reason: str) -> None:
+        """Reset this stream from our side."""
+        if not self.closed:
+            self.mux.send(p.encode_reset(self.sid, reason))
+            self._forget()
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Mux:
+    """Routes frames between the pipe and local streams.
+
+    ``write`` puts bytes on the pipe (an asyncio transport's ``write``: it
+    buffers and handles short writes). The owner calls :meth:`feed` with bytes
+    read from the pipe and :meth:`pipe_pause`/:meth:`pipe_resume` from the pipe
+    transport's flow-control callbacks.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[bytes], None],
+        *,
+        on_control: Callable[[Dict[str, Any]], None],
+        on_open: Optional[Callable[[int, int], None]] = None,
+        on_console: Optional[Callable[[bytes], None]] = None,
+        max_streams: int = 256,
+    ) -> None:
+        self._write = write
+        self._on_control = on_control
+        self._on_open = on_open
+        self._on_console = on_console
+        self._console_window = p.RecvWindow()
+        self.decoder = p.FrameDecoder()
+        self.streams: Dict[int, Stream] = {}
+        self.max_streams = max_streams
+        self.pipe_paused = False
+        self.closed = False
+        self._next_sid = 1
+
+    def send(self, frame: bytes) -> None:
+        if not self.closed:
+            self._write(frame)
+
+    def send_control(self, message: Dict[str, Any]) -> None:
+        self.send(p.encode_control(message))
+
+    def new_stream(self) -> Stream:
+        """A locally initiated stream (host side); the caller sends OPEN."""
+        if len(self.streams) >= self.max_streams:
+            raise p.ProtocolError("too many streams")
+        sid = self._next_sid
+        self._next_sid += 2
+        stream = Stream(self, sid)
+        self.streams[sid] = stream
+        return stream
+
+    def register(self, stream: Stream) -> None:
+        if stream.sid in self.streams:
+            raise p.ProtocolError("stream %d is already open" % stream.sid)
+        if len(self.streams) >= self.max_streams:
+            raise p.ProtocolError("too many streams")
+        self.streams[stream.sid] = stream
+
+    def forget(self, sid: int) -> None:
+        self.streams.pop(sid, None)
+
+    def feed(self, data: bytes) -> None:
+        """Handle bytes read from the pipe; raises ProtocolError on a bad peer."""
+        for frame in self.decoder.feed(data):
+            self._dispatch(frame)
+
+    def _dispatch(self, frame: p.Frame) -> None:
+        ftype, sid, payload = frame
+        if ftype == p.CONTROL:
+            self._on_control(p.decode_control(payload))
+            return
+        if sid == p.CONSOLE_STREAM and self._on_console is not None:
+            if ftype == p.DATA:
+                self._console_window.received(len(payload))
+                self._on_console(payload)
+                credit = self._console_window.settle(0)
+                if credit:
+                    self.send(p.encode_credit(sid, credit))
+                return
+            if ftype == p.EOF:
+                return
+        if ftype == p.OPEN:
+            if self._on_open is None:
+                raise p.ProtocolError("peer may not open streams")
+            if sid in self.streams or sid == p.CONSOLE_STREAM:
+                raise p.ProtocolError("OPEN of stream %d, which is in use" % sid)
+            self._on_open(sid, p.decode_port(payload))
+            return
+        stream = self.streams.get(sid)
+        if stream is None:
+            return  # a frame racing our RESET of that stream
+        if ftype == p.DATA:
+            stream.on_data(payload)
+        elif ftype == p.EOF:
+            stream.on_eof()
+        elif ftype == p.CREDIT:
+            stream.on_credit(p.decode_credit(payload))
+        elif ftype == p.RESET:
+            stream.on_reset()
+
+    def pipe_pause(self) -> None:
+        self.pipe_paused = True
+        for stream in list(self.streams.values()):
+            stream._set_reading(False)
+
+    def pipe_resume(self) -> None:
+        self.pipe_paused = False
+        for stream in list(self.streams.values()):
+            stream.pump()
+
+    def close(self) -> None:
+        """The pipe is gone: abort every local connection."""
+        self.closed = True
+        for stream in list(self.streams.values()):
+            stream.closed = True
+            if stream.transport is not None:
+                stream.transport.abort()
+        self.streams.clear()

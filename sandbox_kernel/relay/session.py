@@ -1,0 +1,161 @@
+"""The host end of one sandbox's pipe: Docker's attach connection, on the relay loop.
+
+The provisioner creates one :class:`AgentSession` per sandbox. It opens the
+attach connection (an HTTP upgrade on the Docker socket) before the container
+starts, writes the agent bundle once it has started, then carries frames:
+stdout of the sandbox arrives in Docker's multiplexed framing, stdin is raw.
+Everything the agent sends is untrusted: a protocol error ends the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+from . import protocol as p
+from .docker_stream import STDOUT, DockerStreamDemux, DockerStreamError
+from .mux import PIPE_HIGH_WATER, PIPE_LOW_WATER, Mux, Stream
+
+MAX_RESPONSE_HEAD = 64 * 1024
+
+
+class SessionError(Exception):
+    pass
+
+
+class AgentSession(asyncio.Protocol):
+    def __init__(self, name: str, *, console: Callable[[bytes], None], log: logging.Logger) -> None:
+        self.name = name
+        self.log = log
+        self.mux = Mux(self._write, on_control=self._on_control, on_console=console)
+        self.transport: asyncio.Transport | None = None
+        self.demux = DockerStreamDemux()
+        self._head = bytearray()
+        self._upgraded: asyncio.Future[None] | None = None
+        self.hello: asyncio.Future[dict[str, Any]] | None = None
+        self.started: asyncio.Future[dict[str, Any]] | None = None
+        self.ready = False  # the agent bundle is sent: frames may flow
+        self.exit_status: int | None = None
+        self.error: str | None = None
+        self.dead = threading.Event()  # set when the pipe is gone; read from any thread
+
+    # -- opening -----------------------------------------------------------------
+    async def attach(self, endpoint: tuple[str, Any], api_version: str, container_id: str) -> None:
+        """Open Docker's attach stream (stdin + stdout) for ``container_id``."""
+        loop = asyncio.get_running_loop()
+        self._upgraded = loop.create_future()
+        self.hello = loop.create_future()
+        self.started = loop.create_future()
+        kind, where = endpoint
+        if kind == "unix":
+            await loop.create_unix_connection(lambda: self, where)
+        else:
+            await loop.create_connection(lambda: self, where[0], where[1])
+        assert self.transport is not None
+        path = f"/v{api_version}/containers/{quote(container_id)}/attach"
+        self.transport.write(
+            (
+                f"POST {path}?stream=1&stdin=1&stdout=1&stderr=0 HTTP/1.1\r\n"
+                "Host: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
+                "Content-Length: 0\r\n\r\n"
+            ).encode()
+        )
+        await self._upgraded
+
+    def send_agent(self, payload: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(payload)
+        self.ready = True
+
+    def send_control(self, message: dict[str, Any]) -> None:
+        self.mux.send_control(message)
+
+    def open_stream(self, inside_port: int) -> Stream:
+        """A new local connection to relay to ``inside_port`` in the sandbox."""
+        stream = self.mux.new_stream()
+        self.mux.send(p.encode_open(stream.sid, inside_port))
+        return stream
+
+    # -- asyncio protocol ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=PIPE_HIGH_WATER, low=PIPE_LOW_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            if self._upgraded is not None and not self._upgraded.done():
+                data = self._read_head(data)
+            if data:
+                for kind, piece in self.demux.feed(data):
+                    if kind == STDOUT:
+                        self.mux.feed(piece)
+        except (p.ProtocolError, DockerStreamError, SessionError) as exc:
+            self.fail(f"sandbox {self.name}: {exc}")
+
+    def _read_head(self, data: bytes) -> bytes:
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head) > MAX_RESPONSE_HEAD:
+                raise SessionError("oversized HTTP response from the Docker daemon")
+            return b""
+        head, rest = bytes(self._head[:end]), bytes(self._head[end + 4 :])
+        status = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = status.split(" ", 2)
+        if len(parts) < 2 or parts[1] not in ("101", "200"):
+            raise SessionError(f"Docker refused to attach: {status} {rest[:500]!r}")
+        assert self._upgraded is not None
+        self._upgraded.set_result(None)
+        return rest
+
+    def pause_writing(self) -> None:
+        self.mux.pipe_pause()
+
+    def resume_writing(self) -> None:
+        self.mux.pipe_resume()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.mux.close()
+        why = self.error or "the sandbox's pipe closed"
+        for fut in (self._upgraded, self.hello, self.started):
+            if fut is not None and not fut.done():
+                fut.set_exception(SessionError(why))
+        self.dead.set()
+
+    # -- frames from the agent -------------------------------------------------------
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _on_control(self, msg: dict[str, Any]) -> None:
+        op = msg["op"]
+        if op == "hello" and self.hello is not None and not self.hello.done():
+            self.hello.set_result(msg)
+        elif op == "started" and self.started is not None and not self.started.done():
+            self.started.set_result(msg)
+        elif op == "exited":
+            status = msg.get("status")
+            self.exit_status = status if isinstance(status, int) else -1
+        elif op == "error":
+            self.error = str(msg.get("message", "unknown error"))[:2000]
+            self.log.error("sandbox %s: agent error: %s", self.name, self.error)
+            if self.started is not None and not self.started.done():
+                self.started.set_exception(SessionError(self.error))
+        else:
+            raise p.ProtocolError(f"unexpected control op {op!r}")
+
+    def fail(self, why: str) -> None:
+        """End the session on a broken or hostile peer."""
+        self.error = self.error or why
+        self.log.error("%s", why)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()

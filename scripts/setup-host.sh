@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Host setup for sandbox-kernel on Debian/Ubuntu, as root:
+#   Docker engine + gVisor (runsc) registered with the daemon, dockerd running.
+# Idempotent: safe to run again. Starts dockerd detached when no service manager does.
+set -euo pipefail
+
+log() { printf '[setup-host] %s\n' "$*" >&2; }
+[ "$(id -u)" = 0 ] || { log "run as root (apt-get and dockerd need it)"; exit 1; }
+
+. /etc/os-release
+codename=${VERSION_CODENAME:-bookworm}
+export DEBIAN_FRONTEND=noninteractive
+
+# The mirror this machine's apt already uses: we add a suite to it, never a new host.
+apt_mirror() {
+  local uri
+  uri=$(grep -hsE '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | grep -v security | head -n1 || true)
+  [ -n "$uri" ] || uri=$(grep -hsE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+                          | awk '{for(i=2;i<=NF;i++) if($i ~ /^[a-z]+:\/\//){print $i; exit}}' | grep -v security | head -n1 || true)
+  printf '%s' "$uri"
+}
+
+if [ "${ID:-}" = debian ] && ! grep -rqs -- "${codename}-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  mirror=$(apt_mirror)
+  [ -n "$mirror" ] || { log "cannot find this machine's Debian mirror in /etc/apt"; exit 1; }
+  log "adding ${codename}-backports from $mirror (newer runsc, systrap platform)"
+  echo "deb $mirror ${codename}-backports main" > /etc/apt/sources.list.d/sandbox-kernel-backports.list
+fi
+
+log "apt-get update"
+apt-get update -qq
+log "installing docker.io, debootstrap"
+apt-get install -y -qq --no-install-recommends docker.io debootstrap iproute2 ca-certificates >/dev/null
+runsc_policy=$(apt-cache policy runsc 2>/dev/null || true)
+if [ "${ID:-}" = debian ] && [[ "$runsc_policy" == *"${codename}-backports"* ]]; then
+  log "installing runsc from ${codename}-backports"
+  apt-get install -y -qq -t "${codename}-backports" runsc >/dev/null
+else
+  log "installing runsc"
+  apt-get install -y -qq runsc >/dev/null
+fi
+runsc_path=$(command -v runsc)
+log "runsc: $("$runsc_path" --version 2>/dev/null | head -n1)"
+
+# runsc needs --network=none on this kernel ("cannot run with network enabled in root
+# network namespace", fixed upstream in release-20240807); it is also the isolation we want.
+python3 - "$runsc_path" <<'PY'
+import json, os, sys
+path = "/etc/docker/daemon.json"
+cfg = {}
+if os.path.exists(path):
+    with open(path) as f:
+        text = f.read().strip()
+    cfg = json.loads(text) if text else {}
+want = {"path": sys.argv[1], "runtimeArgs": ["--network=none"]}
+if cfg.get("runtimes", {}).get("runsc") != want:
+    cfg.setdefault("runtimes", {})["runsc"] = want
+    os.makedirs("/etc/docker", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(cfg, f, indent=2)
+    os.replace(tmp, path)
+    print("changed")
+PY
+
+daemon_up() { timeout 5 docker info >/dev/null 2>&1; }
+
+if daemon_up && docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q runsc; then
+  log "dockerd running with runsc registered"
+else
+  if daemon_up; then
+    log "restarting dockerd to load the runsc runtime"
+    if command -v systemctl >/dev/null && systemctl is-active --quiet docker 2>/dev/null; then
+      systemctl restart docker
+    else
+      pkill -x dockerd || true
+      for _ in $(seq 50); do pgrep -x dockerd >/dev/null || break; sleep 0.2; done
+    fi
+  fi
+  if ! daemon_up; then
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+      systemctl enable --now docker
+    else
+      log "starting dockerd detached (no service manager); log: /var/log/dockerd.log"
+      setsid dockerd >/var/log/dockerd.log 2>&1 < /dev/null &
+    fi
+  fi
+  for _ in $(seq 60); do daemon_up && break; sleep 1; done
+  daemon_up || { log "dockerd did not come up; see /var/log/dockerd.log"; tail -n 20 /var/log/dockerd.log >&2 || true; exit 1; }
+fi
+docker info --format '{{json .Runtimes}}' | grep -q runsc || { log "runsc is not registered with dockerd"; exit 1; }
+log "ok: dockerd $(docker version --format '{{.Server.Version}}'), runtimes: $(docker info --format '{{range $k, $v := .Runtimes}}{{$k}} {{end}}')"
