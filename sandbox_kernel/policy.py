@@ -66,9 +66,17 @@ def parse_size(value: str | int, what: str) -> int:
     return n
 
 
-def _bounded(value: float, lo: float, hi: float, what: str, hint: str) -> None:
+def format_size(n: float) -> str:
+    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= factor:
+            return f"{n / factor:g} {unit}"
+    return f"{n:g} B"
+
+
+def _bounded(value: float, lo: float, hi: float, what: str, hint: str, size: bool = False) -> None:
     if not lo <= value <= hi:
-        raise PolicyError(f"{what}: {value!r} is out of range [{lo:g}, {hi:g}]; {hint}")
+        fmt = format_size if size else (lambda x: f"{x:g}")
+        raise PolicyError(f"{what}: {fmt(value)} is outside [{fmt(lo)}, {fmt(hi)}]; {hint}")
 
 
 def validate_image(image: str) -> str:
@@ -155,7 +163,7 @@ def build_policy(
             "the operator sets allow_weaker_runtime=True"
         )
     memory = parse_size(memory_limit, "memory_limit")
-    _bounded(memory, MIN_MEMORY, MAX_MEMORY, "memory_limit", "use e.g. '2g'")
+    _bounded(memory, MIN_MEMORY, MAX_MEMORY, "memory_limit", "use e.g. '2g'", size=True)
     cpus = float(cpu_limit)
     _bounded(cpus, 0.01, MAX_CPUS, "cpu_limit", "use a number of CPUs such as 1 or 0.5")
     for name, value, lo, hi in (
@@ -174,7 +182,8 @@ def build_policy(
     tmp = parse_size(tmp_size, "tmp_size")
     home = parse_size(home_size, "home_size")
     for name, value in (("tmp_size", tmp), ("home_size", home)):
-        _bounded(value, MIN_TMPFS, memory, name, "a tmpfs lives in the sandbox's memory")
+        _bounded(value, MIN_TMPFS, memory, name, "a tmpfs lives in the sandbox's memory, so it "
+                 "must fit in memory_limit", size=True)
     allow = tuple(env_allow)
     for name in allow:
         check_env_name(name, "env_allow")

@@ -114,7 +114,7 @@ class SandboxProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if unknown:
             raise PolicyError(
                 f"unknown sandbox-provisioner config key(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(self.class_own_trait_names()))}"
+                f"known: {', '.join(sorted(self.class_own_traits(config=True)))}"
             )
         super().__init__(**kwargs)
         self.backend: SandboxBackend = DockerBackend(self.log)

@@ -28,7 +28,7 @@ LABEL_OWNER = "org.sandbox-kernel.owner"
 LABEL_SERVER_PID = "org.sandbox-kernel.server-pid"
 LABEL_HOST = "org.sandbox-kernel.host"
 
-SETUP_HINT = "run `sudo scripts/setup-host.sh` (installs Docker + gVisor and starts dockerd)"
+SETUP_HINT = "run `sudo sandbox-kernel setup-host` (installs Docker + gVisor, starts dockerd)"
 
 
 def container_spec(

@@ -1,0 +1,1 @@
+"""Host setup (Docker + gVisor) shipped with the package."""

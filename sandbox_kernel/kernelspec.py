@@ -1,0 +1,89 @@
+"""Kernelspecs that select the sandbox provisioner: build (pure) and install.
+
+``sandbox-kernel install`` validates every option through the same policy
+code the provisioner uses, so a malformed limit fails before anything is
+written; the spec is written to a temporary folder and only then copied into
+place by jupyter_client's KernelSpecManager.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import SandboxError
+from .policy import build_policy
+
+PROVISIONER_NAME = "sandbox-provisioner"
+DEFAULT_KERNEL_NAME = "sandbox-python"
+DEFAULT_DISPLAY_NAME = "Python 3 (sandboxed)"
+KERNEL_ARGV = ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+
+
+def build_kernelspec(
+    config: Mapping[str, Any], display_name: str = DEFAULT_DISPLAY_NAME
+) -> dict[str, Any]:
+    """The kernel.json content; ``config`` holds SandboxProvisioner trait values."""
+    # Validate with the provisioner's own rules (image given or defaulted).
+    policy_args = {k: v for k, v in config.items() if k not in ("console_output",)}
+    from .image.recipe import DEFAULT_IMAGE
+
+    policy_args.setdefault("image", DEFAULT_IMAGE)
+    build_policy(**policy_args)
+    return {
+        "argv": list(KERNEL_ARGV),
+        "display_name": display_name,
+        "language": "python",
+        "interrupt_mode": "signal",
+        "env": {},
+        "metadata": {
+            "debugger": False,
+            "kernel_provisioner": {"provisioner_name": PROVISIONER_NAME, "config": dict(config)},
+        },
+    }
+
+
+def install_kernelspec(
+    spec: dict[str, Any],
+    name: str = DEFAULT_KERNEL_NAME,
+    *,
+    user: bool = False,
+    prefix: str | None = None,
+    replace: bool = False,
+) -> tuple[str, bool]:
+    """Install ``spec``; return (its folder, whether anything changed).
+
+    Idempotent: an identical installed spec is left as is. A different one is
+    replaced only with ``replace``.
+    """
+    from jupyter_client.kernelspec import KernelSpecManager, _is_valid_kernel_name
+
+    if not _is_valid_kernel_name(name):
+        raise SandboxError(f"invalid kernel name {name!r}: use letters, digits, '.', '_' and '-'")
+    if user and prefix:
+        raise SandboxError("choose one of --user and --prefix/--sys-prefix")
+    ksm = KernelSpecManager()
+    destination = ksm._get_destination_dir(name.lower(), user=user, prefix=prefix)
+    current_file = os.path.join(destination, "kernel.json")
+    if os.path.exists(current_file):
+        with open(current_file) as f:
+            try:
+                current = json.load(f)
+            except ValueError:
+                current = None
+        if current == spec:
+            return destination, False
+        if not replace:
+            raise SandboxError(
+                f"kernelspec {name!r} already exists at {destination} with other settings; "
+                "pass --replace to overwrite it"
+            )
+    with tempfile.TemporaryDirectory(prefix="sandbox-kernelspec-") as tmp:
+        with open(os.path.join(tmp, "kernel.json"), "w") as f:
+            json.dump(spec, f, indent=2)
+            f.write("\n")
+        path = ksm.install_kernel_spec(tmp, name, user=user, prefix=prefix)
+    return str(path), True

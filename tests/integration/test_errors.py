@@ -1,0 +1,175 @@
+"""Bad input fails with one clear error naming the fix, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+
+from sandbox_kernel.errors import PolicyError, SandboxError
+from sandbox_kernel.image.recipe import DEFAULT_IMAGE
+from sandbox_kernel.kernelspec import build_kernelspec
+
+from .conftest import listening_ports, our_containers
+
+
+def _ksm_with(tmp_path: Path, config: dict) -> KernelSpecManager:  # type: ignore[type-arg]
+    spec = build_kernelspec({"image": DEFAULT_IMAGE})
+    spec["metadata"]["kernel_provisioner"]["config"] = config
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / "kernel.json").write_text(json.dumps(spec))
+    return KernelSpecManager(kernel_dirs=[str(tmp_path)])
+
+
+def _start_fails(ksm: KernelSpecManager, docker_client: docker.DockerClient) -> Exception:
+    before_ports = set(listening_ports())
+    before = {c.id for c in our_containers(docker_client)}
+    km = KernelManager(kernel_name="k", kernel_spec_manager=ksm)
+    with pytest.raises(Exception) as info:
+        km.start_kernel()
+    assert {c.id for c in our_containers(docker_client)} == before, "a container was left behind"
+    new_ports = set(listening_ports()) - before_ports
+    assert not new_ports, f"ports left listening: {new_ports}"
+    assert not km.has_kernel
+    return info.value
+
+
+def test_wrong_image_name(tmp_path: Path, docker_client: docker.DockerClient) -> None:
+    err = _start_fails(_ksm_with(tmp_path, {"image": "no-such-image/anywhere:never"}), docker_client)
+    assert isinstance(err, SandboxError)
+    assert "no-such-image/anywhere:never" in str(err) and "image build" in str(err)
+
+
+def test_malformed_image_reference(tmp_path: Path, docker_client: docker.DockerClient) -> None:
+    err = _start_fails(_ksm_with(tmp_path, {"image": "Bad Image;rm -rf /"}), docker_client)
+    assert isinstance(err, PolicyError) and "image" in str(err)
+
+
+def test_malformed_memory_limit(tmp_path: Path, docker_client: docker.DockerClient) -> None:
+    err = _start_fails(
+        _ksm_with(tmp_path, {"image": DEFAULT_IMAGE, "memory_limit": "lots"}), docker_client
+    )
+    assert isinstance(err, PolicyError)
+    assert "memory_limit" in str(err) and "'2g'" in str(err)
+
+
+def test_unknown_config_key(tmp_path: Path, docker_client: docker.DockerClient) -> None:
+    err = _start_fails(_ksm_with(tmp_path, {"image": DEFAULT_IMAGE, "mount_home": True}), docker_client)
+    assert isinstance(err, PolicyError) and "mount_home" in str(err)
+
+
+def test_image_without_ipykernel(tmp_path: Path, docker_client: docker.DockerClient) -> None:
+    """An image that has python3 but no ipykernel: the kernel's own error reaches the user."""
+    image = DEFAULT_IMAGE
+    try:
+        ksm = _ksm_with(tmp_path, {"image": image})
+        spec = json.loads((tmp_path / "k" / "kernel.json").read_text())
+        # -S: no site-packages, so ipykernel cannot be imported, as in an image without it.
+        spec["argv"] = ["python3", "-S", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        (tmp_path / "k" / "kernel.json").write_text(json.dumps(spec))
+        km = KernelManager(kernel_name="k", kernel_spec_manager=ksm)
+        km.start_kernel()  # the process starts; ipykernel's import fails inside
+        try:
+            deadline = time.monotonic() + 30
+            while km.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not km.is_alive()
+            tail = b"".join(km.provisioner._console_tail).decode()
+            assert "No module named ipykernel_launcher" in tail
+        finally:
+            km.shutdown_kernel(now=True)
+        assert not our_containers(docker_client)
+    finally:
+        pass
+
+
+@pytest.fixture
+def daemon_without_runsc() -> Iterator[str]:
+    """A second, real dockerd whose config registers no runsc runtime."""
+    root = Path(tempfile.mkdtemp(prefix="sk-dockerd-", dir="/tmp"))
+    (root / "daemon.json").write_text("{}")
+    sock = f"unix://{root}/docker.sock"
+    proc = subprocess.Popen(
+        ["dockerd", "--config-file", str(root / "daemon.json"), "--data-root", str(root / "data"),
+         "--exec-root", str(root / "exec"), "--pidfile", str(root / "pid"), "-H", sock,
+         "--bridge=none", "--iptables=false", "--ip6tables=false"],
+        stdout=subprocess.DEVNULL, stderr=(root / "log").open("wb"), start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                docker.DockerClient(base_url=sock).ping()
+                break
+            except Exception:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise AssertionError((root / "log").read_text()[-2000:]) from None
+                time.sleep(0.3)
+        yield sock
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["umount", "-R", str(root / "exec")], capture_output=True, check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_missing_runsc_runtime_refuses(
+    tmp_path: Path, daemon_without_runsc: str, monkeypatch: pytest.MonkeyPatch, docker_client: docker.DockerClient
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", daemon_without_runsc)
+    err = _start_fails(_ksm_with(tmp_path, {"image": DEFAULT_IMAGE}), docker_client)
+    assert isinstance(err, SandboxError)
+    msg = str(err)
+    assert "no 'runsc' runtime" in msg and "setup-host" in msg and "allow_weaker_runtime" in msg
+    other = docker.DockerClient(base_url=daemon_without_runsc)
+    assert other.containers.list(all=True) == []
+
+
+def test_stopped_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_client: docker.DockerClient) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-daemon-here.sock")
+    err = _start_fails(_ksm_with(tmp_path, {"image": DEFAULT_IMAGE}), docker_client)
+    assert isinstance(err, SandboxError)
+    assert "cannot reach the Docker daemon" in str(err) and "setup-host" in str(err)
+
+
+def _derived_image(client: docker.DockerClient, name: str, setup_code: str, changes: list[str]) -> str:
+    """Commit an image derived from the default one after running ``setup_code`` as root
+    (plain runc, no network: this only prepares a broken image for a test)."""
+    container = client.containers.run(
+        DEFAULT_IMAGE, command=["python3", "-c", setup_code], user="0", network_mode="none",
+        detach=True,
+    )
+    try:
+        assert container.wait(timeout=60)["StatusCode"] == 0, container.logs()
+        container.commit(repository=name, tag="latest", changes=changes)
+    finally:
+        container.remove(force=True)
+    return f"{name}:latest"
+
+
+def test_launch_timeout_cleans_up(tmp_path: Path, docker_client: docker.DockerClient) -> None:
+    """A sandbox that never answers (its python3 hangs) is removed when launch_timeout passes."""
+    hang = "import os; open('/usr/local/bin/python3', 'w').write('#!/bin/sh\\nexec sleep 1000\\n'); " \
+        "os.chmod('/usr/local/bin/python3', 0o755)"
+    image = _derived_image(docker_client, "sandbox-kernel-test/hangs", hang, ["USER 1000:1000"])
+    try:
+        t0 = time.monotonic()
+        err = _start_fails(_ksm_with(tmp_path, {"image": image, "launch_timeout": 3.0}), docker_client)
+        assert time.monotonic() - t0 < 30
+        assert isinstance(err, SandboxError)
+        assert "launch_timeout=3s" in str(err)
+    finally:
+        docker_client.images.remove(image, force=True)

@@ -1,0 +1,149 @@
+"""The kernel behaves like a normal Jupyter kernel: run, interrupt, restart, die, shut down."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import docker
+from jupyter_client.ioloop import AsyncIOLoopKernelManager
+from jupyter_client.kernelspec import KernelSpecManager
+
+from .conftest import Kernel, listening_ports, our_containers
+
+
+def test_runs_real_work(shared_kernel: Kernel) -> None:
+    result = shared_kernel.value(
+        "import numpy as np, json\n"
+        "a = np.arange(1_000_000, dtype=np.float64)\n"
+        "print(json.dumps(float(a.sum())))"
+    )
+    assert result == float(sum(range(1_000_000)))
+
+
+def test_rich_output_matplotlib(shared_kernel: Kernel) -> None:
+    images: list[str] = []
+
+    def hook(msg: dict[str, Any]) -> None:
+        if msg["msg_type"] in ("display_data", "execute_result"):
+            if "image/png" in msg["content"]["data"]:
+                images.append(msg["content"]["data"]["image/png"])
+
+    reply = shared_kernel.kc.execute_interactive(
+        "%matplotlib inline\nimport matplotlib.pyplot as plt\nplt.plot([1, 3, 2]); plt.show()",
+        timeout=120,
+        output_hook=hook,
+    )
+    assert reply["content"]["status"] == "ok"
+    assert images and len(images[0]) > 1000
+
+
+def test_input_prompt(start_kernel) -> None:  # type: ignore[no-untyped-def]
+    kernel: Kernel = start_kernel()
+    kc = kernel.kc
+    kc.allow_stdin = True
+    msg_id = kc.execute("name = input('who? '); print('hello', name)", allow_stdin=True)
+    req = kc.get_stdin_msg(timeout=30)
+    assert req["content"]["prompt"] == "who? "
+    kc.input("sandbox")
+    outputs = []
+    while True:
+        msg = kc.get_iopub_msg(timeout=30)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "stream":
+            outputs.append(msg["content"]["text"])
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    assert "hello sandbox" in "".join(outputs)
+
+
+def test_interrupt_long_cell(shared_kernel: Kernel) -> None:
+    kc = shared_kernel.kc
+    msg_id = kc.execute("import time; time.sleep(60)")
+    # Wait until the cell is running.
+    while True:
+        msg = kc.get_iopub_msg(timeout=30)
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "execute_input":
+            break
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    shared_kernel.km.interrupt_kernel()
+    reply = kc.get_shell_msg(timeout=10)
+    elapsed = time.monotonic() - t0
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    assert elapsed < 2.0, f"interrupt took {elapsed:.2f}s"
+    # The kernel still works afterwards.
+    assert shared_kernel.value("print(6 * 7)") == 42
+
+
+def test_restart_gives_fresh_kernel(start_kernel, docker_client: docker.DockerClient) -> None:  # type: ignore[no-untyped-def]
+    kernel: Kernel = start_kernel()
+    kernel.run("secret_state = 123; open('/tmp/left-by-old-kernel', 'w').write('x')")
+    old_container = kernel.container_id
+    ports_before = dict(kernel.km.get_connection_info())
+    kernel.km.restart_kernel(now=False)
+    kernel.kc.wait_for_ready(timeout=60)
+    assert kernel.container_id != old_container
+    state = kernel.value(
+        "import os, json\n"
+        "print(json.dumps(['secret_state' in globals(), os.path.exists('/tmp/left-by-old-kernel')]))"
+    )
+    assert state == [False, False]
+    after = kernel.km.get_connection_info()
+    assert {k: after[k] for k in ("shell_port", "iopub_port")} == {
+        k: ports_before[k] for k in ("shell_port", "iopub_port")
+    }
+    assert not docker_client.containers.list(all=True, filters={"id": old_container})
+
+
+def test_ports_on_loopback_only_and_gone_after_shutdown(start_kernel, docker_client: docker.DockerClient) -> None:  # type: ignore[no-untyped-def]
+    kernel: Kernel = start_kernel()
+    info = kernel.km.get_connection_info()
+    assert info["ip"] == "127.0.0.1"
+    ports = [info[k] for k in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")]
+    listening = listening_ports()
+    for port in ports:
+        assert listening.get(port) == "0100007F", f"port {port} listens on {listening.get(port)}"
+    kernel_id = kernel.km.kernel_id
+    assert our_containers(docker_client, kernel_id)
+    kernel.stop()
+    assert not our_containers(docker_client, kernel_id)
+    listening = listening_ports()
+    assert not [p for p in ports if p in listening]
+
+
+def test_killed_container_is_restarted_by_jupyter(ksm: KernelSpecManager, docker_client: docker.DockerClient) -> None:
+    kernel_ids: list[str] = []
+
+    async def scenario() -> None:
+        km = AsyncIOLoopKernelManager(kernel_name="sandbox-python", kernel_spec_manager=ksm)
+        restarts: list[str] = []
+        await km.start_kernel()
+        kernel_ids.append(km.kernel_id)
+        km.start_restarter()  # callbacks can only be added once the restarter exists
+        km.add_restart_callback(lambda: restarts.append("restart"), "restart")
+        try:
+            first = km.provisioner._container_id
+            docker_client.containers.get(first).kill()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                current = km.provisioner._container_id
+                if restarts and current and current != first and await km.is_alive():
+                    break
+                await asyncio.sleep(0.2)
+            assert restarts, "jupyter_client's restarter did not notice the dead kernel"
+            kc = km.client()
+            kc.start_channels()
+            await kc.wait_for_ready(timeout=60)
+            reply = await kc.execute_interactive("x = 1", timeout=30)
+            assert reply["content"]["status"] == "ok"
+            kc.stop_channels()
+        finally:
+            km.stop_restarter()
+            await km.shutdown_kernel(now=True)
+
+    asyncio.run(scenario())
+    assert not our_containers(docker_client, kernel_ids[0])
