@@ -122,7 +122,9 @@ class SandboxPolicy:
     def is_gvisor(self) -> bool:
         return self.runtime in GVISOR_RUNTIMES
 
-    def kernel_env(self, server_env: Mapping[str, str], spec_env: Mapping[str, str]) -> dict[str, str]:
+    def kernel_env(
+        self, server_env: Mapping[str, str], spec_env: Mapping[str, str]
+    ) -> dict[str, str]:
         """The kernel's whole environment: fixed basics, allow-listed server
         variables, the kernelspec's ``env`` and the policy's ``env``. Nothing
         else of the server's environment reaches the sandbox."""
@@ -182,8 +184,14 @@ def build_policy(
     tmp = parse_size(tmp_size, "tmp_size")
     home = parse_size(home_size, "home_size")
     for name, value in (("tmp_size", tmp), ("home_size", home)):
-        _bounded(value, MIN_TMPFS, memory, name, "a tmpfs lives in the sandbox's memory, so it "
-                 "must fit in memory_limit", size=True)
+        _bounded(
+            value,
+            MIN_TMPFS,
+            memory,
+            name,
+            "a tmpfs lives in the sandbox's memory, so it must fit in memory_limit",
+            size=True,
+        )
     allow = tuple(env_allow)
     for name in allow:
         check_env_name(name, "env_allow")

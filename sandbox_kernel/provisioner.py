@@ -33,8 +33,9 @@ import secrets
 import signal
 import socket
 import sys
-from typing import Any
+from typing import Any, cast
 
+from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, Union
 
@@ -70,16 +71,17 @@ CONSOLE_TAIL_BYTES = 8192
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
 
 
-class SandboxProvisioner(KernelProvisionerBase):  # type: ignore[misc]
+class SandboxProvisioner(KernelProvisionerBase):
     """Starts each kernel in a gVisor container with no host files and no network."""
 
     image = Unicode(DEFAULT_IMAGE, help="Docker image with python3 and ipykernel.").tag(config=True)
-    runtime = Unicode("runsc", help="Docker runtime; anything but gVisor needs allow_weaker_runtime.").tag(
-        config=True
-    )
+    runtime = Unicode(
+        "runsc", help="Docker runtime; anything but gVisor needs allow_weaker_runtime."
+    ).tag(config=True)
     allow_weaker_runtime = Bool(
         False,
-        help="DANGEROUS: run without gVisor (runc) when runsc is missing or another runtime is set. "
+        help="DANGEROUS: run without gVisor (runc) when runsc is missing or another runtime "
+        "is set. "
         "The host kernel's whole syscall surface is then exposed to untrusted code.",
     ).tag(config=True)
     memory_limit = Union([Unicode(), Int()], default_value="2g", help="Memory cap, e.g. '2g'.").tag(
@@ -89,23 +91,31 @@ class SandboxProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     nproc_limit = Int(512, help="RLIMIT_NPROC inside the sandbox: a fork bomb gets EAGAIN.").tag(
         config=True
     )
-    pids_limit = Int(4096, help="Host cgroup pids limit: the backstop behind nproc_limit.").tag(config=True)
+    pids_limit = Int(4096, help="Host cgroup pids limit: the backstop behind nproc_limit.").tag(
+        config=True
+    )
     nofile_limit = Int(4096, help="RLIMIT_NOFILE inside the sandbox.").tag(config=True)
-    tmp_size = Union([Unicode(), Int()], default_value="256m", help="Size cap of /tmp (tmpfs).").tag(
-        config=True
-    )
-    home_size = Union([Unicode(), Int()], default_value="512m", help="Size cap of the home (tmpfs).").tag(
-        config=True
-    )
-    env_allow = List(
-        Unicode(), default_value=["TZ"], help="Server environment variables passed into the sandbox."
+    tmp_size = Union(
+        [Unicode(), Int()], default_value="256m", help="Size cap of /tmp (tmpfs)."
     ).tag(config=True)
-    env = Dict(value_trait=Unicode(), help="Fixed environment variables for the kernel.").tag(config=True)
+    home_size = Union(
+        [Unicode(), Int()], default_value="512m", help="Size cap of the home (tmpfs)."
+    ).tag(config=True)
+    env_allow = List(
+        Unicode(),
+        default_value=["TZ"],
+        help="Server environment variables passed into the sandbox.",
+    ).tag(config=True)
+    env = Dict(value_trait=Unicode(), help="Fixed environment variables for the kernel.").tag(
+        config=True
+    )
     launch_timeout = Float(60.0, help="Seconds from container creation to a running kernel.").tag(
         config=True
     )
     console_output = Enum(
-        ["stderr", "discard"], default_value="stderr", help="Where the kernel's own stdout/stderr go."
+        ["stderr", "discard"],
+        default_value="stderr",
+        help="Where the kernel's own stdout/stderr go.",
     ).tag(config=True)
 
     def __init__(self, **kwargs: Any) -> None:
@@ -202,23 +212,30 @@ class SandboxProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         km.write_connection_file(jupyter_session=env.get("JPY_SESSION_NAME", ""))
         self.connection_info = km.get_connection_info()
 
-    def _host_connection_info(self) -> dict[str, Any]:
+    def _host_connection_info(self) -> KernelConnectionInfo:
         assert self._listeners is not None and self._key is not None
-        info: dict[str, Any] = dict(self._listeners.ports)
-        info.update(ip=HOST, transport="tcp", key=self._key, signature_scheme="hmac-sha256")
-        return info
+        info = {**self._listeners.ports, "ip": HOST, "transport": "tcp", "key": self._key}
+        info["signature_scheme"] = "hmac-sha256"
+        return cast(KernelConnectionInfo, info)
 
     def _inside_connection_info(self) -> dict[str, Any]:
         scheme = self.connection_info.get("signature_scheme", "hmac-sha256")
         key = self._key.decode() if self._key else ""
-        return {**INSIDE_PORTS, "ip": "127.0.0.1", "transport": "tcp", "key": key,
-                "signature_scheme": scheme, "kernel_name": ""}
+        return {
+            **INSIDE_PORTS,
+            "ip": "127.0.0.1",
+            "transport": "tcp",
+            "key": key,
+            "signature_scheme": scheme,
+            "kernel_name": "",
+        }
 
-    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> dict[str, Any]:
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         policy, preflight = self.policy, self._preflight
         assert policy is not None and preflight is not None and self._listeners is not None
         self._launch_count += 1
-        name = f"sandbox-kernel-{(self.kernel_id or 'anon')[:12]}-{self._launch_count}-{secrets.token_hex(3)}"
+        kid = (self.kernel_id or "anon")[:12]
+        name = f"sandbox-kernel-{kid}-{self._launch_count}-{secrets.token_hex(3)}"
         labels = {
             LABEL_MANAGED: "1",
             LABEL_KERNEL_ID: str(self.kernel_id or ""),
@@ -247,7 +264,11 @@ class SandboxProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self._listeners.session = session
         self.log.info(
             "sandbox-kernel %s: started %s (runtime %s, image %s) on ports %s",
-            self.kernel_id, name, preflight.runtime, policy.image, self._listeners.ports,
+            self.kernel_id,
+            name,
+            preflight.runtime,
+            policy.image,
+            self._listeners.ports,
         )
         return self.connection_info
 
@@ -267,7 +288,9 @@ class SandboxProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         }
         hello = await self.relay.run(_send_agent(session))
         if hello.get("version") != protocol.VERSION:
-            raise SandboxError(f"agent speaks protocol {hello.get('version')}, expected {protocol.VERSION}")
+            raise SandboxError(
+                f"agent speaks protocol {hello.get('version')}, expected {protocol.VERSION}"
+            )
         if hello.get("uid") == 0:
             raise SandboxError("the sandbox runs as root; refusing (policy user is unprivileged)")
         if preflight.runtime == "runsc" and hello.get("release") == os.uname().release:
@@ -282,8 +305,8 @@ class SandboxProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         detail = f"\nkernel output:\n{tail}" if tail else ""
         if isinstance(exc, asyncio.TimeoutError):
             return SandboxError(
-                f"the sandboxed kernel did not start within launch_timeout={policy.launch_timeout:g}s; "
-                f"the container was removed{detail}"
+                "the sandboxed kernel did not start within "
+                f"launch_timeout={policy.launch_timeout:g}s; the container was removed{detail}"
             )
         if isinstance(exc, SessionError):
             return SandboxError(
@@ -317,7 +340,8 @@ class SandboxProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         return session.exit_status if session.exit_status is not None else -signal.SIGKILL
 
     async def wait(self) -> int | None:
-        while (status := await self.poll()) is None:
+        # Polling, as LocalProvisioner does: poll() reads state the relay thread sets.
+        while (status := await self.poll()) is None:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         return status
 
@@ -328,7 +352,9 @@ class SandboxProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if signum == signal.SIGKILL:
             await self.backend.kill(self._container_id)
             return
-        self.relay.loop.call_soon_threadsafe(session.send_control, {"op": "signal", "signum": int(signum)})
+        self.relay.loop.call_soon_threadsafe(
+            session.send_control, {"op": "signal", "signum": int(signum)}
+        )
 
     async def kill(self, restart: bool = False) -> None:
         if self._container_id is not None:

@@ -28,7 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from ..relay import mux as m
 from ..relay import protocol as p
@@ -54,11 +54,11 @@ class _PipeIn(asyncio.Protocol):
         except p.ProtocolError as exc:
             self.agent.fatal("protocol error from host: %s" % exc)
 
-    def eof_received(self) -> Optional[bool]:
+    def eof_received(self) -> bool | None:
         self.agent.finish(None, "host closed the pipe")
         return None
 
-    def connection_lost(self, exc: Optional[Exception]) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self.agent.finish(None, "host pipe lost")
 
 
@@ -72,7 +72,7 @@ class _PipeOut(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.agent.mux.pipe_resume()
 
-    def connection_lost(self, exc: Optional[Exception]) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self.agent.finish(None, "host pipe lost")
 
 
@@ -82,11 +82,11 @@ class Agent:
         self.pipe_in = pipe_in
         self.pipe_out = pipe_out
         self.mux = m.Mux(self._write, on_control=self.on_control, on_open=self.on_open)
-        self.out: Optional[asyncio.WriteTransport] = None
-        self.kernel: Optional[subprocess.Popen[bytes]] = None
-        self.kernel_pgid: Optional[int] = None
+        self.out: asyncio.WriteTransport | None = None
+        self.kernel: subprocess.Popen[bytes] | None = None
+        self.kernel_pgid: int | None = None
         self.done: asyncio.Future[int] = loop.create_future()
-        self.status: Optional[int] = None
+        self.status: int | None = None
 
     def _write(self, data: bytes) -> None:
         if self.out is not None and not self.out.is_closing():
@@ -97,7 +97,9 @@ class Agent:
         self.out, _ = await loop.connect_write_pipe(
             lambda: _PipeOut(self), os.fdopen(self.pipe_out, "wb", buffering=0)
         )
-        await loop.connect_read_pipe(lambda: _PipeIn(self), os.fdopen(self.pipe_in, "rb", buffering=0))
+        await loop.connect_read_pipe(
+            lambda: _PipeIn(self), os.fdopen(self.pipe_in, "rb", buffering=0)
+        )
         loop.add_signal_handler(signal.SIGCHLD, self.reap)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self.forward_signal, signum)
@@ -120,23 +122,25 @@ class Agent:
         return code
 
     # -- control messages ------------------------------------------------------
-    def on_control(self, msg: Dict[str, Any]) -> None:
+    def on_control(self, msg: dict[str, Any]) -> None:
         op = msg["op"]
         if op == "start":
             try:
                 self.start_kernel(msg)
             except Exception as exc:  # report, then end: the host sees a clean error
-                self.mux.send_control({"op": "error", "message": "%s: %s" % (type(exc).__name__, exc)})
+                self.mux.send_control(
+                    {"op": "error", "message": "%s: %s" % (type(exc).__name__, exc)}
+                )
                 self.finish(127, "kernel failed to start")
         elif op == "signal":
             self.signal_kernel(int(msg["signum"]))
         elif op == "shutdown":
             self.finish(0, "shutdown requested")
 
-    def start_kernel(self, msg: Dict[str, Any]) -> None:
+    def start_kernel(self, msg: dict[str, Any]) -> None:
         if self.kernel is not None:
             raise RuntimeError("a kernel is already running in this sandbox")
-        env: Dict[str, str] = {k: str(v) for k, v in dict(msg.get("env") or {}).items()}
+        env: dict[str, str] = {k: str(v) for k, v in dict(msg.get("env") or {}).items()}
         home = env.get("HOME") or os.environ.get("HOME") or "/tmp"
         populate_home(home)
         conn_path = str(msg["connection_file"])
@@ -144,7 +148,7 @@ class Agent:
         fd = os.open(conn_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(msg["connection"], f)
-        argv: List[str] = [str(a) for a in msg["argv"]]
+        argv: list[str] = [str(a) for a in msg["argv"]]
         full_env = dict(os.environ)
         full_env.update(env)
         self.kernel = subprocess.Popen(
@@ -196,7 +200,11 @@ class Agent:
             except OSError as exc:
                 # Refused while the kernel is still binding its ports: retry while it lives.
                 kernel_alive = self.kernel is not None and self.status is None
-                if exc.errno != errno.ECONNREFUSED or not kernel_alive or self.loop.time() > deadline:
+                if (
+                    exc.errno != errno.ECONNREFUSED
+                    or not kernel_alive
+                    or self.loop.time() > deadline
+                ):
                     stream.abort("connect to port %d failed: %s" % (port, exc))
                     return
                 await asyncio.sleep(CONNECT_RETRY_INTERVAL)
@@ -215,7 +223,7 @@ class Agent:
                 self.kernel.returncode = exit_code(status)
                 self.finish(self.kernel.returncode, "kernel exited")
 
-    def finish(self, code: Optional[int], why: str) -> None:
+    def finish(self, code: int | None, why: str) -> None:
         if self.done.done():
             return
         if code is None:

@@ -92,13 +92,17 @@ def docker_endpoint() -> tuple[str, Any]:
     """Where the Docker API listens, from DOCKER_HOST as the Docker SDK reads it."""
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     if os.environ.get("DOCKER_TLS_VERIFY"):
-        raise SandboxError("DOCKER_TLS_VERIFY is set: the relay supports local unix:// or plain tcp:// only")
+        raise SandboxError(
+            "DOCKER_TLS_VERIFY is set: the relay supports local unix:// or plain tcp:// only"
+        )
     url = urlparse(host)
     if url.scheme == "unix":
         return ("unix", url.path)
     if url.scheme == "tcp" and url.hostname:
         return ("tcp", (url.hostname, url.port or 2375))
-    raise SandboxError(f"DOCKER_HOST={host!r} is not supported by the relay (use unix:// or tcp://)")
+    raise SandboxError(
+        f"DOCKER_HOST={host!r} is not supported by the relay (use unix:// or tcp://)"
+    )
 
 
 class DockerBackend(SandboxBackend):
@@ -133,7 +137,9 @@ class DockerBackend(SandboxBackend):
             info = client.info()
         except docker.errors.DockerException as exc:
             self._client = None
-            raise SandboxError(f"the Docker daemon stopped answering: {exc}. {SETUP_HINT}") from None
+            raise SandboxError(
+                f"the Docker daemon stopped answering: {exc}. {SETUP_HINT}"
+            ) from None
         runtimes = sorted((info.get("Runtimes") or {}).keys())
         runtime = policy.runtime
         warnings: list[str] = []
@@ -146,12 +152,15 @@ class DockerBackend(SandboxBackend):
                 runtime = "runc"
             else:
                 raise SandboxError(
-                    f"the Docker daemon has no {runtime!r} runtime (it has: {', '.join(runtimes)}). "
-                    f"Register gVisor: {SETUP_HINT}; it adds runsc to /etc/docker/daemon.json. "
-                    "Refusing to start a weaker sandbox (set allow_weaker_runtime=True to override)."
+                    f"the Docker daemon has no {runtime!r} runtime "
+                    f"(it has: {', '.join(runtimes)}). Register gVisor: {SETUP_HINT}; it adds "
+                    "runsc to /etc/docker/daemon.json. Refusing to start a weaker sandbox "
+                    "(set allow_weaker_runtime=True to override)."
                 )
         elif not policy.is_gvisor:
-            warnings.append(f"runtime {runtime!r} is not gVisor: weaker isolation (allow_weaker_runtime=True)")
+            warnings.append(
+                f"runtime {runtime!r} is not gVisor: weaker isolation (allow_weaker_runtime=True)"
+            )
         try:
             client.images.get(policy.image)
         except docker.errors.ImageNotFound:
@@ -170,7 +179,9 @@ class DockerBackend(SandboxBackend):
         try:
             container = self._docker().containers.create(**spec)
         except docker.errors.APIError as exc:
-            raise SandboxError(f"Docker could not create the sandbox: {exc.explanation or exc}") from None
+            raise SandboxError(
+                f"Docker could not create the sandbox: {exc.explanation or exc}"
+            ) from None
         return str(container.id)
 
     def _start(self, cid: str) -> None:
@@ -179,7 +190,9 @@ class DockerBackend(SandboxBackend):
         try:
             self._docker().api.start(cid)
         except docker.errors.APIError as exc:
-            raise SandboxError(f"Docker could not start the sandbox: {exc.explanation or exc}") from None
+            raise SandboxError(
+                f"Docker could not start the sandbox: {exc.explanation or exc}"
+            ) from None
 
     def _kill(self, cid: str) -> None:
         import docker
@@ -216,7 +229,9 @@ class DockerBackend(SandboxBackend):
         labels: Mapping[str, str],
         name: str,
     ) -> str:
-        spec = container_spec(policy, runtime=preflight.runtime, command=command, labels=labels, name=name)
+        spec = container_spec(
+            policy, runtime=preflight.runtime, command=command, labels=labels, name=name
+        )
         return await asyncio.to_thread(self._create, spec)
 
     async def attach(self, sandbox_id: str, session: AgentSession) -> None:

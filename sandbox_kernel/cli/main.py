@@ -21,30 +21,57 @@ def _add_policy_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image", help=f"kernel image (default {DEFAULT_IMAGE})")
     g.add_argument("--memory", dest="memory_limit", help="memory cap, e.g. 2g")
     g.add_argument("--cpus", dest="cpu_limit", type=float, help="CPU cap, e.g. 1 or 0.5")
-    g.add_argument("--nproc", dest="nproc_limit", type=int, help="processes per sandbox (RLIMIT_NPROC)")
+    g.add_argument(
+        "--nproc", dest="nproc_limit", type=int, help="processes per sandbox (RLIMIT_NPROC)"
+    )
     g.add_argument("--pids", dest="pids_limit", type=int, help="host pids cgroup backstop")
     g.add_argument("--tmp-size", dest="tmp_size", help="size cap of /tmp, e.g. 256m")
     g.add_argument("--home-size", dest="home_size", help="size cap of the home folder, e.g. 512m")
-    g.add_argument("--env-allow", dest="env_allow", action="append", metavar="NAME",
-                   help="pass this server environment variable into the sandbox (repeatable)")
+    g.add_argument(
+        "--env-allow",
+        dest="env_allow",
+        action="append",
+        metavar="NAME",
+        help="pass this server environment variable into the sandbox (repeatable)",
+    )
     g.add_argument("--launch-timeout", dest="launch_timeout", type=float, help="seconds")
     g.add_argument("--runtime", help="Docker runtime (default runsc = gVisor)")
-    g.add_argument("--allow-weaker-runtime", dest="allow_weaker_runtime", action="store_true",
-                   default=None, help="DANGEROUS: allow running without gVisor")
+    g.add_argument(
+        "--allow-weaker-runtime",
+        dest="allow_weaker_runtime",
+        action="store_true",
+        default=None,
+        help="DANGEROUS: allow running without gVisor",
+    )
 
 
-_POLICY_KEYS = ("image", "memory_limit", "cpu_limit", "nproc_limit", "pids_limit", "tmp_size",
-                "home_size", "env_allow", "launch_timeout", "runtime", "allow_weaker_runtime")
+_POLICY_KEYS = (
+    "image",
+    "memory_limit",
+    "cpu_limit",
+    "nproc_limit",
+    "pids_limit",
+    "tmp_size",
+    "home_size",
+    "env_allow",
+    "launch_timeout",
+    "runtime",
+    "allow_weaker_runtime",
+)
 
 
 def cmd_install(args: argparse.Namespace) -> int:
     from ..kernelspec import build_kernelspec, install_kernelspec
 
-    config: dict[str, Any] = {k: getattr(args, k) for k in _POLICY_KEYS if getattr(args, k) is not None}
+    config: dict[str, Any] = {
+        k: getattr(args, k) for k in _POLICY_KEYS if getattr(args, k) is not None
+    }
     config.setdefault("image", DEFAULT_IMAGE)
     spec = build_kernelspec(config, display_name=args.display_name)
     prefix = sys.prefix if args.sys_prefix else args.prefix
-    path, changed = install_kernelspec(spec, args.name, user=args.user, prefix=prefix, replace=args.replace)
+    path, changed = install_kernelspec(
+        spec, args.name, user=args.user, prefix=prefix, replace=args.replace
+    )
     print(f"{'installed' if changed else 'already installed'}: kernelspec {args.name!r} in {path}")
     return 0
 
@@ -54,8 +81,13 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     from ..image.recipe import ImageRecipe
 
     recipe = ImageRecipe(extra_python_packages=tuple(args.extra_package or ()))
-    built = build_image(args.image, recipe=recipe, mirror=args.mirror, force=args.force,
-                        keep_rootfs=args.keep_rootfs)
+    built = build_image(
+        args.image,
+        recipe=recipe,
+        mirror=args.mirror,
+        force=args.force,
+        keep_rootfs=args.keep_rootfs,
+    )
     if not built:
         print(f"{args.image} is up to date (recipe {recipe.digest()}); --force rebuilds it")
     return 0
@@ -70,7 +102,9 @@ def cmd_setup_host(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .run import run_notebook
 
-    return run_notebook(args.notebook, kernel_name=args.kernel, output=args.output, timeout=args.timeout)
+    return run_notebook(
+        args.notebook, kernel_name=args.kernel, output=args.output, timeout=args.timeout
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--prefix", help="install into PREFIX/share/jupyter/kernels")
     p.add_argument("--name", default="sandbox-python", help="kernel name (default sandbox-python)")
     p.add_argument("--display-name", default="Python 3 (sandboxed)")
-    p.add_argument("--replace", action="store_true", help="overwrite a different existing kernelspec")
+    p.add_argument(
+        "--replace", action="store_true", help="overwrite a different existing kernelspec"
+    )
     _add_policy_options(p)
     p.set_defaults(func=cmd_install)
 
@@ -97,17 +133,25 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--image", default=DEFAULT_IMAGE)
     b.add_argument("--force", action="store_true", help="rebuild even if up to date")
     b.add_argument("--mirror", help="Debian mirror URL (default: the one apt uses)")
-    b.add_argument("--extra-package", action="append", metavar="PIP_SPEC",
-                   help="another Python package (wheel) for the image (repeatable)")
+    b.add_argument(
+        "--extra-package",
+        action="append",
+        metavar="PIP_SPEC",
+        help="another Python package (wheel) for the image (repeatable)",
+    )
     b.add_argument("--keep-rootfs", action="store_true", help=argparse.SUPPRESS)
     b.set_defaults(func=cmd_image_build)
 
-    p = sub.add_parser("setup-host", help="install Docker + gVisor (runsc) and start dockerd (root)")
+    p = sub.add_parser(
+        "setup-host", help="install Docker + gVisor (runsc) and start dockerd (root)"
+    )
     p.set_defaults(func=cmd_setup_host)
 
     p = sub.add_parser("run", help="execute a notebook in a sandboxed kernel")
     p.add_argument("notebook")
-    p.add_argument("--kernel", default="sandbox-python", help="kernel name (default sandbox-python)")
+    p.add_argument(
+        "--kernel", default="sandbox-python", help="kernel name (default sandbox-python)"
+    )
     p.add_argument("--output", help="write the executed notebook here")
     p.add_argument("--timeout", type=float, default=600, help="seconds per cell")
     p.set_defaults(func=cmd_run)

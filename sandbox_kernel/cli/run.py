@@ -28,7 +28,7 @@ def run_notebook(path: str, *, kernel_name: str, output: str | None, timeout: fl
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    nb = nbformat.read(path, as_version=4)
+    nb = nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call]
     client = NotebookClient(nb, kernel_name=kernel_name, timeout=int(timeout), allow_errors=False)
     started = time.monotonic()
     try:
@@ -40,7 +40,7 @@ def run_notebook(path: str, *, kernel_name: str, output: str | None, timeout: fl
         raise SandboxError(f"could not run {path} in kernel {kernel_name!r}: {exc}") from exc
     finally:
         if output:
-            nbformat.write(nb, output)
+            nbformat.write(nb, output)  # type: ignore[no-untyped-call]
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue

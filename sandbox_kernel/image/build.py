@@ -122,8 +122,10 @@ def build_image(
     workdir = Path(tempfile.mkdtemp(prefix="sandbox-kernel-image-", dir="/var/tmp"))
     builder = _RootfsBuilder(workdir, recipe)
     steps: list[tuple[str, Callable[[], None]]] = [
-        (f"debootstrap {recipe.suite} (minbase) from {mirror}; log: {builder.log}",
-         lambda: builder.debootstrap(mirror)),
+        (
+            f"debootstrap {recipe.suite} (minbase) from {mirror}; log: {builder.log}",
+            lambda: builder.debootstrap(mirror),
+        ),
         ("installing " + ", ".join(recipe.all_python_packages), builder.install_wheels),
         ("slimming the rootfs", builder.slim),
         ("creating the sandbox user", builder.add_user),
@@ -139,8 +141,11 @@ def build_image(
         import docker
 
         size = docker.from_env().images.get(image).attrs.get("Size", 0)
-        progress(len(steps), len(steps),
-                 f"done: {image}, {size / 2**20:.0f} MiB, {time.monotonic() - started:.0f} s")
+        progress(
+            len(steps),
+            len(steps),
+            f"done: {image}, {size / 2**20:.0f} MiB, {time.monotonic() - started:.0f} s",
+        )
         return True
     finally:
         if keep_rootfs:
@@ -159,13 +164,24 @@ class _RootfsBuilder:
         self.log = workdir / "build.log"
         self.site = self.rootfs / f"usr/local/lib/python{recipe.python_version}/dist-packages"
         self.chroot = shutil.which("chroot") or "chroot"
-        self.chroot_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+        self.chroot_env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": "/root",
+            "LANG": "C.UTF-8",
+        }
 
     def debootstrap(self, mirror: str) -> None:
         r = self.recipe
         _run(
-            ["debootstrap", "--variant=minbase", f"--arch={debian_arch(platform.machine())}",
-             f"--include={','.join(r.debian_packages)}", r.suite, str(self.rootfs), mirror],
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--arch={debian_arch(platform.machine())}",
+                f"--include={','.join(r.debian_packages)}",
+                r.suite,
+                str(self.rootfs),
+                mirror,
+            ],
             self.log,
         )
 
@@ -202,8 +218,18 @@ class _RootfsBuilder:
     def compile_bytecode(self) -> None:
         v = self.recipe.python_version
         _run(
-            [self.chroot, str(self.rootfs), "python3", "-m", "compileall", "-q", "-j", "1",
-             f"/usr/lib/python{v}", f"/usr/local/lib/python{v}"],
+            [
+                self.chroot,
+                str(self.rootfs),
+                "python3",
+                "-m",
+                "compileall",
+                "-q",
+                "-j",
+                "1",
+                f"/usr/lib/python{v}",
+                f"/usr/local/lib/python{v}",
+            ],
             self.log,
             env=self.chroot_env,
         )

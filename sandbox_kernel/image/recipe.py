@@ -21,8 +21,18 @@ SANDBOX_HOME = "/home/sandbox"
 DEBIAN_PACKAGES = ("python3",)
 PYTHON_PACKAGES = ("ipykernel>=6.29,<8", "numpy>=1.26,<3", "matplotlib>=3.8,<4")
 
-_MACHINE_TO_WHEEL_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
-_MACHINE_TO_DEBIAN_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+_MACHINE_TO_WHEEL_ARCH = {
+    "x86_64": "x86_64",
+    "amd64": "x86_64",
+    "aarch64": "aarch64",
+    "arm64": "aarch64",
+}
+_MACHINE_TO_DEBIAN_ARCH = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+}
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
+from .mux import abort_transport
 from .session import AgentSession
 
 HOST = "127.0.0.1"
@@ -19,7 +20,7 @@ HOST = "127.0.0.1"
 
 class _Refuse(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.abort()
+        abort_transport(transport)
 
 
 class HostListeners:
@@ -43,14 +44,15 @@ class HostListeners:
                 except OSError:
                     sock.close()
                     raise
-                server = await loop.create_server(
-                    lambda inside=inside: self._accept(inside), sock=sock  # type: ignore[misc]
-                )
+                server = await loop.create_server(self._factory(inside), sock=sock)
                 self._servers.append(server)
                 self.ports[name] = sock.getsockname()[1]
         except BaseException:
             await self.close()
             raise
+
+    def _factory(self, inside_port: int) -> Callable[[], asyncio.Protocol]:
+        return lambda: self._accept(inside_port)
 
     def _accept(self, inside_port: int) -> asyncio.Protocol:
         session = self.session

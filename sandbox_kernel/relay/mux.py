@@ -15,7 +15,8 @@ frames to streams and applies back-pressure in both directions:
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Dict, Optional
+from collections.abc import Callable
+from typing import Any
 
 from . import protocol as p
 
@@ -26,13 +27,22 @@ PIPE_HIGH_WATER = 1024 * 1024
 PIPE_LOW_WATER = 256 * 1024
 
 
+def abort_transport(transport: asyncio.BaseTransport) -> None:
+    """Drop a connection at once (RST for sockets); read-only pipes can only close."""
+    abort = getattr(transport, "abort", None)
+    if abort is not None:
+        abort()
+    else:
+        transport.close()
+
+
 class Stream(asyncio.Protocol):
     """One relayed connection on this side of the pipe (an asyncio protocol)."""
 
     def __init__(self, mux: Mux, sid: int) -> None:
         self.mux = mux
         self.sid = sid
-        self.transport: Optional[asyncio.BaseTransport] = None
+        self.transport: asyncio.BaseTransport | None = None
         self.send_window = p.SendWindow()
         self.recv_window = p.RecvWindow()
         self.pending_out = bytearray()  # local bytes waiting for credit
@@ -48,7 +58,7 @@ class Stream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         if self.closed:
-            transport.abort()
+            abort_transport(transport)
             return
         if isinstance(transport, asyncio.WriteTransport):
             transport.set_write_buffer_limits(high=LOCAL_HIGH_WATER, low=LOCAL_LOW_WATER)
@@ -68,7 +78,7 @@ class Stream(asyncio.Protocol):
         self.pump()
         return True  # keep our write half open: the peer may still send
 
-    def connection_lost(self, exc: Optional[Exception]) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed:
             clean = self.eof_sent and self.remote_eof and not self.pending_out
             if not clean:
@@ -101,7 +111,7 @@ class Stream(asyncio.Protocol):
     def on_reset(self) -> None:
         self._forget()
         if self.transport is not None:
-            self.transport.abort()
+            abort_transport(self.transport)
 
     def on_credit(self, amount: int) -> None:
         self.send_window.grant(amount)
@@ -174,7 +184,7 @@ class Stream(asyncio.Protocol):
             self.mux.send(p.encode_reset(self.sid, reason))
             self._forget()
         if self.transport is not None:
-            self.transport.abort()
+            abort_transport(self.transport)
 
 
 class Mux:
@@ -190,9 +200,9 @@ class Mux:
         self,
         write: Callable[[bytes], None],
         *,
-        on_control: Callable[[Dict[str, Any]], None],
-        on_open: Optional[Callable[[int, int], None]] = None,
-        on_console: Optional[Callable[[bytes], None]] = None,
+        on_control: Callable[[dict[str, Any]], None],
+        on_open: Callable[[int, int], None] | None = None,
+        on_console: Callable[[bytes], None] | None = None,
         max_streams: int = 256,
     ) -> None:
         self._write = write
@@ -201,7 +211,7 @@ class Mux:
         self._on_console = on_console
         self._console_window = p.RecvWindow()
         self.decoder = p.FrameDecoder()
-        self.streams: Dict[int, Stream] = {}
+        self.streams: dict[int, Stream] = {}
         self.max_streams = max_streams
         self.pipe_paused = False
         self.closed = False
@@ -211,7 +221,7 @@ class Mux:
         if not self.closed:
             self._write(frame)
 
-    def send_control(self, message: Dict[str, Any]) -> None:
+    def send_control(self, message: dict[str, Any]) -> None:
         self.send(p.encode_control(message))
 
     def new_stream(self) -> Stream:
@@ -289,5 +299,5 @@ class Mux:
         for stream in list(self.streams.values()):
             stream.closed = True
             if stream.transport is not None:
-                stream.transport.abort()
+                abort_transport(stream.transport)
         self.streams.clear()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 VERSION = 1
 
@@ -37,7 +37,14 @@ RESET = 4  # both ways: abort the stream in both directions; payload: utf-8 reas
 CREDIT = 5  # both ways: <u32> more bytes may be sent on this stream
 CONTROL = 6  # both ways, stream 0 only: one JSON object, see docs/protocol.md
 
-FRAME_NAMES = {OPEN: "OPEN", DATA: "DATA", EOF: "EOF", RESET: "RESET", CREDIT: "CREDIT", CONTROL: "CONTROL"}
+FRAME_NAMES = {
+    OPEN: "OPEN",
+    DATA: "DATA",
+    EOF: "EOF",
+    RESET: "RESET",
+    CREDIT: "CREDIT",
+    CONTROL: "CONTROL",
+}
 
 # Stream 0 carries CONTROL frames, and DATA/CREDIT for the kernel's console output.
 CONSOLE_STREAM = 0
@@ -62,7 +69,7 @@ def encode(ftype: int, stream: int, payload: bytes = b"") -> bytes:
     return HEADER.pack(ftype, stream, len(payload)) + payload
 
 
-def encode_data(stream: int, data: bytes) -> List[bytes]:
+def encode_data(stream: int, data: bytes) -> list[bytes]:
     """DATA frames for ``data``, split at MAX_PAYLOAD."""
     view = memoryview(data)
     return [
@@ -83,7 +90,7 @@ def encode_reset(stream: int, reason: str = "") -> bytes:
     return encode(RESET, stream, reason.encode("utf-8", "replace")[:1024])
 
 
-def encode_control(message: Dict[str, Any]) -> bytes:
+def encode_control(message: dict[str, Any]) -> bytes:
     return encode(CONTROL, CONSOLE_STREAM, json.dumps(message, separators=(",", ":")).encode())
 
 
@@ -105,7 +112,7 @@ def decode_credit(payload: bytes) -> int:
     return amount
 
 
-def decode_control(payload: bytes) -> Dict[str, Any]:
+def decode_control(payload: bytes) -> dict[str, Any]:
     try:
         message = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -126,7 +133,7 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buf)
 
-    def feed(self, data: bytes) -> List[Frame]:
+    def feed(self, data: bytes) -> list[Frame]:
         buf = self._buf
         buf += data
         frames = []
@@ -137,7 +144,9 @@ class FrameDecoder:
             if ftype not in FRAME_NAMES:
                 raise ProtocolError("unknown frame type %d" % ftype)
             if length > self._max_payload:
-                raise ProtocolError("frame of %d bytes exceeds the %d-byte limit" % (length, self._max_payload))
+                raise ProtocolError(
+                    "frame of %d bytes exceeds the %d-byte limit" % (length, self._max_payload)
+                )
             if ftype == CONTROL and stream != CONSOLE_STREAM:
                 raise ProtocolError("CONTROL frame on stream %d" % stream)
             if end - pos - HEADER_SIZE < length:
@@ -185,7 +194,7 @@ class RecvWindow:
         if self.outstanding > self.initial:
             raise ProtocolError("peer sent beyond its window")
 
-    def settle(self, still_buffered: int) -> Optional[int]:
+    def settle(self, still_buffered: int) -> int | None:
         """Given the bytes this side still holds, return credit to send now, if any."""
         owed = self.outstanding - still_buffered
         if owed >= CREDIT_BATCH:

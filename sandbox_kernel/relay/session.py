@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from . import protocol as p
 from .docker_stream import STDOUT, DockerStreamDemux, DockerStreamError
-from .mux import PIPE_HIGH_WATER, PIPE_LOW_WATER, Mux, Stream
+from .mux import PIPE_HIGH_WATER, PIPE_LOW_WATER, Mux, Stream, abort_transport
 
 MAX_RESPONSE_HEAD = 64 * 1024
 
@@ -154,8 +154,8 @@ class AgentSession(asyncio.Protocol):
         self.error = self.error or why
         self.log.error("%s", why)
         if self.transport is not None:
-            self.transport.abort()
+            abort_transport(self.transport)
 
     def close(self) -> None:
         if self.transport is not None:
-            self.transport.abort()
+            abort_transport(self.transport)

@@ -72,8 +72,13 @@ def kernel_dirs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("kernels")
     variants = {
         "sandbox-python": {},
-        "sandbox-small": {"memory_limit": "256m", "tmp_size": "64m", "home_size": "64m",
-                          "nproc_limit": 64, "pids_limit": 512},
+        "sandbox-small": {
+            "memory_limit": "256m",
+            "tmp_size": "64m",
+            "home_size": "64m",
+            "nproc_limit": 64,
+            "pids_limit": 512,
+        },
     }
     for name, config in variants.items():
         (root / name).mkdir()
@@ -124,7 +129,9 @@ class Kernel:
 
 
 @pytest.fixture
-def start_kernel(ksm: KernelSpecManager, docker_client: docker.DockerClient) -> Iterator[Callable[..., Kernel]]:
+def start_kernel(
+    ksm: KernelSpecManager, docker_client: docker.DockerClient
+) -> Iterator[Callable[..., Kernel]]:
     started: list[Kernel] = []
 
     def start(name: str = "sandbox-python", **km_kwargs: Any) -> Kernel:

@@ -44,7 +44,9 @@ def _start_fails(ksm: KernelSpecManager, docker_client: docker.DockerClient) -> 
 
 
 def test_wrong_image_name(tmp_path: Path, docker_client: docker.DockerClient) -> None:
-    err = _start_fails(_ksm_with(tmp_path, {"image": "no-such-image/anywhere:never"}), docker_client)
+    err = _start_fails(
+        _ksm_with(tmp_path, {"image": "no-such-image/anywhere:never"}), docker_client
+    )
     assert isinstance(err, SandboxError)
     assert "no-such-image/anywhere:never" in str(err) and "image build" in str(err)
 
@@ -63,7 +65,9 @@ def test_malformed_memory_limit(tmp_path: Path, docker_client: docker.DockerClie
 
 
 def test_unknown_config_key(tmp_path: Path, docker_client: docker.DockerClient) -> None:
-    err = _start_fails(_ksm_with(tmp_path, {"image": DEFAULT_IMAGE, "mount_home": True}), docker_client)
+    err = _start_fails(
+        _ksm_with(tmp_path, {"image": DEFAULT_IMAGE, "mount_home": True}), docker_client
+    )
     assert isinstance(err, PolicyError) and "mount_home" in str(err)
 
 
@@ -99,10 +103,25 @@ def daemon_without_runsc() -> Iterator[str]:
     (root / "daemon.json").write_text("{}")
     sock = f"unix://{root}/docker.sock"
     proc = subprocess.Popen(
-        ["dockerd", "--config-file", str(root / "daemon.json"), "--data-root", str(root / "data"),
-         "--exec-root", str(root / "exec"), "--pidfile", str(root / "pid"), "-H", sock,
-         "--bridge=none", "--iptables=false", "--ip6tables=false"],
-        stdout=subprocess.DEVNULL, stderr=(root / "log").open("wb"), start_new_session=True,
+        [
+            "dockerd",
+            "--config-file",
+            str(root / "daemon.json"),
+            "--data-root",
+            str(root / "data"),
+            "--exec-root",
+            str(root / "exec"),
+            "--pidfile",
+            str(root / "pid"),
+            "-H",
+            sock,
+            "--bridge=none",
+            "--iptables=false",
+            "--ip6tables=false",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(root / "log").open("wb"),
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -127,7 +146,10 @@ def daemon_without_runsc() -> Iterator[str]:
 
 
 def test_missing_runsc_runtime_refuses(
-    tmp_path: Path, daemon_without_runsc: str, monkeypatch: pytest.MonkeyPatch, docker_client: docker.DockerClient
+    tmp_path: Path,
+    daemon_without_runsc: str,
+    monkeypatch: pytest.MonkeyPatch,
+    docker_client: docker.DockerClient,
 ) -> None:
     monkeypatch.setenv("DOCKER_HOST", daemon_without_runsc)
     err = _start_fails(_ksm_with(tmp_path, {"image": DEFAULT_IMAGE}), docker_client)
@@ -138,18 +160,25 @@ def test_missing_runsc_runtime_refuses(
     assert other.containers.list(all=True) == []
 
 
-def test_stopped_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_client: docker.DockerClient) -> None:
+def test_stopped_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_client: docker.DockerClient
+) -> None:
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-daemon-here.sock")
     err = _start_fails(_ksm_with(tmp_path, {"image": DEFAULT_IMAGE}), docker_client)
     assert isinstance(err, SandboxError)
     assert "cannot reach the Docker daemon" in str(err) and "setup-host" in str(err)
 
 
-def _derived_image(client: docker.DockerClient, name: str, setup_code: str, changes: list[str]) -> str:
+def _derived_image(
+    client: docker.DockerClient, name: str, setup_code: str, changes: list[str]
+) -> str:
     """Commit an image derived from the default one after running ``setup_code`` as root
     (plain runc, no network: this only prepares a broken image for a test)."""
     container = client.containers.run(
-        DEFAULT_IMAGE, command=["python3", "-c", setup_code], user="0", network_mode="none",
+        DEFAULT_IMAGE,
+        command=["python3", "-c", setup_code],
+        user="0",
+        network_mode="none",
         detach=True,
     )
     try:
@@ -162,12 +191,16 @@ def _derived_image(client: docker.DockerClient, name: str, setup_code: str, chan
 
 def test_launch_timeout_cleans_up(tmp_path: Path, docker_client: docker.DockerClient) -> None:
     """A sandbox that never answers (its python3 hangs) is removed when launch_timeout passes."""
-    hang = "import os; open('/usr/local/bin/python3', 'w').write('#!/bin/sh\\nexec sleep 1000\\n'); " \
+    hang = (
+        "import os; open('/usr/local/bin/python3', 'w').write('#!/bin/sh\\nexec sleep 1000\\n'); "
         "os.chmod('/usr/local/bin/python3', 0o755)"
+    )
     image = _derived_image(docker_client, "sandbox-kernel-test/hangs", hang, ["USER 1000:1000"])
     try:
         t0 = time.monotonic()
-        err = _start_fails(_ksm_with(tmp_path, {"image": image, "launch_timeout": 3.0}), docker_client)
+        err = _start_fails(
+            _ksm_with(tmp_path, {"image": image, "launch_timeout": 3.0}), docker_client
+        )
         assert time.monotonic() - t0 < 30
         assert isinstance(err, SandboxError)
         assert "launch_timeout=3s" in str(err)

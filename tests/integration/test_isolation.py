@@ -21,8 +21,7 @@ def test_kernel_runs_under_gvisor(shared_kernel: Kernel) -> None:
     release = shared_kernel.value("import platform, json; print(json.dumps(platform.release()))")
     assert release != os.uname().release, "the sandbox sees the host's kernel: not gVisor"
     dmesg = shared_kernel.value(
-        "import json, subprocess\n"
-        "print(json.dumps(open('/proc/version').read()))"
+        "import json, subprocess\nprint(json.dumps(open('/proc/version').read()))"
     )
     assert os.uname().release not in dmesg
 
@@ -95,18 +94,26 @@ def test_host_loopback_services_unreachable(shared_kernel: Kernel) -> None:
 def test_host_paths_absent(shared_kernel: Kernel, tmp_path: Path) -> None:
     """Files planted on the host (in /tmp, the home folder, the checkout) are not there inside."""
     tag = uuid.uuid4().hex
-    markers = [Path("/tmp") / f"sk-marker-{tag}", Path.home() / f"sk-marker-{tag}",
-               REPO / f"sk-marker-{tag}"]
+    markers = [
+        Path("/tmp") / f"sk-marker-{tag}",
+        Path.home() / f"sk-marker-{tag}",
+        REPO / f"sk-marker-{tag}",
+    ]
     for marker in markers:
         marker.write_text("host secret")
     try:
         paths = [str(p) for p in markers] + [
-            str(REPO), str(REPO / "pyproject.toml"), "/var/run/docker.sock", "/run/docker.sock",
-            "/run/containerd", "/etc/docker", "/var/lib/docker", str(Path.home() / ".bash_history"),
+            str(REPO),
+            str(REPO / "pyproject.toml"),
+            "/var/run/docker.sock",
+            "/run/docker.sock",
+            "/run/containerd",
+            "/etc/docker",
+            "/var/lib/docker",
+            str(Path.home() / ".bash_history"),
         ]
         seen = shared_kernel.value(
-            "import os, json\n"
-            f"print(json.dumps({{p: os.path.exists(p) for p in {paths!r}}}))"
+            f"import os, json\nprint(json.dumps({{p: os.path.exists(p) for p in {paths!r}}}))"
         )
         assert not any(seen.values()), seen
     finally:

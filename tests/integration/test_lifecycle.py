@@ -99,7 +99,9 @@ def test_restart_gives_fresh_kernel(start_kernel, docker_client: docker.DockerCl
     assert not docker_client.containers.list(all=True, filters={"id": old_container})
 
 
-def test_ports_on_loopback_only_and_gone_after_shutdown(start_kernel, docker_client: docker.DockerClient) -> None:  # type: ignore[no-untyped-def]
+def test_ports_on_loopback_only_and_gone_after_shutdown(
+    start_kernel, docker_client: docker.DockerClient
+) -> None:  # type: ignore[no-untyped-def]
     kernel: Kernel = start_kernel()
     info = kernel.km.get_connection_info()
     assert info["ip"] == "127.0.0.1"
@@ -115,7 +117,9 @@ def test_ports_on_loopback_only_and_gone_after_shutdown(start_kernel, docker_cli
     assert not [p for p in ports if p in listening]
 
 
-def test_killed_container_is_restarted_by_jupyter(ksm: KernelSpecManager, docker_client: docker.DockerClient) -> None:
+def test_killed_container_is_restarted_by_jupyter(
+    ksm: KernelSpecManager, docker_client: docker.DockerClient
+) -> None:
     kernel_ids: list[str] = []
 
     async def scenario() -> None:

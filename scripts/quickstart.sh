@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Set up this Debian/Ubuntu host (as root) and run a sandboxed kernel doing real work:
+# Docker + gVisor, a Python venv with sandbox-kernel, the kernel image (built without a
+# registry), the "Python 3 (sandboxed)" kernelspec, then notebooks/demo.ipynb executed in it.
+# Idempotent: a second run only re-checks and re-runs the notebook.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+say() { printf '\n==> %s\n' "$*" >&2; }
+[ "$(id -u)" = 0 ] || { echo "run as root (apt-get, dockerd, debootstrap need it)" >&2; exit 1; }
+
+say "host: Docker engine + gVisor (runsc)"
+bash sandbox_kernel/host/setup_host.sh
+
+say "Python environment: .venv"
+if [ ! -x .venv/bin/python ]; then
+  if ! python3 -m venv .venv 2>/dev/null; then
+    rm -rf .venv
+    apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv .venv
+  fi
+fi
+.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -c "import sandbox_kernel, jupyter_client, docker" # fail here if the install did
+
+say "kernel image (no registry needed)"
+.venv/bin/sandbox-kernel image build
+
+say "kernelspec"
+.venv/bin/sandbox-kernel install --sys-prefix --replace
+.venv/bin/jupyter kernelspec list
+
+say "a sandboxed kernel doing real work: notebooks/demo.ipynb"
+mkdir -p test-artifacts
+.venv/bin/sandbox-kernel run notebooks/demo.ipynb --output test-artifacts/demo.out.ipynb
