@@ -80,7 +80,7 @@ def _bounded(value: float, lo: float, hi: float, what: str, hint: str, size: boo
 
 
 def validate_image(image: str) -> str:
-    if not isinstance(image, str) or not _IMAGE_RE.match(image) or len(image) > 255:
+    if not isinstance(image, str) or not _IMAGE_RE.fullmatch(image) or len(image) > 255:
         raise PolicyError(
             f"image: {image!r} is not a valid Docker image reference "
             "(expected e.g. 'sandbox-kernel/python:latest')"
@@ -89,7 +89,7 @@ def validate_image(image: str) -> str:
 
 
 def check_env_name(name: str, source: str) -> None:
-    if not _ENV_NAME.match(name):
+    if not _ENV_NAME.fullmatch(name):
         raise PolicyError(f"{source}: {name!r} is not a valid environment variable name")
     if _FORBIDDEN_ENV.search(name):
         raise PolicyError(
@@ -157,7 +157,7 @@ def build_policy(
 ) -> SandboxPolicy:
     """Validate raw settings; raise :class:`PolicyError` naming the setting and the fix."""
     validate_image(image)
-    if not re.match(r"^[A-Za-z0-9_.-]+$", runtime or ""):
+    if not isinstance(runtime, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", runtime):
         raise PolicyError(f"runtime: {runtime!r} is not a runtime name (e.g. 'runsc')")
     if runtime not in GVISOR_RUNTIMES and not allow_weaker_runtime:
         raise PolicyError(

@@ -87,6 +87,7 @@ class Agent:
         self.kernel_pgid: int | None = None
         self.done: asyncio.Future[int] = loop.create_future()
         self.status: int | None = None
+        self.undumpable = False
 
     def _write(self, data: bytes) -> None:
         if self.out is not None and not self.out.is_closing():
@@ -111,6 +112,7 @@ class Agent:
                 "release": os.uname().release,
                 "uid": os.getuid(),
                 "pid": os.getpid(),
+                "undumpable": self.undumpable,
             }
         )
         code = await self.done
@@ -260,7 +262,20 @@ def populate_home(home: str, skel: str = "/etc/skel") -> None:
             shutil.copy2(src, dst)
 
 
+def make_undumpable() -> bool:
+    """PR_SET_DUMPABLE 0: /proc/1/fd and ptrace of the agent become root-only, so the
+    kernel (same uid) cannot open the protocol pipe or inject frames through it."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(4, 0, 0, 0, 0) == 0)  # 4 = PR_SET_DUMPABLE
+    except (OSError, AttributeError):
+        return False
+
+
 def main() -> None:
+    undumpable = make_undumpable()
     # Keep the protocol pipe away from fds 0-2 so nothing else (the kernel, a
     # stray print) can write into it; the kernel gets its own pipes.
     pipe_in = os.dup(0)
@@ -272,5 +287,6 @@ def main() -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     agent = Agent(loop, pipe_in, pipe_out)
+    agent.undumpable = undumpable
     code = loop.run_until_complete(agent.run())
     os._exit(code if code >= 0 else 128 - code)

@@ -55,7 +55,9 @@ def container_spec(
         "runtime": runtime,
         "stdin_open": True,
         "tty": False,
-        "detach": True,
+        # detach=False makes the SDK set StdinOnce: when our attach connection drops
+        # (the server died), the sandbox's stdin closes and the agent ends it.
+        "detach": False,
         "user": policy.user,
         "working_dir": policy.home,
         "environment": {"HOME": policy.home, "LANG": "C.UTF-8"},
@@ -83,7 +85,8 @@ def container_spec(
             {"Name": "core", "Soft": 0, "Hard": 0},
         ],
         "log_config": {"Type": "none", "Config": {}},
-        "auto_remove": True,  # if the server dies, the agent exits and the container goes
+        # If the server dies, stdin closes, the agent exits and Docker removes the container.
+        "auto_remove": True,
         "init": False,  # the agent is PID 1 and reaps
     }
 

@@ -18,6 +18,7 @@ import glob
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -204,6 +205,14 @@ class _RootfsBuilder:
         for tests in self.site.glob("*/tests"):
             if tests.is_dir() and tests.parent.name in {"numpy", "matplotlib", "pandas"}:
                 shutil.rmtree(tests)
+        # No setuid/setgid programs: no_new_privs already defeats them; this removes
+        # the attack surface altogether (su, mount, passwd, ...).
+        for dirpath, _dirs, files in os.walk(self.rootfs):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                st = os.lstat(path)
+                if stat.S_ISREG(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                    os.chmod(path, st.st_mode & ~(stat.S_ISUID | stat.S_ISGID))
 
     def add_user(self) -> None:
         with (self.rootfs / "etc/passwd").open("a") as f:

@@ -149,7 +149,8 @@ class Stream(asyncio.Protocol):
 
     def _write_local(self, data: bytes) -> None:
         t = self.transport
-        assert isinstance(t, asyncio.WriteTransport)
+        if not isinstance(t, asyncio.WriteTransport):
+            raise p.ProtocolError("stream %d cannot take data" % self.sid)
         if t.is_closing():
             return
         t.write(data)
@@ -226,7 +227,7 @@ class Mux:
 
     def new_stream(self) -> Stream:
         """A locally initiated stream (host side); the caller sends OPEN."""
-        if len(self.streams) >= self.max_streams:
+        if self._relayed_streams() >= self.max_streams:
             raise p.ProtocolError("too many streams")
         sid = self._next_sid
         self._next_sid += 2
@@ -237,9 +238,13 @@ class Mux:
     def register(self, stream: Stream) -> None:
         if stream.sid in self.streams:
             raise p.ProtocolError("stream %d is already open" % stream.sid)
-        if len(self.streams) >= self.max_streams:
+        if self._relayed_streams() >= self.max_streams:
             raise p.ProtocolError("too many streams")
         self.streams[stream.sid] = stream
+
+    def _relayed_streams(self) -> int:
+        """Open relayed connections; the console stream (0) does not count."""
+        return len(self.streams) - (p.CONSOLE_STREAM in self.streams)
 
     def forget(self, sid: int) -> None:
         self.streams.pop(sid, None)

@@ -115,7 +115,7 @@ def decode_credit(payload: bytes) -> int:
 def decode_control(payload: bytes) -> dict[str, Any]:
     try:
         message = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError("CONTROL payload is not JSON: %s" % exc) from None
     if not isinstance(message, dict) or not isinstance(message.get("op"), str):
         raise ProtocolError("CONTROL payload must be an object with a string 'op'")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -151,3 +153,34 @@ def test_killed_container_is_restarted_by_jupyter(
 
     asyncio.run(scenario())
     assert not our_containers(docker_client, kernel_ids[0])
+
+
+def test_server_crash_leaves_no_container(kernel_dirs, docker_client: docker.DockerClient) -> None:  # type: ignore[no-untyped-def]
+    """The Jupyter process dies (SIGKILL): stdin closes, the agent ends the sandbox, Docker removes it."""
+    script = (
+        "import sys, time\n"
+        "from jupyter_client.kernelspec import KernelSpecManager\n"
+        "from jupyter_client.manager import KernelManager\n"
+        f"ksm = KernelSpecManager(kernel_dirs=[{str(kernel_dirs)!r}])\n"
+        "km = KernelManager(kernel_name='sandbox-python', kernel_spec_manager=ksm)\n"
+        "km.start_kernel()\n"
+        "print(km.provisioner._container_id, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        assert proc.stdout is not None
+        cid = proc.stdout.readline().decode().strip()
+        assert cid, "the child did not start a kernel"
+        assert docker_client.containers.get(cid).status == "running"
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not docker_client.containers.list(all=True, filters={"id": cid}):
+            break
+        time.sleep(0.2)
+    assert not docker_client.containers.list(all=True, filters={"id": cid}), "orphan container"

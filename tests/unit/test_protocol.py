@@ -82,7 +82,7 @@ def test_reset_reason_is_capped() -> None:
     "size", [0, 1, p.MAX_PAYLOAD - 1, p.MAX_PAYLOAD, p.MAX_PAYLOAD + 1, 3 * p.MAX_PAYLOAD + 17]
 )
 def test_encode_data_splits_at_max_payload(size: int) -> None:
-    data = bytes(random.Random(size).getrandbits(8) for _ in range(size))
+    data = random.Random(size).randbytes(size)
     wires = p.encode_data(7, data)
     assert len(wires) == -(-size // p.MAX_PAYLOAD)
     frames = FrameDecoder().feed(b"".join(wires))
