@@ -18,8 +18,7 @@ from jupyter_client.manager import KernelManager
 from sandbox_kernel.errors import PolicyError, SandboxError
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.kernelspec import build_kernelspec
-
-from .conftest import listening_ports, our_containers
+from tests.helpers import listening_ports, our_containers
 
 
 def _ksm_with(tmp_path: Path, config: dict) -> KernelSpecManager:  # type: ignore[type-arg]

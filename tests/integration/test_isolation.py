@@ -14,7 +14,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from .conftest import REPO, Kernel, NetnsHost
+from tests.helpers import REPO, Kernel, NetnsHost
 
 
 def test_kernel_runs_under_gvisor(shared_kernel: Kernel) -> None:

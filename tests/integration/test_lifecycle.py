@@ -12,7 +12,7 @@ import docker
 from jupyter_client.ioloop import AsyncIOLoopKernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
-from .conftest import Kernel, listening_ports, our_containers
+from tests.helpers import Kernel, listening_ports, our_containers
 
 
 def test_runs_real_work(shared_kernel: Kernel) -> None:

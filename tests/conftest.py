@@ -1,0 +1,122 @@
+"""Shared fixtures: a real dockerd with runsc, the real image, real ipykernel.
+
+Nothing here skips. If the daemon, the runsc runtime or the kernel image is
+missing, every integration test fails with what to run (CI must never pass
+without the sandbox).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+
+from sandbox_kernel.image.recipe import DEFAULT_IMAGE
+from sandbox_kernel.kernelspec import build_kernelspec
+from tests.helpers import SETUP, Kernel, NetnsHost, our_containers
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> docker.DockerClient:
+    try:
+        client = docker.from_env()
+        info = client.info()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"no Docker daemon: {exc}; {SETUP}")
+    if "runsc" not in (info.get("Runtimes") or {}):
+        pytest.fail(f"dockerd has no runsc runtime; {SETUP}")
+    try:
+        client.images.get(DEFAULT_IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"kernel image {DEFAULT_IMAGE} is missing; {SETUP}")
+    return client
+
+
+@pytest.fixture(scope="session")
+def kernel_dirs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A kernels folder with the sandboxed kernelspec and variants used by tests."""
+    root = tmp_path_factory.mktemp("kernels")
+    variants = {
+        "sandbox-python": {},
+        "sandbox-small": {
+            "memory_limit": "256m",
+            "tmp_size": "64m",
+            "home_size": "64m",
+            "nproc_limit": 64,
+            "pids_limit": 512,
+        },
+    }
+    for name, config in variants.items():
+        (root / name).mkdir()
+        spec = build_kernelspec({"image": DEFAULT_IMAGE, **config})
+        (root / name / "kernel.json").write_text(json.dumps(spec))
+    return root
+
+
+@pytest.fixture(scope="session")
+def ksm(kernel_dirs: Path) -> KernelSpecManager:
+    return KernelSpecManager(kernel_dirs=[str(kernel_dirs)])
+
+
+@pytest.fixture
+def start_kernel(
+    ksm: KernelSpecManager, docker_client: docker.DockerClient
+) -> Iterator[Callable[..., Kernel]]:
+    started: list[Kernel] = []
+
+    def start(name: str = "sandbox-python", **km_kwargs: Any) -> Kernel:
+        km = KernelManager(kernel_name=name, kernel_spec_manager=ksm, **km_kwargs)
+        km.start_kernel()
+        kc = km.client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=60)
+        except Exception:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+            raise
+        kernel = Kernel(km, kc)
+        started.append(kernel)
+        return kernel
+
+    yield start
+    for kernel in started:
+        kernel.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_kernel(ksm: KernelSpecManager, docker_client: docker.DockerClient) -> Iterator[Kernel]:
+    """One kernel for read-only checks, to keep the suite quick."""
+    km = KernelManager(kernel_name="sandbox-python", kernel_spec_manager=ksm)
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    kernel = Kernel(km, kc)
+    yield kernel
+    kernel.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind() -> Iterator[None]:
+    """After the whole session: no container of ours remains."""
+    yield
+    try:
+        client = docker.from_env()
+    except docker.errors.DockerException:
+        return
+    leftovers = our_containers(client)
+    assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
+
+
+@pytest.fixture
+def test_host() -> Iterator[NetnsHost]:
+    with NetnsHost() as host:
+        assert host.reachable_from_host(), "the test host must be live, or the test proves nothing"
+        yield host
