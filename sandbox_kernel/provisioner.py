@@ -88,9 +88,12 @@ class SandboxProvisioner(KernelProvisionerBase):
         config=True
     )
     cpu_limit = Float(1.0, help="CPUs the kernel may use.").tag(config=True)
-    nproc_limit = Int(512, help="RLIMIT_NPROC inside the sandbox: a fork bomb gets EAGAIN.").tag(
-        config=True
-    )
+    nproc_limit = Int(
+        None,
+        allow_none=True,
+        help="RLIMIT_NPROC (processes + threads) inside the sandbox, so a fork bomb gets EAGAIN. "
+        "Default: memory_limit / 32 MiB (64 for 2g), which fits forks of a kernel in memory.",
+    ).tag(config=True)
     pids_limit = Int(4096, help="Host cgroup pids limit: the backstop behind nproc_limit.").tag(
         config=True
     )

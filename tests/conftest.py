@@ -44,13 +44,8 @@ def kernel_dirs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("kernels")
     variants = {
         "sandbox-python": {},
-        "sandbox-small": {
-            "memory_limit": "256m",
-            "tmp_size": "64m",
-            "home_size": "64m",
-            "nproc_limit": 64,
-            "pids_limit": 512,
-        },
+        # Small caps for abuse tests: 512 MiB memory, 64 MiB tmpfs, derived nproc (32).
+        "sandbox-small": {"memory_limit": "512m", "tmp_size": "64m", "home_size": "64m"},
     }
     for name, config in variants.items():
         (root / name).mkdir()

@@ -27,8 +27,19 @@ def our_containers(client: docker.DockerClient, kernel_id: str | None = None) ->
     return client.containers.list(all=True, filters={"label": [f"{LABEL_MANAGED}=1", label]})
 
 
-def listening_ports() -> dict[int, str]:
-    """port -> local address (hex, as in /proc/net/tcp) of every TCP listener on the host."""
+def listening_ports(own_only: bool = False) -> dict[int, str]:
+    """port -> local address (hex, as in /proc/net/tcp) of TCP listeners on the host;
+    with ``own_only``, only sockets this test process holds (other processes on the
+    machine may open and close ports meanwhile)."""
+    own: set[str] = set()
+    if own_only:
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                own.add(target[8:-1])
     out: dict[int, str] = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as f:
@@ -36,7 +47,7 @@ def listening_ports() -> dict[int, str]:
             for line in f:
                 fields = line.split()
                 addr, port = fields[1].split(":")
-                if fields[3] == "0A":  # LISTEN
+                if fields[3] == "0A" and (not own_only or fields[9] in own):  # LISTEN
                     out[int(port, 16)] = addr
     return out
 

@@ -50,7 +50,7 @@ def _install(name, source):
     setattr(sys.modules[mod.__package__], parts[-1], mod)
 for _name, _source in MODULES:
     _install(_name, _source)
-sys.modules['sandbox_kernel.agent.main'].main()
+sys.modules['sandbox_kernel.agent.main'].main(**MAIN_KWARGS)
 """
 
 
@@ -64,9 +64,16 @@ def _module_source(name: str) -> str:
     return resources.files(package).joinpath(module + ".py").read_text(encoding="utf-8")
 
 
-@functools.lru_cache(maxsize=1)
-def agent_payload() -> bytes:
-    """Stage 2 with the agent's sources, prefixed by its 10-digit length."""
+@functools.lru_cache(maxsize=4)
+def agent_payload(escaped_stdin: bool = True) -> bytes:
+    """Stage 2 with the agent's sources, prefixed by its 10-digit length.
+
+    ``escaped_stdin``: frames after this payload carry the stdin escaping of
+    ``protocol.escape_stdin`` (Docker's attach); the payload itself has no ctrl-p
+    byte, since ``repr`` escapes control characters.
+    """
     modules = [(name, _module_source(name)) for name in AGENT_MODULES]
-    code = ("MODULES = %r\n" % (modules,) + _STAGE2).encode("utf-8")
+    main_kwargs = {"escaped_stdin": escaped_stdin}
+    code = ("MODULES = %r\nMAIN_KWARGS = %r\n" % (modules, main_kwargs) + _STAGE2).encode()
+    assert b"\x10" not in code
     return b"%010d" % len(code) + code

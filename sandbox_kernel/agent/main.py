@@ -47,9 +47,12 @@ def exit_code(status: int) -> int:
 class _PipeIn(asyncio.Protocol):
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
+        self.unescape = p.StdinUnescaper() if agent.escaped_stdin else None
 
     def data_received(self, data: bytes) -> None:
         try:
+            if self.unescape is not None:
+                data = self.unescape.feed(data)
             self.agent.mux.feed(data)
         except p.ProtocolError as exc:
             self.agent.fatal("protocol error from host: %s" % exc)
@@ -77,8 +80,15 @@ class _PipeOut(asyncio.Protocol):
 
 
 class Agent:
-    def __init__(self, loop: asyncio.AbstractEventLoop, pipe_in: int, pipe_out: int) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        pipe_in: int,
+        pipe_out: int,
+        escaped_stdin: bool = False,
+    ) -> None:
         self.loop = loop
+        self.escaped_stdin = escaped_stdin
         self.pipe_in = pipe_in
         self.pipe_out = pipe_out
         self.mux = m.Mux(self._write, on_control=self.on_control, on_open=self.on_open)
@@ -274,7 +284,8 @@ def make_undumpable() -> bool:
         return False
 
 
-def main() -> None:
+def main(escaped_stdin: bool = False) -> None:
+    """``escaped_stdin``: the host escapes Docker's detach sequence on stdin (Docker backend)."""
     undumpable = make_undumpable()
     # Keep the protocol pipe away from fds 0-2 so nothing else (the kernel, a
     # stray print) can write into it; the kernel gets its own pipes.
@@ -286,7 +297,7 @@ def main() -> None:
     os.close(devnull)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    agent = Agent(loop, pipe_in, pipe_out)
+    agent = Agent(loop, pipe_in, pipe_out, escaped_stdin=escaped_stdin)
     agent.undumpable = undumpable
     code = loop.run_until_complete(agent.run())
     os._exit(code if code >= 0 else 128 - code)

@@ -21,6 +21,7 @@ from ..policy import SandboxPolicy
 from ..relay.session import AgentSession
 from ..relay.thread import RelayThread
 from .base import Preflight, SandboxBackend
+from .seccomp import seccomp_security_opt
 
 LABEL_MANAGED = "org.sandbox-kernel.managed"
 LABEL_KERNEL_ID = "org.sandbox-kernel.kernel-id"
@@ -28,6 +29,9 @@ LABEL_OWNER = "org.sandbox-kernel.owner"
 LABEL_SERVER_PID = "org.sandbox-kernel.server-pid"
 LABEL_HOST = "org.sandbox-kernel.host"
 
+# runsc flags the daemon must pass: no host network namespace, and enforcement of the
+# container's seccomp profile inside gVisor (without it, runsc ignores the profile).
+REQUIRED_RUNSC_ARGS = ("--network=none", "--oci-seccomp")
 SETUP_HINT = "run `sudo sandbox-kernel setup-host` (installs Docker + gVisor, starts dockerd)"
 
 
@@ -74,7 +78,7 @@ def container_spec(
         "devices": [],
         "privileged": False,
         "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges"],
+        "security_opt": ["no-new-privileges", seccomp_security_opt()],
         "mem_limit": policy.memory_bytes,
         "memswap_limit": policy.memory_bytes,  # no swap beyond the memory cap
         "nano_cpus": int(policy.cpus * 1e9),
@@ -106,6 +110,58 @@ def docker_endpoint() -> tuple[str, Any]:
     raise SandboxError(
         f"DOCKER_HOST={host!r} is not supported by the relay (use unix:// or tcp://)"
     )
+
+
+class OomWatcher:
+    """Ends a sandbox as soon as the host's OOM killer strikes inside it.
+
+    Under gVisor the OOM killer may pick one of the sandbox's helper processes
+    rather than the whole sandbox, which then hangs at its memory cap for a
+    minute or more. Watching Docker's ``oom`` events for this server's
+    containers and killing the container at once turns that into a prompt
+    death that jupyter_client's restarter sees. One daemon thread per process,
+    started by the first preflight.
+    """
+
+    _lock = threading.Lock()
+    _thread: threading.Thread | None = None
+
+    @classmethod
+    def ensure_running(cls, log: logging.Logger) -> None:
+        with cls._lock:
+            if cls._thread is None or not cls._thread.is_alive():
+                cls._thread = threading.Thread(
+                    target=cls._run, args=(log,), name="sandbox-kernel-oom", daemon=True
+                )
+                cls._thread.start()
+
+    @staticmethod
+    def _run(log: logging.Logger) -> None:
+        import time
+
+        import docker
+
+        filters = {
+            "type": "container",
+            "event": "oom",
+            "label": [f"{LABEL_MANAGED}=1", f"{LABEL_SERVER_PID}={os.getpid()}"],
+        }
+        since = int(time.time())
+        while True:
+            try:
+                client = docker.from_env(timeout=3600)
+                for event in client.api.events(since=since, filters=filters, decode=True):
+                    since = int(event.get("time", since))
+                    cid = event.get("id", "")
+                    name = (event.get("Actor") or {}).get("Attributes", {}).get("name", cid[:12])
+                    log.warning("sandbox %s hit its memory limit: ending it", name)
+                    try:
+                        client.api.kill(cid)
+                    except docker.errors.APIError:
+                        pass  # already gone
+            except Exception as exc:  # daemon restarted or unreachable: retry quietly
+                log.debug("OOM watcher reconnecting: %s", exc)
+                time.sleep(2)
 
 
 class DockerBackend(SandboxBackend):
@@ -160,7 +216,16 @@ class DockerBackend(SandboxBackend):
                     "runsc to /etc/docker/daemon.json. Refusing to start a weaker sandbox "
                     "(set allow_weaker_runtime=True to override)."
                 )
-        elif not policy.is_gvisor:
+        elif policy.is_gvisor:
+            args = (info["Runtimes"][runtime] or {}).get("runtimeArgs") or []
+            missing = [a for a in REQUIRED_RUNSC_ARGS if a not in args]
+            if missing:
+                raise SandboxError(
+                    f"the Docker daemon runs {runtime!r} without {' '.join(missing)} "
+                    f"(runtimeArgs: {args}); the sandbox's seccomp profile would be ignored. "
+                    f"Fix /etc/docker/daemon.json: {SETUP_HINT}"
+                )
+        else:
             warnings.append(
                 f"runtime {runtime!r} is not gVisor: weaker isolation (allow_weaker_runtime=True)"
             )
@@ -221,7 +286,9 @@ class DockerBackend(SandboxBackend):
 
     # -- SandboxBackend -------------------------------------------------------------
     async def preflight(self, policy: SandboxPolicy) -> Preflight:
-        return await asyncio.to_thread(self._preflight, policy)
+        preflight = await asyncio.to_thread(self._preflight, policy)
+        OomWatcher.ensure_running(self.log)
+        return preflight
 
     async def create(
         self,

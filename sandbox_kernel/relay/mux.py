@@ -168,7 +168,12 @@ class Stream(asyncio.Protocol):
     def _local_write_eof(self) -> None:
         t = self.transport
         if isinstance(t, asyncio.WriteTransport) and t.can_write_eof() and not t.is_closing():
-            t.write_eof()
+            try:
+                t.write_eof()
+            except OSError:
+                # The local peer is already gone (ENOTCONN): this stream ends, the pipe
+                # and every other stream carry on.
+                self.abort("local connection lost")
 
     def _maybe_finish(self) -> None:
         if self.eof_sent and self.remote_eof and self.transport is not None:

@@ -53,6 +53,48 @@ _PORT = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 
 
+# Docker's attach watches the stdin it forwards for the detach sequence ctrl-p ctrl-q
+# and drops the connection when it appears. Frames are binary, so on that pipe every
+# ctrl-p byte is sent as ctrl-p NUL, and the sequence can never occur.
+DETACH_KEYS = "ctrl-p,ctrl-q"
+_CTRL_P = b"\x10"
+_CTRL_P_ESCAPED = b"\x10\x00"
+
+
+def escape_stdin(data: bytes) -> bytes:
+    return data.replace(_CTRL_P, _CTRL_P_ESCAPED)
+
+
+class StdinUnescaper:
+    """Undo :func:`escape_stdin` on a byte stream split at arbitrary points."""
+
+    def __init__(self) -> None:
+        self._pending = False  # the last byte seen was ctrl-p: a NUL must follow
+
+    def feed(self, data: bytes) -> bytes:
+        i, n = 0, len(data)
+        if self._pending and n:
+            if data[0] != 0:
+                raise ProtocolError("bad stdin escape")
+            i, self._pending = 1, False
+        if _CTRL_P not in data:
+            return data[i:]
+        out = bytearray()
+        while i < n:
+            j = data.find(_CTRL_P, i)
+            if j < 0:
+                out += data[i:]
+                break
+            out += data[i : j + 1]
+            if j + 1 == n:
+                self._pending = True
+                break
+            if data[j + 1] != 0:
+                raise ProtocolError("bad stdin escape")
+            i = j + 2
+        return bytes(out)
+
+
 class ProtocolError(Exception):
     """The peer sent something that is not a valid frame sequence."""
 

@@ -59,7 +59,8 @@ class AgentSession(asyncio.Protocol):
         path = f"/v{api_version}/containers/{quote(container_id)}/attach"
         self.transport.write(
             (
-                f"POST {path}?stream=1&stdin=1&stdout=1&stderr=0 HTTP/1.1\r\n"
+                f"POST {path}?stream=1&stdin=1&stdout=1&stderr=0"
+                f"&detachKeys={quote(p.DETACH_KEYS)} HTTP/1.1\r\n"
                 "Host: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
                 "Content-Length: 0\r\n\r\n"
             ).encode()
@@ -130,7 +131,8 @@ class AgentSession(asyncio.Protocol):
     # -- frames from the agent -------------------------------------------------------
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+            # Frames are binary: escape Docker's detach sequence (see protocol.DETACH_KEYS).
+            self.transport.write(p.escape_stdin(data))
 
     def _on_control(self, msg: dict[str, Any]) -> None:
         op = msg["op"]

@@ -30,13 +30,13 @@ def _ksm_with(tmp_path: Path, config: dict) -> KernelSpecManager:  # type: ignor
 
 
 def _start_fails(ksm: KernelSpecManager, docker_client: docker.DockerClient) -> Exception:
-    before_ports = set(listening_ports())
+    before_ports = set(listening_ports(own_only=True))
     before = {c.id for c in our_containers(docker_client)}
     km = KernelManager(kernel_name="k", kernel_spec_manager=ksm)
     with pytest.raises(Exception) as info:
         km.start_kernel()
     assert {c.id for c in our_containers(docker_client)} == before, "a container was left behind"
-    new_ports = set(listening_ports()) - before_ports
+    new_ports = set(listening_ports(own_only=True)) - before_ports
     assert not new_ports, f"ports left listening: {new_ports}"
     assert not km.has_kernel
     return info.value

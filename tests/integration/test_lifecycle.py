@@ -115,7 +115,7 @@ def test_ports_on_loopback_only_and_gone_after_shutdown(
     assert our_containers(docker_client, kernel_id)
     kernel.stop()
     assert not our_containers(docker_client, kernel_id)
-    listening = listening_ports()
+    listening = listening_ports(own_only=True)
     assert not [p for p in ports if p in listening]
 
 

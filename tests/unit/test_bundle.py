@@ -42,12 +42,17 @@ class AgentProcess:
         self.decoder = p.FrameDecoder()
         self.frames: list[p.Frame] = []
         self.deadline = time.monotonic() + TIMEOUT
-        self.send(agent_payload() + extra)
+        self.send_raw(agent_payload())
+        self.send(extra)
 
-    def send(self, data: bytes) -> None:
+    def send_raw(self, data: bytes) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(data)
         self.proc.stdin.flush()
+
+    def send(self, frames: bytes) -> None:
+        """Frames as the Docker backend sends them: with the detach sequence escaped."""
+        self.send_raw(p.escape_stdin(frames))
 
     def close_stdin(self) -> None:
         assert self.proc.stdin is not None
@@ -128,7 +133,7 @@ def test_bootstrap_command_is_isolated_python_reading_stage2_from_stdin() -> Non
 
 
 def test_payload_is_a_length_prefixed_stage2() -> None:
-    payload = agent_payload()
+    payload = agent_payload(escaped_stdin=False)
     assert payload[:10].isdigit()
     assert int(payload[:10]) == len(payload) - 10
     code = payload[10:].decode("utf-8")
@@ -139,7 +144,7 @@ def test_payload_is_a_length_prefixed_stage2() -> None:
     assert [name for name, _ in modules] == list(AGENT_MODULES)
     for name, source in modules:
         compile(source, name, "exec")
-    assert agent_payload() is agent_payload()  # cached
+    assert agent_payload(escaped_stdin=False) is agent_payload(escaped_stdin=False)  # cached
 
 
 def test_shipped_modules_import_only_the_stdlib_and_earlier_modules() -> None:
@@ -176,7 +181,7 @@ def test_shipped_modules_import_only_the_stdlib_and_earlier_modules() -> None:
 
 @pytest.mark.parametrize("cut", [0, 5, 10, 11, -1])
 def test_stdin_ending_early_exits_with_code_3(cut: int) -> None:
-    payload = agent_payload()
+    payload = agent_payload(escaped_stdin=False)
     data = payload[:cut] if cut >= 0 else payload[: len(payload) - 1]
     result = subprocess.run(stage1_argv(), input=data, capture_output=True, timeout=TIMEOUT)
     assert result.returncode == 3, result.stderr

@@ -889,3 +889,27 @@ def test_stream_sets_local_write_buffer_limits() -> None:
     _, ht = w.open()
     assert ht.get_write_buffer_limits() == (m.LOCAL_LOW_WATER, m.LOCAL_HIGH_WATER)
     assert m.LOCAL_HIGH_WATER <= p.INITIAL_WINDOW - p.CREDIT_BATCH
+
+
+def test_eof_to_a_vanished_local_peer_resets_only_that_stream() -> None:
+    """write_eof() on a socket whose peer is gone raises ENOTCONN (seen with ZeroMQ clients
+    reconnecting): that stream is reset; the pipe and the other streams carry on."""
+    w = World()
+    hs, ht = w.open()
+    other, other_t = w.open()
+    w.run()
+    _, at = w.agent_side(hs.sid)
+
+    def gone() -> None:
+        raise OSError(107, "Transport endpoint is not connected")
+
+    ht.write_eof = gone  # type: ignore[method-assign]
+    at.app_eof()  # the kernel closes its side: EOF travels to the host
+    w.run()
+    assert hs.closed and hs.sid not in w.host.streams
+    assert ht.aborted
+    assert w.h2a.frames_of(p.RESET)
+    other_t.app_send(b"still fine")
+    w.run()
+    _, other_at = w.agent_side(other.sid)
+    assert bytes(other_at.consumed) == b"still fine"

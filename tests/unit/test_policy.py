@@ -142,8 +142,15 @@ def test_process_limits_out_of_range(name: str, value: int) -> None:
         policy(**{name: value})
 
 
-@pytest.mark.parametrize("name", ["nproc_limit", "nofile_limit", "pids_limit"])
-@pytest.mark.parametrize("value", [512.0, "512", None, True])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        (name, value)
+        for name in ("nproc_limit", "nofile_limit", "pids_limit")
+        for value in (512.0, "512", None, True)
+        if not (name == "nproc_limit" and value is None)  # None: derived from memory
+    ],
+)
 def test_process_limits_must_be_ints(name: str, value: Any) -> None:
     with pytest.raises(PolicyError, match=name):
         policy(**{name: value})
@@ -492,3 +499,16 @@ def test_docker_endpoint_refuses_tls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
     with pytest.raises(SandboxError, match="DOCKER_TLS_VERIFY"):
         docker_endpoint()
+
+
+@pytest.mark.parametrize(
+    ("memory", "expected"), [("2g", 64), ("1g", 32), ("256m", 32), ("8g", 256), ("64g", 1024)]
+)
+def test_default_nproc_follows_memory(memory: str, expected: int) -> None:
+    """A fork of a kernel costs ~27 MiB under gVisor: the default leaves room for a fork bomb
+    to meet EAGAIN before the memory cap."""
+    assert policy(memory_limit=memory, tmp_size="16m", home_size="16m").nproc == expected
+
+
+def test_explicit_nproc_wins() -> None:
+    assert policy(memory_limit="2g", nproc_limit=300).nproc == 300

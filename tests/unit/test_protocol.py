@@ -6,6 +6,8 @@ import json
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sandbox_kernel.relay import protocol as p
 from sandbox_kernel.relay.protocol import Frame, FrameDecoder, ProtocolError
@@ -364,3 +366,26 @@ def test_windows_conserve_bytes_end_to_end() -> None:
         assert total_sent - total_consumed == held
         assert send.available + recv.outstanding == p.INITIAL_WINDOW
     assert total_consumed >= goal
+
+
+@given(st.binary(max_size=300), st.lists(st.integers(min_value=1, max_value=7), max_size=80))
+@settings(max_examples=300, deadline=None)
+def test_stdin_escaping_hides_the_detach_sequence_and_round_trips(
+    data: bytes, cuts: list[int]
+) -> None:
+    """Docker drops the attach stream on ctrl-p ctrl-q in stdin: escaped frames never
+    contain it, and the agent's unescaper restores them across any split."""
+    encoded = p.escape_stdin(data)
+    assert b"\x10\x11" not in encoded
+    unescaper = p.StdinUnescaper()
+    out, pos = b"", 0
+    for cut in [*cuts, len(encoded)]:
+        out += unescaper.feed(encoded[pos : pos + cut])
+        pos += cut
+    out += unescaper.feed(encoded[pos:])
+    assert out == data
+
+
+def test_bad_stdin_escape_is_a_protocol_error() -> None:
+    with pytest.raises(p.ProtocolError):
+        p.StdinUnescaper().feed(b"\x10\x11")

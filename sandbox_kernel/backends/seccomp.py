@@ -1,0 +1,107 @@
+"""The seccomp profile applied inside every sandbox (pure data).
+
+gVisor already stands between the kernel and the host's syscalls; this profile
+closes gaps in gVisor's own permission checks that the attack suite found in
+runsc 20240729, where an unprivileged user could still:
+
+* create user namespaces (and hold every capability inside them),
+* clone into new mount namespaces without CAP_SYS_ADMIN,
+* mknod character and block devices (tmpfs ``nodev`` is not enforced),
+* open packet sockets inside such a user namespace (raw AF_INET sockets stay
+  possible there, on the sandbox's own loopback only),
+
+plus syscalls a notebook never needs that widen the surface (mounting,
+keyrings, BPF, module loading, ptrace of other processes...). Anything not
+listed is allowed: gVisor implements it without host privileges.
+
+runsc enforces an OCI seccomp profile only with ``--oci-seccomp``, which the
+host setup adds and the Docker backend's preflight insists on.
+
+Known limit: this runsc ignores ``errnoRet`` (every denial is EPERM), so the usual
+trick of answering ``clone3`` with ENOSYS (making libc fall back to the inspectable
+``clone``) would break every thread. ``clone3`` stays allowed, and a program that
+issues it directly can still enter a new user namespace; what that grants stays
+inside gVisor's kernel (see docs/security.md and the attack suite).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+EPERM = 1
+
+# Syscalls that fail with EPERM whatever their arguments.
+DENIED = (
+    "acct", "add_key", "bpf", "chroot", "delete_module", "fanotify_init", "finit_module",
+    "init_module", "iopl", "ioperm", "kexec_file_load", "kexec_load", "keyctl",
+    "lookup_dcookie", "mount", "move_mount", "name_to_handle_at", "open_by_handle_at",
+    "open_tree", "fsopen", "fsconfig", "fsmount", "fspick", "perf_event_open", "pivot_root",
+    "process_vm_readv", "process_vm_writev", "ptrace", "quotactl", "reboot", "request_key",
+    "setns", "swapoff", "swapon", "syslog", "umount2", "unshare", "userfaultfd", "vhangup",
+    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
+)  # fmt: skip
+
+# clone(2) flags that create namespaces; each one present in flags (arg 0) is refused.
+CLONE_NAMESPACE_FLAGS = {
+    "CLONE_NEWNS": 0x00020000,
+    "CLONE_NEWCGROUP": 0x02000000,
+    "CLONE_NEWUTS": 0x04000000,
+    "CLONE_NEWIPC": 0x08000000,
+    "CLONE_NEWUSER": 0x10000000,
+    "CLONE_NEWPID": 0x20000000,
+    "CLONE_NEWNET": 0x40000000,
+}
+
+# Packet sockets: never needed by a notebook; refused even to a process holding
+# CAP_NET_RAW inside a user namespace of its own (which gVisor would honour). A rule on
+# the socket type (SOCK_RAW) is not used: combined with the other rules, this runsc's
+# filter then refused ordinary sockets too (seen: ZeroMQ's resolver aborting).
+AF_PACKET = 17
+
+S_IFMT = 0o170000
+DEVICE_TYPES = {"S_IFCHR": 0o020000, "S_IFBLK": 0o060000}
+
+
+def _masked(index: int, mask: int, value: int) -> dict[str, Any]:
+    return {"index": index, "value": mask, "valueTwo": value, "op": "SCMP_CMP_MASKED_EQ"}
+
+
+def seccomp_profile() -> dict[str, Any]:
+    """A Docker seccomp profile (JSON-able): allow by default, deny the list above."""
+    rules: list[dict[str, Any]] = [
+        {"names": list(DENIED), "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM},
+    ]
+    for flag in CLONE_NAMESPACE_FLAGS.values():
+        rules.append(
+            {"names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM,
+             "args": [_masked(0, flag, flag)]}
+        )  # fmt: skip
+    rules.append(
+        {"names": ["socket"], "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM,
+         "args": [{"index": 0, "value": AF_PACKET, "valueTwo": 0, "op": "SCMP_CMP_EQ"}]}
+    )  # fmt: skip
+    for kind in DEVICE_TYPES.values():
+        rules.append(
+            {"names": ["mknod"], "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM,
+             "args": [_masked(1, S_IFMT, kind)]}
+        )  # fmt: skip
+        rules.append(
+            {"names": ["mknodat"], "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM,
+             "args": [_masked(2, S_IFMT, kind)]}
+        )  # fmt: skip
+    return {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": [
+            "SCMP_ARCH_X86_64",
+            "SCMP_ARCH_X86",
+            "SCMP_ARCH_X32",
+            "SCMP_ARCH_AARCH64",
+        ],
+        "syscalls": rules,
+    }
+
+
+def seccomp_security_opt() -> str:
+    """The profile as Docker's API takes it: ``seccomp=<json>``."""
+    return "seccomp=" + json.dumps(seccomp_profile(), separators=(",", ":"))

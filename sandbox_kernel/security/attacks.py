@@ -1,0 +1,1808 @@
+"""The sandbox's attack catalogue: each :class:`Attack` is Python code run inside a kernel.
+
+Contract of ``Attack.code``
+    Runs as one cell in a sandboxed kernel (any Python >= 3.8, standard library only)
+    and prints exactly one final line: a JSON object ``{"blocked": bool, "detail": str}``.
+    ``blocked`` is decided from what the attempt observed (an exception with the
+    expected errno, an empty listing, a value different from the host's), never
+    hard-coded. Each cell cleans up what it creates and changes no state that a later
+    attack depends on, so one kernel can run the whole catalogue.
+
+``needs``
+    Names of parameters only the host can supply (a marker path it planted, the
+    address of a live test host, the host's hostname...). Attacks with no ``needs``
+    are self-contained: ``sandbox-kernel doctor`` runs those as they are.
+
+Templating (:func:`render`)
+    A parameter appears in the code as ``{name}``, exactly, for a name listed in
+    ``needs``; it is replaced by the Python literal (``repr``) of the value. Every other
+    brace is left alone, so code may use dict and set literals and f-strings freely
+    (unlike ``str.format``). Values must be literals: str, bytes, int, float, bool,
+    None, and lists, tuples and dicts of those.
+
+Network safety: attacks send traffic only to loopback or to addresses the caller
+passes in (its own test hosts and this machine's own addresses). Reachability of
+foreign addresses is checked with a UDP ``connect()``, which is a route lookup and
+sends no packet.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import textwrap
+from dataclasses import dataclass
+
+PROTECTS = ("host filesystem", "network", "privileges", "information")
+
+
+@dataclass(frozen=True)
+class Attack:
+    """One attempt to get out of the sandbox, and how to tell whether it was stopped."""
+
+    id: str
+    protects: str  # one of PROTECTS
+    title: str
+    code: str
+    needs: tuple[str, ...] = ()
+
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _literal(name: str, value: object) -> str:
+    text = repr(value)
+    try:
+        same = ast.literal_eval(text) == value
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        same = False
+    if not same:
+        raise TypeError(f"parameter {name!r}: {type(value).__name__} is not a Python literal")
+    return text
+
+
+def render(attack: Attack, **params: object) -> str:
+    """``attack.code`` with each ``{name}`` of ``attack.needs`` replaced by ``repr(value)``.
+
+    Raises ``TypeError`` when a needed parameter is missing, an unknown one is given,
+    or a value is not a plain literal. Braces that do not name a need are kept as is.
+    """
+    missing = [n for n in attack.needs if n not in params]
+    unknown = sorted(set(params) - set(attack.needs))
+    if missing or unknown:
+        raise TypeError(
+            f"attack {attack.id!r} needs {list(attack.needs)}; "
+            f"missing {missing}, unexpected {unknown}"
+        )
+    literals = {name: _literal(name, params[name]) for name in attack.needs}
+
+    def sub(match: re.Match[str]) -> str:
+        return literals.get(match.group(1), match.group(0))
+
+    return _PLACEHOLDER.sub(sub, attack.code)
+
+
+def by_id(attack_id: str) -> Attack:
+    for attack in ATTACKS:
+        if attack.id == attack_id:
+            return attack
+    raise KeyError(attack_id)
+
+
+# --------------------------------------------------------------------------------------
+# Shared preludes (prepended to the bodies below; names start with "_" to stay out of
+# the way of the user's namespace in a kernel).
+
+_PRELUDE = '''\
+import errno as _errno
+import json as _json
+import os as _os
+
+
+def _report(blocked, detail):
+    print(_json.dumps({"blocked": bool(blocked), "detail": str(detail)}))
+
+
+def _en(code):
+    """An errno value as its name ("EPERM"); None (a timeout) as "timeout"."""
+    if code is None:
+        return "timeout"
+    return _errno.errorcode.get(code, str(code))
+
+
+def _err(exc):
+    """What an exception says, shortly: errno name if it has one, else its type."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return _en(exc.errno)
+    return type(exc).__name__
+
+
+def _pids():
+    return sorted((int(p) for p in _os.listdir("/proc") if p.isdigit()))
+
+
+def _read(path, mode="r"):
+    with open(path, mode) as f:
+        return f.read()
+'''
+
+_SYSCALLS = '''\
+import ctypes as _ctypes
+import platform as _platform
+
+_libc = _ctypes.CDLL(None, use_errno=True)
+_NR = {
+    "x86_64": {
+        "ptrace": 101, "pivot_root": 155, "chroot": 161, "acct": 163, "mount": 165,
+        "umount2": 166, "swapon": 167, "reboot": 169, "sethostname": 170, "iopl": 172,
+        "ioperm": 173, "init_module": 175, "delete_module": 176, "kexec_load": 246,
+        "add_key": 248, "request_key": 249, "keyctl": 250, "unshare": 272,
+        "perf_event_open": 298, "name_to_handle_at": 303, "open_by_handle_at": 304,
+        "setns": 308, "process_vm_readv": 310, "finit_module": 313, "bpf": 321,
+        "userfaultfd": 323, "io_uring_setup": 425,
+    },
+    "aarch64": {
+        "mount": 40, "umount2": 39, "pivot_root": 41, "chroot": 51, "acct": 89,
+        "unshare": 97, "kexec_load": 104, "init_module": 105, "delete_module": 106,
+        "ptrace": 117, "reboot": 142, "sethostname": 161, "add_key": 217,
+        "request_key": 218, "keyctl": 219, "swapon": 224, "perf_event_open": 241,
+        "name_to_handle_at": 264, "open_by_handle_at": 265, "setns": 268,
+        "process_vm_readv": 270, "finit_module": 273, "bpf": 280, "userfaultfd": 282,
+        "io_uring_setup": 425,
+    },
+}.get(_platform.machine().lower().replace("amd64", "x86_64").replace("arm64", "aarch64"), {})
+
+
+def _arg(a):
+    return _ctypes.c_long(a) if isinstance(a, int) else a
+
+
+def _sys(name, *args):
+    """A raw syscall: its errno name ("EPERM"), or "OK" when it succeeded (then the
+    return value is in _sys.last); None when the syscall is unknown on this machine."""
+    nr = _NR.get(name)
+    if nr is None:
+        return None
+    fn = _libc.syscall
+    fn.restype = _ctypes.c_long
+    _ctypes.set_errno(0)
+    rv = fn(_ctypes.c_long(nr), *[_arg(a) for a in args])
+    _sys.last = rv
+    return _en(_ctypes.get_errno()) if rv == -1 else "OK"
+
+
+def _call(name, *args):
+    """A libc function, like _sys."""
+    fn = getattr(_libc, name)
+    _ctypes.set_errno(0)
+    rv = fn(*[_arg(a) for a in args])
+    _call.last = rv
+    return _en(_ctypes.get_errno()) if rv == -1 else "OK"
+
+
+def _judge(results, expected):
+    """results: {what: errno name or "OK" or None}. Blocked when every attempt that
+    could be made failed with an expected errno."""
+    tried = {k: v for k, v in results.items() if v is not None}
+    ok = bool(tried) and all(v in expected for v in tried.values())
+    return ok, ", ".join("%s: %s" % (k, v) for k, v in sorted(tried.items())) or "nothing tried"
+'''
+
+# A child script for attempts that only make sense in a single-threaded process
+# (a kernel has threads: there unshare(CLONE_NEWUSER) fails with EINVAL regardless).
+# A call that succeeds without any observable effect (gVisor accepts CLONE_NEWCGROUP
+# as a no-op) created no namespace: "OK-NOOP" counts as refused.
+_NS_CHILD = """\
+# New namespaces are tried in a fresh single-threaded child, with unshare() or with
+# clone() (a fork into new namespaces). The result is "OK" only when a change is observable
+# (a new namespace link, capabilities gained, a new cgroup view), else "OK-NOOP".
+_NS_CHILD = '''
+import ast, ctypes, errno, os, platform, sys
+
+def view():
+    out = {}
+    # Not "user": gVisor shows each process its own user-namespace inode; a new user
+    # namespace shows as capabilities gained in it.
+    for name in ("mnt", "net", "pid", "pid_for_children", "uts", "ipc", "cgroup"):
+        try:
+            out[name] = os.readlink("/proc/self/ns/" + name)
+        except OSError:
+            out[name] = None
+    for line in open("/proc/self/status").read().splitlines():
+        if line.startswith("Cap"):
+            out[line.split(":")[0]] = line.split(":")[1].strip()
+    try:
+        out["cgroups"] = open("/proc/self/cgroup").read()
+    except OSError:
+        pass
+    return out
+
+def errname():
+    return errno.errorcode.get(ctypes.get_errno(), "?")
+
+flags, how = int(sys.argv[1]), sys.argv[2]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+before = view()
+if how == "unshare":
+    if libc.unshare(flags) == -1:
+        print(errname())
+        sys.exit()
+    after = view()
+else:
+    nr = {"x86_64": 56, "amd64": 56, "aarch64": 220, "arm64": 220}.get(platform.machine().lower())
+    if nr is None:
+        print("ENOSYS")  # clone() number unknown here: nothing was tried
+        sys.exit()
+    r, w = os.pipe()
+    SIGCHLD = 17
+    pid = libc.syscall(ctypes.c_long(nr), ctypes.c_long(flags | SIGCHLD), None, None, None, None)
+    if pid == 0:  # the clone: report what it sees, and leave at once
+        try:
+            seen = view()
+        except Exception as e:
+            seen = {"error in the clone": repr(e)}
+        os.write(w, repr(seen).encode())
+        os._exit(0)
+    if pid == -1:
+        print(errname())
+        sys.exit()
+    os.close(w)
+    data = b""
+    while True:
+        chunk = os.read(r, 65536)
+        if not chunk:
+            break
+        data += chunk
+    os.waitpid(pid, 0)
+    after = ast.literal_eval(data.decode())
+changed = sorted(k for k in after if after[k] != before.get(k))
+if changed:
+    print("OK (changed: %s; CapEff %s)" % (", ".join(changed), after.get("CapEff")))
+else:
+    print("OK-NOOP")
+'''
+
+
+def _new_ns_in_child(flags, how="unshare"):
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _NS_CHILD, str(flags), how],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+    )
+    return (r.stdout.strip().splitlines() or ["no output: " + r.stderr.strip()[-200:]])[-1]
+"""
+
+
+def _attack(
+    id: str,
+    protects: str,
+    title: str,
+    body: str,
+    needs: tuple[str, ...] = (),
+    syscalls: bool = False,
+    helpers: str = "",
+) -> Attack:
+    assert protects in PROTECTS, protects
+    prelude = _PRELUDE + (_SYSCALLS if syscalls else "") + helpers
+    code = prelude + "\n\n" + textwrap.dedent(body).strip() + "\n"
+    return Attack(id=id, protects=protects, title=title, code=code, needs=needs)
+
+
+# --------------------------------------------------------------------------------------
+# Host filesystem
+
+_FS = [
+    _attack(
+        "fs-host-markers",
+        "host filesystem",
+        "files the host planted (in /tmp, home, the checkout, /dev/shm...) are not visible",
+        """
+        PATHS = {paths}
+        found = [p for p in PATHS if _os.path.lexists(p)]
+        if found:
+            _report(False, "host paths visible inside: %s" % found)
+        else:
+            _report(True, "none of %d host paths exists inside" % len(PATHS))
+        """,
+        needs=("paths",),
+    ),
+    _attack(
+        "fs-proc-root",
+        "host filesystem",
+        "/proc/<pid>/root of every visible process is the sandbox's own root (or is denied)",
+        """
+        import uuid
+
+        marker = "/tmp/.sk-root-%s" % uuid.uuid4().hex
+        open(marker, "w").close()
+        own = sorted(_os.listdir("/"))
+        same, denied, other = [], [], []
+        try:
+            for pid in [str(p) for p in _pids()] + ["self", "thread-self"]:
+                root = "/proc/%s/root" % pid
+                try:
+                    listing = sorted(_os.listdir(root + "/"))
+                except FileNotFoundError:
+                    continue  # the process ended meanwhile
+                except PermissionError:
+                    denied.append(pid)
+                    continue
+                if listing == own and _os.path.exists(root + marker):
+                    same.append(pid)
+                else:
+                    other.append("%s: %s" % (pid, listing[:12]))
+        finally:
+            _os.unlink(marker)
+        detail = "own root via %s; denied for %s" % (same, denied)
+        if other:
+            detail = "a different root is reachable: %s; %s" % (other, detail)
+        _report(not other and bool(same or denied), detail)
+        """,
+    ),
+    _attack(
+        "fs-mountinfo",
+        "host filesystem",
+        "the mount table names no host paths (no /var/lib/docker, overlay dirs, /work, /root)",
+        """
+        FORBIDDEN = (
+            "/var/lib/docker", "/var/lib/containerd", "/run/containerd", "/var/run/docker",
+            "/run/docker", "/run/runsc", "/var/run/runsc", "lowerdir=", "upperdir=",
+            "overlay2", "/work", "/root", "/home/runner", "/Users/",
+        )
+        text = ""
+        for path in ("/proc/self/mountinfo", "/proc/self/mounts", "/proc/1/mountinfo"):
+            try:
+                text += _read(path)
+            except OSError:
+                pass
+        hits = sorted({f for f in FORBIDDEN if f in text})
+        lines = [l for l in text.splitlines() if any(f in l for f in hits)]
+        if not text:
+            _report(False, "could not read the mount table")
+        elif hits:
+            _report(False, "host paths in the mount table: %s, e.g. %s" % (hits, lines[:3]))
+        else:
+            _report(True, "%d mount lines, none names a host path" % len(text.splitlines()))
+        """,
+    ),
+    _attack(
+        "fs-host-sockets",
+        "host filesystem",
+        "no host unix socket is reachable (Docker, containerd, D-Bus, systemd...)",
+        """
+        import socket
+        import stat
+
+        KNOWN = [
+            "/var/run/docker.sock", "/run/docker.sock", "/run/containerd/containerd.sock",
+            "/run/containerd/containerd.sock.ttrpc", "/run/docker/containerd/containerd.sock",
+            "/run/dbus/system_bus_socket", "/var/run/dbus/system_bus_socket",
+            "/run/systemd/private", "/run/systemd/journal/socket", "/run/systemd/notify",
+            "/run/podman/podman.sock", "/var/run/crio/crio.sock", "/run/snapd.socket",
+            "/run/user/0/bus", "/run/user/1000/bus", "/var/run/runsc",
+        ]
+        present = [p for p in KNOWN if _os.path.lexists(p)]
+        connected = []
+        for p in KNOWN:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(2)
+            try:
+                s.connect(p)
+                connected.append(p)
+            except OSError:
+                pass
+            finally:
+                s.close()
+        found = []
+        for top in ("/run", "/var", "/tmp", "/home", "/etc", "/opt", "/srv", "/mnt", "/media",
+                    "/dev", "/root"):
+            for dirpath, dirnames, filenames in _os.walk(top):
+                for name in filenames:
+                    path = _os.path.join(dirpath, name)
+                    try:
+                        if stat.S_ISSOCK(_os.lstat(path).st_mode):
+                            found.append(path)
+                    except OSError:
+                        pass
+        bad = sorted(set(present + connected + found))
+        if bad:
+            _report(False, "unix sockets inside: %s (connected: %s)" % (bad, connected))
+        else:
+            _report(True, "no unix socket file anywhere; %d known host sockets absent" % len(KNOWN))
+        """,
+    ),
+    _attack(
+        "fs-symlink-escape",
+        "host filesystem",
+        "symlinks from /tmp to /etc/passwd and ../../ resolve inside the sandbox",
+        """
+        import uuid
+
+        d = "/tmp/.sk-link-%s" % uuid.uuid4().hex
+        _os.mkdir(d)
+        links = {
+            "abs": "/etc/passwd",
+            "rel": "../" * 12 + "etc/passwd",
+            "up": "../" * 12,
+        }
+        try:
+            for name, target in links.items():
+                _os.symlink(target, _os.path.join(d, name))
+            own = _read("/etc/passwd")
+            me = "sandbox:x:%d:" % _os.getuid()
+            seen = {}
+            for name in ("abs", "rel"):
+                content = _read(_os.path.join(d, name))
+                has_me = any(line.startswith(me) for line in content.splitlines())
+                seen[name] = "own passwd" if content == own and has_me else "OTHER FILE"
+            up = _os.path.join(d, "up")
+            a, b = _os.stat(up), _os.stat("/")
+            same = (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+            same = same and sorted(_os.listdir(up)) == sorted(_os.listdir("/"))
+            seen["up"] = "own root" if same else "OTHER DIRECTORY"
+        finally:
+            for name in links:
+                try:
+                    _os.unlink(_os.path.join(d, name))
+                except OSError:
+                    pass
+            _os.rmdir(d)
+        _report(all(v.startswith("own") for v in seen.values()), seen)
+        """,
+    ),
+    _attack(
+        "fs-dotdot-traversal",
+        "host filesystem",
+        "'..' traversal from /tmp and the home folder stops at the sandbox's root",
+        """
+        home = _os.path.expanduser("~")
+        root = _os.stat("/")
+        own_hostname = _read("/etc/hostname")
+        seen = {}
+        for start in ("/tmp", home, "/dev/shm", "/proc/self/cwd"):
+            if not _os.path.isdir(start):
+                continue
+            up = start + "/" + "../" * 16
+            st = _os.stat(up)
+            same = (st.st_dev, st.st_ino) == (root.st_dev, root.st_ino)
+            same = same and sorted(_os.listdir(up)) == sorted(_os.listdir("/"))
+            same = same and _read(up + "etc/hostname") == own_hostname
+            fd = _os.open(start, _os.O_RDONLY)
+            try:
+                st = _os.stat("../" * 16, dir_fd=fd)
+                same = same and (st.st_dev, st.st_ino) == (root.st_dev, root.st_ino)
+            finally:
+                _os.close(fd)
+            seen[start] = "own root" if same else "ELSEWHERE"
+        _report(bool(seen) and all(v == "own root" for v in seen.values()), seen)
+        """,
+    ),
+    _attack(
+        "fs-write-outside-tmpfs",
+        "host filesystem",
+        "nothing outside the tmpfs mounts is writable (/, /usr, /etc, /var, /opt, site-packages)",
+        """
+        import sysconfig
+        import uuid
+
+        tag = uuid.uuid4().hex
+        paths = sysconfig.get_paths()
+        DIRS = ["/", "/usr", "/usr/bin", "/usr/lib", "/usr/local", "/usr/local/bin", "/etc",
+                "/var", "/var/tmp", "/var/lib", "/var/cache", "/opt", "/root", "/run", "/srv",
+                "/mnt", "/bin", "/sbin", "/boot", "/media", paths["purelib"], paths["stdlib"]]
+        EXPECTED = {"EACCES", "EROFS", "EPERM"}
+        results = {}
+        for d in DIRS:
+            p = _os.path.join(d, ".sk-write-%s" % tag)
+            try:
+                fd = _os.open(p, _os.O_WRONLY | _os.O_CREAT | _os.O_EXCL, 0o644)
+            except OSError as e:
+                if e.errno not in (_errno.ENOENT, _errno.ENOTDIR):
+                    results["create in " + d] = _en(e.errno)
+            else:
+                _os.close(fd)
+                _os.unlink(p)
+                results["create in " + d] = "WRITTEN"
+        for p in ("/etc/passwd", "/etc/hosts", "/etc/resolv.conf", "/etc/hostname",
+                  _os.path.realpath("/usr/bin/python3"), "/bin/sh"):
+            if not _os.path.exists(p):
+                continue
+            try:
+                fd = _os.open(p, _os.O_WRONLY | _os.O_APPEND)  # writes nothing
+            except OSError as e:
+                results["open " + p] = _en(e.errno)
+            else:
+                _os.close(fd)
+                results["open " + p] = "WRITABLE"
+            try:
+                _os.utime(p, None)
+                results["utime " + p] = "CHANGED"
+            except OSError as e:
+                results["utime " + p] = _en(e.errno)
+        bad = {k: v for k, v in results.items() if v not in EXPECTED}
+        if bad:
+            _report(False, "not refused as expected: %s" % bad)
+        else:
+            _report(bool(results), "%d writes refused (%s)" % (
+                len(results), sorted(set(results.values()))))
+        """,
+    ),
+    _attack(
+        "fs-tmpfs-caps",
+        "host filesystem",
+        "/tmp and the home folder are size-capped tmpfs mounts (no more than configured)",
+        """
+        TMP_CAP = {tmp_bytes}
+        HOME_CAP = {home_bytes}
+        mounts = {}
+        for line in _read("/proc/self/mountinfo").splitlines():
+            left, _, right = line.partition(" - ")
+            mounts[left.split()[4]] = right.split()[0] if right else "?"
+        seen, ok = {}, True
+        for path, cap in (("/tmp", TMP_CAP), (_os.path.expanduser("~"), HOME_CAP)):
+            st = _os.statvfs(path)
+            size = st.f_blocks * st.f_frsize
+            fstype = mounts.get(path, "not a mount point")
+            good = fstype == "tmpfs" and 0 < size <= cap
+            ok = ok and good
+            seen[path] = "%s, %d bytes (cap %d)%s" % (fstype, size, cap, "" if good else " TOO BIG")
+        _report(ok, seen)
+        """,
+        needs=("tmp_bytes", "home_bytes"),
+    ),
+    _attack(
+        "fs-noexec-tmpfs",
+        "host filesystem",
+        "binaries copied into the writable mounts (/tmp, home, /dev/shm) cannot be executed",
+        """
+        import shutil
+        import subprocess
+        import uuid
+
+        src = shutil.which("true") or "/bin/true"
+        seen = {}
+        for d in ("/tmp", _os.path.expanduser("~"), "/dev/shm"):
+            if not _os.access(d, _os.W_OK):
+                continue
+            p = _os.path.join(d, ".sk-exec-%s" % uuid.uuid4().hex)
+            shutil.copy(src, p)
+            _os.chmod(p, 0o755)
+            try:
+                subprocess.run([p], timeout=30, stdin=subprocess.DEVNULL)
+                seen[d] = "EXECUTED"
+            except OSError as e:
+                seen[d] = _en(e.errno)
+            finally:
+                _os.unlink(p)
+        _report(bool(seen) and all(v in ("EACCES", "EPERM") for v in seen.values()), seen)
+        """,
+    ),
+]
+
+# --------------------------------------------------------------------------------------
+# Network
+
+_NET = [
+    _attack(
+        "net-only-loopback",
+        "network",
+        "the only network interface is 'lo', with no route off it",
+        """
+        import socket
+
+        names = [n for _, n in socket.if_nameindex()]
+        dev = [l.split(":")[0].strip() for l in _read("/proc/net/dev").splitlines()[2:] if ":" in l]
+        routes = [l.split()[0] for l in _read("/proc/net/route").splitlines()[1:] if l.strip()]
+        try:
+            v6 = _read("/proc/net/ipv6_route").splitlines()
+            routes += [l.split()[-1] for l in v6 if l.strip()]
+        except OSError:
+            pass
+        ok = names == ["lo"] and dev == ["lo"] and all(r == "lo" for r in routes)
+        routes = sorted(set(routes))
+        _report(ok, "interfaces %s, /proc/net/dev %s, route devices %s" % (names, dev, routes))
+        """,
+    ),
+    _attack(
+        "net-raw-socket",
+        "network",
+        "raw IP sockets cannot be opened (no spoofing, no sniffing)",
+        """
+        import socket
+
+        TRIES = [
+            ("inet/raw/icmp", socket.AF_INET, socket.IPPROTO_ICMP),
+            ("inet/raw/raw", socket.AF_INET, socket.IPPROTO_RAW),
+            ("inet/raw/tcp", socket.AF_INET, socket.IPPROTO_TCP),
+            ("inet6/raw/icmpv6", socket.AF_INET6, socket.IPPROTO_ICMPV6),
+        ]
+        seen = {}
+        for name, family, proto in TRIES:
+            try:
+                socket.socket(family, socket.SOCK_RAW, proto).close()
+                seen[name] = "OPENED"
+            except OSError as e:
+                seen[name] = _en(e.errno)
+        _report(all(v in ("EPERM", "EACCES") for v in seen.values()), seen)
+        """,
+    ),
+    _attack(
+        "net-packet-socket",
+        "network",
+        "packet (link-layer) sockets cannot be opened",
+        """
+        import socket
+
+        seen = {}
+        for name, kind in (("packet/raw", socket.SOCK_RAW), ("packet/dgram", socket.SOCK_DGRAM)):
+            try:
+                socket.socket(socket.AF_PACKET, kind, socket.htons(0x0003)).close()
+                seen[name] = "OPENED"
+            except OSError as e:
+                seen[name] = _en(e.errno)
+        _report(all(v in ("EPERM", "EACCES", "EAFNOSUPPORT") for v in seen.values()), seen)
+        """,
+    ),
+    _attack(
+        "net-interface-config",
+        "network",
+        "no interface can be created or configured (TUN device, netlink RTM_NEWADDR)",
+        """
+        import fcntl
+        import socket
+        import struct
+
+        seen = {}
+        try:
+            fd = _os.open("/dev/net/tun", _os.O_RDWR)
+        except OSError as e:
+            seen["open /dev/net/tun"] = _en(e.errno)
+        else:
+            try:
+                ifr = struct.pack("16sH", b"sk-probe0", 0x0001 | 0x1000)  # IFF_TUN | IFF_NO_PI
+                fcntl.ioctl(fd, 0x400454CA, ifr)  # TUNSETIFF
+                seen["TUNSETIFF"] = "CREATED"
+            except OSError as e:
+                seen["TUNSETIFF"] = _en(e.errno)
+            finally:
+                _os.close(fd)
+        try:
+            nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
+        except OSError as e:
+            seen["netlink socket"] = _en(e.errno)
+        else:
+            with nl:
+                nl.settimeout(5)
+                attr = struct.pack("HH4s", 8, 2, socket.inet_aton("127.0.0.9"))  # IFA_LOCAL
+                ifa = struct.pack("BBBBI", socket.AF_INET, 32, 0, 254, socket.if_nametoindex("lo"))
+                flags = 0x1 | 0x4 | 0x400 | 0x200  # REQUEST | ACK | CREATE | EXCL
+                body = ifa + attr
+                nl.send(struct.pack("IHHII", 16 + len(body), 20, flags, 1, 0) + body)  # RTM_NEWADDR
+                try:
+                    reply = nl.recv(4096)
+                    mtype = struct.unpack("H", reply[4:6])[0]
+                    code = struct.unpack("i", reply[16:20])[0] if mtype == 2 else None
+                    if code is None:
+                        seen["RTM_NEWADDR"] = "reply type %d" % mtype
+                    else:
+                        seen["RTM_NEWADDR"] = "ADDED" if code == 0 else _en(-code)
+                except OSError as e:
+                    seen["RTM_NEWADDR"] = "no answer (%s)" % _err(e)
+        ok = all(v in ("EPERM", "EACCES", "ENOENT", "EOPNOTSUPP", "ENOTSUP") for v in seen.values())
+        _report(ok and bool(seen), seen)
+        """,
+    ),
+    _attack(
+        "net-no-route-foreign",
+        "network",
+        "no route to the metadata service, private ranges, the internet or IPv6 "
+        "(route lookup only)",
+        """
+        import socket
+
+        TARGETS = ["169.254.169.254", "10.0.0.1", "172.16.0.1", "192.168.1.1", "192.0.2.1",
+                   "100.64.0.1", "8.8.8.8", "1.1.1.1", "224.0.0.251", "2001:db8::1",
+                   "2606:4700:4700::1111", "64:ff9b::808:808", "fd00::1"]
+        seen = {}
+        for addr in TARGETS:
+            family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                s.connect((addr, 53))  # a route lookup: no packet is sent
+                seen[addr] = "ROUTE via %s" % (s.getsockname()[0],)
+            except OSError as e:
+                seen[addr] = _en(e.errno)
+            finally:
+                s.close()
+        ok = all(v in ("ENETUNREACH", "EHOSTUNREACH") for v in seen.values())
+        _report(ok, seen)
+        """,
+    ),
+    _attack(
+        "net-dns-servers-unreachable",
+        "network",
+        "the nameservers in /etc/resolv.conf cannot be reached (no DNS exfiltration)",
+        """
+        import socket
+        import struct
+
+        servers = []
+        try:
+            for line in _read("/etc/resolv.conf").splitlines():
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver":
+                    servers.append(parts[1].split("%")[0])
+        except OSError:
+            pass
+        seen = {}
+        for addr in servers:
+            family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            s.settimeout(2)
+            try:
+                s.connect((addr, 53))  # route lookup only
+                if not (addr.startswith("127.") or addr == "::1"):
+                    seen[addr] = "ROUTE via %s" % (s.getsockname()[0],)
+                    continue
+                # A loopback resolver would be the sandbox's own: ask it (loopback traffic).
+                s.send(struct.pack("!HHHHHH", 0x5A5A, 0x0100, 1, 0, 0, 0)
+                       + b"\\x07example\\x03com\\x00" + struct.pack("!HH", 1, 1))
+                s.recv(512)
+                seen[addr] = "ANSWERED"
+            except OSError as e:
+                seen[addr] = _err(e)
+            finally:
+                s.close()
+        ok = all(v in ("ENETUNREACH", "EHOSTUNREACH", "ECONNREFUSED", "timeout")
+                 for v in seen.values())
+        _report(ok, seen or "no nameserver configured")
+        """,
+    ),
+    _attack(
+        "net-lan-host",
+        "network",
+        "a live LAN host cannot be reached over TCP, UDP, IPv4 or IPv6",
+        """
+        import socket
+
+        ADDRS = [{addr}, {addr6}]
+        PORT = {port}
+        seen = {}
+        for addr in ADDRS:
+            family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+            t = socket.socket(family, socket.SOCK_STREAM)
+            t.settimeout(3)
+            try:
+                t.connect((addr, PORT))
+                seen["tcp " + addr] = "CONNECTED"
+            except OSError as e:
+                seen["tcp " + addr] = _err(e)
+            finally:
+                t.close()
+            u = socket.socket(family, socket.SOCK_DGRAM)
+            u.settimeout(2)
+            try:
+                u.sendto(b"sk-probe", (addr, PORT))
+                u.recvfrom(64)
+                seen["udp " + addr] = "ANSWERED"
+            except OSError as e:
+                seen["udp " + addr] = _err(e)
+            finally:
+                u.close()
+        _report(not any(v in ("CONNECTED", "ANSWERED") for v in seen.values()), seen)
+        """,
+        needs=("addr", "addr6", "port"),
+    ),
+    _attack(
+        "net-host-addresses",
+        "network",
+        "services on the host's own addresses (eth0, docker0...) cannot be reached",
+        """
+        import socket
+
+        ADDRS = {addrs}
+        PORT = {port}
+        seen = {}
+        for addr in ADDRS:
+            family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+            s = socket.socket(family, socket.SOCK_STREAM)
+            s.settimeout(3)
+            try:
+                s.connect((addr, PORT))
+                seen[addr] = "CONNECTED"
+            except OSError as e:
+                seen[addr] = _err(e)
+            finally:
+                s.close()
+        _report(bool(seen) and "CONNECTED" not in seen.values(), seen)
+        """,
+        needs=("addrs", "port"),
+    ),
+    _attack(
+        "net-host-loopback",
+        "network",
+        "services on the host's loopback (127.0.0.1 and ::1) cannot be reached",
+        """
+        import socket
+
+        PORT = {port}
+        seen = {}
+        for addr in ("127.0.0.1", "::1"):
+            family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+            s = socket.socket(family, socket.SOCK_STREAM)
+            s.settimeout(3)
+            try:
+                s.connect((addr, PORT))
+                seen[addr] = "CONNECTED"
+            except OSError as e:
+                seen[addr] = _err(e)
+            finally:
+                s.close()
+        _report("CONNECTED" not in seen.values(), seen)
+        """,
+        needs=("port",),
+    ),
+    _attack(
+        "net-dns-query",
+        "network",
+        "a live DNS server on the LAN answers the host but not the sandbox (UDP and TCP)",
+        """
+        import random
+        import socket
+        import struct
+
+        SERVER = {server}
+        QNAME = {qname}
+        qid = random.randrange(1, 0xFFFF)
+        labels = b"".join(bytes([len(p)]) + p.encode() for p in QNAME.split("."))
+        query = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + labels + b"\\0"
+        query += struct.pack("!HH", 1, 1)
+        family = socket.AF_INET6 if ":" in SERVER else socket.AF_INET
+
+        def answered(data):
+            ok = len(data) >= 12 and struct.unpack("!H", data[:2])[0] == qid
+            return ok and data[3] & 0xF == 0
+
+        seen = {}
+        u = socket.socket(family, socket.SOCK_DGRAM)
+        u.settimeout(2)
+        try:
+            u.sendto(query, (SERVER, 53))
+            seen["udp"] = "ANSWERED" if answered(u.recv(512)) else "garbage"
+        except OSError as e:
+            seen["udp"] = _err(e)
+        finally:
+            u.close()
+        t = socket.socket(family, socket.SOCK_STREAM)
+        t.settimeout(3)
+        try:
+            t.connect((SERVER, 53))
+            t.sendall(struct.pack("!H", len(query)) + query)
+            data = b""
+            while len(data) < 2 or len(data) < 2 + struct.unpack("!H", data[:2])[0]:
+                chunk = t.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            seen["tcp"] = "ANSWERED" if answered(data[2:]) else "CONNECTED"
+        except OSError as e:
+            seen["tcp"] = _err(e)
+        finally:
+            t.close()
+        _report(not any(v in ("ANSWERED", "CONNECTED") for v in seen.values()), seen)
+        """,
+        needs=("server", "qname"),
+    ),
+    _attack(
+        "net-abstract-unix",
+        "network",
+        "an abstract unix socket of the host cannot be connected to",
+        """
+        import socket
+
+        NAME = {name}
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(3)
+        try:
+            s.connect(chr(0) + NAME)
+            seen = "CONNECTED"
+        except OSError as e:
+            seen = _err(e)
+        finally:
+            s.close()
+        _report(seen != "CONNECTED", "connect to @%s: %s" % (NAME, seen))
+        """,
+        needs=("name",),
+    ),
+    _attack(
+        "net-icmp-echo",
+        "network",
+        "a live LAN host does not answer pings from the sandbox (IPv4 and IPv6)",
+        """
+        import select
+        import socket
+        import struct
+        import time
+
+        ADDRS = [{addr}, {addr6}]
+
+        def _csum(data):
+            if len(data) % 2:
+                data += b"\\0"
+            s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+            s = (s >> 16) + (s & 0xFFFF)
+            s += s >> 16
+            return ~s & 0xFFFF
+
+        def _ping(addr):
+            v6 = ":" in addr
+            family = socket.AF_INET6 if v6 else socket.AF_INET
+            proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
+            request, reply = (128, 129) if v6 else (8, 0)
+            try:
+                s, raw = socket.socket(family, socket.SOCK_DGRAM, proto), False
+            except OSError as e:
+                try:  # unprivileged ping sockets not allowed: try raw (works for root)
+                    s, raw = socket.socket(family, socket.SOCK_RAW, proto), True
+                except OSError as e2:
+                    return "no ICMP socket (%s; raw %s)" % (_err(e), _err(e2))
+            with s:
+                ident, payload = _os.getpid() & 0xFFFF, b"sk-ping-probe"
+                header = struct.pack("!BBHHH", request, 0, 0, ident, 1)
+                if not v6:
+                    header = struct.pack("!BBHHH", request, 0, _csum(header + payload), ident, 1)
+                try:
+                    s.sendto(header + payload, (addr, 0))
+                except OSError as e:
+                    return "send failed: %s" % _err(e)
+                deadline = time.monotonic() + 2
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not select.select([s], [], [], left)[0]:
+                        return "no reply in 2 s"
+                    try:
+                        data, src = s.recvfrom(2048)
+                    except OSError as e:
+                        return "receive failed: %s" % _err(e)
+                    if raw and not v6:
+                        data = data[(data[0] & 0x0F) * 4:]
+                    if data and data[0] == reply and src[0] == addr:
+                        return "REPLY"
+
+        seen = {addr: _ping(addr) for addr in ADDRS}
+        _report("REPLY" not in seen.values(), seen)
+        """,
+        needs=("addr", "addr6"),
+    ),
+]
+
+# --------------------------------------------------------------------------------------
+# Privileges
+
+_PRIV = [
+    _attack(
+        "priv-ids",
+        "privileges",
+        "runs with no root uid or gid (real, effective, saved, supplementary)",
+        """
+        uids, gids, groups = _os.getresuid(), _os.getresgid(), _os.getgroups()
+        _report(0 not in uids and 0 not in gids and 0 not in groups,
+                "uids %s, gids %s, groups %s" % (uids, gids, groups))
+        """,
+    ),
+    _attack(
+        "priv-capabilities",
+        "privileges",
+        "every process in the sandbox has empty capability sets (effective, permitted, bounding)",
+        """
+        KEYS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+        bad, seen = {}, 0
+        for pid in ["self"] + [str(p) for p in _pids()]:
+            try:
+                status = _read("/proc/%s/status" % pid)
+            except OSError:
+                continue
+            fields = dict(l.split(":", 1) for l in status.splitlines() if ":" in l)
+            if "CapEff" not in fields:
+                continue
+            seen += 1
+            nonzero = ["%s=%s" % (k, fields[k].strip()) for k in KEYS
+                       if k in fields and int(fields[k].strip(), 16) != 0]
+            if nonzero:
+                bad[pid] = nonzero
+        if bad:
+            _report(False, "capabilities held: %s" % bad)
+        else:
+            _report(seen > 0, "%d processes, all capability sets empty" % seen)
+        """,
+    ),
+    _attack(
+        "priv-no-new-privs",
+        "privileges",
+        "no_new_privs is set, in the kernel and in the processes it starts",
+        """
+        import ctypes
+        import subprocess
+        import sys
+
+        PR_GET_NO_NEW_PRIVS = 39
+        here = ctypes.CDLL(None, use_errno=True).prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0)
+        child = subprocess.run(
+            [sys.executable, "-I", "-S", "-c",
+             "import ctypes; print(ctypes.CDLL(None).prctl(39, 0, 0, 0, 0))"],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        ).stdout.strip()
+        _report(here == 1 and child == "1", "kernel: %s, child process: %s" % (here, child))
+        """,
+    ),
+    _attack(
+        "priv-setuid-files",
+        "privileges",
+        "no setuid or setgid file exists in the image",
+        """
+        import stat
+
+        found, scanned = [], 0
+        stack = [t for t in ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/opt", "/etc", "/var")
+                 if _os.path.isdir(t) and not _os.path.islink(t)]
+        while stack:
+            try:
+                entries = list(_os.scandir(stack.pop()))
+            except OSError:
+                continue
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(entry.path)
+                elif stat.S_ISREG(st.st_mode):
+                    scanned += 1
+                    if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                        found.append(entry.path)
+        if found:
+            _report(False, "setuid/setgid files: %s" % sorted(found))
+        else:
+            _report(scanned > 0, "%d files scanned, none setuid or setgid" % scanned)
+        """,
+    ),
+    _attack(
+        "priv-su-mount-commands",
+        "privileges",
+        "su, sudo and mount cannot be used to become root or mount anything",
+        """
+        import shutil
+        import subprocess
+        import tempfile
+
+        target = tempfile.mkdtemp(prefix=".sk-mnt-", dir="/tmp")
+        CMDS = [["su", "-c", "id -u", "root"], ["sudo", "-n", "id", "-u"],
+                ["mount", "-t", "tmpfs", "none", target], ["mount", "--bind", "/", target]]
+        seen = {}
+        try:
+            for cmd in CMDS:
+                name = " ".join(cmd[:2])
+                if shutil.which(cmd[0]) is None:
+                    seen[name] = "absent"
+                    continue
+                try:
+                    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                                       text=True, timeout=20)
+                except subprocess.TimeoutExpired:
+                    seen[name] = "timed out (waiting for a password)"
+                    continue
+                except OSError as e:
+                    seen[name] = "cannot run: %s" % _err(e)
+                    continue
+                if r.returncode == 0:
+                    seen[name] = "SUCCEEDED: %s" % r.stdout.strip()[:80]
+                else:
+                    seen[name] = "failed (%d): %s" % (r.returncode, r.stderr.strip()[:80])
+        finally:
+            _os.rmdir(target)
+        _report(not any(v.startswith("SUCCEEDED") for v in seen.values()), seen)
+        """,
+    ),
+    _attack(
+        "priv-mount-syscall",
+        "privileges",
+        "mount(2) and umount(2) are refused (new tmpfs, bind of /, remount of / read-write)",
+        """
+        import tempfile
+
+        target = tempfile.mkdtemp(prefix=".sk-mnt-", dir="/tmp").encode()
+        MS_REMOUNT, MS_BIND, MNT_DETACH = 32, 4096, 2
+        try:
+            results = {
+                "mount tmpfs": _call("mount", b"none", target, b"tmpfs", 0, None),
+                "bind /": _call("mount", b"/", target, None, MS_BIND, None),
+                "remount / rw": _call("mount", None, b"/", None, MS_REMOUNT, None),
+                "umount2 a directory": _call("umount2", target, MNT_DETACH),
+            }
+        finally:
+            _os.rmdir(target)
+        _report(*_judge(results, {"EPERM", "EACCES"}))
+        """,
+        syscalls=True,
+    ),
+    _attack(
+        "priv-user-namespace",
+        "privileges",
+        "a (single-threaded) process cannot create a user namespace to regain capabilities",
+        """
+        CLONE_NEWUSER, CLONE_NEWNS = 0x10000000, 0x00020000
+        seen = {
+            "unshare(CLONE_NEWUSER)": _new_ns_in_child(CLONE_NEWUSER),
+            "unshare(CLONE_NEWUSER|CLONE_NEWNS)": _new_ns_in_child(CLONE_NEWUSER | CLONE_NEWNS),
+            "clone(CLONE_NEWUSER)": _new_ns_in_child(CLONE_NEWUSER, "clone"),
+        }
+        ok = all(v in ("EPERM", "EINVAL", "ENOSPC", "EACCES", "ENOSYS", "OK-NOOP")
+                 for v in seen.values())
+        _report(ok, seen)
+        """,
+        helpers=_NS_CHILD,
+    ),
+    _attack(
+        "priv-namespaces",
+        "privileges",
+        "no other namespace (mount, network, pid, uts, ipc, cgroup) can be created",
+        """
+        FLAGS = {"mnt": 0x00020000, "net": 0x40000000, "pid": 0x20000000, "uts": 0x04000000,
+                 "ipc": 0x08000000, "cgroup": 0x02000000}
+        seen = {}
+        for name, flag in FLAGS.items():
+            seen["unshare " + name] = _new_ns_in_child(flag)
+            seen["clone " + name] = _new_ns_in_child(flag, "clone")
+        ok = all(v in ("EPERM", "EINVAL", "EACCES", "ENOSYS", "OK-NOOP") for v in seen.values())
+        _report(ok, seen)
+        """,
+        helpers=_NS_CHILD,
+    ),
+    _attack(
+        "priv-keyring",
+        "privileges",
+        "no key can be stored in or read from a kernel keyring (keyrings are not namespaced)",
+        """
+        SESSION, USER, USER_SESSION = -3, -4, -5
+        KEYCTL_GET_KEYRING_ID, KEYCTL_READ = 0, 11
+        buf = _ctypes.create_string_buffer(4096)
+        results = {
+            "add_key(user)": _sys("add_key", b"user", b"sk-probe", b"x", 1, SESSION),
+            "add_key(keyring)": _sys("add_key", b"keyring", b"sk-probe", None, 0, SESSION),
+            "request_key": _sys("request_key", b"user", b"sk-probe", None, 0),
+        }
+        for name, ring in (("session", SESSION), ("user", USER), ("user-session", USER_SESSION)):
+            got = _sys("keyctl", KEYCTL_READ, ring, buf, 4096)
+            if got == "OK" and _sys.last == 0:
+                got = "EMPTY"  # an empty keyring: nothing to read, nothing leaked
+            results["read %s keyring" % name] = got
+        ok, detail = _judge(results, {"ENOSYS", "EPERM", "EACCES", "ENOKEY", "EMPTY"})
+        ring = _sys("keyctl", KEYCTL_GET_KEYRING_ID, SESSION, 0)
+        _report(ok, "%s (session keyring id: %s)" % (detail, _sys.last if ring == "OK" else ring))
+        """,
+        syscalls=True,
+    ),
+    _attack(
+        "priv-bpf",
+        "privileges",
+        "bpf(2) is refused (map creation and socket-filter program load)",
+        """
+        import struct
+
+        attr = _ctypes.create_string_buffer(struct.pack("IIII", 1, 4, 4, 1), 128)  # hash map
+        insns = _ctypes.create_string_buffer(
+            b"\\xb7" + b"\\0" * 7 + b"\\x95" + b"\\0" * 7, 16)  # r0 = 0; exit
+        license = _ctypes.create_string_buffer(b"GPL")
+        prog = _ctypes.create_string_buffer(struct.pack(
+            "IIQQ", 1, 2, _ctypes.addressof(insns), _ctypes.addressof(license)), 128)
+        results = {}
+        for name, cmd, arg in (("BPF_MAP_CREATE", 0, attr), ("BPF_PROG_LOAD", 5, prog)):
+            results[name] = _sys("bpf", cmd, arg, 128)
+            if results[name] == "OK":
+                _os.close(_sys.last)
+        _report(*_judge(results, {"EPERM", "EACCES", "ENOSYS"}))
+        """,
+        syscalls=True,
+    ),
+    _attack(
+        "priv-kernel-modules",
+        "privileges",
+        "kernel modules cannot be loaded or removed",
+        """
+        results = {
+            "init_module": _sys("init_module", None, 0, b""),
+            "finit_module": _sys("finit_module", -1, b"", 0),
+            "delete_module": _sys("delete_module", b"sk_probe", 0),
+        }
+        _report(*_judge(results, {"EPERM", "ENOSYS"}))
+        """,
+        syscalls=True,
+    ),
+    _attack(
+        "priv-ptrace-agent",
+        "privileges",
+        "PID 1 (the agent) cannot be traced or have its memory read",
+        """
+        PTRACE_ATTACH, PTRACE_DETACH = 16, 17
+        _libc.ptrace.restype = _ctypes.c_long
+        results = {"ptrace(ATTACH, 1)": _call("ptrace", PTRACE_ATTACH, 1, None, None)}
+        if results["ptrace(ATTACH, 1)"] == "OK":
+            _call("ptrace", PTRACE_DETACH, 1, None, None)
+        addr = 0x400000
+        try:
+            addr = int(_read("/proc/1/maps").split("-", 1)[0], 16)
+        except (OSError, ValueError):
+            pass
+
+        class _Iov(_ctypes.Structure):
+            _fields_ = [("base", _ctypes.c_void_p), ("len", _ctypes.c_size_t)]
+
+        buf = _ctypes.create_string_buffer(16)
+        local, remote = _Iov(_ctypes.addressof(buf), 16), _Iov(addr, 16)
+        results["process_vm_readv(1)"] = _sys(
+            "process_vm_readv", 1, _ctypes.byref(local), 1, _ctypes.byref(remote), 1, 0)
+        try:
+            with open("/proc/1/mem", "rb") as f:
+                f.seek(addr)
+                f.read(16)
+            results["read /proc/1/mem"] = "OK"
+        except OSError as e:
+            results["read /proc/1/mem"] = _en(e.errno)
+        _report(*_judge(results, {"EPERM", "EACCES"}))
+        """,
+        syscalls=True,
+    ),
+    _attack(
+        "priv-mknod-device",
+        "privileges",
+        "block and character device nodes cannot be created (mknod needs CAP_MKNOD)",
+        """
+        import stat
+        import uuid
+
+        NODES = [("block 8:0", stat.S_IFBLK, _os.makedev(8, 0)),
+                 ("char 1:1 (mem)", stat.S_IFCHR, _os.makedev(1, 1)),
+                 ("char 1:3 (null)", stat.S_IFCHR, _os.makedev(1, 3))]
+        seen = {}
+        for d in ("/tmp", _os.path.expanduser("~"), "/dev/shm"):
+            if not _os.access(d, _os.W_OK):
+                continue
+            for name, kind, dev in NODES:
+                p = _os.path.join(d, ".sk-node-%s" % uuid.uuid4().hex)
+                try:
+                    _os.mknod(p, kind | 0o600, dev)
+                except OSError as e:
+                    seen["%s in %s" % (name, d)] = _en(e.errno)
+                else:
+                    _os.unlink(p)
+                    seen["%s in %s" % (name, d)] = "CREATED"
+        _report(bool(seen) and all(v in ("EPERM", "EACCES") for v in seen.values()), seen)
+        """,
+    ),
+    _attack(
+        "priv-device-nodes-inert",
+        "privileges",
+        "device nodes made with mknod (if it is allowed at all) reach no disk, memory or KVM",
+        """
+        import stat
+        import uuid
+
+        NODES = [("disk 8:0", stat.S_IFBLK, _os.makedev(8, 0)),
+                 ("virtio disk 254:0", stat.S_IFBLK, _os.makedev(254, 0)),
+                 ("nvme 259:0", stat.S_IFBLK, _os.makedev(259, 0)),
+                 ("/dev/mem 1:1", stat.S_IFCHR, _os.makedev(1, 1)),
+                 ("/dev/kmem 1:2", stat.S_IFCHR, _os.makedev(1, 2)),
+                 ("/dev/port 1:4", stat.S_IFCHR, _os.makedev(1, 4)),
+                 ("/dev/kmsg 1:11", stat.S_IFCHR, _os.makedev(1, 11)),
+                 ("/dev/kvm 10:232", stat.S_IFCHR, _os.makedev(10, 232)),
+                 ("/dev/vhost-net 10:238", stat.S_IFCHR, _os.makedev(10, 238))]
+        seen = {}
+        for name, kind, dev in NODES:
+            p = "/tmp/.sk-node-%s" % uuid.uuid4().hex
+            try:
+                _os.mknod(p, kind | 0o600, dev)
+            except OSError as e:
+                seen[name] = "mknod %s" % _en(e.errno)
+                continue
+            try:
+                fd = _os.open(p, _os.O_RDONLY | _os.O_NONBLOCK)
+            except OSError as e:
+                seen[name] = "open %s" % _en(e.errno)
+            else:
+                _os.close(fd)
+                seen[name] = "OPENED"
+            finally:
+                _os.unlink(p)
+        _report("OPENED" not in seen.values(), seen)
+        """,
+    ),
+    _attack(
+        "priv-dev-listing",
+        "privileges",
+        "/dev holds no disk, memory, KVM or other hardware node",
+        """
+        import re
+        import stat
+
+        FORBIDDEN = re.compile(
+            r"^((sd|hd|vd|xvd|nvme|mmcblk|loop|dm-|md|sr|sg|nbd|ram|zram|nst?|st)[0-9]"
+            r"|kvm|mem|kmem|port|kmsg|disk|mapper|vhost-.*|vsock|vfio|dri|nvidia.*|watchdog.*"
+            r"|msr|cpu|hpet|rtc[0-9]*|uinput|input|snd|fb[0-9]+|tpm.*|sev.*|sgx.*|mcelog"
+            r"|loop-control|btrfs-control|userfaultfd|console|tty[0-9]+|ttyS[0-9]+)$")
+        bad = []
+        for dirpath, dirnames, filenames in _os.walk("/dev"):
+            for name in dirnames + filenames:
+                path = _os.path.join(dirpath, name)
+                try:
+                    mode = _os.lstat(path).st_mode
+                except OSError:
+                    continue
+                if FORBIDDEN.match(name) or stat.S_ISBLK(mode):
+                    bad.append(path)
+        listing = sorted(_os.listdir("/dev"))
+        _report(not bad, ("hardware nodes: %s" % bad) if bad else "/dev: %s" % listing)
+        """,
+    ),
+    _attack(
+        "priv-kernel-tunables",
+        "privileges",
+        "kernel controls cannot be opened for writing (sysrq-trigger, core_pattern, /proc/sys...)",
+        """
+        PATHS = ["/proc/sysrq-trigger", "/proc/sys/kernel/core_pattern",
+                 "/proc/sys/kernel/modprobe", "/proc/sys/kernel/hostname",
+                 "/proc/sys/kernel/panic", "/proc/sys/vm/drop_caches",
+                 "/proc/sys/net/ipv4/ip_forward", "/proc/sys/fs/binfmt_misc/register",
+                 "/sys/kernel/uevent_helper", "/sys/power/state", "/sys/kernel/mm/ksm/run"]
+        seen = {}
+        for p in PATHS:
+            try:
+                fd = _os.open(p, _os.O_WRONLY)  # opened only, nothing is written
+            except OSError as e:
+                seen[p] = _en(e.errno)
+            else:
+                _os.close(fd)
+                seen[p] = "WRITABLE"
+        _report(all(v in ("EACCES", "EROFS", "EPERM", "ENOENT") for v in seen.values()), seen)
+        """,
+    ),
+    _attack(
+        "priv-cgroup-escape",
+        "privileges",
+        "cgroup controls cannot be changed (release_agent, limits, cgroup.procs, new cgroups)",
+        """
+        import glob
+        import uuid
+
+        NAMES = ("release_agent", "notify_on_release", "cgroup.procs", "tasks",
+                 "memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "memory.max",
+                 "pids.max", "cpu.cfs_quota_us", "cpu.max", "cpu.shares", "devices.allow",
+                 "cgroup.subtree_control")
+        seen = {}
+        for d in ["/sys/fs/cgroup"] + sorted(glob.glob("/sys/fs/cgroup/*/")):
+            d = d.rstrip("/")
+            for name in NAMES:
+                p = _os.path.join(d, name)
+                try:
+                    fd = _os.open(p, _os.O_WRONLY)  # opened only, nothing is written
+                except OSError as e:
+                    if e.errno != _errno.ENOENT or name == "release_agent":
+                        seen[p] = _en(e.errno)
+                else:
+                    _os.close(fd)
+                    seen[p] = "WRITABLE"
+            child = _os.path.join(d, "sk-probe-%s" % uuid.uuid4().hex[:8])
+            try:
+                _os.mkdir(child)
+            except OSError as e:
+                seen["mkdir " + child] = _en(e.errno)
+            else:
+                _os.rmdir(child)
+                seen["mkdir " + child] = "CREATED"
+        ok = all(v in ("EACCES", "EROFS", "EPERM", "ENOENT") for v in seen.values())
+        _report(ok and bool(seen), seen)
+        """,
+    ),
+    _attack(
+        "priv-setuid-root",
+        "privileges",
+        "setuid(0), setgid(0), setresuid and setgroups([0]) are refused",
+        """
+        TRIES = [("setuid(0)", lambda: _os.setuid(0)), ("seteuid(0)", lambda: _os.seteuid(0)),
+                 ("setresuid(0,0,0)", lambda: _os.setresuid(0, 0, 0)),
+                 ("setgid(0)", lambda: _os.setgid(0)), ("setegid(0)", lambda: _os.setegid(0)),
+                 ("setgroups([0])", lambda: _os.setgroups([0]))]
+        seen = {}
+        for name, fn in TRIES:
+            try:
+                fn()
+                seen[name] = "SUCCEEDED"
+            except OSError as e:
+                seen[name] = _en(e.errno)
+        _report(all(v in ("EPERM", "EACCES") for v in seen.values()), seen)
+        """,
+    ),
+    _attack(
+        "priv-chroot",
+        "privileges",
+        "chroot(2) is refused",
+        """
+        results = {"chroot(/)": _call("chroot", b"/")}
+        _report(*_judge(results, {"EPERM", "EACCES"}))
+        """,
+        syscalls=True,
+    ),
+    _attack(
+        "priv-admin-syscalls",
+        "privileges",
+        "administrative syscalls are refused (reboot, kexec, swapon, pivot_root, setns, "
+        "sethostname, clock_settime, acct, iopl)",
+        """
+        import time
+
+        LINUX_REBOOT_CMD_CAD_OFF = 0  # harmless even if it were allowed
+        results = {
+            "reboot": _sys("reboot", 0xFEE1DEAD, 672274793, LINUX_REBOOT_CMD_CAD_OFF, None),
+            "kexec_load": _sys("kexec_load", 0, 0, None, 0),
+            "swapon": _sys("swapon", b"/tmp/.sk-no-swap", 0),
+            "pivot_root": _sys("pivot_root", b"/tmp", b"/tmp"),
+            "sethostname": _sys("sethostname", b"sk-probe", 8),
+            "acct": _sys("acct", None),
+            "iopl": _sys("iopl", 3),
+            "ioperm": _sys("ioperm", 0x80, 1, 1),
+        }
+        try:
+            fd = _os.open("/proc/self/ns/net", _os.O_RDONLY)
+        except OSError:
+            pass
+        else:
+            try:
+                results["setns(own net)"] = _sys("setns", fd, 0)
+            finally:
+                _os.close(fd)
+        try:
+            time.clock_settime(time.CLOCK_REALTIME, time.clock_gettime(time.CLOCK_REALTIME))
+            results["clock_settime"] = "OK"
+        except OSError as e:
+            results["clock_settime"] = _en(e.errno)
+        _report(*_judge(results, {"EPERM", "EACCES"}))
+        """,
+        syscalls=True,
+    ),
+    _attack(
+        "priv-open-by-handle",
+        "privileges",
+        "open_by_handle_at (the 'shocker' container escape) is refused",
+        """
+        import struct
+
+        handle = _ctypes.create_string_buffer(8 + 128)
+        _ctypes.memmove(handle, struct.pack("I", 128), 4)
+        mount_id = _ctypes.c_int(0)
+        got = _sys("name_to_handle_at", -100, b"/", handle, _ctypes.byref(mount_id), 0)
+        if got != "OK":  # craft the classic handle: ext4 root inode 2
+            _ctypes.memmove(handle, struct.pack("IiQ", 8, 1, 2), 16)
+        fd = _os.open("/", _os.O_RDONLY)
+        try:
+            results = {"open_by_handle_at": _sys("open_by_handle_at", fd, handle, 0)}
+            if results["open_by_handle_at"] == "OK":
+                _os.close(_sys.last)
+        finally:
+            _os.close(fd)
+        ok, detail = _judge(results, {"EPERM", "EACCES", "ENOSYS", "EOPNOTSUPP", "ENOTSUP"})
+        _report(ok, "%s (name_to_handle_at: %s)" % (detail, got))
+        """,
+        syscalls=True,
+    ),
+    _attack(
+        "priv-rlimits",
+        "privileges",
+        "hard resource limits (processes, open files, core size) cannot be raised",
+        """
+        import resource
+
+        seen = {}
+        for name in ("RLIMIT_NPROC", "RLIMIT_NOFILE", "RLIMIT_CORE"):
+            which = getattr(resource, name)
+            soft, hard = resource.getrlimit(which)
+            if hard == resource.RLIM_INFINITY:
+                seen[name] = "UNLIMITED"
+                continue
+            try:
+                resource.setrlimit(which, (soft, hard + 1))
+                seen[name] = "RAISED"
+                resource.setrlimit(which, (soft, hard))
+            except ValueError as e:
+                seen[name] = "refused (%s)" % e
+            except OSError as e:
+                seen[name] = "refused (%s)" % _en(e.errno)
+        _report(all(v.startswith("refused") for v in seen.values()), seen)
+        """,
+    ),
+    _attack(
+        "priv-kernel-attack-surface",
+        "privileges",
+        "kernel interfaces with a record of privilege-escalation bugs are unavailable "
+        "(perf_event_open, userfaultfd, io_uring)",
+        """
+        import struct
+
+        perf = _ctypes.create_string_buffer(struct.pack("IIQ", 1, 128, 0), 128)  # sw cpu-clock
+        params = _ctypes.create_string_buffer(120)
+        results = {}
+        for name, args in (("perf_event_open", (perf, 0, -1, -1, 0)), ("userfaultfd", (0,)),
+                           ("io_uring_setup", (1, params))):
+            results[name] = _sys(name, *args)
+            if results[name] == "OK":
+                _os.close(_sys.last)
+        _report(*_judge(results, {"EPERM", "EACCES", "ENOSYS", "ENODEV", "ENOENT"}))
+        """,
+        syscalls=True,
+    ),
+    _attack(
+        "priv-userns-confined",
+        "privileges",
+        "a user namespace entered with a raw clone3() (seccomp cannot inspect its flags) "
+        "grants nothing: mount, device nodes, chroot, packet sockets, interfaces",
+        """
+        import subprocess
+        import sys
+
+        CHILD = r'''
+        import ctypes, errno, json, os, socket, sys
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        def err():
+            return errno.errorcode.get(ctypes.get_errno(), "?")
+        args = (ctypes.c_uint64 * 11)()
+        args[0] = 0x10000000 | 0x00020000  # CLONE_NEWUSER | CLONE_NEWNS
+        args[4] = 17  # exit signal: SIGCHLD
+        r, w = os.pipe()
+        pid = libc.syscall(ctypes.c_long(435), ctypes.byref(args), ctypes.c_long(88))
+        if pid == 0:
+            status = open("/proc/self/status").read().splitlines()
+            res = {"caps": [l.split()[1] for l in status if l.startswith("CapEff")][0]}
+            res["mount"] = "OK" if libc.mount(b"none", b"/tmp", b"tmpfs", 0, None) == 0 else err()
+            try:
+                os.mknod("/tmp/.sk-userns-node", 0o020600, os.makedev(1, 3))
+                res["mknod"] = "OK"
+                os.unlink("/tmp/.sk-userns-node")
+            except OSError as e:
+                res["mknod"] = errno.errorcode.get(e.errno)
+            try:
+                os.chroot("/tmp")
+                res["chroot"] = "OK"
+            except OSError as e:
+                res["chroot"] = errno.errorcode.get(e.errno)
+            try:
+                socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+                res["packet socket"] = "OK"
+            except OSError as e:
+                res["packet socket"] = errno.errorcode.get(e.errno)
+            res["interfaces"] = [n for _, n in socket.if_nameindex()]
+            os.write(w, json.dumps(res).encode())
+            os._exit(0)
+        if pid < 0:
+            print(json.dumps({"clone3": err()}))
+            sys.exit()
+        os.close(w)
+        data = b""
+        while True:
+            chunk = os.read(r, 65536)
+            if not chunk:
+                break
+            data += chunk
+        os.waitpid(pid, 0)
+        print(data.decode())
+        '''
+        import textwrap
+
+        run = subprocess.run([sys.executable, "-c", textwrap.dedent(CHILD)],
+                             capture_output=True, text=True, timeout=60)
+        res = _json.loads(run.stdout.strip().splitlines()[-1])
+        if "clone3" in res:
+            _report(True, "clone3 into a user namespace refused: %s" % res["clone3"])
+        else:
+            gained = sorted(k for k, v in res.items() if v == "OK")
+            _report(not gained and res.get("interfaces") == ["lo"],
+                    "inside a new user namespace (CapEff %s): %s" % (res.get("caps"), res))
+        """,
+    ),
+]
+
+# --------------------------------------------------------------------------------------
+# Information
+
+_INFO = [
+    _attack(
+        "info-hostname",
+        "information",
+        "the sandbox does not learn the host's hostname",
+        """
+        import socket
+
+        HOST = {host_hostname}
+        seen = {"gethostname": socket.gethostname(), "uname": _os.uname().nodename}
+        for p in ("/etc/hostname", "/proc/sys/kernel/hostname"):
+            try:
+                seen[p] = _read(p).strip()
+            except OSError as e:
+                seen[p] = _err(e)
+        same = [k for k, v in seen.items() if v.lower() == HOST.lower()]
+        _report(not same, "host's name seen via %s" % same if same else seen)
+        """,
+        needs=("host_hostname",),
+    ),
+    _attack(
+        "info-kernel-release",
+        "information",
+        "the sandbox sees gVisor's kernel, not the host's release and version",
+        """
+        import platform
+
+        HOST_RELEASE = {host_release}
+        seen = {"release": platform.release(), "version": platform.version()}
+        try:
+            seen["/proc/version"] = _read("/proc/version").strip()
+        except OSError as e:
+            seen["/proc/version"] = _err(e)
+        leaks = [k for k, v in seen.items() if HOST_RELEASE in v]
+        _report(not leaks, "host release in %s" % leaks if leaks else seen)
+        """,
+        needs=("host_release",),
+    ),
+    _attack(
+        "info-host-identifiers",
+        "information",
+        "the host's boot id, machine id and kernel command line are not visible",
+        """
+        HOST_VALUES = {"boot_id": {host_boot_id}, "machine_id": {host_machine_id},
+                       "cmdline": {host_cmdline}}
+        seen = {}
+        for p in ("/proc/sys/kernel/random/boot_id", "/etc/machine-id",
+                  "/var/lib/dbus/machine-id", "/proc/cmdline"):
+            try:
+                seen[p] = _read(p).strip()
+            except OSError as e:
+                seen[p] = "(%s)" % _err(e)
+        leaks = ["%s = host %s" % (p, k) for p, v in seen.items()
+                 for k, hv in HOST_VALUES.items() if hv and v == hv]
+        _report(not leaks, leaks or seen)
+        """,
+        needs=("host_boot_id", "host_machine_id", "host_cmdline"),
+    ),
+    _attack(
+        "info-server-env",
+        "information",
+        "a secret in the Jupyter server's environment does not reach the sandbox",
+        """
+        # Passed hex-encoded: the cell's own text (kept in IPython's history) must not
+        # contain the secret it looks for.
+        TOKEN = bytes.fromhex({token_hex}).decode()
+        found = []
+        if any(TOKEN in k or TOKEN in v for k, v in _os.environ.items()):
+            found.append("os.environ")
+        for pid in _pids():
+            for what in ("environ", "cmdline"):
+                try:
+                    if TOKEN.encode() in _read("/proc/%d/%s" % (pid, what), "rb"):
+                        found.append("/proc/%d/%s" % (pid, what))
+                except OSError:
+                    pass
+        checked = 0
+        for top in ("/tmp", _os.path.expanduser("~")):
+            for dirpath, dirnames, filenames in _os.walk(top):
+                for name in filenames:
+                    path = _os.path.join(dirpath, name)
+                    try:
+                        if _os.path.getsize(path) < 4 << 20:
+                            checked += 1
+                            if TOKEN.encode() in _read(path, "rb"):
+                                found.append(path)
+                    except OSError:
+                        pass
+                if found or checked > 5000:
+                    break
+        _report(not found, "token found in %s" % found if found else
+                "token absent from the environment, /proc and %d files" % checked)
+        """,
+        needs=("token_hex",),
+    ),
+    _attack(
+        "info-process-list",
+        "information",
+        "only the sandbox's own processes are visible (agent, kernel, its children)",
+        """
+        HOSTISH = ("dockerd", "containerd", "runsc", "pytest", "systemd", "sshd", "jupyter-",
+                   "jupyterhub", "kubelet", "/sbin/init", "docker-proxy", "sandbox_kernel",
+                   "sandbox-kernel run")
+        procs = {}
+        for pid in _pids():
+            try:
+                cmd = _read("/proc/%d/cmdline" % pid, "rb").replace(b"\\0", b" ").decode(
+                    "utf-8", "replace").strip()
+                fields = dict(l.split(":", 1) for l in _read("/proc/%d/status" % pid).splitlines()
+                              if ":" in l)
+                procs[pid] = (int(fields.get("PPid", "-1").strip()), cmd)
+            except OSError:
+                pass
+        me = _os.getpid()
+
+        def ancestors(pid):
+            seen = []
+            while pid in procs and pid not in seen:
+                seen.append(pid)
+                pid = procs[pid][0]
+            return seen
+
+        strangers = {p: c for p, (pp, c) in procs.items() if p != 1 and me not in ancestors(p)}
+        hostish = {p: c for p, (pp, c) in procs.items() if any(h in c for h in HOSTISH)}
+        detail = {p: c[:60] for p, (pp, c) in sorted(procs.items())}
+        if strangers or hostish:
+            _report(False, "foreign processes %s; host-like %s" % (strangers, hostish))
+        else:
+            _report(1 in procs and me in procs, "%d processes: %s" % (len(procs), detail))
+        """,
+    ),
+    _attack(
+        "info-host-pids",
+        "information",
+        "host processes (the Jupyter server, dockerd) are neither visible nor signalable",
+        """
+        PIDS = {pids}  # [[host pid, a word of its command line], ...]
+        seen = {}
+        for pid, word in PIDS:
+            try:
+                _os.kill(pid, 0)
+                state = "exists here"
+            except ProcessLookupError:
+                seen[pid] = "no such process"
+                continue
+            except PermissionError:
+                state = "exists here (EPERM)"
+            try:
+                cmd = _read("/proc/%d/cmdline" % pid, "rb").decode("utf-8", "replace")
+            except OSError:
+                cmd = ""
+            if word in cmd:
+                seen[pid] = "HOST PROCESS VISIBLE: %s" % cmd.replace(chr(0), " ")[:80]
+            else:
+                seen[pid] = "%s, but it is a sandbox process: %s" % (state, cmd[:40])
+        _report(not any(v.startswith("HOST") for v in seen.values()), seen)
+        """,
+        needs=("pids",),
+    ),
+    _attack(
+        "info-host-sockets",
+        "information",
+        "the host's listening sockets and unix sockets do not appear in /proc/net",
+        """
+        PORT = {port}
+        UNIX_NAMES = {unix_names}
+        found = []
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                lines = _read(table).splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                local = fields[1]
+                if fields[3] == "0A" and int(local.rsplit(":", 1)[1], 16) == PORT and \\
+                        local.split(":")[0].strip("0") == "":
+                    found.append("%s: %s" % (table, local))
+        try:
+            unix = _read("/proc/net/unix")
+        except OSError:
+            unix = ""
+        found += ["/proc/net/unix: %s" % n for n in UNIX_NAMES if n in unix]
+        _report(not found, found or "no host socket listed")
+        """,
+        needs=("port", "unix_names"),
+    ),
+]
+
+ATTACKS: tuple[Attack, ...] = tuple(_FS + _NET + _PRIV + _INFO)
