@@ -168,8 +168,6 @@ class SandboxProvisioner(KernelProvisionerBase):
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         policy = self.policy = self.build_policy()
         self._preflight = await self.backend.preflight(policy)
-        for warning in self._preflight.warnings:
-            self.log.warning("sandbox-kernel %s: %s", self.kernel_id, warning)
         argv = self._inside_argv(kwargs.pop("extra_arguments", []))
         spec_env = dict(getattr(self.kernel_spec, "env", None) or {})
         kernel_env = policy.kernel_env(os.environ, spec_env)

@@ -8,6 +8,7 @@ without the sandbox).
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.kernelspec import build_kernelspec
-from tests.helpers import SETUP, Kernel, NetnsHost, our_containers
+from tests.helpers import SETUP, Kernel, NetnsHost, our_containers, second_dockerd
 
 
 @pytest.fixture(scope="session")
@@ -115,3 +116,18 @@ def test_host() -> Iterator[NetnsHost]:
     with NetnsHost() as host:
         assert host.reachable_from_host(), "the test host must be live, or the test proves nothing"
         yield host
+
+
+@pytest.fixture
+def daemon_without_runsc() -> Iterator[str]:
+    with second_dockerd({}) as sock:
+        yield sock
+
+
+@pytest.fixture
+def daemon_with_unfiltered_runsc() -> Iterator[str]:
+    """runsc registered without --oci-seccomp: the seccomp profile would be ignored."""
+    runsc = shutil.which("runsc") or "/usr/bin/runsc"
+    config = {"runtimes": {"runsc": {"path": runsc, "runtimeArgs": ["--network=none"]}}}
+    with second_dockerd(config) as sock:
+        yield sock

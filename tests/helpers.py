@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +144,52 @@ class NetnsHost:
             self.proc.wait()
         subprocess.run(["ip", "netns", "del", self.ns], check=False, capture_output=True)
         subprocess.run(["ip", "link", "del", self.veth], check=False, capture_output=True)
+
+
+@contextmanager
+def second_dockerd(config: dict) -> Iterator[str]:  # type: ignore[type-arg]
+    """A second, real dockerd with its own state and ``config`` as daemon.json."""
+    root = Path(tempfile.mkdtemp(prefix="sk-dockerd-", dir="/tmp"))
+    (root / "daemon.json").write_text(json.dumps(config))
+    sock = f"unix://{root}/docker.sock"
+    proc = subprocess.Popen(
+        [
+            "dockerd",
+            "--config-file",
+            str(root / "daemon.json"),
+            "--data-root",
+            str(root / "data"),
+            "--exec-root",
+            str(root / "exec"),
+            "--pidfile",
+            str(root / "pid"),
+            "-H",
+            sock,
+            "--bridge=none",
+            "--iptables=false",
+            "--ip6tables=false",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(root / "log").open("wb"),
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                docker.DockerClient(base_url=sock).ping()
+                break
+            except Exception:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise AssertionError((root / "log").read_text()[-2000:]) from None
+                time.sleep(0.3)
+        yield sock
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["umount", "-R", str(root / "exec")], capture_output=True, check=False)
+        shutil.rmtree(root, ignore_errors=True)

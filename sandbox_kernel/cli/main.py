@@ -99,6 +99,15 @@ def cmd_setup_host(args: argparse.Namespace) -> int:
         return subprocess.call(["bash", str(path)])
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from ..doctor import run_doctor
+
+    progress = None if args.json else (lambda msg: print(f"... {msg}", file=sys.stderr))
+    report = run_doctor(args.image, progress=progress)
+    print(report.to_json() if args.json else report.to_text())
+    return 0 if report.ok else 1
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .run import run_notebook
 
@@ -146,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         "setup-host", help="install Docker + gVisor (runsc) and start dockerd (root)"
     )
     p.set_defaults(func=cmd_setup_host)
+
+    p = sub.add_parser("doctor", help="check that this host really sandboxes kernels")
+    p.add_argument("--image", default=DEFAULT_IMAGE, help=f"kernel image (default {DEFAULT_IMAGE})")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("run", help="execute a notebook in a sandboxed kernel")
     p.add_argument("notebook")

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import tempfile
+import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -63,11 +60,18 @@ def test_malformed_memory_limit(tmp_path: Path, docker_client: docker.DockerClie
     assert "memory_limit" in str(err) and "'2g'" in str(err)
 
 
-def test_unknown_config_key(tmp_path: Path, docker_client: docker.DockerClient) -> None:
-    err = _start_fails(
-        _ksm_with(tmp_path, {"image": DEFAULT_IMAGE, "mount_home": True}), docker_client
-    )
-    assert isinstance(err, PolicyError) and "mount_home" in str(err)
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("mount_home", True), ("network_mode", "bridge"), ("volumes", {"/": "/host"}),
+     ("privileged", True), ("cap_add", ["SYS_ADMIN"])],
+)  # fmt: skip
+def test_config_that_would_weaken_the_sandbox_is_refused(
+    tmp_path: Path, docker_client: docker.DockerClient, key: str, value: object
+) -> None:
+    """No config key mounts anything, enables networking or adds privileges: such keys are
+    refused by name, before anything starts."""
+    err = _start_fails(_ksm_with(tmp_path, {"image": DEFAULT_IMAGE, key: value}), docker_client)
+    assert isinstance(err, PolicyError) and key in str(err)
 
 
 def test_image_without_ipykernel(tmp_path: Path, docker_client: docker.DockerClient) -> None:
@@ -95,53 +99,46 @@ def test_image_without_ipykernel(tmp_path: Path, docker_client: docker.DockerCli
         pass
 
 
-@pytest.fixture
-def daemon_without_runsc() -> Iterator[str]:
-    """A second, real dockerd whose config registers no runsc runtime."""
-    root = Path(tempfile.mkdtemp(prefix="sk-dockerd-", dir="/tmp"))
-    (root / "daemon.json").write_text("{}")
-    sock = f"unix://{root}/docker.sock"
-    proc = subprocess.Popen(
-        [
-            "dockerd",
-            "--config-file",
-            str(root / "daemon.json"),
-            "--data-root",
-            str(root / "data"),
-            "--exec-root",
-            str(root / "exec"),
-            "--pidfile",
-            str(root / "pid"),
-            "-H",
-            sock,
-            "--bridge=none",
-            "--iptables=false",
-            "--ip6tables=false",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(root / "log").open("wb"),
-        start_new_session=True,
+def test_runsc_without_oci_seccomp_refuses(
+    tmp_path: Path,
+    daemon_with_unfiltered_runsc: str,
+    monkeypatch: pytest.MonkeyPatch,
+    docker_client: docker.DockerClient,
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", daemon_with_unfiltered_runsc)
+    err = _start_fails(_ksm_with(tmp_path, {"image": DEFAULT_IMAGE}), docker_client)
+    assert isinstance(err, SandboxError)
+    assert "--oci-seccomp" in str(err) and "setup-host" in str(err)
+
+
+def test_weaker_runtime_only_with_opt_in_and_warns_every_launch(
+    tmp_path: Path, docker_client: docker.DockerClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    err = _start_fails(
+        _ksm_with(tmp_path, {"image": DEFAULT_IMAGE, "runtime": "runc"}), docker_client
     )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                docker.DockerClient(base_url=sock).ping()
-                break
-            except Exception:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError((root / "log").read_text()[-2000:]) from None
-                time.sleep(0.3)
-        yield sock
-    finally:
-        proc.terminate()
+    assert isinstance(err, PolicyError) and "allow_weaker_runtime" in str(err)
+
+    ksm = KernelSpecManager(kernel_dirs=[str(tmp_path)])
+    spec = json.loads((tmp_path / "k" / "kernel.json").read_text())
+    spec["metadata"]["kernel_provisioner"]["config"] = {
+        "image": DEFAULT_IMAGE,
+        "runtime": "runc",
+        "allow_weaker_runtime": True,
+    }
+    (tmp_path / "k" / "kernel.json").write_text(json.dumps(spec))
+    km = KernelManager(kernel_name="k", kernel_spec_manager=ksm)
+    with caplog.at_level(logging.WARNING):
+        km.start_kernel()
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        subprocess.run(["umount", "-R", str(root / "exec")], capture_output=True, check=False)
-        shutil.rmtree(root, ignore_errors=True)
+            assert any("not gVisor" in r.getMessage() for r in caplog.records)
+            caplog.clear()
+            km.restart_kernel(now=True)
+            assert any("not gVisor" in r.getMessage() for r in caplog.records), "warn every launch"
+            cid = km.provisioner._container_id  # type: ignore[union-attr]
+            assert docker_client.containers.get(cid).attrs["HostConfig"]["Runtime"] == "runc"
+        finally:
+            km.shutdown_kernel(now=True)
 
 
 def test_missing_runsc_runtime_refuses(
@@ -205,3 +202,31 @@ def test_launch_timeout_cleans_up(tmp_path: Path, docker_client: docker.DockerCl
         assert "launch_timeout=3s" in str(err)
     finally:
         docker_client.images.remove(image, force=True)
+
+
+def test_hostile_frames_from_inside_end_only_that_sandbox(start_kernel) -> None:  # type: ignore[no-untyped-def]
+    """The kernel shares the agent's uid, so it can write into the agent's pipe to the host.
+    Garbage there (an oversized frame) is a protocol error: that sandbox ends with a clear
+    error, the other kernel is untouched, and a restart brings a fresh working kernel."""
+    victim, other = start_kernel(), start_kernel()
+    victim.kc.execute(
+        "import os, struct\n"
+        "for fd in os.listdir('/proc/1/fd'):\n"
+        "    try:\n"
+        "        if os.readlink('/proc/1/fd/' + fd).startswith(('pipe:', 'host:')):\n"
+        "            w = os.open('/proc/1/fd/' + fd, os.O_WRONLY | os.O_NONBLOCK)\n"
+        "            os.write(w, struct.pack('>BII', 2, 1, 0x7FFFFFFF) + b'x' * 64)\n"
+        "            os.close(w)\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
+    deadline = time.monotonic() + 30
+    while victim.km.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not victim.km.is_alive(), "garbage frames were accepted"
+    session_error = victim.km.provisioner._session.error  # type: ignore[union-attr]
+    assert session_error and ("exceeds" in session_error or "protocol" in session_error.lower())
+    assert other.value("print(5 * 5)") == 25
+    victim.km.restart_kernel(now=True)
+    victim.kc.wait_for_ready(timeout=60)
+    assert victim.value("print(6 * 6)") == 36

@@ -184,3 +184,37 @@ def test_server_crash_leaves_no_container(kernel_dirs, docker_client: docker.Doc
             break
         time.sleep(0.2)
     assert not docker_client.containers.list(all=True, filters={"id": cid}), "orphan container"
+
+
+def test_lifecycle_never_blocks_the_event_loop(ksm: KernelSpecManager) -> None:
+    """Start, interrupt, restart and shut down through AsyncKernelManager while a ticker
+    measures the event loop: Docker calls run in threads and the relay on its own loop."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    async def scenario() -> float:
+        worst = 0.0
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal worst
+            last = time.monotonic()
+            while not stop.is_set():
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                worst = max(worst, now - last - 0.01)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        km = AsyncKernelManager(kernel_name="sandbox-python", kernel_spec_manager=ksm)
+        await km.start_kernel()
+        try:
+            await km.interrupt_kernel()
+            await km.restart_kernel(now=True)
+        finally:
+            await km.shutdown_kernel(now=True)
+            stop.set()
+            await tick
+        return worst
+
+    worst = asyncio.run(scenario())
+    assert worst < 0.25, f"the event loop stalled for {worst:.3f}s"

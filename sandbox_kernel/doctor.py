@@ -1,0 +1,195 @@
+"""``sandbox-kernel doctor``: is this host really giving kernels the sandbox?
+
+Checks, in order, each with what to do when it fails: the Docker daemon answers;
+``runsc`` is registered with the flags the sandbox needs; the kernel image is
+there; a sandboxed kernel starts through jupyter_client; Docker ran it with
+runsc (seen from outside) and the kernel sees gVisor's kernel, not the host's
+(seen from inside); then every self-contained attack of
+:mod:`sandbox_kernel.security.attacks` runs in that kernel and must be blocked.
+Later checks are skipped (and reported as such) when an earlier one they need
+failed. The CLI prints the report, or JSON with ``--json``; any failure makes
+the exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .backends.docker import REQUIRED_RUNSC_ARGS
+from .errors import SandboxError
+from .image.recipe import DEFAULT_IMAGE
+
+SETUP = "run `sudo sandbox-kernel setup-host`"
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool | None  # None: not run, because a check it depends on failed
+    detail: str = ""
+    fix: str = ""
+
+
+@dataclass
+class Report:
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def add(self, name: str, ok: bool | None, detail: str = "", fix: str = "") -> bool:
+        self.checks.append(Check(name, ok, detail, "" if ok else fix))
+        return bool(ok)
+
+    def to_json(self) -> str:
+        return json.dumps({"ok": self.ok, "checks": [asdict(c) for c in self.checks]}, indent=2)
+
+    def to_text(self) -> str:
+        lines = []
+        for c in self.checks:
+            mark = {True: "PASS", False: "FAIL", None: "SKIP"}[c.ok]
+            lines.append(f"[{mark}] {c.name}" + (f": {c.detail}" if c.detail else ""))
+            if c.fix:
+                lines.append(f"       fix: {c.fix}")
+        passed = sum(1 for c in self.checks if c.ok)
+        lines.append(
+            f"{passed} of {len(self.checks)} checks passed" + ("" if self.ok else "; see fixes")
+        )
+        return "\n".join(lines)
+
+
+def _daemon_checks(report: Report, image: str) -> Any:
+    import docker
+
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+        info = client.info()
+    except docker.errors.DockerException as exc:
+        report.add(
+            "Docker daemon reachable", False, str(exc), f"{SETUP} (or `systemctl start docker`)"
+        )
+        return None
+    report.add("Docker daemon reachable", True, f"dockerd {info.get('ServerVersion', '?')}")
+    runtimes = info.get("Runtimes") or {}
+    if "runsc" not in runtimes:
+        report.add(
+            "gVisor runtime (runsc) registered",
+            False,
+            f"runtimes: {', '.join(sorted(runtimes))}",
+            f"{SETUP}; it installs runsc and registers it in /etc/docker/daemon.json",
+        )
+        return None
+    args = (runtimes["runsc"] or {}).get("runtimeArgs") or []
+    report.add("gVisor runtime (runsc) registered", True, (runtimes["runsc"] or {}).get("path", ""))
+    missing = [a for a in REQUIRED_RUNSC_ARGS if a not in args]
+    if not report.add(
+        "runsc flags", not missing, f"runtimeArgs {args}",
+        f"{SETUP}; runsc needs {' '.join(REQUIRED_RUNSC_ARGS)}",
+    ):  # fmt: skip
+        return None
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        report.add("kernel image present", False, image, "run `sudo sandbox-kernel image build`")
+        return None
+    report.add("kernel image present", True, image)
+    return client
+
+
+def _run(kc: Any, code: str, timeout: float = 60) -> str:
+    chunks: list[str] = []
+
+    def hook(msg: dict[str, Any]) -> None:
+        if msg["msg_type"] == "stream":
+            chunks.append(msg["content"]["text"])
+
+    kc.execute_interactive(code, timeout=timeout, output_hook=hook)
+    return "".join(chunks)
+
+
+def run_doctor(image: str = DEFAULT_IMAGE, progress: Callable[[str], None] | None = None) -> Report:
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    from .kernelspec import build_kernelspec
+    from .security.attacks import ATTACKS
+
+    say = progress or (lambda _msg: None)
+    report = Report()
+    say("checking the Docker daemon")
+    client = _daemon_checks(report, image)
+    later = ["sandboxed kernel starts", "runtime seen from outside", "gVisor seen from inside",
+             "attack subset blocked"]  # fmt: skip
+    if client is None:
+        for name in later:
+            report.add(name, None, "not run: an earlier check failed")
+        return report
+    with tempfile.TemporaryDirectory(prefix="sandbox-doctor-") as tmp:
+        os.mkdir(os.path.join(tmp, "doctor"))
+        with open(os.path.join(tmp, "doctor", "kernel.json"), "w") as f:
+            json.dump(build_kernelspec({"image": image}), f)
+        km = KernelManager(
+            kernel_name="doctor", kernel_spec_manager=KernelSpecManager(kernel_dirs=[tmp])
+        )
+        say("starting a sandboxed kernel")
+        t0 = time.monotonic()
+        try:
+            km.start_kernel()
+            kc = km.client()
+            kc.start_channels()
+            kc.wait_for_ready(timeout=60)
+        except (SandboxError, RuntimeError) as exc:
+            report.add(
+                "sandboxed kernel starts", False, str(exc), "see the error; then re-run doctor"
+            )
+            for name in later[1:]:
+                report.add(name, None, "not run: the kernel did not start")
+            if km.has_kernel:
+                km.shutdown_kernel(now=True)
+            return report
+        try:
+            report.add("sandboxed kernel starts", True, f"ready in {time.monotonic() - t0:.1f} s")
+            cid = km.provisioner._container_id  # type: ignore[union-attr]
+            runtime = client.containers.get(cid).attrs["HostConfig"].get("Runtime")
+            report.add(
+                "runtime seen from outside", runtime == "runsc", f"container runtime: {runtime}",
+                "the daemon did not use runsc: check /etc/docker/daemon.json",
+            )  # fmt: skip
+            inside = _run(kc, "import platform; print(platform.release())").strip()
+            host = os.uname().release
+            report.add(
+                "gVisor seen from inside", bool(inside) and inside != host,
+                f"kernel release inside {inside!r}, host {host!r}",
+                "the sandbox runs on the host kernel: gVisor is not in effect",
+            )  # fmt: skip
+            say("running the attack subset")
+            failed, tried = [], 0
+            for attack in ATTACKS:
+                if attack.needs:
+                    continue
+                tried += 1
+                out = _run(kc, attack.code, timeout=120).strip().splitlines()
+                try:
+                    verdict = json.loads(out[-1]) if out else {}
+                except ValueError:
+                    verdict = {}
+                if verdict.get("blocked") is not True:
+                    failed.append(f"{attack.id} ({verdict.get('detail', 'no verdict')})")
+            report.add(
+                "attack subset blocked", not failed,
+                f"{tried - len(failed)} of {tried} attacks blocked"
+                + (f"; NOT blocked: {'; '.join(failed)}" if failed else ""),
+                "update gVisor (runsc) and re-run setup-host; report the attack",
+            )  # fmt: skip
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+    return report

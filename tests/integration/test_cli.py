@@ -1,0 +1,98 @@
+"""The `sandbox-kernel` command: install is validated, idempotent and visible to Jupyter."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sandbox_kernel.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def kernelspecs(prefix: Path) -> dict:  # type: ignore[type-arg]
+    env = {**os.environ, "JUPYTER_PATH": str(prefix / "share" / "jupyter")}
+    out = subprocess.run(
+        [sys.executable, "-m", "jupyter", "kernelspec", "list", "--json"],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout)["kernelspecs"]  # type: ignore[no-any-return]
+
+
+def test_install_shows_in_jupyter_kernelspec_list(tmp_path: Path) -> None:
+    r = cli("install", "--prefix", str(tmp_path), "--name", "sandbox-test", "--memory", "1g")
+    assert r.returncode == 0, r.stderr
+    spec = kernelspecs(tmp_path)["sandbox-test"]["spec"]
+    assert spec["display_name"] == "Python 3 (sandboxed)"
+    provisioner = spec["metadata"]["kernel_provisioner"]
+    assert provisioner["provisioner_name"] == "sandbox-provisioner"
+    assert provisioner["config"]["memory_limit"] == "1g"
+    # Idempotent: the same install again changes nothing.
+    again = cli("install", "--prefix", str(tmp_path), "--name", "sandbox-test", "--memory", "1g")
+    assert again.returncode == 0 and "already installed" in again.stdout
+    # A different one needs --replace.
+    other = cli("install", "--prefix", str(tmp_path), "--name", "sandbox-test", "--memory", "2g")
+    assert other.returncode == 1 and "--replace" in other.stderr
+    replaced = cli(
+        "install",
+        "--prefix",
+        str(tmp_path),
+        "--name",
+        "sandbox-test",
+        "--memory",
+        "2g",
+        "--replace",
+    )
+    assert replaced.returncode == 0
+    assert (
+        kernelspecs(tmp_path)["sandbox-test"]["spec"]["metadata"]["kernel_provisioner"]["config"][
+            "memory_limit"
+        ]
+        == "2g"
+    )
+
+
+def test_install_with_a_malformed_limit_writes_nothing(tmp_path: Path) -> None:
+    r = cli("install", "--prefix", str(tmp_path), "--name", "bad", "--memory", "lots")
+    assert r.returncode == 1
+    assert "memory_limit" in r.stderr
+    assert not (tmp_path / "share").exists()
+
+
+def test_repo_kernelspec_matches_what_install_writes() -> None:
+    from sandbox_kernel.image.recipe import DEFAULT_IMAGE
+    from sandbox_kernel.kernelspec import build_kernelspec
+
+    repo = Path(__file__).resolve().parents[2]
+    checked_in = json.loads((repo / "kernelspecs" / "sandbox-python" / "kernel.json").read_text())
+    assert checked_in == build_kernelspec({"image": DEFAULT_IMAGE})
+
+
+def test_run_executes_a_notebook_in_the_sandbox(tmp_path: Path, docker_client) -> None:  # type: ignore[no-untyped-def]
+    kernels = tmp_path / "share" / "jupyter" / "kernels"
+    assert cli("install", "--prefix", str(tmp_path)).returncode == 0
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("import platform, os\nprint(platform.release(), os.getuid())")
+    ]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    out = tmp_path / "out.ipynb"
+    env = {"JUPYTER_PATH": str(tmp_path / "share" / "jupyter")}
+    r = cli("run", str(path), "--output", str(out), env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = nbformat.read(out, as_version=4).cells[0].outputs[0]["text"]
+    release, uid = text.split()
+    assert release != os.uname().release and uid == "1000"
+    assert kernels.exists()
