@@ -39,7 +39,7 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, Union
 
-from .agent.bundle import agent_payload, bootstrap_command
+from .agent.prewarm import split_for_prewarm
 from .backends.base import Preflight, SandboxBackend
 from .backends.docker import (
     LABEL_HOST,
@@ -49,10 +49,11 @@ from .backends.docker import (
     LABEL_SERVER_PID,
     DockerBackend,
 )
+from .boot import boot, start_kernel
 from .errors import PolicyError, SandboxError
 from .image.recipe import DEFAULT_IMAGE
 from .policy import SandboxPolicy, build_policy
-from .relay import protocol
+from .pool import WarmPool
 from .relay.listeners import HOST, HostListeners
 from .relay.session import AgentSession, SessionError
 from .relay.thread import RelayThread
@@ -115,6 +116,11 @@ class SandboxProvisioner(KernelProvisionerBase):
     launch_timeout = Float(60.0, help="Seconds from container creation to a running kernel.").tag(
         config=True
     )
+    pool_size = Int(
+        1,
+        help="Sandboxes kept started ahead (ipykernel imported) for this kernelspec's policy; "
+        "a launch or restart claims one and never reuses it. 0 disables the pool.",
+    ).tag(config=True)
     console_output = Enum(
         ["stderr", "discard"],
         default_value="stderr",
@@ -139,6 +145,7 @@ class SandboxProvisioner(KernelProvisionerBase):
         self._container_id: str | None = None
         self._key: bytes | None = None
         self._launch_count = 0
+        self.last_start_warm = False
         self._console_tail: collections.deque[bytes] = collections.deque()
         self._console_tail_size = 0
 
@@ -234,6 +241,76 @@ class SandboxProvisioner(KernelProvisionerBase):
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         policy, preflight = self.policy, self._preflight
         assert policy is not None and preflight is not None and self._listeners is not None
+        env: dict[str, str] = kwargs.get("sandbox_env") or {}
+        for warning in preflight.warnings:
+            self.log.warning("sandbox-kernel %s: %s", self.kernel_id, warning)
+        start = {
+            "op": "start",
+            "argv": cmd,
+            "env": env,
+            "cwd": env.get("HOME"),
+            "connection_file": INSIDE_CONNECTION_FILE,
+            "connection": self._inside_connection_info(),
+        }
+        try:
+            warm = await asyncio.wait_for(self._start_warm(start, env), policy.launch_timeout)
+            if not warm:
+                await asyncio.wait_for(self._start_cold(start), policy.launch_timeout)
+        except BaseException as exc:
+            error = self._launch_error(exc, policy)
+            await self._teardown(restart=False)
+            if isinstance(exc, (SandboxError, asyncio.TimeoutError, SessionError)):
+                raise error from None
+            raise
+        assert self._session is not None
+        self._session.console = self._on_console
+        self._listeners.session = self._session
+        self.last_start_warm = warm
+        found = self._pool(env)
+        if found is not None:  # this policy starts kernels: keep its pool full
+            self.relay.loop.call_soon_threadsafe(found[0].refill)
+        self.log.info(
+            "sandbox-kernel %s: started %s%s (runtime %s, image %s) on ports %s",
+            self.kernel_id,
+            self._session.name,
+            " from the warm pool" if warm else "",
+            preflight.runtime,
+            policy.image,
+            self._listeners.ports,
+        )
+        return self.connection_info
+
+    def _pool(self, env: dict[str, str]) -> tuple[WarmPool, list[str]] | None:
+        """The warm pool for this kernel, and the kernel's argv there; None when disabled
+        or when the kernel command is not ipykernel_launcher."""
+        split = split_for_prewarm(list(self.kernel_spec.argv))
+        if self.pool_size <= 0 or split is None:
+            return None
+        prewarm_cmd, _ = split
+        assert self.policy is not None and self._preflight is not None
+        pool = WarmPool.get(
+            self.backend, self.policy, self._preflight, prewarm_cmd, env, self.pool_size, self.log
+        )
+        return pool, split[1]
+
+    async def _start_warm(self, start: dict[str, Any], env: dict[str, str]) -> bool:
+        found = self._pool(env)
+        if found is None:
+            return False
+        pool, argv = found
+        sandbox = await self.relay.run(pool.claim())
+        if sandbox is None:
+            return False  # the pool is (re)filling: this launch starts cold
+        self._container_id, self._session = sandbox.container_id, sandbox.session
+        warm_start = dict(start)
+        warm_start["argv"] = [
+            INSIDE_CONNECTION_FILE if a == "{connection_file}" else a for a in argv
+        ]
+        await self.relay.run(start_kernel(sandbox.session, warm_start))
+        return True
+
+    async def _start_cold(self, start: dict[str, Any]) -> None:
+        assert self.policy is not None and self._preflight is not None
         self._launch_count += 1
         kid = (self.kernel_id or "anon")[:12]
         name = f"sandbox-kernel-{kid}-{self._launch_count}-{secrets.token_hex(3)}"
@@ -244,62 +321,12 @@ class SandboxProvisioner(KernelProvisionerBase):
             LABEL_SERVER_PID: str(os.getpid()),
             LABEL_HOST: socket.gethostname(),
         }
-        for warning in preflight.warnings:
-            self.log.warning("sandbox-kernel %s: %s", self.kernel_id, warning)
         session = AgentSession(name, console=self._on_console, log=self.log)
-        try:
-            self._container_id = await self.backend.create(
-                policy, preflight, command=bootstrap_command(), labels=labels, name=name
-            )
-            self._session = session
-            await asyncio.wait_for(
-                self._start_agent(session, cmd, kwargs.get("sandbox_env") or {}, preflight),
-                timeout=policy.launch_timeout,
-            )
-        except BaseException as exc:
-            error = self._launch_error(exc, policy)
-            await self._teardown(restart=False)
-            if isinstance(exc, (SandboxError, asyncio.TimeoutError, SessionError)):
-                raise error from None
-            raise
-        self._listeners.session = session
-        self.log.info(
-            "sandbox-kernel %s: started %s (runtime %s, image %s) on ports %s",
-            self.kernel_id,
-            name,
-            preflight.runtime,
-            policy.image,
-            self._listeners.ports,
+        self._session = session
+        self._container_id = await boot(
+            self.backend, self.policy, self._preflight, session, name=name, labels=labels
         )
-        return self.connection_info
-
-    async def _start_agent(
-        self, session: AgentSession, argv: list[str], env: dict[str, str], preflight: Preflight
-    ) -> None:
-        assert self._container_id is not None
-        await self.backend.attach(self._container_id, session)
-        await self.backend.start(self._container_id)
-        start = {
-            "op": "start",
-            "argv": argv,
-            "env": env,
-            "cwd": env.get("HOME"),
-            "connection_file": INSIDE_CONNECTION_FILE,
-            "connection": self._inside_connection_info(),
-        }
-        hello = await self.relay.run(_send_agent(session))
-        if hello.get("version") != protocol.VERSION:
-            raise SandboxError(
-                f"agent speaks protocol {hello.get('version')}, expected {protocol.VERSION}"
-            )
-        if hello.get("uid") == 0:
-            raise SandboxError("the sandbox runs as root; refusing (policy user is unprivileged)")
-        if preflight.runtime == "runsc" and hello.get("release") == os.uname().release:
-            raise SandboxError(
-                "runtime runsc was requested but the sandbox reports the host's kernel "
-                f"({hello.get('release')}); gVisor is not in effect. Check /etc/docker/daemon.json"
-            )
-        await self.relay.run(_start_kernel(session, start))
+        await self.relay.run(start_kernel(session, start))
 
     def _launch_error(self, exc: BaseException, policy: SandboxPolicy) -> SandboxError:
         tail = b"".join(self._console_tail).decode("utf-8", "replace").strip()[-2000:]
@@ -404,20 +431,6 @@ class SandboxProvisioner(KernelProvisionerBase):
     async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
         await super().load_provisioner_info(provisioner_info)
         self._container_id = provisioner_info.get("container_id")
-
-
-async def _send_agent(session: AgentSession) -> dict[str, Any]:
-    """On the relay loop: send the agent over stdin and wait for its hello."""
-    assert session.hello is not None
-    session.send_agent(agent_payload())
-    return await session.hello
-
-
-async def _start_kernel(session: AgentSession, start: dict[str, Any]) -> None:
-    """On the relay loop: ask the agent to start the kernel and wait until it has."""
-    assert session.started is not None
-    session.send_control(start)
-    await session.started
 
 
 def _owner() -> str:

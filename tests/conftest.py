@@ -20,7 +20,7 @@ from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.kernelspec import build_kernelspec
-from tests.helpers import SETUP, Kernel, NetnsHost, our_containers, second_dockerd
+from tests.helpers import SETUP, Kernel, NetnsHost, container_exists, our_containers, second_dockerd
 
 
 @pytest.fixture(scope="session")
@@ -101,13 +101,16 @@ def shared_kernel(ksm: KernelSpecManager, docker_client: docker.DockerClient) ->
 
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind() -> Iterator[None]:
-    """After the whole session: no container of ours remains."""
+    """After the whole session: the warm pools drained, no container of ours remains."""
     yield
+    from sandbox_kernel.pool import WarmPool
+
+    WarmPool.drain_all()
     try:
         client = docker.from_env()
     except docker.errors.DockerException:
         return
-    leftovers = our_containers(client)
+    leftovers = [c for c in our_containers(client, pooled=True) if container_exists(client, c.id)]
     assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
 
 

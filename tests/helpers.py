@@ -22,14 +22,31 @@ from jupyter_client.blocking import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.backends.docker import LABEL_KERNEL_ID, LABEL_MANAGED, LABEL_SERVER_PID
+from sandbox_kernel.pool import LABEL_POOL
 
 REPO = Path(__file__).resolve().parents[1]
 SETUP = "run `sudo scripts/quickstart.sh` (or `sandbox-kernel setup-host && sandbox-kernel image build`)"
 
 
-def our_containers(client: docker.DockerClient, kernel_id: str | None = None) -> list[Any]:
+def our_containers(
+    client: docker.DockerClient, kernel_id: str | None = None, *, pooled: bool = False
+) -> list[Any]:
+    """Containers of this test process (or of one kernel); warm-pool sandboxes, which come
+    and go in the background, only with ``pooled``."""
     label = f"{LABEL_KERNEL_ID}={kernel_id}" if kernel_id else f"{LABEL_SERVER_PID}={os.getpid()}"
-    return client.containers.list(all=True, filters={"label": [f"{LABEL_MANAGED}=1", label]})
+    found = client.containers.list(all=True, filters={"label": [f"{LABEL_MANAGED}=1", label]})
+    return [c for c in found if pooled or LABEL_POOL not in (c.labels or {})]
+
+
+def container_exists(client: docker.DockerClient, cid: str | None, settle: float = 10.0) -> bool:
+    """Whether ``cid`` exists, allowing ``settle`` seconds for a removal under way
+    (Docker answers a forced remove of an auto-removing container before it is gone)."""
+    deadline = time.monotonic() + settle
+    while cid and client.containers.list(all=True, filters={"id": cid}):
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def listening_ports(own_only: bool = False) -> dict[int, str]:

@@ -98,6 +98,8 @@ class Agent:
         self.done: asyncio.Future[int] = loop.create_future()
         self.status: int | None = None
         self.undumpable = False
+        self.prewarmed = False
+        self.tasks: set[asyncio.Task[None]] = set()  # keep references until done
 
     def _write(self, data: bytes) -> None:
         if self.out is not None and not self.out.is_closing():
@@ -136,9 +138,9 @@ class Agent:
     # -- control messages ------------------------------------------------------
     def on_control(self, msg: dict[str, Any]) -> None:
         op = msg["op"]
-        if op == "start":
+        if op in ("start", "prewarm"):
             try:
-                self.start_kernel(msg)
+                (self.start_kernel if op == "start" else self.prewarm)(msg)
             except Exception as exc:  # report, then end: the host sees a clean error
                 self.mux.send_control(
                     {"op": "error", "message": "%s: %s" % (type(exc).__name__, exc)}
@@ -149,25 +151,16 @@ class Agent:
         elif op == "shutdown":
             self.finish(0, "shutdown requested")
 
-    def start_kernel(self, msg: dict[str, Any]) -> None:
-        if self.kernel is not None:
-            raise RuntimeError("a kernel is already running in this sandbox")
-        env: dict[str, str] = {k: str(v) for k, v in dict(msg.get("env") or {}).items()}
-        home = env.get("HOME") or os.environ.get("HOME") or "/tmp"
-        populate_home(home)
-        conn_path = str(msg["connection_file"])
-        os.makedirs(os.path.dirname(conn_path), mode=0o700, exist_ok=True)
-        fd = os.open(conn_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(msg["connection"], f)
-        argv: list[str] = [str(a) for a in msg["argv"]]
+    def spawn(self, argv: list[str], env: dict[str, str], cwd: str, stdin: Any) -> None:
+        """Start the kernel process (or its pre-warmed stand-in) in its own session,
+        its stdout and stderr forwarded to the host on stream 0."""
         full_env = dict(os.environ)
         full_env.update(env)
         self.kernel = subprocess.Popen(
             argv,
             env=full_env,
-            cwd=str(msg.get("cwd") or home),
-            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -178,6 +171,48 @@ class Agent:
         self.mux.register(console)
         assert self.kernel.stdout is not None
         self.loop.create_task(self.loop.connect_read_pipe(lambda: console, self.kernel.stdout))
+
+    def prewarm(self, msg: dict[str, Any]) -> None:
+        """Warm pool: start the interpreter with ipykernel imported, waiting on its stdin
+        for the kernel's arguments (sent by ``start``)."""
+        if self.kernel is not None:
+            raise RuntimeError("this sandbox already runs a kernel")
+        env = {k: str(v) for k, v in dict(msg.get("env") or {}).items()}
+        home = env.get("HOME") or os.environ.get("HOME") or "/tmp"
+        populate_home(home)
+        argv = [str(a) for a in msg["argv"]]
+        self.spawn(argv, env, str(msg.get("cwd") or home), subprocess.PIPE)
+        self.prewarmed = True
+        assert self.kernel is not None
+        self.mux.send_control({"op": "prewarmed", "pid": self.kernel.pid})
+
+    def start_kernel(self, msg: dict[str, Any]) -> None:
+        env: dict[str, str] = {k: str(v) for k, v in dict(msg.get("env") or {}).items()}
+        home = env.get("HOME") or os.environ.get("HOME") or "/tmp"
+        conn_path = str(msg["connection_file"])
+        os.makedirs(os.path.dirname(conn_path), mode=0o700, exist_ok=True)
+        fd = os.open(conn_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(msg["connection"], f)
+        argv: list[str] = [str(a) for a in msg["argv"]]
+        cwd = str(msg.get("cwd") or home)
+        if self.prewarmed:
+            kernel = self.kernel
+            assert kernel is not None and kernel.stdin is not None
+            if self.status is not None:
+                raise RuntimeError("the pre-warmed interpreter has exited")
+            full_env = dict(os.environ)
+            full_env.update(env)
+            line = json.dumps({"argv": argv, "env": full_env, "cwd": cwd}) + "\n"
+            kernel.stdin.write(line.encode())
+            kernel.stdin.close()
+            self.prewarmed = False
+        else:
+            if self.kernel is not None:
+                raise RuntimeError("a kernel is already running in this sandbox")
+            populate_home(home)
+            self.spawn(argv, env, cwd, subprocess.DEVNULL)
+        assert self.kernel is not None
         self.mux.send_control({"op": "started", "pid": self.kernel.pid})
 
     def signal_kernel(self, signum: int) -> None:
@@ -201,7 +236,9 @@ class Agent:
     def on_open(self, sid: int, port: int) -> None:
         stream = m.Stream(self.mux, sid)
         self.mux.register(stream)
-        self.loop.create_task(self.connect(stream, port))
+        task = self.loop.create_task(self.connect(stream, port))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def connect(self, stream: m.Stream, port: int) -> None:
         deadline = self.loop.time() + CONNECT_RETRY_SECONDS

@@ -31,13 +31,15 @@ class AgentSession(asyncio.Protocol):
     def __init__(self, name: str, *, console: Callable[[bytes], None], log: logging.Logger) -> None:
         self.name = name
         self.log = log
-        self.mux = Mux(self._write, on_control=self._on_control, on_console=console)
+        self.console = console  # replaceable: a pooled sandbox gets its kernel's sink on claim
+        self.mux = Mux(self._write, on_control=self._on_control, on_console=self._on_console)
         self.transport: asyncio.Transport | None = None
         self.demux = DockerStreamDemux()
         self._head = bytearray()
         self._upgraded: asyncio.Future[None] | None = None
         self.hello: asyncio.Future[dict[str, Any]] | None = None
         self.started: asyncio.Future[dict[str, Any]] | None = None
+        self.prewarmed: asyncio.Future[dict[str, Any]] | None = None
         self.ready = False  # the agent bundle is sent: frames may flow
         self.exit_status: int | None = None
         self.error: str | None = None
@@ -74,6 +76,12 @@ class AgentSession(asyncio.Protocol):
 
     def send_control(self, message: dict[str, Any]) -> None:
         self.mux.send_control(message)
+
+    async def prewarm(self, argv: list[str], env: dict[str, str], cwd: str) -> None:
+        """Warm pool: start the kernel's interpreter with ipykernel imported (agent side)."""
+        self.prewarmed = asyncio.get_running_loop().create_future()
+        self.send_control({"op": "prewarm", "argv": argv, "env": env, "cwd": cwd})
+        await self.prewarmed
 
     def open_stream(self, inside_port: int) -> Stream:
         """A new local connection to relay to ``inside_port`` in the sandbox."""
@@ -123,12 +131,16 @@ class AgentSession(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.mux.close()
         why = self.error or "the sandbox's pipe closed"
-        for fut in (self._upgraded, self.hello, self.started):
+        for fut in (self._upgraded, self.hello, self.started, self.prewarmed):
             if fut is not None and not fut.done():
                 fut.set_exception(SessionError(why))
+                fut.exception()  # whoever awaits it sees the error; nobody else is warned
         self.dead.set()
 
     # -- frames from the agent -------------------------------------------------------
+    def _on_console(self, data: bytes) -> None:
+        self.console(data)
+
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             # Frames are binary: escape Docker's detach sequence (see protocol.DETACH_KEYS).
@@ -140,14 +152,18 @@ class AgentSession(asyncio.Protocol):
             self.hello.set_result(msg)
         elif op == "started" and self.started is not None and not self.started.done():
             self.started.set_result(msg)
+        elif op == "prewarmed" and self.prewarmed is not None and not self.prewarmed.done():
+            self.prewarmed.set_result(msg)
         elif op == "exited":
             status = msg.get("status")
             self.exit_status = status if isinstance(status, int) else -1
         elif op == "error":
             self.error = str(msg.get("message", "unknown error"))[:2000]
             self.log.error("sandbox %s: agent error: %s", self.name, self.error)
-            if self.started is not None and not self.started.done():
-                self.started.set_exception(SessionError(self.error))
+            for fut in (self.started, self.prewarmed):
+                if fut is not None and not fut.done():
+                    fut.set_exception(SessionError(self.error))
+                    fut.exception()
         else:
             raise p.ProtocolError(f"unexpected control op {op!r}")
 

@@ -15,7 +15,7 @@ from jupyter_client.manager import KernelManager
 from sandbox_kernel.errors import PolicyError, SandboxError
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.kernelspec import build_kernelspec
-from tests.helpers import listening_ports, our_containers
+from tests.helpers import container_exists, listening_ports, our_containers
 
 
 def _ksm_with(tmp_path: Path, config: dict) -> KernelSpecManager:  # type: ignore[type-arg]
@@ -85,6 +85,7 @@ def test_image_without_ipykernel(tmp_path: Path, docker_client: docker.DockerCli
         (tmp_path / "k" / "kernel.json").write_text(json.dumps(spec))
         km = KernelManager(kernel_name="k", kernel_spec_manager=ksm)
         km.start_kernel()  # the process starts; ipykernel's import fails inside
+        cid = km.provisioner._container_id  # type: ignore[union-attr]
         try:
             deadline = time.monotonic() + 30
             while km.is_alive() and time.monotonic() < deadline:
@@ -94,7 +95,7 @@ def test_image_without_ipykernel(tmp_path: Path, docker_client: docker.DockerCli
             assert "No module named ipykernel_launcher" in tail
         finally:
             km.shutdown_kernel(now=True)
-        assert not our_containers(docker_client)
+        assert not container_exists(docker_client, cid)
     finally:
         pass
 

@@ -12,7 +12,7 @@ import docker
 from jupyter_client.ioloop import AsyncIOLoopKernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
-from tests.helpers import Kernel, listening_ports, our_containers
+from tests.helpers import Kernel, container_exists, listening_ports
 
 
 def test_runs_real_work(shared_kernel: Kernel) -> None:
@@ -111,10 +111,10 @@ def test_ports_on_loopback_only_and_gone_after_shutdown(
     listening = listening_ports()
     for port in ports:
         assert listening.get(port) == "0100007F", f"port {port} listens on {listening.get(port)}"
-    kernel_id = kernel.km.kernel_id
-    assert our_containers(docker_client, kernel_id)
+    cid = kernel.container_id
+    assert container_exists(docker_client, cid)
     kernel.stop()
-    assert not our_containers(docker_client, kernel_id)
+    assert not container_exists(docker_client, cid)
     listening = listening_ports(own_only=True)
     assert not [p for p in ports if p in listening]
 
@@ -122,17 +122,17 @@ def test_ports_on_loopback_only_and_gone_after_shutdown(
 def test_killed_container_is_restarted_by_jupyter(
     ksm: KernelSpecManager, docker_client: docker.DockerClient
 ) -> None:
-    kernel_ids: list[str] = []
+    container_ids: list[str] = []
 
     async def scenario() -> None:
         km = AsyncIOLoopKernelManager(kernel_name="sandbox-python", kernel_spec_manager=ksm)
         restarts: list[str] = []
         await km.start_kernel()
-        kernel_ids.append(km.kernel_id)
         km.start_restarter()  # callbacks can only be added once the restarter exists
         km.add_restart_callback(lambda: restarts.append("restart"), "restart")
         try:
             first = km.provisioner._container_id
+            container_ids.append(first)
             docker_client.containers.get(first).kill()
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -148,11 +148,12 @@ def test_killed_container_is_restarted_by_jupyter(
             assert reply["content"]["status"] == "ok"
             kc.stop_channels()
         finally:
+            container_ids.append(km.provisioner._container_id)
             km.stop_restarter()
             await km.shutdown_kernel(now=True)
 
     asyncio.run(scenario())
-    assert not our_containers(docker_client, kernel_ids[0])
+    assert not [c for c in container_ids if container_exists(docker_client, c)]
 
 
 def test_server_crash_leaves_no_container(kernel_dirs, docker_client: docker.DockerClient) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,76 @@
+"""Bring one sandbox up to a running agent: create, attach, start, deliver, verify.
+
+Shared by the provisioner's cold start and the warm pool's refills. On any
+failure (or cancellation by a launch timeout) the sandbox is removed before the
+exception propagates, so a caller never has to clean up after ``boot``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from .agent.bundle import agent_payload, bootstrap_command
+from .backends.base import Preflight, SandboxBackend
+from .errors import SandboxError
+from .policy import SandboxPolicy
+from .relay import protocol
+from .relay.session import AgentSession
+from .relay.thread import RelayThread
+
+
+async def boot(
+    backend: SandboxBackend,
+    policy: SandboxPolicy,
+    preflight: Preflight,
+    session: AgentSession,
+    *,
+    name: str,
+    labels: Mapping[str, str],
+) -> str:
+    """Return the id of a started sandbox whose agent said a valid hello to ``session``."""
+    relay = RelayThread.get()
+    cid = await backend.create(
+        policy, preflight, command=bootstrap_command(), labels=labels, name=name
+    )
+    try:
+        await backend.attach(cid, session)
+        await backend.start(cid)
+        hello = await relay.run(_send_agent(session))
+        check_hello(hello, preflight)
+    except BaseException:
+        relay.loop.call_soon_threadsafe(session.close)
+        await asyncio.shield(backend.remove(cid))
+        raise
+    return cid
+
+
+async def _send_agent(session: AgentSession) -> dict[str, Any]:
+    """On the relay loop: send the agent over stdin and wait for its hello."""
+    assert session.hello is not None
+    session.send_agent(agent_payload())
+    return await session.hello
+
+
+def check_hello(hello: dict[str, Any], preflight: Preflight) -> None:
+    """Refuse a sandbox that is not what the policy asked for."""
+    if hello.get("version") != protocol.VERSION:
+        raise SandboxError(
+            f"agent speaks protocol {hello.get('version')}, expected {protocol.VERSION}"
+        )
+    if hello.get("uid") == 0:
+        raise SandboxError("the sandbox runs as root; refusing (policy user is unprivileged)")
+    if preflight.runtime == "runsc" and hello.get("release") == os.uname().release:
+        raise SandboxError(
+            "runtime runsc was requested but the sandbox reports the host's kernel "
+            f"({hello.get('release')}); gVisor is not in effect. Check /etc/docker/daemon.json"
+        )
+
+
+async def start_kernel(session: AgentSession, start: dict[str, Any]) -> None:
+    """On the relay loop: ask the agent to start the kernel and wait until it has."""
+    assert session.started is not None
+    session.send_control(start)
+    await session.started
