@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import SandboxError
+from .errors import PolicyError, SandboxError
 from .policy import build_policy
 
 PROVISIONER_NAME = "sandbox-provisioner"
@@ -28,11 +28,20 @@ def build_kernelspec(
 ) -> dict[str, Any]:
     """The kernel.json content; ``config`` holds SandboxProvisioner trait values."""
     # Validate with the provisioner's own rules (image given or defaulted).
-    policy_args = {k: v for k, v in config.items() if k not in ("console_output",)}
-    from .image.recipe import DEFAULT_IMAGE
+    import inspect
 
+    from .image.recipe import DEFAULT_IMAGE
+    from .provisioner import SandboxProvisioner, check_pool_size
+
+    known = set(SandboxProvisioner.class_own_traits(config=True))
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise PolicyError(f"unknown sandbox-provisioner setting(s): {', '.join(unknown)}")
+    policy_params = inspect.signature(build_policy).parameters
+    policy_args = {k: v for k, v in config.items() if k in policy_params}
     policy_args.setdefault("image", DEFAULT_IMAGE)
     build_policy(**policy_args)
+    check_pool_size(config.get("pool_size", 1))
     return {
         "argv": list(KERNEL_ARGV),
         "display_name": display_name,

@@ -174,6 +174,7 @@ class SandboxProvisioner(KernelProvisionerBase):
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         policy = self.policy = self.build_policy()
+        check_pool_size(self.pool_size)
         self._preflight = await self.backend.preflight(policy)
         argv = self._inside_argv(kwargs.pop("extra_arguments", []))
         spec_env = dict(getattr(self.kernel_spec, "env", None) or {})
@@ -431,6 +432,15 @@ class SandboxProvisioner(KernelProvisionerBase):
     async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
         await super().load_provisioner_info(provisioner_info)
         self._container_id = provisioner_info.get("container_id")
+
+
+MAX_POOL_SIZE = 64
+
+
+def check_pool_size(size: object) -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_POOL_SIZE:
+        raise PolicyError(f"pool_size: {size!r} must be a whole number from 0 to {MAX_POOL_SIZE}")
+    return size
 
 
 def _owner() -> str:

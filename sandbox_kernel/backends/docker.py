@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ..errors import SandboxError
-from ..policy import SandboxPolicy
+from ..policy import GVISOR_RUNTIMES, MAX_NPROC, SandboxPolicy
 from ..relay.session import AgentSession
 from ..relay.thread import RelayThread
 from .base import Preflight, SandboxBackend
@@ -51,6 +51,14 @@ def container_spec(
     """
     uid_gid = policy.user.split(":")
     tmpfs_opts = "rw,nosuid,nodev,noexec"
+    if runtime in GVISOR_RUNTIMES:
+        # gVisor counts RLIMIT_NPROC per sandbox (a fork bomb meets EAGAIN inside), while
+        # a host pids limit hit kills the whole sandbox: keep it as a looser backstop.
+        nproc, pids = policy.nproc, policy.pids_limit
+    else:
+        # Under runc RLIMIT_NPROC counts every process of the uid on the host, across all
+        # sandboxes: the pids cgroup is the per-sandbox limit there (fork gets EAGAIN).
+        nproc, pids = MAX_NPROC, policy.nproc
     return {
         "image": policy.image,
         "command": command,
@@ -82,9 +90,9 @@ def container_spec(
         "mem_limit": policy.memory_bytes,
         "memswap_limit": policy.memory_bytes,  # no swap beyond the memory cap
         "nano_cpus": int(policy.cpus * 1e9),
-        "pids_limit": policy.pids_limit,
+        "pids_limit": pids,
         "ulimits": [
-            {"Name": "nproc", "Soft": policy.nproc, "Hard": policy.nproc},
+            {"Name": "nproc", "Soft": nproc, "Hard": nproc},
             {"Name": "nofile", "Soft": policy.nofile, "Hard": policy.nofile},
             {"Name": "core", "Soft": 0, "Hard": 0},
         ],

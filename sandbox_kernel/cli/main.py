@@ -35,6 +35,12 @@ def _add_policy_options(p: argparse.ArgumentParser) -> None:
         help="pass this server environment variable into the sandbox (repeatable)",
     )
     g.add_argument("--launch-timeout", dest="launch_timeout", type=float, help="seconds")
+    g.add_argument(
+        "--pool-size",
+        dest="pool_size",
+        type=int,
+        help="sandboxes kept warm for this kernelspec (default 1, 0 disables)",
+    )
     g.add_argument("--runtime", help="Docker runtime (default runsc = gVisor)")
     g.add_argument(
         "--allow-weaker-runtime",
@@ -55,6 +61,7 @@ _POLICY_KEYS = (
     "home_size",
     "env_allow",
     "launch_timeout",
+    "pool_size",
     "runtime",
     "allow_weaker_runtime",
 )

@@ -512,3 +512,15 @@ def test_default_nproc_follows_memory(memory: str, expected: int) -> None:
 
 def test_explicit_nproc_wins() -> None:
     assert policy(memory_limit="2g", nproc_limit=300).nproc == 300
+
+
+def test_process_limit_per_runtime() -> None:
+    """gVisor: RLIMIT_NPROC per sandbox, pids cgroup as a looser backstop. runc: RLIMIT_NPROC
+    would count every process of uid 1000 on the host, so the pids cgroup carries the limit."""
+    pol = policy(nproc_limit=64, pids_limit=4096)
+    gvisor = container_spec(pol, runtime="runsc", command=["x"], labels={}, name="n")
+    runc = container_spec(pol, runtime="runc", command=["x"], labels={}, name="n")
+    nproc = {u["Name"]: u for u in gvisor["ulimits"]}["nproc"]
+    assert (nproc["Soft"], gvisor["pids_limit"]) == (64, 4096)
+    assert runc["pids_limit"] == 64
+    assert {u["Name"]: u for u in runc["ulimits"]}["nproc"]["Soft"] > 64

@@ -1,0 +1,395 @@
+"""Side-by-side benchmark: a plain local ipykernel vs. the sandbox (runc, runsc cold, runsc warm).
+
+    .venv/bin/python benchmarks/run.py [--quick] [--out docs/benchmarks.md]
+
+One process, one run, the same machine. For each configuration: launch to first
+kernel_info_reply (median and p95 of N), execute_request round trip of a trivial cell
+(p50/p99 of M), output throughput of a 50 MB print (MB/s, bytes that reached the
+client), idle memory per kernel (PSS of every host process of the kernel: for a
+sandbox the runsc sandbox, gofer and stub processes in its cgroup plus its
+containerd shim), and launch time and memory per kernel with 1, 10 and 30 kernels
+started concurrently. Every number is also given as a ratio to the local kernel
+measured in the same run. Needs root (to read other processes' smaps) and the host
+set up by scripts/quickstart.sh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager, KernelManager
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sandbox_kernel.image.recipe import DEFAULT_IMAGE  # noqa: E402
+from sandbox_kernel.kernelspec import build_kernelspec  # noqa: E402
+from sandbox_kernel.pool import WarmPool  # noqa: E402
+
+CONFIGS = {
+    "local": None,  # jupyter_client's LocalProvisioner, the host's ipykernel
+    "sandbox runc": {"runtime": "runc", "allow_weaker_runtime": True, "pool_size": 0},
+    "sandbox runsc cold": {"pool_size": 0},
+    "sandbox runsc warm": {"pool_size": 1},
+}
+
+
+def kernel_dirs() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="sk-bench-"))
+    for name, config in CONFIGS.items():
+        d = root / name.replace(" ", "-")
+        d.mkdir()
+        if config is None:
+            spec = {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "local",
+                "language": "python",
+            }
+        else:
+            spec = build_kernelspec({"image": DEFAULT_IMAGE, **config})
+        (d / "kernel.json").write_text(json.dumps(spec))
+    return root
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
+
+
+# -- memory ---------------------------------------------------------------------------
+def pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def kernel_pids(km: KernelManager | AsyncKernelManager) -> list[int]:
+    prov = km.provisioner
+    cid = getattr(prov, "_container_id", None)
+    if cid is None:  # local kernel: the process and its children
+        pid = prov.process.pid  # type: ignore[union-attr]
+        kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+        return [pid, *map(int, kids.split())]
+    pids: set[int] = set()
+    for root in ("/sys/fs/cgroup/memory/docker", "/sys/fs/cgroup/pids/docker",
+                 "/sys/fs/cgroup/system.slice"):  # fmt: skip
+        for name in (f"{cid}/cgroup.procs", f"docker-{cid}.scope/cgroup.procs"):
+            f = Path(root) / name
+            if f.exists():
+                pids.update(int(p) for p in f.read_text().split())
+    shim = subprocess.run(
+        ["pgrep", "-f", f"containerd-shim.*{cid}"], capture_output=True, text=True
+    )
+    pids.update(int(p) for p in shim.stdout.split())
+    return sorted(pids)
+
+
+def kernel_pss_mib(km: KernelManager | AsyncKernelManager) -> float:
+    return sum(pss_kib(p) for p in kernel_pids(km)) / 1024
+
+
+# -- measurements -----------------------------------------------------------------------
+@dataclass
+class Result:
+    start: list[float] = field(default_factory=list)
+    rtt: list[float] = field(default_factory=list)
+    mbps: float = 0.0
+    received_mb: float = 0.0
+    idle_pss: float = 0.0
+    echo: list[float] = field(default_factory=list)  # TCP echo into the kernel's network
+    scale: dict[int, tuple[float, float, float]] = field(default_factory=dict)  # n: wall, med, pss
+
+
+def wait_pool(timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while WarmPool.stats()["ready"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.5)  # let the pre-warmed interpreter finish importing ipykernel
+
+
+def start(ksm: KernelSpecManager, name: str) -> tuple[KernelManager, Any, float]:
+    km = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
+    t0 = time.perf_counter()
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=120)
+    return km, kc, time.perf_counter() - t0
+
+
+def stop(km: KernelManager, kc: Any) -> None:
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+
+
+def measure(
+    ksm: KernelSpecManager, label: str, n_start: int, n_rtt: int, say: Callable[[str], None]
+) -> Result:
+    name = label.replace(" ", "-")
+    warm = label.endswith("warm")
+    res = Result()
+    say(f"{label}: {n_start} launches")
+    if warm:  # prime the pool with one kernel
+        km, kc, _ = start(ksm, name)
+        stop(km, kc)
+    for _ in range(n_start):
+        if warm:
+            wait_pool()
+        km, kc, elapsed = start(ksm, name)
+        if warm:
+            assert km.provisioner.last_start_warm, "expected a warm start"  # type: ignore[union-attr]
+        res.start.append(elapsed)
+        stop(km, kc)
+    say(f"{label}: {n_rtt} round trips, throughput, idle memory")
+    km, kc, _ = start(ksm, name)
+    try:
+        for _ in range(20):  # warm up
+            kc.execute("pass")
+            kc.get_shell_msg(timeout=30)
+        for _ in range(n_rtt):
+            t0 = time.perf_counter()
+            kc.execute("pass")
+            kc.get_shell_msg(timeout=30)
+            res.rtt.append(time.perf_counter() - t0)
+        while True:  # drain iopub
+            try:
+                kc.get_iopub_msg(timeout=0.2)
+            except Exception:
+                break
+        total = 50 * 2**20
+        received = 0
+        t0 = time.perf_counter()
+        msg_id = kc.execute(
+            "import sys\nchunk = 'x' * (1 << 20)\n"
+            "for _ in range(50):\n    sys.stdout.write(chunk)\n"
+            "sys.stdout.flush()"
+        )
+        while True:
+            msg = kc.get_iopub_msg(timeout=120)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream":
+                received += len(msg["content"]["text"])
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+        elapsed = time.perf_counter() - t0
+        res.mbps = received / 2**20 / elapsed
+        res.received_mb = received / 2**20
+        assert received <= total
+        time.sleep(3)
+        res.idle_pss = kernel_pss_mib(km)
+        res.echo = echo_rtts(km, kc, n_rtt)
+    finally:
+        stop(km, kc)
+    return res
+
+
+ECHO_SERVER = """
+import socket, threading
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(('127.0.0.1', 0)); srv.listen()
+def serve():
+    c, _ = srv.accept()
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while True:
+        d = c.recv(4096)
+        if not d:
+            break
+        c.sendall(d)
+threading.Thread(target=serve, daemon=True).start()
+print(srv.getsockname()[1])
+"""
+
+
+def echo_rtts(km: KernelManager, kc: Any, n: int) -> list[float]:
+    """Round trips of 100 bytes to a TCP echo server in the kernel: for a sandbox this is
+    host port -> relay -> Docker attach -> agent -> gVisor's loopback, the relay's own cost."""
+    import socket
+
+    from sandbox_kernel.relay.listeners import HostListeners
+    from sandbox_kernel.relay.thread import RelayThread
+
+    out: list[str] = []
+    kc.execute_interactive(ECHO_SERVER, timeout=30, output_hook=lambda m: out.append(
+        m["content"].get("text", "")) if m["msg_type"] == "stream" else None)  # fmt: skip
+    inside = int("".join(out).split()[-1])
+    listeners = None
+    port = inside
+    session = getattr(km.provisioner, "_session", None)
+    if session is not None:
+        listeners = HostListeners({"echo": inside})
+        RelayThread.get().submit(listeners.open()).result()
+        listeners.session = session
+        port = listeners.ports["echo"]
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            times = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                s.sendall(b"x" * 100)
+                got = 0
+                while got < 100:
+                    got += len(s.recv(4096))
+                times.append(time.perf_counter() - t0)
+            return times
+    finally:
+        if listeners is not None:
+            RelayThread.get().submit(listeners.close()).result()
+
+
+async def scale_once(ksm: KernelSpecManager, name: str, n: int) -> tuple[float, float, float]:
+    kms = [AsyncKernelManager(kernel_name=name, kernel_spec_manager=ksm) for _ in range(n)]
+    times: list[float] = []
+
+    async def one(km: AsyncKernelManager) -> None:
+        t0 = time.perf_counter()
+        await km.start_kernel()
+        kc = km.client()
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=300)
+        kc.stop_channels()
+        times.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    try:
+        await asyncio.gather(*(one(km) for km in kms))
+        wall = time.perf_counter() - t0
+        await asyncio.sleep(3)
+        pss = statistics.mean(kernel_pss_mib(km) for km in kms)
+    finally:
+        await asyncio.gather(*(km.shutdown_kernel(now=True) for km in kms if km.has_kernel))
+    return wall, statistics.median(times), pss
+
+
+# -- report ------------------------------------------------------------------------------
+def versions() -> dict[str, str]:
+    def out(*cmd: str) -> str:
+        try:
+            return (
+                subprocess.run(cmd, capture_output=True, text=True).stdout.strip().splitlines()[0]
+            )
+        except (OSError, IndexError):
+            return "?"
+
+    import ipykernel
+    import jupyter_client
+
+    mem = Path("/proc/meminfo").read_text().split()[1]
+    return {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {int(mem) / 2**20:.0f} GiB",
+        "host kernel": platform.release(),
+        "runsc": out("runsc", "--version"),
+        "dockerd": out("docker", "version", "--format", "{{.Server.Version}}"),
+        "python (host)": platform.python_version(),
+        "ipykernel (host)": ipykernel.__version__,
+        "jupyter_client": jupyter_client.__version__,
+        "image": DEFAULT_IMAGE,
+    }
+
+
+def report(results: dict[str, Result], info: dict[str, str], args: argparse.Namespace) -> str:
+    base = results["local"]
+    b_start = statistics.median(base.start)
+    b_rtt = pct(base.rtt, 50)
+
+    def r(x: float, b: float) -> str:
+        return f"{x / b:.2f}x" if b else "-"
+
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `benchmarks/run.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+        f" ({args.starts} launches, {args.rtts} round trips per configuration). Ratios are to",
+        "the local kernel, measured in the same run. The local kernel is the host's ipykernel;",
+        "the sandboxes run the default image.",
+        "",
+        "| | " + " | ".join(f"{k}: {v}" for k, v in info.items()) + " |",
+        "|" + "---|" * (len(info) + 1),
+        "",
+        "| configuration | launch median | launch p95 | ratio | cell p50 | cell p99 | ratio |"
+        " 50 MB print | ratio | idle PSS | vs local | TCP echo p50 / p99 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, res in results.items():
+        med, p95 = statistics.median(res.start), pct(res.start, 95)
+        p50, p99 = pct(res.rtt, 50), pct(res.rtt, 99)
+        lines.append(
+            f"| {label} | {med:.2f} s | {p95:.2f} s | {r(med, b_start)} | {p50 * 1e3:.2f} ms |"
+            f" {p99 * 1e3:.2f} ms | {r(p50, b_rtt)} | {res.mbps:.0f} MB/s"
+            f" ({res.received_mb:.0f} MB arrived) | {r(res.mbps, base.mbps)} |"
+            f" {res.idle_pss:.0f} MiB | {res.idle_pss - base.idle_pss:+.0f} MiB |"
+            f" {pct(res.echo, 50) * 1e3:.2f} / {pct(res.echo, 99) * 1e3:.2f} ms |"
+        )
+    lines += [
+        "",
+        "## Concurrent kernels",
+        "",
+        "Kernels started at once (AsyncKernelManager); wall time until all answered",
+        "kernel_info, the median launch, and the mean idle PSS per kernel.",
+        "",
+        "| configuration | kernels | all ready | median launch | PSS per kernel |",
+        "|---|---|---|---|---|",
+    ]
+    for label, res in results.items():
+        for n, (wall, med, pss) in sorted(res.scale.items()):
+            lines.append(f"| {label} | {n} | {wall:.1f} s | {med:.1f} s | {pss:.0f} MiB |")
+    cold = results.get("sandbox runsc cold")
+    if cold and cold.scale:
+        n_max = max(cold.scale)
+        per = cold.scale[n_max][2]
+        total_gib = per * 100 / 1024
+        lines += [
+            "",
+            f"100 idle runsc kernels, extrapolated from {n_max}: {per:.0f} MiB x 100 ="
+            f" {total_gib:.1f} GiB of PSS ({'fits' if total_gib < 20 else 'does not fit'} in"
+            " this machine's memory with room for the server).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--starts", type=int, default=10)
+    parser.add_argument("--rtts", type=int, default=500)
+    parser.add_argument("--scale", default="1,10,30", help="concurrent kernel counts")
+    parser.add_argument("--quick", action="store_true", help="3 launches, 50 round trips, 1,3")
+    parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
+    args = parser.parse_args()
+    if args.quick:
+        args.starts, args.rtts, args.scale = 3, 50, "1,3"
+    say = lambda msg: print(f"... {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    ksm = KernelSpecManager(kernel_dirs=[str(kernel_dirs())])
+    results = {label: measure(ksm, label, args.starts, args.rtts, say) for label in CONFIGS}
+    for label in ("local", "sandbox runc", "sandbox runsc cold"):
+        for n in (int(x) for x in args.scale.split(",")):
+            say(f"{label}: {n} concurrent kernels")
+            results[label].scale[n] = asyncio.run(scale_once(ksm, label.replace(" ", "-"), n))
+    WarmPool.drain_all()
+    text = report(results, versions(), args)
+    print(text)
+    Path(args.out).write_text(text)
+    print(f"written to {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
