@@ -19,9 +19,7 @@ import asyncio
 import atexit
 import json
 import logging
-import os
 import secrets
-import socket
 import threading
 from collections import deque
 from collections.abc import Coroutine
@@ -29,7 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 from .backends.base import Preflight, SandboxBackend
-from .backends.docker import LABEL_HOST, LABEL_MANAGED, LABEL_SERVER_PID
+from .backends.docker import server_labels
 from .boot import boot
 from .policy import SandboxPolicy
 from .relay.session import AgentSession
@@ -121,12 +119,7 @@ class WarmPool:
 
     async def _fill_one(self) -> None:
         name = f"sandbox-kernel-pool-{secrets.token_hex(6)}"
-        labels = {
-            LABEL_MANAGED: "1",
-            LABEL_POOL: "1",
-            LABEL_SERVER_PID: str(os.getpid()),
-            LABEL_HOST: socket.gethostname(),
-        }
+        labels = {**server_labels(), LABEL_POOL: "1"}
         session = AgentSession(name, console=_discard_console, log=self.log)
         try:
             cid = await asyncio.wait_for(

@@ -31,7 +31,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import sys
 from typing import Any, cast
 
@@ -41,14 +40,7 @@ from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, Union
 
 from .agent.prewarm import split_for_prewarm
 from .backends.base import Preflight, SandboxBackend
-from .backends.docker import (
-    LABEL_HOST,
-    LABEL_KERNEL_ID,
-    LABEL_MANAGED,
-    LABEL_OWNER,
-    LABEL_SERVER_PID,
-    DockerBackend,
-)
+from .backends.docker import LABEL_KERNEL_ID, LABEL_OWNER, DockerBackend, server_labels
 from .boot import boot, start_kernel
 from .errors import PolicyError, SandboxError
 from .image.recipe import DEFAULT_IMAGE
@@ -59,13 +51,16 @@ from .relay.session import AgentSession, SessionError
 from .relay.thread import RelayThread
 
 # Ports the kernel binds on the sandbox's own loopback; each sandbox has its own
-# network namespace, so fixed numbers never collide.
+# network namespace, so fixed numbers never collide. They lie below every ephemeral
+# port range (Linux 32768+, gVisor 16000+): the agent's connect retries while the kernel
+# starts could otherwise pick the port itself as source and self-connect, taking the
+# port from the kernel (seen under runc as EADDRINUSE).
 INSIDE_PORTS = {
-    "shell_port": 45001,
-    "iopub_port": 45002,
-    "stdin_port": 45003,
-    "control_port": 45004,
-    "hb_port": 45005,
+    "shell_port": 15001,
+    "iopub_port": 15002,
+    "stdin_port": 15003,
+    "control_port": 15004,
+    "hb_port": 15005,
 }
 INSIDE_CONNECTION_FILE = "/tmp/.sandbox-kernel/kernel.json"
 CONSOLE_TAIL_BYTES = 8192
@@ -316,11 +311,9 @@ class SandboxProvisioner(KernelProvisionerBase):
         kid = (self.kernel_id or "anon")[:12]
         name = f"sandbox-kernel-{kid}-{self._launch_count}-{secrets.token_hex(3)}"
         labels = {
-            LABEL_MANAGED: "1",
+            **server_labels(),
             LABEL_KERNEL_ID: str(self.kernel_id or ""),
             LABEL_OWNER: _owner(),
-            LABEL_SERVER_PID: str(os.getpid()),
-            LABEL_HOST: socket.gethostname(),
         }
         session = AgentSession(name, console=self._on_console, log=self.log)
         self._session = session

@@ -110,6 +110,10 @@ def nothing_left_behind() -> Iterator[None]:
         client = docker.from_env()
     except docker.errors.DockerException:
         return
+    # Sandboxes of child processes the tests killed (e.g. a crashed server mid-launch).
+    from sandbox_kernel.backends.docker import DockerBackend
+
+    DockerBackend().remove_orphans()
     leftovers = [c for c in our_containers(client, pooled=True) if container_exists(client, c.id)]
     assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
 

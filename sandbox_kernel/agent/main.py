@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -244,7 +245,17 @@ class Agent:
         deadline = self.loop.time() + CONNECT_RETRY_SECONDS
         while not stream.closed:
             try:
-                await self.loop.create_connection(lambda: stream, "127.0.0.1", port)
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                try:
+                    await self.loop.sock_connect(sock, ("127.0.0.1", port))
+                    if sock.getsockname() == sock.getpeername():
+                        # TCP self-connect (source port == the port): not the kernel.
+                        raise ConnectionRefusedError(errno.ECONNREFUSED, "self-connect")
+                except BaseException:
+                    sock.close()
+                    raise
+                await self.loop.create_connection(lambda: stream, sock=sock)
                 return
             except OSError as exc:
                 # Refused while the kernel is still binding its ports: retry while it lives.

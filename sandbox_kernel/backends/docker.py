@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +29,40 @@ LABEL_KERNEL_ID = "org.sandbox-kernel.kernel-id"
 LABEL_OWNER = "org.sandbox-kernel.owner"
 LABEL_SERVER_PID = "org.sandbox-kernel.server-pid"
 LABEL_HOST = "org.sandbox-kernel.host"
+LABEL_SERVER_START = "org.sandbox-kernel.server-start"
+
+
+def process_start(pid: int) -> str:
+    """A process's start time in clock ticks since boot ("" if it is gone): with the pid,
+    it identifies the process even after the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def server_labels() -> dict[str, str]:
+    """Labels naming this process as the owner of a sandbox."""
+    return {
+        LABEL_MANAGED: "1",
+        LABEL_SERVER_PID: str(os.getpid()),
+        LABEL_SERVER_START: process_start(os.getpid()),
+        LABEL_HOST: socket.gethostname(),
+    }
+
+
+def is_orphan(labels: dict[str, str], hostname: str) -> bool:
+    """A sandbox of a Jupyter process of this host that no longer exists."""
+    if labels.get(LABEL_MANAGED) != "1" or labels.get(LABEL_HOST) != hostname:
+        return False
+    try:
+        pid = int(labels.get(LABEL_SERVER_PID, ""))
+    except ValueError:
+        return False
+    start = process_start(pid)
+    return not start or start != labels.get(LABEL_SERVER_START, start)
+
 
 # runsc flags the daemon must pass: no host network namespace, and enforcement of the
 # container's seccomp profile inside gVisor (without it, runsc ignores the profile).
@@ -296,7 +331,34 @@ class DockerBackend(SandboxBackend):
     async def preflight(self, policy: SandboxPolicy) -> Preflight:
         preflight = await asyncio.to_thread(self._preflight, policy)
         OomWatcher.ensure_running(self.log)
+        if not DockerBackend._orphans_reaped:
+            DockerBackend._orphans_reaped = True
+            await asyncio.to_thread(self.remove_orphans)
         return preflight
+
+    _orphans_reaped = False  # once per process, at the first launch
+
+    def remove_orphans(self) -> list[str]:
+        """Remove sandboxes left by Jupyter processes of this host that died (a sandbox
+        killed before its agent ran cannot notice by itself). Blocking: run in a thread."""
+        import docker
+
+        host = socket.gethostname()
+        removed: list[str] = []
+        try:
+            found = self._docker().containers.list(
+                all=True, filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_HOST}={host}"]}
+            )
+        except docker.errors.DockerException as exc:
+            self.log.warning("could not look for leftover sandboxes: %s", exc)
+            return removed
+        for container in found:
+            if is_orphan(container.labels or {}, host):
+                self._remove(container.id)
+                removed.append(container.name)
+        if removed:
+            self.log.warning("removed sandboxes left by dead Jupyter processes: %s", removed)
+        return removed
 
     async def create(
         self,

@@ -115,6 +115,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    from ..backends.docker import DockerBackend
+
+    removed = DockerBackend().remove_orphans()
+    print(f"removed {len(removed)} sandbox(es) left by dead Jupyter processes" +
+          (": " + ", ".join(removed) if removed else ""))  # fmt: skip
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .run import run_notebook
 
@@ -167,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default=DEFAULT_IMAGE, help=f"kernel image (default {DEFAULT_IMAGE})")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("gc", help="remove sandboxes left behind by Jupyter processes that died")
+    p.set_defaults(func=cmd_gc)
 
     p = sub.add_parser("run", help="execute a notebook in a sandboxed kernel")
     p.add_argument("notebook")

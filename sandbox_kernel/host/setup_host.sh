@@ -30,7 +30,7 @@ fi
 log "apt-get update"
 apt-get update -qq
 log "installing docker.io, debootstrap"
-apt-get install -y -qq --no-install-recommends docker.io debootstrap iproute2 ca-certificates >/dev/null
+apt-get install -y -qq --no-install-recommends docker.io debootstrap iproute2 procps ca-certificates >/dev/null
 runsc_policy=$(apt-cache policy runsc 2>/dev/null || true)
 if [ "${ID:-}" = debian ] && [[ "$runsc_policy" == *"${codename}-backports"* ]]; then
   log "installing runsc from ${codename}-backports"

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import docker
 import nbformat
 
 
@@ -96,3 +97,41 @@ def test_run_executes_a_notebook_in_the_sandbox(tmp_path: Path, docker_client) -
     release, uid = text.split()
     assert release != os.uname().release and uid == "1000"
     assert kernels.exists()
+
+
+def test_gc_removes_sandboxes_of_dead_processes_only(docker_client) -> None:  # type: ignore[no-untyped-def]
+    """A sandbox whose Jupyter process died before its agent ran (still 'created') cannot
+    end itself: gc (also run at a process's first launch) removes it; live ones stay."""
+    import socket
+
+    from sandbox_kernel.backends.docker import (
+        LABEL_HOST,
+        LABEL_MANAGED,
+        LABEL_SERVER_PID,
+        LABEL_SERVER_START,
+        server_labels,
+    )
+    from sandbox_kernel.image.recipe import DEFAULT_IMAGE
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = docker_client.containers.create(
+        DEFAULT_IMAGE, command=["true"], network_mode="none",
+        labels={LABEL_MANAGED: "1", LABEL_HOST: socket.gethostname(),
+                LABEL_SERVER_PID: str(dead.pid), LABEL_SERVER_START: "1"},
+    )  # fmt: skip
+    alive = docker_client.containers.create(
+        DEFAULT_IMAGE, command=["true"], network_mode="none", labels=server_labels()
+    )
+    try:
+        r = cli("gc")
+        assert r.returncode == 0, r.stderr
+        assert orphan.name in r.stdout
+        assert not docker_client.containers.list(all=True, filters={"id": orphan.id})
+        assert docker_client.containers.list(all=True, filters={"id": alive.id})
+    finally:
+        for c in (orphan, alive):
+            try:
+                c.remove(force=True)
+            except docker.errors.NotFound:
+                pass

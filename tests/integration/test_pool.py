@@ -13,9 +13,11 @@ from sandbox_kernel.pool import LABEL_POOL, WarmPool
 from tests.helpers import Kernel, container_exists
 
 
-def wait_for_ready_pool(timeout: float = 60) -> None:
+def wait_for_ready_pool(kernel: Kernel, timeout: float = 60) -> None:
+    """Until the pool for ``kernel``'s policy has a sandbox ready."""
+    policy = kernel.km.provisioner.policy  # type: ignore[union-attr]
     deadline = time.monotonic() + timeout
-    while WarmPool.stats()["ready"] < 1:
+    while not any(p.ready for p in list(WarmPool._pools.values()) if p.policy == policy):
         assert time.monotonic() < deadline, f"the warm pool did not fill: {WarmPool.stats()}"
         time.sleep(0.1)
 
@@ -24,7 +26,7 @@ def test_warm_start_claims_a_pooled_sandbox_once(
     start_kernel: Callable[..., Kernel], docker_client: docker.DockerClient
 ) -> None:
     first = start_kernel()  # fills the pool for this policy if it was empty
-    wait_for_ready_pool()
+    wait_for_ready_pool(first)
     warm = start_kernel()
     assert warm.km.provisioner.last_start_warm  # type: ignore[union-attr]
     container = docker_client.containers.get(warm.container_id)
@@ -48,7 +50,7 @@ def test_warm_start_claims_a_pooled_sandbox_once(
     assert facts[2] != os.uname().release
     # A restart takes another sandbox and removes the old one: never reused.
     old = warm.container_id
-    wait_for_ready_pool()
+    wait_for_ready_pool(warm)
     warm.km.restart_kernel(now=True)
     warm.kc.wait_for_ready(timeout=60)
     assert warm.container_id != old
@@ -60,7 +62,7 @@ def test_drain_removes_unclaimed_sandboxes(
     start_kernel: Callable[..., Kernel], docker_client: docker.DockerClient
 ) -> None:
     kernel = start_kernel()
-    wait_for_ready_pool()
+    wait_for_ready_pool(kernel)
     mine = {"label": [f"{LABEL_POOL}=1", f"{LABEL_SERVER_PID}={os.getpid()}"]}
     pooled = [
         c.id for c in docker_client.containers.list(filters=mine) if c.id != kernel.container_id
