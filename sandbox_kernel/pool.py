@@ -27,13 +27,13 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 from .backends.base import Preflight, SandboxBackend
-from .backends.docker import server_labels
+from .backends.docker import LABEL_POOL, server_labels
 from .boot import boot
 from .policy import SandboxPolicy
 from .relay.session import AgentSession
 from .relay.thread import RelayThread
 
-LABEL_POOL = "org.sandbox-kernel.pool"
+__all__ = ["LABEL_POOL", "PooledSandbox", "WarmPool"]
 
 
 @dataclass

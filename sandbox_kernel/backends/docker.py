@@ -30,6 +30,7 @@ LABEL_OWNER = "org.sandbox-kernel.owner"
 LABEL_SERVER_PID = "org.sandbox-kernel.server-pid"
 LABEL_HOST = "org.sandbox-kernel.host"
 LABEL_SERVER_START = "org.sandbox-kernel.server-start"
+LABEL_POOL = "org.sandbox-kernel.pool"  # a warm-pool sandbox (no kernel id until claimed)
 
 
 def process_start(pid: int) -> str:
@@ -153,6 +154,47 @@ def docker_endpoint() -> tuple[str, Any]:
     raise SandboxError(
         f"DOCKER_HOST={host!r} is not supported by the relay (use unix:// or tcp://)"
     )
+
+
+def sandbox_table() -> list[dict[str, Any]]:
+    """Running sandboxes on this daemon (blocking; for the CLI): name, kernel id, pooled,
+    uptime, memory and CPU use from one Docker stats sample each."""
+    import datetime
+
+    import docker
+
+    try:
+        client = docker.from_env(timeout=30)
+        containers = client.containers.list(filters={"label": f"{LABEL_MANAGED}=1"})
+    except docker.errors.DockerException as exc:
+        raise SandboxError(f"cannot reach the Docker daemon: {exc}. {SETUP_HINT}") from None
+    rows = []
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for c in containers:
+        stats = c.stats(stream=False)
+        cpu, pre = stats.get("cpu_stats", {}), stats.get("precpu_stats", {})
+        used = cpu.get("cpu_usage", {}).get("total_usage", 0) - pre.get("cpu_usage", {}).get(
+            "total_usage", 0
+        )
+        system = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
+        cpus = cpu.get("online_cpus") or 1
+        started = c.attrs["State"]["StartedAt"][:26].rstrip("Z")
+        start = datetime.datetime.fromisoformat(started).replace(tzinfo=datetime.timezone.utc)
+        labels = c.labels or {}
+        rows.append(
+            {
+                "name": c.name,
+                "id": c.id[:12],
+                "kernel_id": labels.get(LABEL_KERNEL_ID, ""),
+                "pooled": LABEL_POOL in labels,
+                "owner": labels.get(LABEL_OWNER, ""),
+                "server_pid": labels.get(LABEL_SERVER_PID, ""),
+                "uptime_s": (now - start).total_seconds(),
+                "memory_mib": stats.get("memory_stats", {}).get("usage", 0) / 2**20,
+                "cpu_percent": 100.0 * used / system * cpus if system > 0 else 0.0,
+            }
+        )
+    return rows
 
 
 class OomWatcher:

@@ -115,6 +115,25 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_ps(args: argparse.Namespace) -> int:
+    from ..backends.docker import sandbox_table
+
+    rows = sandbox_table()
+    if args.json:
+        import json
+
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'NAME':<40} {'KERNEL ID':<36} {'POOL':<4} {'UP':>8} {'MEMORY':>10} {'CPU':>6}")
+    for r in rows:
+        pooled = "yes" if r["pooled"] else ""
+        print(
+            f"{r['name']:<40} {r['kernel_id'] or '-':<36} {pooled:<4} {r['uptime_s']:>7.0f}s"
+            f" {r['memory_mib']:>7.0f}MiB {r['cpu_percent']:>5.1f}%"
+        )
+    return 0
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     from ..backends.docker import DockerBackend
 
@@ -176,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default=DEFAULT_IMAGE, help=f"kernel image (default {DEFAULT_IMAGE})")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("ps", help="list running sandboxes: kernel id, uptime, memory, CPU")
+    p.add_argument("--json", action="store_true", help="machine-readable")
+    p.set_defaults(func=cmd_ps)
 
     p = sub.add_parser("gc", help="remove sandboxes left behind by Jupyter processes that died")
     p.set_defaults(func=cmd_gc)
