@@ -248,8 +248,9 @@ class SandboxProvisioner(KernelProvisionerBase):
             "connection_file": INSIDE_CONNECTION_FILE,
             "connection": self._inside_connection_info(),
         }
+        pool = self._pool(env)
         try:
-            warm = await asyncio.wait_for(self._start_warm(start, env), policy.launch_timeout)
+            warm = await asyncio.wait_for(self._start_warm(start, pool), policy.launch_timeout)
             if not warm:
                 await asyncio.wait_for(self._start_cold(start), policy.launch_timeout)
         except BaseException as exc:
@@ -262,9 +263,8 @@ class SandboxProvisioner(KernelProvisionerBase):
         self._session.console = self._on_console
         self._listeners.session = self._session
         self.last_start_warm = warm
-        found = self._pool(env)
-        if found is not None:  # this policy starts kernels: keep its pool full
-            self.relay.loop.call_soon_threadsafe(found[0].refill)
+        if pool is not None:  # this policy starts kernels: keep its pool full
+            self.relay.loop.call_soon_threadsafe(pool[0].refill)
         self.log.info(
             "sandbox-kernel %s: started %s%s (runtime %s, image %s) on ports %s",
             self.kernel_id,
@@ -289,8 +289,9 @@ class SandboxProvisioner(KernelProvisionerBase):
         )
         return pool, split[1]
 
-    async def _start_warm(self, start: dict[str, Any], env: dict[str, str]) -> bool:
-        found = self._pool(env)
+    async def _start_warm(
+        self, start: dict[str, Any], found: tuple[WarmPool, list[str]] | None
+    ) -> bool:
         if found is None:
             return False
         pool, argv = found

@@ -67,29 +67,23 @@ def _masked(index: int, mask: int, value: int) -> dict[str, Any]:
     return {"index": index, "value": mask, "valueTwo": value, "op": "SCMP_CMP_MASKED_EQ"}
 
 
+def _deny(names: list[str], *args: dict[str, Any]) -> dict[str, Any]:
+    """EPERM for ``names`` (when every condition in ``args`` holds)."""
+    rule: dict[str, Any] = {"names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM}
+    if args:
+        rule["args"] = list(args)
+    return rule
+
+
 def seccomp_profile() -> dict[str, Any]:
     """A Docker seccomp profile (JSON-able): allow by default, deny the list above."""
-    rules: list[dict[str, Any]] = [
-        {"names": list(DENIED), "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM},
-    ]
-    for flag in CLONE_NAMESPACE_FLAGS.values():
-        rules.append(
-            {"names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM,
-             "args": [_masked(0, flag, flag)]}
-        )  # fmt: skip
-    rules.append(
-        {"names": ["socket"], "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM,
-         "args": [{"index": 0, "value": AF_PACKET, "valueTwo": 0, "op": "SCMP_CMP_EQ"}]}
-    )  # fmt: skip
+    rules = [_deny(list(DENIED))]
+    rules += [_deny(["clone"], _masked(0, flag, flag)) for flag in CLONE_NAMESPACE_FLAGS.values()]
+    af_packet = {"index": 0, "value": AF_PACKET, "valueTwo": 0, "op": "SCMP_CMP_EQ"}
+    rules.append(_deny(["socket"], af_packet))
     for kind in DEVICE_TYPES.values():
-        rules.append(
-            {"names": ["mknod"], "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM,
-             "args": [_masked(1, S_IFMT, kind)]}
-        )  # fmt: skip
-        rules.append(
-            {"names": ["mknodat"], "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM,
-             "args": [_masked(2, S_IFMT, kind)]}
-        )  # fmt: skip
+        rules.append(_deny(["mknod"], _masked(1, S_IFMT, kind)))
+        rules.append(_deny(["mknodat"], _masked(2, S_IFMT, kind)))
     return {
         "defaultAction": "SCMP_ACT_ALLOW",
         "architectures": [
