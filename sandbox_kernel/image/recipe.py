@@ -19,7 +19,12 @@ SANDBOX_HOME = "/home/sandbox"
 
 # Debian packages: only the interpreter; the Python stack comes as wheels.
 DEBIAN_PACKAGES = ("python3",)
-PYTHON_PACKAGES = ("ipykernel>=6.29,<8", "numpy>=1.26,<3", "matplotlib>=3.8,<4")
+PYTHON_PACKAGES = (
+    "ipykernel>=6.29,<8",
+    "ipywidgets>=8,<9",
+    "numpy>=1.26,<3",
+    "matplotlib>=3.8,<4",
+)
 
 _MACHINE_TO_WHEEL_ARCH = {
     "x86_64": "x86_64",
@@ -45,7 +50,7 @@ class ImageRecipe:
     python_packages: tuple[str, ...] = PYTHON_PACKAGES
     extra_python_packages: tuple[str, ...] = field(default_factory=tuple)
     # Bump when build steps change in a way that alters the image.
-    revision: int = 4
+    revision: int = 5
 
     @property
     def all_python_packages(self) -> tuple[str, ...]:
