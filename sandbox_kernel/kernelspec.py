@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import PolicyError, SandboxError
+from .exchange.policy import build_exchange_policy
 from .policy import build_policy
 
 PROVISIONER_NAME = "sandbox-provisioner"
@@ -41,6 +42,8 @@ def build_kernelspec(
     policy_args = {k: v for k, v in config.items() if k in policy_params}
     policy_args.setdefault("image", DEFAULT_IMAGE)
     build_policy(**policy_args)
+    exchange_params = inspect.signature(build_exchange_policy).parameters
+    build_exchange_policy(**{k: v for k, v in config.items() if k in exchange_params})
     check_pool_size(config.get("pool_size", 1))
     return {
         "argv": list(KERNEL_ARGV),

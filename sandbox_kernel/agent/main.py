@@ -10,9 +10,11 @@ stdin/stdout:
    connection file, launches the kernel in its own session, forwards the
    kernel's console output on stream 0, answers ``started``;
 3. on ``OPEN``: connects to ``127.0.0.1:<port>`` inside the sandbox (retrying
-   while the kernel is still binding) and relays the stream;
+   while the kernel is still binding its own ports) and relays the stream;
 4. on ``signal``: signals the kernel's process group (interrupt, terminate);
-5. when the kernel exits: reports ``exited`` and ends the sandbox; when its
+5. on ``put_*``: writes files the host copies in; for the kernel's ``sandboxed``
+   module it asks the host to expose a port or take a file (``exchange.py``);
+6. when the kernel exits: reports ``exited`` and ends the sandbox; when its
    stdin closes (the host side is gone): kills the kernel and ends.
 
 Runs on the image's Python (>= 3.8), under an unprivileged uid.
@@ -33,6 +35,7 @@ from typing import Any
 
 from ..relay import mux as m
 from ..relay import protocol as p
+from . import exchange as x
 
 CONNECT_RETRY_SECONDS = 30.0
 CONNECT_RETRY_INTERVAL = 0.02
@@ -87,6 +90,7 @@ class Agent:
         pipe_in: int,
         pipe_out: int,
         escaped_stdin: bool = False,
+        helpers: dict[str, str] | None = None,
     ) -> None:
         self.loop = loop
         self.escaped_stdin = escaped_stdin
@@ -101,6 +105,11 @@ class Agent:
         self.undumpable = False
         self.prewarmed = False
         self.tasks: set[asyncio.Task[None]] = set()  # keep references until done
+        self.helpers = dict(helpers or {})
+        self.requests = m.Requests(loop, self.mux.send_control)
+        self.helper_server = x.HelperServer(self)
+        self.files: x.FileReceiver | None = None
+        self.kernel_ports: set[int] = set()
 
     def _write(self, data: bytes) -> None:
         if self.out is not None and not self.out.is_closing():
@@ -111,6 +120,12 @@ class Agent:
         self.out, _ = await loop.connect_write_pipe(
             lambda: _PipeOut(self), os.fdopen(self.pipe_out, "wb", buffering=0)
         )
+        try:
+            x.install_helpers(self.helpers)
+            await self.helper_server.start()
+            helpers_ok = True
+        except OSError:
+            helpers_ok = False  # a kernel still runs; only the sandboxed module fails
         await loop.connect_read_pipe(
             lambda: _PipeIn(self), os.fdopen(self.pipe_in, "rb", buffering=0)
         )
@@ -126,6 +141,7 @@ class Agent:
                 "uid": os.getuid(),
                 "pid": os.getpid(),
                 "undumpable": self.undumpable,
+                "helpers": helpers_ok,
             }
         )
         code = await self.done
@@ -149,6 +165,15 @@ class Agent:
                 self.finish(127, "kernel failed to start")
         elif op == "signal":
             self.signal_kernel(int(msg["signum"]))
+        elif op == "reply":
+            self.requests.on_reply(msg)
+        elif op == "put_start":
+            self.files = x.FileReceiver(str(msg["home"]))
+        elif op in ("put_dir", "put_begin", "put_data", "put_end") and self.files is not None:
+            self.files.handle(msg)
+        elif op == "put_done" and self.files is not None:
+            result, self.files = self.files.result(), None
+            self.mux.send_control(dict(result, op="reply", req=msg.get("req")))
         elif op == "shutdown":
             self.finish(0, "shutdown requested")
 
@@ -156,7 +181,7 @@ class Agent:
         """Start the kernel process (or its pre-warmed stand-in) in its own session,
         its stdout and stderr forwarded to the host on stream 0."""
         full_env = dict(os.environ)
-        full_env.update(env)
+        full_env.update(x.with_helper_path(env))
         self.kernel = subprocess.Popen(
             argv,
             env=full_env,
@@ -197,13 +222,19 @@ class Agent:
             json.dump(msg["connection"], f)
         argv: list[str] = [str(a) for a in msg["argv"]]
         cwd = str(msg.get("cwd") or home)
+        connection = msg["connection"]
+        self.kernel_ports = {
+            int(v) for k, v in connection.items() if k.endswith("_port") and isinstance(v, int)
+        }
+        for inside, host in dict(msg.get("exposed") or {}).items():
+            self.helper_server.exposed[int(inside)] = int(host)
         if self.prewarmed:
             kernel = self.kernel
             assert kernel is not None and kernel.stdin is not None
             if self.status is not None:
                 raise RuntimeError("the pre-warmed interpreter has exited")
             full_env = dict(os.environ)
-            full_env.update(env)
+            full_env.update(x.with_helper_path(env))
             line = json.dumps({"argv": argv, "env": full_env, "cwd": cwd}) + "\n"
             kernel.stdin.write(line.encode())
             kernel.stdin.close()
@@ -258,11 +289,13 @@ class Agent:
                 await self.loop.create_connection(lambda: stream, sock=sock)
                 return
             except OSError as exc:
-                # Refused while the kernel is still binding its ports: retry while it lives.
+                # Refused while the kernel is still binding its ports: retry while it
+                # lives. Any other port (a server the kernel exposed) answers now or never.
                 kernel_alive = self.kernel is not None and self.status is None
                 if (
                     exc.errno != errno.ECONNREFUSED
                     or not kernel_alive
+                    or port not in self.kernel_ports
                     or self.loop.time() > deadline
                 ):
                     stream.abort("connect to port %d failed: %s" % (port, exc))
@@ -332,8 +365,9 @@ def make_undumpable() -> bool:
         return False
 
 
-def main(escaped_stdin: bool = False) -> None:
-    """``escaped_stdin``: the host escapes Docker's detach sequence on stdin (Docker backend)."""
+def main(escaped_stdin: bool = False, helpers: dict[str, str] | None = None) -> None:
+    """``escaped_stdin``: the host escapes Docker's detach sequence on stdin (Docker backend);
+    ``helpers``: module name -> source of the kernel-side helpers (``sandboxed.py``)."""
     undumpable = make_undumpable()
     # Keep the protocol pipe away from fds 0-2 so nothing else (the kernel, a
     # stray print) can write into it; the kernel gets its own pipes.
@@ -345,7 +379,7 @@ def main(escaped_stdin: bool = False) -> None:
     os.close(devnull)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    agent = Agent(loop, pipe_in, pipe_out, escaped_stdin=escaped_stdin)
+    agent = Agent(loop, pipe_in, pipe_out, escaped_stdin=escaped_stdin, helpers=helpers)
     agent.undumpable = undumpable
     code = loop.run_until_complete(agent.run())
     os._exit(code if code >= 0 else 128 - code)

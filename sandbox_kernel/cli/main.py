@@ -41,6 +41,36 @@ def _add_policy_options(p: argparse.ArgumentParser) -> None:
         type=int,
         help="sandboxes kept warm for this kernelspec (default 1, 0 disables)",
     )
+    x = p.add_argument_group("deliberate exchanges (ports and files; see docs/exchange.md)")
+    x.add_argument(
+        "--expose",
+        dest="expose_ports",
+        action="append",
+        metavar="[HOST:]PORT",
+        help="make sandbox port PORT reachable at host 127.0.0.1:HOST (any free port if "
+        "omitted) (repeatable)",
+    )
+    x.add_argument(
+        "--max-runtime-ports",
+        dest="max_runtime_ports",
+        type=int,
+        help="ports the kernel may expose itself with sandboxed.expose() (default 4, 0 disables)",
+    )
+    x.add_argument(
+        "--copy-in",
+        dest="copy_in",
+        action="append",
+        metavar="PATH",
+        help="host file or folder copied into the sandbox's home at each start; relative "
+        "paths are relative to the notebook's folder (repeatable)",
+    )
+    x.add_argument("--copy-in-limit", dest="copy_in_limit", help="most bytes copied in (64m)")
+    x.add_argument(
+        "--export-limit",
+        dest="export_limit",
+        help="most bytes the kernel may export with sandboxed.export() (64m; 0 disables)",
+    )
+    x.add_argument("--export-dir", dest="export_dir", help="folder for exported files")
     g.add_argument("--runtime", help="Docker runtime (default runsc = gVisor)")
     g.add_argument(
         "--allow-weaker-runtime",
@@ -64,6 +94,12 @@ _POLICY_KEYS = (
     "pool_size",
     "runtime",
     "allow_weaker_runtime",
+    "expose_ports",
+    "max_runtime_ports",
+    "copy_in",
+    "copy_in_limit",
+    "export_limit",
+    "export_dir",
 )
 
 
