@@ -139,7 +139,8 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 def cmd_setup_host(args: argparse.Namespace) -> int:
     script = resources.files("sandbox_kernel.host").joinpath("setup_host.sh")
     with resources.as_file(script) as path:
-        return subprocess.call(["bash", str(path)])
+        # One exit-code convention for every command: the script's own code is in its output.
+        return 0 if subprocess.call(["bash", str(path)]) == 0 else 1
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -191,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sandbox-kernel",
         description="Jupyter kernels in a gVisor sandbox: no host files, no network.",
+        epilog="exit status: 0 success; 1 failure (the message names the fix; doctor: a check "
+        "failed; run: a cell failed); 2 bad command line; 130 interrupted.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -152,3 +152,18 @@ def test_install_with_exposed_ports_and_files(tmp_path: Path) -> None:
         r = cli("install", "--prefix", str(tmp_path / "bad"), "--expose", bad)
         assert r.returncode == 1 and "expose_ports" in r.stderr and named in r.stderr, r.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_every_command_has_help_and_one_exit_code_convention(tmp_path: Path) -> None:
+    top = cli("--help")
+    assert top.returncode == 0 and "exit status" in top.stdout
+    commands = ["install", "image", "setup-host", "doctor", "ps", "gc", "run"]
+    for command in commands:
+        assert command in top.stdout
+        r = cli(*command.split(), "--help")
+        assert r.returncode == 0 and "usage: sandbox-kernel" in r.stdout, (command, r.stderr)
+    assert cli("image", "build", "--help").returncode == 0
+    assert cli("no-such-command").returncode == 2  # argparse: bad command line
+    assert cli("install", "--cpus", "many").returncode == 2
+    failed = cli("run", str(tmp_path / "missing.ipynb"))
+    assert failed.returncode == 1 and failed.stderr.startswith("sandbox-kernel: error:"), failed
