@@ -40,6 +40,7 @@ INSIDE_PORTS = {
     "hb_port": 15005,
 }
 KERNEL_INSIDE_PORTS = frozenset(INSIDE_PORTS.values())
+INSIDE_CONNECTION_FILE = "/tmp/.sandbox-kernel/kernel.json"
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

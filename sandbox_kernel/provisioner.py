@@ -38,7 +38,7 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, Union
 
-from .agent.prewarm import split_for_prewarm
+from .agent.prewarm import prewarm_command
 from .backends.base import Preflight, SandboxBackend
 from .backends.docker import LABEL_KERNEL_ID, LABEL_OWNER, DockerBackend, server_labels
 from .boot import boot, start_kernel
@@ -47,13 +47,12 @@ from .exchange.files_in import CopyItem, plan_copy_in, send_copy_in
 from .exchange.host import HostExchange
 from .exchange.policy import DEFAULT_EXPORT_DIR, ExchangePolicy, build_exchange_policy
 from .image.recipe import DEFAULT_IMAGE
-from .policy import INSIDE_PORTS, SandboxPolicy, build_policy
+from .policy import INSIDE_CONNECTION_FILE, INSIDE_PORTS, SandboxPolicy, build_policy
 from .pool import WarmPool
 from .relay.listeners import HOST, HostListeners
 from .relay.session import AgentSession, SessionError
 from .relay.thread import RelayThread
 
-INSIDE_CONNECTION_FILE = "/tmp/.sandbox-kernel/kernel.json"
 CONSOLE_TAIL_BYTES = 8192
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
 
@@ -297,7 +296,7 @@ class SandboxProvisioner(KernelProvisionerBase):
             "connection_file": INSIDE_CONNECTION_FILE,
             "connection": self._inside_connection_info(),
         }
-        pool = self._pool(env)
+        pool = self._pool(env, cmd)
         try:
             warm = await asyncio.wait_for(self._start_warm(start, pool), policy.launch_timeout)
             if not warm:
@@ -313,7 +312,7 @@ class SandboxProvisioner(KernelProvisionerBase):
         self._listeners.session = self._session
         self.last_start_warm = warm
         if pool is not None:  # this policy starts kernels: keep its pool full
-            self.relay.loop.call_soon_threadsafe(pool[0].refill)
+            self.relay.loop.call_soon_threadsafe(pool.refill)
         self.log.info(
             "sandbox-kernel %s: started %s%s (runtime %s, image %s) on ports %s",
             self.kernel_id,
@@ -325,34 +324,25 @@ class SandboxProvisioner(KernelProvisionerBase):
         )
         return self.connection_info
 
-    def _pool(self, env: dict[str, str]) -> tuple[WarmPool, list[str]] | None:
-        """The warm pool for this kernel, and the kernel's argv there; None when disabled
-        or when the kernel command is not ipykernel_launcher."""
-        split = split_for_prewarm(list(self.kernel_spec.argv))
-        if self.pool_size <= 0 or split is None:
+    def _pool(self, env: dict[str, str], cmd: list[str]) -> WarmPool | None:
+        """The warm pool for this kernel; None when disabled or when the kernel command is
+        not ipykernel_launcher (the pool pre-initialises exactly that command)."""
+        prewarm_cmd = prewarm_command(cmd)
+        if self.pool_size <= 0 or prewarm_cmd is None:
             return None
-        prewarm_cmd, _ = split
         assert self.policy is not None and self._preflight is not None
-        pool = WarmPool.get(
+        return WarmPool.get(
             self.backend, self.policy, self._preflight, prewarm_cmd, env, self.pool_size, self.log
         )
-        return pool, split[1]
 
-    async def _start_warm(
-        self, start: dict[str, Any], found: tuple[WarmPool, list[str]] | None
-    ) -> bool:
-        if found is None:
+    async def _start_warm(self, start: dict[str, Any], pool: WarmPool | None) -> bool:
+        if pool is None:
             return False
-        pool, argv = found
         sandbox = await self.relay.run(pool.claim())
         if sandbox is None:
             return False  # the pool is (re)filling: this launch starts cold
         self._container_id, self._session = sandbox.container_id, sandbox.session
-        warm_start = dict(start)
-        warm_start["argv"] = [
-            INSIDE_CONNECTION_FILE if a == "{connection_file}" else a for a in argv
-        ]
-        await self.relay.run(self._start_in(sandbox.session, warm_start))
+        await self.relay.run(self._start_in(sandbox.session, start))
         return True
 
     async def _start_cold(self, start: dict[str, Any]) -> None:

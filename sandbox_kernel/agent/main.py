@@ -37,6 +37,7 @@ from ..relay import mux as m
 from ..relay import protocol as p
 from . import exchange as x
 
+READY_FD_ENV = "SANDBOX_KERNEL_READY_FD"  # see prewarm.py
 CONNECT_RETRY_SECONDS = 30.0
 CONNECT_RETRY_INTERVAL = 0.02
 
@@ -177,7 +178,14 @@ class Agent:
         elif op == "shutdown":
             self.finish(0, "shutdown requested")
 
-    def spawn(self, argv: list[str], env: dict[str, str], cwd: str, stdin: Any) -> None:
+    def spawn(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        stdin: Any,
+        pass_fds: tuple[int, ...] = (),
+    ) -> None:
         """Start the kernel process (or its pre-warmed stand-in) in its own session,
         its stdout and stderr forwarded to the host on stream 0."""
         full_env = dict(os.environ)
@@ -191,6 +199,7 @@ class Agent:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
+            pass_fds=pass_fds,
         )
         self.kernel_pgid = self.kernel.pid
         console = m.Stream(self.mux, p.CONSOLE_STREAM)
@@ -199,27 +208,44 @@ class Agent:
         self.loop.create_task(self.loop.connect_read_pipe(lambda: console, self.kernel.stdout))
 
     def prewarm(self, msg: dict[str, Any]) -> None:
-        """Warm pool: start the interpreter with ipykernel imported, waiting on its stdin
-        for the kernel's arguments (sent by ``start``)."""
+        """Warm pool: start a kernel initialised with a placeholder key, waiting on its
+        stdin for the real one (sent by ``start``; see prewarm.py)."""
         if self.kernel is not None:
             raise RuntimeError("this sandbox already runs a kernel")
         env = {k: str(v) for k, v in dict(msg.get("env") or {}).items()}
         home = env.get("HOME") or os.environ.get("HOME") or "/tmp"
         populate_home(home)
+        write_connection_file(str(msg["connection_file"]), msg["connection"])
         argv = [str(a) for a in msg["argv"]]
-        self.spawn(argv, env, str(msg.get("cwd") or home), subprocess.PIPE)
+        # The kernel reports on this pipe: "i" once initialised, "k" once it holds the key.
+        ready_r, ready_w = os.pipe()
+        env[READY_FD_ENV] = str(ready_w)
+        try:
+            self.spawn(argv, env, str(msg.get("cwd") or home), subprocess.PIPE, (ready_w,))
+        finally:
+            os.close(ready_w)
         self.prewarmed = True
+        self.loop.add_reader(ready_r, self._prewarm_progress, ready_r)
+
+    def _prewarm_progress(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 16)
+        except OSError:
+            data = b""
+        if not data:  # the kernel exited (reaped separately) or closed the pipe
+            self.loop.remove_reader(fd)
+            os.close(fd)
+            return
         assert self.kernel is not None
-        self.mux.send_control({"op": "prewarmed", "pid": self.kernel.pid})
+        if b"i" in data:
+            self.mux.send_control({"op": "prewarmed", "pid": self.kernel.pid})
+        if b"k" in data and self.status is None:
+            self.mux.send_control({"op": "started", "pid": self.kernel.pid})
 
     def start_kernel(self, msg: dict[str, Any]) -> None:
         env: dict[str, str] = {k: str(v) for k, v in dict(msg.get("env") or {}).items()}
         home = env.get("HOME") or os.environ.get("HOME") or "/tmp"
-        conn_path = str(msg["connection_file"])
-        os.makedirs(os.path.dirname(conn_path), mode=0o700, exist_ok=True)
-        fd = os.open(conn_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(msg["connection"], f)
+        write_connection_file(str(msg["connection_file"]), msg["connection"])
         argv: list[str] = [str(a) for a in msg["argv"]]
         cwd = str(msg.get("cwd") or home)
         connection = msg["connection"]
@@ -235,10 +261,20 @@ class Agent:
                 raise RuntimeError("the pre-warmed interpreter has exited")
             full_env = dict(os.environ)
             full_env.update(x.with_helper_path(env))
-            line = json.dumps({"argv": argv, "env": full_env, "cwd": cwd}) + "\n"
+            spec = {
+                "env": full_env,
+                "cwd": cwd,
+                "key": connection["key"],
+                "signature_scheme": connection.get("signature_scheme", "hmac-sha256"),
+            }
+            line = json.dumps(spec) + "\n"
             kernel.stdin.write(line.encode())
             kernel.stdin.close()
             self.prewarmed = False
+            # "started" comes from _prewarm_progress once the kernel holds the real key:
+            # a client subscribing earlier would get ipykernel's iopub welcome signed
+            # with the placeholder.
+            return
         else:
             if self.kernel is not None:
                 raise RuntimeError("a kernel is already running in this sandbox")
@@ -337,6 +373,14 @@ class Agent:
     def fatal(self, message: str) -> None:
         self.mux.send_control({"op": "error", "message": message})
         self.finish(125, message)
+
+
+def write_connection_file(path: str, connection: dict[str, Any]) -> None:
+    """The kernel's connection file (it holds the HMAC key): mode 0600 in a 0700 folder."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(connection, f)
 
 
 def populate_home(home: str, skel: str = "/etc/skel") -> None:

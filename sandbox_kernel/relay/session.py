@@ -84,10 +84,11 @@ class AgentSession(asyncio.Protocol):
     def send_control(self, message: dict[str, Any]) -> None:
         self.mux.send_control(message)
 
-    async def prewarm(self, argv: list[str], env: dict[str, str], cwd: str) -> None:
-        """Warm pool: start the kernel's interpreter with ipykernel imported (agent side)."""
+    async def prewarm(self, spec: dict[str, Any]) -> None:
+        """Warm pool: start a kernel initialised up to its key (``argv``, ``env``, ``cwd``,
+        ``connection_file``, placeholder ``connection``; see agent/prewarm.py)."""
         self.prewarmed = asyncio.get_running_loop().create_future()
-        self.send_control({"op": "prewarm", "argv": argv, "env": env, "cwd": cwd})
+        self.send_control({**spec, "op": "prewarm"})
         await self.prewarmed
 
     async def pipe_writable(self) -> None:
