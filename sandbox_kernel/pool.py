@@ -1,5 +1,5 @@
-"""Warm pool: sandboxes started ahead of time, each already running its agent and an
-interpreter with ipykernel imported, waiting for a kernel's connection info.
+"""Warm pool: sandboxes started ahead of time, each already running its agent and a
+kernel initialised up to its key (see agent/prewarm.py), waiting to be claimed.
 
 The provisioner's ``launch_kernel`` claims one (``claim``); the pool then refills
 in the background. A sandbox is handed out once and never reused: restarts and

@@ -103,7 +103,8 @@ class SandboxProvisioner(KernelProvisionerBase):
     )
     pool_size = Int(
         1,
-        help="Sandboxes kept started ahead (ipykernel imported) for this kernelspec's policy; "
+        help="Sandboxes kept started ahead (kernel initialised, waiting for its key) for this "
+        "kernelspec's policy; "
         "a launch or restart claims one and never reuses it. 0 disables the pool.",
     ).tag(config=True)
     expose_ports = List(
