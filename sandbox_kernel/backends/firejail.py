@@ -5,8 +5,8 @@
 /etc/firejail/firejail.config), ``--net=none`` (loopback only), ``--private``
 (tmpfs home), ``--private-tmp``, ``--private-dev``, ``--caps.drop=all``,
 ``--nonewprivs``, ``--seccomp`` with our deny list added to firejail's, no
-further namespaces (``--restrict-namespaces``), only unix/inet sockets
-(``--protocol``), 32-bit syscalls blocked, and the open-files rlimit.
+further namespaces (``--restrict-namespaces``), only unix, inet and netlink
+sockets (``--protocol``), 32-bit syscalls blocked, and the open-files rlimit.
 
 What firejail cannot do here, so the preflight reports it (refusing unless
 accepted): size caps on its tmpfs mounts (``tmp_size``; tmpfs pages are still
@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 
 from ..policy import SandboxPolicy
+from .bpf import HOST_KERNEL_DENIED
 from .pipe import PipeBackend
 from .seccomp import DENIED
 
@@ -50,10 +51,10 @@ def firejail_argv(
         "--no3d",
         "--caps.drop=all",
         "--nonewprivs",
-        f"--seccomp={','.join(DENIED)}",
+        f"--seccomp={','.join((*DENIED, *HOST_KERNEL_DENIED))}",
         "--seccomp.block-secondary",
         "--restrict-namespaces",
-        "--protocol=unix,inet,inet6",
+        "--protocol=unix,inet,inet6,netlink",
         "--hostname=sandbox",
         f"--rlimit-nofile={policy.nofile}",
         "--",

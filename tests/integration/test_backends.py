@@ -1,0 +1,160 @@
+"""The daemon-less backends (bwrap, firejail) end to end with real tools and ipykernel:
+a kernel runs code, is interrupted, restarted and shut down, its limits hold, and
+nothing is left behind (processes, cgroups, temporary folders, ports). Refusals fail
+closed and name what is missing. docker-runc shares the Docker code path (the attack
+suite covers it in tests/security/test_backend_attacks.py).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+
+from sandbox_kernel.backends.pipe import PipeBackend
+from sandbox_kernel.kernelspec import build_kernelspec
+from tests.helpers import BACKEND_CONFIGS, Kernel, listening_ports
+
+PIPE_BACKENDS = ["bwrap", "firejail"]
+
+
+def sandbox_state(kernel: Kernel) -> tuple[int, list[Path]]:
+    """(pid of the sandbox tool, its cgroup folders) of a running kernel."""
+    name = kernel.container_id
+    assert name is not None
+    spawned = PipeBackend._sandboxes[name]
+    assert spawned.cgroup is not None, "running as root: cgroups must be in use"
+    return spawned.proc.pid, list(spawned.cgroup.dirs.values())
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def workdirs(backend: str) -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), f"sandbox-kernel-{backend}-*")))
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("backend", PIPE_BACKENDS)
+def test_kernel_lifecycle_and_cleanup(backend: str, start_kernel: Callable[..., Kernel]) -> None:
+    before_dirs = workdirs(backend)
+    before_ports = listening_ports(own_only=True)
+    kernel = start_kernel(f"sandbox-{backend}")
+    pid, cgroups = sandbox_state(kernel)
+    who = kernel.value(
+        "import os, socket, json, numpy\n"
+        "print(json.dumps([os.getuid(), socket.gethostname(), os.path.realpath(os.getcwd()), "
+        "float(numpy.arange(4).sum())]))"
+    )
+    assert who[0] != 0 and who[1] == "sandbox" and who[2] == "/home/sandbox" and who[3] == 6.0
+    for d in cgroups:
+        assert d.is_dir(), f"cgroup {d} is missing while the kernel runs"
+    assert str(pid) in (cgroups[0] / "cgroup.procs").read_text().split()
+
+    # Interrupt a busy cell: the kernel survives with a KeyboardInterrupt.
+    msg_id = kernel.kc.execute("import time; time.sleep(60)")
+    time.sleep(1.0)
+    kernel.km.interrupt_kernel()
+    reply = kernel.kc.get_shell_msg(timeout=20)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert (
+        reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+    )
+
+    # Restart: a new sandbox replaces the old one, which is gone with its cgroups.
+    kernel.km.restart_kernel(now=False)
+    kernel.kc.wait_for_ready(timeout=60)
+    wait_until(lambda: gone(pid), 10, "the old sandbox to end after restart")
+    assert not any(d.exists() for d in cgroups), "the old sandbox's cgroups were not removed"
+    new_pid, new_cgroups = sandbox_state(kernel)
+    assert new_pid != pid
+    assert kernel.value("print(6 * 7)") == 42
+
+    # Shutdown: nothing left.
+    kernel.stop()
+    wait_until(lambda: gone(new_pid), 10, "the sandbox to end at shutdown")
+    assert not any(d.exists() for d in new_cgroups), "cgroups left behind"
+    assert workdirs(backend) <= before_dirs, "temporary folders left behind"
+    assert not PipeBackend._sandboxes.get(str(kernel.container_id)), "backend still tracks it"
+    assert set(listening_ports(own_only=True)) <= set(before_ports), "host ports left open"
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("backend", PIPE_BACKENDS)
+def test_limits_hold(backend: str, start_kernel: Callable[..., Kernel]) -> None:
+    """The cgroup caps are the policy's; a fork loop meets EAGAIN at the process limit, and
+    an allocation beyond the memory cap does not succeed."""
+    kernel = start_kernel(f"sandbox-{backend}")
+    _pid, cgroups = sandbox_state(kernel)
+    by_name = {d.parts[-3]: d for d in cgroups}
+    assert int((by_name["memory"] / "memory.limit_in_bytes").read_text()) == 2 * 2**30
+    assert int((by_name["cpu"] / "cpu.cfs_quota_us").read_text()) == 100_000
+    forks = kernel.value(
+        "import os, json, errno, time\n"
+        "kids, err = [], None\n"
+        "for _ in range(500):\n"
+        "    try:\n"
+        "        pid = os.fork()\n"
+        "    except OSError as e:\n"
+        "        err = errno.errorcode[e.errno]; break\n"
+        "    if pid == 0:\n"
+        "        time.sleep(30); os._exit(0)\n"
+        "    kids.append(pid)\n"
+        "for k in kids:\n"
+        "    os.kill(k, 9); os.waitpid(k, 0)\n"
+        "print(json.dumps([len(kids), err]))",
+        timeout=120,
+    )
+    assert forks[1] == "EAGAIN" and forks[0] < 64, forks
+    content, _text = kernel.run("b = bytearray(3 * 2**30); b[::4096] = b'x' * len(b[::4096])")
+    assert content["status"] != "ok" or not kernel.km.is_alive(), "3 GiB fit in a 2 GiB sandbox"
+
+
+@pytest.mark.docker
+def test_unaccepted_gap_refuses_and_leaves_nothing(tmp_path: Path) -> None:
+    """firejail cannot cap tmpfs sizes: without accept_unenforced=['tmp_size'] it refuses,
+    naming the property, and leaves no port, process or folder behind."""
+    config = {k: v for k, v in BACKEND_CONFIGS["firejail"].items() if k != "accept_unenforced"}
+    (tmp_path / "fj-strict").mkdir()
+    (tmp_path / "fj-strict" / "kernel.json").write_text(json.dumps(build_kernelspec(config)))
+    ksm = KernelSpecManager(kernel_dirs=[str(tmp_path)])
+    before_ports, before_dirs = listening_ports(own_only=True), workdirs("firejail")
+    running = set(PipeBackend._sandboxes)
+    km = KernelManager(kernel_name="fj-strict", kernel_spec_manager=ksm)
+    with pytest.raises(Exception, match=r"tmp_size \(firejail cannot cap") as err:
+        km.start_kernel()
+    assert "fail closed" in str(err.value) and "accept_unenforced=['tmp_size']" in str(err.value)
+    assert set(listening_ports(own_only=True)) <= set(before_ports)
+    assert workdirs("firejail") <= before_dirs and set(PipeBackend._sandboxes) <= running
+
+
+@pytest.mark.docker
+def test_missing_rootfs_names_the_fix(tmp_path: Path) -> None:
+    config = {**BACKEND_CONFIGS["bwrap"], "rootfs": str(tmp_path / "absent")}
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / "kernel.json").write_text(json.dumps(build_kernelspec(config)))
+    km = KernelManager(
+        kernel_name="k", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(tmp_path)])
+    )
+    with pytest.raises(Exception, match="export-rootfs"):
+        km.start_kernel()
