@@ -113,6 +113,7 @@ def cmd_image_build(args: argparse.Namespace) -> int:
         mirror=args.mirror,
         force=args.force,
         keep_rootfs=args.keep_rootfs,
+        rootfs_only=args.rootfs_only,
     )
     if not built:
         print(f"{args.image} is up to date (recipe {recipe.digest()}); --force rebuilds it")
@@ -215,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="another Python package (wheel) for the image (repeatable)",
     )
     b.add_argument("--keep-rootfs", action="store_true", help=argparse.SUPPRESS)
+    b.add_argument(
+        "--rootfs-only",
+        action="store_true",
+        help="no Docker: build only the root filesystem directory for the bwrap/firejail "
+        "backends (what `image export-rootfs` makes from the image)",
+    )
     b.set_defaults(func=cmd_image_build)
     e = isub.add_parser(
         "export-rootfs",
