@@ -134,3 +134,22 @@ def join_in_child(paths: list[bytes]) -> None:
 
 def _write(path: Path, value: int) -> None:
     path.write_text(f"{value}\n")
+
+
+def remove_empty(mounts: dict[str, Path] | None = None) -> list[str]:
+    """Remove the empty per-sandbox cgroups left when a Jupyter process died (its sandboxes
+    end with it, their folders stay). A cgroup with processes cannot be removed (EBUSY), so
+    running sandboxes are safe. For ``sandbox-kernel gc``."""
+    removed: set[str] = set()
+    for mount in (v1_mounts() if mounts is None else mounts).values():
+        parent = mount / PARENT
+        if not parent.is_dir():
+            continue
+        for d in parent.iterdir():
+            if d.is_dir():
+                try:
+                    d.rmdir()
+                    removed.add(d.name)
+                except OSError:
+                    pass
+    return sorted(removed)

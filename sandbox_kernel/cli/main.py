@@ -163,9 +163,13 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
+    from ..backends.cgroups import remove_empty
     from ..backends.docker import DockerBackend
 
     removed = DockerBackend().remove_orphans()
+    stale = remove_empty()
+    if stale:
+        print(f"removed the cgroups of {len(stale)} ended bwrap/firejail sandbox(es)")
     print(f"removed {len(removed)} sandbox(es) left by dead Jupyter processes" +
           (": " + ", ".join(removed) if removed else ""))  # fmt: skip
     return 0

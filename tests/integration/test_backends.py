@@ -168,3 +168,75 @@ def test_missing_rootfs_names_the_fix(tmp_path: Path) -> None:
     )
     with pytest.raises(Exception, match="export-rootfs"):
         km.start_kernel()
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("backend", ["bwrap", "firejail", "docker-runc"])
+def test_install_backend_runs_the_demo_notebook(backend: str, tmp_path: Path) -> None:
+    """`sandbox-kernel install --backend X` writes a kernelspec named for the backend, whose
+    display name states the tier, and `sandbox-kernel run` executes notebooks/demo.ipynb in it
+    (numpy, a figure, and the sandbox refusing network, Docker socket, rootfs write, raw
+    socket)."""
+    import nbformat
+
+    from tests.helpers import REPO
+    from tests.integration.test_cli import cli, kernelspecs
+
+    extra = ["--accept-unenforced", "tmp_size"] if backend == "firejail" else []
+    r = cli("install", "--prefix", str(tmp_path), "--backend", backend, *extra)
+    assert r.returncode == 0, r.stderr
+    name = f"sandbox-python-{backend}"
+    spec = kernelspecs(tmp_path)[name]["spec"]
+    assert (
+        spec["display_name"].startswith("Python 3 (sandboxed, ")
+        and "host kernel" in (spec["display_name"])
+    )
+    out = tmp_path / "demo.out.ipynb"
+    env = {"JUPYTER_PATH": str(tmp_path / "share" / "jupyter")}
+    nb_in = REPO / "notebooks" / "demo.ipynb"
+    r = cli("run", str(nb_in), "--kernel", name, "--output", str(out), env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    executed = nbformat.read(out, as_version=4)
+    errors = [
+        o for c in executed.cells for o in c.get("outputs", []) if o["output_type"] == "error"
+    ]
+    assert not errors, errors
+
+
+@pytest.mark.docker
+def test_bwrap_warm_pool(tmp_path: Path) -> None:
+    """The warm pool works for a pipe backend: a launch claims a pre-started bwrap sandbox,
+    and draining the pool leaves no sandbox, process or cgroup behind."""
+    from sandbox_kernel.pool import WarmPool
+    from sandbox_kernel.relay.thread import RelayThread
+
+    config = {**BACKEND_CONFIGS["bwrap"], "pool_size": 1, "memory_limit": "1536m"}
+    (tmp_path / "bw-pool").mkdir()
+    (tmp_path / "bw-pool" / "kernel.json").write_text(json.dumps(build_kernelspec(config)))
+    ksm = KernelSpecManager(kernel_dirs=[str(tmp_path)])
+    kernels: list[Kernel] = []
+    try:
+        for _ in range(2):
+            km = KernelManager(kernel_name="bw-pool", kernel_spec_manager=ksm)
+            km.start_kernel()
+            kc = km.client()
+            kc.start_channels()
+            kernels.append(Kernel(km, kc))
+            kc.wait_for_ready(timeout=60)
+            policy = km.provisioner.policy  # type: ignore[union-attr]
+            pool = next(p for p in WarmPool._pools.values() if p.policy == policy)
+            wait_until(lambda p=pool: bool(p.ready), 60, "the bwrap warm pool to fill")  # type: ignore[misc]
+        assert not kernels[0].km.provisioner.last_start_warm  # type: ignore[union-attr]
+        assert kernels[1].km.provisioner.last_start_warm  # type: ignore[union-attr]
+        assert kernels[1].value("import os; print(os.getuid())") == 1000
+        pooled = [s.container_id for s in pool.ready]
+        assert pooled and all(name in PipeBackend._sandboxes for name in pooled)
+        states = [PipeBackend._sandboxes[name] for name in pooled]
+    finally:
+        for kernel in kernels:
+            kernel.stop()
+    RelayThread.get().submit(pool.drain()).result(timeout=60)
+    for name, state in zip(pooled, states, strict=True):
+        assert name not in PipeBackend._sandboxes
+        wait_until(lambda s=state: gone(s.proc.pid), 10, "the pooled sandbox to end")  # type: ignore[misc]
+        assert state.cgroup is not None and not any(d.exists() for d in state.cgroup.dirs.values())

@@ -167,3 +167,14 @@ def test_seccomp_filter_compiles_with_libseccomp() -> None:
     """The real libseccomp builds the filter: a whole number of 8-byte BPF instructions."""
     bpf = seccomp_bpf()
     assert len(bpf) % 8 == 0 and 40 < len(bpf) // 8 < 4096
+
+
+def test_remove_empty_cgroups_keeps_busy_ones(tmp_path: Path) -> None:
+    from sandbox_kernel.backends.cgroups import PARENT, remove_empty
+
+    mem = tmp_path / "memory"
+    (mem / PARENT / "ended").mkdir(parents=True)
+    (mem / PARENT / "running").mkdir()
+    (mem / PARENT / "running" / "cgroup.procs").write_text("42\n")  # stands for EBUSY
+    assert remove_empty({"memory": mem, "pids": tmp_path / "absent"}) == ["ended"]
+    assert (mem / PARENT / "running").is_dir()
