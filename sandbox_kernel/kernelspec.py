@@ -18,6 +18,7 @@ from .backends.capabilities import check_accepted
 from .backends.registry import DEFAULT_BACKEND, check_backend, docker_runtime
 from .backends.registry import display_name as tier_display_name
 from .errors import PolicyError, SandboxError
+from .exchange.policy import build_exchange_policy
 from .policy import build_policy
 
 PROVISIONER_NAME = "sandbox-provisioner"
@@ -53,6 +54,8 @@ def build_kernelspec(config: Mapping[str, Any], display_name: str | None = None)
         bool(policy_args.get("allow_weaker_runtime", False)),
     )
     build_policy(**policy_args)
+    exchange_params = inspect.signature(build_exchange_policy).parameters
+    build_exchange_policy(**{k: v for k, v in config.items() if k in exchange_params})
     check_pool_size(config.get("pool_size", 1))
     return {
         "argv": list(KERNEL_ARGV),

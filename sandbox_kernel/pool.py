@@ -1,5 +1,5 @@
-"""Warm pool: sandboxes started ahead of time, each already running its agent and an
-interpreter with ipykernel imported, waiting for a kernel's connection info.
+"""Warm pool: sandboxes started ahead of time, each already running its agent and a
+kernel initialised up to its key (see agent/prewarm.py), waiting to be claimed.
 
 The provisioner's ``launch_kernel`` claims one (``claim``); the pool then refills
 in the background. A sandbox is handed out once and never reused: restarts and
@@ -26,10 +26,11 @@ from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
+from .agent.prewarm import placeholder_connection
 from .backends.base import Preflight, SandboxBackend
 from .backends.docker import LABEL_POOL, server_labels
 from .boot import boot
-from .policy import SandboxPolicy
+from .policy import INSIDE_CONNECTION_FILE, SandboxPolicy
 from .relay.session import AgentSession
 from .relay.thread import RelayThread
 
@@ -128,7 +129,15 @@ class WarmPool:
             )
             try:
                 await asyncio.wait_for(
-                    session.prewarm(self.prewarm_cmd, self.env, self.policy.home),
+                    session.prewarm(
+                        {
+                            "argv": self.prewarm_cmd,
+                            "env": self.env,
+                            "cwd": self.policy.home,
+                            "connection_file": INSIDE_CONNECTION_FILE,
+                            "connection": placeholder_connection(),
+                        }
+                    ),
                     timeout=self.policy.launch_timeout,
                 )
             except BaseException:

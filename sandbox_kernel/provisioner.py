@@ -38,32 +38,22 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, Union
 
-from .agent.prewarm import split_for_prewarm
+from .agent.prewarm import prewarm_command
 from .backends.base import Preflight, SandboxBackend
 from .backends.docker import LABEL_KERNEL_ID, LABEL_OWNER, server_labels
 from .backends.registry import BACKENDS, DEFAULT_BACKEND, docker_runtime, make_backend
 from .boot import boot, start_kernel
 from .errors import PolicyError, SandboxError
+from .exchange.files_in import CopyItem, plan_copy_in, send_copy_in
+from .exchange.host import HostExchange
+from .exchange.policy import DEFAULT_EXPORT_DIR, ExchangePolicy, build_exchange_policy
 from .image.recipe import DEFAULT_IMAGE
-from .policy import SandboxPolicy, build_policy
+from .policy import INSIDE_CONNECTION_FILE, INSIDE_PORTS, SandboxPolicy, build_policy
 from .pool import WarmPool
 from .relay.listeners import HOST, HostListeners
 from .relay.session import AgentSession, SessionError
 from .relay.thread import RelayThread
 
-# Ports the kernel binds on the sandbox's own loopback; each sandbox has its own
-# network namespace, so fixed numbers never collide. They lie below every ephemeral
-# port range (Linux 32768+, gVisor 16000+): the agent's connect retries while the kernel
-# starts could otherwise pick the port itself as source and self-connect, taking the
-# port from the kernel (seen under runc as EADDRINUSE).
-INSIDE_PORTS = {
-    "shell_port": 15001,
-    "iopub_port": 15002,
-    "stdin_port": 15003,
-    "control_port": 15004,
-    "hb_port": 15005,
-}
-INSIDE_CONNECTION_FILE = "/tmp/.sandbox-kernel/kernel.json"
 CONSOLE_TAIL_BYTES = 8192
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
 
@@ -131,8 +121,36 @@ class SandboxProvisioner(KernelProvisionerBase):
     )
     pool_size = Int(
         1,
-        help="Sandboxes kept started ahead (ipykernel imported) for this kernelspec's policy; "
+        help="Sandboxes kept started ahead (kernel initialised, waiting for its key) for this "
+        "kernelspec's policy; "
         "a launch or restart claims one and never reuses it. 0 disables the pool.",
+    ).tag(config=True)
+    expose_ports = List(
+        Union([Int(), Unicode()]),
+        help="Sandbox ports reachable from the host's 127.0.0.1 (only) through the relay: "
+        "INSIDE (any free host port) or 'HOST:INSIDE'. Connections go host -> sandbox only.",
+    ).tag(config=True)
+    max_runtime_ports = Int(
+        4,
+        help="Ports the kernel may expose itself at run time (sandboxed.expose); 0 disables.",
+    ).tag(config=True)
+    copy_in = List(
+        Unicode(),
+        help="Host files or folders copied into the sandbox's home at each start (never "
+        "mounted); absolute or relative to the notebook's folder. Symbolic links are skipped.",
+    ).tag(config=True)
+    copy_in_limit = Union(
+        [Unicode(), Int()], default_value="64m", help="Most bytes copy_in may copy."
+    ).tag(config=True)
+    export_limit = Union(
+        [Unicode(), Int()],
+        default_value="64m",
+        help="Most bytes the kernel may export to the host (sandboxed.export) per kernel; "
+        "0 disables exports.",
+    ).tag(config=True)
+    export_dir = Unicode(
+        DEFAULT_EXPORT_DIR,
+        help="Folder, inside the notebook's folder, that receives exported files.",
     ).tag(config=True)
     console_output = Enum(
         ["stderr", "discard"],
@@ -156,6 +174,8 @@ class SandboxProvisioner(KernelProvisionerBase):
         self.policy: SandboxPolicy | None = None
         self._preflight: Preflight | None = None
         self._listeners: HostListeners | None = None
+        self._exchange: HostExchange | None = None
+        self._copy_items: list[CopyItem] = []
         self._session: AgentSession | None = None
         self._container_id: str | None = None
         self._key: bytes | None = None
@@ -183,6 +203,16 @@ class SandboxProvisioner(KernelProvisionerBase):
             launch_timeout=self.launch_timeout,
         )
 
+    def build_exchange_policy(self) -> ExchangePolicy:
+        return build_exchange_policy(
+            expose_ports=self.expose_ports,
+            max_runtime_ports=self.max_runtime_ports,
+            copy_in=self.copy_in,
+            copy_in_limit=self.copy_in_limit,
+            export_limit=self.export_limit,
+            export_dir=self.export_dir,
+        )
+
     # -- KernelProvisionerBase: launch --------------------------------------------------
     @property
     def has_process(self) -> bool:
@@ -190,15 +220,33 @@ class SandboxProvisioner(KernelProvisionerBase):
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         policy = self.policy = self.build_policy()
+        exchange_policy = self.build_exchange_policy()
         check_pool_size(self.pool_size)
         self._preflight = await self.sandboxes.preflight(policy)
         argv = self._inside_argv(kwargs.pop("extra_arguments", []))
         spec_env = dict(getattr(self.kernel_spec, "env", None) or {})
         kernel_env = policy.kernel_env(os.environ, spec_env)
+        notebook_dir = str(kwargs.get("cwd") or os.getcwd())
+        # Fresh copies at every start: read the host files now, before any sandbox exists.
+        self._copy_items = await asyncio.to_thread(
+            plan_copy_in,
+            exchange_policy.copy_in,
+            notebook_dir,
+            exchange_policy.copy_in_bytes,
+            self.log,
+        )
         if self._listeners is None:
             listeners = HostListeners(INSIDE_PORTS)
             await self.relay.run(listeners.open())
             self._listeners = listeners
+            self._exchange = HostExchange(
+                exchange_policy, listeners, notebook_dir, self.log, str(self.kernel_id or "")
+            )
+            try:
+                await self.relay.run(self._exchange.open_configured())
+            except BaseException:
+                await self._close_listeners()
+                raise
         try:
             self._write_connection_info(kwargs.get("env") or {})
         except BaseException:
@@ -232,14 +280,15 @@ class SandboxProvisioner(KernelProvisionerBase):
         km.transport = "tcp"
         km.ip = HOST
         km.session.key = self._key
-        for name, port in self._listeners.ports.items():
-            setattr(km, name, port)
+        for name in INSIDE_PORTS:
+            setattr(km, name, self._listeners.ports[name])
         km.write_connection_file(jupyter_session=env.get("JPY_SESSION_NAME", ""))
         self.connection_info = km.get_connection_info()
 
     def _host_connection_info(self) -> KernelConnectionInfo:
         assert self._listeners is not None and self._key is not None
-        info = {**self._listeners.ports, "ip": HOST, "transport": "tcp", "key": self._key}
+        ports = {name: self._listeners.ports[name] for name in INSIDE_PORTS}
+        info = {**ports, "ip": HOST, "transport": "tcp", "key": self._key}
         info["signature_scheme"] = "hmac-sha256"
         return cast(KernelConnectionInfo, info)
 
@@ -269,7 +318,7 @@ class SandboxProvisioner(KernelProvisionerBase):
             "connection_file": INSIDE_CONNECTION_FILE,
             "connection": self._inside_connection_info(),
         }
-        pool = self._pool(env)
+        pool = self._pool(env, cmd)
         try:
             warm = await asyncio.wait_for(self._start_warm(start, pool), policy.launch_timeout)
             if not warm:
@@ -285,7 +334,7 @@ class SandboxProvisioner(KernelProvisionerBase):
         self._listeners.session = self._session
         self.last_start_warm = warm
         if pool is not None:  # this policy starts kernels: keep its pool full
-            self.relay.loop.call_soon_threadsafe(pool[0].refill)
+            self.relay.loop.call_soon_threadsafe(pool.refill)
         self.log.info(
             "sandbox-kernel %s: started %s%s (runtime %s, image %s) on ports %s",
             self.kernel_id,
@@ -297,34 +346,25 @@ class SandboxProvisioner(KernelProvisionerBase):
         )
         return self.connection_info
 
-    def _pool(self, env: dict[str, str]) -> tuple[WarmPool, list[str]] | None:
-        """The warm pool for this kernel, and the kernel's argv there; None when disabled
-        or when the kernel command is not ipykernel_launcher."""
-        split = split_for_prewarm(list(self.kernel_spec.argv))
-        if self.pool_size <= 0 or split is None:
+    def _pool(self, env: dict[str, str], cmd: list[str]) -> WarmPool | None:
+        """The warm pool for this kernel; None when disabled or when the kernel command is
+        not ipykernel_launcher (the pool pre-initialises exactly that command)."""
+        prewarm_cmd = prewarm_command(cmd)
+        if self.pool_size <= 0 or prewarm_cmd is None:
             return None
-        prewarm_cmd, _ = split
         assert self.policy is not None and self._preflight is not None
-        pool = WarmPool.get(
+        return WarmPool.get(
             self.sandboxes, self.policy, self._preflight, prewarm_cmd, env, self.pool_size, self.log
         )
-        return pool, split[1]
 
-    async def _start_warm(
-        self, start: dict[str, Any], found: tuple[WarmPool, list[str]] | None
-    ) -> bool:
-        if found is None:
+    async def _start_warm(self, start: dict[str, Any], pool: WarmPool | None) -> bool:
+        if pool is None:
             return False
-        pool, argv = found
         sandbox = await self.relay.run(pool.claim())
         if sandbox is None:
             return False  # the pool is (re)filling: this launch starts cold
         self._container_id, self._session = sandbox.container_id, sandbox.session
-        warm_start = dict(start)
-        warm_start["argv"] = [
-            INSIDE_CONNECTION_FILE if a == "{connection_file}" else a for a in argv
-        ]
-        await self.relay.run(start_kernel(sandbox.session, warm_start))
+        await self.relay.run(self._start_in(sandbox.session, start))
         return True
 
     async def _start_cold(self, start: dict[str, Any]) -> None:
@@ -342,7 +382,24 @@ class SandboxProvisioner(KernelProvisionerBase):
         self._container_id = await boot(
             self.sandboxes, self.policy, self._preflight, session, name=name, labels=labels
         )
-        await self.relay.run(start_kernel(session, start))
+        await self.relay.run(self._start_in(session, start))
+
+    async def _start_in(self, session: AgentSession, start: dict[str, Any]) -> None:
+        """On the relay loop: connect the sandbox to this kernel's exchange (exposed ports,
+        exports), copy the configured files in, then start the kernel."""
+        exchange = self._exchange
+        assert exchange is not None and self.policy is not None
+        exchange.attach(session)
+        if self._copy_items:
+            sent = await send_copy_in(session, self._copy_items, self.policy.home)
+            self.log.info(
+                "sandbox-kernel %s: copied %d item(s), %d bytes, into the sandbox",
+                self.kernel_id,
+                len(self._copy_items),
+                sent,
+            )
+        exposed = {str(inside): host for inside, host in exchange.exposed().items()}
+        await start_kernel(session, {**start, "exposed": exposed})
 
     def _launch_error(self, exc: BaseException, policy: SandboxPolicy) -> SandboxError:
         tail = b"".join(self._console_tail).decode("utf-8", "replace").strip()[-2000:]
@@ -416,6 +473,9 @@ class SandboxProvisioner(KernelProvisionerBase):
         session, self._session = self._session, None
         if self._listeners is not None:
             self._listeners.session = None
+        exchange = self._exchange
+        if exchange is not None:
+            self.relay.loop.call_soon_threadsafe(exchange.detach)
         try:
             if cid is not None:
                 await self.sandboxes.remove(cid)
@@ -427,8 +487,13 @@ class SandboxProvisioner(KernelProvisionerBase):
 
     async def _close_listeners(self) -> None:
         listeners, self._listeners = self._listeners, None
+        self._exchange = None
         if listeners is not None:
             await self.relay.run(listeners.close())
+
+    def exposed_ports(self) -> dict[int, int]:
+        """Sandbox port -> host 127.0.0.1 port, for every port exposed so far."""
+        return self._exchange.exposed() if self._exchange is not None else {}
 
     # -- KernelProvisionerBase: state ---------------------------------------------------------
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
@@ -439,6 +504,7 @@ class SandboxProvisioner(KernelProvisionerBase):
         info.update(
             container_id=self._container_id,
             host_ports=dict(self._listeners.ports) if self._listeners else {},
+            exposed_ports=self.exposed_ports(),
             runtime=self._preflight.runtime if self._preflight else None,
             backend=self.backend,
             image=self.image,

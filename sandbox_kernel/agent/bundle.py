@@ -16,8 +16,11 @@ from importlib import resources
 AGENT_MODULES = (
     "sandbox_kernel.relay.protocol",
     "sandbox_kernel.relay.mux",
+    "sandbox_kernel.agent.exchange",
     "sandbox_kernel.agent.main",
 )
+# Written by the agent onto the kernel's PYTHONPATH (see agent/exchange.py).
+KERNEL_HELPERS = ("sandbox_kernel.agent.sandboxed",)
 
 _STAGE1 = """import os
 def r(n):
@@ -73,7 +76,8 @@ def agent_payload(escaped_stdin: bool = True) -> bytes:
     byte, since ``repr`` escapes control characters.
     """
     modules = [(name, _module_source(name)) for name in AGENT_MODULES]
-    main_kwargs = {"escaped_stdin": escaped_stdin}
+    helpers = {name.rpartition(".")[2] + ".py": _module_source(name) for name in KERNEL_HELPERS}
+    main_kwargs = {"escaped_stdin": escaped_stdin, "helpers": helpers}
     code = ("MODULES = %r\nMAIN_KWARGS = %r\n" % (modules, main_kwargs) + _STAGE2).encode()
     assert b"\x10" not in code
     return b"%010d" % len(code) + code

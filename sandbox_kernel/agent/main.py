@@ -10,9 +10,11 @@ stdin/stdout:
    connection file, launches the kernel in its own session, forwards the
    kernel's console output on stream 0, answers ``started``;
 3. on ``OPEN``: connects to ``127.0.0.1:<port>`` inside the sandbox (retrying
-   while the kernel is still binding) and relays the stream;
+   while the kernel is still binding its own ports) and relays the stream;
 4. on ``signal``: signals the kernel's process group (interrupt, terminate);
-5. when the kernel exits: reports ``exited`` and ends the sandbox; when its
+5. on ``put_*``: writes files the host copies in; for the kernel's ``sandboxed``
+   module it asks the host to expose a port or take a file (``exchange.py``);
+6. when the kernel exits: reports ``exited`` and ends the sandbox; when its
    stdin closes (the host side is gone): kills the kernel and ends.
 
 Runs on the image's Python (>= 3.8), under an unprivileged uid.
@@ -33,7 +35,9 @@ from typing import Any
 
 from ..relay import mux as m
 from ..relay import protocol as p
+from . import exchange as x
 
+READY_FD_ENV = "SANDBOX_KERNEL_READY_FD"  # see prewarm.py
 CONNECT_RETRY_SECONDS = 30.0
 CONNECT_RETRY_INTERVAL = 0.02
 
@@ -87,6 +91,7 @@ class Agent:
         pipe_in: int,
         pipe_out: int,
         escaped_stdin: bool = False,
+        helpers: dict[str, str] | None = None,
     ) -> None:
         self.loop = loop
         self.escaped_stdin = escaped_stdin
@@ -101,6 +106,11 @@ class Agent:
         self.undumpable = False
         self.prewarmed = False
         self.tasks: set[asyncio.Task[None]] = set()  # keep references until done
+        self.helpers = dict(helpers or {})
+        self.requests = m.Requests(loop, self.mux.send_control)
+        self.helper_server = x.HelperServer(self)
+        self.files: x.FileReceiver | None = None
+        self.kernel_ports: set[int] = set()
 
     def _write(self, data: bytes) -> None:
         if self.out is not None and not self.out.is_closing():
@@ -111,6 +121,12 @@ class Agent:
         self.out, _ = await loop.connect_write_pipe(
             lambda: _PipeOut(self), os.fdopen(self.pipe_out, "wb", buffering=0)
         )
+        try:
+            x.install_helpers(self.helpers)
+            await self.helper_server.start()
+            helpers_ok = True
+        except OSError:
+            helpers_ok = False  # a kernel still runs; only the sandboxed module fails
         await loop.connect_read_pipe(
             lambda: _PipeIn(self), os.fdopen(self.pipe_in, "rb", buffering=0)
         )
@@ -126,6 +142,7 @@ class Agent:
                 "uid": os.getuid(),
                 "pid": os.getpid(),
                 "undumpable": self.undumpable,
+                "helpers": helpers_ok,
             }
         )
         code = await self.done
@@ -149,14 +166,30 @@ class Agent:
                 self.finish(127, "kernel failed to start")
         elif op == "signal":
             self.signal_kernel(int(msg["signum"]))
+        elif op == "reply":
+            self.requests.on_reply(msg)
+        elif op == "put_start":
+            self.files = x.FileReceiver(str(msg["home"]))
+        elif op in ("put_dir", "put_begin", "put_data", "put_end") and self.files is not None:
+            self.files.handle(msg)
+        elif op == "put_done" and self.files is not None:
+            result, self.files = self.files.result(), None
+            self.mux.send_control(dict(result, op="reply", req=msg.get("req")))
         elif op == "shutdown":
             self.finish(0, "shutdown requested")
 
-    def spawn(self, argv: list[str], env: dict[str, str], cwd: str, stdin: Any) -> None:
+    def spawn(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        stdin: Any,
+        pass_fds: tuple[int, ...] = (),
+    ) -> None:
         """Start the kernel process (or its pre-warmed stand-in) in its own session,
         its stdout and stderr forwarded to the host on stream 0."""
         full_env = dict(os.environ)
-        full_env.update(env)
+        full_env.update(x.with_helper_path(env))
         self.kernel = subprocess.Popen(
             argv,
             env=full_env,
@@ -166,6 +199,7 @@ class Agent:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
+            pass_fds=pass_fds,
         )
         self.kernel_pgid = self.kernel.pid
         console = m.Stream(self.mux, p.CONSOLE_STREAM)
@@ -174,40 +208,73 @@ class Agent:
         self.loop.create_task(self.loop.connect_read_pipe(lambda: console, self.kernel.stdout))
 
     def prewarm(self, msg: dict[str, Any]) -> None:
-        """Warm pool: start the interpreter with ipykernel imported, waiting on its stdin
-        for the kernel's arguments (sent by ``start``)."""
+        """Warm pool: start a kernel initialised with a placeholder key, waiting on its
+        stdin for the real one (sent by ``start``; see prewarm.py)."""
         if self.kernel is not None:
             raise RuntimeError("this sandbox already runs a kernel")
         env = {k: str(v) for k, v in dict(msg.get("env") or {}).items()}
         home = env.get("HOME") or os.environ.get("HOME") or "/tmp"
         populate_home(home)
+        write_connection_file(str(msg["connection_file"]), msg["connection"])
         argv = [str(a) for a in msg["argv"]]
-        self.spawn(argv, env, str(msg.get("cwd") or home), subprocess.PIPE)
+        # The kernel reports on this pipe: "i" once initialised, "k" once it holds the key.
+        ready_r, ready_w = os.pipe()
+        env[READY_FD_ENV] = str(ready_w)
+        try:
+            self.spawn(argv, env, str(msg.get("cwd") or home), subprocess.PIPE, (ready_w,))
+        finally:
+            os.close(ready_w)
         self.prewarmed = True
+        self.loop.add_reader(ready_r, self._prewarm_progress, ready_r)
+
+    def _prewarm_progress(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 16)
+        except OSError:
+            data = b""
+        if not data:  # the kernel exited (reaped separately) or closed the pipe
+            self.loop.remove_reader(fd)
+            os.close(fd)
+            return
         assert self.kernel is not None
-        self.mux.send_control({"op": "prewarmed", "pid": self.kernel.pid})
+        if b"i" in data:
+            self.mux.send_control({"op": "prewarmed", "pid": self.kernel.pid})
+        if b"k" in data and self.status is None:
+            self.mux.send_control({"op": "started", "pid": self.kernel.pid})
 
     def start_kernel(self, msg: dict[str, Any]) -> None:
         env: dict[str, str] = {k: str(v) for k, v in dict(msg.get("env") or {}).items()}
         home = env.get("HOME") or os.environ.get("HOME") or "/tmp"
-        conn_path = str(msg["connection_file"])
-        os.makedirs(os.path.dirname(conn_path), mode=0o700, exist_ok=True)
-        fd = os.open(conn_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(msg["connection"], f)
+        write_connection_file(str(msg["connection_file"]), msg["connection"])
         argv: list[str] = [str(a) for a in msg["argv"]]
         cwd = str(msg.get("cwd") or home)
+        connection = msg["connection"]
+        self.kernel_ports = {
+            int(v) for k, v in connection.items() if k.endswith("_port") and isinstance(v, int)
+        }
+        for inside, host in dict(msg.get("exposed") or {}).items():
+            self.helper_server.exposed[int(inside)] = int(host)
         if self.prewarmed:
             kernel = self.kernel
             assert kernel is not None and kernel.stdin is not None
             if self.status is not None:
                 raise RuntimeError("the pre-warmed interpreter has exited")
             full_env = dict(os.environ)
-            full_env.update(env)
-            line = json.dumps({"argv": argv, "env": full_env, "cwd": cwd}) + "\n"
+            full_env.update(x.with_helper_path(env))
+            spec = {
+                "env": full_env,
+                "cwd": cwd,
+                "key": connection["key"],
+                "signature_scheme": connection.get("signature_scheme", "hmac-sha256"),
+            }
+            line = json.dumps(spec) + "\n"
             kernel.stdin.write(line.encode())
             kernel.stdin.close()
             self.prewarmed = False
+            # "started" comes from _prewarm_progress once the kernel holds the real key:
+            # a client subscribing earlier would get ipykernel's iopub welcome signed
+            # with the placeholder.
+            return
         else:
             if self.kernel is not None:
                 raise RuntimeError("a kernel is already running in this sandbox")
@@ -258,11 +325,13 @@ class Agent:
                 await self.loop.create_connection(lambda: stream, sock=sock)
                 return
             except OSError as exc:
-                # Refused while the kernel is still binding its ports: retry while it lives.
+                # Refused while the kernel is still binding its ports: retry while it
+                # lives. Any other port (a server the kernel exposed) answers now or never.
                 kernel_alive = self.kernel is not None and self.status is None
                 if (
                     exc.errno != errno.ECONNREFUSED
                     or not kernel_alive
+                    or port not in self.kernel_ports
                     or self.loop.time() > deadline
                 ):
                     stream.abort("connect to port %d failed: %s" % (port, exc))
@@ -306,6 +375,14 @@ class Agent:
         self.finish(125, message)
 
 
+def write_connection_file(path: str, connection: dict[str, Any]) -> None:
+    """The kernel's connection file (it holds the HMAC key): mode 0600 in a 0700 folder."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(connection, f)
+
+
 def populate_home(home: str, skel: str = "/etc/skel") -> None:
     """Copy the image's skeleton (e.g. matplotlib's font cache) into the tmpfs home."""
     if not os.path.isdir(skel) or not os.access(home, os.W_OK):
@@ -332,8 +409,9 @@ def make_undumpable() -> bool:
         return False
 
 
-def main(escaped_stdin: bool = False) -> None:
-    """``escaped_stdin``: the host escapes Docker's detach sequence on stdin (Docker backend)."""
+def main(escaped_stdin: bool = False, helpers: dict[str, str] | None = None) -> None:
+    """``escaped_stdin``: the host escapes Docker's detach sequence on stdin (Docker backend);
+    ``helpers``: module name -> source of the kernel-side helpers (``sandboxed.py``)."""
     undumpable = make_undumpable()
     # Keep the protocol pipe away from fds 0-2 so nothing else (the kernel, a
     # stray print) can write into it; the kernel gets its own pipes.
@@ -345,7 +423,7 @@ def main(escaped_stdin: bool = False) -> None:
     os.close(devnull)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    agent = Agent(loop, pipe_in, pipe_out, escaped_stdin=escaped_stdin)
+    agent = Agent(loop, pipe_in, pipe_out, escaped_stdin=escaped_stdin, helpers=helpers)
     agent.undumpable = undumpable
     code = loop.run_until_complete(agent.run())
     os._exit(code if code >= 0 else 128 - code)

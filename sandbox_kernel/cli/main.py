@@ -56,6 +56,36 @@ def _add_policy_options(p: argparse.ArgumentParser) -> None:
         help="DANGEROUS (bwrap/firejail): let the backend leave PROPERTY unenforced (repeatable)",
     )
     g.add_argument("--rootfs", help="bwrap/firejail: kernel root filesystem directory")
+    x = p.add_argument_group("deliberate exchanges (ports and files; see docs/exchange.md)")
+    x.add_argument(
+        "--expose",
+        dest="expose_ports",
+        action="append",
+        metavar="[HOST:]PORT",
+        help="make sandbox port PORT reachable at host 127.0.0.1:HOST (any free port if "
+        "omitted) (repeatable)",
+    )
+    x.add_argument(
+        "--max-runtime-ports",
+        dest="max_runtime_ports",
+        type=int,
+        help="ports the kernel may expose itself with sandboxed.expose() (default 4, 0 disables)",
+    )
+    x.add_argument(
+        "--copy-in",
+        dest="copy_in",
+        action="append",
+        metavar="PATH",
+        help="host file or folder copied into the sandbox's home at each start; relative "
+        "paths are relative to the notebook's folder (repeatable)",
+    )
+    x.add_argument("--copy-in-limit", dest="copy_in_limit", help="most bytes copied in (64m)")
+    x.add_argument(
+        "--export-limit",
+        dest="export_limit",
+        help="most bytes the kernel may export with sandboxed.export() (64m; 0 disables)",
+    )
+    x.add_argument("--export-dir", dest="export_dir", help="folder for exported files")
     g.add_argument("--runtime", help="Docker runtime (default runsc = gVisor)")
     g.add_argument(
         "--allow-weaker-runtime",
@@ -82,6 +112,12 @@ _POLICY_KEYS = (
     "pool_size",
     "runtime",
     "allow_weaker_runtime",
+    "expose_ports",
+    "max_runtime_ports",
+    "copy_in",
+    "copy_in_limit",
+    "export_limit",
+    "export_dir",
 )
 
 
@@ -131,7 +167,8 @@ def cmd_image_export_rootfs(args: argparse.Namespace) -> int:
 def cmd_setup_host(args: argparse.Namespace) -> int:
     script = resources.files("sandbox_kernel.host").joinpath("setup_host.sh")
     with resources.as_file(script) as path:
-        return subprocess.call(["bash", str(path)])
+        # One exit-code convention for every command: the script's own code is in its output.
+        return 0 if subprocess.call(["bash", str(path)]) == 0 else 1
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -187,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sandbox-kernel",
         description="Jupyter kernels in a gVisor sandbox: no host files, no network.",
+        epilog="exit status: 0 success; 1 failure (the message names the fix; doctor: a check "
+        "failed; run: a cell failed); 2 bad command line; 130 interrupted.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -28,8 +29,22 @@ def run_notebook(path: str, *, kernel_name: str, output: str | None, timeout: fl
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    nb = nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call]
-    client = NotebookClient(nb, kernel_name=kernel_name, timeout=int(timeout), allow_errors=False)
+    try:
+        nb = nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call]
+    except OSError as exc:
+        raise SandboxError(f"cannot read notebook {path}: {exc.strerror}") from None
+    except Exception as exc:
+        raise SandboxError(f"{path} is not a readable notebook: {exc}") from None
+    # The kernel starts "in" the notebook's folder, as in Jupyter: copy_in paths and
+    # exported files are relative to it.
+    folder = os.path.dirname(os.path.abspath(path))
+    client = NotebookClient(
+        nb,
+        kernel_name=kernel_name,
+        timeout=int(timeout),
+        allow_errors=False,
+        resources={"metadata": {"path": folder}},
+    )
     started = time.monotonic()
     try:
         client.execute()

@@ -34,22 +34,33 @@ class HostListeners:
 
     async def open(self) -> None:
         """Bind every port (on the relay loop); on any failure, bind none."""
-        loop = asyncio.get_running_loop()
         try:
             for name, inside in self.inside_ports.items():
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                try:
-                    sock.bind((HOST, 0))
-                    sock.listen(64)
-                except OSError:
-                    sock.close()
-                    raise
-                server = await loop.create_server(self._factory(inside), sock=sock)
-                self._servers.append(server)
-                self.ports[name] = sock.getsockname()[1]
+                await self._bind(name, inside, 0)
         except BaseException:
             await self.close()
             raise
+
+    async def add(self, name: str, inside_port: int, host_port: int = 0) -> int:
+        """Bind one more port (an exposed sandbox port; on the relay loop); return it.
+        ``host_port`` 0 picks a free one. Raises OSError if it cannot be bound."""
+        if name in self.ports:
+            raise ValueError(f"{name} is already bound")
+        await self._bind(name, inside_port, host_port)
+        self.inside_ports[name] = inside_port
+        return self.ports[name]
+
+    async def _bind(self, name: str, inside: int, host_port: int) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind((HOST, host_port))
+            sock.listen(64)
+        except OSError:
+            sock.close()
+            raise
+        server = await asyncio.get_running_loop().create_server(self._factory(inside), sock=sock)
+        self._servers.append(server)
+        self.ports[name] = sock.getsockname()[1]
 
     def _factory(self, inside_port: int) -> Callable[[], asyncio.Protocol]:
         return lambda: self._accept(inside_port)

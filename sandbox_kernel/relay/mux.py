@@ -21,6 +21,7 @@ from typing import Any
 from . import protocol as p
 
 # Local write buffer bounds; HIGH <= INITIAL_WINDOW - CREDIT_BATCH keeps credit flowing.
+REQUEST_TIMEOUT = 120.0
 LOCAL_HIGH_WATER = 256 * 1024
 LOCAL_LOW_WATER = 64 * 1024
 PIPE_HIGH_WATER = 1024 * 1024
@@ -222,6 +223,7 @@ class Mux:
         self.pipe_paused = False
         self.closed = False
         self._next_sid = 1
+        self._resumed: asyncio.Event | None = None
 
     def send(self, frame: bytes) -> None:
         if not self.closed:
@@ -298,16 +300,67 @@ class Mux:
         for stream in list(self.streams.values()):
             stream._set_reading(False)
 
+    async def drained(self) -> None:
+        """Wait while the pipe's write buffer is full: bulk senders (file copies) pace
+        themselves with this instead of growing the buffer."""
+        while self.pipe_paused and not self.closed:
+            if self._resumed is None:
+                self._resumed = asyncio.Event()
+            self._resumed.clear()
+            await self._resumed.wait()
+
     def pipe_resume(self) -> None:
         self.pipe_paused = False
+        if self._resumed is not None:
+            self._resumed.set()
         for stream in list(self.streams.values()):
             stream.pump()
 
     def close(self) -> None:
         """The pipe is gone: abort every local connection."""
         self.closed = True
+        if self._resumed is not None:
+            self._resumed.set()
         for stream in list(self.streams.values()):
             stream.closed = True
             if stream.transport is not None:
                 abort_transport(stream.transport)
         self.streams.clear()
+
+
+class Requests:
+    """Request/reply over CONTROL frames: our pending requests to the peer, by ``req`` id;
+    the peer answers with ``{"op": "reply", "req": id, "ok": ...}``."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, send: Callable[[dict[str, Any]], None]
+    ) -> None:
+        self.loop = loop
+        self.send = send
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.next_id = 1
+
+    async def ask(
+        self, message: dict[str, Any], timeout: float = REQUEST_TIMEOUT
+    ) -> dict[str, Any]:
+        req = self.next_id
+        self.next_id += 1
+        fut: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        self.pending[req] = fut
+        try:
+            self.send(dict(message, req=req))
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self.pending.pop(req, None)
+
+    def on_reply(self, message: dict[str, Any]) -> None:
+        req = message.get("req")
+        fut = self.pending.get(req) if isinstance(req, int) else None
+        if fut is not None and not fut.done():
+            fut.set_result(message)
+
+    def fail_all(self, why: str) -> None:
+        """The pipe is gone: every pending request fails."""
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_result({"op": "reply", "ok": False, "error": why})

@@ -24,9 +24,12 @@ from urllib.parse import quote
 
 from . import protocol as p
 from .docker_stream import STDOUT, DockerStreamDemux, DockerStreamError
-from .mux import PIPE_HIGH_WATER, PIPE_LOW_WATER, Mux, Stream, abort_transport
+from .mux import PIPE_HIGH_WATER, PIPE_LOW_WATER, Mux, Requests, Stream, abort_transport
 
 MAX_RESPONSE_HEAD = 64 * 1024
+# What the agent may ask of the host (for the kernel's ``sandboxed`` module); the
+# provisioner's exchange decides (see exchange/host.py).
+AGENT_REQUESTS = frozenset({"expose", "export_begin", "export_data", "export_end"})
 
 
 class SessionError(Exception):
@@ -69,12 +72,16 @@ class AgentSession(asyncio.Protocol):
         self.exit_status: int | None = None
         self.error: str | None = None
         self.dead = threading.Event()  # set when the pipe is gone; read from any thread
+        self.requests: Requests | None = None  # ours to the agent (created on the relay loop)
+        # Handles AGENT_REQUESTS (on the relay loop); None refuses them.
+        self.on_request: Callable[[dict[str, Any]], None] | None = None
 
     # -- opening -----------------------------------------------------------------
     async def attach(self, endpoint: tuple[str, Any], api_version: str, container_id: str) -> None:
         """Open Docker's attach stream (stdin + stdout) for ``container_id``."""
         loop = asyncio.get_running_loop()
         self._upgraded = loop.create_future()
+        self.requests = Requests(loop, self.send_control)
         self.hello = loop.create_future()
         self.started = loop.create_future()
         kind, where = endpoint
@@ -117,11 +124,19 @@ class AgentSession(asyncio.Protocol):
     def send_control(self, message: dict[str, Any]) -> None:
         self.mux.send_control(message)
 
-    async def prewarm(self, argv: list[str], env: dict[str, str], cwd: str) -> None:
-        """Warm pool: start the kernel's interpreter with ipykernel imported (agent side)."""
+    async def prewarm(self, spec: dict[str, Any]) -> None:
+        """Warm pool: start a kernel initialised up to its key (``argv``, ``env``, ``cwd``,
+        ``connection_file``, placeholder ``connection``; see agent/prewarm.py)."""
         self.prewarmed = asyncio.get_running_loop().create_future()
-        self.send_control({"op": "prewarm", "argv": argv, "env": env, "cwd": cwd})
+        self.send_control({**spec, "op": "prewarm"})
         await self.prewarmed
+
+    async def pipe_writable(self) -> None:
+        """Wait until the pipe's write buffer has room again (bulk senders pace themselves
+        with this); raises SessionError if the sandbox is gone."""
+        await self.mux.drained()
+        if self.dead.is_set() or self.mux.closed:
+            raise SessionError(self.error or "the sandbox's pipe closed")
 
     def open_stream(self, inside_port: int) -> Stream:
         """A new local connection to relay to ``inside_port`` in the sandbox."""
@@ -182,6 +197,8 @@ class AgentSession(asyncio.Protocol):
             if fut is not None and not fut.done():
                 fut.set_exception(SessionError(why))
                 fut.exception()  # whoever awaits it sees the error; nobody else is warned
+        if self.requests is not None:
+            self.requests.fail_all(why)
         self.dead.set()
 
     # -- frames from the agent -------------------------------------------------------
@@ -201,6 +218,15 @@ class AgentSession(asyncio.Protocol):
             self.started.set_result(msg)
         elif op == "prewarmed" and self.prewarmed is not None and not self.prewarmed.done():
             self.prewarmed.set_result(msg)
+        elif op == "reply" and self.requests is not None:
+            self.requests.on_reply(msg)
+        elif op in AGENT_REQUESTS:
+            if self.on_request is not None:
+                self.on_request(msg)
+            elif "req" in msg:
+                self.send_control(
+                    {"op": "reply", "req": msg["req"], "ok": False, "error": "not available"}
+                )
         elif op == "exited":
             status = msg.get("status")
             self.exit_status = status if isinstance(status, int) else -1

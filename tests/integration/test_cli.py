@@ -135,3 +135,35 @@ def test_gc_removes_sandboxes_of_dead_processes_only(docker_client) -> None:  # 
                 c.remove(force=True)
             except docker.errors.NotFound:
                 pass
+
+
+def test_install_with_exposed_ports_and_files(tmp_path: Path) -> None:
+    r = cli(
+        "install", "--prefix", str(tmp_path), "--name", "sk-app",
+        "--expose", "8050", "--expose", "18050:8051", "--max-runtime-ports", "0",
+        "--copy-in", "data.csv", "--copy-in-limit", "10m", "--export-limit", "0",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    config = kernelspecs(tmp_path)["sk-app"]["spec"]["metadata"]["kernel_provisioner"]["config"]
+    assert config["expose_ports"] == ["8050", "18050:8051"]
+    assert config["max_runtime_ports"] == 0 and config["export_limit"] == "0"
+    assert config["copy_in"] == ["data.csv"] and config["copy_in_limit"] == "10m"
+    for bad, named in (("15001", "ZeroMQ"), ("80:8050", "1024-65535"), ("web", "not a port")):
+        r = cli("install", "--prefix", str(tmp_path / "bad"), "--expose", bad)
+        assert r.returncode == 1 and "expose_ports" in r.stderr and named in r.stderr, r.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_every_command_has_help_and_one_exit_code_convention(tmp_path: Path) -> None:
+    top = cli("--help")
+    assert top.returncode == 0 and "exit status" in top.stdout
+    commands = ["install", "image", "setup-host", "doctor", "ps", "gc", "run"]
+    for command in commands:
+        assert command in top.stdout
+        r = cli(*command.split(), "--help")
+        assert r.returncode == 0 and "usage: sandbox-kernel" in r.stdout, (command, r.stderr)
+    assert cli("image", "build", "--help").returncode == 0
+    assert cli("no-such-command").returncode == 2  # argparse: bad command line
+    assert cli("install", "--cpus", "many").returncode == 2
+    failed = cli("run", str(tmp_path / "missing.ipynb"))
+    assert failed.returncode == 1 and failed.stderr.startswith("sandbox-kernel: error:"), failed

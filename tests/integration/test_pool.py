@@ -48,6 +48,12 @@ def test_warm_start_claims_a_pooled_sandbox_once(
     )
     assert facts[0] == 1000 and facts[1] == ["lo"] and facts[3] is None
     assert facts[2] != os.uname().release
+    # The pooled kernel was initialised with a placeholder key; it now signs with ours,
+    # and its connection file holds ours.
+    key = warm.value(
+        "import json\nprint(json.dumps(json.load(open('/tmp/.sandbox-kernel/kernel.json'))['key']))"
+    )
+    assert key == warm.km.session.key.decode()
     # A restart takes another sandbox and removes the old one: never reused.
     old = warm.container_id
     wait_for_ready_pool(warm)

@@ -4,12 +4,15 @@ and runs it. Exercised with the host's Python in a subprocess (no container)."""
 from __future__ import annotations
 
 import ast
+import base64
 import json
 import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -32,12 +35,14 @@ class AgentProcess:
     """The agent bootstrapped over a pipe, spoken to in frames."""
 
     def __init__(self, extra: bytes = b"", env: dict[str, str] | None = None) -> None:
+        # The agent's run folder (helper socket, modules) in a temporary folder, not /tmp.
+        self.run_dir = tempfile.mkdtemp(prefix="sk-agent-run-")
         self.proc = subprocess.Popen(
             stage1_argv(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=env,
+            env={**(os.environ if env is None else env), "SANDBOX_KERNEL_RUN_DIR": self.run_dir},
         )
         self.decoder = p.FrameDecoder()
         self.frames: list[p.Frame] = []
@@ -119,6 +124,7 @@ def agent_process() -> object:
     yield start
     for proc in procs:
         proc.kill()
+        shutil.rmtree(proc.run_dir, ignore_errors=True)
 
 
 # -- the pieces ---------------------------------------------------------------------------
@@ -322,3 +328,61 @@ def test_open_to_a_closed_port_is_reset(agent_process: Callable[..., AgentProces
     agent.close_stdin()
     agent.read_to_end()
     assert agent.wait() == 0
+
+
+def test_agent_writes_copied_in_files_and_refuses_climbing_out(
+    agent_process: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+
+    def put(path: str, data: bytes, req: int) -> bytes:
+        return b"".join(
+            p.encode_control(m)
+            for m in (
+                {"op": "put_start", "home": str(home)},
+                {"op": "put_dir", "path": "d"},
+                {"op": "put_begin", "path": path, "mode": 0o4755},
+                {"op": "put_data", "data": base64.b64encode(data).decode()},
+                {"op": "put_end"},
+                {"op": "put_done", "req": req},
+            )
+        )
+
+    agent = agent_process(extra=put("d/x.sh", b"echo hi\n", 1) + put("../evil", b"no", 2))
+    agent.read_until(lambda: sum(c["op"] == "reply" for c in agent.controls()) == 2)
+    replies = [c for c in agent.controls() if c["op"] == "reply"]
+    assert replies[0] == {"op": "reply", "req": 1, "ok": True, "files": 1, "bytes": 8}
+    assert replies[1]["req"] == 2 and replies[1]["ok"] is False
+    assert "bad path" in str(replies[1]["error"])
+    assert (home / "d" / "x.sh").read_bytes() == b"echo hi\n"
+    assert (home / "d" / "x.sh").stat().st_mode & 0o7777 == 0o755  # never setuid
+    assert not (tmp_path / "evil").exists()
+
+
+def test_kernel_code_asks_the_host_through_the_sandboxed_module(
+    agent_process: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
+    conn = tmp_path / "kernel.json"
+    start = {
+        "op": "start",
+        "argv": [
+            sys.executable,
+            "-c",
+            "import sandboxed; print(sandboxed.expose(8050), flush=True)",
+        ],
+        "env": {"HOME": str(tmp_path)},
+        "cwd": str(tmp_path),
+        "connection_file": str(conn),
+        "connection": {"shell_port": 45001},
+    }
+    agent = agent_process(extra=p.encode_control(start))
+    agent.read_until(lambda: any(c["op"] == "expose" for c in agent.controls()))
+    request = next(c for c in agent.controls() if c["op"] == "expose")
+    assert request["port"] == 8050
+    agent.send(
+        p.encode_control({"op": "reply", "req": request["req"], "ok": True, "host_port": 40001})
+    )
+    agent.read_until(lambda: any(c["op"] == "exited" for c in agent.controls()))
+    console = b"".join(f.payload for f in agent.frames if f.type == p.DATA and f.stream == 0)
+    assert console == b"http://127.0.0.1:40001/\n"

@@ -1,0 +1,1 @@
+"""Deliberate exchanges across the sandbox boundary: exposed ports, files in and out."""

@@ -1,0 +1,121 @@
+"""Files in: copy the operator's chosen host files into a sandbox's home at start.
+
+The provisioner plans the copy in ``pre_launch`` (:func:`plan_copy_in`, blocking
+file-system reads, run in a worker thread) and sends it on the relay loop right
+before the kernel starts (:func:`send_copy_in`). The bytes go through the agent's
+pipe; the sandbox never sees a host path or a mount. Symbolic links and special
+files are skipped (a link could point anywhere on the host).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import stat
+from dataclasses import dataclass
+
+from ..errors import PolicyError, SandboxError
+from ..policy import format_size
+from ..relay.session import AgentSession
+from .policy import inside_dest
+
+CHUNK = 32 * 1024  # raw bytes per put_data frame: its base64 fits in one CONTROL frame
+
+
+@dataclass(frozen=True)
+class CopyItem:
+    """One folder (``source`` None) or file to create at ``dest`` under the home."""
+
+    dest: str
+    source: str | None = None
+    size: int = 0
+    mode: int = 0o644
+
+
+def plan_copy_in(
+    entries: tuple[str, ...], base_dir: str, limit: int, log: logging.Logger | None = None
+) -> list[CopyItem]:
+    """What to copy for ``copy_in`` entries (absolute, or relative to ``base_dir``, the
+    notebook's folder): each lands in the home under its own base name. Raises
+    PolicyError for a missing entry, a name clash or more than ``limit`` bytes."""
+    items: list[CopyItem] = []
+    total = 0
+    seen: set[str] = set()
+
+    def add_file(path: str, dest: str, st: os.stat_result) -> None:
+        nonlocal total
+        total += st.st_size
+        if total > limit:
+            raise PolicyError(
+                f"copy_in: more than copy_in_limit={format_size(limit)} to copy "
+                f"(at {path}); raise copy_in_limit or list fewer files"
+            )
+        items.append(CopyItem(dest, path, st.st_size, stat.S_IMODE(st.st_mode) & 0o755))
+
+    for entry in entries:
+        path = os.path.abspath(os.path.join(base_dir, os.path.expanduser(entry)))
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            raise PolicyError(f"copy_in: {entry!r} ({path}): {exc.strerror}") from None
+        top = inside_dest([os.path.basename(path.rstrip(os.sep))])
+        if top in seen:
+            raise PolicyError(f"copy_in: two entries are named {top!r} in the sandbox's home")
+        seen.add(top)
+        if stat.S_ISREG(st.st_mode):
+            add_file(path, top, st)
+        elif stat.S_ISDIR(st.st_mode):
+            items.append(CopyItem(top))
+            for root, dirs, files in os.walk(path, followlinks=False):
+                rel = os.path.relpath(root, path)
+                prefix = [] if rel == "." else rel.split(os.sep)
+                for name in sorted(dirs):
+                    if os.path.islink(os.path.join(root, name)):
+                        continue  # os.walk does not descend into it either
+                    items.append(CopyItem(inside_dest([top, *prefix, name])))
+                for name in sorted(files):
+                    full = os.path.join(root, name)
+                    fst = os.lstat(full)
+                    if not stat.S_ISREG(fst.st_mode):
+                        if log is not None:
+                            log.info("copy_in: skipping %s (not a regular file)", full)
+                        continue
+                    add_file(full, inside_dest([top, *prefix, name]), fst)
+                dirs.sort()
+        else:
+            raise PolicyError(f"copy_in: {entry!r} ({path}) is not a regular file or folder")
+    return items
+
+
+async def send_copy_in(session: AgentSession, items: list[CopyItem], home: str) -> int:
+    """On the relay loop: send ``items`` to the agent, which writes them under ``home``;
+    return the bytes copied. Raises SandboxError if the sandbox refused (e.g. full)."""
+    assert session.requests is not None
+    session.send_control({"op": "put_start", "home": home})
+    sent = 0
+    for item in items:
+        if item.source is None:
+            session.send_control({"op": "put_dir", "path": item.dest})
+            continue
+        session.send_control({"op": "put_begin", "path": item.dest, "mode": item.mode})
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(item.source, flags)
+        except OSError as exc:
+            raise SandboxError(f"copy_in: cannot read {item.source}: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as f:
+            left = item.size  # as planned: a file growing meanwhile cannot pass the limit
+            while left > 0:
+                chunk = f.read(min(CHUNK, left))
+                if not chunk:
+                    break
+                left -= len(chunk)
+                sent += len(chunk)
+                session.send_control({"op": "put_data", "data": base64.b64encode(chunk).decode()})
+                await session.pipe_writable()
+        session.send_control({"op": "put_end"})
+    reply = await session.requests.ask({"op": "put_done"})
+    if not reply.get("ok"):
+        raise SandboxError(f"copy_in: the sandbox refused the files: {reply.get('error')}")
+    return sent
