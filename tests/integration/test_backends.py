@@ -240,3 +240,53 @@ def test_bwrap_warm_pool(tmp_path: Path) -> None:
         assert name not in PipeBackend._sandboxes
         wait_until(lambda s=state: gone(s.proc.pid), 10, "the pooled sandbox to end")  # type: ignore[misc]
         assert state.cgroup is not None and not any(d.exists() for d in state.cgroup.dirs.values())
+
+
+UNPRIVILEGED_PREFLIGHT = """
+import json, logging, sys
+from sandbox_kernel.backends.bwrap import BwrapBackend
+from sandbox_kernel.errors import SandboxError
+from sandbox_kernel.policy import build_policy
+policy = build_policy(image="sandbox-kernel/python:latest")
+try:
+    BwrapBackend(logging.getLogger(), rootfs=sys.argv[1])._preflight(policy)
+    print(json.dumps({"refused": None}))
+except SandboxError as exc:
+    print(json.dumps({"refused": str(exc)}))
+"""
+
+
+@pytest.mark.docker
+def test_bwrap_without_root_refuses_the_limits_it_cannot_enforce() -> None:
+    """A server that is not root (e.g. a laptop) has no writable cgroups and cannot give
+    each sandbox its own uid: the real preflight, run as an unprivileged user, refuses and
+    names memory_limit, cpu_limit, pids_limit and nproc_limit (fail closed)."""
+    import shutil
+    import subprocess
+
+    from sandbox_kernel.image.rootfs import rootfs_for
+
+    rootfs = rootfs_for("sandbox-kernel/python:latest").resolve()
+    copy = Path(tempfile.mkdtemp(prefix="sk-unpriv-"))
+    try:
+        shutil.copytree(
+            Path(__file__).resolve().parents[2] / "sandbox_kernel", copy / "sandbox_kernel"
+        )
+        for path in [copy, *copy.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        out = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+             "/usr/bin/python3", "-I", "-c", f"import sys; sys.path.insert(0, {str(copy)!r})\n"
+             + UNPRIVILEGED_PREFLIGHT, str(rootfs)],
+            capture_output=True, text=True, timeout=60, cwd="/",
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        refused = json.loads(out.stdout.strip().splitlines()[-1])["refused"]
+    finally:
+        shutil.rmtree(copy)
+    assert refused, "an unprivileged server's bwrap preflight accepted a policy it cannot enforce"
+    for prop in ("memory_limit", "cpu_limit", "pids_limit", "nproc_limit"):
+        assert f"{prop} (" in refused, refused
+    assert "fail closed" in refused and "accept_unenforced" in refused
+    for enforced in ("network (", "host_files (", "seccomp (", "tmp_size ("):
+        assert enforced not in refused, refused
