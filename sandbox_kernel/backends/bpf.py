@@ -17,10 +17,15 @@ import functools
 import os
 
 from ..errors import SandboxError
-from .seccomp import AF_PACKET, CLONE_NAMESPACE_FLAGS, DENIED, DEVICE_TYPES, S_IFMT
-
-HOST_KERNEL_DENIED = ("io_uring_setup", "io_uring_enter", "io_uring_register")
-ENOSYS_SYSCALLS = ("clone3",)
+from .seccomp import (
+    AF_PACKET,
+    CLONE_NAMESPACE_FLAGS,
+    DENIED,
+    DEVICE_TYPES,
+    ENOSYS_SYSCALLS,
+    HOST_KERNEL_DENIED,
+    S_IFMT,
+)
 
 _ACT_ALLOW = 0x7FFF0000
 _CMP_EQ, _CMP_MASKED_EQ = 4, 7

@@ -25,9 +25,8 @@ import re
 from pathlib import Path
 
 from ..policy import SandboxPolicy
-from .bpf import HOST_KERNEL_DENIED
 from .pipe import PipeBackend
-from .seccomp import DENIED
+from .seccomp import DENIED, HOST_KERNEL_DENIED
 
 SANDBOX_USER = "sandbox-kernel"
 CONFIG = Path("/etc/firejail/firejail.config")

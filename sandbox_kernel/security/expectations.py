@@ -26,8 +26,6 @@ GAPS: dict[str, dict[str, str]] = {
     "docker-runc": {
         "fs-mountinfo": "runc's overlay root names Docker's storage paths "
         "(/var/lib/docker/overlay2/...) in the mount table",
-        "priv-kernel-attack-surface": "io_uring is allowed: the shared seccomp profile was "
-        "written for gVisor, which does not implement it (bwrap and firejail deny it)",
         "info-kernel-release": _SHARED_KERNEL + "host's kernel release",
         "info-host-identifiers": _SHARED_KERNEL + "host's boot id and kernel command line",
     },

@@ -178,3 +178,21 @@ def test_remove_empty_cgroups_keeps_busy_ones(tmp_path: Path) -> None:
     (mem / PARENT / "running" / "cgroup.procs").write_text("42\n")  # stands for EBUSY
     assert remove_empty({"memory": mem, "pids": tmp_path / "absent"}) == ["ended"]
     assert (mem / PARENT / "running").is_dir()
+
+
+def test_runc_profile_adds_host_kernel_rules_only_under_runc() -> None:
+    import json
+
+    from sandbox_kernel.backends.docker import container_spec
+
+    def profile(runtime: str) -> dict[str, object]:
+        spec = container_spec(POLICY, runtime=runtime, command=CMD, labels={}, name="n")
+        opt = next(o for o in spec["security_opt"] if o.startswith("seccomp="))
+        return json.loads(opt[len("seccomp=") :])  # type: ignore[no-any-return]
+
+    runc, runsc = profile("runc"), profile("runsc")
+    runc_rules = runc["syscalls"]
+    assert {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38} in runc_rules  # type: ignore[operator]
+    assert any("io_uring_setup" in r["names"] for r in runc_rules)  # type: ignore[attr-defined]
+    names = [n for r in runsc["syscalls"] for n in r["names"]]  # type: ignore[attr-defined]
+    assert "clone3" not in names and "io_uring_setup" not in names, "gVisor's profile unchanged"
