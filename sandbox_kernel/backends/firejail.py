@@ -3,7 +3,8 @@
 ``firejail_argv`` is the policy in firejail's terms (pure, unit-tested):
 ``--chroot`` into the kernel root filesystem (needs ``chroot yes`` in
 /etc/firejail/firejail.config), ``--net=none`` (loopback only), ``--private``
-(tmpfs home), ``--private-tmp``, ``--private-dev``, ``--caps.drop=all``,
+(tmpfs home), ``--private-tmp``, ``--private-dev``, ``/var/tmp`` read-only,
+``noexec`` on every writable mount, ``--caps.drop=all``,
 ``--nonewprivs``, ``--seccomp`` with our deny list added to firejail's, no
 further namespaces (``--restrict-namespaces``), only unix, inet and netlink
 sockets (``--protocol``), 32-bit syscalls blocked, and the open-files rlimit.
@@ -45,6 +46,11 @@ def firejail_argv(
         "--private",
         "--private-tmp",
         "--private-dev",
+        "--read-only=/var/tmp",
+        "--noexec=/tmp",
+        f"--noexec={policy.home}",
+        "--noexec=/dev/shm",
+        "--noexec=/var/tmp",
         "--nogroups",
         "--nosound",
         "--no3d",

@@ -41,11 +41,8 @@ GAPS: dict[str, dict[str, str]] = {
         "fs-symlink-escape": "the kernel's uid (host user sandbox-kernel) has no entry in "
         "firejail's generated /etc/passwd, so the check cannot recognise the sandbox's own "
         "passwd through the links (they do resolve inside the chroot)",
-        "fs-write-outside-tmpfs": "firejail mounts a private, writable tmpfs on /var/tmp "
-        "(not the rootfs; gone with the sandbox; bounded only by the memory cgroup)",
         "fs-tmpfs-caps": "firejail cannot cap its tmpfs sizes (accept_unenforced=['tmp_size']); "
         "they are bounded by the memory cgroup",
-        "fs-noexec-tmpfs": "firejail's private /tmp and /dev/shm are not mounted noexec",
         "info-kernel-release": _SHARED_KERNEL + "host's kernel release",
         "info-host-identifiers": _SHARED_KERNEL + "host's boot id and kernel command line",
         "info-process-list": "firejail's own processes share the sandbox's pid namespace (its "
