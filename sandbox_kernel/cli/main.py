@@ -175,7 +175,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from ..doctor import run_doctor
 
     progress = None if args.json else (lambda msg: print(f"... {msg}", file=sys.stderr))
-    report = run_doctor(args.image, progress=progress)
+    report = run_doctor(args.image, progress=progress, backend=args.backend)
     print(report.to_json() if args.json else report.to_text())
     return 0 if report.ok else 1
 
@@ -281,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="check that this host really sandboxes kernels")
     p.add_argument("--image", default=DEFAULT_IMAGE, help=f"kernel image (default {DEFAULT_IMAGE})")
     p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument(
+        "--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help="isolation backend to check"
+    )
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("ps", help="list running sandboxes: kernel id, uptime, memory, CPU")

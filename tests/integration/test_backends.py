@@ -290,3 +290,22 @@ def test_bwrap_without_root_refuses_the_limits_it_cannot_enforce() -> None:
     assert "fail closed" in refused and "accept_unenforced" in refused
     for enforced in ("network (", "host_files (", "seccomp (", "tmp_size ("):
         assert enforced not in refused, refused
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("backend", ["bwrap", "firejail"])
+def test_doctor_checks_a_backend(backend: str) -> None:
+    """`sandbox-kernel doctor --backend X`: the backend's host checks, what it cannot enforce
+    here, a real kernel, and the self-contained attacks judged against its gap table."""
+    from sandbox_kernel.security.expectations import GAPS
+    from tests.integration.test_cli import cli
+
+    r = cli("doctor", "--backend", backend, "--json")
+    report = json.loads(r.stdout)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks[f"{backend} enforces the policy here"]["ok"] is True
+    if backend == "firejail":
+        assert "NOT enforced: tmp_size" in checks["firejail enforces the policy here"]["detail"]
+    attacks = checks["attack subset as documented"]
+    assert attacks["ok"] is True and r.returncode == 0, attacks
+    assert "fs-mountinfo" in attacks["detail"] and "fs-mountinfo" in GAPS[backend]
