@@ -18,6 +18,7 @@ blocking step runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import resource
@@ -238,33 +239,54 @@ class PipeBackend(SandboxBackend):
             spawned = self._sandboxes.pop(sandbox_id, None)
         if spawned is None:
             return
-        try:
-            os.killpg(spawned.proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        code = spawned.proc.wait()
-        if spawned.pipes is not None:
-            for fd in spawned.pipes:
-                os.close(fd)
-        if spawned.cgroup is not None:
-            spawned.cgroup.remove()
-        err = _tail(spawned.workdir / "stderr")
+        code, err = _end(spawned)
         if err and code not in (0, -signal.SIGKILL):
             self.log.warning("sandbox %s: %s said: %s", sandbox_id, self.tool, err)
-        shutil.rmtree(spawned.workdir, ignore_errors=True)
 
     async def kill(self, sandbox_id: str) -> None:
         await asyncio.to_thread(self._kill, sandbox_id)
 
     async def remove(self, sandbox_id: str) -> None:
-        await asyncio.to_thread(self._remove, sandbox_id)
+        try:
+            await asyncio.to_thread(self._remove, sandbox_id)
+        except RuntimeError:  # interpreter shutdown: no new worker threads, so block instead
+            self._remove(sandbox_id)
 
-    def running(self) -> list[str]:
-        with self._lock:
-            return list(self._sandboxes)
+    @classmethod
+    def remove_all(cls) -> None:
+        """At exit: remove every sandbox of this process still running (warm-pool sandboxes,
+        kernels nobody shut down). Their agents would end on their own when our pipe ends;
+        this also removes their cgroups and folders. Registered with ``atexit``."""
+        with cls._lock:
+            spawned = list(cls._sandboxes.values())
+            cls._sandboxes.clear()
+        for one in spawned:
+            try:
+                _end(one)
+            except Exception:
+                pass
 
-    def describe(self) -> dict[str, object]:
-        return {"backend": self.name, "tool": self.tool}
+
+atexit.register(PipeBackend.remove_all)
+
+
+def _end(spawned: Spawned) -> tuple[int, str]:
+    """Kill a sandbox's process group, reap it, remove its cgroups and folder; return its
+    exit code and the tail of the tool's stderr."""
+    try:
+        os.killpg(spawned.proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    code = spawned.proc.wait()
+    if spawned.pipes is not None:
+        for fd in spawned.pipes:
+            os.close(fd)
+        spawned.pipes = None
+    if spawned.cgroup is not None:
+        spawned.cgroup.remove()
+    err = _tail(spawned.workdir / "stderr")
+    shutil.rmtree(spawned.workdir, ignore_errors=True)
+    return code, err
 
 
 def _rlimits(policy: SandboxPolicy, *, per_uid: bool) -> list[tuple[int, int]]:

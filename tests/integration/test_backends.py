@@ -50,6 +50,10 @@ def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def cgroup_dirs() -> set[str]:
+    return set(glob.glob("/sys/fs/cgroup/*/sandbox-kernel/*/"))
+
+
 def workdirs(backend: str) -> set[str]:
     return set(glob.glob(os.path.join(tempfile.gettempdir(), f"sandbox-kernel-{backend}-*")))
 
@@ -194,8 +198,12 @@ def test_install_backend_runs_the_demo_notebook(backend: str, tmp_path: Path) ->
     out = tmp_path / "demo.out.ipynb"
     env = {"JUPYTER_PATH": str(tmp_path / "share" / "jupyter")}
     nb_in = REPO / "notebooks" / "demo.ipynb"
+    before = workdirs(backend), cgroup_dirs()
     r = cli("run", str(nb_in), "--kernel", name, "--output", str(out), env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+    # The process has exited: its kernel and its warm-pool sandbox (pool_size 1) are gone.
+    assert workdirs(backend) <= before[0], "temporary folders left by the exited process"
+    assert cgroup_dirs() <= before[1], "cgroups left by the exited process"
     executed = nbformat.read(out, as_version=4)
     errors = [
         o for c in executed.cells for o in c.get("outputs", []) if o["output_type"] == "error"
