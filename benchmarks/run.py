@@ -1,13 +1,15 @@
-"""Side-by-side benchmark: a plain local ipykernel vs. the sandbox (runc, runsc cold, runsc warm).
+"""Side-by-side benchmark: a plain local ipykernel vs. the sandbox backends (Docker runc,
+gVisor cold and warm, bubblewrap, firejail).
 
-    .venv/bin/python benchmarks/run.py [--quick] [--out docs/benchmarks.md]
+    .venv/bin/python benchmarks/run.py [--quick] [--configs a,b] [--out docs/benchmarks.md]
 
 One process, one run, the same machine. For each configuration: launch to first
 kernel_info_reply (median and p95 of N), execute_request round trip of a trivial cell
 (p50/p99 of M), output throughput of a 50 MB print (MB/s, bytes that reached the
 client), idle memory per kernel (PSS of every host process of the kernel: for a
 sandbox the runsc sandbox, gofer and stub processes in its cgroup plus its
-containerd shim), and launch time and memory per kernel with 1, 10 and 30 kernels
+containerd shim; for bwrap/firejail every process in the sandbox's cgroup), and launch
+time and memory per kernel with 1, 10 and 30 kernels
 started concurrently. Every number is also given as a ratio to the local kernel
 measured in the same run. Needs root (to read other processes' smaps) and the host
 set up by scripts/quickstart.sh.
@@ -42,10 +44,24 @@ from sandbox_kernel.pool import WarmPool  # noqa: E402
 
 CONFIGS = {
     "local": None,  # jupyter_client's LocalProvisioner, the host's ipykernel
-    "sandbox runc": {"runtime": "runc", "allow_weaker_runtime": True, "pool_size": 0},
+    "sandbox runc": {"backend": "docker-runc", "pool_size": 0},
     "sandbox runsc cold": {"pool_size": 0},
     "sandbox runsc warm": {"pool_size": 1},
+    "sandbox bwrap cold": {"backend": "bwrap", "pool_size": 0},
+    "sandbox bwrap warm": {"backend": "bwrap", "pool_size": 1},
+    "sandbox firejail cold": {
+        "backend": "firejail",
+        "pool_size": 0,
+        "accept_unenforced": ["tmp_size"],
+    },
 }
+SCALED = (
+    "local",
+    "sandbox runc",
+    "sandbox runsc cold",
+    "sandbox bwrap cold",
+    "sandbox firejail cold",
+)
 
 
 def kernel_dirs() -> Path:
@@ -89,6 +105,14 @@ def kernel_pids(km: KernelManager | AsyncKernelManager) -> list[int]:
         kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
         return [pid, *map(int, kids.split())]
     pids: set[int] = set()
+    from sandbox_kernel.backends.pipe import PipeBackend
+
+    spawned = PipeBackend._sandboxes.get(cid)
+    if spawned is not None:  # bwrap/firejail: the tool and everything in its cgroups
+        pids.add(spawned.proc.pid)
+        if spawned.cgroup is not None:
+            pids.update(spawned.cgroup.pids())
+        return sorted(pids)
     for root in ("/sys/fs/cgroup/memory/docker", "/sys/fs/cgroup/pids/docker",
                  "/sys/fs/cgroup/system.slice"):  # fmt: skip
         for name in (f"{cid}/cgroup.procs", f"docker-{cid}.scope/cgroup.procs"):
@@ -119,8 +143,12 @@ class Result:
 
 
 def wait_pool(timeout: float = 60) -> None:
+    """Until every warm pool (one per configuration measured so far) is full."""
     deadline = time.monotonic() + timeout
-    while WarmPool.stats()["ready"] < 1 and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        pools = [p for p in list(WarmPool._pools.values()) if not p.closed]
+        if pools and all(len(p.ready) >= p.size for p in pools):
+            break
         time.sleep(0.05)
     time.sleep(1.5)  # let the pre-warmed interpreter finish importing ipykernel
 
@@ -300,6 +328,8 @@ def versions() -> dict[str, str]:
         "host kernel": platform.release(),
         "runsc": out("runsc", "--version"),
         "dockerd": out("docker", "version", "--format", "{{.Server.Version}}"),
+        "bwrap": out("bwrap", "--version"),
+        "firejail": out("firejail", "--version"),
         "python (host)": platform.python_version(),
         "ipykernel (host)": ipykernel.__version__,
         "jupyter_client": jupyter_client.__version__,
@@ -374,13 +404,23 @@ def main() -> None:
     parser.add_argument("--scale", default="1,10,30", help="concurrent kernel counts")
     parser.add_argument("--quick", action="store_true", help="3 launches, 50 round trips, 1,3")
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
+    parser.add_argument(
+        "--configs", help=f"comma-separated subset of: {', '.join(CONFIGS)} (local is always run)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.starts, args.rtts, args.scale = 3, 50, "1,3"
+    labels = list(CONFIGS)
+    if args.configs:
+        wanted = {"local", *(c.strip() for c in args.configs.split(","))}
+        unknown = wanted - set(CONFIGS)
+        if unknown:
+            parser.error(f"unknown configuration(s): {', '.join(sorted(unknown))}")
+        labels = [label for label in CONFIGS if label in wanted]
     say = lambda msg: print(f"... {msg}", file=sys.stderr, flush=True)  # noqa: E731
     ksm = KernelSpecManager(kernel_dirs=[str(kernel_dirs())])
-    results = {label: measure(ksm, label, args.starts, args.rtts, say) for label in CONFIGS}
-    for label in ("local", "sandbox runc", "sandbox runsc cold"):
+    results = {label: measure(ksm, label, args.starts, args.rtts, say) for label in labels}
+    for label in (lb for lb in SCALED if lb in results):
         for n in (int(x) for x in args.scale.split(",")):
             say(f"{label}: {n} concurrent kernels")
             results[label].scale[n] = asyncio.run(scale_once(ksm, label.replace(" ", "-"), n))

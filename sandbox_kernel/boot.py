@@ -50,7 +50,7 @@ async def boot(
 async def _send_agent(session: AgentSession) -> dict[str, Any]:
     """On the relay loop: send the agent over stdin and wait for its hello."""
     assert session.hello is not None
-    session.send_agent(agent_payload())
+    session.send_agent(agent_payload(escaped_stdin=session.docker_framing))
     return await session.hello
 
 

@@ -14,6 +14,9 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+from .backends.capabilities import check_accepted
+from .backends.registry import DEFAULT_BACKEND, check_backend, docker_runtime
+from .backends.registry import display_name as tier_display_name
 from .errors import PolicyError, SandboxError
 from .exchange.policy import build_exchange_policy
 from .policy import build_policy
@@ -24,10 +27,10 @@ DEFAULT_DISPLAY_NAME = "Python 3 (sandboxed)"
 KERNEL_ARGV = ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
 
 
-def build_kernelspec(
-    config: Mapping[str, Any], display_name: str = DEFAULT_DISPLAY_NAME
-) -> dict[str, Any]:
-    """The kernel.json content; ``config`` holds SandboxProvisioner trait values."""
+def build_kernelspec(config: Mapping[str, Any], display_name: str | None = None) -> dict[str, Any]:
+    """The kernel.json content; ``config`` holds SandboxProvisioner trait values. The
+    default display name names the backend's tier, e.g. "Python 3 (sandboxed, bubblewrap:
+    host kernel)"."""
     # Validate with the provisioner's own rules (image given or defaulted).
     import inspect
 
@@ -41,13 +44,22 @@ def build_kernelspec(
     policy_params = inspect.signature(build_policy).parameters
     policy_args = {k: v for k, v in config.items() if k in policy_params}
     policy_args.setdefault("image", DEFAULT_IMAGE)
+    backend = check_backend(config.get("backend", DEFAULT_BACKEND))
+    check_accepted(config.get("accept_unenforced", ()))
+    if config.get("accept_unenforced") and backend in ("docker", "docker-runc"):
+        raise PolicyError("accept_unenforced applies to the bwrap and firejail backends only")
+    policy_args["runtime"], policy_args["allow_weaker_runtime"] = docker_runtime(
+        backend,
+        policy_args.get("runtime", "runsc"),
+        bool(policy_args.get("allow_weaker_runtime", False)),
+    )
     build_policy(**policy_args)
     exchange_params = inspect.signature(build_exchange_policy).parameters
     build_exchange_policy(**{k: v for k, v in config.items() if k in exchange_params})
     check_pool_size(config.get("pool_size", 1))
     return {
         "argv": list(KERNEL_ARGV),
-        "display_name": display_name,
+        "display_name": display_name or tier_display_name(backend),
         "language": "python",
         "interrupt_mode": "signal",
         "env": {},

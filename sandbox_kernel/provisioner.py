@@ -40,7 +40,8 @@ from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, Union
 
 from .agent.prewarm import prewarm_command
 from .backends.base import Preflight, SandboxBackend
-from .backends.docker import LABEL_KERNEL_ID, LABEL_OWNER, DockerBackend, server_labels
+from .backends.docker import LABEL_KERNEL_ID, LABEL_OWNER, server_labels
+from .backends.registry import BACKENDS, DEFAULT_BACKEND, docker_runtime, make_backend
 from .boot import boot, start_kernel
 from .errors import PolicyError, SandboxError
 from .exchange.files_in import CopyItem, plan_copy_in, send_copy_in
@@ -60,6 +61,23 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
 class SandboxProvisioner(KernelProvisionerBase):
     """Starts each kernel in a gVisor container with no host files and no network."""
 
+    backend = Enum(
+        list(BACKENDS),
+        default_value=DEFAULT_BACKEND,
+        help="Isolation backend: docker (gVisor, default); the weaker tiers docker-runc, bwrap "
+        "and firejail share the host's kernel with the sandbox (see docs/backends.md).",
+    ).tag(config=True)
+    accept_unenforced = List(
+        Unicode(),
+        default_value=[],
+        help="DANGEROUS: policy properties the backend may leave unenforced on this host "
+        "(e.g. ['memory_limit']); anything else it cannot enforce refuses the launch.",
+    ).tag(config=True)
+    rootfs = Unicode(
+        "",
+        help="bwrap/firejail: the kernel root filesystem directory (default: the export of "
+        "`image` by `sandbox-kernel image export-rootfs`).",
+    ).tag(config=True)
     image = Unicode(DEFAULT_IMAGE, help="Docker image with python3 and ipykernel.").tag(config=True)
     runtime = Unicode(
         "runsc", help="Docker runtime; anything but gVisor needs allow_weaker_runtime."
@@ -149,7 +167,9 @@ class SandboxProvisioner(KernelProvisionerBase):
                 f"known: {', '.join(sorted(self.class_own_traits(config=True)))}"
             )
         super().__init__(**kwargs)
-        self.backend: SandboxBackend = DockerBackend(self.log)
+        self.sandboxes: SandboxBackend = make_backend(
+            self.backend, self.log, accept_unenforced=self.accept_unenforced, rootfs=self.rootfs
+        )
         self.relay = RelayThread.get()
         self.policy: SandboxPolicy | None = None
         self._preflight: Preflight | None = None
@@ -166,10 +186,11 @@ class SandboxProvisioner(KernelProvisionerBase):
 
     # -- policy ----------------------------------------------------------------------
     def build_policy(self) -> SandboxPolicy:
+        runtime, weaker = docker_runtime(self.backend, self.runtime, self.allow_weaker_runtime)
         return build_policy(
             image=self.image,
-            runtime=self.runtime,
-            allow_weaker_runtime=self.allow_weaker_runtime,
+            runtime=runtime,
+            allow_weaker_runtime=weaker,
             memory_limit=self.memory_limit,
             cpu_limit=self.cpu_limit,
             nproc_limit=self.nproc_limit,
@@ -201,7 +222,7 @@ class SandboxProvisioner(KernelProvisionerBase):
         policy = self.policy = self.build_policy()
         exchange_policy = self.build_exchange_policy()
         check_pool_size(self.pool_size)
-        self._preflight = await self.backend.preflight(policy)
+        self._preflight = await self.sandboxes.preflight(policy)
         argv = self._inside_argv(kwargs.pop("extra_arguments", []))
         spec_env = dict(getattr(self.kernel_spec, "env", None) or {})
         kernel_env = policy.kernel_env(os.environ, spec_env)
@@ -333,7 +354,7 @@ class SandboxProvisioner(KernelProvisionerBase):
             return None
         assert self.policy is not None and self._preflight is not None
         return WarmPool.get(
-            self.backend, self.policy, self._preflight, prewarm_cmd, env, self.pool_size, self.log
+            self.sandboxes, self.policy, self._preflight, prewarm_cmd, env, self.pool_size, self.log
         )
 
     async def _start_warm(self, start: dict[str, Any], pool: WarmPool | None) -> bool:
@@ -359,7 +380,7 @@ class SandboxProvisioner(KernelProvisionerBase):
         session = AgentSession(name, console=self._on_console, log=self.log)
         self._session = session
         self._container_id = await boot(
-            self.backend, self.policy, self._preflight, session, name=name, labels=labels
+            self.sandboxes, self.policy, self._preflight, session, name=name, labels=labels
         )
         await self.relay.run(self._start_in(session, start))
 
@@ -430,7 +451,7 @@ class SandboxProvisioner(KernelProvisionerBase):
         if self._container_id is None or session is None or session.dead.is_set():
             return
         if signum == signal.SIGKILL:
-            await self.backend.kill(self._container_id)
+            await self.sandboxes.kill(self._container_id)
             return
         self.relay.loop.call_soon_threadsafe(
             session.send_control, {"op": "signal", "signum": int(signum)}
@@ -438,7 +459,7 @@ class SandboxProvisioner(KernelProvisionerBase):
 
     async def kill(self, restart: bool = False) -> None:
         if self._container_id is not None:
-            await self.backend.kill(self._container_id)
+            await self.sandboxes.kill(self._container_id)
 
     async def terminate(self, restart: bool = False) -> None:
         await self.send_signal(signal.SIGTERM)
@@ -457,7 +478,7 @@ class SandboxProvisioner(KernelProvisionerBase):
             self.relay.loop.call_soon_threadsafe(exchange.detach)
         try:
             if cid is not None:
-                await self.backend.remove(cid)
+                await self.sandboxes.remove(cid)
         finally:
             if session is not None:
                 self.relay.loop.call_soon_threadsafe(session.close)
@@ -485,6 +506,7 @@ class SandboxProvisioner(KernelProvisionerBase):
             host_ports=dict(self._listeners.ports) if self._listeners else {},
             exposed_ports=self.exposed_ports(),
             runtime=self._preflight.runtime if self._preflight else None,
+            backend=self.backend,
             image=self.image,
         )
         return info

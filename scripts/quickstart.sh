@@ -26,6 +26,9 @@ fi
 say "kernel image (no registry needed)"
 .venv/bin/sandbox-kernel image build
 
+say "kernel root filesystem for the bwrap/firejail backends (docs/backends.md)"
+.venv/bin/sandbox-kernel image export-rootfs
+
 say "kernelspec"
 .venv/bin/sandbox-kernel install --sys-prefix --replace
 .venv/bin/jupyter kernelspec list

@@ -20,7 +20,15 @@ from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.kernelspec import build_kernelspec
-from tests.helpers import SETUP, Kernel, NetnsHost, container_exists, our_containers, second_dockerd
+from tests.helpers import (
+    BACKEND_CONFIGS,
+    SETUP,
+    Kernel,
+    NetnsHost,
+    container_exists,
+    our_containers,
+    second_dockerd,
+)
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +55,8 @@ def kernel_dirs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "sandbox-python": {},
         # Small caps for abuse tests: 512 MiB memory, 64 MiB tmpfs, derived nproc (32).
         "sandbox-small": {"memory_limit": "512m", "tmp_size": "64m", "home_size": "64m"},
+        # The weaker tiers (tests/integration/test_backends.py, tests/security/).
+        **{f"sandbox-{b}": cfg for b, cfg in BACKEND_CONFIGS.items()},
     }
     for name, config in variants.items():
         (root / name).mkdir()

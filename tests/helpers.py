@@ -25,6 +25,13 @@ from sandbox_kernel.backends.docker import LABEL_KERNEL_ID, LABEL_MANAGED, LABEL
 from sandbox_kernel.pool import LABEL_POOL
 
 REPO = Path(__file__).resolve().parents[1]
+# Kernelspec configs of the non-default backends, as `sandbox-kernel install --backend` writes
+# them; pool_size 0 so each test starts (and removes) exactly the sandboxes it counts.
+BACKEND_CONFIGS: dict[str, dict[str, Any]] = {
+    "docker-runc": {"backend": "docker-runc", "pool_size": 0},
+    "bwrap": {"backend": "bwrap", "pool_size": 0},
+    "firejail": {"backend": "firejail", "pool_size": 0, "accept_unenforced": ["tmp_size"]},
+}
 SETUP = "run `sudo scripts/quickstart.sh` (or `sandbox-kernel setup-host && sandbox-kernel image build`)"
 
 

@@ -122,7 +122,10 @@ def container_spec(
         "devices": [],
         "privileged": False,
         "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges", seccomp_security_opt()],
+        "security_opt": [
+            "no-new-privileges",
+            seccomp_security_opt(host_kernel=runtime not in GVISOR_RUNTIMES),
+        ],
         "mem_limit": policy.memory_bytes,
         "memswap_limit": policy.memory_bytes,  # no swap beyond the memory cap
         "nano_cpus": int(policy.cpus * 1e9),

@@ -42,6 +42,14 @@ DENIED = (
     "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
 )  # fmt: skip
 
+# Only when the sandbox runs on the host's kernel (docker-runc, bwrap, firejail): io_uring,
+# a large interface with a record of privilege escalations that gVisor does not offer
+# anyway, and clone3 answered with ENOSYS so that libc falls back to clone, whose
+# namespace flags the rules below can inspect (runc and libseccomp honour the errno).
+HOST_KERNEL_DENIED = ("io_uring_setup", "io_uring_enter", "io_uring_register")
+ENOSYS_SYSCALLS = ("clone3",)
+ENOSYS = 38
+
 # clone(2) flags that create namespaces; each one present in flags (arg 0) is refused.
 CLONE_NAMESPACE_FLAGS = {
     "CLONE_NEWNS": 0x00020000,
@@ -75,9 +83,13 @@ def _deny(names: list[str], *args: dict[str, Any]) -> dict[str, Any]:
     return rule
 
 
-def seccomp_profile() -> dict[str, Any]:
-    """A Docker seccomp profile (JSON-able): allow by default, deny the list above."""
+def seccomp_profile(host_kernel: bool = False) -> dict[str, Any]:
+    """A Docker seccomp profile (JSON-able): allow by default, deny the list above.
+    ``host_kernel`` (runc): also the rules of HOST_KERNEL_DENIED and ENOSYS_SYSCALLS."""
     rules = [_deny(list(DENIED))]
+    if host_kernel:
+        rules.append(_deny(list(HOST_KERNEL_DENIED)))
+        rules.append({**_deny(list(ENOSYS_SYSCALLS)), "errnoRet": ENOSYS})
     rules += [_deny(["clone"], _masked(0, flag, flag)) for flag in CLONE_NAMESPACE_FLAGS.values()]
     af_packet = {"index": 0, "value": AF_PACKET, "valueTwo": 0, "op": "SCMP_CMP_EQ"}
     rules.append(_deny(["socket"], af_packet))
@@ -96,6 +108,6 @@ def seccomp_profile() -> dict[str, Any]:
     }
 
 
-def seccomp_security_opt() -> str:
+def seccomp_security_opt(host_kernel: bool = False) -> str:
     """The profile as Docker's API takes it: ``seccomp=<json>``."""
-    return "seccomp=" + json.dumps(seccomp_profile(), separators=(",", ":"))
+    return "seccomp=" + json.dumps(seccomp_profile(host_kernel), separators=(",", ":"))

@@ -12,6 +12,7 @@ import sys
 from importlib import resources
 from typing import Any
 
+from ..backends.registry import BACKENDS, DEFAULT_BACKEND, default_kernel_name
 from ..errors import SandboxError
 from ..image.recipe import DEFAULT_IMAGE
 
@@ -41,6 +42,20 @@ def _add_policy_options(p: argparse.ArgumentParser) -> None:
         type=int,
         help="sandboxes kept warm for this kernelspec (default 1, 0 disables)",
     )
+    g.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="isolation backend (default docker = gVisor); docker-runc, bwrap and firejail are "
+        "weaker tiers that share the host's kernel (docs/backends.md)",
+    )
+    g.add_argument(
+        "--accept-unenforced",
+        dest="accept_unenforced",
+        action="append",
+        metavar="PROPERTY",
+        help="DANGEROUS (bwrap/firejail): let the backend leave PROPERTY unenforced (repeatable)",
+    )
+    g.add_argument("--rootfs", help="bwrap/firejail: kernel root filesystem directory")
     x = p.add_argument_group("deliberate exchanges (ports and files; see docs/exchange.md)")
     x.add_argument(
         "--expose",
@@ -82,6 +97,9 @@ def _add_policy_options(p: argparse.ArgumentParser) -> None:
 
 
 _POLICY_KEYS = (
+    "backend",
+    "accept_unenforced",
+    "rootfs",
     "image",
     "memory_limit",
     "cpu_limit",
@@ -112,10 +130,11 @@ def cmd_install(args: argparse.Namespace) -> int:
     config.setdefault("image", DEFAULT_IMAGE)
     spec = build_kernelspec(config, display_name=args.display_name)
     prefix = sys.prefix if args.sys_prefix else args.prefix
+    name = args.name or default_kernel_name(config.get("backend", DEFAULT_BACKEND))
     path, changed = install_kernelspec(
-        spec, args.name, user=args.user, prefix=prefix, replace=args.replace
+        spec, name, user=args.user, prefix=prefix, replace=args.replace
     )
-    print(f"{'installed' if changed else 'already installed'}: kernelspec {args.name!r} in {path}")
+    print(f"{'installed' if changed else 'already installed'}: kernelspec {name!r} in {path}")
     return 0
 
 
@@ -130,9 +149,18 @@ def cmd_image_build(args: argparse.Namespace) -> int:
         mirror=args.mirror,
         force=args.force,
         keep_rootfs=args.keep_rootfs,
+        rootfs_only=args.rootfs_only,
     )
     if not built:
         print(f"{args.image} is up to date (recipe {recipe.digest()}); --force rebuilds it")
+    return 0
+
+
+def cmd_image_export_rootfs(args: argparse.Namespace) -> int:
+    from ..image.rootfs import export_rootfs
+
+    path, exported = export_rootfs(args.image)
+    print(f"{'exported' if exported else 'up to date'}: {args.image} root filesystem at {path}")
     return 0
 
 
@@ -147,7 +175,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from ..doctor import run_doctor
 
     progress = None if args.json else (lambda msg: print(f"... {msg}", file=sys.stderr))
-    report = run_doctor(args.image, progress=progress)
+    report = run_doctor(args.image, progress=progress, backend=args.backend)
     print(report.to_json() if args.json else report.to_text())
     return 0 if report.ok else 1
 
@@ -172,9 +200,13 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
+    from ..backends.cgroups import remove_empty
     from ..backends.docker import DockerBackend
 
     removed = DockerBackend().remove_orphans()
+    stale = remove_empty()
+    if stale:
+        print(f"removed the cgroups of {len(stale)} ended bwrap/firejail sandbox(es)")
     print(f"removed {len(removed)} sandbox(es) left by dead Jupyter processes" +
           (": " + ", ".join(removed) if removed else ""))  # fmt: skip
     return 0
@@ -202,8 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--user", action="store_true", help="install for the current user")
     where.add_argument("--sys-prefix", action="store_true", help=f"install into {sys.prefix}")
     where.add_argument("--prefix", help="install into PREFIX/share/jupyter/kernels")
-    p.add_argument("--name", default="sandbox-python", help="kernel name (default sandbox-python)")
-    p.add_argument("--display-name", default="Python 3 (sandboxed)")
+    p.add_argument(
+        "--name", help="kernel name (default sandbox-python, sandbox-python-<backend> otherwise)"
+    )
+    p.add_argument(
+        "--display-name", help="default: 'Python 3 (sandboxed)', naming the tier of other backends"
+    )
     p.add_argument(
         "--replace", action="store_true", help="overwrite a different existing kernelspec"
     )
@@ -223,7 +259,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="another Python package (wheel) for the image (repeatable)",
     )
     b.add_argument("--keep-rootfs", action="store_true", help=argparse.SUPPRESS)
+    b.add_argument(
+        "--rootfs-only",
+        action="store_true",
+        help="no Docker: build only the root filesystem directory for the bwrap/firejail "
+        "backends (what `image export-rootfs` makes from the image)",
+    )
     b.set_defaults(func=cmd_image_build)
+    e = isub.add_parser(
+        "export-rootfs",
+        help="export the image into a directory for the bwrap/firejail backends (root, Docker)",
+    )
+    e.add_argument("--image", default=DEFAULT_IMAGE)
+    e.set_defaults(func=cmd_image_export_rootfs)
 
     p = sub.add_parser(
         "setup-host", help="install Docker + gVisor (runsc) and start dockerd (root)"
@@ -233,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="check that this host really sandboxes kernels")
     p.add_argument("--image", default=DEFAULT_IMAGE, help=f"kernel image (default {DEFAULT_IMAGE})")
     p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument(
+        "--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help="isolation backend to check"
+    )
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("ps", help="list running sandboxes: kernel id, uptime, memory, CPU")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Host setup for sandbox-kernel on Debian/Ubuntu, as root:
-#   Docker engine + gVisor (runsc) registered with the daemon, dockerd running.
+#   Docker engine + gVisor (runsc) registered with the daemon, dockerd running;
+#   bubblewrap and firejail for the daemon-less backends (see docs/backends.md).
 # Idempotent: safe to run again. Starts dockerd detached when no service manager does.
 set -euo pipefail
 
@@ -29,8 +30,25 @@ fi
 
 log "apt-get update"
 apt-get update -qq
-log "installing docker.io, debootstrap"
-apt-get install -y -qq --no-install-recommends docker.io debootstrap iproute2 procps ca-certificates >/dev/null
+log "installing docker.io, debootstrap, bubblewrap, firejail"
+apt-get install -y -qq --no-install-recommends docker.io debootstrap iproute2 procps ca-certificates \
+  bubblewrap firejail libseccomp2 >/dev/null
+
+# firejail backend: a dedicated host user (firejail has no --uid; it needs a passwd entry,
+# a shell to run the command with inside the chroot, and the kernel's home path), and
+# firejail's --chroot, which Debian ships disabled. Enabling it lets any local user chroot
+# into root-owned, non-writable directories under firejail's rules (docs/backends.md).
+if ! getent passwd sandbox-kernel >/dev/null; then
+  log "creating the host user sandbox-kernel (firejail backend)"
+  useradd --system --no-create-home --home-dir /home/sandbox --shell /bin/sh sandbox-kernel
+fi
+usermod --home /home/sandbox --shell /bin/sh --lock sandbox-kernel >/dev/null 2>&1 || true
+fj_conf=/etc/firejail/firejail.config
+if [ -f "$fj_conf" ] && ! grep -qE '^\s*chroot\s+yes' "$fj_conf"; then
+  log "enabling firejail's --chroot in $fj_conf (firejail backend)"
+  sed -i -E 's/^\s*#?\s*chroot\s+(yes|no)\s*$/chroot yes/' "$fj_conf"
+  grep -qE '^\s*chroot\s+yes' "$fj_conf" || echo 'chroot yes' >> "$fj_conf"
+fi
 runsc_policy=$(apt-cache policy runsc 2>/dev/null || true)
 if [ "${ID:-}" = debian ] && [[ "$runsc_policy" == *"${codename}-backports"* ]]; then
   log "installing runsc from ${codename}-backports"

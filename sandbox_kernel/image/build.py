@@ -106,11 +106,21 @@ def build_image(
     mirror: str | None = None,
     force: bool = False,
     keep_rootfs: bool = False,
+    rootfs_only: bool = False,
     progress: Progress = print_progress,
 ) -> bool:
-    """Build ``image``; return False when an up-to-date image already exists."""
+    """Build ``image``; return False when an up-to-date image already exists.
+
+    ``rootfs_only``: no Docker at all; the tree goes to the bwrap/firejail rootfs folder
+    (``image/rootfs.py``) under the image's name instead of being imported."""
+    from .rootfs import COMPLETE_MARK, ROOTFS_ROOT, install_tree_link
+
     recipe = recipe or ImageRecipe()
-    if not force and image_is_current(image, recipe):
+    key = f"recipe-{recipe.digest()[:16]}"
+    if rootfs_only and not force and (ROOTFS_ROOT / key / COMPLETE_MARK).is_file():
+        install_tree_link(image, key)
+        return False
+    if not rootfs_only and not force and image_is_current(image, recipe):
         return False
     if os.geteuid() != 0:
         raise SandboxError("building the image needs root (debootstrap and chroot); run with sudo")
@@ -132,13 +142,23 @@ def build_image(
         ("creating the sandbox user", builder.add_user),
         ("pre-compiling bytecode (the rootfs is read-only at run time)", builder.compile_bytecode),
         ("pre-building matplotlib's font cache into /etc/skel", builder.font_cache),
-        (f"importing as {image}", lambda: builder.docker_import(image)),
     ]
+    if rootfs_only:
+        ROOTFS_ROOT.mkdir(parents=True, exist_ok=True)
+        final = ROOTFS_ROOT / key
+        steps.append(
+            (f"installing the rootfs as {final}", lambda: _install_rootfs(builder, image, key))
+        )
+    else:
+        steps.append((f"importing as {image}", lambda: builder.docker_import(image)))
     started = time.monotonic()
     try:
         for i, (what, step) in enumerate(steps, 1):
             progress(i - 1, len(steps), what)
             step()
+        if rootfs_only:
+            progress(len(steps), len(steps), f"done: {ROOTFS_ROOT / key}")
+            return True
         import docker
 
         size = docker.from_env().images.get(image).attrs.get("Size", 0)
@@ -153,6 +173,26 @@ def build_image(
             print(f"rootfs kept at {builder.rootfs}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _install_rootfs(builder: _RootfsBuilder, image: str, key: str) -> None:
+    """Move the finished tree into the rootfs folder (same filesystem as /var/tmp, usually),
+    with the export's normalisation: no setuid/setgid bits, no device nodes."""
+    from .rootfs import ROOTFS_ROOT, install_tree
+
+    tree = Path(tempfile.mkdtemp(prefix=".build-", dir=ROOTFS_ROOT))
+    os.rmdir(tree)
+    shutil.move(str(builder.rootfs), tree)
+    for path in [tree, *tree.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.lstat().st_mode
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
+            path.unlink()
+        elif mode & (stat.S_ISUID | stat.S_ISGID):
+            os.chmod(path, stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID))
+    os.chmod(tree / "tmp", 0o1777)
+    install_tree(tree, image, key)
 
 
 class _RootfsBuilder:

@@ -1,16 +1,22 @@
-"""The host end of one sandbox's pipe: Docker's attach connection, on the relay loop.
+"""The host end of one sandbox's pipe, on the relay loop.
 
-The provisioner creates one :class:`AgentSession` per sandbox. It opens the
-attach connection (an HTTP upgrade on the Docker socket) before the container
-starts, writes the agent bundle once it has started, then carries frames:
-stdout of the sandbox arrives in Docker's multiplexed framing, stdin is raw.
-Everything the agent sends is untrusted: a protocol error ends the session.
+The provisioner creates one :class:`AgentSession` per sandbox. Two transports:
+
+* Docker (``attach``): an HTTP upgrade on the Docker socket, opened before the
+  container starts; stdout arrives in Docker's multiplexed framing and stdin
+  carries the escaping of ``protocol.escape_stdin`` (Docker's detach keys).
+* Pipes (``attach_pipes``): the sandbox process's stdin and stdout (bubblewrap,
+  firejail); raw bytes both ways.
+
+Either way the session writes the agent bundle, then carries frames. Everything
+the agent sends is untrusted: a protocol error ends the session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -30,14 +36,33 @@ class SessionError(Exception):
     pass
 
 
+class _PipeWriter(asyncio.Protocol):
+    """The write side of a pipe transport: flow control goes to the session; its loss is
+    seen on the read side (the sandbox closes both when it ends)."""
+
+    def __init__(self, session: AgentSession) -> None:
+        self.session = session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.session.connection_made(transport)
+
+    def pause_writing(self) -> None:
+        self.session.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.session.resume_writing()
+
+
 class AgentSession(asyncio.Protocol):
     def __init__(self, name: str, *, console: Callable[[bytes], None], log: logging.Logger) -> None:
         self.name = name
         self.log = log
         self.console = console  # replaceable: a pooled sandbox gets its kernel's sink on claim
         self.mux = Mux(self._write, on_control=self._on_control, on_console=self._on_console)
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport | asyncio.WriteTransport | None = None
+        self._reader: asyncio.BaseTransport | None = None  # a pipe's read side (attach_pipes)
         self.demux = DockerStreamDemux()
+        self.docker_framing = True  # False once attached to a raw pipe (attach_socket)
         self._head = bytearray()
         self._upgraded: asyncio.Future[None] | None = None
         self.hello: asyncio.Future[dict[str, Any]] | None = None
@@ -76,6 +101,21 @@ class AgentSession(asyncio.Protocol):
         )
         await self._upgraded
 
+    async def attach_pipes(self, stdin_w: int, stdout_r: int) -> None:
+        """Use the sandbox process's stdin (we write ``stdin_w``) and stdout (we read
+        ``stdout_r``): raw bytes both ways. Takes ownership of both fds."""
+        loop = asyncio.get_running_loop()
+        self.docker_framing = False
+        self.hello = loop.create_future()
+        self.started = loop.create_future()
+        writer = _PipeWriter(self)
+        try:
+            await loop.connect_write_pipe(lambda: writer, os.fdopen(stdin_w, "wb", buffering=0))
+        except BaseException:
+            os.close(stdout_r)
+            raise
+        await loop.connect_read_pipe(lambda: self, os.fdopen(stdout_r, "rb", buffering=0))
+
     def send_agent(self, payload: bytes) -> None:
         assert self.transport is not None
         self.transport.write(payload)
@@ -106,7 +146,10 @@ class AgentSession(asyncio.Protocol):
 
     # -- asyncio protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        if self.transport is not None:  # a pipe's read side; writes go to self.transport
+            self._reader = transport
+            return
+        assert isinstance(transport, (asyncio.Transport, asyncio.WriteTransport))
         self.transport = transport
         transport.set_write_buffer_limits(high=PIPE_HIGH_WATER, low=PIPE_LOW_WATER)
 
@@ -114,7 +157,9 @@ class AgentSession(asyncio.Protocol):
         try:
             if self._upgraded is not None and not self._upgraded.done():
                 data = self._read_head(data)
-            if data:
+            if data and not self.docker_framing:
+                self.mux.feed(data)
+            elif data:
                 for kind, piece in self.demux.feed(data):
                     if kind == STDOUT:
                         self.mux.feed(piece)
@@ -144,6 +189,8 @@ class AgentSession(asyncio.Protocol):
         self.mux.pipe_resume()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._reader is not None and self.transport is not None:
+            self.transport.close()  # the sandbox's stdout is gone: so is its stdin
         self.mux.close()
         why = self.error or "the sandbox's pipe closed"
         for fut in (self._upgraded, self.hello, self.started, self.prewarmed):
@@ -161,7 +208,7 @@ class AgentSession(asyncio.Protocol):
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             # Frames are binary: escape Docker's detach sequence (see protocol.DETACH_KEYS).
-            self.transport.write(p.escape_stdin(data))
+            self.transport.write(p.escape_stdin(data) if self.docker_framing else data)
 
     def _on_control(self, msg: dict[str, Any]) -> None:
         op = msg["op"]
@@ -197,9 +244,9 @@ class AgentSession(asyncio.Protocol):
         """End the session on a broken or hostile peer."""
         self.error = self.error or why
         self.log.error("%s", why)
-        if self.transport is not None:
-            abort_transport(self.transport)
+        self.close()
 
     def close(self) -> None:
-        if self.transport is not None:
-            abort_transport(self.transport)
+        for transport in (self.transport, self._reader):
+            if transport is not None and not transport.is_closing():
+                abort_transport(transport)

@@ -1,0 +1,322 @@
+"""Backends whose sandbox is a host process tree: the agent on its stdin/stdout pipes.
+
+Who calls what: the provisioner (and the warm pool, through ``boot``) calls
+``preflight``, then ``create`` (spawns the sandbox process with pipes as its
+stdin and stdout; the agent's stage 1 waits there for the bundle), ``attach``
+(the session takes our ends, raw bytes, on the relay loop), ``start`` (nothing
+left to do), and ``kill``/``remove``. Subclasses give
+the command line (``sandbox_argv``, pure) and what they cannot enforce
+(``gaps``).
+
+Before the sandbox tool runs, the child joins the sandbox's cgroups, gets its
+rlimits and, when the server runs as root, drops to a host uid of its own
+(:func:`host_uid`): unique per sandbox, so RLIMIT_NPROC, which the kernel counts
+per user, is a per-sandbox limit, and no two sandboxes share an identity. Every
+blocking step runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import resource
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+from abc import abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from ..errors import SandboxError
+from ..image.rootfs import check_rootfs, rootfs_for
+from ..policy import SandboxPolicy
+from ..relay.session import AgentSession
+from ..relay.thread import RelayThread
+from .base import Preflight, SandboxBackend
+from .bpf import seccomp_bpf, seccomp_fd
+from .capabilities import check_accepted, refuse_unenforced
+from .cgroups import CONTROLLERS, Cgroup, cgroup_gaps, join_in_child, v1_mounts
+
+HOST_UID_BASE = 1_900_000_000
+HOST_UID_SPAN = 1 << 24
+STDERR_TAIL = 4000
+
+
+def host_uid() -> int:
+    """A fresh host uid (and gid) for one sandbox: no passwd entry, no files, no processes."""
+    return HOST_UID_BASE + secrets.randbelow(HOST_UID_SPAN)
+
+
+@dataclass
+class Spawned:
+    """One running sandbox process and what belongs to it."""
+
+    proc: subprocess.Popen[bytes]
+    pipes: tuple[int, int] | None  # our ends (its stdin, its stdout) until a session takes them
+    workdir: Path
+    cgroup: Cgroup | None
+    ids: tuple[int, int] | None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class PipeBackend(SandboxBackend):
+    tool: str  # the executable, e.g. "bwrap"
+    package: str  # the Debian package that has it
+    # True: a fresh host uid per sandbox (as root), so RLIMIT_NPROC is per sandbox. False:
+    # a shared uid (``sandbox_uid``), so the pids cgroup carries the process limit instead.
+    per_sandbox_uid = True
+
+    def __init__(
+        self,
+        log: logging.Logger | None = None,
+        *,
+        accept_unenforced: Iterable[str] = (),
+        rootfs: str = "",
+    ) -> None:
+        self.log = log or logging.getLogger(__name__)
+        self.accept_unenforced = check_accepted(accept_unenforced)
+        self.rootfs_override = rootfs
+
+    # Shared by every instance: a warm pool's sandbox is removed by the claiming
+    # provisioner's backend object, not the pool's.
+    _sandboxes: ClassVar[dict[str, Spawned]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    # -- what subclasses provide -------------------------------------------------------
+    @abstractmethod
+    def sandbox_argv(
+        self, policy: SandboxPolicy, rootfs: Path, command: list[str], seccomp: int
+    ) -> list[str]:
+        """The full command line that runs ``command`` in the sandbox (pure)."""
+
+    def sandbox_uid(self) -> tuple[int, int] | None:
+        """(uid, gid) the sandbox tool runs as; None: the server's own (not root)."""
+        if os.geteuid() != 0:
+            return None
+        uid = host_uid()
+        return uid, uid
+
+    @abstractmethod
+    def tool_gaps(self, policy: SandboxPolicy, rootfs: Path) -> dict[str, str]:
+        """Properties the tool itself cannot enforce here (may run a probe; blocking)."""
+
+    # -- preflight ------------------------------------------------------------------------
+    def gaps(self, policy: SandboxPolicy) -> tuple[Path, dict[str, str]]:
+        """(rootfs, every property this host cannot enforce for ``policy``); blocking."""
+        if shutil.which(self.tool) is None:
+            raise SandboxError(
+                f"`{self.tool}` is not installed: apt-get install {self.package} "
+                "(or `sudo sandbox-kernel setup-host`)"
+            )
+        rootfs = check_rootfs(rootfs_for(policy.image, self.rootfs_override))
+        gaps: dict[str, str] = {}
+        try:
+            seccomp_bpf()
+        except SandboxError as exc:
+            gaps["seccomp"] = str(exc)
+        gaps.update(cgroup_gaps())
+        if self.per_sandbox_uid and os.geteuid() != 0:
+            gaps["nproc_limit"] = (
+                "RLIMIT_NPROC counts every process of the server's uid on the host; a "
+                "per-sandbox host uid needs the server to run as root"
+            )
+        elif not self.per_sandbox_uid and "pids_limit" in gaps:
+            gaps["nproc_limit"] = "the process limit is the pids cgroup: " + gaps["pids_limit"]
+        gaps.update(self.tool_gaps(policy, rootfs))
+        return rootfs, gaps
+
+    def _preflight(self, policy: SandboxPolicy) -> Preflight:
+        _rootfs, gaps = self.gaps(policy)
+        warnings = refuse_unenforced(self.name, gaps, self.accept_unenforced)
+        shared = (
+            f"backend {self.name!r} shares the host's Linux kernel with the sandbox (no gVisor): "
+            "a kernel bug reachable through the allowed syscalls is a way out"
+        )
+        return Preflight(runtime=self.name, warnings=(shared, *warnings))
+
+    async def preflight(self, policy: SandboxPolicy) -> Preflight:
+        return await asyncio.to_thread(self._preflight, policy)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def _spawn(self, policy: SandboxPolicy, command: list[str], name: str) -> str:
+        rootfs, gaps = self.gaps(policy)
+        workdir = Path(tempfile.mkdtemp(prefix=f"sandbox-kernel-{self.name}-"))
+        cgroup: Cgroup | None = None
+        stdin_r, stdin_w = os.pipe()
+        stdout_r, stdout_w = os.pipe()
+        filter_fd = -1
+        try:
+            usable = {c: m for c, m in v1_mounts().items() if CONTROLLERS[c] not in gaps}
+            if usable:
+                cgroup = Cgroup(name, usable)
+                cgroup.create(
+                    policy, pids=policy.pids_limit if self.per_sandbox_uid else policy.nproc
+                )
+            ids = self.sandbox_uid()
+            filter_fd = seccomp_fd() if "seccomp" not in gaps else -1
+            argv = self.sandbox_argv(policy, rootfs, command, filter_fd)
+            with open(workdir / "stderr", "wb") as err:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=stdin_r,
+                    stdout=stdout_w,
+                    stderr=err,
+                    pass_fds=[filter_fd] if filter_fd >= 0 else [],
+                    cwd="/",
+                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
+                    start_new_session=True,
+                    preexec_fn=_child_setup(
+                        cgroup.join_paths() if cgroup else [],
+                        _rlimits(policy, per_uid=self.per_sandbox_uid and ids is not None),
+                        ids,
+                    ),
+                )
+        except BaseException:
+            os.close(stdin_w)
+            os.close(stdout_r)
+            if cgroup is not None:
+                cgroup.remove()
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        finally:
+            os.close(stdin_r)
+            os.close(stdout_w)
+            if filter_fd >= 0:
+                os.close(filter_fd)
+        with self._lock:
+            self._sandboxes[name] = Spawned(proc, (stdin_w, stdout_r), workdir, cgroup, ids)
+        return name
+
+    async def create(
+        self,
+        policy: SandboxPolicy,
+        preflight: Preflight,
+        *,
+        command: list[str],
+        labels: Mapping[str, str],
+        name: str,
+    ) -> str:
+        return await asyncio.to_thread(self._spawn, policy, command, name)
+
+    async def attach(self, sandbox_id: str, session: AgentSession) -> None:
+        with self._lock:
+            spawned = self._sandboxes.get(sandbox_id)
+            pipes = spawned.pipes if spawned else None
+            if spawned:
+                spawned.pipes = None
+        if pipes is None:
+            raise SandboxError(f"sandbox {sandbox_id} is gone or already attached")
+        await RelayThread.get().run(session.attach_pipes(*pipes))
+
+    async def start(self, sandbox_id: str) -> None:
+        """Nothing to do: the process runs since ``create`` and waits for the agent."""
+
+    def _kill(self, sandbox_id: str) -> None:
+        with self._lock:
+            spawned = self._sandboxes.get(sandbox_id)
+        if spawned is None:
+            return
+        try:
+            os.killpg(spawned.proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        if spawned.cgroup is not None:
+            for pid in spawned.cgroup.pids():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+    def _remove(self, sandbox_id: str) -> None:
+        with self._lock:
+            spawned = self._sandboxes.pop(sandbox_id, None)
+        if spawned is None:
+            return
+        code, err = _end(spawned)
+        if err and code not in (0, -signal.SIGKILL):
+            self.log.warning("sandbox %s: %s said: %s", sandbox_id, self.tool, err)
+
+    async def kill(self, sandbox_id: str) -> None:
+        await asyncio.to_thread(self._kill, sandbox_id)
+
+    async def remove(self, sandbox_id: str) -> None:
+        try:
+            await asyncio.to_thread(self._remove, sandbox_id)
+        except RuntimeError:  # interpreter shutdown: no new worker threads, so block instead
+            self._remove(sandbox_id)
+
+    @classmethod
+    def remove_all(cls) -> None:
+        """At exit: remove every sandbox of this process still running (warm-pool sandboxes,
+        kernels nobody shut down). Their agents would end on their own when our pipe ends;
+        this also removes their cgroups and folders. Registered with ``atexit``."""
+        with cls._lock:
+            spawned = list(cls._sandboxes.values())
+            cls._sandboxes.clear()
+        for one in spawned:
+            try:
+                _end(one)
+            except Exception:
+                pass
+
+
+atexit.register(PipeBackend.remove_all)
+
+
+def _end(spawned: Spawned) -> tuple[int, str]:
+    """Kill a sandbox's process group, reap it, remove its cgroups and folder; return its
+    exit code and the tail of the tool's stderr."""
+    try:
+        os.killpg(spawned.proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    code = spawned.proc.wait()
+    if spawned.pipes is not None:
+        for fd in spawned.pipes:
+            os.close(fd)
+        spawned.pipes = None
+    if spawned.cgroup is not None:
+        spawned.cgroup.remove()
+    err = _tail(spawned.workdir / "stderr")
+    shutil.rmtree(spawned.workdir, ignore_errors=True)
+    return code, err
+
+
+def _rlimits(policy: SandboxPolicy, *, per_uid: bool) -> list[tuple[int, int]]:
+    limits = [(resource.RLIMIT_NOFILE, policy.nofile), (resource.RLIMIT_CORE, 0)]
+    if per_uid:
+        limits.append((resource.RLIMIT_NPROC, policy.nproc))
+    return limits
+
+
+def _child_setup(
+    cgroup_procs: list[bytes], rlimits: list[tuple[int, int]], ids: tuple[int, int] | None
+) -> Callable[[], None]:
+    """The pre-exec hook: join the cgroups, set rlimits, drop to the sandbox's host uid.
+    Only plain syscalls (it runs between fork and exec)."""
+
+    def setup() -> None:
+        join_in_child(cgroup_procs)
+        for which, value in rlimits:
+            resource.setrlimit(which, (value, value))
+        if ids is not None:
+            uid, gid = ids
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+
+    return setup
+
+
+def _tail(path: Path) -> str:
+    try:
+        return path.read_bytes()[-STDERR_TAIL:].decode("utf-8", "replace").strip()
+    except OSError:
+        return ""

@@ -1,0 +1,319 @@
+"""The daemon-less backends (bwrap, firejail) end to end with real tools and ipykernel:
+a kernel runs code, is interrupted, restarted and shut down, its limits hold, and
+nothing is left behind (processes, cgroups, temporary folders, ports). Refusals fail
+closed and name what is missing. docker-runc shares the Docker code path (the attack
+suite covers it in tests/security/test_backend_attacks.py).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+
+from sandbox_kernel.backends.pipe import PipeBackend
+from sandbox_kernel.kernelspec import build_kernelspec
+from tests.helpers import BACKEND_CONFIGS, Kernel, listening_ports
+
+PIPE_BACKENDS = ["bwrap", "firejail"]
+
+
+def sandbox_state(kernel: Kernel) -> tuple[int, list[Path]]:
+    """(pid of the sandbox tool, its cgroup folders) of a running kernel."""
+    name = kernel.container_id
+    assert name is not None
+    spawned = PipeBackend._sandboxes[name]
+    assert spawned.cgroup is not None, "running as root: cgroups must be in use"
+    return spawned.proc.pid, list(spawned.cgroup.dirs.values())
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def cgroup_dirs() -> set[str]:
+    return set(glob.glob("/sys/fs/cgroup/*/sandbox-kernel/*/"))
+
+
+def workdirs(backend: str) -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), f"sandbox-kernel-{backend}-*")))
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("backend", PIPE_BACKENDS)
+def test_kernel_lifecycle_and_cleanup(backend: str, start_kernel: Callable[..., Kernel]) -> None:
+    before_dirs = workdirs(backend)
+    before_ports = listening_ports(own_only=True)
+    kernel = start_kernel(f"sandbox-{backend}")
+    pid, cgroups = sandbox_state(kernel)
+    who = kernel.value(
+        "import os, socket, json, numpy\n"
+        "print(json.dumps([os.getuid(), socket.gethostname(), os.path.realpath(os.getcwd()), "
+        "float(numpy.arange(4).sum())]))"
+    )
+    assert who[0] != 0 and who[1] == "sandbox" and who[2] == "/home/sandbox" and who[3] == 6.0
+    for d in cgroups:
+        assert d.is_dir(), f"cgroup {d} is missing while the kernel runs"
+    assert str(pid) in (cgroups[0] / "cgroup.procs").read_text().split()
+
+    # Interrupt a busy cell: the kernel survives with a KeyboardInterrupt.
+    msg_id = kernel.kc.execute("import time; time.sleep(60)")
+    time.sleep(1.0)
+    kernel.km.interrupt_kernel()
+    reply = kernel.kc.get_shell_msg(timeout=20)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert (
+        reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+    )
+
+    # Restart: a new sandbox replaces the old one, which is gone with its cgroups.
+    kernel.km.restart_kernel(now=False)
+    kernel.kc.wait_for_ready(timeout=60)
+    wait_until(lambda: gone(pid), 10, "the old sandbox to end after restart")
+    assert not any(d.exists() for d in cgroups), "the old sandbox's cgroups were not removed"
+    new_pid, new_cgroups = sandbox_state(kernel)
+    assert new_pid != pid
+    assert kernel.value("print(6 * 7)") == 42
+
+    # Shutdown: nothing left.
+    kernel.stop()
+    wait_until(lambda: gone(new_pid), 10, "the sandbox to end at shutdown")
+    assert not any(d.exists() for d in new_cgroups), "cgroups left behind"
+    assert workdirs(backend) <= before_dirs, "temporary folders left behind"
+    assert not PipeBackend._sandboxes.get(str(kernel.container_id)), "backend still tracks it"
+    assert set(listening_ports(own_only=True)) <= set(before_ports), "host ports left open"
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("backend", PIPE_BACKENDS)
+def test_limits_hold(backend: str, start_kernel: Callable[..., Kernel]) -> None:
+    """The cgroup caps are the policy's; a fork loop meets EAGAIN at the process limit, and
+    an allocation beyond the memory cap does not succeed."""
+    kernel = start_kernel(f"sandbox-{backend}")
+    _pid, cgroups = sandbox_state(kernel)
+    by_name = {d.parts[-3]: d for d in cgroups}
+    assert int((by_name["memory"] / "memory.limit_in_bytes").read_text()) == 2 * 2**30
+    assert int((by_name["cpu"] / "cpu.cfs_quota_us").read_text()) == 100_000
+    forks = kernel.value(
+        "import os, json, errno, time\n"
+        "kids, err = [], None\n"
+        "for _ in range(500):\n"
+        "    try:\n"
+        "        pid = os.fork()\n"
+        "    except OSError as e:\n"
+        "        err = errno.errorcode[e.errno]; break\n"
+        "    if pid == 0:\n"
+        "        time.sleep(30); os._exit(0)\n"
+        "    kids.append(pid)\n"
+        "for k in kids:\n"
+        "    os.kill(k, 9); os.waitpid(k, 0)\n"
+        "print(json.dumps([len(kids), err]))",
+        timeout=120,
+    )
+    assert forks[1] == "EAGAIN" and forks[0] < 64, forks
+    # Beyond the memory cap: the cgroup's OOM killer ends the kernel (or it gets MemoryError).
+    kernel.kc.execute("b = bytearray(3 * 2**30); b[::4096] = b'x' * len(b[::4096])")
+    deadline, status = time.monotonic() + 90, None
+    while time.monotonic() < deadline and status is None and kernel.km.is_alive():
+        try:
+            status = kernel.kc.get_shell_msg(timeout=0.5)["content"]["status"]
+        except Exception:
+            continue
+    assert status != "ok", "3 GiB fit in a 2 GiB sandbox"
+    oom = (by_name["memory"] / "memory.oom_control").read_text()
+    failcnt = int((by_name["memory"] / "memory.failcnt").read_text())
+    assert failcnt > 0 or "oom_kill 0" not in oom, f"the memory cgroup never hit its cap: {oom}"
+
+
+@pytest.mark.docker
+def test_unaccepted_gap_refuses_and_leaves_nothing(tmp_path: Path) -> None:
+    """firejail cannot cap tmpfs sizes: without accept_unenforced=['tmp_size'] it refuses,
+    naming the property, and leaves no port, process or folder behind."""
+    config = {k: v for k, v in BACKEND_CONFIGS["firejail"].items() if k != "accept_unenforced"}
+    (tmp_path / "fj-strict").mkdir()
+    (tmp_path / "fj-strict" / "kernel.json").write_text(json.dumps(build_kernelspec(config)))
+    ksm = KernelSpecManager(kernel_dirs=[str(tmp_path)])
+    before_ports, before_dirs = listening_ports(own_only=True), workdirs("firejail")
+    running = set(PipeBackend._sandboxes)
+    km = KernelManager(kernel_name="fj-strict", kernel_spec_manager=ksm)
+    with pytest.raises(Exception, match=r"tmp_size \(firejail cannot cap") as err:
+        km.start_kernel()
+    assert "fail closed" in str(err.value) and "accept_unenforced=['tmp_size']" in str(err.value)
+    assert set(listening_ports(own_only=True)) <= set(before_ports)
+    assert workdirs("firejail") <= before_dirs and set(PipeBackend._sandboxes) <= running
+
+
+@pytest.mark.docker
+def test_missing_rootfs_names_the_fix(tmp_path: Path) -> None:
+    config = {**BACKEND_CONFIGS["bwrap"], "rootfs": str(tmp_path / "absent")}
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / "kernel.json").write_text(json.dumps(build_kernelspec(config)))
+    km = KernelManager(
+        kernel_name="k", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(tmp_path)])
+    )
+    with pytest.raises(Exception, match="export-rootfs"):
+        km.start_kernel()
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("backend", ["bwrap", "firejail", "docker-runc"])
+def test_install_backend_runs_the_demo_notebook(backend: str, tmp_path: Path) -> None:
+    """`sandbox-kernel install --backend X` writes a kernelspec named for the backend, whose
+    display name states the tier, and `sandbox-kernel run` executes notebooks/demo.ipynb in it
+    (numpy, a figure, and the sandbox refusing network, Docker socket, rootfs write, raw
+    socket)."""
+    import nbformat
+
+    from tests.helpers import REPO
+    from tests.integration.test_cli import cli, kernelspecs
+
+    extra = ["--accept-unenforced", "tmp_size"] if backend == "firejail" else []
+    r = cli("install", "--prefix", str(tmp_path), "--backend", backend, *extra)
+    assert r.returncode == 0, r.stderr
+    name = f"sandbox-python-{backend}"
+    spec = kernelspecs(tmp_path)[name]["spec"]
+    assert (
+        spec["display_name"].startswith("Python 3 (sandboxed, ")
+        and "host kernel" in (spec["display_name"])
+    )
+    out = tmp_path / "demo.out.ipynb"
+    env = {"JUPYTER_PATH": str(tmp_path / "share" / "jupyter")}
+    nb_in = REPO / "notebooks" / "demo.ipynb"
+    before = workdirs(backend), cgroup_dirs()
+    r = cli("run", str(nb_in), "--kernel", name, "--output", str(out), env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # The process has exited: its kernel and its warm-pool sandbox (pool_size 1) are gone.
+    assert workdirs(backend) <= before[0], "temporary folders left by the exited process"
+    assert cgroup_dirs() <= before[1], "cgroups left by the exited process"
+    executed = nbformat.read(out, as_version=4)
+    errors = [
+        o for c in executed.cells for o in c.get("outputs", []) if o["output_type"] == "error"
+    ]
+    assert not errors, errors
+
+
+@pytest.mark.docker
+def test_bwrap_warm_pool(tmp_path: Path) -> None:
+    """The warm pool works for a pipe backend: a launch claims a pre-started bwrap sandbox,
+    and draining the pool leaves no sandbox, process or cgroup behind."""
+    from sandbox_kernel.pool import WarmPool
+    from sandbox_kernel.relay.thread import RelayThread
+
+    config = {**BACKEND_CONFIGS["bwrap"], "pool_size": 1, "memory_limit": "1536m"}
+    (tmp_path / "bw-pool").mkdir()
+    (tmp_path / "bw-pool" / "kernel.json").write_text(json.dumps(build_kernelspec(config)))
+    ksm = KernelSpecManager(kernel_dirs=[str(tmp_path)])
+    kernels: list[Kernel] = []
+    try:
+        for _ in range(2):
+            km = KernelManager(kernel_name="bw-pool", kernel_spec_manager=ksm)
+            km.start_kernel()
+            kc = km.client()
+            kc.start_channels()
+            kernels.append(Kernel(km, kc))
+            kc.wait_for_ready(timeout=60)
+            policy = km.provisioner.policy  # type: ignore[union-attr]
+            pool = next(p for p in WarmPool._pools.values() if p.policy == policy)
+            wait_until(lambda p=pool: bool(p.ready), 60, "the bwrap warm pool to fill")  # type: ignore[misc]
+        assert not kernels[0].km.provisioner.last_start_warm  # type: ignore[union-attr]
+        assert kernels[1].km.provisioner.last_start_warm  # type: ignore[union-attr]
+        assert kernels[1].value("import os; print(os.getuid())") == 1000
+        pooled = [s.container_id for s in pool.ready]
+        assert pooled and all(name in PipeBackend._sandboxes for name in pooled)
+        states = [PipeBackend._sandboxes[name] for name in pooled]
+    finally:
+        for kernel in kernels:
+            kernel.stop()
+    RelayThread.get().submit(pool.drain()).result(timeout=60)
+    for name, state in zip(pooled, states, strict=True):
+        assert name not in PipeBackend._sandboxes
+        wait_until(lambda s=state: gone(s.proc.pid), 10, "the pooled sandbox to end")  # type: ignore[misc]
+        assert state.cgroup is not None and not any(d.exists() for d in state.cgroup.dirs.values())
+
+
+UNPRIVILEGED_PREFLIGHT = """
+import json, logging, sys
+from sandbox_kernel.backends.bwrap import BwrapBackend
+from sandbox_kernel.errors import SandboxError
+from sandbox_kernel.policy import build_policy
+policy = build_policy(image="sandbox-kernel/python:latest")
+try:
+    BwrapBackend(logging.getLogger(), rootfs=sys.argv[1])._preflight(policy)
+    print(json.dumps({"refused": None}))
+except SandboxError as exc:
+    print(json.dumps({"refused": str(exc)}))
+"""
+
+
+@pytest.mark.docker
+def test_bwrap_without_root_refuses_the_limits_it_cannot_enforce() -> None:
+    """A server that is not root (e.g. a laptop) has no writable cgroups and cannot give
+    each sandbox its own uid: the real preflight, run as an unprivileged user, refuses and
+    names memory_limit, cpu_limit, pids_limit and nproc_limit (fail closed)."""
+    import shutil
+    import subprocess
+
+    from sandbox_kernel.image.rootfs import rootfs_for
+
+    rootfs = rootfs_for("sandbox-kernel/python:latest").resolve()
+    copy = Path(tempfile.mkdtemp(prefix="sk-unpriv-"))
+    try:
+        shutil.copytree(
+            Path(__file__).resolve().parents[2] / "sandbox_kernel", copy / "sandbox_kernel"
+        )
+        for path in [copy, *copy.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        out = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+             "/usr/bin/python3", "-I", "-c", f"import sys; sys.path.insert(0, {str(copy)!r})\n"
+             + UNPRIVILEGED_PREFLIGHT, str(rootfs)],
+            capture_output=True, text=True, timeout=60, cwd="/",
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        refused = json.loads(out.stdout.strip().splitlines()[-1])["refused"]
+    finally:
+        shutil.rmtree(copy)
+    assert refused, "an unprivileged server's bwrap preflight accepted a policy it cannot enforce"
+    for prop in ("memory_limit", "cpu_limit", "pids_limit", "nproc_limit"):
+        assert f"{prop} (" in refused, refused
+    assert "fail closed" in refused and "accept_unenforced" in refused
+    for enforced in ("network (", "host_files (", "seccomp (", "tmp_size ("):
+        assert enforced not in refused, refused
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("backend", ["bwrap", "firejail"])
+def test_doctor_checks_a_backend(backend: str) -> None:
+    """`sandbox-kernel doctor --backend X`: the backend's host checks, what it cannot enforce
+    here, a real kernel, and the self-contained attacks judged against its gap table."""
+    from sandbox_kernel.security.expectations import GAPS
+    from tests.integration.test_cli import cli
+
+    r = cli("doctor", "--backend", backend, "--json")
+    report = json.loads(r.stdout)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks[f"{backend} enforces the policy here"]["ok"] is True
+    if backend == "firejail":
+        assert "NOT enforced: tmp_size" in checks["firejail enforces the policy here"]["detail"]
+    attacks = checks["attack subset as documented"]
+    assert attacks["ok"] is True and r.returncode == 0, attacks
+    assert "fs-mountinfo" in attacks["detail"] and "fs-mountinfo" in GAPS[backend]

@@ -1,0 +1,198 @@
+"""Pure parts of the backends: command lines, capability refusals, names, the BPF filter."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from sandbox_kernel.backends.bpf import seccomp_bpf
+from sandbox_kernel.backends.bwrap import bwrap_argv, parse_version
+from sandbox_kernel.backends.capabilities import PROPERTIES, check_accepted, refuse_unenforced
+from sandbox_kernel.backends.cgroups import v1_mounts
+from sandbox_kernel.backends.firejail import chroot_enabled, firejail_argv
+from sandbox_kernel.backends.registry import (
+    BACKENDS,
+    default_kernel_name,
+    display_name,
+    docker_runtime,
+    make_backend,
+)
+from sandbox_kernel.errors import PolicyError, SandboxError
+from sandbox_kernel.kernelspec import build_kernelspec
+from sandbox_kernel.policy import build_policy
+
+POLICY = build_policy(image="sandbox-kernel/python:latest", tmp_size="64m", home_size="32m")
+ROOTFS = Path("/var/lib/sandbox-kernel/rootfs/x")
+CMD = ["python3", "-I", "-S", "-c", "pass"]
+
+
+def _pairs(argv: list[str]) -> list[tuple[str, str]]:
+    return list(itertools.pairwise(argv))
+
+
+def test_bwrap_argv_isolates_everything() -> None:
+    argv = bwrap_argv(POLICY, ROOTFS, CMD, seccomp=7)
+    for flag in (
+        "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+        "--as-pid-1",
+        "--clearenv",
+    ):
+        assert flag in argv
+    pairs = _pairs(argv)
+    assert ("--ro-bind", str(ROOTFS)) in pairs and argv[argv.index(str(ROOTFS)) + 1] == "/"
+    assert "--bind" not in argv and "--dev-bind" not in argv, "nothing of the host is writable"
+    assert ("--cap-drop", "ALL") in pairs and "--cap-add" not in argv
+    assert ("--uid", "1000") in pairs and ("--gid", "1000") in pairs
+    assert ("--seccomp", "7") in pairs
+    size_tmp = argv.index("/tmp") - 5
+    assert argv[size_tmp : size_tmp + 6] == [
+        "--size", str(64 * 2**20), "--perms", "1777", "--tmpfs", "/tmp",
+    ]  # fmt: skip
+    assert ("--size", str(32 * 2**20)) in pairs
+    assert argv[-len(CMD) - 1 :] == ["--", *CMD]
+    assert "--share-net" not in argv
+
+
+def test_bwrap_argv_without_filter() -> None:
+    assert "--seccomp" not in bwrap_argv(POLICY, ROOTFS, CMD, seccomp=-1)
+
+
+def test_firejail_argv() -> None:
+    argv = firejail_argv(POLICY, ROOTFS, CMD)
+    for flag in (
+        f"--chroot={ROOTFS}",
+        "--net=none",
+        "--private",
+        "--private-tmp",
+        "--private-dev",
+        "--caps.drop=all",
+        "--nonewprivs",
+        "--restrict-namespaces",
+        "--seccomp.block-secondary",
+        "--noprofile",
+        f"--rlimit-nofile={POLICY.nofile}",
+    ):
+        assert flag in argv
+    seccomp = [a for a in argv if a.startswith("--seccomp=")]
+    assert len(seccomp) == 1 and "ptrace" in seccomp[0] and "bpf" in seccomp[0]
+    assert argv[-len(CMD) - 1 :] == ["--", *CMD]
+
+
+def test_chroot_enabled() -> None:
+    assert chroot_enabled("# comment\nchroot yes\n")
+    assert not chroot_enabled("# chroot yes\n")
+    assert not chroot_enabled("chroot no\n")
+
+
+def test_parse_version() -> None:
+    assert parse_version("bubblewrap 0.8.0\n") == (0, 8, 0)
+    assert parse_version("") == ()
+    assert parse_version("bubblewrap 0.4.1") < (0, 8, 0)
+
+
+def test_refusal_names_every_missing_property() -> None:
+    missing = {"memory_limit": "no memory cgroup", "pids_limit": "no pids cgroup"}
+    with pytest.raises(SandboxError) as err:
+        refuse_unenforced("bwrap", missing, ())
+    text = str(err.value)
+    assert "memory_limit (no memory cgroup)" in text and "pids_limit (no pids cgroup)" in text
+    assert "fail closed" in text and "accept_unenforced" in text
+    with pytest.raises(SandboxError, match="pids_limit") as err:
+        refuse_unenforced("bwrap", missing, ["memory_limit"])
+    assert "memory_limit (" not in str(err.value)
+    warnings = refuse_unenforced("bwrap", missing, ["memory_limit", "pids_limit"])
+    assert len(warnings) == 2 and all("does NOT enforce" in w for w in warnings)
+    assert refuse_unenforced("bwrap", {}, ()) == ()
+
+
+def test_accept_unenforced_is_validated() -> None:
+    assert check_accepted(["tmp_size"]) == ("tmp_size",)
+    with pytest.raises(PolicyError, match="nonsense"):
+        check_accepted(["nonsense"])
+    with pytest.raises(PolicyError, match="accept_unenforced"):
+        make_backend("docker", __import__("logging").getLogger(), accept_unenforced=["seccomp"])
+    assert "network" in PROPERTIES and "seccomp" in PROPERTIES
+
+
+def test_names_and_tiers() -> None:
+    assert BACKENDS[0] == "docker"
+    assert display_name("docker") == "Python 3 (sandboxed)"
+    assert display_name("bwrap") == "Python 3 (sandboxed, bubblewrap: host kernel)"
+    assert "weaker" in display_name("docker-runc")
+    assert default_kernel_name("docker") == "sandbox-python"
+    assert default_kernel_name("firejail") == "sandbox-python-firejail"
+    assert docker_runtime("docker-runc", "runsc", False) == ("runc", True)
+    assert docker_runtime("docker", "runsc", False) == ("runsc", False)
+    assert docker_runtime("bwrap", "runsc", False) == ("runsc", False)
+    with pytest.raises(PolicyError, match="backend"):
+        display_name("lxc")
+
+
+def test_kernelspec_per_backend() -> None:
+    spec = build_kernelspec({"backend": "bwrap"})
+    assert spec["display_name"] == "Python 3 (sandboxed, bubblewrap: host kernel)"
+    assert spec["metadata"]["kernel_provisioner"]["config"]["backend"] == "bwrap"
+    assert build_kernelspec({"backend": "docker-runc"})["display_name"].startswith("Python 3 (")
+    assert build_kernelspec({}, display_name="Mine")["display_name"] == "Mine"
+    with pytest.raises(PolicyError, match="backend"):
+        build_kernelspec({"backend": "chroot"})
+    with pytest.raises(PolicyError, match="bwrap and firejail"):
+        build_kernelspec({"backend": "docker", "accept_unenforced": ["tmp_size"]})
+    with pytest.raises(PolicyError, match="unknown"):
+        build_kernelspec({"backend": "bwrap", "accept_unenforced": ["everything"]})
+
+
+def test_v1_mounts(tmp_path: Path) -> None:
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        "cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0\n"
+        "cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\n"
+        "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n"
+    )
+    found = v1_mounts(str(mounts))
+    assert found == {
+        "memory": Path("/sys/fs/cgroup/memory"),
+        "cpu": Path("/sys/fs/cgroup/cpu,cpuacct"),
+    }
+    assert v1_mounts(str(tmp_path / "absent")) == {}
+
+
+def test_seccomp_filter_compiles_with_libseccomp() -> None:
+    """The real libseccomp builds the filter: a whole number of 8-byte BPF instructions."""
+    bpf = seccomp_bpf()
+    assert len(bpf) % 8 == 0 and 40 < len(bpf) // 8 < 4096
+
+
+def test_remove_empty_cgroups_keeps_busy_ones(tmp_path: Path) -> None:
+    from sandbox_kernel.backends.cgroups import PARENT, remove_empty
+
+    mem = tmp_path / "memory"
+    (mem / PARENT / "ended").mkdir(parents=True)
+    (mem / PARENT / "running").mkdir()
+    (mem / PARENT / "running" / "cgroup.procs").write_text("42\n")  # stands for EBUSY
+    assert remove_empty({"memory": mem, "pids": tmp_path / "absent"}) == ["ended"]
+    assert (mem / PARENT / "running").is_dir()
+
+
+def test_runc_profile_adds_host_kernel_rules_only_under_runc() -> None:
+    import json
+
+    from sandbox_kernel.backends.docker import container_spec
+
+    def profile(runtime: str) -> dict[str, object]:
+        spec = container_spec(POLICY, runtime=runtime, command=CMD, labels={}, name="n")
+        opt = next(o for o in spec["security_opt"] if o.startswith("seccomp="))
+        return json.loads(opt[len("seccomp=") :])  # type: ignore[no-any-return]
+
+    runc, runsc = profile("runc"), profile("runsc")
+    runc_rules = runc["syscalls"]
+    assert {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38} in runc_rules  # type: ignore[operator]
+    assert any("io_uring_setup" in r["names"] for r in runc_rules)  # type: ignore[attr-defined]
+    names = [n for r in runsc["syscalls"] for n in r["names"]]  # type: ignore[attr-defined]
+    assert "clone3" not in names and "io_uring_setup" not in names, "gVisor's profile unchanged"
