@@ -81,9 +81,7 @@ class AgentSession(asyncio.Protocol):
         """Open Docker's attach stream (stdin + stdout) for ``container_id``."""
         loop = asyncio.get_running_loop()
         self._upgraded = loop.create_future()
-        self.requests = Requests(loop, self.send_control)
-        self.hello = loop.create_future()
-        self.started = loop.create_future()
+        self._on_loop(loop)
         kind, where = endpoint
         if kind == "unix":
             await loop.create_unix_connection(lambda: self, where)
@@ -106,8 +104,7 @@ class AgentSession(asyncio.Protocol):
         ``stdout_r``): raw bytes both ways. Takes ownership of both fds."""
         loop = asyncio.get_running_loop()
         self.docker_framing = False
-        self.hello = loop.create_future()
-        self.started = loop.create_future()
+        self._on_loop(loop)
         writer = _PipeWriter(self)
         try:
             await loop.connect_write_pipe(lambda: writer, os.fdopen(stdin_w, "wb", buffering=0))
@@ -115,6 +112,13 @@ class AgentSession(asyncio.Protocol):
             os.close(stdout_r)
             raise
         await loop.connect_read_pipe(lambda: self, os.fdopen(stdout_r, "rb", buffering=0))
+
+    def _on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """What needs the relay loop, for either transport: the start-up futures and the
+        request/reply table."""
+        self.requests = Requests(loop, self.send_control)
+        self.hello = loop.create_future()
+        self.started = loop.create_future()
 
     def send_agent(self, payload: bytes) -> None:
         assert self.transport is not None

@@ -23,7 +23,7 @@ from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.kernelspec import build_kernelspec
-from tests.helpers import Kernel, NetnsHost, container_exists, listening_ports
+from tests.helpers import BACKEND_CONFIGS, Kernel, NetnsHost, container_exists, listening_ports
 
 pytestmark = pytest.mark.docker
 
@@ -295,3 +295,34 @@ def test_export_never_follows_a_planted_symlink(
     )
     assert "SandboxRequestError" in out and "export folder" in out
     assert os.listdir(elsewhere) == []
+
+
+@pytest.mark.parametrize("backend", sorted(BACKEND_CONFIGS))
+def test_ports_and_files_on_every_backend(
+    backend: str, notebook_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The exchanges ride on the relay, so every backend offers the same ones."""
+    root = tmp_path_factory.mktemp(f"exchange-{backend}")
+    (root / "k").mkdir()
+    config = {**BACKEND_CONFIGS[backend], "copy_in": ["data.csv"], "expose_ports": ["8070"]}
+    (root / "k" / "kernel.json").write_text(json.dumps(build_kernelspec(config)))
+    km = KernelManager(
+        kernel_name="k", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(root)])
+    )
+    km.start_kernel(cwd=str(notebook_dir))
+    kc = km.client()
+    kc.start_channels()
+    kernel = Kernel(km, kc)
+    try:
+        kc.wait_for_ready(timeout=60)
+        kernel.run(SERVE.format(marker=f"served under {backend}", port=8070))
+        host_port = km.provisioner.exposed_ports()[8070]  # type: ignore[union-attr]
+        assert http_get(f"http://127.0.0.1:{host_port}/") == f"served under {backend}"
+        assert kernel.value("import json\nprint(json.dumps(open('data.csv').read()))").startswith(
+            "name,score"
+        )
+        kernel.run("open('result.txt', 'w').write('from ' + 'inside')")
+        path = kernel.value("import sandboxed\nprint(json.dumps(sandboxed.export('result.txt')))")
+        assert (notebook_dir / path).read_text() == "from inside"
+    finally:
+        kernel.stop()
