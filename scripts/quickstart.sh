@@ -11,6 +11,11 @@ say() { printf '\n==> %s\n' "$*" >&2; }
 say "host: Docker engine + gVisor (runsc)"
 bash sandbox_kernel/host/setup_host.sh
 
+say "test browser: Debian's chromium (driven by Playwright; no browser download)"
+if ! command -v chromium >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+
 say "Python environment: .venv"
 if [ ! -x .venv/bin/python ]; then
   if ! python3 -m venv .venv 2>/dev/null; then

@@ -1,0 +1,149 @@
+"""A real Jupyter server (JupyterLab or jupyter_server) as a subprocess on 127.0.0.1, for
+the browser and deployment-config tests; its sandboxes are checked gone after it exits."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import docker
+
+from sandbox_kernel.backends.docker import LABEL_MANAGED, LABEL_SERVER_PID
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class JupyterServer:
+    """``python -m <module>`` (jupyterlab or jupyter_server) with a token, a temp root dir,
+    private config/data/runtime dirs, and kernelspecs found through JUPYTER_PATH."""
+
+    def __init__(
+        self,
+        module: str,
+        workdir: Path,
+        jupyter_path: Path,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.module = module
+        self.workdir = workdir
+        self.root = workdir / "root"
+        self.token = secrets.token_hex(16)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / "server.log"
+        for name in ("root", "config", "data", "runtime"):
+            (workdir / name).mkdir(exist_ok=True)
+        self.env = {
+            **os.environ,
+            "JUPYTER_PATH": str(jupyter_path),
+            # Private dirs: the user's own Jupyter config and state play no part.
+            "JUPYTER_CONFIG_DIR": str(workdir / "config"),
+            "JUPYTER_DATA_DIR": str(workdir / "data"),
+            "JUPYTER_RUNTIME_DIR": str(workdir / "runtime"),
+            "JUPYTER_PLATFORM_DIRS": "1",
+            **(env or {}),
+        }
+        self.args = [
+            sys.executable, "-m", module,
+            "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}",
+            "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={self.root}", *(extra_args or []),
+        ]  # fmt: skip
+        if os.getuid() == 0:  # CI runs as root; the server's own refusal is not under test
+            self.args.append("--allow-root")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self, timeout: float = 120) -> None:
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            self.args, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.module} exited early:\n{self.log()}")
+            try:
+                self.api("GET", "/api/status")
+                return
+            except (OSError, urllib.error.URLError):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{self.module} did not answer:\n{self.log()}") from None
+                time.sleep(0.3)
+
+    def stop(self, timeout: float = 90) -> None:
+        """Shut down like a user would (kernels first, via the REST API), then wait."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            self.api("POST", "/api/shutdown")
+        except (OSError, urllib.error.URLError):
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"{self.module} did not exit on shutdown:\n{self.log()}") from None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def sandboxes(self, client: docker.DockerClient) -> list[Any]:
+        """Sandbox containers (kernels and warm pool) this server's process created."""
+        assert self.proc is not None
+        labels = [f"{LABEL_MANAGED}=1", f"{LABEL_SERVER_PID}={self.proc.pid}"]
+        return client.containers.list(all=True, filters={"label": labels})  # type: ignore[no-any-return]
+
+    def assert_no_sandboxes_left(self, client: docker.DockerClient, settle: float = 30) -> None:
+        """After exit: every sandbox of this server gone (removal may lag a moment)."""
+        deadline = time.monotonic() + settle
+        while left := self.sandboxes(client):
+            if time.monotonic() > deadline:
+                names = [c.name for c in left]
+                for c in left:  # don't leak into other tests, but still fail
+                    c.remove(force=True)
+                raise AssertionError(f"sandboxes left by the server: {names}\n{self.log()}")
+            time.sleep(0.5)
+
+    # -- REST -----------------------------------------------------------------------------
+
+    def api(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+        return json.loads(raw) if raw else None
+
+    def status(self, path: str) -> int:
+        """HTTP status of an authenticated GET (errors included)."""
+        req = urllib.request.Request(
+            self.url + path, headers={"Authorization": f"token {self.token}"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)

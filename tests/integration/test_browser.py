@@ -1,0 +1,197 @@
+"""JupyterLab in a real browser: a user picks nothing but a notebook whose kernel is
+"Python 3 (sandboxed)" and works in it as usual (output, a matplotlib figure, input(),
+interrupt, restart), all inside gVisor. Headless Chromium from Debian driven by
+Playwright; the JupyterLab server is a subprocess on 127.0.0.1 with a token.
+
+The screenshot test-artifacts/jupyterlab-sandboxed.png shows the sandboxed outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import nbformat
+import pytest
+
+from tests.helpers import REPO
+from tests.integration.servers import JupyterServer
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOT = REPO / "test-artifacts" / "jupyterlab-sandboxed.png"
+WAIT_MS = 120_000  # generous: other suites share the machine's two cores
+
+CELLS = [
+    # 0: where am I? gVisor's kernel release, the sandbox user, its own hostname.
+    "import os, platform, socket\n"
+    "print('SANDBOX release', platform.release(), 'uid', os.getuid(),\n"
+    "      'host', socket.gethostname(), 'docker.sock', os.path.exists('/var/run/docker.sock'))",
+    # 1: rich output rendered by the browser.
+    "%matplotlib inline\n"
+    "import matplotlib.pyplot as plt\n"
+    "plt.figure(figsize=(4, 2)); plt.plot([0, 1, 4, 9, 16]); plt.title('drawn in the sandbox')\n"
+    "plt.show()",
+    # 2: stdin request answered in the browser.
+    "name = input('your name? ')\nprint('hello', name, 'from', platform.release())",
+    # 3: interrupted from the toolbar.
+    "import time\nprint('sleeping', flush=True)\ntime.sleep(600)\nprint('NOT ' + 'INTERRUPTED')  # split: the traceback quotes this line",
+    # 4: after a restart: a fresh interpreter, still sandboxed.
+    "import os, platform\nprint('RESTARTED', 'name' in globals(), platform.release(), os.getuid())",
+]
+
+
+def require_browser() -> Any:
+    """Playwright (pip, test extra) and Debian's chromium (apt, quickstart): fail, don't skip."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is missing: run `.venv/bin/pip install -e '.[test]'`")
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(
+            f"{CHROMIUM} is missing: run `apt-get install chromium` (scripts/quickstart.sh)"
+        )
+    return sync_playwright
+
+
+@pytest.fixture
+def lab(
+    tmp_path: Path, kernel_dirs: Path, docker_client: docker.DockerClient
+) -> Iterator[JupyterServer]:
+    server = JupyterServer("jupyterlab", tmp_path, kernel_dirs.parent)
+    # No "official Jupyter news?" toast, and no nbgrader panels in the screenshot.
+    labconfig = tmp_path / "config" / "labconfig"
+    labconfig.mkdir(parents=True)
+    disabled = {"@jupyterlab/apputils-extension:announcements": True, "@jupyter/nbgrader": True}
+    (labconfig / "page_config.json").write_text(json.dumps({"disabledExtensions": disabled}))
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "sandbox-python", "display_name": "Python 3 (sandboxed)", "language": "python",
+    }  # fmt: skip
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in CELLS]
+    nbformat.write(nb, server.root / "untrusted.ipynb")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        # The server ran as another process: its kernels and warm pool must be gone too.
+        server.assert_no_sandboxes_left(docker_client)
+
+
+def running_ids(server: JupyterServer, client: docker.DockerClient) -> set[str]:
+    # A kernel's sandbox may come from the warm pool (labels fixed at creation: no kernel
+    # id), so the server's running sandboxes as a whole are compared across a restart.
+    return {c.id for c in server.sandboxes(client) if c.status == "running"}
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = WAIT_MS / 1000) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def test_jupyterlab_notebook_in_chromium(
+    lab: JupyterServer, docker_client: docker.DockerClient
+) -> None:
+    sync_playwright = require_browser()
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    SCREENSHOT.unlink(missing_ok=True)
+
+    def kernel() -> dict[str, Any]:
+        """The notebook's kernel as the server reports it ({} until the session exists)."""
+        sessions = lab.api("GET", "/api/sessions")
+        assert len(sessions) <= 1, sessions
+        return sessions[0]["kernel"] if sessions else {}  # type: ignore[no-any-return]
+
+    def idle() -> bool:
+        return kernel().get("execution_state") == "idle"
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            # As root (CI) Chromium's own sandbox cannot start; this is the test browser.
+            args=["--no-sandbox", "--disable-dev-shm-usage"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1200})
+            page.set_default_timeout(WAIT_MS)
+            page.goto(f"{lab.url}/lab/tree/untrusted.ipynb?token={lab.token}")
+            page.wait_for_selector(".jp-Notebook .jp-Cell")
+            # The notebook's own kernel, launched by the server through the provisioner.
+            wait_for(idle, "the sandboxed kernel to be idle")
+            info = kernel()
+            assert info["name"] == "sandbox-python"
+            before_restart = running_ids(lab, docker_client)
+            assert before_restart, "no running sandbox for the notebook's kernel"
+            toolbar_kernel = page.locator(".jp-NotebookPanel-toolbar .jp-KernelName")
+            assert toolbar_kernel.inner_text().strip() == "Python 3 (sandboxed)"
+            page.keyboard.press("Control+b")  # hide the file browser: a wider screenshot
+
+            def cell(i: int) -> Any:
+                return page.locator(".jp-Notebook .jp-Cell").nth(i)
+
+            def run(i: int) -> None:
+                cell(i).locator(".jp-InputPrompt").click()  # select (command mode)
+                page.keyboard.press("Control+Enter")  # run in place
+
+            def output(i: int, needle: str) -> str:
+                out = cell(i).locator(".jp-OutputArea-output", has_text=needle).first
+                out.wait_for()
+                return str(cell(i).locator(".jp-OutputArea").inner_text())
+
+            # 0: output from inside the sandbox.
+            run(0)
+            words = output(0, "SANDBOX release").split()
+            release, uid, host, sock = words[2], words[4], words[6], words[8]
+            assert release != os.uname().release, "kernel ran on the host kernel, not gVisor"
+            assert (uid, sock) == ("1000", "False") and host != socket.gethostname(), words
+
+            # 1: a matplotlib figure arrives as an <img> in the page.
+            run(1)
+            img = cell(1).locator(".jp-OutputArea-output img")
+            img.wait_for()
+            assert img.evaluate("e => e.naturalWidth") > 100
+
+            # 2: input() answered in the browser.
+            run(2)
+            box = cell(2).locator(".jp-Stdin-input")
+            box.wait_for()
+            box.fill("sandbox tester")
+            box.press("Enter")
+            assert f"hello sandbox tester from {release}" in output(2, "hello")
+
+            page.screenshot(path=str(SCREENSHOT))
+
+            # 3: interrupt a long sleep from the toolbar.
+            run(3)
+            output(3, "sleeping")
+            wait_for(lambda: kernel().get("execution_state") == "busy", "the sleep to run")
+            page.locator(
+                '.jp-NotebookPanel-toolbar [data-command="notebook:interrupt-kernel"]'
+            ).click()
+            text = output(3, "KeyboardInterrupt")
+            assert "NOT INTERRUPTED" not in text
+            wait_for(idle, "idle after the interrupt")
+
+            # Restart from the toolbar, confirm the dialog: a new sandbox, a fresh kernel.
+            page.locator(
+                '.jp-NotebookPanel-toolbar [data-command="notebook:restart-kernel"]'
+            ).click()
+            page.locator(".jp-Dialog .jp-mod-accept").click()
+            page.locator(".jp-Dialog").wait_for(state="detached")
+            wait_for(
+                lambda: idle() and bool(before_restart - running_ids(lab, docker_client)),
+                "the restarted kernel in a new sandbox (the old one removed)",
+            )
+            run(4)
+            assert f"RESTARTED False {release} 1000" in output(4, "RESTARTED")
+            page.screenshot(path=str(SCREENSHOT))
+        finally:
+            browser.close()
+    assert SCREENSHOT.stat().st_size > 10_000
