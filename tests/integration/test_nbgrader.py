@@ -66,7 +66,9 @@ def test_autograde_in_the_sandbox(
             "answer",
             solution=True,
         ),
-        nbgrader_cell("assert add(2, 3) == 5\nassert add(-1, 1) == 0", "test_add", solution=False, points=2),  # fmt: skip
+        nbgrader_cell(
+            "assert add(2, 3) == 5\nassert add(-1, 1) == 0", "test_add", solution=False, points=2
+        ),
     ]
     nbformat.write(nb, source / "problem.ipynb")
     nbgrader(course, env, "generate_assignment", "ps1", "--force")
@@ -97,7 +99,9 @@ def test_autograde_in_the_sandbox(
     log = nbgrader(course, env, "autograde", "ps1", "--force")
     graded = nbformat.read(course / "autograded" / "alice" / "ps1" / "problem.ipynb", as_version=4)
     text = "".join(o.get("text", "") for o in graded.cells[1].outputs)
-    assert graded.metadata["kernelspec"]["name"] == "sandbox-python"  # the student's was overwritten
+    assert (
+        graded.metadata["kernelspec"]["name"] == "sandbox-python"
+    )  # the student's was overwritten
     assert "no host file: No such file or directory" in text and "LEAKED" not in text, text
     assert "no host write: No such file or directory" in text and "WROTE" not in text, text
     release, uid = text.split("graded on ")[1].split(" as uid ")

@@ -1,0 +1,155 @@
+"""docs/examples: the single-user server config for untrusted users, run for real in
+`jupyter server` (REST and the kernel websocket), and the JupyterHub config loaded by
+traitlets and applied to JupyterHub's own Spawner class."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+from tornado.websocket import websocket_connect
+from traitlets.config.loader import PyFileConfigLoader
+
+from sandbox_kernel.kernelspec import build_kernelspec
+from tests.helpers import REPO
+from tests.integration.servers import JupyterServer
+
+EXAMPLES = REPO / "docs" / "examples"
+
+
+@pytest.fixture
+def server(tmp_path: Path, kernel_dirs: Path, docker_client: docker.DockerClient) -> Any:
+    # A user-writable kernel folder (the server's data dir, like ~/.local/share/jupyter)
+    # holding a "sandbox-python" that would run unsandboxed, on the host: it must lose.
+    planted = tmp_path / "data" / "kernels" / "sandbox-python"
+    planted.mkdir(parents=True)
+    local = {**build_kernelspec({}), "display_name": "PLANTED", "metadata": {}}
+    (planted / "kernel.json").write_text(json.dumps(local))
+    # The example as is, but the admin kernel folder is the test's one.
+    config = tmp_path / "jupyter_server_config.py"
+    config.write_text(
+        (EXAMPLES / "jupyter_server_config.py").read_text()
+        + f"\nADMIN_KERNEL_DIRS = [{str(kernel_dirs)!r}]\n"
+    )
+    # Search order as on a system-wide install (user data dir before the environment's,
+    # not a venv's reverse) and JUPYTER_PATH empty: only the config's pin protects.
+    (tmp_path / "empty").mkdir()
+    srv = JupyterServer(
+        "jupyter_server",
+        tmp_path,
+        tmp_path / "empty",
+        extra_args=[f"--config={config}"],
+        env={"JUPYTER_PREFER_ENV_PATH": "0"},
+    )
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        srv.assert_no_sandboxes_left(docker_client)
+
+
+async def execute(srv: JupyterServer, kernel_id: str, code: str, timeout: float = 120) -> str:
+    """Run code over the kernel's websocket, as JupyterLab does; return its stdout."""
+    url = f"ws://127.0.0.1:{srv.port}/api/kernels/{kernel_id}/channels?token={srv.token}"
+    ws = await websocket_connect(url)
+    try:
+        msg_id = uuid.uuid4().hex
+        header = {
+            "msg_id": msg_id, "msg_type": "execute_request", "username": "test",
+            "session": uuid.uuid4().hex, "version": "5.3", "date": "",
+        }  # fmt: skip
+        content = {"code": code, "silent": False, "store_history": False, "allow_stdin": False}
+        await ws.write_message(json.dumps({
+            "header": header, "parent_header": {}, "metadata": {}, "content": content,
+            "channel": "shell", "buffers": [],
+        }))  # fmt: skip
+        out: list[str] = []
+        while True:
+            raw = await asyncio.wait_for(ws.read_message(), timeout)
+            assert raw is not None, "kernel websocket closed"
+            msg = json.loads(raw)
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg["msg_type"]
+            if kind == "stream":
+                out.append(msg["content"]["text"])
+            elif kind == "error":
+                out.append("\n".join(msg["content"]["traceback"]))
+            elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                return "".join(out)
+    finally:
+        ws.close()
+
+
+def test_single_user_config_allows_only_sandboxed_kernels(server: JupyterServer) -> None:
+    specs = server.api("GET", "/api/kernelspecs")
+    assert set(specs["kernelspecs"]) == {"sandbox-python"}
+    assert specs["default"] == "sandbox-python"
+    chosen = specs["kernelspecs"]["sandbox-python"]["spec"]
+    assert chosen["display_name"] == "Python 3 (sandboxed)", "the planted kernelspec won"
+    assert chosen["metadata"]["kernel_provisioner"]["provisioner_name"] == "sandbox-provisioner"
+
+    # No terminals: listing and creating one both meet a missing API (enabled, POST creates).
+    assert server.status("/api/terminals") == 404
+    with pytest.raises(Exception) as no_terminal:
+        server.api("POST", "/api/terminals", {})
+    assert getattr(no_terminal.value, "code", 0) == 404, no_terminal.value
+
+    # A kernel by a name not listed (the built-in, unsandboxed "python3") is refused, over
+    # both routes a client can use; nothing was started.
+    for path, body in (
+        ("/api/kernels", {"name": "python3"}),
+        ("/api/sessions", {"path": "x.ipynb", "type": "notebook", "kernel": {"name": "python3"}}),
+    ):
+        with pytest.raises(Exception) as refused:
+            server.api("POST", path, body)
+        assert getattr(refused.value, "code", 0) >= 400, refused.value
+    assert server.api("GET", "/api/kernels") == []
+
+    # Hidden folders (config files, kernelspecs) cannot be written through the contents API.
+    with pytest.raises(Exception) as hidden:
+        server.api("PUT", "/api/contents/.jupyter/jupyter_server_config.py",
+                   {"type": "file", "format": "text", "content": "c.ServerApp.terminals_enabled = True"})  # fmt: skip
+    assert getattr(hidden.value, "code", 0) >= 400, hidden.value
+    assert not (server.root / ".jupyter").exists()
+
+    # The default kernel, started over REST, runs in the sandbox.
+    kernel = server.api("POST", "/api/kernels", {})
+    assert kernel["name"] == "sandbox-python"
+    text = asyncio.run(
+        execute(
+            server,
+            kernel["id"],
+            "import os, platform\n"
+            f"print(platform.release(), os.getuid(), os.path.exists({str(server.root)!r}))",
+        )
+    )
+    release, uid, sees_root = text.split()
+    assert release != os.uname().release and (uid, sees_root) == ("1000", "False"), text
+    server.api("DELETE", f"/api/kernels/{kernel['id']}")
+    assert server.api("GET", "/api/kernels") == []
+
+
+def test_hub_config_example_loads(caplog: pytest.LogCaptureFixture) -> None:
+    """JupyterHub itself needs configurable-http-proxy (node), not installable here: the
+    example is loaded by traitlets and applied to JupyterHub's Spawner, whose traitlets
+    warn about any option it does not know."""
+    from jupyterhub.spawner import LocalProcessSpawner
+
+    path = EXAMPLES / "jupyterhub_config.py"
+    config = PyFileConfigLoader(path.name, str(path.parent)).load_config()
+    with caplog.at_level(logging.WARNING):
+        spawner = LocalProcessSpawner(config=config)
+    assert not [r for r in caplog.records if "not recognized" in r.getMessage()], caplog.text
+    assert spawner.disable_user_config is True
+    assert "--config=/etc/jupyter/sandbox/jupyter_server_config.py" in spawner.args
+    assert spawner.environment["JUPYTER_CONFIG_DIR"] == "/etc/jupyter/sandbox"
+    assert config.JupyterHub.spawner_class
