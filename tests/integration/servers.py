@@ -85,6 +85,8 @@ class JupyterServer:
                 return
             except (OSError, urllib.error.URLError):
                 if time.monotonic() > deadline:
+                    self.proc.kill()  # don't leave a half-started server behind
+                    self.proc.wait()
                     raise AssertionError(f"{self.module} did not answer:\n{self.log()}") from None
                 time.sleep(0.3)
 
