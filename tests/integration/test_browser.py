@@ -1,6 +1,6 @@
 """JupyterLab in a real browser: a user picks nothing but a notebook whose kernel is
 "Python 3 (sandboxed)" and works in it as usual (output, a matplotlib figure, input(),
-interrupt, restart), all inside gVisor. Headless Chromium from Debian driven by
+interrupt, restart, a widget), all inside gVisor. Headless Chromium from Debian driven by
 Playwright; the JupyterLab server is a subprocess on 127.0.0.1 with a token.
 
 The screenshot test-artifacts/jupyterlab-sandboxed.png shows the sandboxed outputs."""
@@ -42,6 +42,10 @@ CELLS = [
     "import time\nprint('sleeping', flush=True)\ntime.sleep(600)\nprint('NOT ' + 'INTERRUPTED')  # split: the traceback quotes this line",
     # 4: after a restart: a fresh interpreter, still sandboxed.
     "import os, platform\nprint('RESTARTED', 'name' in globals(), platform.release(), os.getuid())",
+    # 5: a widget: its model lives in the sandbox, its view in the page (comm messages).
+    "import ipywidgets\nslider = ipywidgets.IntSlider(value=7, max=10, description='sandboxed')\nslider",
+    # 6: the value moved in the page reached the model in the sandbox.
+    "print('SLIDER', slider.value)",
 ]
 
 
@@ -191,6 +195,14 @@ def test_jupyterlab_notebook_in_chromium(
             )
             run(4)
             assert f"RESTARTED False {release} 1000" in output(4, "RESTARTED")
+            run(5)
+            readout = cell(5).locator(".widget-slider .widget-readout")
+            readout.wait_for()
+            assert readout.inner_text().strip() == "7"
+            cell(5).locator(".noUi-handle").first.press("ArrowRight")  # keyboard, like a user
+            wait_for(lambda: readout.inner_text().strip() == "8", "the slider to move")
+            run(6)
+            assert "SLIDER 8" in output(6, "SLIDER")
             page.screenshot(path=str(SCREENSHOT))
         finally:
             browser.close()
