@@ -13,7 +13,7 @@ bash sandbox_kernel/host/setup_host.sh
 
 say "test browser: Debian's chromium (driven by Playwright; no browser download)"
 if ! command -v chromium >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null
 fi
 
 say "Python environment: .venv"
