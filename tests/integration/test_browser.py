@@ -24,6 +24,7 @@ from tests.integration.servers import JupyterServer
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = REPO / "test-artifacts" / "jupyterlab-sandboxed.png"
+FAILURE_SHOT = REPO / "test-artifacts" / "jupyterlab-failure.png"
 WAIT_MS = 120_000  # generous: other suites share the machine's two cores
 
 CELLS = [
@@ -106,6 +107,7 @@ def test_jupyterlab_notebook_in_chromium(
     sync_playwright = require_browser()
     SCREENSHOT.parent.mkdir(exist_ok=True)
     SCREENSHOT.unlink(missing_ok=True)
+    FAILURE_SHOT.unlink(missing_ok=True)
 
     def kernel() -> dict[str, Any]:
         """The notebook's kernel as the server reports it ({} until the session exists)."""
@@ -124,86 +126,94 @@ def test_jupyterlab_notebook_in_chromium(
         )
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1200})
-            page.set_default_timeout(WAIT_MS)
-            page.goto(f"{lab.url}/lab/tree/untrusted.ipynb?token={lab.token}")
-            page.wait_for_selector(".jp-Notebook .jp-Cell")
-            # The notebook's own kernel, launched by the server through the provisioner.
-            wait_for(idle, "the sandboxed kernel to be idle")
-            info = kernel()
-            assert info["name"] == "sandbox-python"
-            before_restart = running_ids(lab, docker_client)
-            assert before_restart, "no running sandbox for the notebook's kernel"
-            toolbar_kernel = page.locator(".jp-NotebookPanel-toolbar .jp-KernelName")
-            assert toolbar_kernel.inner_text().strip() == "Python 3 (sandboxed)"
-            page.keyboard.press("Control+b")  # hide the file browser: a wider screenshot
+            try:
+                page.set_default_timeout(WAIT_MS)
+                page.goto(f"{lab.url}/lab/tree/untrusted.ipynb?token={lab.token}")
+                page.wait_for_selector(".jp-Notebook .jp-Cell")
+                # The notebook's own kernel, launched by the server through the provisioner.
+                wait_for(idle, "the sandboxed kernel to be idle")
+                info = kernel()
+                assert info["name"] == "sandbox-python"
+                before_restart = running_ids(lab, docker_client)
+                assert before_restart, "no running sandbox for the notebook's kernel"
+                toolbar_kernel = page.locator(".jp-NotebookPanel-toolbar .jp-KernelName")
+                assert toolbar_kernel.inner_text().strip() == "Python 3 (sandboxed)"
+                page.keyboard.press("Control+b")  # hide the file browser: a wider screenshot
 
-            def cell(i: int) -> Any:
-                return page.locator(".jp-Notebook .jp-Cell").nth(i)
+                def cell(i: int) -> Any:
+                    return page.locator(".jp-Notebook .jp-Cell").nth(i)
 
-            def run(i: int) -> None:
-                cell(i).locator(".jp-InputPrompt").click()  # select (command mode)
-                page.keyboard.press("Control+Enter")  # run in place
+                def run(i: int) -> None:
+                    cell(i).locator(".jp-InputPrompt").click()  # select (command mode)
+                    page.keyboard.press("Control+Enter")  # run in place
 
-            def output(i: int, needle: str) -> str:
-                out = cell(i).locator(".jp-OutputArea-output", has_text=needle).first
-                out.wait_for()
-                return str(cell(i).locator(".jp-OutputArea").inner_text())
+                def output(i: int, needle: str) -> str:
+                    out = cell(i).locator(".jp-OutputArea-output", has_text=needle).first
+                    out.wait_for()
+                    return str(cell(i).locator(".jp-OutputArea").inner_text())
 
-            # 0: output from inside the sandbox.
-            run(0)
-            words = output(0, "SANDBOX release").split()
-            release, uid, host, sock = words[2], words[4], words[6], words[8]
-            assert release != os.uname().release, "kernel ran on the host kernel, not gVisor"
-            assert (uid, sock) == ("1000", "False") and host != socket.gethostname(), words
+                # 0: output from inside the sandbox.
+                run(0)
+                words = output(0, "SANDBOX release").split()
+                release, uid, host, sock = words[2], words[4], words[6], words[8]
+                assert release != os.uname().release, "kernel ran on the host kernel, not gVisor"
+                assert (uid, sock) == ("1000", "False") and host != socket.gethostname(), words
 
-            # 1: a matplotlib figure arrives as an <img> in the page.
-            run(1)
-            img = cell(1).locator(".jp-OutputArea-output img")
-            img.wait_for()
-            assert img.evaluate("e => e.naturalWidth") > 100
+                # 1: a matplotlib figure arrives as an <img> in the page.
+                run(1)
+                img = cell(1).locator(".jp-OutputArea-output img")
+                img.wait_for()
+                assert img.evaluate("e => e.naturalWidth") > 100
 
-            # 2: input() answered in the browser.
-            run(2)
-            box = cell(2).locator(".jp-Stdin-input")
-            box.wait_for()
-            box.fill("sandbox tester")
-            box.press("Enter")
-            assert f"hello sandbox tester from {release}" in output(2, "hello")
+                # 2: input() answered in the browser.
+                run(2)
+                box = cell(2).locator(".jp-Stdin-input")
+                box.wait_for()
+                box.fill("sandbox tester")
+                box.press("Enter")
+                assert f"hello sandbox tester from {release}" in output(2, "hello")
 
-            page.screenshot(path=str(SCREENSHOT))
+                page.screenshot(
+                    path=str(SCREENSHOT)
+                )  # replaced at the end; kept if later steps fail
 
-            # 3: interrupt a long sleep from the toolbar.
-            run(3)
-            output(3, "sleeping")
-            wait_for(lambda: kernel().get("execution_state") == "busy", "the sleep to run")
-            page.locator(
-                '.jp-NotebookPanel-toolbar [data-command="notebook:interrupt-kernel"]'
-            ).click()
-            text = output(3, "KeyboardInterrupt")
-            assert "NOT INTERRUPTED" not in text
-            wait_for(idle, "idle after the interrupt")
+                # 3: interrupt a long sleep from the toolbar.
+                run(3)
+                output(3, "sleeping")
+                wait_for(lambda: kernel().get("execution_state") == "busy", "the sleep to run")
+                page.locator(
+                    '.jp-NotebookPanel-toolbar [data-command="notebook:interrupt-kernel"]'
+                ).click()
+                text = output(3, "KeyboardInterrupt")
+                assert "NOT INTERRUPTED" not in text
+                wait_for(idle, "idle after the interrupt")
 
-            # Restart from the toolbar, confirm the dialog: a new sandbox, a fresh kernel.
-            page.locator(
-                '.jp-NotebookPanel-toolbar [data-command="notebook:restart-kernel"]'
-            ).click()
-            page.locator(".jp-Dialog .jp-mod-accept").click()
-            page.locator(".jp-Dialog").wait_for(state="detached")
-            wait_for(
-                lambda: idle() and bool(before_restart - running_ids(lab, docker_client)),
-                "the restarted kernel in a new sandbox (the old one removed)",
-            )
-            run(4)
-            assert f"RESTARTED False {release} 1000" in output(4, "RESTARTED")
-            run(5)
-            readout = cell(5).locator(".widget-slider .widget-readout")
-            readout.wait_for()
-            assert readout.inner_text().strip() == "7"
-            cell(5).locator(".noUi-handle").first.press("ArrowRight")  # keyboard, like a user
-            wait_for(lambda: readout.inner_text().strip() == "8", "the slider to move")
-            run(6)
-            assert "SLIDER 8" in output(6, "SLIDER")
-            page.screenshot(path=str(SCREENSHOT))
+                # Restart from the toolbar, confirm the dialog: a new sandbox, a fresh kernel.
+                page.locator(
+                    '.jp-NotebookPanel-toolbar [data-command="notebook:restart-kernel"]'
+                ).click()
+                page.locator(".jp-Dialog .jp-mod-accept").click()
+                page.locator(".jp-Dialog").wait_for(state="detached")
+                wait_for(
+                    lambda: idle() and bool(before_restart - running_ids(lab, docker_client)),
+                    "the restarted kernel in a new sandbox (the old one removed)",
+                )
+                run(4)
+                assert f"RESTARTED False {release} 1000" in output(4, "RESTARTED")
+                run(5)
+                readout = cell(5).locator(".widget-slider .widget-readout")
+                readout.wait_for()
+                assert readout.inner_text().strip() == "7"
+                cell(5).locator(".noUi-handle").first.press("ArrowRight")  # keyboard, like a user
+                wait_for(lambda: readout.inner_text().strip() == "8", "the slider to move")
+                run(6)
+                assert "SLIDER 8" in output(6, "SLIDER")
+                page.screenshot(path=str(SCREENSHOT))
+            except Exception:
+                # For whoever reads a failed CI run: what the page showed, what the server said.
+                page.screenshot(path=str(FAILURE_SHOT))
+                FAILURE_SHOT.with_suffix(".log").write_text(lab.log())
+                raise
         finally:
             browser.close()
     assert SCREENSHOT.stat().st_size > 10_000
