@@ -108,6 +108,7 @@ def test_jupyterlab_notebook_in_chromium(
     SCREENSHOT.parent.mkdir(exist_ok=True)
     SCREENSHOT.unlink(missing_ok=True)
     FAILURE_SHOT.unlink(missing_ok=True)
+    FAILURE_SHOT.with_suffix(".log").unlink(missing_ok=True)
 
     def kernel() -> dict[str, Any]:
         """The notebook's kernel as the server reports it ({} until the session exists)."""
