@@ -27,6 +27,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def sandboxes_of(client: docker.DockerClient, pid: int) -> list[Any]:
+    """Sandbox containers (kernels and warm pool) that the process ``pid`` created."""
+    labels = [f"{LABEL_MANAGED}=1", f"{LABEL_SERVER_PID}={pid}"]
+    return client.containers.list(all=True, filters={"label": labels})  # type: ignore[no-any-return]
+
+
+def assert_none_left(client: docker.DockerClient, pid: int, what: str, settle: float = 30) -> None:
+    """After ``pid`` exited: all its sandboxes gone (a removal may lag a moment); any left
+    are removed so other tests are not disturbed, and the test fails."""
+    deadline = time.monotonic() + settle
+    while left := sandboxes_of(client, pid):
+        if time.monotonic() > deadline:
+            for c in left:
+                c.remove(force=True)
+            raise AssertionError(f"{what} left sandboxes: {[c.name for c in left]}")
+        time.sleep(0.5)
+
+
 class JupyterServer:
     """``python -m <module>`` (jupyterlab or jupyter_server) with a token, a temp root dir,
     private config/data/runtime dirs, and kernelspecs found through JUPYTER_PATH."""
@@ -109,21 +127,15 @@ class JupyterServer:
         return self.log_path.read_text(errors="replace")[-6000:]
 
     def sandboxes(self, client: docker.DockerClient) -> list[Any]:
-        """Sandbox containers (kernels and warm pool) this server's process created."""
         assert self.proc is not None
-        labels = [f"{LABEL_MANAGED}=1", f"{LABEL_SERVER_PID}={self.proc.pid}"]
-        return client.containers.list(all=True, filters={"label": labels})  # type: ignore[no-any-return]
+        return sandboxes_of(client, self.proc.pid)
 
-    def assert_no_sandboxes_left(self, client: docker.DockerClient, settle: float = 30) -> None:
-        """After exit: every sandbox of this server gone (removal may lag a moment)."""
-        deadline = time.monotonic() + settle
-        while left := self.sandboxes(client):
-            if time.monotonic() > deadline:
-                names = [c.name for c in left]
-                for c in left:  # don't leak into other tests, but still fail
-                    c.remove(force=True)
-                raise AssertionError(f"sandboxes left by the server: {names}\n{self.log()}")
-            time.sleep(0.5)
+    def assert_no_sandboxes_left(self, client: docker.DockerClient) -> None:
+        assert self.proc is not None
+        try:
+            assert_none_left(client, self.proc.pid, self.module)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.log()}") from None
 
     # -- REST -----------------------------------------------------------------------------
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import docker
 import pexpect
 
-from sandbox_kernel.backends.docker import LABEL_MANAGED, LABEL_SERVER_PID
+from tests.integration.servers import assert_none_left, sandboxes_of
 
 PROMPT = r"In \[(\d+)\]: "
 
@@ -32,11 +31,10 @@ def test_jupyter_console_runs_sandboxed(
         ["-m", "jupyter_console", "--kernel", "sandbox-python", "--simple-prompt"],
         env=env, cwd=str(tmp_path), encoding="utf-8", timeout=120, dimensions=(50, 200),
     )  # fmt: skip
-    labels = [f"{LABEL_MANAGED}=1", f"{LABEL_SERVER_PID}={console.pid}"]
     try:
         console.expect(PROMPT)
         # The label check below is meaningful: the console's sandboxes carry its pid.
-        assert docker_client.containers.list(filters={"label": labels})
+        assert sandboxes_of(docker_client, console.pid)
         console.sendline(
             "import os, platform; print('SANDBOX', platform.release(), os.getuid(), "
             f"os.path.exists({str(secret)!r}), os.path.exists('/var/run/docker.sock'))"
@@ -58,10 +56,4 @@ def test_jupyter_console_runs_sandboxed(
         console.close(force=True)
     assert console.exitstatus == 0, (console.exitstatus, console.signalstatus, console.before)
     # The console process started (and pooled) sandboxes under its own pid: none remain.
-    deadline = time.monotonic() + 30
-    while left := docker_client.containers.list(all=True, filters={"label": labels}):
-        if time.monotonic() > deadline:
-            for c in left:
-                c.remove(force=True)
-            raise AssertionError(f"jupyter console left sandboxes: {[c.name for c in left]}")
-        time.sleep(0.5)
+    assert_none_left(docker_client, console.pid, "jupyter console")

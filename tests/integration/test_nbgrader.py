@@ -14,6 +14,7 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from tests.helpers import REPO
+from tests.integration.servers import assert_none_left
 
 RECIPE = REPO / "docs" / "examples" / "nbgrader_config.py"
 
@@ -28,13 +29,16 @@ def nbgrader_cell(source: str, grade_id: str, *, solution: bool, points: int = 0
     return new_code_cell(source, metadata={"nbgrader": meta})
 
 
-def nbgrader(course: Path, env: dict[str, str], *args: str) -> str:
-    r = subprocess.run(
+def nbgrader(course: Path, env: dict[str, str], client: docker.DockerClient, *args: str) -> str:
+    proc = subprocess.Popen(
         [sys.executable, "-m", "nbgrader", *args],
-        cwd=course, env=env, capture_output=True, text=True, timeout=600,
+        cwd=course, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    assert r.returncode == 0, f"nbgrader {' '.join(args)} failed:\n{r.stdout}\n{r.stderr[-4000:]}"
-    return r.stdout + r.stderr
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, f"nbgrader {' '.join(args)} failed:\n{out[-6000:]}"
+    # Its kernels and warm pool went with it.
+    assert_none_left(client, proc.pid, f"nbgrader {args[0]}")
+    return out
 
 
 def test_autograde_in_the_sandbox(
@@ -71,7 +75,7 @@ def test_autograde_in_the_sandbox(
         ),
     ]
     nbformat.write(nb, source / "problem.ipynb")
-    nbgrader(course, env, "generate_assignment", "ps1", "--force")
+    nbgrader(course, env, docker_client, "generate_assignment", "ps1", "--force")
     released = course / "release" / "ps1" / "problem.ipynb"
     assert released.exists()
 
@@ -96,7 +100,7 @@ def test_autograde_in_the_sandbox(
     submitted.mkdir(parents=True)
     nbformat.write(student, submitted / "problem.ipynb")
 
-    log = nbgrader(course, env, "autograde", "ps1", "--force")
+    log = nbgrader(course, env, docker_client, "autograde", "ps1", "--force")
     graded = nbformat.read(course / "autograded" / "alice" / "ps1" / "problem.ipynb", as_version=4)
     text = "".join(o.get("text", "") for o in graded.cells[1].outputs)
     assert (
