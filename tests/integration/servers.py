@@ -122,6 +122,9 @@ class JupyterServer:
             self.proc.kill()
             self.proc.wait()
             raise AssertionError(f"{self.module} did not exit on shutdown:\n{self.log()}") from None
+        assert self.proc.returncode == 0, (
+            f"{self.module} exited with {self.proc.returncode}:\n{self.log()}"
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]

@@ -83,9 +83,12 @@ def lab(
     try:
         yield server
     finally:
-        server.stop()
-        # The server ran as another process: its kernels and warm pool must be gone too.
-        server.assert_no_sandboxes_left(docker_client)
+        try:
+            server.stop()
+        finally:
+            # The server ran as another process: its kernels and warm pool must be gone too,
+            # even if it did not exit cleanly.
+            server.assert_no_sandboxes_left(docker_client)
 
 
 def running_ids(server: JupyterServer, client: docker.DockerClient) -> set[str]:

@@ -52,8 +52,10 @@ def server(tmp_path: Path, kernel_dirs: Path, docker_client: docker.DockerClient
     try:
         yield srv
     finally:
-        srv.stop()
-        srv.assert_no_sandboxes_left(docker_client)
+        try:
+            srv.stop()
+        finally:  # even if it did not exit cleanly, its sandboxes must not outlive it
+            srv.assert_no_sandboxes_left(docker_client)
 
 
 async def execute(srv: JupyterServer, kernel_id: str, code: str, timeout: float = 120) -> str:

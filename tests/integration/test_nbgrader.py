@@ -34,7 +34,11 @@ def nbgrader(course: Path, env: dict[str, str], client: docker.DockerClient, *ar
         [sys.executable, "-m", "nbgrader", *args],
         cwd=course, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    out, _ = proc.communicate(timeout=600)
+    try:
+        out, _ = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
     assert proc.returncode == 0, f"nbgrader {' '.join(args)} failed:\n{out[-6000:]}"
     # Its kernels and warm pool went with it.
     assert_none_left(client, proc.pid, f"nbgrader {args[0]}")
