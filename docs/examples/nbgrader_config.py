@@ -14,3 +14,10 @@ c.Execute.timeout = 60
 
 # Kernel start-up, including creating the sandbox (a warm one is usually ready).
 c.Execute.startup_timeout = 120
+
+# The sandbox's deliberate channels (docs/exchange.md) are closed while grading: student
+# code must not hand files to the grader's disk (sandboxed.export writes next to the
+# notebook, i.e. into autograded/<student>/) nor open ports on the grader's 127.0.0.1.
+# The provisioner takes these from the same config (kernelspec settings would win).
+c.SandboxProvisioner.export_limit = 0
+c.SandboxProvisioner.max_runtime_ports = 0

@@ -130,14 +130,18 @@ def test_single_user_config_allows_only_sandboxed_kernels(server: JupyterServer)
         execute(
             server,
             kernel["id"],
-            "import os, platform\n"
-            f"print(platform.release(), os.getuid(), os.path.exists({str(server.root)!r}))",
+            "import os, platform, sandboxed\n"
+            "try:\n    port = sandboxed.expose(8050)\n"
+            "except sandboxed.SandboxRequestError:\n    port = 'refused'\n"
+            f"print(platform.release(), os.getuid(), os.path.exists({str(server.root)!r}), port)",
         )
     )
-    release, uid, sees_root = text.split()
+    release, uid, sees_root, port = text.split()
     assert release != os.uname().release and (uid, sees_root) == ("1000", "False"), text
-    server.api("DELETE", f"/api/kernels/{kernel['id']}")
-    assert server.api("GET", "/api/kernels") == []
+    assert port == "refused", text  # max_runtime_ports = 0
+    # Left running: after the refused starts, the server must still shut down cleanly with a
+    # live kernel (the fixture checks it exits 0 and leaves no sandbox).
+    assert [k["id"] for k in server.api("GET", "/api/kernels")] == [kernel["id"]]
 
 
 def test_hub_config_example_loads(caplog: pytest.LogCaptureFixture) -> None:

@@ -98,6 +98,11 @@ def test_autograde_in_the_sandbox(
         "except OSError as e:\n    print('no host file:', e.strerror)\n"
         f"try:\n    open({str(planted)!r}, 'w').write('pwned'); print('WROTE host file')\n"
         "except OSError as e:\n    print('no host write:', e.strerror)\n"
+        "import sandboxed\n"
+        "open('loot.txt', 'w').write('x')\n"
+        "for name, call in (('export', lambda: sandboxed.export('loot.txt')), ('expose', lambda: sandboxed.expose(8050))):\n"
+        "    try:\n        print('CHANNEL OPEN', name, call())\n"
+        "    except sandboxed.SandboxRequestError as e:\n        print('no', name + ':', e)\n"
         "print('graded on', platform.release(), 'as uid', os.getuid())"
     )
     submitted = course / "submitted" / "alice" / "ps1"
@@ -115,6 +120,9 @@ def test_autograde_in_the_sandbox(
     release, uid = text.split("graded on ")[1].split(" as uid ")
     assert release != os.uname().release and uid.strip() == "1000", (text, log)
     assert not planted.exists()
+    # The recipe closes the sandbox's export and port channels while grading.
+    assert "no export:" in text and "no expose:" in text and "CHANNEL OPEN" not in text, text
+    assert not list((course / "autograded").rglob("*loot*"))
 
     from nbgrader.api import Gradebook
 
