@@ -30,7 +30,13 @@ def free_port() -> int:
 def sandboxes_of(client: docker.DockerClient, pid: int) -> list[Any]:
     """Sandbox containers (kernels and warm pool) that the process ``pid`` created."""
     labels = [f"{LABEL_MANAGED}=1", f"{LABEL_SERVER_PID}={pid}"]
-    return client.containers.list(all=True, filters={"label": labels})  # type: ignore[no-any-return]
+    # sparse: one list call, no inspect per container, which fails (404) when a container
+    # goes away between the two (other tests' sandboxes come and go all the time).
+    return client.containers.list(all=True, sparse=True, filters={"label": labels})  # type: ignore[no-any-return]
+
+
+def names(containers: list[Any]) -> list[str]:
+    return [(c.attrs.get("Names") or [c.id])[0].lstrip("/") for c in containers]
 
 
 def assert_none_left(client: docker.DockerClient, pid: int, what: str, settle: float = 30) -> None:
@@ -40,8 +46,11 @@ def assert_none_left(client: docker.DockerClient, pid: int, what: str, settle: f
     while left := sandboxes_of(client, pid):
         if time.monotonic() > deadline:
             for c in left:
-                c.remove(force=True)
-            raise AssertionError(f"{what} left sandboxes: {[c.name for c in left]}")
+                try:
+                    c.remove(force=True)
+                except docker.errors.NotFound:
+                    pass
+            raise AssertionError(f"{what} left sandboxes: {names(left)}")
         time.sleep(0.5)
 
 
