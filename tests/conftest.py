@@ -125,7 +125,7 @@ def nothing_left_behind() -> Iterator[None]:
 
     DockerBackend().remove_orphans()
     leftovers = [c for c in our_containers(client, pooled=True) if container_exists(client, c.id)]
-    assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
+    assert not leftovers, f"containers left behind: {[c.attrs.get('Names') for c in leftovers]}"
 
 
 @pytest.fixture

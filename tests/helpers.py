@@ -41,8 +41,11 @@ def our_containers(
     """Containers of this test process (or of one kernel); warm-pool sandboxes, which come
     and go in the background, only with ``pooled``."""
     label = f"{LABEL_KERNEL_ID}={kernel_id}" if kernel_id else f"{LABEL_SERVER_PID}={os.getpid()}"
-    found = client.containers.list(all=True, filters={"label": [f"{LABEL_MANAGED}=1", label]})
-    return [c for c in found if pooled or LABEL_POOL not in (c.labels or {})]
+    # sparse: one call, no per-container inspect that races with removals (404).
+    found = client.containers.list(
+        all=True, sparse=True, filters={"label": [f"{LABEL_MANAGED}=1", label]}
+    )
+    return [c for c in found if pooled or LABEL_POOL not in (c.attrs.get("Labels") or {})]
 
 
 def container_exists(client: docker.DockerClient, cid: str | None, settle: float = 10.0) -> bool:

@@ -174,7 +174,10 @@ def sandbox_table() -> list[dict[str, Any]]:
     rows = []
     now = datetime.datetime.now(datetime.timezone.utc)
     for c in containers:
-        stats = c.stats(stream=False)
+        try:
+            stats = c.stats(stream=False)
+        except docker.errors.NotFound:
+            continue  # removed since the listing (a kernel shut down meanwhile)
         cpu, pre = stats.get("cpu_stats", {}), stats.get("precpu_stats", {})
         used = cpu.get("cpu_usage", {}).get("total_usage", 0) - pre.get("cpu_usage", {}).get(
             "total_usage", 0
@@ -431,4 +434,7 @@ class DockerBackend(SandboxBackend):
         await asyncio.to_thread(self._kill, sandbox_id)
 
     async def remove(self, sandbox_id: str) -> None:
-        await asyncio.to_thread(self._remove, sandbox_id)
+        try:
+            await asyncio.to_thread(self._remove, sandbox_id)
+        except RuntimeError:  # interpreter shutdown (atexit drain): no worker threads, block
+            self._remove(sandbox_id)

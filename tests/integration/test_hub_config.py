@@ -36,7 +36,7 @@ def server(tmp_path: Path, kernel_dirs: Path, docker_client: docker.DockerClient
     config = tmp_path / "jupyter_server_config.py"
     config.write_text(
         (EXAMPLES / "jupyter_server_config.py").read_text()
-        + f"\nADMIN_KERNEL_DIRS = [{str(kernel_dirs)!r}]\n"
+        + f"\nc.SandboxedOnlyKernelSpecManager.admin_kernel_dirs = [{str(kernel_dirs)!r}]\n"
     )
     # Search order as on a system-wide install (user data dir before the environment's,
     # not a venv's reverse) and JUPYTER_PATH empty: only the config's pin protects.
