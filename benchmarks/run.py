@@ -150,7 +150,8 @@ def wait_pool(timeout: float = 60) -> None:
         if pools and all(len(p.ready) >= p.size for p in pools):
             break
         time.sleep(0.05)
-    time.sleep(1.5)  # let the pre-warmed interpreter finish importing ipykernel
+    # A pooled sandbox counts as ready once its kernel is initialised (agent/prewarm.py):
+    # no extra settling time needed.
 
 
 def start(ksm: KernelSpecManager, name: str) -> tuple[KernelManager, Any, float]:
