@@ -157,7 +157,6 @@ def run_doctor(
     from jupyter_client.manager import KernelManager
 
     from .kernelspec import build_kernelspec
-    from .security.attacks import ATTACKS
     from .security.expectations import GAPS
 
     say = progress or (lambda _msg: None)
@@ -221,19 +220,13 @@ def run_doctor(
                 f"kernel release inside {inside!r}, host {host!r}",
                 "the sandbox runs on the host kernel: gVisor is not in effect",
             )  # fmt: skip
-            say("running the attack subset")
-            failed, tried = [], 0
-            for attack in ATTACKS:
-                if attack.needs:
-                    continue
-                tried += 1
-                out = _run(kc, attack.code, timeout=120).strip().splitlines()
-                try:
-                    verdict = json.loads(out[-1]) if out else {}
-                except ValueError:
-                    verdict = {}
-                if verdict.get("blocked") is not True:
-                    failed.append(f"{attack.id} ({verdict.get('detail', 'no verdict')})")
+            verdicts = _verdicts(kc, say)
+            tried = len(verdicts)
+            failed = [
+                f"{attack_id} ({verdict.get('detail', 'no verdict')})"
+                for attack_id, verdict in verdicts.items()
+                if verdict.get("blocked") is not True
+            ]
             report.add(
                 "attack subset blocked", not failed,
                 f"{tried - len(failed)} of {tried} attacks blocked"
@@ -246,27 +239,37 @@ def run_doctor(
     return report
 
 
+def _verdicts(kc: Any, say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """Attack id -> verdict from inside, for every self-contained attack of the catalogue."""
+    from .security.attacks import ATTACKS
+
+    say("running the attack subset")
+    verdicts: dict[str, dict[str, Any]] = {}
+    for attack in ATTACKS:
+        if attack.needs:
+            continue
+        out = _run(kc, attack.code, timeout=120).strip().splitlines()
+        try:
+            verdict = json.loads(out[-1]) if out else {}
+        except ValueError:
+            verdict = {}
+        verdicts[attack.id] = verdict if isinstance(verdict, dict) else {}
+    return verdicts
+
+
 def _judge_attacks(
     report: Report, kc: Any, backend: str, gaps: dict[str, str], say: Callable[[str], None]
 ) -> None:
     """A weaker backend: each self-contained attack must end as its gap table says."""
-    from .security.attacks import ATTACKS
-
-    say("running the attack subset")
-    wrong, known, tried = [], [], 0
-    for attack in ATTACKS:
-        if attack.needs:
-            continue
-        tried += 1
-        out = _run(kc, attack.code, timeout=120).strip().splitlines()
-        try:
-            blocked = json.loads(out[-1]).get("blocked") if out else None
-        except ValueError:
-            blocked = None
-        if attack.id in gaps and blocked is False:
-            known.append(attack.id)
-        elif blocked is not (attack.id not in gaps):
-            wrong.append(attack.id)
+    verdicts = _verdicts(kc, say)
+    tried = len(verdicts)
+    wrong, known = [], []
+    for attack_id, verdict in verdicts.items():
+        blocked = verdict.get("blocked")
+        if attack_id in gaps and blocked is False:
+            known.append(attack_id)
+        elif blocked is not (attack_id not in gaps):
+            wrong.append(attack_id)
     differs = f"; NOT as documented: {', '.join(wrong)}" if wrong else ""
     report.add(
         "attack subset as documented", not wrong,

@@ -260,9 +260,9 @@ def _self_contained(request: pytest.FixtureRequest) -> Iterator[Setup]:
 # The attacks
 
 
-@pytest.mark.docker
-@pytest.mark.parametrize("attack", ATTACKS, ids=[a.id for a in ATTACKS])
-def test_attack(attack: Attack, request: pytest.FixtureRequest, shared_kernel: Kernel) -> None:
+def attempt(attack: Attack, request: pytest.FixtureRequest, kernel: Kernel) -> dict[str, Any]:
+    """Run ``attack`` in ``kernel`` (or the provider's own kernel) after its host-side
+    control proved the target is there; return the verdict from inside."""
     provider = PROVIDERS.get(attack.id, _self_contained)
     with provider(request) as setup:
         code = render(attack, **setup.params)
@@ -273,11 +273,17 @@ def test_attack(attack: Attack, request: pytest.FixtureRequest, shared_kernel: K
                 f"{control['detail']}"
             )
             setup.after_control()
-        kernel = setup.kernel or shared_kernel
-        content, text = kernel.run(code, timeout=180)
+        content, text = (setup.kernel or kernel).run(code, timeout=180)
         assert content["status"] == "ok", f"{attack.id} crashed inside the sandbox:\n{text}"
-        result = json.loads(text.strip().splitlines()[-1])
+        result: dict[str, Any] = json.loads(text.strip().splitlines()[-1])
     assert set(result) == {"blocked", "detail"}, result
+    return result
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("attack", ATTACKS, ids=[a.id for a in ATTACKS])
+def test_attack(attack: Attack, request: pytest.FixtureRequest, shared_kernel: Kernel) -> None:
+    result = attempt(attack, request, shared_kernel)
     assert result["blocked"] is True, (
         f"ISOLATION GAP ({attack.protects}) {attack.id}: {attack.title}. "
         f"Observed inside the sandbox: {result['detail']}"

@@ -8,17 +8,16 @@ a documented gap that starts being blocked fails too, so the table stays true.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 
-from sandbox_kernel.security import ATTACKS, Attack, render
+from sandbox_kernel.security import ATTACKS, Attack
 from sandbox_kernel.security.expectations import GAPS, expected_blocked
 from tests.helpers import BACKEND_CONFIGS, Kernel
-from tests.security.test_attacks import PROVIDERS, _self_contained, run_on_host
+from tests.security.test_attacks import attempt
 
 BACKENDS = list(BACKEND_CONFIGS)
 
@@ -67,21 +66,7 @@ def test_gap_table_names_real_attacks() -> None:
 def test_attack_on_backend(
     attack: Attack, backend: str, request: pytest.FixtureRequest, backend_kernel: Kernel
 ) -> None:
-    provider = PROVIDERS.get(attack.id, _self_contained)
-    with provider(request) as setup:
-        code = render(attack, **setup.params)
-        if setup.control:
-            control = run_on_host(code)
-            assert control["blocked"] is False, (
-                f"control: from the host, {attack.id} should find its target, but: "
-                f"{control['detail']}"
-            )
-            setup.after_control()
-        kernel = setup.kernel or backend_kernel
-        content, text = kernel.run(code, timeout=180)
-        assert content["status"] == "ok", f"{attack.id} crashed inside the sandbox:\n{text}"
-        result = json.loads(text.strip().splitlines()[-1])
-    assert set(result) == {"blocked", "detail"}, result
+    result = attempt(attack, request, backend_kernel)
     if expected_blocked(backend, attack.id):
         assert result["blocked"] is True, (
             f"ISOLATION GAP under backend {backend} ({attack.protects}) {attack.id}: "
