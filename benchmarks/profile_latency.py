@@ -91,6 +91,21 @@ threading.Thread(target=echo, daemon=True).start()
 def ping_zmq():
     s1.send(b"x"); s1.recv()
 out["ZeroMQ message between threads, round trip"] = stat(ping_zmq)
+import socket
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
+cli = socket.create_connection(srv.getsockname()); peer, _ = srv.accept()
+for sock in (cli, peer):
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def tcp():
+    cli.sendall(b"x" * 300); peer.recv(1000)
+out["TCP send -> recv over loopback"] = stat(tcp)
+pub = ctx.socket(zmq.PUB); port = pub.bind_to_random_port("tcp://127.0.0.1")
+subs = ctx.socket(zmq.SUB); subs.connect("tcp://127.0.0.1:%d" % port)
+subs.setsockopt(zmq.SUBSCRIBE, b"")
+time.sleep(0.5)
+def pubsub():
+    pub.send(b"x" * 300); subs.recv()
+out["ZeroMQ PUB -> SUB over loopback TCP"] = stat(pubsub)
 kernel = IPKernelApp.instance().kernel
 io = kernel.iopub_socket.io_thread
 def handoff():
