@@ -20,7 +20,9 @@ Needs the host set up by scripts/quickstart.sh (root, dockerd with runsc, the im
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -130,6 +132,7 @@ STEPS = ["client -> busy", "busy -> execute_input", "execute_input -> result",
 
 def kernel_dirs() -> KernelSpecManager:
     root = Path(tempfile.mkdtemp(prefix="sk-profile-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     for name, config in CONFIGS.items():
         (root / name).mkdir()
         if config is None:

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -419,7 +421,9 @@ def main() -> None:
             parser.error(f"unknown configuration(s): {', '.join(sorted(unknown))}")
         labels = [label for label in CONFIGS if label in wanted]
     say = lambda msg: print(f"... {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    ksm = KernelSpecManager(kernel_dirs=[str(kernel_dirs())])
+    specs = kernel_dirs()
+    atexit.register(shutil.rmtree, specs, ignore_errors=True)  # the temporary kernelspecs
+    ksm = KernelSpecManager(kernel_dirs=[str(specs)])
     results = {label: measure(ksm, label, args.starts, args.rtts, say) for label in labels}
     for label in (lb for lb in SCALED if lb in results):
         for n in (int(x) for x in args.scale.split(",")):
