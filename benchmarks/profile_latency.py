@@ -65,6 +65,8 @@ def stat(f, n=300):
 
 out = {}
 out["syscall (getppid)"] = stat(os.getppid, 2000)
+out["pure Python: sum(range(100000))"] = stat(lambda: sum(range(100000)), 50)
+out["allocate a 30000-int list (fresh pages)"] = stat(lambda: list(range(30000)), 200)
 a, b = threading.Event(), threading.Event()
 def events():
     while True:
