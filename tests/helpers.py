@@ -59,29 +59,39 @@ def container_exists(client: docker.DockerClient, cid: str | None, settle: float
     return False
 
 
-def listening_ports(own_only: bool = False) -> dict[int, str]:
-    """port -> local address (hex, as in /proc/net/tcp) of TCP listeners on the host;
-    with ``own_only``, only sockets this test process holds (other processes on the
-    machine may open and close ports meanwhile)."""
-    own: set[str] = set()
-    if own_only:
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                target = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                own.add(target[8:-1])
-    out: dict[int, str] = {}
+def socket_inodes(pid: str = "self") -> set[str]:
+    """Inodes of the sockets process ``pid`` holds (as /proc/net/tcp names them)."""
+    inodes: set[str] = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def tcp_listeners() -> list[tuple[str, int, str]]:
+    """(local address hex, port, socket inode) of every TCP listener on the host."""
+    out = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as f:
             next(f)
             for line in f:
                 fields = line.split()
                 addr, port = fields[1].split(":")
-                if fields[3] == "0A" and (not own_only or fields[9] in own):  # LISTEN
-                    out[int(port, 16)] = addr
+                if fields[3] == "0A":  # LISTEN
+                    out.append((addr, int(port, 16), fields[9]))
     return out
+
+
+def listening_ports(own_only: bool = False) -> dict[int, str]:
+    """port -> local address (hex, as in /proc/net/tcp) of TCP listeners on the host;
+    with ``own_only``, only sockets this test process holds (other processes on the
+    machine may open and close ports meanwhile)."""
+    own = socket_inodes() if own_only else set()
+    return {port: addr for addr, port, inode in tcp_listeners() if not own_only or inode in own}
 
 
 class Kernel:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import pytest
 
 from sandbox_kernel.provisioner import INSIDE_PORTS
-from tests.helpers import Kernel, listening_ports
+from tests.helpers import Kernel, listening_ports, socket_inodes, tcp_listeners
 
 pytestmark = pytest.mark.docker
 
@@ -145,27 +145,11 @@ def _listeners() -> set[tuple[str, int, int, str]]:
         try:
             with open(f"/proc/{proc}/comm") as f:
                 comm = f.read().strip()
-            fds = os.listdir(f"/proc/{proc}/fd")
+            inodes = socket_inodes(proc)
         except OSError:
             continue
-        for fd in fds:
-            try:
-                target = os.readlink(f"/proc/{proc}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                owners[target[8:-1]] = (int(proc), comm)
-    out = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            next(f)
-            for line in f:
-                fields = line.split()
-                addr, port = fields[1].split(":")
-                if fields[3] == "0A":
-                    pid, comm = owners.get(fields[9], (0, "?"))
-                    out.add((addr, int(port, 16), pid, comm))
-    return out
+        owners.update(dict.fromkeys(inodes, (int(proc), comm)))
+    return {(addr, port, *owners.get(inode, (0, "?"))) for addr, port, inode in tcp_listeners()}
 
 
 def _ours_or_dockers(listeners: set[tuple[str, int, int, str]]) -> set[tuple[str, int, int, str]]:
