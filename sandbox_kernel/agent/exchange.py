@@ -20,13 +20,14 @@ import json
 import os
 from typing import Any
 
+from ..relay import mux as m
+
 # The agent's own files inside the sandbox (tmpfs). SANDBOX_KERNEL_RUN_DIR in the agent's
 # environment moves them (tests run the agent outside a sandbox).
 RUN_DIR = os.environ.get("SANDBOX_KERNEL_RUN_DIR", "/tmp/.sandbox-kernel")
 HELPER_DIR = RUN_DIR + "/lib"
 SOCKET_PATH = RUN_DIR + "/agent.sock"
 SOCKET_ENV = "SANDBOX_KERNEL_AGENT_SOCKET"  # tells the sandboxed module where to ask
-CHUNK = 32 * 1024  # raw bytes per put_data/export_data frame (base64 fits in one frame)
 MAX_REQUEST_LINE = 64 * 1024
 
 
@@ -150,16 +151,7 @@ class HelperServer:
             reply: dict[str, Any] = await self.agent.requests.ask(begin)
             if not reply.get("ok"):
                 return reply
-            sent = 0
-            while sent < size:  # the declared size, even if the file changes meanwhile
-                chunk = f.read(min(CHUNK, size - sent))
-                if not chunk:
-                    break
-                sent += len(chunk)
-                self.agent.mux.send_control(
-                    {"op": "export_data", "data": base64.b64encode(chunk).decode()}
-                )
-                await self.agent.mux.drained()  # the pipe is full: let the host catch up
+            await m.send_file_data(self.agent.mux, f, size, "export_data")
             reply = await self.agent.requests.ask({"op": "export_end"})
             return reply
 

@@ -9,7 +9,6 @@ files are skipped (a link could point anywhere on the host).
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import stat
@@ -17,10 +16,9 @@ from dataclasses import dataclass
 
 from ..errors import PolicyError, SandboxError
 from ..policy import format_size
+from ..relay.mux import send_file_data
 from ..relay.session import AgentSession
 from .policy import inside_dest
-
-CHUNK = 32 * 1024  # raw bytes per put_data frame: its base64 fits in one CONTROL frame
 
 
 @dataclass(frozen=True)
@@ -105,15 +103,9 @@ async def send_copy_in(session: AgentSession, items: list[CopyItem], home: str) 
         except OSError as exc:
             raise SandboxError(f"copy_in: cannot read {item.source}: {exc.strerror}") from None
         with os.fdopen(fd, "rb") as f:
-            left = item.size  # as planned: a file growing meanwhile cannot pass the limit
-            while left > 0:
-                chunk = f.read(min(CHUNK, left))
-                if not chunk:
-                    break
-                left -= len(chunk)
-                sent += len(chunk)
-                session.send_control({"op": "put_data", "data": base64.b64encode(chunk).decode()})
-                await session.pipe_writable()
+            # As planned: a file growing meanwhile cannot pass the limit.
+            sent += await send_file_data(session.mux, f, item.size, "put_data")
+        await session.pipe_writable()  # raises if the sandbox went away meanwhile
         session.send_control({"op": "put_end"})
     reply = await session.requests.ask({"op": "put_done"})
     if not reply.get("ok"):

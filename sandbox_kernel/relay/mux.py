@@ -15,13 +15,16 @@ frames to streams and applies back-pressure in both directions:
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import protocol as p
 
 # Local write buffer bounds; HIGH <= INITIAL_WINDOW - CREDIT_BATCH keeps credit flowing.
 REQUEST_TIMEOUT = 120.0
+# Raw bytes per bulk-data CONTROL frame (files in and out): its base64 fits in one frame.
+FILE_CHUNK = 32 * 1024
 LOCAL_HIGH_WATER = 256 * 1024
 LOCAL_LOW_WATER = 64 * 1024
 PIPE_HIGH_WATER = 1024 * 1024
@@ -364,3 +367,18 @@ class Requests:
         for fut in self.pending.values():
             if not fut.done():
                 fut.set_result({"op": "reply", "ok": False, "error": why})
+
+
+async def send_file_data(mux: Mux, f: BinaryIO, size: int, op: str) -> int:
+    """Send at most ``size`` bytes of ``f`` (the announced size, even if the file changes
+    meanwhile) as ``{"op": op, "data": <base64>}`` CONTROL frames, pacing with the pipe;
+    return the bytes sent. Stops early if the pipe is gone."""
+    sent = 0
+    while sent < size and not mux.closed:
+        chunk = f.read(min(FILE_CHUNK, size - sent))
+        if not chunk:
+            break
+        sent += len(chunk)
+        mux.send_control({"op": op, "data": base64.b64encode(chunk).decode()})
+        await mux.drained()  # the pipe is full: let the peer catch up
+    return sent
