@@ -1016,9 +1016,14 @@ _PRIV = [
     _attack(
         "priv-capabilities",
         "privileges",
-        "every process in the sandbox has empty capability sets (effective, permitted, bounding)",
+        "the kernel's processes hold no capability (effective, permitted, bounding, ambient); "
+        "only the agent, under another uid, may hold the few it needs to run the kernel",
         """
         KEYS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+        # CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_SETPCAP: a gVisor sandbox's agent (root of
+        # gVisor's kernel) keeps these to start the kernel under an unprivileged uid.
+        AGENT = (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8)
+        me = _os.getuid()
         bad, seen = {}, 0
         for pid in ["self"] + [str(p) for p in _pids()]:
             try:
@@ -1026,17 +1031,95 @@ _PRIV = [
             except OSError:
                 continue
             fields = dict(l.split(":", 1) for l in status.splitlines() if ":" in l)
-            if "CapEff" not in fields:
+            if "CapEff" not in fields or "Uid" not in fields:
                 continue
             seen += 1
-            nonzero = ["%s=%s" % (k, fields[k].strip()) for k in KEYS
-                       if k in fields and int(fields[k].strip(), 16) != 0]
-            if nonzero:
-                bad[pid] = nonzero
+            uid = int(fields["Uid"].split()[0])
+            allowed = 0 if uid == me else AGENT
+            sets = {k: int(fields[k].strip(), 16) for k in KEYS if k in fields}
+            held = ["%s=%x" % (k, v) for k, v in sorted(sets.items())
+                    if v & ~allowed or (k in ("CapInh", "CapAmb") and v)]
+            if held:
+                bad["%s (uid %d)" % (pid, uid)] = held
         if bad:
             _report(False, "capabilities held: %s" % bad)
         else:
-            _report(seen > 0, "%d processes, all capability sets empty" % seen)
+            _report(seen > 0, "%d processes: the kernel's uid holds none, others at most the "
+                    "agent's" % seen)
+        """,
+    ),
+    _attack(
+        "priv-agent-pipe",
+        "privileges",
+        "the kernel cannot open the agent's descriptors (its pipe to the host) through /proc",
+        """
+        import stat
+
+        agent = _os.getppid()  # the kernel's parent: the agent
+        results = {}
+        fds = set(str(fd) for fd in range(16))  # also those a listing might not show
+        try:
+            fds.update(_os.listdir("/proc/%d/fd" % agent))
+        except OSError as e:
+            results["list /proc/%d/fd" % agent] = _err(e)
+        for fd in sorted(fds, key=int):
+            for name, flags in (("write", _os.O_WRONLY), ("read", _os.O_RDONLY)):
+                path = "/proc/%d/fd/%s" % (agent, fd)
+                try:
+                    opened = _os.open(path, flags | _os.O_NONBLOCK)
+                except OSError as e:
+                    if e.errno != _errno.ENOENT:
+                        results["%s %s" % (name, path)] = _err(e)
+                    continue
+                mode = _os.fstat(opened).st_mode
+                _os.close(opened)
+                # /dev/null (the agent's 0-2) is open to anyone anyway; a pipe, socket or
+                # file is what must stay out of reach.
+                results["%s %s" % (name, path)] = "device" if stat.S_ISCHR(mode) else "OK"
+        opened = sorted(k for k, v in results.items() if v == "OK")
+        _report(not opened, "opened: %s" % opened if opened else results)
+        """,
+    ),
+    _attack(
+        "priv-agent-signal",
+        "privileges",
+        "the kernel cannot stop the agent (which would stall its pipe) with a signal",
+        """
+        import signal
+        import socket
+
+        agent = _os.getppid()
+        path = _os.environ.get("SANDBOX_KERNEL_AGENT_SOCKET", "/tmp/.sandbox-agent/agent.sock")
+
+        def answers():
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(5)
+            try:
+                s.connect(path)
+                s.sendall(b'{"op": "ports"}\\n')
+                return b'"ok": true' in s.recv(4096)
+            except OSError:
+                return False
+            finally:
+                s.close()
+
+        if not answers():
+            _report(False, "the agent did not answer before the attempt: nothing to judge")
+        else:
+            results = {}
+            for sig in ("SIGSTOP", "SIGTSTP", "SIGTTIN"):
+                try:
+                    _os.kill(agent, getattr(signal, sig))
+                    results["kill(agent, %s)" % sig] = "OK"
+                except OSError as e:
+                    results["kill(agent, %s)" % sig] = _err(e)
+            alive = answers()
+            try:
+                _os.kill(agent, signal.SIGCONT)  # undo a stop, if one took
+            except OSError:
+                pass
+            _report(alive, "%s; the agent %s" % (
+                results, "still answers" if alive else "stopped answering"))
         """,
     ),
     _attack(
@@ -1694,6 +1777,25 @@ _INFO = [
         _report(not leaks, leaks or seen)
         """,
         needs=("host_boot_id", "host_machine_id", "host_cmdline"),
+    ),
+    _attack(
+        "info-host-resolver",
+        "information",
+        "the sandbox's resolver configuration does not name the host's DNS servers",
+        """
+        HOST = {host_resolvers}
+        try:
+            text = _read("/etc/resolv.conf")
+        except OSError as e:
+            text = ""
+            seen = _err(e)
+        else:
+            seen = " | ".join(l.strip() for l in text.splitlines() if l.strip()) or "(empty)"
+        words = text.split()
+        leaks = [h for h in HOST if h in words]
+        _report(not leaks, "host resolver(s) %s in /etc/resolv.conf" % leaks if leaks else seen)
+        """,
+        needs=("host_resolvers",),
     ),
     _attack(
         "info-server-env",

@@ -47,6 +47,10 @@ GAPS: dict[str, dict[str, str]] = {
         "info-host-identifiers": _SHARED_KERNEL + "host's boot id and kernel command line",
         "info-process-list": "firejail's own processes share the sandbox's pid namespace (its "
         "init and the /bin/sh it starts the agent with); no host process is visible",
+        "priv-agent-signal": "the agent is neither PID 1 of the sandbox (firejail's init is) "
+        "nor under a uid of its own (firejail has no --uid), so the kernel can stop it with "
+        "SIGSTOP: that stalls only its own sandbox, and the host's bounds hold whatever the "
+        "sandbox sends (docs/security.md)",
     },
 }
 

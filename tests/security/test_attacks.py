@@ -178,6 +178,14 @@ def _hostname(request: pytest.FixtureRequest) -> Iterator[Setup]:
     yield Setup({"host_hostname": socket.gethostname()})
 
 
+@provides("info-host-resolver")
+def _resolvers(request: pytest.FixtureRequest) -> Iterator[Setup]:
+    words = Path("/etc/resolv.conf").read_text().split()
+    servers = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "nameserver"]
+    assert servers, "the host has no nameserver in /etc/resolv.conf: nothing to look for"
+    yield Setup({"host_resolvers": servers})
+
+
 @provides("info-kernel-release")
 def _release(request: pytest.FixtureRequest) -> Iterator[Setup]:
     yield Setup({"host_release": os.uname().release})
