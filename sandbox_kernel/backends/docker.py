@@ -85,8 +85,9 @@ def container_spec(
     """Keyword arguments for ``docker.containers.create``: the policy in Docker's terms.
 
     Pure, so every isolation property is unit-testable: no mounts, volumes or
-    devices; no network; read-only rootfs with capped tmpfs; unprivileged user
-    with no capabilities; memory/CPU/process caps; no logging of the relay stream.
+    devices (not even gVisor's /dev/net/tun); no network; read-only rootfs with
+    capped tmpfs; unprivileged user with no capabilities; memory/CPU/process caps;
+    no logging of the relay stream.
     """
     uid_gid = policy.user.split(":")
     tmpfs_opts = "rw,nosuid,nodev,noexec"
@@ -130,6 +131,9 @@ def container_spec(
             "/tmp": f"{tmpfs_opts},size={policy.tmp_bytes},mode=1777",
             policy.home: f"{tmpfs_opts},size={policy.home_bytes},uid={uid_gid[0]},"
             f"gid={uid_gid[-1]},mode=0700",
+            # gVisor puts /dev/net/tun in every sandbox; an empty read-only tmpfs hides it
+            # (mount and device mknod are refused by seccomp, so it cannot be uncovered).
+            "/dev/net": "ro,nosuid,nodev,noexec,size=4k,mode=0755",
         },
         "volumes": {},
         "mounts": [],

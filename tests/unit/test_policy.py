@@ -455,7 +455,7 @@ def test_container_spec_passes_runtime_through(runtime: str) -> None:
 def test_container_spec_tmpfs_for_tmp_and_home_with_size_caps() -> None:
     pol = policy(tmp_size="64m", home_size="128m")
     tmpfs = spec(pol)["tmpfs"]
-    assert set(tmpfs) == {"/tmp", SANDBOX_HOME}
+    assert set(tmpfs) == {"/tmp", SANDBOX_HOME, "/dev/net"}
     tmp_opts = tmpfs["/tmp"].split(",")
     home_opts = tmpfs[SANDBOX_HOME].split(",")
     assert f"size={64 * MiB}" in tmp_opts
@@ -463,6 +463,13 @@ def test_container_spec_tmpfs_for_tmp_and_home_with_size_caps() -> None:
     for opts in (tmp_opts, home_opts):
         assert {"nosuid", "nodev", "noexec"} <= set(opts)
     assert {"uid=1000", "gid=1000", "mode=0700"} <= set(home_opts)
+
+
+@pytest.mark.parametrize("runtime", ["runsc", "runc"])
+def test_container_spec_hides_dev_net(runtime: str) -> None:
+    """gVisor creates /dev/net/tun in every sandbox: an empty, read-only tmpfs covers it."""
+    opts = spec(runtime=runtime)["tmpfs"]["/dev/net"].split(",")
+    assert {"ro", "nosuid", "nodev", "noexec", "size=4k"} <= set(opts)
 
 
 def test_container_spec_labels_are_copied() -> None:
