@@ -41,6 +41,11 @@ async def boot(
         kernel_user = policy.user if preflight.kernel_user_apart else None
         hello = await relay.run(_send_agent(session, kernel_user))
         check_hello(hello, preflight)
+        if not hello.get("helpers"):
+            session.log.warning(
+                "%s: the agent's socket is not available: the `sandboxed` module will fail",
+                session.describe(),
+            )
         session.hello_info = hello
     except BaseException:
         relay.loop.call_soon_threadsafe(session.close)
@@ -69,6 +74,13 @@ def check_hello(hello: dict[str, Any], preflight: Preflight) -> None:
         )
     if not preflight.kernel_user_apart and hello.get("uid") == 0:
         raise SandboxError("the sandbox runs as root; refusing (policy user is unprivileged)")
+    if not preflight.kernel_user_apart and not hello.get("undumpable"):
+        # The kernel shares the agent's uid there: only PR_SET_DUMPABLE keeps the host
+        # kernel from handing it the agent's pipe through /proc/<agent>/fd.
+        raise SandboxError(
+            "the sandbox's agent could not make itself undumpable, so the kernel could open "
+            "its pipe to the host; refusing"
+        )
     if preflight.runtime == "runsc" and hello.get("release") == os.uname().release:
         raise SandboxError(
             "runtime runsc was requested but the sandbox reports the host's kernel "

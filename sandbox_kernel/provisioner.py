@@ -55,6 +55,7 @@ from .policy import (
     parse_size,
 )
 from .pool import WarmPool
+from .relay import ops
 from .relay.console import ConsoleSink
 from .relay.listeners import HOST, HostListeners
 from .relay.session import AgentSession, SessionError
@@ -338,7 +339,7 @@ class SandboxProvisioner(KernelProvisionerBase):
         for warning in preflight.warnings:
             self.log.warning("sandbox-kernel %s: %s", self.kernel_id, warning)
         start = {
-            "op": "start",
+            "op": ops.START,
             "argv": cmd,
             "env": env,
             "cwd": env.get("HOME"),
@@ -483,7 +484,7 @@ class SandboxProvisioner(KernelProvisionerBase):
             await self.sandboxes.kill(self._container_id)
             return
         self.relay.loop.call_soon_threadsafe(
-            session.send_control, {"op": "signal", "signum": int(signum)}
+            session.send_control, {"op": ops.SIGNAL, "signum": int(signum)}
         )
 
     async def kill(self, restart: bool = False) -> None:

@@ -15,6 +15,7 @@ from importlib import resources
 # Shipped in this order: each module imports only the ones before it.
 AGENT_MODULES = (
     "sandbox_kernel.relay.protocol",
+    "sandbox_kernel.relay.ops",
     "sandbox_kernel.relay.mux",
     "sandbox_kernel.agent.exchange",
     "sandbox_kernel.agent.main",

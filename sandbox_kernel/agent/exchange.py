@@ -26,6 +26,7 @@ import stat
 from typing import Any
 
 from ..relay import mux as m
+from ..relay import ops as o
 
 # The agent's own files inside the sandbox (tmpfs), apart from the kernel's folder
 # (/tmp/.sandbox-kernel, the connection file). SANDBOX_KERNEL_RUN_DIR in the agent's
@@ -63,20 +64,20 @@ class FileReceiver:
             return  # the first error is reported at put_done
         try:
             op = msg["op"]
-            if op == "put_dir":
+            if op == o.PUT_DIR:
                 os.makedirs(self._path(msg["path"]), mode=0o755, exist_ok=True)
-            elif op == "put_begin":
+            elif op == o.PUT_BEGIN:
                 self._close()
                 flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
                 mode = int(msg.get("mode", 0o644)) & 0o755
                 self.fd = os.open(self._path(msg["path"]), flags, mode)
-            elif op == "put_data":
+            elif op == o.PUT_DATA:
                 data = base64.b64decode(msg["data"])
                 view = memoryview(data)
                 while view and self.fd is not None:
                     view = view[os.write(self.fd, view) :]
                 self.bytes += len(data)
-            elif op == "put_end":
+            elif op == o.PUT_END:
                 self._close()
                 self.files += 1
         except Exception as exc:
@@ -173,7 +174,7 @@ class HelperServer:
             port = int(request["port"])
             if port in self.exposed:
                 return {"ok": True, "host_port": self.exposed[port]}
-            reply: dict[str, Any] = await self.agent.requests.ask({"op": "expose", "port": port})
+            reply: dict[str, Any] = await self.agent.requests.ask({"op": o.EXPOSE, "port": port})
             if reply.get("ok"):
                 self.exposed[port] = int(reply["host_port"])
             return reply
@@ -191,14 +192,14 @@ class HelperServer:
         if not stat.S_ISREG(st.st_mode):
             return {"ok": False, "error": "only regular files can be exported"}
         size = st.st_size
-        begin = {"op": "export_begin", "name": name, "size": size}
+        begin = {"op": o.EXPORT_BEGIN, "name": name, "size": size}
         reply: dict[str, Any] = await self.agent.requests.ask(begin)
         if not reply.get("ok"):
             return reply
         with os.fdopen(os.dup(fd), "rb") as f:
             f.seek(0)
-            await m.send_file_data(self.agent.mux, f, size, "export_data")
-        reply = await self.agent.requests.ask({"op": "export_end"})
+            await m.send_file_data(self.agent.mux, f, size, o.EXPORT_DATA)
+        reply = await self.agent.requests.ask({"op": o.EXPORT_END})
         return reply
 
 

@@ -42,9 +42,10 @@ import signal
 import socket
 import subprocess
 import sys
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..relay import mux as m
+from ..relay import ops as o
 from ..relay import protocol as p
 from . import exchange as x
 
@@ -125,6 +126,19 @@ class Agent:
         self.helper_server = x.HelperServer(self)
         self.files: x.FileReceiver | None = None
         self.kernel_ports: set[int] = set()
+        self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {
+            o.START: self._launch,
+            o.PREWARM: self._launch,
+            o.SIGNAL: lambda msg: self.signal_kernel(msg["signum"]),
+            o.REPLY: self.requests.on_reply,
+            o.PUT_START: self._put_start,
+            o.PUT_DIR: self._put,
+            o.PUT_BEGIN: self._put,
+            o.PUT_DATA: self._put,
+            o.PUT_END: self._put,
+            o.PUT_DONE: self._put_done,
+            o.SHUTDOWN: lambda msg: self.finish(0, "shutdown requested"),
+        }
 
     def _write(self, data: bytes) -> None:
         if self.out is not None and not self.out.is_closing():
@@ -149,7 +163,7 @@ class Agent:
             loop.add_signal_handler(signum, self.forward_signal, signum)
         self.mux.send_control(
             {
-                "op": "hello",
+                "op": o.HELLO,
                 "version": p.VERSION,
                 "python": sys.version.split()[0],
                 "release": os.uname().release,
@@ -170,29 +184,28 @@ class Agent:
 
     # -- control messages ------------------------------------------------------
     def on_control(self, msg: dict[str, Any]) -> None:
-        op = msg["op"]
-        if op in ("start", "prewarm"):
-            try:
-                (self.start_kernel if op == "start" else self.prewarm)(msg)
-            except Exception as exc:  # report, then end: the host sees a clean error
-                self.mux.send_control(
-                    {"op": "error", "message": "%s: %s" % (type(exc).__name__, exc)}
-                )
-                self.finish(127, "kernel failed to start")
-        elif op == "signal":
-            self.signal_kernel(int(msg["signum"]))
-        elif op == "reply":
-            self.requests.on_reply(msg)
-        elif op == "put_start":
-            self.files = x.FileReceiver(str(msg["home"]))
-        elif op in ("put_dir", "put_begin", "put_data", "put_end") and self.files is not None:
+        """A CONTROL message from the host, checked against ``ops.HOST_OPS`` (anything else
+        is a protocol error: the agent reports it and ends), then handled by op."""
+        self.handlers[o.check(msg, o.HOST_OPS)["op"]](msg)
+
+    def _launch(self, msg: dict[str, Any]) -> None:
+        try:
+            (self.start_kernel if msg["op"] == o.START else self.prewarm)(msg)
+        except Exception as exc:  # report, then end: the host sees a clean error
+            self.mux.send_control({"op": o.ERROR, "message": "%s: %s" % (type(exc).__name__, exc)})
+            self.finish(127, "kernel failed to start")
+
+    def _put_start(self, msg: dict[str, Any]) -> None:
+        self.files = x.FileReceiver(msg["home"])
+
+    def _put(self, msg: dict[str, Any]) -> None:
+        if self.files is not None:
             with self.as_kernel():
                 self.files.handle(msg)
-        elif op == "put_done" and self.files is not None:
-            result, self.files = self.files.result(), None
-            self.mux.send_control(dict(result, op="reply", req=msg.get("req")))
-        elif op == "shutdown":
-            self.finish(0, "shutdown requested")
+
+    def _put_done(self, msg: dict[str, Any]) -> None:
+        result, self.files = (self.files.result() if self.files else {"ok": True}), None
+        self.mux.send_control(dict(result, op=o.REPLY, req=msg["req"]))
 
     def spawn(
         self,
@@ -257,9 +270,9 @@ class Agent:
             return
         assert self.kernel is not None
         if b"i" in data:
-            self.mux.send_control({"op": "prewarmed", **self.kernel_facts()})
+            self.mux.send_control({"op": o.PREWARMED, **self.kernel_facts()})
         if b"k" in data and self.status is None:
-            self.mux.send_control({"op": "started", **self.kernel_facts()})
+            self.mux.send_control({"op": o.STARTED, **self.kernel_facts()})
 
     def start_kernel(self, msg: dict[str, Any]) -> None:
         env: dict[str, str] = {k: str(v) for k, v in dict(msg.get("env") or {}).items()}
@@ -301,7 +314,7 @@ class Agent:
             with self.as_kernel():
                 populate_home(home)
             self.spawn(argv, env, cwd, subprocess.DEVNULL)
-        self.mux.send_control({"op": "started", **self.kernel_facts()})
+        self.mux.send_control({"op": o.STARTED, **self.kernel_facts()})
 
     def kernel_facts(self) -> dict[str, Any]:
         """The running kernel's pid and uid as the sandbox's /proc reports them (the host
@@ -409,11 +422,11 @@ class Agent:
                 os.killpg(self.kernel_pgid, signal.SIGKILL)
         except OSError:
             pass
-        self.mux.send_control({"op": "exited", "status": code, "why": why})
+        self.mux.send_control({"op": o.EXITED, "status": code, "why": why})
         self.done.set_result(code)
 
     def fatal(self, message: str) -> None:
-        self.mux.send_control({"op": "error", "message": message})
+        self.mux.send_control({"op": o.ERROR, "message": message})
         self.finish(125, message)
 
 

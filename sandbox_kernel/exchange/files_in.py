@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ..errors import PolicyError, SandboxError
 from ..policy import format_size
+from ..relay import ops
 from ..relay.mux import send_file_data
 from ..relay.session import AgentSession
 from .policy import inside_dest
@@ -110,13 +111,13 @@ async def send_copy_in(session: AgentSession, items: list[CopyItem], home: str) 
     """On the relay loop: send ``items`` to the agent, which writes them under ``home``;
     return the bytes copied. Raises SandboxError if the sandbox refused (e.g. full)."""
     assert session.requests is not None
-    session.send_control({"op": "put_start", "home": home})
+    session.send_control({"op": ops.PUT_START, "home": home})
     sent = 0
     for item in items:
         if item.source is None:
-            session.send_control({"op": "put_dir", "path": item.dest})
+            session.send_control({"op": ops.PUT_DIR, "path": item.dest})
             continue
-        session.send_control({"op": "put_begin", "path": item.dest, "mode": item.mode})
+        session.send_control({"op": ops.PUT_BEGIN, "path": item.dest, "mode": item.mode})
         flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
         try:
             fd = os.open(item.source, flags)
@@ -124,10 +125,10 @@ async def send_copy_in(session: AgentSession, items: list[CopyItem], home: str) 
             raise SandboxError(f"copy_in: cannot read {item.source}: {exc.strerror}") from None
         with os.fdopen(fd, "rb") as f:
             # As planned: a file growing meanwhile cannot pass the limit.
-            sent += await send_file_data(session.mux, f, item.size, "put_data")
+            sent += await send_file_data(session.mux, f, item.size, ops.PUT_DATA)
         await session.pipe_writable()  # raises if the sandbox went away meanwhile
-        session.send_control({"op": "put_end"})
-    reply = await session.requests.ask({"op": "put_done"})
+        session.send_control({"op": ops.PUT_END})
+    reply = await session.requests.ask({"op": ops.PUT_DONE})
     if not reply.get("ok"):
         raise SandboxError(f"copy_in: the sandbox refused the files: {reply.get('error')}")
     return sent

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import PolicyError
 from ..policy import format_size
+from ..relay import ops
 from ..relay.listeners import HOST, HostListeners
 from ..relay.session import AgentSession
 from .policy import ExchangePolicy, check_port, export_name, numbered_name
@@ -147,7 +148,7 @@ class HostExchange:
         if session is None:
             return
         op = msg["op"]
-        if op == "expose":
+        if op == ops.EXPOSE:
             answer = self._expose(msg.get("port"))
             if isinstance(answer, dict):
                 self._reply(msg, answer)
@@ -155,11 +156,11 @@ class HostExchange:
             task = asyncio.get_running_loop().create_task(self._answer(msg, answer))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        elif op == "export_begin":
+        elif op == ops.EXPORT_BEGIN:
             self._reply(msg, self._export_begin(msg.get("name"), msg.get("size")))
-        elif op == "export_data":
+        elif op == ops.EXPORT_DATA:
             self._export_data(msg.get("data"))
-        elif op == "export_end":
+        elif op == ops.EXPORT_END:
             self._reply(msg, self._export_end())
 
     async def _answer(
@@ -171,7 +172,7 @@ class HostExchange:
         req = msg.get("req")
         # Only a request id is echoed, never anything else the sandbox chose.
         if self.session is not None and isinstance(req, int) and 0 <= req < 2**53:
-            self.session.send_control({"op": "reply", "req": req, **answer})
+            self.session.send_control({"op": ops.REPLY, "req": req, **answer})
 
     # -- files out ------------------------------------------------------------------------------
     def _export_begin(self, requested: object, size: object) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..policy import KERNEL_INSIDE_PORTS
+from . import ops
 from . import protocol as p
 from .console import one_line
 from .docker_stream import STDOUT, DockerStreamDemux, DockerStreamError
@@ -44,7 +45,7 @@ MAX_PIPE_BACKLOG = 8 * 1024 * 1024
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 # What the agent may ask of the host (for the kernel's ``sandboxed`` module); the
 # provisioner's exchange decides (see exchange/host.py).
-AGENT_REQUESTS = frozenset({"expose", "export_begin", "export_data", "export_end"})
+AGENT_REQUESTS = frozenset({ops.EXPOSE, ops.EXPORT_BEGIN, ops.EXPORT_DATA, ops.EXPORT_END})
 
 
 class SessionError(Exception):
@@ -99,6 +100,15 @@ class AgentSession(asyncio.Protocol):
         self.hello_info: dict[str, Any] = {}  # the agent's hello, once checked
         self._agent_error_seen = False
         self._failed = False
+        self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
+            ops.HELLO: self._on_hello,
+            ops.STARTED: self._on_started,
+            ops.PREWARMED: self._on_prewarmed,
+            ops.REPLY: self._on_reply,
+            ops.EXITED: self._on_exited,
+            ops.ERROR: self._on_error,
+            **dict.fromkeys(AGENT_REQUESTS, self._on_request),
+        }
         self.dead = threading.Event()  # set when the pipe is gone; read from any thread
         self.requests: Requests | None = None  # ours to the agent (created on the relay loop)
         # Handles AGENT_REQUESTS (on the relay loop); None refuses them.
@@ -161,7 +171,7 @@ class AgentSession(asyncio.Protocol):
         ``connection_file``, placeholder ``connection``; see agent/prewarm.py); return the
         agent's ``prewarmed`` report (pid, uid)."""
         self.prewarmed = asyncio.get_running_loop().create_future()
-        self.send_control({**spec, "op": "prewarm"})
+        self.send_control({**spec, "op": ops.PREWARM})
         return await self.prewarmed
 
     async def pipe_writable(self) -> None:
@@ -278,38 +288,52 @@ class AgentSession(asyncio.Protocol):
             )
 
     def _on_control(self, msg: dict[str, Any]) -> None:
-        op = msg["op"]
-        if op == "hello" and self.hello is not None and not self.hello.done():
-            self.hello.set_result(msg)
-        elif op == "started" and self.started is not None and not self.started.done():
-            self.started.set_result(msg)
-        elif op == "prewarmed" and self.prewarmed is not None and not self.prewarmed.done():
-            self.prewarmed.set_result(msg)
-        elif op == "reply" and self.requests is not None:
+        """A CONTROL message from the agent: checked against ``ops.AGENT_OPS`` (anything
+        else is a protocol error that ends the sandbox), then handled by op."""
+        handler = self._handlers[ops.check(msg, ops.AGENT_OPS)["op"]]
+        handler(msg)
+
+    @staticmethod
+    def _settle(fut: asyncio.Future[dict[str, Any]] | None, msg: dict[str, Any]) -> None:
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    def _on_hello(self, msg: dict[str, Any]) -> None:
+        self._settle(self.hello, msg)
+
+    def _on_started(self, msg: dict[str, Any]) -> None:
+        self._settle(self.started, msg)
+
+    def _on_prewarmed(self, msg: dict[str, Any]) -> None:
+        self._settle(self.prewarmed, msg)
+
+    def _on_reply(self, msg: dict[str, Any]) -> None:
+        if self.requests is not None:
             self.requests.on_reply(msg)
-        elif op in AGENT_REQUESTS:
-            if self.on_request is not None:
-                self.on_request(msg)
-            elif isinstance(msg.get("req"), int):
-                self.send_control(
-                    {"op": "reply", "req": msg["req"], "ok": False, "error": "not available"}
-                )
-        elif op == "exited":
-            status = msg.get("status")
-            self.exit_status = status if isinstance(status, int) else -1
-        elif op == "error":
-            # An agent reports at most one error, then ends: a second is hostile.
-            if self._agent_error_seen:
-                raise p.ProtocolError("a second error message")
-            self._agent_error_seen = True
-            self.error = one_line(str(msg.get("message", "unknown error")), 2000)
-            self.log.error("%s: agent error: %s", self.describe(), self.error)
-            for fut in (self.started, self.prewarmed):
-                if fut is not None and not fut.done():
-                    fut.set_exception(SessionError(self.error))
-                    fut.exception()
-        else:
-            raise p.ProtocolError(f"unexpected control op {one_line(repr(op), 100)}")
+
+    def _on_request(self, msg: dict[str, Any]) -> None:
+        """``expose``/``export_*``: for the provisioner's exchange, if one is attached."""
+        if self.on_request is not None:
+            self.on_request(msg)
+        elif "req" in msg:
+            self.send_control(
+                {"op": ops.REPLY, "req": msg["req"], "ok": False, "error": "not available"}
+            )
+
+    def _on_exited(self, msg: dict[str, Any]) -> None:
+        self.exit_status = msg["status"]
+
+    def _on_error(self, msg: dict[str, Any]) -> None:
+        # An agent reports at most one error, then ends: a second is hostile.
+        if self._agent_error_seen:
+            raise p.ProtocolError("a second error message")
+        self._agent_error_seen = True
+        self.error = one_line(msg["message"], 2000)
+        self.log.error("%s: agent error: %s", self.describe(), self.error)
+        for fut in (self.started, self.prewarmed):
+            if fut is not None and not fut.done():
+                fut.set_exception(SessionError(self.error))
+                fut.exception()
 
     def fail(self, why: str) -> None:
         """End the session on a broken or hostile peer: logged once (escaped and cut:

@@ -261,6 +261,7 @@ def test_agent_runs_a_kernel_and_reports_its_exit(
         "cwd": str(home),
         "connection_file": str(conn),
         "connection": {"shell_port": 45001, "key": "k"},
+        "exposed": {},
     }
     agent = agent_process(extra=p.encode_control(start))
     agent.read_until(lambda: any(c["op"] == "exited" for c in agent.controls()))
@@ -375,6 +376,7 @@ def test_kernel_code_asks_the_host_through_the_sandboxed_module(
         "cwd": str(tmp_path),
         "connection_file": str(conn),
         "connection": {"shell_port": 45001},
+        "exposed": {},
     }
     agent = agent_process(extra=p.encode_control(start))
     agent.read_until(lambda: any(c["op"] == "expose" for c in agent.controls()))

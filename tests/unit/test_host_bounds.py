@@ -356,13 +356,17 @@ def test_check_kernel_accepts_the_two_shapes() -> None:
 
 
 def test_check_hello_wants_a_root_agent_only_where_the_backend_keeps_them_apart() -> None:
-    hello = {"version": p.VERSION, "release": "4.4.0"}
+    hello = {"version": p.VERSION, "release": "4.4.0", "undumpable": True}
     check_hello({**hello, "uid": 0}, APART)
     with pytest.raises(SandboxError, match="not as the sandbox's root"):
         check_hello({**hello, "uid": 1000}, APART)
     check_hello({**hello, "uid": 1000}, SHARED)
     with pytest.raises(SandboxError, match="runs as root"):
         check_hello({**hello, "uid": 0}, SHARED)
+    # Sharing a uid with the kernel, the agent must be undumpable (its pipe in /proc).
+    with pytest.raises(SandboxError, match="undumpable"):
+        check_hello({**hello, "uid": 1000, "undumpable": False}, SHARED)
+    check_hello({**hello, "uid": 0, "undumpable": False}, APART)
 
 
 # -- copy-in -----------------------------------------------------------------------------------
