@@ -27,6 +27,7 @@ from tests.helpers import (
     NetnsHost,
     container_exists,
     our_containers,
+    our_runsc_sandboxes,
     second_dockerd,
 )
 
@@ -116,6 +117,8 @@ def nothing_left_behind() -> Iterator[None]:
     from sandbox_kernel.pool import WarmPool
 
     WarmPool.drain_all()
+    runsc_leftovers = our_runsc_sandboxes()
+    assert not runsc_leftovers, f"runsc sandboxes left behind: {runsc_leftovers}"
     try:
         client = docker.from_env()
     except docker.errors.DockerException:
