@@ -295,6 +295,49 @@ def delegated_cgroups(
     return found
 
 
+def delegate_cgroups(
+    user: str,
+    *,
+    memory_bytes: int | None = None,
+    cpus: float | None = None,
+    pids: int | None = None,
+    mounts: dict[str, Path] | None = None,
+) -> dict[str, Path]:
+    """As root: give ``user`` the folders :func:`delegated_cgroups` looks for (memory, cpu,
+    pids), owned by the user (the folder, ``cgroup.procs``, ``tasks``: enough to create
+    children and join them), with the user's total limits written by root, which the user
+    cannot change. For administrators and the tests; docs/backends.md has the shell form."""
+    pw = pwd.getpwnam(user)
+    made: dict[str, Path] = {}
+    for controller, mount in (v1_mounts() if mounts is None else mounts).items():
+        d = mount / DELEGATED_PARENT / user
+        d.mkdir(parents=True, exist_ok=True)
+        for path in (d, d / "cgroup.procs", d / "tasks"):
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+        made[controller] = d
+    limits = {
+        ("memory", "memory.limit_in_bytes"): memory_bytes,
+        ("memory", "memory.memsw.limit_in_bytes"): memory_bytes,
+        ("cpu", "cpu.cfs_quota_us"): None if cpus is None else max(1000, int(cpus * 100_000)),
+        ("pids", "pids.max"): pids,
+    }
+    for (controller, name), value in limits.items():
+        if value is not None and controller in made and (made[controller] / name).exists():
+            (made[controller] / name).write_text(f"{value}\n")
+    return made
+
+
+def remove_delegation(user: str, mounts: dict[str, Path] | None = None) -> None:
+    """As root: remove ``user``'s delegated folders (and the parent when empty); folders
+    still holding a sandbox stay (EBUSY)."""
+    for mount in (v1_mounts() if mounts is None else mounts).values():
+        for d in (mount / DELEGATED_PARENT / user, mount / DELEGATED_PARENT):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+
 class DelegatedCgroup(Cgroup):
     """A sandbox's cgroup folders under the user's delegated folders (rootless)."""
 

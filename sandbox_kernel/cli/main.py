@@ -215,7 +215,11 @@ def cmd_gc(args: argparse.Namespace) -> int:
     from ..backends.docker import DockerBackend
     from ..backends.runsc import RunscBackend
 
-    removed = DockerBackend().remove_orphans()
+    removed: list[str] = []
+    try:
+        removed = DockerBackend().remove_orphans()
+    except SandboxError as exc:  # e.g. an ordinary user without the Docker socket
+        print(f"sandbox-kernel: note: Docker sandboxes not checked: {exc}", file=sys.stderr)
     removed += RunscBackend().remove_orphans()  # this user's runsc sandboxes, bundles, cgroups
     stale = remove_empty()
     if stale:
