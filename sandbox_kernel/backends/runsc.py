@@ -328,14 +328,13 @@ def delegate_cgroups(
 
 
 def remove_delegation(user: str, mounts: dict[str, Path] | None = None) -> None:
-    """As root: remove ``user``'s delegated folders (and the parent when empty); folders
-    still holding a sandbox stay (EBUSY)."""
+    """As root: remove ``user``'s delegated folders; folders still holding a sandbox stay
+    (EBUSY). The shared parent stays too (other users' delegations live there)."""
     for mount in (v1_mounts() if mounts is None else mounts).values():
-        for d in (mount / DELEGATED_PARENT / user, mount / DELEGATED_PARENT):
-            try:
-                d.rmdir()
-            except OSError:
-                pass
+        try:
+            (mount / DELEGATED_PARENT / user).rmdir()
+        except OSError:
+            pass
 
 
 class DelegatedCgroup(Cgroup):
