@@ -412,3 +412,37 @@ def test_doctor_checks_the_runsc_backend() -> None:
     attacks = checks["attack subset as documented"]
     assert attacks["ok"] is True and r.returncode == 0, attacks
     assert "documented gaps of runsc: none" in attacks["detail"]
+
+
+@pytest.mark.docker
+def test_warm_pools_are_per_backend(tmp_path: Path) -> None:
+    """A Docker kernelspec and a runsc one with the same policy, in one process: each launch
+    claims only its own backend's warm sandboxes (the pool key names the backend)."""
+    from sandbox_kernel.pool import WarmPool
+
+    for name, config in (
+        ("dk", {"pool_size": 1}),
+        ("rs", {**BACKEND_CONFIGS["runsc"], "pool_size": 1}),
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "kernel.json").write_text(json.dumps(build_kernelspec(config)))
+    ksm = KernelSpecManager(kernel_dirs=[str(tmp_path)])
+    kernels: list[Kernel] = []
+    try:
+        for name in ("dk", "dk", "rs"):
+            km = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
+            km.start_kernel()
+            kc = km.client()
+            kc.start_channels()
+            kernels.append(Kernel(km, kc))
+            kc.wait_for_ready(timeout=60)
+            wait_until(lambda: all(p.ready for p in WarmPool._pools.values() if not p.closed),
+                       60, "the warm pools to fill")  # fmt: skip
+        docker_warm, runsc_first = kernels[1], kernels[2]
+        assert docker_warm.km.provisioner.last_start_warm  # type: ignore[union-attr]
+        assert not runsc_first.km.provisioner.last_start_warm, "claimed another backend's sandbox"  # type: ignore[union-attr]
+        assert runsc_first.container_id in runsc_ids()
+    finally:
+        for kernel in kernels:
+            kernel.stop()
+        WarmPool.drain_all()
