@@ -248,6 +248,44 @@ def test_caps_hold(tmp_path: Path) -> None:
 
 
 @pytest.mark.docker
+def test_host_pids_cap_ends_a_sandbox_that_reaches_it(tmp_path: Path) -> None:
+    """The pids cgroup is the host's backstop: with RLIMIT_NPROC as high as pids_limit, a
+    fork loop inside reaches the host limit first (each process inside costs several host
+    tasks: stub process, sentry threads) and the whole sandbox ends there, never past it."""
+    ksm = small_kernelspec(tmp_path, nproc_limit=200, pids_limit=200)
+    km = KernelManager(kernel_name="rs", kernel_spec_manager=ksm)
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    kernel = Kernel(km, kc)
+    try:
+        kc.wait_for_ready(timeout=60)
+        pids = Path(f"/sys/fs/cgroup/pids/{CGROUP_PREFIX}{kernel.container_id}")
+        assert (pids / "pids.max").read_text().strip() == "200"
+        kc.execute(
+            "import os, time\nn = 0\nwhile True:\n    if os.fork() == 0:\n"
+            "        time.sleep(60); os._exit(0)\n    n += 1; print(n, flush=True)\n"
+        )
+        forks, highest, deadline = 0, 0, time.monotonic() + 120
+        while km.is_alive():
+            assert time.monotonic() < deadline, "the sandbox outlived its host pids limit"
+            try:
+                highest = max(highest, int((pids / "pids.current").read_text()))
+            except (OSError, ValueError):
+                pass
+            try:
+                msg = kc.get_iopub_msg(timeout=0.05)
+            except Exception:
+                continue
+            if msg["msg_type"] == "stream":
+                forks = max([forks, *(int(x) for x in msg["content"]["text"].split())])
+        assert 0 < forks < 200, f"{forks} forks: the in-sandbox limit, not the host's, stopped it"
+        assert highest <= 200, f"{highest} host tasks with pids_limit 200"
+    finally:
+        kernel.stop()
+
+
+@pytest.mark.docker
 def test_gc_removes_sandboxes_of_dead_processes_only(tmp_path: Path) -> None:
     """A runsc sandbox whose Jupyter process died before its agent ran ('created', never
     started) cannot end itself: gc removes its state, bundle and cgroups; a live one stays."""
