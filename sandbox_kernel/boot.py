@@ -38,8 +38,10 @@ async def boot(
     try:
         await backend.attach(cid, session)
         await backend.start(cid)
-        hello = await relay.run(_send_agent(session))
+        kernel_user = policy.user if preflight.kernel_user_apart else None
+        hello = await relay.run(_send_agent(session, kernel_user))
         check_hello(hello, preflight)
+        session.hello_info = hello
     except BaseException:
         relay.loop.call_soon_threadsafe(session.close)
         await asyncio.shield(backend.remove(cid))
@@ -47,10 +49,10 @@ async def boot(
     return cid
 
 
-async def _send_agent(session: AgentSession) -> dict[str, Any]:
+async def _send_agent(session: AgentSession, kernel_user: str | None) -> dict[str, Any]:
     """On the relay loop: send the agent over stdin and wait for its hello."""
     assert session.hello is not None
-    session.send_agent(agent_payload(escaped_stdin=session.docker_framing))
+    session.send_agent(agent_payload(escaped_stdin=session.docker_framing, kernel_user=kernel_user))
     return await session.hello
 
 
@@ -60,7 +62,12 @@ def check_hello(hello: dict[str, Any], preflight: Preflight) -> None:
         raise SandboxError(
             f"agent speaks protocol {hello.get('version')}, expected {protocol.VERSION}"
         )
-    if hello.get("uid") == 0:
+    if preflight.kernel_user_apart and hello.get("uid") != 0:
+        raise SandboxError(
+            f"the sandbox's agent runs as uid {hello.get('uid')}, not as the sandbox's root: it "
+            "could not run the kernel under a uid of its own; refusing"
+        )
+    if not preflight.kernel_user_apart and hello.get("uid") == 0:
         raise SandboxError("the sandbox runs as root; refusing (policy user is unprivileged)")
     if preflight.runtime == "runsc" and hello.get("release") == os.uname().release:
         raise SandboxError(
@@ -69,8 +76,25 @@ def check_hello(hello: dict[str, Any], preflight: Preflight) -> None:
         )
 
 
-async def start_kernel(session: AgentSession, start: dict[str, Any]) -> None:
-    """On the relay loop: ask the agent to start the kernel and wait until it has."""
+def check_kernel(facts: dict[str, Any], hello: dict[str, Any], preflight: Preflight) -> None:
+    """Refuse a kernel that runs as root, or (where the backend keeps them apart) under the
+    agent's own uid; ``facts`` is the agent's ``started``/``prewarmed`` report, read from
+    the sandbox's /proc."""
+    uid = facts.get("uid")
+    if not isinstance(uid, int) or isinstance(uid, bool) or uid < 0:
+        raise SandboxError(f"the sandbox did not report the kernel's uid ({uid!r}); refusing")
+    if uid == 0:
+        raise SandboxError("the kernel runs as root inside the sandbox; refusing")
+    if preflight.kernel_user_apart and uid == hello.get("uid"):
+        raise SandboxError(
+            f"the kernel runs under the agent's own uid {uid}: it could reach the agent's "
+            "pipe; refusing"
+        )
+
+
+async def start_kernel(session: AgentSession, start: dict[str, Any]) -> dict[str, Any]:
+    """On the relay loop: ask the agent to start the kernel, wait until it has, and return
+    the agent's report (pid, uid)."""
     assert session.started is not None
     session.send_control(start)
-    await session.started
+    return await session.started

@@ -10,7 +10,7 @@ Later checks are skipped (and reported as such) when an earlier one they need
 failed. The CLI prints the report, or JSON with ``--json``; any failure makes
 the exit code 1.
 
-With ``--backend bwrap|firejail|docker-runc`` the host checks are that backend's
+With ``--backend runsc|bwrap|firejail|docker-runc`` the host checks are that backend's
 (tool, root filesystem, every policy property it can enforce here) and the attack
 subset is judged against the backend's documented gaps
 (:mod:`sandbox_kernel.security.expectations`): a documented gap is reported, not
@@ -122,7 +122,7 @@ def _run(kc: Any, code: str, timeout: float = 60) -> str:
 
 
 def _pipe_checks(report: Report, image: str, backend: str) -> dict[str, Any] | None:
-    """bwrap/firejail: what the backend's preflight finds; the kernelspec config to start,
+    """runsc/bwrap/firejail: what the backend's preflight finds; the kernelspec config to start,
     accepting exactly the gaps found (they are reported), or None when it cannot run."""
     import logging
 
@@ -162,7 +162,7 @@ def run_doctor(
     say = progress or (lambda _msg: None)
     report = Report()
     later = ["sandboxed kernel starts", "runtime seen from outside", "gVisor seen from inside",
-             "attack subset blocked"]  # fmt: skip
+             "attack subset as documented"]  # fmt: skip
     config: dict[str, Any] | None = {"image": image}
     client: Any = None
     if backend == "docker":
@@ -220,18 +220,9 @@ def run_doctor(
                 f"kernel release inside {inside!r}, host {host!r}",
                 "the sandbox runs on the host kernel: gVisor is not in effect",
             )  # fmt: skip
-            verdicts = _verdicts(kc, say)
-            tried = len(verdicts)
-            failed = [
-                f"{attack_id} ({verdict.get('detail', 'no verdict')})"
-                for attack_id, verdict in verdicts.items()
-                if verdict.get("blocked") is not True
-            ]
-            report.add(
-                "attack subset blocked", not failed,
-                f"{tried - len(failed)} of {tried} attacks blocked"
-                + (f"; NOT blocked: {'; '.join(failed)}" if failed else ""),
-                "update gVisor (runsc) and re-run setup-host; report the attack",
+            _judge_attacks(
+                report, kc, backend, GAPS[backend], say,
+                fix="update gVisor (runsc) and re-run setup-host; report the attack",
             )  # fmt: skip
         finally:
             kc.stop_channels()
@@ -258,9 +249,15 @@ def _verdicts(kc: Any, say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
 
 
 def _judge_attacks(
-    report: Report, kc: Any, backend: str, gaps: dict[str, str], say: Callable[[str], None]
+    report: Report,
+    kc: Any,
+    backend: str,
+    gaps: dict[str, str],
+    say: Callable[[str], None],
+    fix: str = "compare with docs/security.md (weaker backends); report the attack",
 ) -> None:
-    """A weaker backend: each self-contained attack must end as its gap table says."""
+    """Each self-contained attack must end as the backend's gap table says: blocked, or
+    (a documented gap) not blocked."""
     verdicts = _verdicts(kc, say)
     tried = len(verdicts)
     wrong, known = [], []
@@ -269,11 +266,11 @@ def _judge_attacks(
         if attack_id in gaps and blocked is False:
             known.append(attack_id)
         elif blocked is not (attack_id not in gaps):
-            wrong.append(attack_id)
-    differs = f"; NOT as documented: {', '.join(wrong)}" if wrong else ""
+            wrong.append(f"{attack_id} ({verdict.get('detail', 'no verdict')})")
+    differs = f"; NOT as documented: {'; '.join(wrong)}" if wrong else ""
     report.add(
         "attack subset as documented", not wrong,
         f"{tried - len(known) - len(wrong)} of {tried} blocked; documented gaps of {backend}: "
         f"{', '.join(known) or 'none'}{differs}",
-        "compare with docs/security.md (weaker backends); report the attack",
+        fix,
     )  # fmt: skip

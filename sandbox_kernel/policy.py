@@ -156,6 +156,10 @@ class SandboxPolicy:
         variables, the kernelspec's ``env`` and the policy's ``env``. Nothing
         else of the server's environment reaches the sandbox."""
         env = {"HOME": self.home, "PATH": SANDBOX_PATH, "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+        # ipykernel reads its parent's pid from here: 1 (the agent) means "launched by a
+        # parent that never goes away", so it prints no standalone-kernel banner (whose
+        # `--existing` path exists only inside the sandbox) and starts no parent poller.
+        env["JPY_PARENT_PID"] = "1"
         for name in self.env_allow:
             if name in server_env:
                 env[name] = server_env[name]

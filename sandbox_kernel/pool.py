@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 from .agent.prewarm import placeholder_connection
 from .backends.base import Preflight, SandboxBackend
 from .backends.docker import LABEL_POOL, server_labels
-from .boot import boot
+from .boot import boot, check_kernel
 from .policy import INSIDE_CONNECTION_FILE, SandboxPolicy
 from .relay.session import AgentSession
 from .relay.thread import RelayThread
@@ -131,7 +131,7 @@ class WarmPool:
                 timeout=self.policy.launch_timeout,
             )
             try:
-                await asyncio.wait_for(
+                facts = await asyncio.wait_for(
                     session.prewarm(
                         {
                             "argv": self.prewarm_cmd,
@@ -143,6 +143,7 @@ class WarmPool:
                     ),
                     timeout=self.policy.launch_timeout,
                 )
+                check_kernel(facts, session.hello_info, self.preflight)
             except BaseException:
                 session.close()
                 await asyncio.shield(self.backend.remove(cid))

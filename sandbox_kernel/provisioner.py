@@ -25,13 +25,11 @@ here blocks the caller's event loop.
 from __future__ import annotations
 
 import asyncio
-import collections
 import getpass
 import os
 import re
 import secrets
 import signal
-import sys
 from typing import Any, cast
 
 from jupyter_client.connect import KernelConnectionInfo
@@ -42,19 +40,26 @@ from .agent.prewarm import prewarm_command
 from .backends.base import Preflight, SandboxBackend
 from .backends.docker import LABEL_KERNEL_ID, LABEL_OWNER, server_labels
 from .backends.registry import BACKENDS, DEFAULT_BACKEND, docker_runtime, make_backend
-from .boot import boot, start_kernel
+from .boot import boot, check_kernel, start_kernel
 from .errors import PolicyError, SandboxError
 from .exchange.files_in import CopyItem, plan_copy_in, send_copy_in
 from .exchange.host import HostExchange
 from .exchange.policy import DEFAULT_EXPORT_DIR, ExchangePolicy, build_exchange_policy
 from .image.recipe import DEFAULT_IMAGE
-from .policy import INSIDE_CONNECTION_FILE, INSIDE_PORTS, SandboxPolicy, build_policy
+from .policy import (
+    INSIDE_CONNECTION_FILE,
+    INSIDE_PORTS,
+    SandboxPolicy,
+    build_policy,
+    format_size,
+    parse_size,
+)
 from .pool import WarmPool
+from .relay.console import ConsoleSink
 from .relay.listeners import HOST, HostListeners
 from .relay.session import AgentSession, SessionError
 from .relay.thread import RelayThread
 
-CONSOLE_TAIL_BYTES = 8192
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
 
 
@@ -156,7 +161,22 @@ class SandboxProvisioner(KernelProvisionerBase):
     console_output = Enum(
         ["stderr", "discard"],
         default_value="stderr",
-        help="Where the kernel's own stdout/stderr go.",
+        help="Where the kernel's own stdout/stderr go (not its cell output, which goes to "
+        "the notebook): the server's stderr, escaped and prefixed with the kernel's id, "
+        "or nowhere.",
+    ).tag(config=True)
+    console_limit = Union(
+        [Unicode(), Int()],
+        default_value="1m",
+        help="Most bytes of the kernel's own stdout/stderr passed to the server's stderr per "
+        "kernel (also rate-limited); the rest is dropped and the drop logged once.",
+    ).tag(config=True)
+    max_message_size = Union(
+        [Unicode(), Int()],
+        default_value="64m",
+        help="Largest ZeroMQ message the kernel may send to its clients (output, replies); "
+        "a larger one resets that connection before the client allocates it, and the "
+        "message is lost (logged).",
     ).tag(config=True)
 
     def __init__(self, **kwargs: Any) -> None:
@@ -182,8 +202,8 @@ class SandboxProvisioner(KernelProvisionerBase):
         self._key: bytes | None = None
         self._launch_count = 0
         self.last_start_warm = False
-        self._console_tail: collections.deque[bytes] = collections.deque()
-        self._console_tail_size = 0
+        self.console: ConsoleSink | None = None  # one per kernel, across restarts
+        self._max_message = 0
 
     # -- policy ----------------------------------------------------------------------
     def build_policy(self) -> SandboxPolicy:
@@ -223,6 +243,12 @@ class SandboxProvisioner(KernelProvisionerBase):
         policy = self.policy = self.build_policy()
         exchange_policy = self.build_exchange_policy()
         check_pool_size(self.pool_size)
+        self._max_message = check_message_size(self.max_message_size)
+        console_limit = parse_size(self.console_limit, "console_limit")
+        if self.console is None:
+            self.console = ConsoleSink(
+                str(self.kernel_id or ""), self.console_output, console_limit, self.log
+            )
         self._preflight = await self.sandboxes.preflight(policy)
         argv = self._inside_argv(kwargs.pop("extra_arguments", []))
         spec_env = dict(getattr(self.kernel_spec, "env", None) or {})
@@ -235,6 +261,7 @@ class SandboxProvisioner(KernelProvisionerBase):
             notebook_dir,
             exchange_policy.copy_in_bytes,
             self.log,
+            os.path.join(notebook_dir, exchange_policy.export_dir),
         )
         if self._listeners is None:
             listeners = HostListeners(INSIDE_PORTS)
@@ -331,7 +358,6 @@ class SandboxProvisioner(KernelProvisionerBase):
                 raise error from None
             raise
         assert self._session is not None
-        self._session.console = self._on_console
         self._listeners.session = self._session
         self.last_start_warm = warm
         if pool is not None:  # this policy starts kernels: keep its pool full
@@ -365,8 +391,17 @@ class SandboxProvisioner(KernelProvisionerBase):
         if sandbox is None:
             return False  # the pool is (re)filling: this launch starts cold
         self._container_id, self._session = sandbox.container_id, sandbox.session
+        self._own(sandbox.session)
         await self.relay.run(self._start_in(sandbox.session, start))
         return True
+
+    def _own(self, session: AgentSession) -> None:
+        """Make a session this kernel's: its console sink, its message limit, its id in logs
+        (a pooled sandbox had none of them)."""
+        assert self.console is not None
+        session.console = self.console
+        session.max_message = self._max_message
+        session.kernel_id = str(self.kernel_id or "")
 
     async def _start_cold(self, start: dict[str, Any]) -> None:
         assert self.policy is not None and self._preflight is not None
@@ -378,7 +413,8 @@ class SandboxProvisioner(KernelProvisionerBase):
             LABEL_KERNEL_ID: str(self.kernel_id or ""),
             LABEL_OWNER: _owner(),
         }
-        session = AgentSession(name, console=self._on_console, log=self.log)
+        session = AgentSession(name, console=self._discard, log=self.log)
+        self._own(session)
         self._session = session
         self._container_id = await boot(
             self.sandboxes, self.policy, self._preflight, session, name=name, labels=labels
@@ -400,10 +436,12 @@ class SandboxProvisioner(KernelProvisionerBase):
                 sent,
             )
         exposed = {str(inside): host for inside, host in exchange.exposed().items()}
-        await start_kernel(session, {**start, "exposed": exposed})
+        facts = await start_kernel(session, {**start, "exposed": exposed})
+        assert self._preflight is not None
+        check_kernel(facts, session.hello_info, self._preflight)
 
     def _launch_error(self, exc: BaseException, policy: SandboxPolicy) -> SandboxError:
-        tail = b"".join(self._console_tail).decode("utf-8", "replace").strip()[-2000:]
+        tail = self.console.tail if self.console is not None else ""
         detail = f"\nkernel output:\n{tail}" if tail else ""
         if isinstance(exc, asyncio.TimeoutError):
             return SandboxError(
@@ -417,18 +455,9 @@ class SandboxProvisioner(KernelProvisionerBase):
             )
         return SandboxError(f"{exc}{detail}")
 
-    def _on_console(self, data: bytes) -> None:
-        """Kernel stdout/stderr (relay loop): pass on, and keep a tail for errors."""
-        self._console_tail.append(data)
-        self._console_tail_size += len(data)
-        while self._console_tail_size > CONSOLE_TAIL_BYTES and len(self._console_tail) > 1:
-            self._console_tail_size -= len(self._console_tail.popleft())
-        if self.console_output == "stderr":
-            try:
-                sys.stderr.buffer.write(data)
-                sys.stderr.flush()
-            except (AttributeError, OSError, ValueError):
-                pass
+    @staticmethod
+    def _discard(_data: bytes) -> None:
+        pass
 
     # -- KernelProvisionerBase: running kernel ----------------------------------------------
     async def poll(self) -> int | None:
@@ -518,6 +547,22 @@ class SandboxProvisioner(KernelProvisionerBase):
 
 
 MAX_POOL_SIZE = 64
+
+
+MAX_MESSAGE_SIZE_CAP = 64 * 2**30
+
+
+def check_message_size(value: object) -> int:
+    """``max_message_size`` in bytes: at least 1 MiB (a kernel's replies must fit)."""
+    if not isinstance(value, (str, int)):
+        raise PolicyError(f"max_message_size: expected a size like '64m', got {value!r}")
+    size = parse_size(value, "max_message_size")
+    if not 2**20 <= size <= MAX_MESSAGE_SIZE_CAP:
+        raise PolicyError(
+            f"max_message_size: {format_size(size)} is outside [1 MiB, "
+            f"{format_size(MAX_MESSAGE_SIZE_CAP)}]; use e.g. '64m'"
+        )
+    return size
 
 
 def check_pool_size(size: object) -> int:

@@ -10,25 +10,36 @@ Shipped into the sandbox with the agent (``bundle.py``). Three jobs:
   side) talks to; it turns a kernel's request into a host request and answers.
 
 Everything arriving from the kernel is untrusted; the host decides every request.
+The agent opens no path the kernel chose (files to export arrive as open descriptors)
+and bounds what a kernel can make it hold: connections, request size, time.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import base64
 import json
 import os
+import socket
+import stat
 from typing import Any
 
 from ..relay import mux as m
 
-# The agent's own files inside the sandbox (tmpfs). SANDBOX_KERNEL_RUN_DIR in the agent's
+# The agent's own files inside the sandbox (tmpfs), apart from the kernel's folder
+# (/tmp/.sandbox-kernel, the connection file). SANDBOX_KERNEL_RUN_DIR in the agent's
 # environment moves them (tests run the agent outside a sandbox).
-RUN_DIR = os.environ.get("SANDBOX_KERNEL_RUN_DIR", "/tmp/.sandbox-kernel")
+RUN_DIR = os.environ.get("SANDBOX_KERNEL_RUN_DIR", "/tmp/.sandbox-agent")
 HELPER_DIR = RUN_DIR + "/lib"
 SOCKET_PATH = RUN_DIR + "/agent.sock"
 SOCKET_ENV = "SANDBOX_KERNEL_AGENT_SOCKET"  # tells the sandboxed module where to ask
 MAX_REQUEST_LINE = 64 * 1024
+MAX_CLIENTS = 8  # kernel requests served at once; more connections are closed
+MAX_FDS = 1  # file descriptors kept per request (an export's file)
+MAX_NAME = 1024  # characters of a requested export name passed on to the host
+CLIENT_TIMEOUT = 30.0  # to send a request
+REQUEST_TIMEOUT = 600.0  # to answer one (a large export over a busy pipe)
 
 
 class FileReceiver:
@@ -85,44 +96,76 @@ class FileReceiver:
 
 
 class HelperServer:
-    """Answers the kernel's ``sandboxed`` requests, one JSON line each way."""
+    """Answers the kernel's ``sandboxed`` requests: one JSON line each way per connection,
+    an exported file passed as an open file descriptor (``SCM_RIGHTS``) with the request.
+
+    The agent never opens a path the kernel names: the kernel opens the file itself,
+    with its own rights, and only a regular file is read. At most MAX_CLIENTS requests are
+    served at once, each within CLIENT_TIMEOUT."""
 
     def __init__(self, agent: Any) -> None:
         self.agent = agent
         self.exposed: dict[int, int] = {}  # sandbox port -> host port
         self.export_lock = asyncio.Lock()
-        self.server: asyncio.AbstractServer | None = None
+        self.listener: socket.socket | None = None
+        self.clients = 0
 
-    async def start(self) -> None:
-        os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
+    async def start(self, shared: bool = False) -> None:
+        """Listen on SOCKET_PATH. ``shared``: the kernel runs under another uid than the
+        agent, so the socket is open to every uid (the folder stays the agent's)."""
+        os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
         try:
             os.unlink(SOCKET_PATH)
         except OSError:
             pass
-        self.server = await asyncio.start_unix_server(
-            self._client, SOCKET_PATH, limit=MAX_REQUEST_LINE
-        )
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(SOCKET_PATH)
+        os.chmod(SOCKET_PATH, 0o666 if shared else 0o600)
+        listener.listen(MAX_CLIENTS)
+        listener.setblocking(False)
+        self.listener = listener
+        asyncio.get_running_loop().add_reader(listener.fileno(), self._accept)
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _accept(self) -> None:
+        assert self.listener is not None
         try:
-            line = await reader.readline()
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        if self.clients >= MAX_CLIENTS:
+            conn.close()  # the kernel may retry; nothing it sends can queue up here
+            return
+        conn.setblocking(False)
+        self.clients += 1
+        task = asyncio.get_running_loop().create_task(self._client(conn))
+        task.add_done_callback(lambda _t: self._done())
+
+    def _done(self) -> None:
+        self.clients -= 1
+
+    async def _client(self, conn: socket.socket) -> None:
+        fds: list[int] = []
+        try:
             try:
+                line = await asyncio.wait_for(_recv_request(conn, fds), CLIENT_TIMEOUT)
                 request = json.loads(line.decode())
                 if not isinstance(request, dict):
                     raise ValueError("not an object")
-                answer = await self.answer(request)
+                answer = await asyncio.wait_for(self.answer(request, fds), REQUEST_TIMEOUT)
             except (ValueError, KeyError, TypeError) as exc:
-                answer = {"ok": False, "error": "bad request: %s" % exc}
+                answer = {"ok": False, "error": "bad request: %s" % _short(exc)}
             except asyncio.TimeoutError:
-                answer = {"ok": False, "error": "the host did not answer in time"}
-            writer.write(json.dumps(answer).encode() + b"\n")
-            await writer.drain()
-        except (OSError, ValueError, asyncio.IncompleteReadError):
+                answer = {"ok": False, "error": "timed out"}
+            data = json.dumps(answer).encode() + b"\n"
+            await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(conn, data), 10)
+        except (OSError, asyncio.TimeoutError):
             pass
         finally:
-            writer.close()
+            for fd in fds:
+                os.close(fd)
+            conn.close()
 
-    async def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def answer(self, request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         op = request.get("op")
         if op == "ports":
             return {"ok": True, "ports": {str(k): v for k, v in self.exposed.items()}}
@@ -135,25 +178,71 @@ class HelperServer:
                 self.exposed[port] = int(reply["host_port"])
             return reply
         if op == "export":
+            if len(fds) != 1:
+                return {"ok": False, "error": "export needs exactly one open file"}
+            if self.export_lock.locked():
+                return {"ok": False, "error": "another export is in progress"}
             async with self.export_lock:  # one file at a time on the pipe
-                return await self.export(str(request["path"]), str(request["name"]))
-        return {"ok": False, "error": "unknown request %r" % (op,)}
+                return await self.export(fds[0], str(request["name"])[:MAX_NAME])
+        return {"ok": False, "error": "unknown request %s" % _short(op)}
 
-    async def export(self, path: str, name: str) -> dict[str, Any]:
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
-        try:
-            fd = os.open(path, flags)
-        except OSError as exc:
-            return {"ok": False, "error": "cannot read %s: %s" % (path, exc.strerror)}
-        with os.fdopen(fd, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            begin = {"op": "export_begin", "name": name, "size": size}
-            reply: dict[str, Any] = await self.agent.requests.ask(begin)
-            if not reply.get("ok"):
-                return reply
-            await m.send_file_data(self.agent.mux, f, size, "export_data")
-            reply = await self.agent.requests.ask({"op": "export_end"})
+    async def export(self, fd: int, name: str) -> dict[str, Any]:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return {"ok": False, "error": "only regular files can be exported"}
+        size = st.st_size
+        begin = {"op": "export_begin", "name": name, "size": size}
+        reply: dict[str, Any] = await self.agent.requests.ask(begin)
+        if not reply.get("ok"):
             return reply
+        with os.fdopen(os.dup(fd), "rb") as f:
+            f.seek(0)
+            await m.send_file_data(self.agent.mux, f, size, "export_data")
+        reply = await self.agent.requests.ask({"op": "export_end"})
+        return reply
+
+
+async def _recv_request(conn: socket.socket, fds: list[int]) -> bytes:
+    """One request line (at most MAX_REQUEST_LINE bytes) and the file descriptors sent
+    with it (at most one is kept; any others are closed at once)."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    space = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
+    while not data.endswith(b"\n"):
+        if len(data) > MAX_REQUEST_LINE:
+            raise ValueError("request too long")
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(conn.fileno(), _wake, ready)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(conn.fileno())
+        try:
+            chunk, ancdata, _flags, _addr = conn.recvmsg(65536, space)
+        except BlockingIOError:
+            continue
+        for level, kind, cdata in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                got = array.array("i")
+                got.frombytes(cdata[: len(cdata) - (len(cdata) % got.itemsize)])
+                fds.extend(got)
+        while len(fds) > MAX_FDS:
+            os.close(fds.pop())
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():  # readable again before the waiter ran
+        fut.set_result(None)
+
+
+def _short(value: object, limit: int = 200) -> str:
+    """An attacker-chosen value, as a bounded ``repr`` for a reply."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def install_helpers(helpers: dict[str, str]) -> None:

@@ -17,12 +17,23 @@ stdin/stdout:
 6. when the kernel exits: reports ``exited`` and ends the sandbox; when its
    stdin closes (the host side is gone): kills the kernel and ends.
 
-Runs on the image's Python (>= 3.8), under an unprivileged uid.
+Who runs as whom: where the backend starts the agent as root of the sandbox (the
+gVisor backends: root of gVisor's own kernel, holding only CAP_SETUID, CAP_SETGID and
+CAP_KILL), the agent starts the kernel under the policy's unprivileged uid, so kernel
+code can neither open the agent's pipe through ``/proc/1/fd`` nor signal or trace the
+agent (gVisor does not honour ``PR_SET_DUMPABLE`` or init's signal protection). Every
+file the agent writes for the kernel (home skeleton, connection file, files copied in) is
+written with the kernel's uid as its effective uid, never as root. Elsewhere (the
+host-kernel backends) the agent and the kernel share an unprivileged uid; Linux itself
+then hides an undumpable PID 1's file descriptors and ignores its signals from inside.
+
+Runs on the image's Python (>= 3.8).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
@@ -31,7 +42,7 @@ import signal
 import socket
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 from ..relay import mux as m
 from ..relay import protocol as p
@@ -92,9 +103,12 @@ class Agent:
         pipe_out: int,
         escaped_stdin: bool = False,
         helpers: dict[str, str] | None = None,
+        kernel_user: str | None = None,
     ) -> None:
         self.loop = loop
         self.escaped_stdin = escaped_stdin
+        # (uid, gid) the kernel runs as when the agent is root; None: the agent's own.
+        self.kernel_ids = parse_user(kernel_user) if os.getuid() == 0 else None
         self.pipe_in = pipe_in
         self.pipe_out = pipe_out
         self.mux = m.Mux(self._write, on_control=self.on_control, on_open=self.on_open)
@@ -123,7 +137,7 @@ class Agent:
         )
         try:
             x.install_helpers(self.helpers)
-            await self.helper_server.start()
+            await self.helper_server.start(shared=self.kernel_ids is not None)
             helpers_ok = True
         except OSError:
             helpers_ok = False  # a kernel still runs; only the sandboxed module fails
@@ -140,6 +154,7 @@ class Agent:
                 "python": sys.version.split()[0],
                 "release": os.uname().release,
                 "uid": os.getuid(),
+                "kernel_uid": self.kernel_ids[0] if self.kernel_ids else os.getuid(),
                 "pid": os.getpid(),
                 "undumpable": self.undumpable,
                 "helpers": helpers_ok,
@@ -171,7 +186,8 @@ class Agent:
         elif op == "put_start":
             self.files = x.FileReceiver(str(msg["home"]))
         elif op in ("put_dir", "put_begin", "put_data", "put_end") and self.files is not None:
-            self.files.handle(msg)
+            with self.as_kernel():
+                self.files.handle(msg)
         elif op == "put_done" and self.files is not None:
             result, self.files = self.files.result(), None
             self.mux.send_control(dict(result, op="reply", req=msg.get("req")))
@@ -193,13 +209,15 @@ class Agent:
         self.kernel = subprocess.Popen(
             argv,
             env=full_env,
-            cwd=cwd,
             stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
             pass_fds=pass_fds,
+            # The agent is single-threaded, so a pre-exec hook is safe here. It runs after
+            # the fork: drop to the kernel's uid first, then enter its (0700) home.
+            preexec_fn=_become(self.kernel_ids, cwd),
         )
         self.kernel_pgid = self.kernel.pid
         console = m.Stream(self.mux, p.CONSOLE_STREAM)
@@ -214,8 +232,9 @@ class Agent:
             raise RuntimeError("this sandbox already runs a kernel")
         env = {k: str(v) for k, v in dict(msg.get("env") or {}).items()}
         home = env.get("HOME") or os.environ.get("HOME") or "/tmp"
-        populate_home(home)
-        write_connection_file(str(msg["connection_file"]), msg["connection"])
+        with self.as_kernel():
+            populate_home(home)
+            write_connection_file(str(msg["connection_file"]), msg["connection"])
         argv = [str(a) for a in msg["argv"]]
         # The kernel reports on this pipe: "i" once initialised, "k" once it holds the key.
         ready_r, ready_w = os.pipe()
@@ -238,14 +257,15 @@ class Agent:
             return
         assert self.kernel is not None
         if b"i" in data:
-            self.mux.send_control({"op": "prewarmed", "pid": self.kernel.pid})
+            self.mux.send_control({"op": "prewarmed", **self.kernel_facts()})
         if b"k" in data and self.status is None:
-            self.mux.send_control({"op": "started", "pid": self.kernel.pid})
+            self.mux.send_control({"op": "started", **self.kernel_facts()})
 
     def start_kernel(self, msg: dict[str, Any]) -> None:
         env: dict[str, str] = {k: str(v) for k, v in dict(msg.get("env") or {}).items()}
         home = env.get("HOME") or os.environ.get("HOME") or "/tmp"
-        write_connection_file(str(msg["connection_file"]), msg["connection"])
+        with self.as_kernel():
+            write_connection_file(str(msg["connection_file"]), msg["connection"])
         argv: list[str] = [str(a) for a in msg["argv"]]
         cwd = str(msg.get("cwd") or home)
         connection = msg["connection"]
@@ -278,10 +298,32 @@ class Agent:
         else:
             if self.kernel is not None:
                 raise RuntimeError("a kernel is already running in this sandbox")
-            populate_home(home)
+            with self.as_kernel():
+                populate_home(home)
             self.spawn(argv, env, cwd, subprocess.DEVNULL)
+        self.mux.send_control({"op": "started", **self.kernel_facts()})
+
+    def kernel_facts(self) -> dict[str, Any]:
+        """The running kernel's pid and uid as the sandbox's /proc reports them (the host
+        checks the uid: never root, and never the agent's where the agent is root)."""
         assert self.kernel is not None
-        self.mux.send_control({"op": "started", "pid": self.kernel.pid})
+        return {"pid": self.kernel.pid, "uid": process_uid(self.kernel.pid)}
+
+    @contextlib.contextmanager
+    def as_kernel(self) -> Iterator[None]:
+        """Act on the file system with the kernel's uid and gid (a root agent never
+        creates or follows anything in the kernel's folders as root)."""
+        ids = self.kernel_ids
+        if ids is None:
+            yield
+            return
+        os.setegid(ids[1])
+        os.seteuid(ids[0])
+        try:
+            yield
+        finally:
+            os.seteuid(0)
+            os.setegid(0)
 
     def signal_kernel(self, signum: int) -> None:
         if self.kernel is None or self.status is not None:
@@ -375,6 +417,53 @@ class Agent:
         self.finish(125, message)
 
 
+def parse_user(user: str | None) -> tuple[int, int] | None:
+    """``"1000:1000"`` (or ``"1000"``) -> (1000, 1000). The host decides which user; it
+    also checks the uid the kernel really got (``kernel_facts``), root refused."""
+    if not user:
+        return None
+    uid, _, gid = str(user).partition(":")
+    return int(uid), int(gid or uid)
+
+
+def _become(ids: tuple[int, int] | None, cwd: str) -> Any:
+    """The kernel's pre-exec hook: with a root agent, drop every group and become the
+    kernel's uid/gid (capabilities go with it); then enter ``cwd``."""
+
+    def setup() -> None:
+        if ids is not None:
+            clear_bounding_set()
+            os.setgroups([])
+            os.setresgid(ids[1], ids[1], ids[1])
+            os.setresuid(ids[0], ids[0], ids[0])
+        os.chdir(cwd)
+
+    return setup
+
+
+def clear_bounding_set() -> None:
+    """Drop every capability from this process's bounding set (needs CAP_SETPCAP), so the
+    kernel holds none in any set: the uid change clears the others."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in range(64):
+        if libc.prctl(24, cap, 0, 0, 0) != 0 and ctypes.get_errno() != 22:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "PR_CAPBSET_DROP %d" % cap)
+
+
+def process_uid(pid: int) -> int:
+    """The real uid of ``pid`` from /proc (-1 when it cannot be read)."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return -1
+
+
 def write_connection_file(path: str, connection: dict[str, Any]) -> None:
     """The kernel's connection file (it holds the HMAC key): mode 0600 in a 0700 folder."""
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
@@ -409,9 +498,14 @@ def make_undumpable() -> bool:
         return False
 
 
-def main(escaped_stdin: bool = False, helpers: dict[str, str] | None = None) -> None:
+def main(
+    escaped_stdin: bool = False,
+    helpers: dict[str, str] | None = None,
+    kernel_user: str | None = None,
+) -> None:
     """``escaped_stdin``: the host escapes Docker's detach sequence on stdin (Docker backend);
-    ``helpers``: module name -> source of the kernel-side helpers (``sandboxed.py``)."""
+    ``helpers``: module name -> source of the kernel-side helpers (``sandboxed.py``);
+    ``kernel_user``: ``uid:gid`` the kernel runs as if the agent starts as root."""
     undumpable = make_undumpable()
     # Keep the protocol pipe away from fds 0-2 so nothing else (the kernel, a
     # stray print) can write into it; the kernel gets its own pipes.
@@ -423,7 +517,14 @@ def main(escaped_stdin: bool = False, helpers: dict[str, str] | None = None) -> 
     os.close(devnull)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    agent = Agent(loop, pipe_in, pipe_out, escaped_stdin=escaped_stdin, helpers=helpers)
+    agent = Agent(
+        loop,
+        pipe_in,
+        pipe_out,
+        escaped_stdin=escaped_stdin,
+        helpers=helpers,
+        kernel_user=kernel_user,
+    )
     agent.undumpable = undumpable
     code = loop.run_until_complete(agent.run())
     os._exit(code if code >= 0 else 128 - code)

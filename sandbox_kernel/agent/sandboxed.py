@@ -17,12 +17,14 @@ there to the host, which decides: the operator's limits apply (``max_runtime_por
 
 from __future__ import annotations
 
+import array
 import json
 import os
 import socket
+import stat
 from typing import Any
 
-SOCKET_PATH = os.environ.get("SANDBOX_KERNEL_AGENT_SOCKET", "/tmp/.sandbox-kernel/agent.sock")
+SOCKET_PATH = os.environ.get("SANDBOX_KERNEL_AGENT_SOCKET", "/tmp/.sandbox-agent/agent.sock")
 __all__ = ["SandboxRequestError", "export", "expose", "ports"]
 
 
@@ -30,7 +32,8 @@ class SandboxRequestError(RuntimeError):
     """The host refused a request (a limit, a bad name) or the agent is unreachable."""
 
 
-def _ask(request: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
+def _ask(request: dict[str, Any], timeout: float = 120.0, fd: int = -1) -> dict[str, Any]:
+    """One request to the agent (with ``fd``, an open file, passed along); its answer."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
@@ -41,7 +44,12 @@ def _ask(request: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
                 "the sandbox agent is not reachable at %s (%s): is this a sandbox-kernel "
                 "sandbox?" % (SOCKET_PATH, exc)
             ) from None
-        sock.sendall(json.dumps(request).encode() + b"\n")
+        data = json.dumps(request).encode() + b"\n"
+        if fd >= 0:
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+            sent = sock.sendmsg([data], rights)
+            data = data[sent:]
+        sock.sendall(data)
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)
@@ -79,5 +87,15 @@ def export(path: str | os.PathLike[str], name: str | None = None) -> str:
     file is never replaced (a number is added). Returns the path on the host, relative
     to the notebook's folder."""
     full = os.path.abspath(os.fspath(path))
-    answer = _ask({"op": "export", "path": full, "name": name or os.path.basename(full)})
+    # Opened here, with the kernel's own rights; the agent only reads what it is handed.
+    try:
+        fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise SandboxRequestError("cannot read %s: %s" % (full, exc.strerror)) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SandboxRequestError("%s is not a regular file" % full)
+        answer = _ask({"op": "export", "name": name or os.path.basename(full)}, fd=fd)
+    finally:
+        os.close(fd)
     return str(answer["path"])

@@ -22,6 +22,11 @@ class Preflight:
 
     runtime: str  # the runtime that will actually run the sandbox
     warnings: tuple[str, ...] = ()
+    # The agent starts as root of the sandbox (inside gVisor's own kernel) and runs the
+    # kernel under the policy's user, so kernel code cannot reach the agent's pipe or
+    # process. False: both share the policy's uid, and the host kernel keeps the agent's
+    # descriptors (undumpable) and, as PID 1, its signals out of the kernel's reach.
+    kernel_user_apart: bool = False
 
 
 class SandboxBackend(ABC):

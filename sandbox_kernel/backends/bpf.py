@@ -21,10 +21,15 @@ from .seccomp import (
     AF_PACKET,
     CLONE_NAMESPACE_FLAGS,
     DENIED,
+    DENIED_IOCTLS,
     DEVICE_TYPES,
     ENOSYS_SYSCALLS,
     HOST_KERNEL_DENIED,
+    IOCTL_REQUEST_MASK,
+    RAW_INET_FAMILIES,
     S_IFMT,
+    SOCK_RAW,
+    SOCK_TYPE_MASK,
 )
 
 _ACT_ALLOW = 0x7FFF0000
@@ -96,6 +101,11 @@ def seccomp_bpf() -> bytes:
         for flag in CLONE_NAMESPACE_FLAGS.values():
             rule(deny, "clone", (0, _CMP_MASKED_EQ, flag, flag))
         rule(deny, "socket", (0, _CMP_EQ, AF_PACKET, 0))
+        for family in RAW_INET_FAMILIES.values():
+            raw = (1, _CMP_MASKED_EQ, SOCK_TYPE_MASK, SOCK_RAW)
+            rule(deny, "socket", (0, _CMP_EQ, family, 0), raw)
+        for request in DENIED_IOCTLS.values():
+            rule(deny, "ioctl", (1, _CMP_MASKED_EQ, IOCTL_REQUEST_MASK, request))
         for kind in DEVICE_TYPES.values():
             rule(deny, "mknod", (1, _CMP_MASKED_EQ, S_IFMT, kind))
             rule(deny, "mknodat", (2, _CMP_MASKED_EQ, S_IFMT, kind))

@@ -65,6 +65,9 @@ def is_orphan(labels: dict[str, str], hostname: str) -> bool:
     return not start or start != labels.get(LABEL_SERVER_START, start)
 
 
+# What the agent keeps under gVisor (see container_spec); everything else is dropped.
+AGENT_CAPABILITIES = ("SETUID", "SETGID", "KILL", "SETPCAP")
+
 # runsc flags the daemon must pass: no host network namespace, and enforcement of the
 # container's seccomp profile inside gVisor (without it, runsc ignores the profile).
 REQUIRED_RUNSC_ARGS = ("--network=none", "--oci-seccomp")
@@ -82,12 +85,14 @@ def container_spec(
     """Keyword arguments for ``docker.containers.create``: the policy in Docker's terms.
 
     Pure, so every isolation property is unit-testable: no mounts, volumes or
-    devices; no network; read-only rootfs with capped tmpfs; unprivileged user
-    with no capabilities; memory/CPU/process caps; no logging of the relay stream.
+    devices (not even gVisor's /dev/net/tun); no network; read-only rootfs with
+    capped tmpfs; unprivileged user with no capabilities; memory/CPU/process caps;
+    no logging of the relay stream.
     """
     uid_gid = policy.user.split(":")
     tmpfs_opts = "rw,nosuid,nodev,noexec"
-    if runtime in GVISOR_RUNTIMES:
+    gvisor = runtime in GVISOR_RUNTIMES
+    if gvisor:
         # gVisor counts RLIMIT_NPROC per sandbox (a fork bomb meets EAGAIN inside), while
         # a host pids limit hit kills the whole sandbox: keep it as a looser backstop.
         nproc, pids = policy.nproc, policy.pids_limit
@@ -106,16 +111,29 @@ def container_spec(
         # detach=False makes the SDK set StdinOnce: when our attach connection drops
         # (the server died), the sandbox's stdin closes and the agent ends it.
         "detach": False,
-        "user": policy.user,
-        "working_dir": policy.home,
+        # Under gVisor the agent is root of the sandbox's own kernel, with only the
+        # capabilities it needs to run the kernel under the policy's uid (which then holds
+        # none) and to signal it: kernel code cannot reach the agent's pipe or process,
+        # and gVisor stands between that root and the host. Under runc, container root
+        # would be the host's root: the agent keeps the policy's uid there, and the host
+        # kernel protects PID 1 (see agent/main.py).
+        "user": "0:0" if gvisor else policy.user,
+        **({"cap_add": list(AGENT_CAPABILITIES)} if gvisor else {}),
+        "working_dir": "/" if gvisor else policy.home,
         "environment": {"HOME": policy.home, "LANG": "C.UTF-8"},
         "hostname": "sandbox",
         "network_mode": "none",
+        # Docker would copy in the host's /etc/resolv.conf (naming the host's resolver);
+        # the sandbox gets its own loopback, where nothing answers.
+        "dns": ["127.0.0.1"],
         "read_only": True,
         "tmpfs": {
             "/tmp": f"{tmpfs_opts},size={policy.tmp_bytes},mode=1777",
             policy.home: f"{tmpfs_opts},size={policy.home_bytes},uid={uid_gid[0]},"
             f"gid={uid_gid[-1]},mode=0700",
+            # gVisor puts /dev/net/tun in every sandbox; an empty read-only tmpfs hides it
+            # (mount and device mknod are refused by seccomp, so it cannot be uncovered).
+            "/dev/net": "ro,nosuid,nodev,noexec,size=4k,mode=0755",
         },
         "volumes": {},
         "mounts": [],
@@ -332,7 +350,11 @@ class DockerBackend(SandboxBackend):
             ) from None
         except docker.errors.DockerException as exc:
             raise SandboxError(f"cannot inspect image {policy.image!r}: {exc}") from None
-        return Preflight(runtime=runtime, warnings=tuple(warnings))
+        return Preflight(
+            runtime=runtime,
+            warnings=tuple(warnings),
+            kernel_user_apart=runtime in GVISOR_RUNTIMES,
+        )
 
     def _create(self, spec: dict[str, Any]) -> str:
         import docker

@@ -26,7 +26,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Mapping
@@ -60,7 +59,7 @@ class Spawned:
 
     proc: subprocess.Popen[bytes]
     pipes: tuple[int, int] | None  # our ends (its stdin, its stdout) until a session takes them
-    workdir: Path
+    stderr: int  # a memfd: the sandbox tool's stderr (no host path a sandbox process could open)
     cgroup: Cgroup | None
     ids: tuple[int, int] | None
     extra: dict[str, str] = field(default_factory=dict)
@@ -147,7 +146,9 @@ class PipeBackend(SandboxBackend):
     # -- lifecycle ------------------------------------------------------------------------
     def _spawn(self, policy: SandboxPolicy, command: list[str], name: str) -> str:
         rootfs, gaps = self.gaps(policy)
-        workdir = Path(tempfile.mkdtemp(prefix=f"sandbox-kernel-{self.name}-"))
+        # The tool's stderr stays open in processes of the sandbox (firejail's shell): a file
+        # of the host there would be readable through /proc/<pid>/fd/2. A memfd has no path.
+        stderr = os.memfd_create(f"sandbox-kernel-{self.name}-stderr", os.MFD_CLOEXEC)
         cgroup: Cgroup | None = None
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
@@ -162,28 +163,27 @@ class PipeBackend(SandboxBackend):
             ids = self.sandbox_uid()
             filter_fd = seccomp_fd() if "seccomp" not in gaps else -1
             argv = self.sandbox_argv(policy, rootfs, command, filter_fd)
-            with open(workdir / "stderr", "wb") as err:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=stdin_r,
-                    stdout=stdout_w,
-                    stderr=err,
-                    pass_fds=[filter_fd] if filter_fd >= 0 else [],
-                    cwd="/",
-                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
-                    start_new_session=True,
-                    preexec_fn=_child_setup(
-                        cgroup.join_paths() if cgroup else [],
-                        _rlimits(policy, per_uid=self.per_sandbox_uid and ids is not None),
-                        ids,
-                    ),
-                )
+            proc = subprocess.Popen(
+                argv,
+                stdin=stdin_r,
+                stdout=stdout_w,
+                stderr=stderr,
+                pass_fds=[filter_fd] if filter_fd >= 0 else [],
+                cwd="/",
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
+                start_new_session=True,
+                preexec_fn=_child_setup(
+                    cgroup.join_paths() if cgroup else [],
+                    _rlimits(policy, per_uid=self.per_sandbox_uid and ids is not None),
+                    ids,
+                ),
+            )
         except BaseException:
             os.close(stdin_w)
             os.close(stdout_r)
+            os.close(stderr)
             if cgroup is not None:
                 cgroup.remove()
-            shutil.rmtree(workdir, ignore_errors=True)
             raise
         finally:
             os.close(stdin_r)
@@ -191,7 +191,7 @@ class PipeBackend(SandboxBackend):
             if filter_fd >= 0:
                 os.close(filter_fd)
         with self._lock:
-            self._sandboxes[name] = Spawned(proc, (stdin_w, stdout_r), workdir, cgroup, ids)
+            self._sandboxes[name] = Spawned(proc, (stdin_w, stdout_r), stderr, cgroup, ids)
         return name
 
     async def create(
@@ -271,8 +271,8 @@ atexit.register(PipeBackend.remove_all)
 
 
 def _end(spawned: Spawned) -> tuple[int, str]:
-    """Kill a sandbox's process group, reap it, remove its cgroups and folder; return its
-    exit code and the tail of the tool's stderr."""
+    """Kill a sandbox's process group, reap it, remove its cgroups; return its exit code
+    and the tail of the tool's stderr."""
     try:
         os.killpg(spawned.proc.pid, signal.SIGKILL)
     except OSError:
@@ -284,8 +284,7 @@ def _end(spawned: Spawned) -> tuple[int, str]:
         spawned.pipes = None
     if spawned.cgroup is not None:
         spawned.cgroup.remove()
-    err = _tail(spawned.workdir / "stderr")
-    shutil.rmtree(spawned.workdir, ignore_errors=True)
+    err = _tail(spawned.stderr)
     return code, err
 
 
@@ -315,8 +314,12 @@ def _child_setup(
     return setup
 
 
-def _tail(path: Path) -> str:
+def _tail(fd: int) -> str:
+    """The last STDERR_TAIL bytes of the memfd ``fd`` (closed here), as text."""
     try:
-        return path.read_bytes()[-STDERR_TAIL:].decode("utf-8", "replace").strip()
+        start = max(0, os.fstat(fd).st_size - STDERR_TAIL)
+        return os.pread(fd, STDERR_TAIL, start).decode("utf-8", "replace").strip()
     except OSError:
         return ""
+    finally:
+        os.close(fd)

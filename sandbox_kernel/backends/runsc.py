@@ -14,8 +14,9 @@ The sandbox is the Docker backend's (``container_spec``) in OCI terms: ``--netwo
 our seccomp profile enforced by gVisor (``--oci-seccomp``), the exported image root
 filesystem read-only and no host mount at all (proc, sysfs, runsc's own /dev, devpts, and
 size-capped ``noexec,nosuid,nodev`` tmpfs for /tmp, /dev/shm and the home), hostname
-``sandbox``, uid/gid 1000, no capabilities, no_new_privs, RLIMIT_NPROC (counted by gVisor
-per sandbox), RLIMIT_NOFILE and no core dumps.
+``sandbox``, the agent as the sandbox's root with only the capabilities it needs to run the
+kernel as uid/gid 1000 with none (``process_identity``), no_new_privs, RLIMIT_NPROC
+(counted by gVisor per sandbox), RLIMIT_NOFILE and no core dumps.
 
 Two modes, chosen by who runs the server:
 
@@ -61,6 +62,7 @@ from .base import Preflight, SandboxBackend
 from .capabilities import check_accepted, refuse_unenforced
 from .cgroups import CONTROLLERS, Cgroup, join_in_child, v1_mounts
 from .docker import (
+    AGENT_CAPABILITIES,
     LABEL_KERNEL_ID,
     LABEL_OWNER,
     LABEL_POOL,
@@ -100,14 +102,23 @@ READONLY_PATHS = (
 
 # -- the bundle (pure) ----------------------------------------------------------------------
 def process_identity(policy: SandboxPolicy) -> dict[str, Any]:
-    """Who the sandbox's first process (the agent) is: the policy's unprivileged uid/gid,
-    no capability in any set, no_new_privs. The one place to change the agent's identity."""
-    uid, _, gid = policy.user.partition(":")
-    sets = ("bounding", "effective", "inheritable", "permitted", "ambient")
+    """Who the sandbox's first process (the agent) is, as for the Docker backend under gVisor:
+    root of the sandbox's own kernel holding only AGENT_CAPABILITIES (none inheritable or
+    ambient), no_new_privs, in ``/``; it runs the kernel under the policy's uid with no
+    capability (``Preflight.kernel_user_apart``), so kernel code cannot reach the agent's
+    pipe or process. The one place that says who the agent is."""
+    caps = [f"CAP_{c}" for c in AGENT_CAPABILITIES]
     return {
-        "user": {"uid": int(uid), "gid": int(gid or uid), "additionalGids": []},
-        "capabilities": {s: [] for s in sets},
+        "user": {"uid": 0, "gid": 0, "additionalGids": []},
+        "capabilities": {
+            "bounding": caps,
+            "effective": caps,
+            "permitted": caps,
+            "inheritable": [],
+            "ambient": [],
+        },
         "noNewPrivileges": True,
+        "cwd": "/",
     }
 
 
@@ -136,6 +147,9 @@ def _mounts(policy: SandboxPolicy) -> list[dict[str, Any]]:
         _mount("/tmp", "tmpfs", *safe, "mode=1777", f"size={policy.tmp_bytes}"),
         _mount(policy.home, "tmpfs", *safe, "mode=0700", f"size={policy.home_bytes}",
                f"uid={uid}", f"gid={gid or uid}"),
+        # gVisor puts /dev/net/tun in every sandbox; an empty read-only tmpfs hides it (mount
+        # and device mknod are refused by seccomp, so it cannot be uncovered).
+        _mount("/dev/net", "tmpfs", "ro", *safe, "size=4k", "mode=0755"),
     ]  # fmt: skip
 
 
@@ -187,7 +201,6 @@ def oci_config(
             **process_identity(policy),
             "args": list(command),
             "env": [f"HOME={policy.home}", f"PATH={SANDBOX_PATH}", "LANG=C.UTF-8"],
-            "cwd": policy.home,
             "rlimits": rlimits,
         },
         "root": {"path": str(rootfs), "readonly": True},
@@ -445,6 +458,7 @@ class Running:
     bundle: Path
     rootless: bool
     cgroup: Cgroup | None  # rootless: the sandbox's cgroup under the user's delegation
+    stderr: int = -1  # a memfd: runsc's stderr (-1: none, an orphan's)
 
 
 class RunscBackend(SandboxBackend):
@@ -527,7 +541,7 @@ class RunscBackend(SandboxBackend):
                     f"{exc}. To enforce the limits: {delegation_hint(user)}"
                 ) from None
             raise
-        return Preflight(runtime="runsc", warnings=warnings)
+        return Preflight(runtime="runsc", warnings=warnings, kernel_user_apart=True)
 
     async def preflight(self, policy: SandboxPolicy) -> Preflight:
         preflight = await asyncio.to_thread(self._preflight, policy)
@@ -548,6 +562,9 @@ class RunscBackend(SandboxBackend):
         bundle = base / "bundles" / name
         bundle.mkdir(mode=0o700)
         cgroup: Cgroup | None = None
+        # runsc's stderr is also the container's: a file of the host there could be reopened
+        # through /proc/<pid>/fd/2 inside. A memfd has no path.
+        stderr = os.memfd_create(f"sandbox-kernel-runsc-stderr-{name}", os.MFD_CLOEXEC)
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         try:
@@ -566,20 +583,20 @@ class RunscBackend(SandboxBackend):
                 cgroup.create(policy, pids=policy.pids_limit)
             argv = runsc_argv(runsc, base / "state", "run", "--bundle", str(bundle), name,
                               rootless=rootless)  # fmt: skip
-            with open(bundle / "stderr", "wb") as err:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=stdin_r,
-                    stdout=stdout_w,
-                    stderr=err,
-                    cwd="/",
-                    env=_runsc_env(),
-                    start_new_session=True,  # no terminal signal reaches runsc (it forwards)
-                    preexec_fn=_joiner(cgroup.join_paths()) if cgroup is not None else None,
-                )
+            proc = subprocess.Popen(
+                argv,
+                stdin=stdin_r,
+                stdout=stdout_w,
+                stderr=stderr,
+                cwd="/",
+                env=_runsc_env(),
+                start_new_session=True,  # no terminal signal reaches runsc (it forwards)
+                preexec_fn=_joiner(cgroup.join_paths()) if cgroup is not None else None,
+            )
         except BaseException:
             os.close(stdin_w)
             os.close(stdout_r)
+            os.close(stderr)
             if cgroup is not None:
                 cgroup.remove()
             shutil.rmtree(bundle, ignore_errors=True)
@@ -588,7 +605,7 @@ class RunscBackend(SandboxBackend):
             os.close(stdin_r)
             os.close(stdout_w)
         running = Running(
-            proc, (stdin_w, stdout_r), runsc, base / "state", bundle, rootless, cgroup
+            proc, (stdin_w, stdout_r), runsc, base / "state", bundle, rootless, cgroup, stderr
         )
         with self._lock:
             self._sandboxes[name] = running
@@ -792,16 +809,23 @@ def _end(running: Running, name: str) -> tuple[int, str]:
         running.cgroup.remove()
     if not running.rootless:
         _remove_cgroup_dirs(root_cgroup_dirs(name))
-    err = _tail(running.bundle / "stderr")
+    err = _tail(running.stderr)
+    running.stderr = -1
     shutil.rmtree(running.bundle, ignore_errors=True)
     return code, err
 
 
-def _tail(path: Path) -> str:
+def _tail(fd: int) -> str:
+    """The last STDERR_TAIL bytes of the memfd ``fd`` (closed here), as text."""
+    if fd < 0:
+        return ""
     try:
-        return path.read_bytes()[-STDERR_TAIL:].decode("utf-8", "replace").strip()
+        start = max(0, os.fstat(fd).st_size - STDERR_TAIL)
+        return os.pread(fd, STDERR_TAIL, start).decode("utf-8", "replace").strip()
     except OSError:
         return ""
+    finally:
+        os.close(fd)
 
 
 # -- ps and gc -----------------------------------------------------------------------------------

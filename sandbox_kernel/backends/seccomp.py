@@ -7,8 +7,9 @@ runsc 20240729, where an unprivileged user could still:
 * create user namespaces (and hold every capability inside them),
 * clone into new mount namespaces without CAP_SYS_ADMIN,
 * mknod character and block devices (tmpfs ``nodev`` is not enforced),
-* open packet sockets inside such a user namespace (raw AF_INET sockets stay
-  possible there, on the sandbox's own loopback only),
+* open packet sockets, and raw IPv4/IPv6 sockets, inside such a user namespace,
+* create a TUN/TAP interface inside such a user namespace (``TUNSETIFF``; the
+  Docker backend also hides gVisor's ``/dev/net/tun``),
 
 plus syscalls a notebook never needs that widen the surface (mounting,
 keyrings, BPF, module loading, ptrace of other processes...). Anything not
@@ -21,7 +22,9 @@ Known limit: this runsc ignores ``errnoRet`` (every denial is EPERM), so the usu
 trick of answering ``clone3`` with ENOSYS (making libc fall back to the inspectable
 ``clone``) would break every thread. ``clone3`` stays allowed, and a program that
 issues it directly can still enter a new user namespace; what that grants stays
-inside gVisor's kernel (see docs/security.md and the attack suite).
+inside gVisor's kernel (see docs/security.md and the attack suite): among it,
+adding addresses and routes to the sandbox's own network namespace over netlink,
+which no syscall rule can tell from the interface listing every process needs.
 """
 
 from __future__ import annotations
@@ -62,10 +65,21 @@ CLONE_NAMESPACE_FLAGS = {
 }
 
 # Packet sockets: never needed by a notebook; refused even to a process holding
-# CAP_NET_RAW inside a user namespace of its own (which gVisor would honour). A rule on
-# the socket type (SOCK_RAW) is not used: combined with the other rules, this runsc's
-# filter then refused ordinary sockets too (seen: ZeroMQ's resolver aborting).
+# CAP_NET_RAW inside a user namespace of its own (which gVisor would honour).
 AF_PACKET = 17
+# Raw IPv4/IPv6 sockets, for the same reason. The rule matches the family AND the type:
+# a rule on the type alone (SOCK_RAW) also refuses netlink sockets, which getifaddrs()
+# opens as SOCK_RAW (seen: ZeroMQ's resolver aborting). The type argument may carry
+# SOCK_NONBLOCK and SOCK_CLOEXEC: only its low bits are compared.
+RAW_INET_FAMILIES = {"AF_INET": 2, "AF_INET6": 10}
+SOCK_RAW, SOCK_TYPE_MASK = 3, 0xF
+
+# ioctl requests that create or attach network interfaces: refused whoever asks (a process
+# holding CAP_NET_ADMIN in a user namespace of its own, which gVisor would honour). The
+# kernel (Linux and gVisor) reads the request as 32 bits: the rule masks off the upper
+# half, so a raw syscall with junk in it is refused too.
+IOCTL_REQUEST_MASK = 0xFFFFFFFF
+DENIED_IOCTLS = {"TUNSETIFF": 0x400454CA}
 
 S_IFMT = 0o170000
 DEVICE_TYPES = {"S_IFCHR": 0o020000, "S_IFBLK": 0o060000}
@@ -93,6 +107,11 @@ def seccomp_profile(host_kernel: bool = False) -> dict[str, Any]:
     rules += [_deny(["clone"], _masked(0, flag, flag)) for flag in CLONE_NAMESPACE_FLAGS.values()]
     af_packet = {"index": 0, "value": AF_PACKET, "valueTwo": 0, "op": "SCMP_CMP_EQ"}
     rules.append(_deny(["socket"], af_packet))
+    for family in RAW_INET_FAMILIES.values():
+        same_family = {"index": 0, "value": family, "valueTwo": 0, "op": "SCMP_CMP_EQ"}
+        rules.append(_deny(["socket"], same_family, _masked(1, SOCK_TYPE_MASK, SOCK_RAW)))
+    for request in DENIED_IOCTLS.values():
+        rules.append(_deny(["ioctl"], _masked(1, IOCTL_REQUEST_MASK, request)))
     for kind in DEVICE_TYPES.values():
         rules.append(_deny(["mknod"], _masked(1, S_IFMT, kind)))
         rules.append(_deny(["mknodat"], _masked(2, S_IFMT, kind)))

@@ -32,22 +32,37 @@ class CopyItem:
 
 
 def plan_copy_in(
-    entries: tuple[str, ...], base_dir: str, limit: int, log: logging.Logger | None = None
+    entries: tuple[str, ...],
+    base_dir: str,
+    limit: int,
+    log: logging.Logger | None = None,
+    exclude: str = "",
 ) -> list[CopyItem]:
     """What to copy for ``copy_in`` entries (absolute, or relative to ``base_dir``, the
-    notebook's folder): each lands in the home under its own base name. Raises
-    PolicyError for a missing entry, a name clash or more than ``limit`` bytes."""
+    notebook's folder): each lands in the home under its own base name. ``exclude`` (the
+    export folder) is never copied: what a sandbox exported must not come back in at the
+    next start. Raises PolicyError for a missing entry, a name clash or more than
+    ``limit`` bytes, naming the file where the limit was passed."""
     items: list[CopyItem] = []
     total = 0
     seen: set[str] = set()
+    excluded = os.path.realpath(exclude) if exclude else ""
+
+    def skipped(path: str) -> bool:
+        if excluded and os.path.realpath(path) == excluded:
+            if log is not None:
+                log.info("copy_in: skipping %s (the export folder)", path)
+            return True
+        return False
 
     def add_file(path: str, dest: str, st: os.stat_result) -> None:
         nonlocal total
         total += st.st_size
         if total > limit:
             raise PolicyError(
-                f"copy_in: more than copy_in_limit={format_size(limit)} to copy "
-                f"(at {path}); raise copy_in_limit or list fewer files"
+                f"copy_in: {path} ({format_size(st.st_size)}) takes the copy past "
+                f"copy_in_limit={format_size(limit)} ({format_size(total)} so far); raise "
+                "copy_in_limit, or list fewer or smaller files"
             )
         items.append(CopyItem(dest, path, st.st_size, stat.S_IMODE(st.st_mode) & 0o755))
 
@@ -57,6 +72,8 @@ def plan_copy_in(
             st = os.lstat(path)
         except OSError as exc:
             raise PolicyError(f"copy_in: {entry!r} ({path}): {exc.strerror}") from None
+        if skipped(path) or (excluded and os.path.realpath(path).startswith(excluded + os.sep)):
+            continue
         top = inside_dest([os.path.basename(path.rstrip(os.sep))])
         if top in seen:
             raise PolicyError(f"copy_in: two entries are named {top!r} in the sandbox's home")
@@ -71,6 +88,9 @@ def plan_copy_in(
                 for name in sorted(dirs):
                     if os.path.islink(os.path.join(root, name)):
                         continue  # os.walk does not descend into it either
+                    if skipped(os.path.join(root, name)):
+                        dirs.remove(name)  # nor into the export folder
+                        continue
                     items.append(CopyItem(inside_dest([top, *prefix, name])))
                 for name in sorted(files):
                     full = os.path.join(root, name)

@@ -17,6 +17,7 @@ import binascii
 import errno
 import logging
 import os
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,7 @@ class HostExchange:
         self.log = log
         self.kernel_id = kernel_id
         self.runtime_ports: set[int] = set()
+        self._binding: set[int] = set()  # runtime ports being bound (their slots are taken)
         self.exported_bytes = 0
         self.exported_files = 0
         self.session: AgentSession | None = None
@@ -86,7 +88,10 @@ class HostExchange:
             if name.startswith(EXPOSED_PREFIX)
         }
 
-    async def _expose(self, port: object) -> dict[str, Any]:
+    def _expose(self, port: object) -> dict[str, Any] | Coroutine[Any, Any, dict[str, Any]]:
+        """Check an ``expose`` request now (on the relay loop, before any ``await``): an
+        answer, or the binding still to do. A port being bound holds its slot of
+        ``max_runtime_ports`` from this moment, so a burst of requests cannot pass it."""
         try:
             inside = check_port(port, "expose")
         except PolicyError as exc:
@@ -94,17 +99,25 @@ class HostExchange:
         known = self.exposed()
         if inside in known:
             return {"ok": True, "host_port": known[inside]}
+        if inside in self._binding:
+            return {"ok": False, "error": f"port {inside} is being exposed; ask again"}
         limit = self.policy.max_runtime_ports
-        if len(self.runtime_ports) >= limit:
+        if len(self.runtime_ports) + len(self._binding) >= limit:
             return {
                 "ok": False,
                 "error": f"this kernel may expose at most {limit} port(s) at run time "
                 "(max_runtime_ports); ask the operator to list it in expose_ports",
             }
+        self._binding.add(inside)
+        return self._bind(inside)
+
+    async def _bind(self, inside: int) -> dict[str, Any]:
         try:
             host = await self.listeners.add(EXPOSED_PREFIX + str(inside), inside)
         except OSError as exc:
             return {"ok": False, "error": f"cannot listen on the host: {exc.strerror}"}
+        finally:
+            self._binding.discard(inside)
         self.runtime_ports.add(inside)
         self.log.warning(
             "sandbox-kernel %s: the kernel exposed its port %d at http://%s:%d/",
@@ -136,6 +149,9 @@ class HostExchange:
         op = msg["op"]
         if op == "expose":
             answer = self._expose(msg.get("port"))
+            if isinstance(answer, dict):
+                self._reply(msg, answer)
+                return
             task = asyncio.get_running_loop().create_task(self._answer(msg, answer))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -146,12 +162,16 @@ class HostExchange:
         elif op == "export_end":
             self._reply(msg, self._export_end())
 
-    async def _answer(self, msg: dict[str, Any], answer: Any) -> None:
+    async def _answer(
+        self, msg: dict[str, Any], answer: Coroutine[Any, Any, dict[str, Any]]
+    ) -> None:
         self._reply(msg, await answer)
 
     def _reply(self, msg: dict[str, Any], answer: dict[str, Any]) -> None:
-        if self.session is not None and "req" in msg:
-            self.session.send_control({"op": "reply", "req": msg["req"], **answer})
+        req = msg.get("req")
+        # Only a request id is echoed, never anything else the sandbox chose.
+        if self.session is not None and isinstance(req, int) and 0 <= req < 2**53:
+            self.session.send_control({"op": "reply", "req": req, **answer})
 
     # -- files out ------------------------------------------------------------------------------
     def _export_begin(self, requested: object, size: object) -> dict[str, Any]:

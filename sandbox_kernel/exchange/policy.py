@@ -153,8 +153,10 @@ def export_name(requested: object) -> str:
         raise PolicyError("export: the file name must be a string")
     name = unicodedata.normalize("NFC", requested.replace("\\", "/").rsplit("/", 1)[-1])
     if not _is_plain_name(name):
+        # The name is the sandbox's: quoted short, so a refusal never grows with it.
+        shown = repr(requested[:60]) + ("..." if len(requested) > 60 else "")
         raise PolicyError(
-            f"export: {requested!r} is not an allowed file name (letters, digits, spaces and "
+            f"export: {shown} is not an allowed file name (letters, digits, spaces and "
             "common punctuation; no leading '.' or '-', at most 200 characters)"
         )
     return name

@@ -37,6 +37,7 @@ from .recipe import (
     debian_arch,
     wheel_platforms,
 )
+from .rootfs import write_neutral_etc
 
 Progress = Callable[[int, int, str], None]
 
@@ -127,7 +128,8 @@ def build_image(
     for tool in ("debootstrap", "chroot", "tar"):
         if shutil.which(tool) is None:
             raise SandboxError(
-                f"`{tool}` is missing; run scripts/setup-host.sh (or apt-get install debootstrap)"
+                f"`{tool}` is missing; run `sudo sandbox-kernel setup-host` "
+                "(or apt-get install debootstrap)"
             )
     mirror = mirror or detect_mirror()
     workdir = Path(tempfile.mkdtemp(prefix="sandbox-kernel-image-", dir="/var/tmp"))
@@ -263,6 +265,7 @@ class _RootfsBuilder:
         home.mkdir(parents=True, exist_ok=True)
         os.chown(home, SANDBOX_UID, SANDBOX_UID)
         (self.rootfs / "etc/sandbox-kernel-image").write_text(self.recipe.digest() + "\n")
+        write_neutral_etc(self.rootfs)  # debootstrap copied the building host's resolver
 
     def compile_bytecode(self) -> None:
         v = self.recipe.python_version

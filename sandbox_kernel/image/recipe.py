@@ -50,7 +50,7 @@ class ImageRecipe:
     python_packages: tuple[str, ...] = PYTHON_PACKAGES
     extra_python_packages: tuple[str, ...] = field(default_factory=tuple)
     # Bump when build steps change in a way that alters the image.
-    revision: int = 5
+    revision: int = 6
 
     @property
     def all_python_packages(self) -> tuple[str, ...]:

@@ -55,8 +55,28 @@ def _no_devices(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
     return tarfile.tar_filter(member, dest)
 
 
+# Files that debootstrap and `docker export` fill from the building host (its resolver,
+# its name): the sandbox gets neutral ones. It has no network, so no resolver at all.
+NEUTRAL_ETC = {
+    "etc/resolv.conf": "# sandbox-kernel: no network, so no resolver\n",
+    "etc/hostname": "sandbox\n",
+    "etc/hosts": "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+}
+
+
+def write_neutral_etc(tree: Path) -> None:
+    """Replace the host-derived files of NEUTRAL_ETC in a rootfs ``tree`` (no link followed)."""
+    for rel, text in NEUTRAL_ETC.items():
+        path = tree / rel
+        if path.is_symlink() or path.exists():
+            path.unlink()
+        path.write_text(text)
+        os.chmod(path, 0o644)
+
+
 def install_tree(tree: Path, image: str, key: str, root: Path = ROOTFS_ROOT) -> Path:
     """Move a finished rootfs ``tree`` to ``root/key`` and point ``root/<slug>`` at it."""
+    write_neutral_etc(tree)
     dest = root / key
     (tree / COMPLETE_MARK).write_text(f"{image}\n")
     os.chmod(tree, 0o755)

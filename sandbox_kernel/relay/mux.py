@@ -29,6 +29,9 @@ LOCAL_HIGH_WATER = 256 * 1024
 LOCAL_LOW_WATER = 64 * 1024
 PIPE_HIGH_WATER = 1024 * 1024
 PIPE_LOW_WATER = 256 * 1024
+# Relayed connections open at once per pipe: a client's five channels, reconnects and an
+# exposed server's browser connections fit; each holds a socket on the host.
+MAX_STREAMS = 64
 
 
 def abort_transport(transport: asyncio.BaseTransport) -> None:
@@ -57,6 +60,9 @@ class Stream(asyncio.Protocol):
         self.reading_paused = False
         self.writing_paused = False
         self.closed = False
+        # Host side: checks the peer's bytes before they are passed on (the kernel's
+        # ZeroMQ framing); raising ValueError resets this stream only.
+        self.inspect: Callable[[bytes], None] | None = None
 
     # -- local side (asyncio callbacks) --------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -101,6 +107,12 @@ class Stream(asyncio.Protocol):
         self.recv_window.received(len(data))
         if self.remote_eof:
             raise p.ProtocolError("DATA after EOF on stream %d" % self.sid)
+        if self.inspect is not None:
+            try:
+                self.inspect(data)
+            except ValueError as exc:
+                self.abort(str(exc))
+                return
         if self.transport is None:
             self.pending_in += data
         else:
@@ -213,7 +225,7 @@ class Mux:
         on_control: Callable[[dict[str, Any]], None],
         on_open: Callable[[int, int], None] | None = None,
         on_console: Callable[[bytes], None] | None = None,
-        max_streams: int = 256,
+        max_streams: int = MAX_STREAMS,
     ) -> None:
         self._write = write
         self._on_control = on_control

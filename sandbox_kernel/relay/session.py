@@ -9,7 +9,12 @@ The provisioner creates one :class:`AgentSession` per sandbox. Two transports:
   firejail); raw bytes both ways.
 
 Either way the session writes the agent bundle, then carries frames. Everything
-the agent sends is untrusted: a protocol error ends the session.
+the agent sends is untrusted: a protocol error ends the session, and so does a sandbox
+that stops reading while more than MAX_PIPE_BACKLOG bytes wait for it (replies to its
+own requests could otherwise grow without bound). The agent may report one ``error``;
+it is logged once, escaped and cut. Streams from the kernel's own ports pass through a
+ZMTP size check (``zmtp.py``): a ZeroMQ message over ``max_message`` resets that
+connection before its header reaches the client.
 """
 
 from __future__ import annotations
@@ -22,11 +27,21 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
+from ..policy import KERNEL_INSIDE_PORTS
 from . import protocol as p
+from .console import one_line
 from .docker_stream import STDOUT, DockerStreamDemux, DockerStreamError
 from .mux import PIPE_HIGH_WATER, PIPE_LOW_WATER, Mux, Requests, Stream, abort_transport
+from .zmtp import ZmtpError, ZmtpLimiter
 
 MAX_RESPONSE_HEAD = 64 * 1024
+# Bytes the host may hold for a sandbox that does not read its pipe. Relayed data stops at
+# PIPE_HIGH_WATER (1 MiB) and copy-in paces itself, so only a sandbox that stops reading
+# while it keeps asking (replies pile up) ever gets here.
+MAX_PIPE_BACKLOG = 8 * 1024 * 1024
+# Largest ZeroMQ message from the kernel passed to the client, unless the provisioner
+# says otherwise (its max_message_size setting).
+DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 # What the agent may ask of the host (for the kernel's ``sandboxed`` module); the
 # provisioner's exchange decides (see exchange/host.py).
 AGENT_REQUESTS = frozenset({"expose", "export_begin", "export_data", "export_end"})
@@ -54,8 +69,18 @@ class _PipeWriter(asyncio.Protocol):
 
 
 class AgentSession(asyncio.Protocol):
-    def __init__(self, name: str, *, console: Callable[[bytes], None], log: logging.Logger) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        console: Callable[[bytes], None],
+        log: logging.Logger,
+        kernel_id: str = "",
+        max_message: int = DEFAULT_MAX_MESSAGE,
+    ) -> None:
         self.name = name
+        self.kernel_id = kernel_id  # for log lines; a pooled sandbox gets it on claim
+        self.max_message = max_message  # replaceable on claim, like ``console``
         self.log = log
         self.console = console  # replaceable: a pooled sandbox gets its kernel's sink on claim
         self.mux = Mux(self._write, on_control=self._on_control, on_console=self._on_console)
@@ -71,6 +96,9 @@ class AgentSession(asyncio.Protocol):
         self.ready = False  # the agent bundle is sent: frames may flow
         self.exit_status: int | None = None
         self.error: str | None = None
+        self.hello_info: dict[str, Any] = {}  # the agent's hello, once checked
+        self._agent_error_seen = False
+        self._failed = False
         self.dead = threading.Event()  # set when the pipe is gone; read from any thread
         self.requests: Requests | None = None  # ours to the agent (created on the relay loop)
         # Handles AGENT_REQUESTS (on the relay loop); None refuses them.
@@ -128,12 +156,13 @@ class AgentSession(asyncio.Protocol):
     def send_control(self, message: dict[str, Any]) -> None:
         self.mux.send_control(message)
 
-    async def prewarm(self, spec: dict[str, Any]) -> None:
+    async def prewarm(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Warm pool: start a kernel initialised up to its key (``argv``, ``env``, ``cwd``,
-        ``connection_file``, placeholder ``connection``; see agent/prewarm.py)."""
+        ``connection_file``, placeholder ``connection``; see agent/prewarm.py); return the
+        agent's ``prewarmed`` report (pid, uid)."""
         self.prewarmed = asyncio.get_running_loop().create_future()
         self.send_control({**spec, "op": "prewarm"})
-        await self.prewarmed
+        return await self.prewarmed
 
     async def pipe_writable(self) -> None:
         """Wait until the pipe's write buffer has room again (bulk senders pace themselves
@@ -143,10 +172,36 @@ class AgentSession(asyncio.Protocol):
             raise SessionError(self.error or "the sandbox's pipe closed")
 
     def open_stream(self, inside_port: int) -> Stream:
-        """A new local connection to relay to ``inside_port`` in the sandbox."""
+        """A new local connection to relay to ``inside_port`` in the sandbox. On the
+        kernel's own ports, what comes back is checked as ZeroMQ traffic (message size)."""
         stream = self.mux.new_stream()
+        if inside_port in KERNEL_INSIDE_PORTS:
+            stream.inspect = self._zmtp_check(inside_port)
         self.mux.send(p.encode_open(stream.sid, inside_port))
         return stream
+
+    def _zmtp_check(self, inside_port: int) -> Callable[[bytes], None]:
+        limiter = ZmtpLimiter(self.max_message)
+
+        def check(data: bytes) -> None:
+            try:
+                limiter.feed(data)
+            except ZmtpError as exc:
+                self.log.warning(
+                    "%s: connection to the kernel's port %d reset: %s",
+                    self.describe(),
+                    inside_port,
+                    exc,
+                )
+                raise
+
+        return check
+
+    def describe(self) -> str:
+        """How log lines name this sandbox: its name and, once known, its kernel."""
+        if self.kernel_id:
+            return f"sandbox {self.name} (kernel {self.kernel_id})"
+        return f"sandbox {self.name}"
 
     # -- asyncio protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -168,7 +223,7 @@ class AgentSession(asyncio.Protocol):
                     if kind == STDOUT:
                         self.mux.feed(piece)
         except (p.ProtocolError, DockerStreamError, SessionError) as exc:
-            self.fail(f"sandbox {self.name}: {exc}")
+            self.fail(str(exc))
 
     def _read_head(self, data: bytes) -> bytes:
         self._head += data
@@ -210,9 +265,17 @@ class AgentSession(asyncio.Protocol):
         self.console(data)
 
     def _write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            # Frames are binary: escape Docker's detach sequence (see protocol.DETACH_KEYS).
-            self.transport.write(p.escape_stdin(data) if self.docker_framing else data)
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        # Frames are binary: escape Docker's detach sequence (see protocol.DETACH_KEYS).
+        t.write(p.escape_stdin(data) if self.docker_framing else data)
+        queued = t.get_write_buffer_size()
+        if queued > MAX_PIPE_BACKLOG:
+            self.fail(
+                f"the sandbox stopped reading its pipe while {queued} bytes wait for it "
+                f"(at most {MAX_PIPE_BACKLOG}): ending it"
+            )
 
     def _on_control(self, msg: dict[str, Any]) -> None:
         op = msg["op"]
@@ -227,7 +290,7 @@ class AgentSession(asyncio.Protocol):
         elif op in AGENT_REQUESTS:
             if self.on_request is not None:
                 self.on_request(msg)
-            elif "req" in msg:
+            elif isinstance(msg.get("req"), int):
                 self.send_control(
                     {"op": "reply", "req": msg["req"], "ok": False, "error": "not available"}
                 )
@@ -235,19 +298,28 @@ class AgentSession(asyncio.Protocol):
             status = msg.get("status")
             self.exit_status = status if isinstance(status, int) else -1
         elif op == "error":
-            self.error = str(msg.get("message", "unknown error"))[:2000]
-            self.log.error("sandbox %s: agent error: %s", self.name, self.error)
+            # An agent reports at most one error, then ends: a second is hostile.
+            if self._agent_error_seen:
+                raise p.ProtocolError("a second error message")
+            self._agent_error_seen = True
+            self.error = one_line(str(msg.get("message", "unknown error")), 2000)
+            self.log.error("%s: agent error: %s", self.describe(), self.error)
             for fut in (self.started, self.prewarmed):
                 if fut is not None and not fut.done():
                     fut.set_exception(SessionError(self.error))
                     fut.exception()
         else:
-            raise p.ProtocolError(f"unexpected control op {op!r}")
+            raise p.ProtocolError(f"unexpected control op {one_line(repr(op), 100)}")
 
     def fail(self, why: str) -> None:
-        """End the session on a broken or hostile peer."""
+        """End the session on a broken or hostile peer: logged once (escaped and cut:
+        ``why`` may quote the peer), then the pipe is aborted."""
+        if self._failed:
+            return  # one log line per session
+        self._failed = True
+        why = one_line(why, 500)
         self.error = self.error or why
-        self.log.error("%s", why)
+        self.log.error("%s: %s", self.describe(), why)
         self.close()
 
     def close(self) -> None:

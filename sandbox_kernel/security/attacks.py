@@ -139,7 +139,8 @@ _NR = {
         "add_key": 248, "request_key": 249, "keyctl": 250, "unshare": 272,
         "perf_event_open": 298, "name_to_handle_at": 303, "open_by_handle_at": 304,
         "setns": 308, "process_vm_readv": 310, "finit_module": 313, "bpf": 321,
-        "userfaultfd": 323, "io_uring_setup": 425,
+        "userfaultfd": 323, "io_uring_setup": 425, "open_tree": 428, "move_mount": 429,
+        "fsopen": 430, "fsmount": 432, "fspick": 433,
     },
     "aarch64": {
         "mount": 40, "umount2": 39, "pivot_root": 41, "chroot": 51, "acct": 89,
@@ -148,7 +149,8 @@ _NR = {
         "request_key": 218, "keyctl": 219, "swapon": 224, "perf_event_open": 241,
         "name_to_handle_at": 264, "open_by_handle_at": 265, "setns": 268,
         "process_vm_readv": 270, "finit_module": 273, "bpf": 280, "userfaultfd": 282,
-        "io_uring_setup": 425,
+        "io_uring_setup": 425, "open_tree": 428, "move_mount": 429, "fsopen": 430,
+        "fsmount": 432, "fspick": 433,
     },
 }.get(_platform.machine().lower().replace("amd64", "x86_64").replace("arm64", "aarch64"), {})
 
@@ -273,6 +275,147 @@ def _new_ns_in_child(flags, how="unshare"):
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
     )
     return (r.stdout.strip().splitlines() or ["no output: " + r.stderr.strip()[-200:]])[-1]
+"""
+
+# For attempts made from a user namespace that seccomp cannot refuse (docs/security.md).
+_USERNS = """\
+# A raw clone3() into a new user namespace, the way a program gets past seccomp (which
+# cannot read clone3's flags; this runsc must allow clone3 for threads). The child shares
+# every other namespace with the sandbox, the network one included, unless asked. The
+# parent maps uid and gid 0 in it to its own ids (the child tries too if that fails), then
+# the child runs an attempt: source code that fills the dict ``res``, with the netlink
+# helpers of _USERNS_NET at hand. Returns ``res`` plus "clone3" (an errno name when
+# refused), "uid" and "CapEff" as the child saw them.
+_USERNS_CHILD = '''
+import ctypes, errno, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+flags, body = int(sys.argv[1]), sys.stdin.read()
+uid, gid = os.getuid(), os.getgid()
+args = (ctypes.c_uint64 * 11)()  # struct clone_args, 88 bytes
+args[0] = 0x10000000 | flags  # CLONE_NEWUSER
+args[4] = 17  # exit_signal: SIGCHLD
+go_r, go_w = os.pipe()
+out_r, out_w = os.pipe()
+pid = libc.syscall(ctypes.c_long(435), ctypes.byref(args), ctypes.c_long(88))  # clone3
+
+def idmaps(where):
+    done = {}
+    for name, text in (("uid_map", "0 %d 1" % uid), ("setgroups", "deny"),
+                       ("gid_map", "0 %d 1" % gid)):
+        try:
+            with open("/proc/%s/%s" % (where, name), "w") as f:
+                f.write(text)
+            done[name] = "OK"
+        except OSError as e:
+            done[name] = errno.errorcode.get(e.errno, str(e.errno))
+    return done
+
+if pid == 0:
+    os.close(go_w)
+    os.close(out_r)
+    res = {"maps by parent": os.read(go_r, 4096).decode()}
+    if os.getuid() != 0:
+        res["maps by child"] = idmaps("self")
+    res["uid"] = os.getuid()
+    for line in open("/proc/self/status"):
+        if line.startswith("CapEff:"):
+            res["CapEff"] = line.split()[1]
+    try:
+        exec(body, {"res": res})
+    except Exception as e:
+        res["error"] = repr(e)
+    os.write(out_w, json.dumps(res).encode())
+    os._exit(0)
+if pid < 0:
+    print(json.dumps({"clone3": errno.errorcode.get(ctypes.get_errno(), "?")}))
+    sys.exit()
+os.close(go_r)
+os.close(out_w)
+os.write(go_w, json.dumps(idmaps(pid)).encode())
+os.close(go_w)
+data = b""
+while True:
+    chunk = os.read(out_r, 65536)
+    if not chunk:
+        break
+    data += chunk
+os.waitpid(pid, 0)
+print(data.decode() or json.dumps({"error": "the child reported nothing"}))
+'''
+
+# Netlink (NETLINK_ROUTE) requests on "lo", for attempts run in the child above.
+_USERNS_NET = '''
+import errno, socket, struct
+LO = socket.if_nametoindex("lo")
+
+def nl(mtype, flags, body):
+    # One request with an ACK asked for: "OK", or the errno name the kernel answered.
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+    s.settimeout(5)
+    try:
+        s.send(struct.pack("IHHII", 16 + len(body), mtype, flags | 0x1 | 0x4, 1, 0) + body)
+        reply = s.recv(65536)
+    except OSError as e:
+        return "no answer (%s)" % errno.errorcode.get(e.errno, type(e).__name__)
+    finally:
+        s.close()
+    if len(reply) < 20 or struct.unpack("H", reply[4:6])[0] != 2:  # NLMSG_ERROR
+        return "unexpected reply"
+    code = struct.unpack("i", reply[16:20])[0]
+    return "OK" if code == 0 else errno.errorcode.get(-code, str(code))
+
+def rta(kind, data):
+    return struct.pack("HH", 4 + len(data), kind) + data + bytes(-len(data) % 4)
+
+def _family(addr):
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+def _ifaddr(addr, plen):
+    raw = socket.inet_pton(_family(addr), addr)
+    return struct.pack("BBBBI", _family(addr), plen, 0, 0, LO) + rta(1, raw) + rta(2, raw)
+
+def _rtmsg(net, plen):  # main table, static, link scope, unicast, dev lo
+    head = struct.pack("BBBBBBBBI", _family(net), plen, 0, 0, 254, 4, 253, 1, 0)
+    return head + rta(1, socket.inet_pton(_family(net), net)) + rta(4, struct.pack("I", LO))
+
+def add_addr(addr, plen):
+    return nl(20, 0x400 | 0x200, _ifaddr(addr, plen))  # RTM_NEWADDR, CREATE | EXCL
+
+def del_addr(addr, plen):
+    return nl(21, 0, _ifaddr(addr, plen))
+
+def add_route(net, plen):
+    return nl(24, 0x400 | 0x200, _rtmsg(net, plen))  # RTM_NEWROUTE
+
+def del_route(net, plen):
+    return nl(25, 0, _rtmsg(net, plen))
+
+def bindable(addr):
+    # Whether addr is now an address of this network namespace.
+    s = socket.socket(_family(addr), socket.SOCK_DGRAM)
+    try:
+        s.bind((addr, 0))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+'''
+
+
+def _in_userns(attempt, flags=0):
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _USERNS_CHILD, str(flags)],
+        input=_USERNS_NET + attempt, capture_output=True, text=True, timeout=120,
+    )
+    lines = r.stdout.strip().splitlines()
+    if not lines:
+        return {"error": "no output: " + r.stderr.strip()[-300:]}
+    return _json.loads(lines[-1])
 """
 
 
@@ -523,6 +666,14 @@ _FS = [
                 _os.close(fd)
                 _os.unlink(p)
                 results["create in " + d] = "WRITTEN"
+            try:
+                _os.mkdir(p + "-dir")
+            except OSError as e:
+                if e.errno not in (_errno.ENOENT, _errno.ENOTDIR):
+                    results["mkdir in " + d] = _en(e.errno)
+            else:
+                _os.rmdir(p + "-dir")
+                results["mkdir in " + d] = "CREATED"
         for p in ("/etc/passwd", "/etc/hosts", "/etc/resolv.conf", "/etc/hostname",
                   _os.path.realpath("/usr/bin/python3"), "/bin/sh"):
             if not _os.path.exists(p):
@@ -573,7 +724,8 @@ _FS = [
     _attack(
         "fs-noexec-tmpfs",
         "host filesystem",
-        "binaries copied into the writable mounts (/tmp, home, /dev/shm) cannot be executed",
+        "binaries copied into the writable mounts (/tmp, home, /dev/shm) cannot be executed "
+        "(execve)",
         """
         import shutil
         import subprocess
@@ -595,6 +747,152 @@ _FS = [
             finally:
                 _os.unlink(p)
         _report(bool(seen) and all(v in ("EACCES", "EPERM") for v in seen.values()), seen)
+        """,
+    ),
+    _attack(
+        "fs-noexec-loader",
+        "host filesystem",
+        "a binary copied into the writable mounts (mode 0644) cannot be run through the "
+        "dynamic loader, nor mapped executable (noexec covers mmap, not only execve)",
+        """
+        import mmap
+        import shutil
+        import struct
+        import subprocess
+        import uuid
+
+        src = _os.path.realpath(shutil.which("echo") or "/bin/echo")
+        data = _read(src, "rb")
+        # The loader is the binary's ELF interpreter (PT_INTERP), e.g. /lib64/ld-linux-x86-64.so.2.
+        loader = None
+        (phoff,), (phentsize, phnum) = struct.unpack_from("<Q", data, 32), struct.unpack_from(
+            "<HH", data, 54)
+        for i in range(phnum):
+            entry = phoff + i * phentsize
+            if struct.unpack_from("<I", data, entry)[0] == 3:  # PT_INTERP
+                (offset,), (size,) = struct.unpack_from("<Q", data, entry + 8), struct.unpack_from(
+                    "<Q", data, entry + 32)
+                loader = data[offset:offset + size].rstrip(bytes(1)).decode()
+        token = "sk-loader-%s" % uuid.uuid4().hex
+        seen = {}
+        for d in ("/tmp", _os.path.expanduser("~"), "/dev/shm"):
+            if not _os.access(d, _os.W_OK):
+                continue
+            p = _os.path.join(d, ".sk-loader-%s" % uuid.uuid4().hex)
+            with open(p, "wb") as f:
+                f.write(data)
+            _os.chmod(p, 0o644)
+            try:
+                if loader:
+                    r = subprocess.run([loader, p, token], capture_output=True, text=True,
+                                       timeout=30, stdin=subprocess.DEVNULL)
+                    seen["%s %s" % (loader, d)] = "EXECUTED" if token in r.stdout else (
+                        "refused (%d): %s" % (r.returncode, r.stderr.strip().split(": ")[-1]))
+                fd = _os.open(p, _os.O_RDONLY)
+                try:
+                    mmap.mmap(fd, 4096, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_EXEC).close()
+                    seen["mmap(PROT_EXEC) " + d] = "MAPPED"
+                except OSError as e:
+                    seen["mmap(PROT_EXEC) " + d] = _en(e.errno)
+                finally:
+                    _os.close(fd)
+            finally:
+                _os.unlink(p)
+        _report(bool(seen) and not any(v in ("EXECUTED", "MAPPED") for v in seen.values()), seen)
+        """,
+    ),
+    _attack(
+        "fs-noexec-memory",
+        "host filesystem",
+        "native code that never touches a noexec mount cannot be run: an ELF in a memfd "
+        "(execve), code in anonymous executable memory",
+        """
+        import mmap
+        import platform
+        import shutil
+        import subprocess
+        import sys
+        import uuid
+
+        token = "sk-memfd-%s" % uuid.uuid4().hex
+        seen = {}
+        try:
+            fd = _os.memfd_create("sk-probe")
+        except (OSError, AttributeError) as e:
+            seen["memfd_create"] = _err(e)
+        else:
+            try:
+                data = _read(_os.path.realpath(shutil.which("echo") or "/bin/echo"), "rb")
+                while data:
+                    data = data[_os.write(fd, data):]
+                r = subprocess.run(["/proc/%d/fd/%d" % (_os.getpid(), fd), token], pass_fds=(fd,),
+                                   capture_output=True, text=True, timeout=30,
+                                   stdin=subprocess.DEVNULL)
+                seen["execve of a memfd"] = "EXECUTED" if token in r.stdout else (
+                    "refused (%d)" % r.returncode)
+            except OSError as e:
+                seen["execve of a memfd"] = _en(e.errno)
+            finally:
+                _os.close(fd)
+        # "mov $42, %eax; ret" (x86_64), "mov w0, #42; ret" (aarch64), run in a child so that
+        # a refusal (SIGSEGV) cannot take the kernel down.
+        CODE = {"x86_64": "b82a000000c3", "aarch64": "40058052c0035fd6"}.get(platform.machine())
+        if CODE:
+            child = (
+                "import ctypes, mmap\\n"
+                "m = mmap.mmap(-1, 4096, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,"
+                " mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\\n"
+                "m.write(bytes.fromhex(%r))\\n"
+                "buf = ctypes.c_char.from_buffer(m)\\n"
+                "print(ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(buf))())\\n" % CODE
+            )
+            r = subprocess.run([sys.executable, "-I", "-S", "-c", child], capture_output=True,
+                               text=True, timeout=30, stdin=subprocess.DEVNULL)
+            seen["anonymous executable memory"] = "EXECUTED" if r.stdout.strip() == "42" else (
+                "refused (%d): %s" % (r.returncode, r.stderr.strip()[-60:]))
+        _report(bool(seen) and "EXECUTED" not in seen.values(), seen)
+        """,
+    ),
+    _attack(
+        "fs-proc-links",
+        "host filesystem",
+        "no process's open files, working directory or executable (/proc/<pid>/fd, cwd, exe) "
+        "lead to a file outside the sandbox's own tree",
+        """
+        own_devs = set()
+        for d in ("/tmp", _os.path.expanduser("~"), "/dev/shm"):
+            try:
+                own_devs.add(_os.stat(d).st_dev)
+            except OSError:
+                pass
+        checked, foreign = 0, []
+        for pid in [str(p) for p in _pids()]:
+            try:
+                fds = ["fd/" + n for n in _os.listdir("/proc/%s/fd" % pid)]
+            except OSError:
+                fds = []
+            for link in ["cwd", "exe"] + fds:
+                path = "/proc/%s/%s" % (pid, link)
+                try:
+                    target = _os.readlink(path)
+                    via = _os.stat(path)  # the object itself, through the magic link
+                except OSError:
+                    continue  # gone, or not ours to look at
+                if not target.startswith("/") or target.startswith("/memfd:"):
+                    continue  # pipes, sockets, anonymous inodes, memfds: no path to follow
+                checked += 1
+                name = target[:-len(" (deleted)")] if target.endswith(" (deleted)") else target
+                try:
+                    here = _os.stat(name)
+                    same = (here.st_dev, here.st_ino) == (via.st_dev, via.st_ino)
+                except OSError:
+                    same = False
+                if not same and not (via.st_nlink == 0 and via.st_dev in own_devs):
+                    foreign.append("%s -> %s" % (path, target))  # deleted files of our tmpfs are ok
+        if foreign:
+            _report(False, "links to files not in the sandbox's tree: %s" % foreign[:10])
+        else:
+            _report(checked > 0, "%d fd/cwd/exe links, all to the sandbox's own files" % checked)
         """,
     ),
 ]
@@ -784,11 +1082,11 @@ _NET = [
     _attack(
         "net-lan-host",
         "network",
-        "a live LAN host cannot be reached over TCP, UDP, IPv4 or IPv6",
+        "a live LAN host cannot be reached over TCP, UDP, IPv4, IPv6 or IPv4-mapped IPv6",
         """
         import socket
 
-        ADDRS = [{addr}, {addr6}]
+        ADDRS = [{addr}, {addr6}, "::ffff:" + {addr}]
         PORT = {port}
         seen = {}
         for addr in ADDRS:
@@ -844,13 +1142,13 @@ _NET = [
     _attack(
         "net-host-loopback",
         "network",
-        "services on the host's loopback (127.0.0.1 and ::1) cannot be reached",
+        "services on the host's loopback (127.0.0.1, ::1, ::ffff:127.0.0.1) cannot be reached",
         """
         import socket
 
         PORT = {port}
         seen = {}
-        for addr in ("127.0.0.1", "::1"):
+        for addr in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
             family = socket.AF_INET6 if ":" in addr else socket.AF_INET
             s = socket.socket(family, socket.SOCK_STREAM)
             s.settimeout(3)
@@ -997,6 +1295,269 @@ _NET = [
         """,
         needs=("addr", "addr6"),
     ),
+    _attack(
+        "net-userns-address",
+        "network",
+        "a user namespace from a raw clone3() (uid 0 mapped, sharing the sandbox's network "
+        "namespace) cannot add addresses or routes (netlink RTM_NEWADDR and RTM_NEWROUTE, "
+        "IPv4 and IPv6; SIOCSIFADDR, SIOCADDRT)",
+        """
+        ATTEMPT = r'''
+        import ctypes, fcntl
+
+        class rtentry(ctypes.Structure):
+            _fields_ = [("pad1", ctypes.c_ulong), ("dst", ctypes.c_char * 16),
+                        ("gateway", ctypes.c_char * 16), ("genmask", ctypes.c_char * 16),
+                        ("flags", ctypes.c_ushort), ("pad2", ctypes.c_short),
+                        ("pad3", ctypes.c_ulong), ("pad4", ctypes.c_void_p),
+                        ("metric", ctypes.c_short), ("dev", ctypes.c_char_p),
+                        ("mtu", ctypes.c_ulong), ("window", ctypes.c_ulong),
+                        ("irtt", ctypes.c_ushort)]
+
+        def sin(addr):
+            return struct.pack("HH4s8x", socket.AF_INET, 0, socket.inet_aton(addr))
+
+        def name(e):
+            return errno.errorcode.get(e.errno, str(e.errno))
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        SIOCADDRT, SIOCDELRT, SIOCSIFADDR = 0x890B, 0x890C, 0x8916
+        ADDRS = [("192.168.213.250", 24), ("fd5a:213:9::250", 64)]
+        ROUTES = [("10.213.9.0", 24), ("fd5a:213:a::", 64)]
+        ALIAS = "192.168.214.250"  # SIOCSIFADDR on an alias: lo keeps 127.0.0.1
+        rt = rtentry(dst=sin("10.213.11.0"), genmask=sin("255.255.255.0"), flags=1, dev=b"lo")
+        added, routed, undo = [], [], []
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for addr, plen in ADDRS:
+                got = add_addr(addr, plen)
+                if got == "OK":
+                    added.append((addr, plen))
+                    got = "ADDED (now bindable: %s)" % bindable(addr)
+                res["RTM_NEWADDR " + addr] = got
+            for net, plen in ROUTES:
+                got = add_route(net, plen)
+                if got == "OK":
+                    routed.append((net, plen))
+                    got = "ADDED"
+                res["RTM_NEWROUTE " + net] = got
+            try:
+                fcntl.ioctl(s, SIOCSIFADDR, struct.pack("16s", b"lo:sk") + sin(ALIAS))
+                added.append((ALIAS, 24))
+                res["SIOCSIFADDR lo:sk"] = "ADDED (now bindable: %s)" % bindable(ALIAS)
+            except OSError as e:
+                res["SIOCSIFADDR lo:sk"] = name(e)
+            if libc.ioctl(s.fileno(), SIOCADDRT, ctypes.byref(rt)) == 0:
+                undo.append(rt)
+                res["SIOCADDRT"] = "ADDED"
+            else:
+                res["SIOCADDRT"] = errno.errorcode.get(ctypes.get_errno(), "?")
+        finally:
+            for addr, plen in added:
+                del_addr(addr, plen)
+            for net, plen in routed:
+                del_route(net, plen)
+            for entry in undo:
+                libc.ioctl(s.fileno(), SIOCDELRT, ctypes.byref(entry))
+            s.close()
+            left = [a for a, _ in added if bindable(a)]
+            if left:
+                res["cleanup"] = "addresses left behind: %s" % left
+        '''
+        res = _in_userns(ATTEMPT)
+        if "clone3" in res:
+            _report(True, "clone3 into a user namespace refused: %s" % res["clone3"])
+        else:
+            changes = {k: v for k, v in res.items() if k.startswith(("RTM_", "SIOC"))}
+            ok = len(changes) == 6 and not any(v.startswith("ADDED") for v in changes.values())
+            _report(ok, "in a new user namespace (uid %s, CapEff %s): %s"
+                    % (res.get("uid"), res.get("CapEff"), res))
+        """,
+        helpers=_USERNS,
+    ),
+    _attack(
+        "net-userns-tun",
+        "network",
+        "a user namespace from a raw clone3() (uid 0 mapped, sharing the sandbox's network "
+        "namespace) cannot create a TUN interface (/dev/net/tun or a node of its own, "
+        "TUNSETIFF by ioctl and by raw syscall)",
+        """
+        ATTEMPT = r'''
+        import ctypes, fcntl, os
+
+        def name(code):
+            return errno.errorcode.get(code, str(code))
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        NR_IOCTL = {"x86_64": 16, "aarch64": 29}.get(os.uname().machine)
+        TUNSETIFF, IFF_TUN, IFF_NO_PI = 0x400454CA, 0x0001, 0x1000
+
+        def tunsetiff(path, how):
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except OSError as e:
+                return "open: " + name(e.errno)
+            try:  # the interface goes away with the last descriptor (not persistent)
+                ifr = ctypes.create_string_buffer(
+                    struct.pack("16sH", b"sk-tun-probe", IFF_TUN | IFF_NO_PI), 40)
+                if how == "ioctl":
+                    try:
+                        fcntl.ioctl(fd, TUNSETIFF, ifr.raw)
+                    except OSError as e:
+                        return name(e.errno)
+                else:  # the kernel reads 32 bits of the request: junk above them
+                    rv = libc.syscall(ctypes.c_long(NR_IOCTL), ctypes.c_long(fd),
+                                      ctypes.c_ulong((1 << 32) | TUNSETIFF), ifr)
+                    if rv != 0:
+                        return name(ctypes.get_errno())
+                return "CREATED (interfaces: %s)" % [n for _, n in socket.if_nameindex()]
+            finally:
+                os.close(fd)
+
+        node = "/tmp/.sk-tun-node-%d" % os.getpid()
+        try:
+            os.mknod(node, 0o020600, os.makedev(10, 200))
+            res["mknod tun node"] = "OK"
+        except OSError as e:
+            res["mknod tun node"] = name(e.errno)
+        try:
+            for path in ("/dev/net/tun", node):
+                if path == node and res["mknod tun node"] != "OK":
+                    continue
+                res["TUNSETIFF via " + path] = tunsetiff(path, "ioctl")
+                if NR_IOCTL is not None:
+                    res["raw TUNSETIFF via " + path] = tunsetiff(path, "raw")
+        finally:
+            if res["mknod tun node"] == "OK":
+                os.unlink(node)
+        '''
+        res = _in_userns(ATTEMPT)
+        if "clone3" in res:
+            _report(True, "clone3 into a user namespace refused: %s" % res["clone3"])
+        else:
+            tries = [v for k, v in res.items() if "TUNSETIFF" in k]
+            ok = bool(tries) and not any(v.startswith("CREATED") for v in tries)
+            _report(ok, "in a new user namespace (uid %s, CapEff %s): %s"
+                    % (res.get("uid"), res.get("CapEff"), res))
+        """,
+        helpers=_USERNS,
+    ),
+    _attack(
+        "net-userns-egress",
+        "network",
+        "a user namespace from a raw clone3() (uid 0 mapped, sharing the sandbox's network "
+        "namespace) reaches neither a live LAN host nor the host's loopback, after giving "
+        "itself an address in the LAN's /24 (TCP, UDP, raw ICMP; IPv4 and IPv6)",
+        """
+        ATTEMPT = "LAN, LAN6, PORT, LOOP_PORT = %r, %r, %r, %r" % (
+            {addr}, {addr6}, {port}, {loopback_port}) + r'''
+        import ipaddress, select, time
+
+        def name(e):
+            return errno.errorcode.get(e.errno, type(e).__name__) if isinstance(
+                e, OSError) and e.errno else type(e).__name__
+
+        def near(addr, plen):  # an address of the same /24 (/64) as addr
+            net = ipaddress.ip_network("%s/%d" % (addr, plen), strict=False)
+            return str(net.network_address + 250)
+
+        def tcp(dst, port, src):
+            s = socket.socket(_family(dst), socket.SOCK_STREAM)
+            s.settimeout(3)
+            try:
+                if src:
+                    s.bind((src, 0))
+                s.connect((dst, port))
+                try:
+                    return "REACHED" if s.recv(16) == b"tcp-pong" else "CONNECTED"
+                except OSError:
+                    return "CONNECTED"
+            except OSError as e:
+                return name(e)
+            finally:
+                s.close()
+
+        def udp(dst, src):
+            s = socket.socket(_family(dst), socket.SOCK_DGRAM)
+            s.settimeout(2)
+            try:
+                if src:
+                    s.bind((src, 0))
+                s.sendto(b"sk-probe", (dst, PORT))
+                return "REACHED" if s.recv(64) == b"udp-pong" else "answer of a stranger"
+            except OSError as e:
+                return name(e)
+            finally:
+                s.close()
+
+        def ping(dst):  # a raw ICMP socket: possible in a user namespace under gVisor
+            v6 = ":" in dst
+            proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
+            try:
+                s = socket.socket(_family(dst), socket.SOCK_RAW, proto)
+            except OSError as e:
+                return "raw socket: " + name(e)
+            with s:
+                head = struct.pack("!BBHHH", 128 if v6 else 8, 0, 0, 0x5ABC, 1)
+                data = head + b"sk-ping-probe"
+                if not v6:  # the ICMPv4 checksum (the kernel fills ICMPv6's)
+                    even = data + bytes(len(data) % 2)
+                    total = sum(struct.unpack("!%dH" % (len(even) // 2), even))
+                    while total >> 16:
+                        total = (total & 0xFFFF) + (total >> 16)
+                    data = data[:2] + struct.pack("!H", ~total & 0xFFFF) + data[4:]
+                try:
+                    s.sendto(data, (dst, 0))
+                except OSError as e:
+                    return "send: " + name(e)
+                deadline = time.monotonic() + 2
+                while time.monotonic() < deadline:
+                    if not select.select([s], [], [], max(0, deadline - time.monotonic()))[0]:
+                        break
+                    reply, src = s.recvfrom(2048)
+                    if not v6:
+                        reply = reply[(reply[0] & 0x0F) * 4:]
+                    if src[0] == dst and reply[:1] == bytes([129 if v6 else 0]):
+                        return "REPLY"
+                return "no reply"
+
+        NEW, NEW6 = near(LAN, 24), near(LAN6, 64)
+        added = []
+        try:
+            for addr, plen in ((NEW, 24), (NEW6, 64)):
+                got = add_addr(addr, plen)
+                res["add " + addr] = got
+                if got == "OK":
+                    added.append(addr)
+            for dst in (LAN, LAN6, "::ffff:" + LAN):
+                for src in [None] + [a for a in added if _family(a) == _family(dst)]:
+                    via = " from %s" % src if src else ""
+                    res["tcp %s%s" % (dst, via)] = tcp(dst, PORT, src)
+                    res["udp %s%s" % (dst, via)] = udp(dst, src)
+            for dst in (LAN, LAN6):
+                res["ping " + dst] = ping(dst)
+            for dst in ("127.0.0.1", "::1"):
+                for src in [None] + [a for a in added if _family(a) == _family(dst)]:
+                    res["host loopback %s%s" % (dst, " from %s" % src if src else "")] = tcp(
+                        dst, LOOP_PORT, src)
+        finally:
+            for addr, plen in ((NEW, 24), (NEW6, 64)):
+                if addr in added:
+                    del_addr(addr, plen)
+        '''
+        res = _in_userns(ATTEMPT)
+        if "clone3" in res:
+            _report(True, "clone3 into a user namespace refused: %s" % res["clone3"])
+        else:
+            reached = sorted(k for k, v in res.items() if v in ("REACHED", "CONNECTED", "REPLY"))
+            tried = any(k.startswith("tcp ") for k in res)
+            _report(tried and not reached, "in a new user namespace (uid %s, CapEff %s), "
+                    "reached %s: %s" % (res.get("uid"), res.get("CapEff"), reached, res))
+        """,
+        needs=("addr", "addr6", "port", "loopback_port"),
+        helpers=_USERNS,
+    ),
 ]
 
 # --------------------------------------------------------------------------------------
@@ -1016,9 +1577,14 @@ _PRIV = [
     _attack(
         "priv-capabilities",
         "privileges",
-        "every process in the sandbox has empty capability sets (effective, permitted, bounding)",
+        "the kernel's processes hold no capability (effective, permitted, bounding, ambient); "
+        "only the agent, under another uid, may hold the few it needs to run the kernel",
         """
         KEYS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+        # CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_SETPCAP: a gVisor sandbox's agent (root of
+        # gVisor's kernel) keeps these to start the kernel under an unprivileged uid.
+        AGENT = (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8)
+        me = _os.getuid()
         bad, seen = {}, 0
         for pid in ["self"] + [str(p) for p in _pids()]:
             try:
@@ -1026,17 +1592,95 @@ _PRIV = [
             except OSError:
                 continue
             fields = dict(l.split(":", 1) for l in status.splitlines() if ":" in l)
-            if "CapEff" not in fields:
+            if "CapEff" not in fields or "Uid" not in fields:
                 continue
             seen += 1
-            nonzero = ["%s=%s" % (k, fields[k].strip()) for k in KEYS
-                       if k in fields and int(fields[k].strip(), 16) != 0]
-            if nonzero:
-                bad[pid] = nonzero
+            uid = int(fields["Uid"].split()[0])
+            allowed = 0 if uid == me else AGENT
+            sets = {k: int(fields[k].strip(), 16) for k in KEYS if k in fields}
+            held = ["%s=%x" % (k, v) for k, v in sorted(sets.items())
+                    if v & ~allowed or (k in ("CapInh", "CapAmb") and v)]
+            if held:
+                bad["%s (uid %d)" % (pid, uid)] = held
         if bad:
             _report(False, "capabilities held: %s" % bad)
         else:
-            _report(seen > 0, "%d processes, all capability sets empty" % seen)
+            _report(seen > 0, "%d processes: the kernel's uid holds none, others at most the "
+                    "agent's" % seen)
+        """,
+    ),
+    _attack(
+        "priv-agent-pipe",
+        "privileges",
+        "the kernel cannot open the agent's descriptors (its pipe to the host) through /proc",
+        """
+        import stat
+
+        agent = _os.getppid()  # the kernel's parent: the agent
+        results = {}
+        fds = set(str(fd) for fd in range(16))  # also those a listing might not show
+        try:
+            fds.update(_os.listdir("/proc/%d/fd" % agent))
+        except OSError as e:
+            results["list /proc/%d/fd" % agent] = _err(e)
+        for fd in sorted(fds, key=int):
+            for name, flags in (("write", _os.O_WRONLY), ("read", _os.O_RDONLY)):
+                path = "/proc/%d/fd/%s" % (agent, fd)
+                try:
+                    opened = _os.open(path, flags | _os.O_NONBLOCK)
+                except OSError as e:
+                    if e.errno != _errno.ENOENT:
+                        results["%s %s" % (name, path)] = _err(e)
+                    continue
+                mode = _os.fstat(opened).st_mode
+                _os.close(opened)
+                # /dev/null (the agent's 0-2) is open to anyone anyway; a pipe, socket or
+                # file is what must stay out of reach.
+                results["%s %s" % (name, path)] = "device" if stat.S_ISCHR(mode) else "OK"
+        opened = sorted(k for k, v in results.items() if v == "OK")
+        _report(not opened, "opened: %s" % opened if opened else results)
+        """,
+    ),
+    _attack(
+        "priv-agent-signal",
+        "privileges",
+        "the kernel cannot stop the agent (which would stall its pipe) with a signal",
+        """
+        import signal
+        import socket
+
+        agent = _os.getppid()
+        path = _os.environ.get("SANDBOX_KERNEL_AGENT_SOCKET", "/tmp/.sandbox-agent/agent.sock")
+
+        def answers():
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(5)
+            try:
+                s.connect(path)
+                s.sendall(b'{"op": "ports"}\\n')
+                return b'"ok": true' in s.recv(4096)
+            except OSError:
+                return False
+            finally:
+                s.close()
+
+        if not answers():
+            _report(False, "the agent did not answer before the attempt: nothing to judge")
+        else:
+            results = {}
+            for sig in ("SIGSTOP", "SIGTSTP", "SIGTTIN"):
+                try:
+                    _os.kill(agent, getattr(signal, sig))
+                    results["kill(agent, %s)" % sig] = "OK"
+                except OSError as e:
+                    results["kill(agent, %s)" % sig] = _err(e)
+            alive = answers()
+            try:
+                _os.kill(agent, signal.SIGCONT)  # undo a stop, if one took
+            except OSError:
+                pass
+            _report(alive, "%s; the agent %s" % (
+                results, "still answers" if alive else "stopped answering"))
         """,
     ),
     _attack(
@@ -1130,12 +1774,14 @@ _PRIV = [
     _attack(
         "priv-mount-syscall",
         "privileges",
-        "mount(2) and umount(2) are refused (new tmpfs, bind of /, remount of / read-write)",
+        "mount(2) and umount(2) are refused (new tmpfs, bind of /, remount of / read-write), "
+        "and so is the new mount API (fsopen, fspick, open_tree, move_mount)",
         """
         import tempfile
 
         target = tempfile.mkdtemp(prefix=".sk-mnt-", dir="/tmp").encode()
         MS_REMOUNT, MS_BIND, MNT_DETACH = 32, 4096, 2
+        AT_FDCWD, OPEN_TREE_CLONE, MOVE_MOUNT_F_EMPTY_PATH = -100, 1, 4
         try:
             results = {
                 "mount tmpfs": _call("mount", b"none", target, b"tmpfs", 0, None),
@@ -1143,9 +1789,22 @@ _PRIV = [
                 "remount / rw": _call("mount", None, b"/", None, MS_REMOUNT, None),
                 "umount2 a directory": _call("umount2", target, MNT_DETACH),
             }
+            # The new mount API: a filesystem context, a clone of /, then attaching one.
+            for name, args in (("fsopen tmpfs", (b"tmpfs", 0)), ("fspick /", (AT_FDCWD, b"/", 0)),
+                               ("open_tree clone /", (AT_FDCWD, b"/", OPEN_TREE_CLONE))):
+                results[name] = _sys(name.split()[0], *args)
+                if results[name] == "OK":
+                    fd = _sys.last
+                    results["move_mount of " + name] = _sys(
+                        "move_mount", fd, b"", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)
+                    _os.close(fd)
+            results["move_mount of nothing"] = _sys(
+                "move_mount", -1, b"", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)
         finally:
+            for _ in [v for k, v in results.items() if k.startswith("move_mount") and v == "OK"]:
+                _call("umount2", target, MNT_DETACH)
             _os.rmdir(target)
-        _report(*_judge(results, {"EPERM", "EACCES"}))
+        _report(*_judge(results, {"EPERM", "EACCES", "ENOSYS"}))
         """,
         syscalls=True,
     ),
@@ -1566,71 +2225,50 @@ _PRIV = [
     _attack(
         "priv-userns-confined",
         "privileges",
-        "a user namespace entered with a raw clone3() (seccomp cannot inspect its flags) "
-        "grants nothing: mount, device nodes, chroot, packet sockets, interfaces",
+        "a user namespace entered with a raw clone3() (seccomp cannot inspect its flags), "
+        "uid 0 mapped, gains nothing over the sandbox: mount, device nodes, chroot, packet "
+        "and raw IP sockets",
         """
-        import subprocess
-        import sys
-
-        CHILD = r'''
-        import ctypes, errno, json, os, socket, sys
+        ATTEMPT = r'''
+        import ctypes, errno, os, socket
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.syscall.restype = ctypes.c_long
-        def err():
-            return errno.errorcode.get(ctypes.get_errno(), "?")
-        args = (ctypes.c_uint64 * 11)()
-        args[0] = 0x10000000 | 0x00020000  # CLONE_NEWUSER | CLONE_NEWNS
-        args[4] = 17  # exit signal: SIGCHLD
-        r, w = os.pipe()
-        pid = libc.syscall(ctypes.c_long(435), ctypes.byref(args), ctypes.c_long(88))
-        if pid == 0:
-            status = open("/proc/self/status").read().splitlines()
-            res = {"caps": [l.split()[1] for l in status if l.startswith("CapEff")][0]}
-            res["mount"] = "OK" if libc.mount(b"none", b"/tmp", b"tmpfs", 0, None) == 0 else err()
+        def name(code):
+            return errno.errorcode.get(code, str(code))
+        res["mount"] = "OK" if libc.mount(b"none", b"/tmp", b"tmpfs", 0, None) == 0 else name(
+            ctypes.get_errno())
+        try:
+            os.mknod("/tmp/.sk-userns-node", 0o020600, os.makedev(1, 3))
+            res["mknod"] = "OK"
+            os.unlink("/tmp/.sk-userns-node")
+        except OSError as e:
+            res["mknod"] = name(e.errno)
+        try:
+            os.chroot("/tmp")
+            res["chroot"] = "OK"
+        except OSError as e:
+            res["chroot"] = name(e.errno)
+        for what, family, proto in (("packet socket", socket.AF_PACKET, 0),
+                                    ("raw IPv4 socket", socket.AF_INET, socket.IPPROTO_ICMP),
+                                    ("raw IPv6 socket", socket.AF_INET6, socket.IPPROTO_ICMPV6)):
             try:
-                os.mknod("/tmp/.sk-userns-node", 0o020600, os.makedev(1, 3))
-                res["mknod"] = "OK"
-                os.unlink("/tmp/.sk-userns-node")
+                socket.socket(family, socket.SOCK_RAW, proto).close()
+                res[what] = "OK"
             except OSError as e:
-                res["mknod"] = errno.errorcode.get(e.errno)
-            try:
-                os.chroot("/tmp")
-                res["chroot"] = "OK"
-            except OSError as e:
-                res["chroot"] = errno.errorcode.get(e.errno)
-            try:
-                socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-                res["packet socket"] = "OK"
-            except OSError as e:
-                res["packet socket"] = errno.errorcode.get(e.errno)
-            res["interfaces"] = [n for _, n in socket.if_nameindex()]
-            os.write(w, json.dumps(res).encode())
-            os._exit(0)
-        if pid < 0:
-            print(json.dumps({"clone3": err()}))
-            sys.exit()
-        os.close(w)
-        data = b""
-        while True:
-            chunk = os.read(r, 65536)
-            if not chunk:
-                break
-            data += chunk
-        os.waitpid(pid, 0)
-        print(data.decode())
+                res[what] = name(e.errno)
         '''
-        import textwrap
-
-        run = subprocess.run([sys.executable, "-c", textwrap.dedent(CHILD)],
-                             capture_output=True, text=True, timeout=60)
-        res = _json.loads(run.stdout.strip().splitlines()[-1])
+        CLONE_NEWNS = 0x00020000
+        res = _in_userns(ATTEMPT, CLONE_NEWNS)
         if "clone3" in res:
             _report(True, "clone3 into a user namespace refused: %s" % res["clone3"])
         else:
-            gained = sorted(k for k, v in res.items() if v == "OK")
-            _report(not gained and res.get("interfaces") == ["lo"],
-                    "inside a new user namespace (CapEff %s): %s" % (res.get("caps"), res))
+            KEYS = ("mount", "mknod", "chroot", "packet socket", "raw IPv4 socket",
+                    "raw IPv6 socket")
+            gained = sorted(k for k in KEYS if res.get(k) == "OK")
+            tried = all(k in res for k in KEYS)
+            _report(tried and not gained, "inside a new user namespace (uid %s, CapEff %s): %s"
+                    % (res.get("uid"), res.get("CapEff"), res))
         """,
+        helpers=_USERNS,
     ),
 ]
 
@@ -1694,6 +2332,25 @@ _INFO = [
         _report(not leaks, leaks or seen)
         """,
         needs=("host_boot_id", "host_machine_id", "host_cmdline"),
+    ),
+    _attack(
+        "info-host-resolver",
+        "information",
+        "the sandbox's resolver configuration does not name the host's DNS servers",
+        """
+        HOST = {host_resolvers}
+        try:
+            text = _read("/etc/resolv.conf")
+        except OSError as e:
+            text = ""
+            seen = _err(e)
+        else:
+            seen = " | ".join(l.strip() for l in text.splitlines() if l.strip()) or "(empty)"
+        words = text.split()
+        leaks = [h for h in HOST if h in words]
+        _report(not leaks, "host resolver(s) %s in /etc/resolv.conf" % leaks if leaks else seen)
+        """,
+        needs=("host_resolvers",),
     ),
     _attack(
         "info-server-env",

@@ -63,14 +63,23 @@ def runsc_leftovers() -> set[str]:
     return found | set(glob.glob(f"/sys/fs/cgroup/*/{CGROUP_PREFIX}*"))
 
 
-def workdirs(backend: str) -> set[str]:
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), f"sandbox-kernel-{backend}-*")))
+def stderr_memfds(backend: str) -> set[str]:
+    """This process's descriptors of sandbox tools' stderr memfds (one per live sandbox)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(f"/memfd:sandbox-kernel-{backend}-stderr"):
+            found.add(f"{fd} -> {target}")
+    return found
 
 
 @pytest.mark.docker
 @pytest.mark.parametrize("backend", PIPE_BACKENDS)
 def test_kernel_lifecycle_and_cleanup(backend: str, start_kernel: Callable[..., Kernel]) -> None:
-    before_dirs = workdirs(backend)
+    before_fds = stderr_memfds(backend)
     before_ports = listening_ports(own_only=True)
     kernel = start_kernel(f"sandbox-{backend}")
     pid, cgroups = sandbox_state(kernel)
@@ -107,7 +116,7 @@ def test_kernel_lifecycle_and_cleanup(backend: str, start_kernel: Callable[..., 
     kernel.stop()
     wait_until(lambda: gone(new_pid), 10, "the sandbox to end at shutdown")
     assert not any(d.exists() for d in new_cgroups), "cgroups left behind"
-    assert workdirs(backend) <= before_dirs, "temporary folders left behind"
+    assert stderr_memfds(backend) <= before_fds, "stderr memfds left open"
     assert not PipeBackend._sandboxes.get(str(kernel.container_id)), "backend still tracks it"
     assert set(listening_ports(own_only=True)) <= set(before_ports), "host ports left open"
 
@@ -161,14 +170,14 @@ def test_unaccepted_gap_refuses_and_leaves_nothing(tmp_path: Path) -> None:
     (tmp_path / "fj-strict").mkdir()
     (tmp_path / "fj-strict" / "kernel.json").write_text(json.dumps(build_kernelspec(config)))
     ksm = KernelSpecManager(kernel_dirs=[str(tmp_path)])
-    before_ports, before_dirs = listening_ports(own_only=True), workdirs("firejail")
+    before_ports, before_fds = listening_ports(own_only=True), stderr_memfds("firejail")
     running = set(PipeBackend._sandboxes)
     km = KernelManager(kernel_name="fj-strict", kernel_spec_manager=ksm)
     with pytest.raises(Exception, match=r"tmp_size \(firejail cannot cap") as err:
         km.start_kernel()
     assert "fail closed" in str(err.value) and "accept_unenforced=['tmp_size']" in str(err.value)
     assert set(listening_ports(own_only=True)) <= set(before_ports)
-    assert workdirs("firejail") <= before_dirs and set(PipeBackend._sandboxes) <= running
+    assert stderr_memfds("firejail") <= before_fds and set(PipeBackend._sandboxes) <= running
 
 
 @pytest.mark.docker
@@ -206,11 +215,11 @@ def test_install_backend_runs_the_demo_notebook(backend: str, tmp_path: Path) ->
     out = tmp_path / "demo.out.ipynb"
     env = {"JUPYTER_PATH": str(tmp_path / "share" / "jupyter")}
     nb_in = REPO / "notebooks" / "demo.ipynb"
-    before = workdirs(backend), cgroup_dirs(), runsc_leftovers()
+    before = stderr_memfds(backend), cgroup_dirs(), runsc_leftovers()
     r = cli("run", str(nb_in), "--kernel", name, "--output", str(out), env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     # The process has exited: its kernel and its warm-pool sandbox (pool_size 1) are gone.
-    assert workdirs(backend) <= before[0], "temporary folders left by the exited process"
+    assert stderr_memfds(backend) <= before[0], "stderr memfd left open by the exited process"
     assert cgroup_dirs() <= before[1], "cgroups left by the exited process"
     assert runsc_leftovers() <= before[2], "runsc bundles or cgroups left by the exited process"
     executed = nbformat.read(out, as_version=4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -12,10 +13,19 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
+import sandbox_kernel.boot
+import sandbox_kernel.provisioner
 from sandbox_kernel.errors import PolicyError, SandboxError
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.kernelspec import build_kernelspec
-from tests.helpers import container_exists, listening_ports, our_containers
+from tests.helpers import (
+    BACKEND_CONFIGS,
+    Kernel,
+    container_exists,
+    listening_ports,
+    our_containers,
+)
+from tests.security.hostile import KERNEL_PRELUDE, backdoored_payload
 
 
 def _ksm_with(tmp_path: Path, config: dict) -> KernelSpecManager:  # type: ignore[type-arg]
@@ -32,7 +42,9 @@ def _start_fails(ksm: KernelSpecManager, docker_client: docker.DockerClient) -> 
     km = KernelManager(kernel_name="k", kernel_spec_manager=ksm)
     with pytest.raises(Exception) as info:
         km.start_kernel()
-    assert {c.id for c in our_containers(docker_client)} == before, "a container was left behind"
+    left = {c.id for c in our_containers(docker_client)} - before
+    # (Docker answers a forced removal before the container is gone: allow it to settle.)
+    assert not [cid for cid in left if container_exists(docker_client, cid)], "left behind"
     new_ports = set(listening_ports(own_only=True)) - before_ports
     assert not new_ports, f"ports left listening: {new_ports}"
     assert not km.has_kernel
@@ -91,7 +103,7 @@ def test_image_without_ipykernel(tmp_path: Path, docker_client: docker.DockerCli
             while km.is_alive() and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert not km.is_alive()
-            tail = b"".join(km.provisioner._console_tail).decode()
+            tail = km.provisioner.console.tail  # type: ignore[union-attr]
             assert "No module named ipykernel_launcher" in tail
         finally:
             km.shutdown_kernel(now=True)
@@ -205,29 +217,61 @@ def test_launch_timeout_cleans_up(tmp_path: Path, docker_client: docker.DockerCl
         docker_client.images.remove(image, force=True)
 
 
-def test_hostile_frames_from_inside_end_only_that_sandbox(start_kernel) -> None:  # type: ignore[no-untyped-def]
-    """The kernel shares the agent's uid, so it can write into the agent's pipe to the host.
-    Garbage there (an oversized frame) is a protocol error: that sandbox ends with a clear
-    error, the other kernel is untouched, and a restart brings a fresh working kernel."""
-    victim, other = start_kernel(), start_kernel()
-    victim.kc.execute(
-        "import os, struct\n"
-        "for fd in os.listdir('/proc/1/fd'):\n"
-        "    try:\n"
-        "        if os.readlink('/proc/1/fd/' + fd).startswith(('pipe:', 'host:')):\n"
-        "            w = os.open('/proc/1/fd/' + fd, os.O_WRONLY | os.O_NONBLOCK)\n"
-        "            os.write(w, struct.pack('>BII', 2, 1, 0x7FFFFFFF) + b'x' * 64)\n"
-        "            os.close(w)\n"
-        "    except OSError:\n"
-        "        pass\n"
-    )
-    deadline = time.monotonic() + 30
-    while victim.km.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not victim.km.is_alive(), "garbage frames were accepted"
-    session_error = victim.km.provisioner._session.error  # type: ignore[union-attr]
-    assert session_error and ("exceeds" in session_error or "protocol" in session_error.lower())
-    assert other.value("print(5 * 5)") == 25
-    victim.km.restart_kernel(now=True)
-    victim.kc.wait_for_ready(timeout=60)
-    assert victim.value("print(6 * 6)") == 36
+def test_hostile_frames_from_a_sandbox_holding_the_pipe_end_only_that_sandbox(
+    tmp_path: Path,
+    start_kernel,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    """Kernel code cannot reach the agent's pipe (attacks priv-agent-pipe and
+    priv-agent-signal); a sandbox that did (the test backdoor of tests/security/hostile.py
+    stands for that escape) and writes garbage there (an oversized frame) causes a
+    protocol error: that sandbox ends with a clear error, the other kernel is untouched,
+    and a restart brings a fresh working kernel."""
+    ksm = _ksm_with(tmp_path, {"image": DEFAULT_IMAGE, "pool_size": 0})
+    monkeypatch.setattr(sandbox_kernel.boot, "agent_payload", backdoored_payload)
+    km = KernelManager(kernel_name="k", kernel_spec_manager=ksm)
+    km.start_kernel()
+    monkeypatch.undo()  # the restart below and the other kernel get the real agent
+    kc = km.client()
+    kc.start_channels()
+    victim = Kernel(km, kc)
+    try:
+        kc.wait_for_ready(timeout=60)
+        other = start_kernel()
+        assert victim.run(KERNEL_PRELUDE)[0]["status"] == "ok"
+        kc.execute("stop_agent()\nwrite_all(_struct.pack('>BII', 2, 1, 0x7FFFFFFF) + b'x' * 64)")
+        deadline = time.monotonic() + 30
+        while km.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not km.is_alive(), "garbage frames were accepted"
+        session_error = km.provisioner._session.error  # type: ignore[union-attr]
+        assert session_error and "exceeds" in session_error, session_error
+        assert other.value("print(5 * 5)") == 25
+        km.restart_kernel(now=True)
+        kc.wait_for_ready(timeout=60)
+        assert victim.value("print(6 * 6)") == 36
+    finally:
+        victim.stop()
+
+
+@pytest.mark.parametrize("backend", ["docker", "docker-runc", "bwrap"])
+def test_a_kernel_that_would_run_as_root_is_refused(
+    backend: str,
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The host's own check, driven by the condition it guards against: a policy whose user
+    is root (under gVisor the agent, root of the sandbox, would start the kernel as uid 0;
+    under runc and bubblewrap the agent itself would be uid 0). The launch is refused
+    from what the sandbox reports, and nothing is left behind."""
+    real = sandbox_kernel.provisioner.build_policy
+
+    def as_root(**kwargs):  # type: ignore[no-untyped-def]
+        return dataclasses.replace(real(**kwargs), user="0:0")
+
+    monkeypatch.setattr(sandbox_kernel.provisioner, "build_policy", as_root)
+    config = {"image": DEFAULT_IMAGE, "pool_size": 0, **BACKEND_CONFIGS.get(backend, {})}
+    err = _start_fails(_ksm_with(tmp_path, config), docker_client)
+    assert isinstance(err, SandboxError), err
+    assert "runs as root" in str(err), err

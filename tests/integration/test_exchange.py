@@ -54,6 +54,8 @@ def exchange_ksm(tmp_path_factory: pytest.TempPathFactory) -> KernelSpecManager:
             "export_limit": "64k",
         },
         "sk-closed": {"max_runtime_ports": 0, "export_limit": 0},
+        # The whole notebook folder copied in: exports must not come back in.
+        "sk-folder": {"copy_in": ["."], "copy_in_limit": "1m", "export_limit": "4m"},
     }
     for name, config in variants.items():
         (root / name).mkdir()
@@ -232,7 +234,7 @@ def test_copy_in_over_its_limit_or_missing_fails_cleanly(
 ) -> None:
     (notebook_dir / "data.csv").write_bytes(b"x" * (2 * 2**20))  # limit is 1m
     km = KernelManager(kernel_name="sk-files", kernel_spec_manager=exchange_ksm)
-    with pytest.raises(Exception, match="copy_in_limit"):
+    with pytest.raises(Exception, match=r"data.csv \(2 MiB\) takes the copy past copy_in_limit"):
         km.start_kernel(cwd=str(notebook_dir))
     assert not container_exists(docker_client, km.provisioner and km.provisioner._container_id)  # type: ignore[attr-defined]
     (notebook_dir / "data.csv").unlink()
@@ -326,3 +328,55 @@ def test_ports_and_files_on_every_backend(
         assert (notebook_dir / path).read_text() == "from inside"
     finally:
         kernel.stop()
+
+
+def test_copy_in_never_brings_back_what_the_sandbox_exported(
+    start: Callable[..., Kernel], notebook_dir: Path
+) -> None:
+    """With the notebook's folder copied in, a file the kernel exported must not be copied
+    back at the next start: an export over copy_in_limit would otherwise make every later
+    launch in that folder fail."""
+    kernel = start("sk-folder", cwd=notebook_dir)
+    kernel.run("import sandboxed\nopen('big.bin', 'wb').write(b'e' * (2 * 2**20))")
+    assert kernel.value("import json\nprint(json.dumps(sandboxed.export('big.bin')))") == (
+        "sandbox-exports/big.bin"
+    )
+    assert (notebook_dir / "sandbox-exports" / "big.bin").stat().st_size == 2 * 2**20
+    kernel.km.restart_kernel(now=True)  # 2 MiB exported > copy_in_limit 1m: still starts
+    kernel.kc.wait_for_ready(timeout=60)
+    # copy_in ["."] copies the notebook's folder, under its own name, into the home.
+    copied = kernel.value(
+        f"import os, json\nprint(json.dumps(sorted(os.listdir({notebook_dir.name!r}))))"
+    )
+    assert "sandbox-exports" not in copied and "data.csv" in copied, copied
+
+
+def test_the_agent_never_blocks_on_what_the_kernel_hands_it(
+    start: Callable[..., Kernel], notebook_dir: Path
+) -> None:
+    """A FIFO (or any non-regular file) offered for export is refused at once, whether
+    through ``sandboxed.export`` or handed to the agent's socket directly, and the agent
+    keeps answering."""
+    kernel = start("sk-files", cwd=notebook_dir)
+    out = kernel.value(
+        "import array, json, os, socket, sandboxed\n"
+        "os.mkfifo('/tmp/pipe')\n"
+        "res = {}\n"
+        "try:\n"
+        "    sandboxed.export('/tmp/pipe')\n"
+        "except sandboxed.SandboxRequestError as e:\n"
+        "    res['module'] = str(e)\n"
+        "fd = os.open('/tmp/pipe', os.O_RDONLY | os.O_NONBLOCK)\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "s.settimeout(20)\n"
+        "s.connect(os.environ['SANDBOX_KERNEL_AGENT_SOCKET'])\n"
+        's.sendmsg([b\'{"op": "export", "name": "p"}\\n\'],'
+        " [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [fd]))])\n"
+        "res['raw'] = json.loads(s.recv(4096))\n"
+        "res['ports'] = sandboxed.ports()\n"
+        "print(json.dumps(res))"
+    )
+    assert "not a regular file" in out["module"], out
+    assert out["raw"] == {"ok": False, "error": "only regular files can be exported"}, out
+    assert out["ports"] == {}, out
+    assert not (notebook_dir / "sandbox-exports").exists()

@@ -140,8 +140,11 @@ def test_server_environment_does_not_leak(ksm, start_kernel, monkeypatch) -> Non
     token = f"planted-{uuid.uuid4().hex}"
     monkeypatch.setenv("JUPYTERHUB_API_TOKEN", token)
     monkeypatch.setenv("SANDBOX_TEST_SECRET_VALUE", token)
+    monkeypatch.setenv("JPY_SESSION_NAME", token)
     kernel = start_kernel()
     env = kernel.value("import os, json; print(json.dumps(dict(os.environ)))")
     assert token not in json.dumps(env)
+    # The one JPY_ name is the sandbox's own: ipykernel's parent is the agent, PID 1.
+    assert env.pop("JPY_PARENT_PID") == "1"
     assert not any(k.startswith("JPY_") for k in env), env
     assert "JUPYTERHUB_API_TOKEN" not in env

@@ -28,6 +28,8 @@ import pytest
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.policy import SandboxPolicy
 from sandbox_kernel.security import ATTACKS, PROTECTS, Attack, by_id, render
+from sandbox_kernel.security.attacks import _USERNS
+from sandbox_kernel.security.expectations import GAPS, expected_blocked
 from tests.helpers import REPO, Kernel
 from tests.security.conftest import AcceptCounter, LanHost, Listener, host_addresses
 
@@ -155,7 +157,25 @@ def _host_addrs(request: pytest.FixtureRequest) -> Iterator[Setup]:
 
 @provides("net-host-loopback")
 def _host_loopback(request: pytest.FixtureRequest) -> Iterator[Setup]:
-    yield from _listening(["127.0.0.1", "::1"], 2, lambda lst: {"port": lst.port})
+    # three targets: 127.0.0.1, ::1 and ::ffff:127.0.0.1 (which lands on the IPv4 listener)
+    yield from _listening(["127.0.0.1", "::1"], 3, lambda lst: {"port": lst.port})
+
+
+@provides("net-userns-egress")
+def _userns_egress(request: pytest.FixtureRequest) -> Iterator[Setup]:
+    """The LAN host and host loopback listeners; the control (a clone3 user namespace on
+    the host, sharing its network) reaches both loopback listeners once each."""
+    lan: LanHost = request.getfixturevalue("lan_host")
+    yield from _listening(
+        ["127.0.0.1", "::1"],
+        2,
+        lambda lst: {
+            "addr": lan.addr,
+            "addr6": lan.addr6,
+            "port": lan.port,
+            "loopback_port": lst.port,
+        },
+    )
 
 
 @provides("net-abstract-unix")
@@ -176,6 +196,14 @@ def _abstract(request: pytest.FixtureRequest) -> Iterator[Setup]:
 @provides("info-hostname")
 def _hostname(request: pytest.FixtureRequest) -> Iterator[Setup]:
     yield Setup({"host_hostname": socket.gethostname()})
+
+
+@provides("info-host-resolver")
+def _resolvers(request: pytest.FixtureRequest) -> Iterator[Setup]:
+    words = Path("/etc/resolv.conf").read_text().split()
+    servers = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "nameserver"]
+    assert servers, "the host has no nameserver in /etc/resolv.conf: nothing to look for"
+    yield Setup({"host_resolvers": servers})
 
 
 @provides("info-kernel-release")
@@ -283,11 +311,62 @@ def attempt(attack: Attack, request: pytest.FixtureRequest, kernel: Kernel) -> d
 @pytest.mark.docker
 @pytest.mark.parametrize("attack", ATTACKS, ids=[a.id for a in ATTACKS])
 def test_attack(attack: Attack, request: pytest.FixtureRequest, shared_kernel: Kernel) -> None:
+    """Blocked, unless GAPS["docker"] documents it as a gap: then it must succeed."""
     result = attempt(attack, request, shared_kernel)
-    assert result["blocked"] is True, (
-        f"ISOLATION GAP ({attack.protects}) {attack.id}: {attack.title}. "
-        f"Observed inside the sandbox: {result['detail']}"
-    )
+    if expected_blocked("docker", attack.id):
+        assert result["blocked"] is True, (
+            f"ISOLATION GAP ({attack.protects}) {attack.id}: {attack.title}. "
+            f"Observed inside the sandbox: {result['detail']}"
+        )
+    else:
+        assert result["blocked"] is False, (
+            f"the default backend now blocks {attack.id}, documented as a gap "
+            f"({GAPS['docker'][attack.id]}): update sandbox_kernel/security/expectations.py "
+            f"and docs/security.md. Observed: {result['detail']}"
+        )
+
+
+# The attacks whose attempts run in a clone3() user namespace, and what they must manage
+# where the privilege is real: root in namespaces of its own on the host's kernel.
+_PRIVILEGED_CONTROL = {
+    "priv-userns-confined": ("mount': 'OK", "mknod': 'OK", "chroot': 'OK", "packet socket': 'OK",
+                             "raw IPv4 socket': 'OK", "raw IPv6 socket': 'OK"),
+    "net-userns-address": ("RTM_NEWADDR 192.168.213.250': 'ADDED", "SIOCSIFADDR lo:sk': 'ADDED",
+                           "SIOCADDRT': 'ADDED", "RTM_NEWROUTE fd5a:213:a::': 'ADDED"),
+    "net-userns-tun": ("TUNSETIFF via /dev/net/tun': \"CREATED", "raw TUNSETIFF via /tmp"),
+}  # fmt: skip
+
+# Runs an attempt as the caller (no new user namespace) instead of in a clone3() child.
+_AS_CALLER = """
+def _in_userns(attempt, flags=0):
+    import subprocess, sys
+    runner = "import json\\n" + _USERNS_NET + "\\nres = {}\\n" + attempt + "\\nprint(json.dumps(res))"
+    r = subprocess.run([sys.executable, "-I", "-S", "-c", runner], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    return _json.loads(r.stdout.strip().splitlines()[-1])
+"""
+
+
+@pytest.mark.parametrize("attack_id", sorted(_PRIVILEGED_CONTROL))
+def test_userns_attempts_work_where_the_privilege_is_real(attack_id: str) -> None:
+    """Control for the self-contained user-namespace attacks: run by root in new network
+    and mount namespaces on the host (no sandbox), every attempt succeeds, so "refused"
+    inside a sandbox means refused, never a malformed request."""
+    assert os.geteuid() == 0, "run the security tests as root (they create namespaces)"
+    attack = by_id(attack_id)
+    assert _USERNS in attack.code
+    code = attack.code.replace(_USERNS, _USERNS + _AS_CALLER)
+    proc = subprocess.run(
+        [*("unshare", "--net", "--mount", "--propagation", "private", "sh", "-c"),
+         'ip link set lo up && exec "$0" -I -c "$1"', sys.executable, code],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["blocked"] is False, result["detail"]
+    for expected in _PRIVILEGED_CONTROL[attack_id]:
+        assert expected in result["detail"], (expected, result["detail"])
 
 
 @pytest.mark.docker

@@ -196,3 +196,99 @@ def test_runc_profile_adds_host_kernel_rules_only_under_runc() -> None:
     assert any("io_uring_setup" in r["names"] for r in runc_rules)  # type: ignore[attr-defined]
     names = [n for r in runsc["syscalls"] for n in r["names"]]  # type: ignore[attr-defined]
     assert "clone3" not in names and "io_uring_setup" not in names, "gVisor's profile unchanged"
+
+
+def test_profile_refuses_tun_creation_and_raw_ip_sockets_by_argument() -> None:
+    """The argument rules of the Docker profile: TUNSETIFF on the request's low 32 bits;
+    raw sockets only for AF_INET/AF_INET6 (netlink sockets, SOCK_RAW too, stay allowed)."""
+    from sandbox_kernel.backends.seccomp import seccomp_profile
+
+    for host_kernel in (False, True):
+        rules = seccomp_profile(host_kernel)["syscalls"]
+        ioctl = [r for r in rules if r["names"] == ["ioctl"]]
+        assert ioctl == [
+            {
+                "names": ["ioctl"],
+                "action": "SCMP_ACT_ERRNO",
+                "errnoRet": 1,
+                "args": [
+                    {
+                        "index": 1,
+                        "value": 0xFFFFFFFF,
+                        "valueTwo": 0x400454CA,
+                        "op": "SCMP_CMP_MASKED_EQ",
+                    }
+                ],
+            }
+        ]
+        socket_args = [r["args"] for r in rules if r["names"] == ["socket"]]
+        raw_type = {"index": 1, "value": 0xF, "valueTwo": 3, "op": "SCMP_CMP_MASKED_EQ"}
+        for family in (2, 10):
+            same_family = {"index": 0, "value": family, "valueTwo": 0, "op": "SCMP_CMP_EQ"}
+            assert [same_family, raw_type] in socket_args
+        assert [{"index": 0, "value": 17, "valueTwo": 0, "op": "SCMP_CMP_EQ"}] in socket_args
+        assert not any(args == [raw_type] for args in socket_args), "SOCK_RAW alone hits netlink"
+
+
+_FILTERED_CHILD = r"""
+import ctypes, errno, json, os, platform, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+NR_IOCTL = {"x86_64": 16, "aarch64": 29}[platform.machine()]
+
+def attempts():
+    out = {}
+    for name, args in (("raw inet", (socket.AF_INET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 1)),
+                       ("raw inet6", (socket.AF_INET6, socket.SOCK_RAW, 58)),
+                       ("netlink", (socket.AF_NETLINK, socket.SOCK_RAW, 0)),
+                       ("tcp", (socket.AF_INET, socket.SOCK_STREAM, 0))):
+        try:
+            socket.socket(*args).close()
+            out[name] = "OK"
+        except OSError as e:
+            out[name] = errno.errorcode[e.errno]
+    fd = os.open("/dev/null", os.O_RDWR)
+    buf = ctypes.create_string_buffer(40)
+    for name, request in (("TUNSETIFF", 0x400454CA), ("TUNSETIFF, high bits", (1 << 32) | 0x400454CA)):
+        rv = libc.syscall(ctypes.c_long(NR_IOCTL), ctypes.c_long(fd), ctypes.c_ulong(request), buf)
+        out[name] = "OK" if rv == 0 else errno.errorcode[ctypes.get_errno()]
+    os.close(fd)
+    return out
+
+before = attempts()
+prog = open(sys.argv[1], "rb").read()
+class Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+fprog = Fprog(len(prog) // 8, prog)
+assert libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) == 0, ctypes.get_errno()  # SECCOMP_MODE_FILTER
+print(json.dumps({"before": before, "after": attempts()}))
+"""
+
+
+def test_compiled_filter_refuses_tun_and_raw_ip_sockets_but_not_netlink(tmp_path: Path) -> None:
+    """The libseccomp-compiled filter, loaded for real in a child process: the same
+    attempts before (control) and after it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    assert os.geteuid() == 0, "run as root: the control needs raw sockets to be possible"
+    prog = tmp_path / "filter.bpf"
+    prog.write_bytes(seccomp_bpf())
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", _FILTERED_CHILD, str(prog)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["before"]["raw inet"] == got["before"]["raw inet6"] == "OK"
+    assert got["before"]["TUNSETIFF"] == got["before"]["TUNSETIFF, high bits"] == "ENOTTY"
+    assert got["after"] == {
+        "raw inet": "EPERM",
+        "raw inet6": "EPERM",
+        "netlink": "OK",
+        "tcp": "OK",
+        "TUNSETIFF": "EPERM",
+        "TUNSETIFF, high bits": "EPERM",
+    }

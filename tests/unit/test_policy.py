@@ -302,6 +302,7 @@ def test_kernel_env_contains_only_basics_and_allow_listed_server_vars() -> None:
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
+        "JPY_PARENT_PID": "1",  # ipykernel: no banner, no parent poller (see kernel_env)
         "TZ": "Europe/Paris",
         "MY_SETTING": "1",
     }
@@ -311,7 +312,7 @@ def test_kernel_env_contains_only_basics_and_allow_listed_server_vars() -> None:
 
 def test_kernel_env_without_allow_list_takes_nothing_from_the_server() -> None:
     env = policy().kernel_env(SERVER_ENV, {})
-    assert set(env) == {"HOME", "PATH", "LANG", "PYTHONUNBUFFERED"}
+    assert set(env) == {"HOME", "PATH", "LANG", "PYTHONUNBUFFERED", "JPY_PARENT_PID"}
     assert env["HOME"] == SANDBOX_HOME
 
 
@@ -408,14 +409,18 @@ def test_container_spec_isolation() -> None:
     )
     s = spec(pol)
     assert s["network_mode"] == "none"
+    assert s["dns"] == ["127.0.0.1"]  # not the host's resolver
     assert s["read_only"] is True
     assert s["privileged"] is False
     assert s["volumes"] == {} and s["mounts"] == [] and s["devices"] == []
-    for key in ("binds", "volumes_from", "cap_add", "device_requests", "pid_mode", "ipc_mode"):
+    for key in ("binds", "volumes_from", "device_requests", "pid_mode", "ipc_mode"):
         assert key not in s
     assert s["cap_drop"] == ["ALL"]
     assert "no-new-privileges" in s["security_opt"]
-    assert s["user"] == "1000:1000"
+    # gVisor: the agent is the sandbox's root with three capabilities; it runs the kernel
+    # as the policy's user (agent/main.py), which the host checks at start.
+    assert s["user"] == "0:0"
+    assert sorted(s["cap_add"]) == ["KILL", "SETGID", "SETPCAP", "SETUID"]
     assert s["mem_limit"] == GiB and s["memswap_limit"] == s["mem_limit"]
     assert s["nano_cpus"] == 500_000_000
     assert s["pids_limit"] == 2000
@@ -436,6 +441,12 @@ def test_container_spec_environment_carries_no_server_variables() -> None:
     assert s["environment"] == {"HOME": SANDBOX_HOME, "LANG": "C.UTF-8"}
 
 
+def test_container_spec_under_runc_keeps_the_policy_user_and_no_capabilities() -> None:
+    s = spec(runtime="runc")
+    assert s["user"] == "1000:1000" and "cap_add" not in s
+    assert s["cap_drop"] == ["ALL"]
+
+
 @pytest.mark.parametrize("runtime", ["runsc", "runc"])
 def test_container_spec_passes_runtime_through(runtime: str) -> None:
     assert spec(runtime=runtime)["runtime"] == runtime
@@ -444,7 +455,7 @@ def test_container_spec_passes_runtime_through(runtime: str) -> None:
 def test_container_spec_tmpfs_for_tmp_and_home_with_size_caps() -> None:
     pol = policy(tmp_size="64m", home_size="128m")
     tmpfs = spec(pol)["tmpfs"]
-    assert set(tmpfs) == {"/tmp", SANDBOX_HOME}
+    assert set(tmpfs) == {"/tmp", SANDBOX_HOME, "/dev/net"}
     tmp_opts = tmpfs["/tmp"].split(",")
     home_opts = tmpfs[SANDBOX_HOME].split(",")
     assert f"size={64 * MiB}" in tmp_opts
@@ -452,6 +463,13 @@ def test_container_spec_tmpfs_for_tmp_and_home_with_size_caps() -> None:
     for opts in (tmp_opts, home_opts):
         assert {"nosuid", "nodev", "noexec"} <= set(opts)
     assert {"uid=1000", "gid=1000", "mode=0700"} <= set(home_opts)
+
+
+@pytest.mark.parametrize("runtime", ["runsc", "runc"])
+def test_container_spec_hides_dev_net(runtime: str) -> None:
+    """gVisor creates /dev/net/tun in every sandbox: an empty, read-only tmpfs covers it."""
+    opts = spec(runtime=runtime)["tmpfs"]["/dev/net"].split(",")
+    assert {"ro", "nosuid", "nodev", "noexec", "size=4k"} <= set(opts)
 
 
 def test_container_spec_labels_are_copied() -> None:

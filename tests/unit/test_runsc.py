@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox_kernel.backends.docker import container_spec
+from sandbox_kernel.backends.docker import AGENT_CAPABILITIES, container_spec
 from sandbox_kernel.backends.registry import default_kernel_name, display_name, make_backend
 from sandbox_kernel.backends.runsc import (
     CGROUP_PREFIX,
@@ -42,20 +42,25 @@ def config(**kw: object) -> dict:  # type: ignore[type-arg]
     return oci_config(POLICY, **args)
 
 
-def test_bundle_runs_the_command_unprivileged() -> None:
+def test_bundle_runs_the_agent_as_the_sandboxs_root_with_few_capabilities() -> None:
+    """As under Docker with gVisor: the agent is root of the sandbox's own kernel with only
+    what it needs to run the kernel as uid 1000 (with none) and signal it."""
     process = config()["process"]
     assert process["args"] == CMD and process["terminal"] is False
-    assert process["user"] == {"uid": 1000, "gid": 1000, "additionalGids": []}
+    assert process["user"] == {"uid": 0, "gid": 0, "additionalGids": []}
     assert process["noNewPrivileges"] is True
-    assert set(process["capabilities"]) == {
-        "bounding", "effective", "inheritable", "permitted", "ambient",
-    }  # fmt: skip
-    assert all(caps == [] for caps in process["capabilities"].values()), "no capability at all"
-    assert process["cwd"] == "/home/sandbox"
+    caps = process["capabilities"]
+    agent = sorted(f"CAP_{c}" for c in AGENT_CAPABILITIES)
+    assert agent == ["CAP_KILL", "CAP_SETGID", "CAP_SETPCAP", "CAP_SETUID"]
+    for kind in ("bounding", "effective", "permitted"):
+        assert sorted(caps[kind]) == agent, kind
+    assert caps["inheritable"] == [] and caps["ambient"] == [], "nothing passes to the kernel"
+    assert process["cwd"] == "/", "the home is the kernel's (0700, uid 1000)"
     # The Docker backend's environment, nothing of the server's.
     spec = container_spec(POLICY, runtime="runsc", command=CMD, labels={}, name="n")
     env = dict(e.split("=", 1) for e in process["env"])
     assert env == {**spec["environment"], "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    assert spec["user"] == "0:0" and sorted(spec["cap_add"]) == sorted(AGENT_CAPABILITIES)
 
 
 def test_process_identity_is_the_one_place_for_user_and_caps() -> None:
@@ -82,12 +87,14 @@ def test_no_host_mount_and_capped_noexec_tmpfs() -> None:
     mounts = {m["destination"]: m for m in c["mounts"]}
     assert set(mounts) == {
         "/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/tmp", "/home/sandbox",
+        "/dev/net",
     }  # fmt: skip
     for m in c["mounts"]:
         assert m["type"] in ("proc", "tmpfs", "devpts", "mqueue", "sysfs"), "never a bind"
         assert m["source"] == m["type"] and not m["source"].startswith("/")
         assert "nosuid" in m["options"] and "noexec" in m["options"], m
     assert "ro" in mounts["/sys"]["options"]
+    assert "ro" in mounts["/dev/net"]["options"], "gVisor's /dev/net/tun covered, read-only"
     for where, size, mode in (("/tmp", 64 * 2**20, "1777"), ("/home/sandbox", 32 * 2**20, "0700"),
                               ("/dev/shm", 64 * 2**20, "1777")):  # fmt: skip
         options = mounts[where]["options"]
