@@ -56,11 +56,22 @@ def cgroup_dirs() -> set[str]:
 
 
 def runsc_leftovers() -> set[str]:
-    """Bundles and cgroups of the runsc backend (as root) on this host."""
+    """Bundles of the runsc backend (as root) whose Jupyter process is gone, and their
+    cgroups (sandboxes of live processes, e.g. other test runs, do not count)."""
+    import socket
+
+    from sandbox_kernel.backends.docker import is_orphan
     from sandbox_kernel.backends.runsc import CGROUP_PREFIX, ROOT_STATE
 
-    found = {str(p) for p in (ROOT_STATE / "bundles").glob("*")}
-    return found | set(glob.glob(f"/sys/fs/cgroup/*/{CGROUP_PREFIX}*"))
+    found = set()
+    for bundle in (ROOT_STATE / "bundles").glob("*"):
+        try:
+            labels = json.loads((bundle / "config.json").read_text()).get("annotations", {})
+        except (OSError, ValueError):
+            continue
+        if is_orphan(labels, socket.gethostname()):
+            found |= {str(bundle), *glob.glob(f"/sys/fs/cgroup/*/{CGROUP_PREFIX}{bundle.name}")}
+    return found
 
 
 def stderr_memfds(backend: str) -> set[str]:
