@@ -805,6 +805,7 @@ def _end(running: Running, name: str) -> tuple[int, str]:
         _runsc(running, "delete", "--force", name)  # `runsc run` already did, unless killed
     except (OSError, subprocess.TimeoutExpired):
         pass
+    _remove_locks(running.state, name)
     if running.cgroup is not None:
         running.cgroup.remove()
     if not running.rootless:
@@ -813,6 +814,13 @@ def _end(running: Running, name: str) -> tuple[int, str]:
     running.stderr = -1
     shutil.rmtree(running.bundle, ignore_errors=True)
     return code, err
+
+
+def _remove_locks(state: Path, name: str) -> None:
+    """runsc's lock file of a deleted sandbox: seen left behind when our kill or delete ran
+    while `runsc run` was cleaning up (it names only this sandbox, which is gone)."""
+    for lock in state.glob(f"{name}_sandbox:*.lock"):
+        lock.unlink(missing_ok=True)
 
 
 def _tail(fd: int) -> str:
@@ -879,6 +887,10 @@ def remove_orphans() -> list[str]:
                 running.cgroup = DelegatedCgroup(name, delegated_cgroups())
             _end(running, name)
             removed.append(name)
+        for lock in (base / "state").glob("*_sandbox:*.lock"):  # of sandboxes long gone
+            name = lock.name.split("_sandbox:", 1)[0]
+            if name not in listed and name not in on_disk:
+                lock.unlink(missing_ok=True)
     if not rootless:  # cgroups of sandboxes whose `runsc run` was killed before cleaning up
         live = {c["id"] for b in existing_bases() for c in _listed(runsc, b)}
         for d in Path("/sys/fs/cgroup").glob(f"*/{CGROUP_PREFIX}*"):

@@ -155,6 +155,7 @@ def test_kernel_lifecycle_mounts_and_cleanup(start_kernel: Callable[..., Kernel]
     kernel.stop()
     wait_until(lambda: not any(alive(p) for p in new_pids), 10, "the sandbox to end")
     assert new not in runsc_ids() and new not in bundles()
+    assert not list((ROOT_STATE / "state").glob(f"{new}_*")), "runsc state files left behind"
     assert not cgroup_dirs(new), "cgroups left behind"
     assert new not in RunscBackend._sandboxes
     assert set(listening_ports(own_only=True)) <= set(before_ports), "host ports left open"
