@@ -10,7 +10,7 @@ Later checks are skipped (and reported as such) when an earlier one they need
 failed. The CLI prints the report, or JSON with ``--json``; any failure makes
 the exit code 1.
 
-With ``--backend bwrap|firejail|docker-runc`` the host checks are that backend's
+With ``--backend runsc|bwrap|firejail|docker-runc`` the host checks are that backend's
 (tool, root filesystem, every policy property it can enforce here) and the attack
 subset is judged against the backend's documented gaps
 (:mod:`sandbox_kernel.security.expectations`): a documented gap is reported, not
@@ -122,7 +122,7 @@ def _run(kc: Any, code: str, timeout: float = 60) -> str:
 
 
 def _pipe_checks(report: Report, image: str, backend: str) -> dict[str, Any] | None:
-    """bwrap/firejail: what the backend's preflight finds; the kernelspec config to start,
+    """runsc/bwrap/firejail: what the backend's preflight finds; the kernelspec config to start,
     accepting exactly the gaps found (they are reported), or None when it cannot run."""
     import logging
 

@@ -5,14 +5,15 @@ every backend and asserts this table both ways: an attack listed here must succe
 (a gap that starts being blocked fails the test, so the table is corrected), every
 other attack must be blocked. ``docs/security.md`` embeds :func:`markdown_table`
 (checked by a test). The default backend (docker = gVisor) is held to the same table
-(``tests/security/test_attacks.py``).
+(``tests/security/test_attacks.py``); the runsc backend (gVisor without Docker) has
+exactly the docker backend's gaps, which are gVisor's.
 """
 
 from __future__ import annotations
 
 from .attacks import ATTACKS
 
-BACKEND_ORDER = ("docker", "docker-runc", "bwrap", "firejail")
+BACKEND_ORDER = ("docker", "runsc", "docker-runc", "bwrap", "firejail")
 
 _SHARED_KERNEL = "the sandbox runs on the host's Linux kernel (no gVisor): it reads the "
 _MOUNT_SOURCE = (
@@ -80,6 +81,9 @@ GAPS: dict[str, dict[str, str]] = {
         "fs-noexec-memory": _IN_MEMORY,
     },
 }
+# gVisor without Docker (the runsc backend, as root and rootless): the same gVisor, so the
+# same gaps (tests/security/test_backend_attacks.py, test_runsc_rootless_attacks.py).
+GAPS["runsc"] = dict(GAPS["docker"])
 
 
 def expected_blocked(backend: str, attack_id: str) -> bool:

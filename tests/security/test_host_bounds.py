@@ -22,8 +22,8 @@ from sandbox_kernel.relay.mux import MAX_STREAMS
 from tests.helpers import REPO
 
 MiB = 2**20
-EVERY_BACKEND = ["docker", "docker-runc", "bwrap", "firejail"]
-GVISOR_AND_PIPES = ["docker", "bwrap"]
+EVERY_BACKEND = ["docker", "runsc", "docker-runc", "bwrap", "firejail"]
+GVISOR_AND_PIPES = ["docker", "runsc", "bwrap"]
 
 
 def harness(
