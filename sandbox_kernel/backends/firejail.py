@@ -1,8 +1,9 @@
 """firejail backend: a setuid-root sandboxing tool, chrooted into the kernel rootfs.
 
 ``firejail_argv`` is the policy in firejail's terms (pure, unit-tested):
-``--chroot`` into the kernel root filesystem (needs ``chroot yes`` in
-/etc/firejail/firejail.config), ``--net=none`` (loopback only), ``--private``
+``--chroot`` into firejail's own copy of the kernel root filesystem (needs ``chroot yes``
+in /etc/firejail/firejail.config; a copy because firejail writes the host's resolv.conf
+into its chroot, covered inside by ``--dns``), ``--net=none`` (loopback only), ``--private``
 (tmpfs home), ``--private-tmp``, ``--private-dev``, ``/var/tmp`` read-only,
 ``noexec`` on every writable mount, ``--caps.drop=all``,
 ``--nonewprivs``, ``--seccomp`` with our deny list added to firejail's, no
@@ -25,6 +26,7 @@ import pwd
 import re
 from pathlib import Path
 
+from ..image.rootfs import COMPLETE_MARK, firejail_tree
 from ..policy import SandboxPolicy
 from .pipe import PipeBackend
 from .seccomp import DENIED, HOST_KERNEL_DENIED
@@ -43,6 +45,7 @@ def firejail_argv(
         "--noprofile",
         f"--chroot={rootfs}",
         "--net=none",
+        "--dns=127.0.0.1",  # its own resolv.conf inside, over the host's it copies in
         "--private",
         "--private-tmp",
         "--private-dev",
@@ -95,7 +98,9 @@ class FirejailBackend(PipeBackend):
     def sandbox_argv(
         self, policy: SandboxPolicy, rootfs: Path, command: list[str], seccomp: int
     ) -> list[str]:
-        return firejail_argv(policy, rootfs, command)
+        # Its own copy of the rootfs: firejail writes the host's resolv.conf into the
+        # chroot at every launch (image/rootfs.py); --dns then covers it inside.
+        return firejail_argv(policy, firejail_tree(rootfs), command)
 
     def sandbox_uid(self) -> tuple[int, int] | None:
         if os.geteuid() != 0:
@@ -115,6 +120,12 @@ class FirejailBackend(PipeBackend):
         if not chroot_enabled(config):
             why = f"firejail's --chroot is disabled: set `chroot yes` in {CONFIG} (setup-host does)"
             gaps.update(host_files=why)
+        elif not (firejail_tree(rootfs) / COMPLETE_MARK).is_file():
+            gaps["host_files"] = (
+                f"no private copy of the root filesystem for firejail at {firejail_tree(rootfs)} "
+                "(firejail writes the host's /etc/resolv.conf into its chroot, which must not be "
+                "the tree other backends use): run `sudo sandbox-kernel image export-rootfs`"
+            )
         if os.geteuid() == 0 and (why := _user_gap()):
             gaps.update(unprivileged_user=why)
         elif os.geteuid() != 0:

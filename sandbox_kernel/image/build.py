@@ -180,7 +180,7 @@ def build_image(
 def _install_rootfs(builder: _RootfsBuilder, image: str, key: str) -> None:
     """Move the finished tree into the rootfs folder (same filesystem as /var/tmp, usually),
     with the export's normalisation: no setuid/setgid bits, no device nodes."""
-    from .rootfs import ROOTFS_ROOT, install_tree
+    from .rootfs import ROOTFS_ROOT, install_tree, make_firejail_tree
 
     tree = Path(tempfile.mkdtemp(prefix=".build-", dir=ROOTFS_ROOT))
     os.rmdir(tree)
@@ -194,7 +194,7 @@ def _install_rootfs(builder: _RootfsBuilder, image: str, key: str) -> None:
         elif mode & (stat.S_ISUID | stat.S_ISGID):
             os.chmod(path, stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID))
     os.chmod(tree / "tmp", 0o1777)
-    install_tree(tree, image, key)
+    make_firejail_tree(install_tree(tree, image, key))
 
 
 class _RootfsBuilder:

@@ -74,6 +74,38 @@ def write_neutral_etc(tree: Path) -> None:
         os.chmod(path, 0o644)
 
 
+FIREJAIL_SUFFIX = ".firejail"
+
+
+def firejail_tree(rootfs: Path) -> Path:
+    """Where firejail's own copy of a (resolved) rootfs lives: see :func:`make_firejail_tree`."""
+    return rootfs.with_name(rootfs.name + FIREJAIL_SUFFIX)
+
+
+def make_firejail_tree(rootfs: Path) -> Path:
+    """firejail's ``--chroot`` writes the host's /etc/resolv.conf into the chroot at every
+    launch (through the file it finds there, even a link). So firejail gets a tree of its
+    own: hard links to ``rootfs`` (no extra space) except that one file, a separate copy,
+    so the tree the other backends use never names the host's resolver. Root, blocking."""
+    rootfs = rootfs.resolve()
+    dest = firejail_tree(rootfs)
+    if (dest / COMPLETE_MARK).is_file():
+        return dest
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        subprocess.run(["cp", "-al", str(rootfs), str(tmp)], check=True, capture_output=True)
+        own = tmp / "etc/resolv.conf"
+        own.unlink(missing_ok=True)  # the link, not the shared file
+        own.write_text(NEUTRAL_ETC["etc/resolv.conf"])
+        os.chmod(own, 0o644)
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
 def install_tree(tree: Path, image: str, key: str, root: Path = ROOTFS_ROOT) -> Path:
     """Move a finished rootfs ``tree`` to ``root/key`` and point ``root/<slug>`` at it."""
     write_neutral_etc(tree)
@@ -109,7 +141,9 @@ def export_rootfs(image: str, root: Path = ROOTFS_ROOT) -> tuple[Path, bool]:
     dest = root / key
     if (dest / COMPLETE_MARK).is_file():
         install_tree_link(image, key, root)
-        return dest, False
+        made = not (firejail_tree(dest) / COMPLETE_MARK).is_file()
+        make_firejail_tree(dest)
+        return dest, made
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o755)
     tree = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
@@ -126,7 +160,9 @@ def export_rootfs(image: str, root: Path = ROOTFS_ROOT) -> tuple[Path, bool]:
         # The 'tar' filter cleared the sticky bit; every backend mounts a tmpfs over /tmp,
         # whose permissions firejail copies from here.
         os.chmod(tree / "tmp", 0o1777)
-        return install_tree(tree, image, key, root), True
+        dest = install_tree(tree, image, key, root)
+        make_firejail_tree(dest)
+        return dest, True
     except BaseException:
         shutil.rmtree(tree, ignore_errors=True)
         raise

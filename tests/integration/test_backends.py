@@ -346,3 +346,25 @@ def test_doctor_checks_a_backend(backend: str) -> None:
     attacks = checks["attack subset as documented"]
     assert attacks["ok"] is True and r.returncode == 0, attacks
     assert "fs-mountinfo" in attacks["detail"] and "fs-mountinfo" in GAPS[backend]
+
+
+@pytest.mark.docker
+def test_firejail_never_writes_into_the_tree_other_backends_use(
+    start_kernel: Callable[..., Kernel],
+) -> None:
+    """firejail copies the host's resolv.conf into its chroot at every launch: it chroots
+    into a copy of its own, and sees no host resolver inside either."""
+    from sandbox_kernel.image.recipe import DEFAULT_IMAGE
+    from sandbox_kernel.image.rootfs import NEUTRAL_ETC, firejail_tree, rootfs_for
+
+    shared = rootfs_for(DEFAULT_IMAGE).resolve()
+    before = (shared / "etc/resolv.conf").read_text()
+    assert before == NEUTRAL_ETC["etc/resolv.conf"]
+    kernel = start_kernel("sandbox-firejail")
+    inside = kernel.value("import json\nprint(json.dumps(open('/etc/resolv.conf').read()))")
+    host_servers = [w for w in Path("/etc/resolv.conf").read_text().split() if w[:1].isdigit()]
+    assert not any(server in inside.split() for server in host_servers), inside
+    assert (shared / "etc/resolv.conf").read_text() == before  # the shared tree is untouched
+    # ...while firejail did write into its own copy (the reason it has one).
+    own = (firejail_tree(shared) / "etc/resolv.conf").stat()
+    assert own.st_ino != (shared / "etc/resolv.conf").stat().st_ino

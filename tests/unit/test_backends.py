@@ -68,6 +68,7 @@ def test_firejail_argv() -> None:
     for flag in (
         f"--chroot={ROOTFS}",
         "--net=none",
+        "--dns=127.0.0.1",  # over the host resolv.conf firejail copies into its chroot
         "--private",
         "--private-tmp",
         "--private-dev",
