@@ -3,11 +3,14 @@
 Same attacks, same providers and host-side controls as ``test_attacks.py`` (which runs
 them under the default gVisor backend); the expected outcome of each (attack, backend)
 comes from :data:`sandbox_kernel.security.expectations.GAPS` and is asserted both ways:
-a documented gap that starts being blocked fails too, so the table stays true.
+a documented gap that starts being blocked fails too, so the table stays true. Where
+:data:`~sandbox_kernel.security.expectations.GAP_DETAILS` pins what a gap looks like, the
+attack's observation must match it, so a further weakening behind a known gap is noticed.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,7 +18,7 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 
 from sandbox_kernel.security import ATTACKS, Attack
-from sandbox_kernel.security.expectations import GAPS, expected_blocked
+from sandbox_kernel.security.expectations import GAP_DETAILS, GAPS, expected_blocked
 from tests.helpers import BACKEND_CONFIGS, Kernel
 from tests.security.test_attacks import attempt
 
@@ -59,6 +62,8 @@ def test_gap_table_names_real_attacks() -> None:
         assert set(gaps) <= ids, f"{backend}: unknown attack ids {set(gaps) - ids}"
         assert all(why.strip() for why in gaps.values()), f"{backend}: every gap says why"
     assert GAPS["docker"] == {}, "the default backend has no documented gap"
+    for backend, details in GAP_DETAILS.items():
+        assert set(details) <= set(GAPS[backend]), f"{backend}: details of undocumented gaps"
 
 
 @pytest.mark.docker
@@ -78,3 +83,9 @@ def test_attack_on_backend(
             f"({GAPS[backend][attack.id]}): update sandbox_kernel/security/expectations.py "
             f"and docs/security.md. Observed: {result['detail']}"
         )
+        pattern = GAP_DETAILS.get(backend, {}).get(attack.id)
+        if pattern is not None:
+            assert re.fullmatch(pattern, result["detail"]), (
+                f"backend {backend}: {attack.id} sees more (or other) than its documented gap "
+                f"({GAPS[backend][attack.id]}). Observed: {result['detail']}"
+            )
