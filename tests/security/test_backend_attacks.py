@@ -64,6 +64,8 @@ def test_gap_table_names_real_attacks() -> None:
     assert GAPS["docker"] == {}, "the default backend has no documented gap"
     for backend, details in GAP_DETAILS.items():
         assert set(details) <= set(GAPS[backend]), f"{backend}: details of undocumented gaps"
+        for pattern in details.values():
+            re.compile(pattern)
 
 
 @pytest.mark.docker
