@@ -184,3 +184,13 @@ def daemon_with_unfiltered_runsc() -> Iterator[str]:
     config = {"runtimes": {"runsc": {"path": runsc, "runtimeArgs": ["--network=none"]}}}
     with second_dockerd(config) as sock:
         yield sock
+
+
+@pytest.fixture
+def daemon_with_networked_runsc() -> Iterator[str]:
+    """runsc registered without --network=none (with --oci-seccomp): gVisor would serve the
+    network of the container's namespace; only Docker's network mode would stop it."""
+    runsc = shutil.which("runsc") or "/usr/bin/runsc"
+    config = {"runtimes": {"runsc": {"path": runsc, "runtimeArgs": ["--oci-seccomp"]}}}
+    with second_dockerd(config) as sock:
+        yield sock

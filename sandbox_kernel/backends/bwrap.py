@@ -3,10 +3,11 @@
 ``bwrap_argv`` is the policy in bubblewrap's terms (pure, unit-tested). The
 sandbox: every namespace unshared (user, pid, net: loopback only, ipc, uts,
 cgroup), no further user namespaces (``--disable-userns``), the kernel root
-filesystem bound read-only as ``/`` (never the host's), a minimal ``/dev``, a
-private ``/proc``, size-capped tmpfs ``/tmp`` and home, uid 1000 inside with
-no capabilities, ``--new-session`` (no TIOCSTI into a terminal), dying with
-its parent, and the seccomp filter of :mod:`.bpf`. The agent is PID 1
+filesystem bound read-only as ``/`` (never the host's), a minimal read-only
+``/dev`` with a size-capped ``/dev/shm``, a private ``/proc``, size-capped
+tmpfs ``/tmp`` and home, uid 1000 inside with no capabilities,
+``--new-session`` (no TIOCSTI into a terminal), dying with its parent, and
+the seccomp filter of :mod:`.bpf`. The agent is PID 1
 (``--as-pid-1``). Cgroups, rlimits and the host uid come from :mod:`.pipe`.
 """
 
@@ -20,6 +21,7 @@ from ..policy import SandboxPolicy
 from .pipe import PipeBackend
 
 MIN_VERSION = (0, 8, 0)  # --disable-userns, --size
+SHM_BYTES = 64 * 2**20  # /dev/shm, as Docker sizes it by default
 
 
 def bwrap_argv(
@@ -42,6 +44,10 @@ def bwrap_argv(
         "--ro-bind", str(rootfs), "/",
         "--proc", "/proc",
         "--dev", "/dev",
+        # bwrap's /dev is a tmpfs owned by the sandbox's uid, without a size cap: give
+        # /dev/shm a capped tmpfs of its own (as Docker's), then make /dev read-only.
+        "--size", str(SHM_BYTES), "--perms", "1777", "--tmpfs", "/dev/shm",
+        "--remount-ro", "/dev",
         "--size", str(policy.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp",
         "--size", str(policy.home_bytes), "--perms", "0700", "--tmpfs", policy.home,
         "--cap-drop", "ALL",

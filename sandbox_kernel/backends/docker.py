@@ -71,6 +71,11 @@ AGENT_CAPABILITIES = ("SETUID", "SETGID", "KILL", "SETPCAP")
 # runsc flags the daemon must pass: no host network namespace, and enforcement of the
 # container's seccomp profile inside gVisor (without it, runsc ignores the profile).
 REQUIRED_RUNSC_ARGS = ("--network=none", "--oci-seccomp")
+_WITHOUT_RUNSC_ARG = {
+    "--network=none": "gVisor would serve the network of the container's namespace, and "
+    "Docker's network_mode=none would be the only lock left",
+    "--oci-seccomp": "the sandbox's seccomp profile would be ignored",
+}
 SETUP_HINT = "run `sudo sandbox-kernel setup-host` (installs Docker + gVisor, starts dockerd)"
 
 
@@ -331,10 +336,12 @@ class DockerBackend(SandboxBackend):
             args = (info["Runtimes"][runtime] or {}).get("runtimeArgs") or []
             missing = [a for a in REQUIRED_RUNSC_ARGS if a not in args]
             if missing:
+                why = "; ".join(f"without {a}, {_WITHOUT_RUNSC_ARG[a]}" for a in missing)
                 raise SandboxError(
                     f"the Docker daemon runs {runtime!r} without {' '.join(missing)} "
-                    f"(runtimeArgs: {args}); the sandbox's seccomp profile would be ignored. "
-                    f"Fix /etc/docker/daemon.json: {SETUP_HINT}"
+                    f"(runtimeArgs: {args}): {why}. Refusing to start a weaker sandbox. "
+                    f"Fix /etc/docker/daemon.json (runsc's runtimeArgs must include "
+                    f"{' and '.join(REQUIRED_RUNSC_ARGS)}): {SETUP_HINT}"
                 )
         else:
             warnings.append(

@@ -79,6 +79,34 @@ GAPS: dict[str, dict[str, str]] = {
         "SIGSTOP: that stalls only its own sandbox, and the host's bounds hold whatever the "
         "sandbox sends (docs/security.md)",
         "fs-noexec-memory": _IN_MEMORY,
+        "fs-mount-census": "firejail binds its own helper folder of the host "
+        "(/usr/lib/<arch>/firejail) read-only at /run/firejail/lib (it cannot run without "
+        "it); its tmpfs mounts have no size cap (/tmp, the home, /dev/shm, /run/lock; "
+        "accept_unenforced=['tmp_size']); /run/firejail/mnt and /var/log hold its own files. "
+        "No other host folder is mounted",
+    },
+}
+
+# backend -> {attack id: regular expression its detail must match in full}: for gaps that
+# could hide a further weakening of the same attack (one more host mount would not turn a
+# "not blocked" into anything else), what the attack sees is pinned down as well.
+_UNSIZED = r": writable tmpfs without a size cap \([^;]*\)"
+_FILES = r": tmpfs the sandbox cannot write, holding files \([^;]*\)"
+GAP_DETAILS: dict[str, dict[str, str]] = {
+    "firejail": {
+        "fs-mount-census": "mounts not from the image or the sandbox: "
+        + "; ".join(
+            (
+                "/dev/shm" + _UNSIZED,
+                "/dev" + _UNSIZED,
+                "/home" + _UNSIZED,
+                r"/run/firejail/lib: \S+ mount of /usr/lib/[^/; ]+/firejail",
+                "/run/firejail/mnt" + _FILES,
+                "/run/lock" + _UNSIZED,
+                "/tmp" + _UNSIZED,
+                "/var/log" + _FILES,
+            )
+        ),
     },
 }
 # gVisor without Docker (the runsc backend, as root and rootless): the same gVisor, so the

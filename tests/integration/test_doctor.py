@@ -40,3 +40,13 @@ def test_doctor_fails_without_runsc_and_names_the_fix(daemon_without_runsc: str)
     runsc = checks["gVisor runtime (runsc) registered"]
     assert runsc["ok"] is False and "setup-host" in runsc["fix"]
     assert checks["sandboxed kernel starts"]["ok"] is None  # not attempted
+
+
+def test_doctor_fails_when_runsc_lacks_network_none(daemon_with_networked_runsc: str) -> None:
+    code, report = doctor({"DOCKER_HOST": daemon_with_networked_runsc})
+    checks = {c["name"]: c for c in report["checks"]}
+    assert code == 1 and not report["ok"]
+    flags = checks["runsc flags"]
+    assert flags["ok"] is False and "--oci-seccomp" in flags["detail"]
+    assert "--network=none" in flags["fix"] and "setup-host" in flags["fix"]
+    assert checks["sandboxed kernel starts"]["ok"] is None  # not attempted

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
+import tarfile
 import time
 from pathlib import Path
 
@@ -275,3 +277,43 @@ def test_a_kernel_that_would_run_as_root_is_refused(
     err = _start_fails(_ksm_with(tmp_path, config), docker_client)
     assert isinstance(err, SandboxError), err
     assert "runs as root" in str(err), err
+
+
+def _empty_image(client: docker.DockerClient, name: str) -> str:
+    """An image with no files, imported into ``client``'s daemon (no registry involved):
+    enough for Docker to create a container from it."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w"):
+        pass
+    client.api.import_image_from_data(buf.getvalue(), repository=name, tag="latest")
+    return f"{name}:latest"
+
+
+def test_runsc_without_network_none_refuses(
+    tmp_path: Path,
+    daemon_with_networked_runsc: str,
+    monkeypatch: pytest.MonkeyPatch,
+    docker_client: docker.DockerClient,
+) -> None:
+    """The second lock of the network: a daemon whose runsc lacks --network=none (Docker's
+    network_mode=none would still hold) is refused by our preflight, before any container
+    exists. The daemon has the kernelspec's image, so nothing but the preflight stops the
+    launch; the error is ours (naming the flag and the fix), not runsc failing to start
+    (which this host's runsc does without the flag: "cannot run with network enabled in
+    root network namespace")."""
+    other = docker.DockerClient(base_url=daemon_with_networked_runsc)
+    image = _empty_image(other, "sandbox-kernel-test/empty")
+    since = int(time.time()) - 1
+    monkeypatch.setenv("DOCKER_HOST", daemon_with_networked_runsc)
+    err = _start_fails(_ksm_with(tmp_path, {"image": image, "pool_size": 0}), docker_client)
+    assert isinstance(err, SandboxError)
+    msg = str(err)
+    assert "runs 'runsc' without --network=none" in msg, msg
+    assert "--oci-seccomp" not in msg.split("(runtimeArgs")[0], "only the missing flag is named"
+    assert "setup-host" in msg and "runtimeArgs" in msg, msg
+    assert "root network namespace" not in msg, f"runsc failed, the preflight did not: {msg}"
+    assert other.containers.list(all=True) == []
+    created = other.events(
+        since=since, until=int(time.time()) + 1, decode=True, filters={"type": "container"}
+    )
+    assert [e.get("Action") for e in created] == [], "a container was created on that daemon"

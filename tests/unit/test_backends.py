@@ -55,6 +55,10 @@ def test_bwrap_argv_isolates_everything() -> None:
         "--size", str(64 * 2**20), "--perms", "1777", "--tmpfs", "/tmp",
     ]  # fmt: skip
     assert ("--size", str(32 * 2**20)) in pairs
+    shm = argv.index("/dev/shm") - 5
+    assert argv[shm : shm + 8] == [
+        "--size", str(64 * 2**20), "--perms", "1777", "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
+    ], "/dev is read-only (bwrap makes it a tmpfs the sandbox owns); /dev/shm is capped"  # fmt: skip
     assert argv[-len(CMD) - 1 :] == ["--", *CMD]
     assert "--share-net" not in argv
 
