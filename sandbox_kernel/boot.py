@@ -73,7 +73,10 @@ def check_hello(hello: dict[str, Any], preflight: Preflight) -> None:
             "could not run the kernel under a uid of its own; refusing"
         )
     if not preflight.kernel_user_apart and hello.get("uid") == 0:
-        raise SandboxError("the sandbox runs as root; refusing (policy user is unprivileged)")
+        raise SandboxError(
+            "the sandbox's agent runs as root, and the kernel would too; refusing (the policy's "
+            "user is unprivileged)"
+        )
     if not preflight.kernel_user_apart and not hello.get("undumpable"):
         # The kernel shares the agent's uid there: only PR_SET_DUMPABLE keeps the host
         # kernel from handing it the agent's pipe through /proc/<agent>/fd.

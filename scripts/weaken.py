@@ -53,6 +53,11 @@ class Weakening:
     old: str  # exact text, present once
     new: str
     runs: tuple[Run, ...]
+    also: tuple[tuple[str, str, str], ...] = ()  # more (path, old, new) edits, same rules
+
+    @property
+    def edits(self) -> tuple[tuple[str, str, str], ...]:
+        return ((self.path, self.old, self.new), *self.also) if self.path else self.also
 
 
 def _docker(name: str, what: str, old: str, new: str, k: str, *extra: Run) -> Weakening:
@@ -67,7 +72,25 @@ def _docker(name: str, what: str, old: str, new: str, k: str, *extra: Run) -> We
     )
 
 
-_SPEC_USER = '        "user": policy.user,\n'
+_BOOT = "sandbox_kernel/boot.py"
+_NO_ROOT_CHECK_KERNEL = (
+    _BOOT,
+    "    if uid == 0:\n",
+    "    if False:\n",
+)
+_NO_ROOT_CHECK_HELLO = (
+    _BOOT,
+    '    if not preflight.kernel_user_apart and hello.get("uid") == 0:\n',
+    "    if False:\n",
+)
+_ROOT_TEST: Run = ("tests/integration/test_errors.py", "-k", "would_run_as_root")
+
+
+def _bounds(k: str) -> Run:
+    """The host-bounds attack ``k`` from a sandbox holding its pipe, under gVisor."""
+    return ("tests/security/test_host_bounds.py", "-k", f"{k} and docker and not runc")
+
+
 _SPEC_CAPS = '        "cap_drop": ["ALL"],\n'
 _SECCOMP_OPT = "            seccomp_security_opt(host_kernel=runtime not in GVISOR_RUNTIMES),\n"
 _SECCOMP = "sandbox_kernel/backends/seccomp.py"
@@ -188,19 +211,50 @@ WEAKENINGS: tuple[Weakening, ...] = (
         '        "read_only": False,\n',
         "fs-",
     ),
-    _docker(
+    Weakening(
         "uid-0",
-        "the kernel runs as uid 0",
-        _SPEC_USER,
-        '        "user": "0:0",\n',
-        "priv-",
+        "the kernel runs as uid 0 (the policy's user, with the host's root checks removed)",
+        "sandbox_kernel/policy.py",
+        'SANDBOX_USER = "1000:1000"\n',
+        'SANDBOX_USER = "0:0"\n',
+        (attacks("priv-ids"), on("docker-runc", "priv-ids"), on("bwrap", "priv-ids")),
+        also=(_NO_ROOT_CHECK_KERNEL, _NO_ROOT_CHECK_HELLO),
     ),
-    _docker(
+    Weakening(
         "gid-0",
         "the kernel runs with gid 0",
-        _SPEC_USER,
-        '        "user": policy.user.split(":")[0] + ":0",\n',
-        "priv-",
+        "sandbox_kernel/policy.py",
+        'SANDBOX_USER = "1000:1000"\n',
+        'SANDBOX_USER = "1000:0"\n',
+        (attacks("priv-ids"), on("docker-runc", "priv-ids"), on("bwrap", "priv-ids")),
+    ),
+    Weakening(
+        "root-check-kernel",
+        "the host no longer refuses a kernel that reports uid 0 (boot.check_kernel)",
+        *_NO_ROOT_CHECK_KERNEL,
+        (_ROOT_TEST,),
+    ),
+    Weakening(
+        "root-check-hello",
+        "the host no longer refuses an agent that reports uid 0 where it shares the kernel's "
+        "uid (boot.check_hello)",
+        *_NO_ROOT_CHECK_HELLO,
+        (_ROOT_TEST,),
+    ),
+    Weakening(
+        "agent-shares-uid-gvisor",
+        "under gVisor the agent runs as the kernel's uid again (no root agent apart)",
+        "sandbox_kernel/backends/docker.py",
+        '        "user": "0:0" if gvisor else policy.user,\n',
+        '        "user": policy.user,\n',
+        (attacks("priv-agent"),),
+        also=(
+            (
+                "sandbox_kernel/backends/docker.py",
+                "            kernel_user_apart=runtime in GVISOR_RUNTIMES,\n",
+                "            kernel_user_apart=False,\n",
+            ),
+        ),
     ),
     _docker(
         "caps-kept",
@@ -345,6 +399,47 @@ WEAKENINGS: tuple[Weakening, ...] = (
         'REQUIRED_RUNSC_ARGS = ("--network=none",)',
         (("tests/integration/test_errors.py", "-k", "oci_seccomp"),),
     ),
+    # The host-side bounds (docs/security.md, "Host-side bounds").
+    Weakening(
+        "bound-pipe-backlog",
+        "no bound on what the host queues for a sandbox that stops reading",
+        "sandbox_kernel/relay/session.py",
+        "        if queued > MAX_PIPE_BACKLOG:\n",
+        "        if False:\n",
+        (_bounds("backlog"),),
+    ),
+    Weakening(
+        "bound-agent-errors",
+        "an agent may report any number of errors",
+        "sandbox_kernel/relay/session.py",
+        "        if self._agent_error_seen:\n",
+        "        if False:\n",
+        (_bounds("errors"),),
+    ),
+    Weakening(
+        "bound-expose-slot",
+        "a run-time port's slot is taken only once it is bound (after an await)",
+        "sandbox_kernel/exchange/host.py",
+        "        self._binding.add(inside)\n",
+        "",
+        (_bounds("expose"),),
+    ),
+    Weakening(
+        "bound-console",
+        "the kernel's console output passed on without its limit and rate",
+        "sandbox_kernel/relay/console.py",
+        "        allowed = min(len(out), self._budget())\n",
+        "        allowed = len(out)\n",
+        (_bounds("console_output"),),
+    ),
+    Weakening(
+        "bound-message-size",
+        "the kernel's ZeroMQ traffic no longer checked for message size",
+        "sandbox_kernel/relay/session.py",
+        "        if inside_port in KERNEL_INSIDE_PORTS:\n",
+        "        if False:\n",
+        (_bounds("message"),),
+    ),
 )
 
 
@@ -443,8 +538,11 @@ def run_tests(
 
 def not_applicable(w: Weakening, root: Path = REPO) -> str:
     """Why ``w`` cannot be applied to the code under ``root`` ("" when it can)."""
-    count = (root / w.path).read_text().count(w.old)
-    return "" if count == 1 else f"its text is found {count} times in {w.path}"
+    for path, old, _new in w.edits:
+        count = (root / path).read_text().count(old)
+        if count != 1:
+            return f"its text is found {count} times in {path}"
+    return ""
 
 
 def weaken(w: Weakening, keep_logs: Path | None) -> Outcome:
@@ -452,11 +550,11 @@ def weaken(w: Weakening, keep_logs: Path | None) -> Outcome:
     with tempfile.TemporaryDirectory(prefix=f"sk-weaken-{w.name}-") as tmp:
         copy = Path(tmp) / "checkout"
         copy_checkout(copy)
-        if w.path:
-            if why := not_applicable(w, copy):
-                return Outcome(w, False, note=why)
-            source = copy / w.path
-            source.write_text(source.read_text().replace(w.old, w.new))
+        if why := not_applicable(w, copy):
+            return Outcome(w, False, note=why)
+        for path, old, new in w.edits:
+            source = copy / path
+            source.write_text(source.read_text().replace(old, new))
         log = Path(tmp) / "pytest.log"
         ran, failed, errored, error = run_tests(copy, w.runs, log)
         if keep_logs is not None:

@@ -361,7 +361,7 @@ def test_check_hello_wants_a_root_agent_only_where_the_backend_keeps_them_apart(
     with pytest.raises(SandboxError, match="not as the sandbox's root"):
         check_hello({**hello, "uid": 1000}, APART)
     check_hello({**hello, "uid": 1000}, SHARED)
-    with pytest.raises(SandboxError, match="runs as root"):
+    with pytest.raises(SandboxError, match="agent runs as root"):
         check_hello({**hello, "uid": 0}, SHARED)
     # Sharing a uid with the kernel, the agent must be undumpable (its pipe in /proc).
     with pytest.raises(SandboxError, match="undumpable"):
