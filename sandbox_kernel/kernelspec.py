@@ -21,6 +21,7 @@ from .backends.registry import DEFAULT_BACKEND, check_backend, docker_runtime
 from .backends.registry import display_name as tier_display_name
 from .errors import PolicyError, SandboxError
 from .exchange.policy import build_exchange_policy
+from .kernel_slots import check_max_kernels
 from .policy import build_policy
 
 PROVISIONER_NAME = "sandbox-provisioner"
@@ -59,6 +60,7 @@ def build_kernelspec(config: Mapping[str, Any], display_name: str | None = None)
     exchange_params = inspect.signature(build_exchange_policy).parameters
     build_exchange_policy(**{k: v for k, v in config.items() if k in exchange_params})
     check_pool_size(config.get("pool_size", 1))
+    check_max_kernels(config.get("max_kernels", 0))
     return {
         "argv": list(KERNEL_ARGV),
         "display_name": display_name or tier_display_name(backend),
