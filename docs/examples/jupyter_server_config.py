@@ -20,6 +20,15 @@ c.ServerApp.kernel_spec_manager_class = "sandbox_kernel.server.SandboxedOnlyKern
 c.ServerApp.kernel_manager_class = "sandbox_kernel.server.ForgetFailedStartsKernelManager"
 c.MappingKernelManager.default_kernel_name = SANDBOXED_KERNELS[0]
 
+# A kernel start that is refused (a name not allowed, max_kernels reached) is answered with
+# a 4xx that says why, on /api/kernels and /api/sessions alike (jupyter_server alone
+# answers 500 "Unhandled error" or 501).
+c.ServerApp.jpserver_extensions.update({"sandbox_kernel.server": True})
+
+# At most this many sandboxed kernels per server; the next start is refused (403) until
+# one is shut down. Each also keeps pool_size warm sandboxes per kernelspec (default 1).
+c.SandboxProvisioner.max_kernels = 4
+
 # A terminal is a shell on the host as the server's user: no terminals.
 c.ServerApp.terminals_enabled = False
 
