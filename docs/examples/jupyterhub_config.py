@@ -1,13 +1,22 @@
 # jupyterhub_config.py, recipe (a) of docs/jupyterhub.md: real Unix users (terminals
 # allowed), every kernel in a rootless gVisor sandbox (backend runsc). A user's server
 # holds no privilege beyond the user's own: no Docker socket, no root helper, so a bug in
-# Jupyter gives nobody root. Run for real by tests/integration/test_hub.py (paths and ports
-# replaced by the test's own).
+# Jupyter gives nobody root. The hub runs as root from the same venv:
+#   /opt/sandbox-kernel/venv/bin/jupyterhub -f /etc/jupyterhub/jupyterhub_config.py
+# Run for real by tests/integration/test_hub.py (paths, ports and limits: the test's own).
 c = get_config()  # noqa: F821 (provided by traitlets when the file is loaded)
 
 c.JupyterHub.bind_url = "http://127.0.0.1:8000"  # behind a TLS-terminating proxy
-c.JupyterHub.spawner_class = "jupyterhub.spawner.LocalProcessSpawner"
 # Authentication: the default PAM authenticator (people log in as their Unix accounts).
+
+# LocalProcessSpawner (each server runs as its user) that first puts the server in
+# cgroups delegated to the user, with these totals: the server, every sandbox of its
+# kernels (each also held to its own kernelspec caps) and every terminal process share
+# them, and the user can neither leave them nor raise them (sandbox_kernel/hub.py).
+c.JupyterHub.spawner_class = "sandbox_kernel.hub.UserCgroupSpawner"
+c.UserCgroupSpawner.user_memory_limit = "4g"
+c.UserCgroupSpawner.user_cpu_limit = 2.0
+c.UserCgroupSpawner.user_pids_limit = 2048
 
 # Each user's server runs as that user from the venv every user can run
 # (scripts/shared-venv.sh), not from a Python under /root.

@@ -14,7 +14,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -166,66 +165,23 @@ class SystemUser:
         return left
 
 
-# -- per-user cgroups (the administrator's side of delegation) ----------------------------------
-class DelegatedCgroups:
-    """``<controller>/sandbox-kernel-users/<user>`` for memory, cpu and pids, owned by the
-    user (the folder, ``cgroup.procs``, ``tasks``) with limits set by root, which the user
-    cannot raise: the convention of the runsc backend (docs/backends.md)."""
+# -- per-user cgroups ---------------------------------------------------------------------------
+def user_cgroups(user: SystemUser) -> dict[str, Path]:
+    """Where UserCgroupSpawner puts the user's server: controller -> folder."""
+    return {c: CGROUP_ROOT / c / DELEGATED_PARENT / user.name for c in ("memory", "cpu", "pids")}
 
-    CONTROLLERS = ("memory", "cpu", "pids")
 
-    def __init__(self, user: SystemUser, memory_bytes: int, pids: int, cpus: float) -> None:
-        self.user = user
-        self.memory_bytes, self.pids, self.cpus = memory_bytes, pids, cpus
-        self.dirs = {c: CGROUP_ROOT / c / DELEGATED_PARENT / user.name for c in self.CONTROLLERS}
-        self.made_parents: list[Path] = []
-
-    def create(self) -> DelegatedCgroups:
-        for controller, d in self.dirs.items():
-            if not d.parent.is_dir():
-                d.parent.mkdir()
-                self.made_parents.append(d.parent)
-            d.mkdir()
-            if controller == "memory":
-                (d / "memory.limit_in_bytes").write_text(str(self.memory_bytes))
-                if (d / "memory.memsw.limit_in_bytes").exists():
-                    (d / "memory.memsw.limit_in_bytes").write_text(str(self.memory_bytes))
-            elif controller == "pids":
-                (d / "pids.max").write_text(str(self.pids))
-            else:
-                (d / "cpu.cfs_period_us").write_text("100000")
-                (d / "cpu.cfs_quota_us").write_text(str(int(self.cpus * 100000)))
-            for path in (d, d / "cgroup.procs", d / "tasks"):
-                os.chown(path, self.user.uid, self.user.gid)
-        return self
-
-    def memory(self, name: str) -> int:
-        return int((self.dirs["memory"] / name).read_text())
-
-    def all_dirs(self) -> list[Path]:
-        """The user's folders and every child folder (a sandbox's) below them."""
-        return [
-            p for d in self.dirs.values() if d.is_dir() for p in (d, *d.rglob("*")) if p.is_dir()
-        ]
-
-    def remove(self) -> list[str]:
-        """Remove the folders (children first); return the child folders that were left."""
-        left = [str(p) for p in self.all_dirs() if p not in self.dirs.values()]
-        for d in sorted(self.all_dirs(), key=lambda p: len(p.parts), reverse=True):
-            for _ in range(50):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.1)
-        for parent in self.made_parents:
-            try:
-                parent.rmdir()  # only if no other user's folder is in it
-            except OSError:
-                pass
-        return left
+def cgroup_of(pid: int, controller: str) -> str:
+    """The cgroup v1 path of ``pid`` in ``controller`` ("" if the process is gone)."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(","):
+            return path
+    return ""
 
 
 # -- the hub ------------------------------------------------------------------------------------
@@ -236,7 +192,8 @@ class HubError(Exception):
 
 
 class Hub:
-    """``jupyterhub -f CONFIG`` as root, its proxy and hub on 127.0.0.1, with a service
+    """``jupyterhub -f CONFIG`` as root from the shared venv (as documented), its proxy and
+    hub on 127.0.0.1, with a service
     token (``self.token``) that may spawn, stop and make tokens for the test's users."""
 
     def __init__(self, workdir: Path, config: str) -> None:
@@ -274,7 +231,7 @@ c.JupyterHub.load_roles = [{{
         env = {"PATH": CLEAN_PATH, "LANG": "C.UTF-8", "HOME": str(self.workdir),
                "CONFIGPROXY_AUTH_TOKEN": self.proxy_token}  # fmt: skip
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(self.config_path)],
+            [str(SHARED_VENV / "bin" / "jupyterhub"), "-f", str(self.config_path)],
             cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip

@@ -5,8 +5,8 @@ user from the shared venv with the documented configs, and the rootless-runsc ke
 (``/hub/api``, ``/user/<name>/api/...``, the kernel websocket) with tokens from the hub API.
 
 The tests share one hub (module fixture) and run in file order; the last one stops the
-hub. The fixture's teardown removes the users, their homes, cgroups and runsc state, and
-fails if any process of theirs was still running."""
+hub. The fixture's teardown removes the users, their homes and runsc state, and fails if
+any process or cgroup of theirs was left."""
 
 from __future__ import annotations
 
@@ -21,18 +21,20 @@ from pathlib import Path
 
 import pytest
 
+from sandbox_kernel.hub import end_all
 from tests.helpers import REPO, ForeignClient
 from tests.integration.hub import (
     SHARED_VENV,
-    DelegatedCgroups,
     Hub,
     SystemUser,
     UserClient,
     admin_dir,
+    cgroup_of,
     cmdline,
     descendants,
     proc_ids,
     reinstall_shared_venv,
+    user_cgroups,
 )
 
 EXAMPLES = REPO / "docs" / "examples"
@@ -43,7 +45,7 @@ INSTALL = ["--backend", "bwrap", "--pool-size", "0",
            "--accept-unenforced", "pids_limit", "--accept-unenforced", "nproc_limit"]  # fmt: skip
 SANDBOX_TOOL = "bwrap"  # the host process each sandbox is
 MAX_KERNELS = 2  # the example's 4, cheaper to reach
-USER_MEMORY = 3 * 2**30  # each user's delegated memory cgroup
+USER_MEMORY = 1536 * 2**20  # everything of one user's server (the example has 4g)
 
 
 @dataclass
@@ -51,7 +53,6 @@ class HubSetup:
     hub: Hub
     admin: Path
     users: dict[str, SystemUser]
-    cgroups: dict[str, DelegatedCgroups]
     clients: dict[str, UserClient]
 
     def client(self, who: str) -> UserClient:
@@ -86,6 +87,7 @@ def hub_config(admin: Path, venv: Path, users: list[str]) -> str:
     return (
         text
         + f"""
+c.UserCgroupSpawner.user_memory_limit = {USER_MEMORY}
 c.JupyterHub.authenticator_class = "dummy"
 c.DummyAuthenticator.password = "sandbox-test-password"
 c.Authenticator.allowed_users = {set(users)!r}
@@ -110,13 +112,11 @@ def hub_setup() -> Iterator[HubSetup]:
     venv = reinstall_shared_venv()
     with admin_dir() as admin:
         users = {who: SystemUser(who) for who in ("alice", "bob")}
-        cgroups: dict[str, DelegatedCgroups] = {}
         hub: Hub | None = None
         failures: list[str] = []
         try:
-            for who, user in users.items():
+            for user in users.values():
                 user.create()
-                cgroups[who] = DelegatedCgroups(user, USER_MEMORY, pids=2048, cpus=1.5).create()
             # What an administrator installs: the kernelspec (root's umask of 077 would
             # hide a badly installed one from the users) and the server config.
             install = subprocess.run(
@@ -131,7 +131,7 @@ def hub_setup() -> Iterator[HubSetup]:
             (admin / "hub").mkdir(mode=0o700)
             hub = Hub(admin / "hub", hub_config(admin, venv, [u.name for u in users.values()]))
             hub.start()
-            yield HubSetup(hub, admin, users, cgroups, {})
+            yield HubSetup(hub, admin, users, {})
         finally:
             if hub is not None:
                 try:
@@ -147,10 +147,10 @@ def hub_setup() -> Iterator[HubSetup]:
                 left = user.remove()
                 if left:
                     failures.append(f"{who} had processes left: {left}")
-                if who in cgroups:
-                    stale = cgroups[who].remove()
-                    if stale:
-                        failures.append(f"{who}'s sandbox cgroups were left: {stale}")
+                stale = [str(d) for d in user_cgroups(user).values() if d.exists()]
+                if stale:
+                    end_all(user_cgroups(user))
+                    failures.append(f"{who}'s cgroups were left: {stale}")
                 if Path(f"/home/{user.name}").exists():
                     failures.append(f"{who}'s home was not removed")
             assert not failures, failures
@@ -302,6 +302,21 @@ def test_users_servers_hold_no_privilege_beyond_the_users_own(hub_setup: HubSetu
             assert set(ids["Gid"]) == {user.gid}, (who, pid, cmdline(pid), ids)
             assert docker_gid not in ids["Groups"] and 0 not in ids["Groups"], (who, pid, ids)
         assert all(user.uid in proc_ids(p).get("Uid", [user.uid]) for p in user.processes())
+        # ... and all of it is in the user's own cgroups (the spawner's), which they cannot
+        # leave: the sandboxes in child folders of their own.
+        for controller, folder in user_cgroups(user).items():
+            mine = "/" + str(folder.relative_to(f"/sys/fs/cgroup/{controller}"))
+            placed = {pid: cgroup_of(pid, controller) for pid in tree}
+            stray = {
+                p: g for p, g in placed.items() if g and not (g == mine or g.startswith(mine + "/"))
+            }
+            assert not stray, (who, controller, mine, stray)
+        moved = user.run(["sh", "-c", "echo $$ > /sys/fs/cgroup/memory/cgroup.procs"])
+        assert moved.returncode != 0 and "Permission denied" in moved.stderr, moved
+        raised = user.run(
+            ["sh", "-c", f"echo -1 > {user_cgroups(user)['memory']}/memory.limit_in_bytes"]
+        )
+        assert raised.returncode != 0 and "Permission denied" in raised.stderr, raised
         assert user.name not in grp.getgrgid(docker_gid).gr_mem
         probe = user.python(
             "import socket\ns = socket.socket(socket.AF_UNIX)\n"
@@ -473,6 +488,71 @@ def test_a_user_in_a_browser_through_the_hub(hub_setup: HubSetup) -> None:
     assert shot.stat().st_size > 10_000
     sessions = hub_setup.client("bob").api("GET", "/api/sessions")
     assert [s["kernel"]["name"] for s in sessions] == [KERNEL], sessions
+
+
+ALLOCATE = """
+import time
+chunks = []
+try:
+    for _ in range(%d):
+        chunk = bytearray(50 * 2**20)
+        for i in range(0, len(chunk), 4096):
+            chunk[i] = 1
+        chunks.append(chunk)
+    print("ALLOCATED", len(chunks) * 50, flush=True)
+except MemoryError:
+    print("MemoryError at", len(chunks) * 50, flush=True)
+"""
+
+
+def allocate(client: UserClient, kernel: str, mib: int) -> str:
+    """Allocate and hold ``mib`` MiB in the kernel: 'ALLOCATED', 'MemoryError' or 'ENDED'
+    (the kernel's sandbox was killed: its websocket ended or went quiet)."""
+    try:
+        out = client.execute(kernel, ALLOCATE % (mib // 50), timeout=90)
+    except (AssertionError, TimeoutError, OSError) as exc:
+        return f"ENDED ({type(exc).__name__})"
+    return out.split()[0] if out.strip() else f"ENDED ({out!r})"
+
+
+def holds(client: UserClient, kernel: str) -> int:
+    """MiB the kernel still holds from ALLOCATE (0 for a fresh kernel, -1 if it is gone)."""
+    try:
+        out = client.execute(kernel, "print(len(globals().get('chunks', [])) * 50)", timeout=60)
+    except (AssertionError, TimeoutError, OSError):
+        return -1
+    return int(out.split()[-1]) if out.strip().split()[-1:] and out.split()[-1].isdigit() else -1
+
+
+def oom_kills(memory_folder: Path) -> int:
+    for line in (memory_folder / "memory.oom_control").read_text().splitlines():
+        if line.startswith("oom_kill "):
+            return int(line.split()[1])
+    raise AssertionError("this kernel reports no oom_kill count")
+
+
+def test_a_users_memory_bound_holds_across_all_their_kernels(hub_setup: HubSetup) -> None:
+    """Each kernel may hold 700 MiB (its own cap is 2 GiB), but not two of them at once:
+    everything of alice's server shares her user_memory_limit of 1.5 GiB, so one of them
+    is ended. Bob, on the same host, is not affected."""
+    alice = hub_setup.users["alice"]
+    client = spawned(hub_setup, "alice")
+    memory = user_cgroups(alice)["memory"]
+    first, second = client.start_kernel(), client.start_kernel()
+    assert allocate(client, second, 700) == "ALLOCATED"  # alone: fits (the control)
+    client.api("POST", f"/api/kernels/{second}/restart")  # a fresh sandbox, memory returned
+    assert allocate(client, first, 700) == "ALLOCATED"
+    kills = oom_kills(memory)
+    allocate(client, second, 700)
+    held = {k: holds(client, k) for k in (first, second)}
+    assert sorted(held.values())[0] < 700, f"both kernels hold 700 MiB in alice's 1.5 GiB: {held}"
+    assert oom_kills(memory) > kills, "no OOM kill in alice's cgroup"
+    assert int((memory / "memory.max_usage_in_bytes").read_text()) <= USER_MEMORY
+    bob = spawned(hub_setup, "bob")
+    kernel = bob.start_kernel()
+    assert allocate(bob, kernel, 700) == "ALLOCATED"
+    bob.api("DELETE", f"/api/kernels/{kernel}")
+    hub_setup.hub.stop_server(alice.name)  # whatever state the OOM left her kernels in
 
 
 def test_hub_stop_removes_every_server_and_sandbox(hub_setup: HubSetup) -> None:

@@ -174,12 +174,19 @@ def test_hub_config_examples_load(example: str, caplog: pytest.LogCaptureFixture
     also runs in a real hub: tests/integration/test_hub.py)."""
     from jupyterhub.spawner import LocalProcessSpawner
 
+    from sandbox_kernel.hub import UserCgroupSpawner
+
     path = EXAMPLES / example
     config = PyFileConfigLoader(path.name, str(path.parent)).load_config()
+    spawner_class = {
+        "sandbox_kernel.hub.UserCgroupSpawner": UserCgroupSpawner,
+        "jupyterhub.spawner.LocalProcessSpawner": LocalProcessSpawner,
+    }[config.JupyterHub.spawner_class]
     with caplog.at_level(logging.WARNING):
-        spawner = LocalProcessSpawner(config=config)
+        spawner = spawner_class(config=config)
     assert not [r for r in caplog.records if "not recognized" in r.getMessage()], caplog.text
-    assert config.JupyterHub.spawner_class == "jupyterhub.spawner.LocalProcessSpawner"
+    # Recipe (a) bounds each user's processes (sandboxes, terminals) in cgroups of their own.
+    assert (spawner_class is UserCgroupSpawner) == (example == "jupyterhub_config.py")
     assert config.JupyterHub.bind_url.startswith("http://127.0.0.1:")
     assert spawner.cmd == ["/opt/sandbox-kernel/venv/bin/jupyterhub-singleuser"]
     assert spawner.disable_user_config is True
