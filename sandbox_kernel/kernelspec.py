@@ -50,7 +50,9 @@ def build_kernelspec(config: Mapping[str, Any], display_name: str | None = None)
     backend = check_backend(config.get("backend", DEFAULT_BACKEND))
     check_accepted(config.get("accept_unenforced", ()))
     if config.get("accept_unenforced") and backend in ("docker", "docker-runc"):
-        raise PolicyError("accept_unenforced applies to the bwrap and firejail backends only")
+        raise PolicyError(
+            "accept_unenforced applies to the runsc, bwrap and firejail backends only"
+        )
     policy_args["runtime"], policy_args["allow_weaker_runtime"] = docker_runtime(
         backend,
         policy_args.get("runtime", "runsc"),

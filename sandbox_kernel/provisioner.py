@@ -65,8 +65,9 @@ class SandboxProvisioner(KernelProvisionerBase):
     backend = Enum(
         list(BACKENDS),
         default_value=DEFAULT_BACKEND,
-        help="Isolation backend: docker (gVisor, default); the weaker tiers docker-runc, bwrap "
-        "and firejail share the host's kernel with the sandbox (see docs/backends.md).",
+        help="Isolation backend: docker (gVisor, default); runsc (gVisor without Docker, as "
+        "root or rootless); the weaker tiers docker-runc, bwrap and firejail share the host's "
+        "kernel with the sandbox (see docs/backends.md).",
     ).tag(config=True)
     accept_unenforced = List(
         Unicode(),
@@ -76,7 +77,7 @@ class SandboxProvisioner(KernelProvisionerBase):
     ).tag(config=True)
     rootfs = Unicode(
         "",
-        help="bwrap/firejail: the kernel root filesystem directory (default: the export of "
+        help="runsc/bwrap/firejail: the kernel root filesystem directory (default: the export of "
         "`image` by `sandbox-kernel image export-rootfs`).",
     ).tag(config=True)
     image = Unicode(DEFAULT_IMAGE, help="Docker image with python3 and ipykernel.").tag(config=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,16 @@ from tests.helpers import (
     NetnsHost,
     container_exists,
     our_containers,
+    our_runsc_sandboxes,
     second_dockerd,
+)
+from tests.rootless import (
+    ROOTLESS_SPECS,
+    Rootless,
+    create_user,
+    remove_user,
+    shared_python,
+    write_kernelspecs,
 )
 
 
@@ -116,6 +126,8 @@ def nothing_left_behind() -> Iterator[None]:
     from sandbox_kernel.pool import WarmPool
 
     WarmPool.drain_all()
+    runsc_leftovers = our_runsc_sandboxes()
+    assert not runsc_leftovers, f"runsc sandboxes left behind: {runsc_leftovers}"
     try:
         client = docker.from_env()
     except docker.errors.DockerException:
@@ -126,6 +138,30 @@ def nothing_left_behind() -> Iterator[None]:
     DockerBackend().remove_orphans()
     leftovers = [c for c in our_containers(client, pooled=True) if container_exists(client, c.id)]
     assert not leftovers, f"containers left behind: {[c.attrs.get('Names') for c in leftovers]}"
+
+
+@pytest.fixture(scope="session")
+def rootless() -> Iterator[Rootless]:
+    """A real ordinary user (created here, removed after) whose Jupyter processes run with
+    the shared venv and this checkout's package: the rootless runsc backend's setting."""
+    from sandbox_kernel.backends.runsc import remove_delegation
+
+    root = Path(tempfile.mkdtemp(prefix="sk-rootless-"))
+    root.chmod(0o755)
+    user = create_user()
+    leftover: list[int] = []
+    left: list[str] = []
+    try:
+        user.pythonpath = shared_python(root)
+        rootless = Rootless(user, write_kernelspecs(root / "kernels", ROOTLESS_SPECS), root)
+        yield rootless
+        left = rootless.leftovers()
+    finally:
+        remove_delegation(user.name)
+        leftover = remove_user(user)
+        shutil.rmtree(root, ignore_errors=True)
+    assert not leftover, f"processes of the test user left running: {leftover}"
+    assert not left, f"the test user's runsc state, bundles or cgroups left behind: {left}"
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Kernelspec configs of the non-default backends, as `sandbox-kernel install --backend` writes
 # them; pool_size 0 so each test starts (and removes) exactly the sandboxes it counts.
 BACKEND_CONFIGS: dict[str, dict[str, Any]] = {
+    "runsc": {"backend": "runsc", "pool_size": 0},
     "docker-runc": {"backend": "docker-runc", "pool_size": 0},
     "bwrap": {"backend": "bwrap", "pool_size": 0},
     "firejail": {"backend": "firejail", "pool_size": 0, "accept_unenforced": ["tmp_size"]},
@@ -46,6 +47,21 @@ def our_containers(
         all=True, sparse=True, filters={"label": [f"{LABEL_MANAGED}=1", label]}
     )
     return [c for c in found if pooled or LABEL_POOL not in (c.attrs.get("Labels") or {})]
+
+
+def our_runsc_sandboxes() -> list[str]:
+    """Bundles of runsc sandboxes this test process created (as root) that still exist."""
+    from sandbox_kernel.backends.runsc import ROOT_STATE
+
+    found = []
+    for bundle in (ROOT_STATE / "bundles").glob("*"):
+        try:
+            labels = json.loads((bundle / "config.json").read_text()).get("annotations", {})
+        except (OSError, ValueError):
+            continue
+        if labels.get(LABEL_SERVER_PID) == str(os.getpid()):
+            found.append(bundle.name)
+    return found
 
 
 def container_exists(client: docker.DockerClient, cid: str | None, settle: float = 10.0) -> bool:

@@ -247,8 +247,10 @@ def sandbox_table() -> list[dict[str, Any]]:
     for c in containers:
         try:
             stats = c.stats(stream=False)
-        except docker.errors.NotFound:
-            continue  # removed since the listing (a kernel shut down meanwhile)
+        except (docker.errors.NotFound, ValueError):
+            # Removed since the listing (a kernel shut down meanwhile); while the removal is
+            # under way the daemon may answer with an empty body (ValueError: not JSON).
+            continue
         cpu, pre = stats.get("cpu_stats", {}), stats.get("precpu_stats", {})
         used = cpu.get("cpu_usage", {}).get("total_usage", 0) - pre.get("cpu_usage", {}).get(
             "total_usage", 0

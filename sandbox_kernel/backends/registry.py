@@ -1,8 +1,9 @@
 """Backend names -> backend objects, tiers and display names (the provisioner's factory).
 
-``docker`` (gVisor) is the default. Every other name is an explicit choice of a
-weaker tier: ``docker-runc`` (hardened Docker on the host kernel), ``bwrap``
-and ``firejail`` (no daemon; host kernel). Naming one in the kernelspec is the
+``docker`` (gVisor) is the default; ``runsc`` is gVisor too, run by the provisioner
+without Docker (as root, or rootless for an ordinary user). Every other name is an
+explicit choice of a weaker tier: ``docker-runc`` (hardened Docker on the host kernel),
+``bwrap`` and ``firejail`` (no daemon; host kernel). Naming one in the kernelspec is the
 operator's opt-in; each launch still logs that the host kernel is shared.
 """
 
@@ -14,12 +15,13 @@ from collections.abc import Iterable
 from ..errors import PolicyError
 from .base import SandboxBackend
 
-BACKENDS = ("docker", "docker-runc", "bwrap", "firejail")
+BACKENDS = ("docker", "runsc", "docker-runc", "bwrap", "firejail")
 DEFAULT_BACKEND = "docker"
 
 # Shown in Jupyter's launcher: the isolation tier is part of the kernel's name.
 TIER_LABELS = {
     "docker": "sandboxed",
+    "runsc": "sandboxed, gVisor without Docker",
     "docker-runc": "sandboxed, Docker runc: weaker, host kernel",
     "bwrap": "sandboxed, bubblewrap: host kernel",
     "firejail": "sandboxed, firejail: host kernel",
@@ -67,6 +69,10 @@ def make_backend(
                 "leave it empty"
             )
         return DockerBackend(log)
+    if name == "runsc":
+        from .runsc import RunscBackend
+
+        return RunscBackend(log, accept_unenforced=accept_unenforced, rootfs=rootfs)
     if name == "bwrap":
         from .bwrap import BwrapBackend
 

@@ -45,17 +45,19 @@ def _add_policy_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--backend",
         choices=BACKENDS,
-        help="isolation backend (default docker = gVisor); docker-runc, bwrap and firejail are "
-        "weaker tiers that share the host's kernel (docs/backends.md)",
+        help="isolation backend (default docker = gVisor); runsc is gVisor without Docker (as "
+        "root, or rootless for an ordinary user); docker-runc, bwrap and firejail are weaker "
+        "tiers that share the host's kernel (docs/backends.md)",
     )
     g.add_argument(
         "--accept-unenforced",
         dest="accept_unenforced",
         action="append",
         metavar="PROPERTY",
-        help="DANGEROUS (bwrap/firejail): let the backend leave PROPERTY unenforced (repeatable)",
+        help="DANGEROUS (runsc/bwrap/firejail): let the backend leave PROPERTY unenforced "
+        "(repeatable)",
     )
-    g.add_argument("--rootfs", help="bwrap/firejail: kernel root filesystem directory")
+    g.add_argument("--rootfs", help="runsc/bwrap/firejail: kernel root filesystem directory")
     x = p.add_argument_group("deliberate exchanges (ports and files; see docs/exchange.md)")
     x.add_argument(
         "--expose",
@@ -181,20 +183,29 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
+    from ..backends import runsc
     from ..backends.docker import sandbox_table
 
-    rows = sandbox_table()
+    rows: list[dict[str, Any]] = []
+    try:
+        rows = [{**r, "backend": "docker"} for r in sandbox_table()]
+    except SandboxError as exc:  # e.g. an ordinary user without the Docker socket
+        print(f"sandbox-kernel: note: Docker sandboxes not listed: {exc}", file=sys.stderr)
+    rows += runsc.sandbox_table()  # this user's sandboxes of the runsc backend
     if args.json:
         import json
 
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'NAME':<40} {'KERNEL ID':<36} {'POOL':<4} {'UP':>8} {'MEMORY':>10} {'CPU':>6}")
+    print(
+        f"{'NAME':<40} {'BACKEND':<7} {'KERNEL ID':<36} {'POOL':<4} {'UP':>8} {'MEMORY':>10}"
+        f" {'CPU':>6}"
+    )
     for r in rows:
         pooled = "yes" if r["pooled"] else ""
         print(
-            f"{r['name']:<40} {r['kernel_id'] or '-':<36} {pooled:<4} {r['uptime_s']:>7.0f}s"
-            f" {r['memory_mib']:>7.0f}MiB {r['cpu_percent']:>5.1f}%"
+            f"{r['name']:<40} {r['backend']:<7} {r['kernel_id'] or '-':<36} {pooled:<4}"
+            f" {r['uptime_s']:>7.0f}s {r['memory_mib']:>7.0f}MiB {r['cpu_percent']:>5.1f}%"
         )
     return 0
 
@@ -202,8 +213,14 @@ def cmd_ps(args: argparse.Namespace) -> int:
 def cmd_gc(args: argparse.Namespace) -> int:
     from ..backends.cgroups import remove_empty
     from ..backends.docker import DockerBackend
+    from ..backends.runsc import RunscBackend
 
-    removed = DockerBackend().remove_orphans()
+    removed: list[str] = []
+    try:
+        removed = DockerBackend().remove_orphans()
+    except SandboxError as exc:  # e.g. an ordinary user without the Docker socket
+        print(f"sandbox-kernel: note: Docker sandboxes not checked: {exc}", file=sys.stderr)
+    removed += RunscBackend().remove_orphans()  # this user's runsc sandboxes, bundles, cgroups
     stale = remove_empty()
     if stale:
         print(f"removed the cgroups of {len(stale)} ended bwrap/firejail sandbox(es)")
@@ -286,7 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_doctor)
 
-    p = sub.add_parser("ps", help="list running sandboxes: kernel id, uptime, memory, CPU")
+    p = sub.add_parser(
+        "ps",
+        help="list running sandboxes: kernel id, uptime, memory, CPU (Docker's, and this "
+        "user's runsc sandboxes)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable")
     p.set_defaults(func=cmd_ps)
 

@@ -4,14 +4,14 @@
 every backend and asserts this table both ways: an attack listed here must succeed
 (a gap that starts being blocked fails the test, so the table is corrected), every
 other attack must be blocked. ``docs/security.md`` embeds :func:`markdown_table`
-(checked by a test). The default backend (docker = gVisor) has no gaps.
+(checked by a test). The gVisor backends (docker, the default, and runsc) have no gaps.
 """
 
 from __future__ import annotations
 
 from .attacks import ATTACKS
 
-BACKEND_ORDER = ("docker", "docker-runc", "bwrap", "firejail")
+BACKEND_ORDER = ("docker", "runsc", "docker-runc", "bwrap", "firejail")
 
 _SHARED_KERNEL = "the sandbox runs on the host's Linux kernel (no gVisor): it reads the "
 _MOUNT_SOURCE = (
@@ -23,6 +23,7 @@ _MOUNT_SOURCE = (
 # (tests/security/test_backend_attacks.py), which fails if any entry stops being true.
 GAPS: dict[str, dict[str, str]] = {
     "docker": {},
+    "runsc": {},  # gVisor without Docker, as root and rootless (tests/security)
     "docker-runc": {
         "fs-mountinfo": "runc's overlay root names Docker's storage paths "
         "(/var/lib/docker/overlay2/...) in the mount table",

@@ -1,4 +1,5 @@
-"""The daemon-less backends (bwrap, firejail) end to end with real tools and ipykernel:
+"""The daemon-less backends (bwrap, firejail) end to end with real tools and ipykernel
+(the runsc backend: test_runsc.py, test_runsc_rootless.py; its install here):
 a kernel runs code, is interrupted, restarted and shut down, its limits hold, and
 nothing is left behind (processes, cgroups, temporary folders, ports). Refusals fail
 closed and name what is missing. docker-runc shares the Docker code path (the attack
@@ -52,6 +53,14 @@ def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
 
 def cgroup_dirs() -> set[str]:
     return set(glob.glob("/sys/fs/cgroup/*/sandbox-kernel/*/"))
+
+
+def runsc_leftovers() -> set[str]:
+    """Bundles and cgroups of the runsc backend (as root) on this host."""
+    from sandbox_kernel.backends.runsc import CGROUP_PREFIX, ROOT_STATE
+
+    found = {str(p) for p in (ROOT_STATE / "bundles").glob("*")}
+    return found | set(glob.glob(f"/sys/fs/cgroup/*/{CGROUP_PREFIX}*"))
 
 
 def workdirs(backend: str) -> set[str]:
@@ -175,7 +184,7 @@ def test_missing_rootfs_names_the_fix(tmp_path: Path) -> None:
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize("backend", ["bwrap", "firejail", "docker-runc"])
+@pytest.mark.parametrize("backend", ["runsc", "bwrap", "firejail", "docker-runc"])
 def test_install_backend_runs_the_demo_notebook(backend: str, tmp_path: Path) -> None:
     """`sandbox-kernel install --backend X` writes a kernelspec named for the backend, whose
     display name states the tier, and `sandbox-kernel run` executes notebooks/demo.ipynb in it
@@ -191,19 +200,19 @@ def test_install_backend_runs_the_demo_notebook(backend: str, tmp_path: Path) ->
     assert r.returncode == 0, r.stderr
     name = f"sandbox-python-{backend}"
     spec = kernelspecs(tmp_path)[name]["spec"]
-    assert (
-        spec["display_name"].startswith("Python 3 (sandboxed, ")
-        and "host kernel" in (spec["display_name"])
-    )
+    assert spec["display_name"].startswith("Python 3 (sandboxed, ")
+    tier = "gVisor without Docker" if backend == "runsc" else "host kernel"
+    assert tier in spec["display_name"], spec["display_name"]
     out = tmp_path / "demo.out.ipynb"
     env = {"JUPYTER_PATH": str(tmp_path / "share" / "jupyter")}
     nb_in = REPO / "notebooks" / "demo.ipynb"
-    before = workdirs(backend), cgroup_dirs()
+    before = workdirs(backend), cgroup_dirs(), runsc_leftovers()
     r = cli("run", str(nb_in), "--kernel", name, "--output", str(out), env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     # The process has exited: its kernel and its warm-pool sandbox (pool_size 1) are gone.
     assert workdirs(backend) <= before[0], "temporary folders left by the exited process"
     assert cgroup_dirs() <= before[1], "cgroups left by the exited process"
+    assert runsc_leftovers() <= before[2], "runsc bundles or cgroups left by the exited process"
     executed = nbformat.read(out, as_version=4)
     errors = [
         o for c in executed.cells for o in c.get("outputs", []) if o["output_type"] == "error"

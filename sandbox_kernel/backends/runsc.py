@@ -1,0 +1,944 @@
+"""runsc backend: gVisor without Docker; the provisioner runs ``runsc run`` itself.
+
+Who calls what: as for the pipe backends (:mod:`.pipe`), the provisioner (and the warm
+pool, through ``boot``) calls ``preflight``; ``create`` writes an OCI bundle (``oci_config``,
+pure) and spawns ``runsc run`` with two pipes as the container's stdin and stdout, where the
+agent's stage 1 waits for its bundle; ``attach`` hands our ends to
+``AgentSession.attach_pipes`` (raw bytes, no daemon, no socket); ``start`` has nothing left
+to do; ``kill`` is ``runsc kill``; ``remove`` waits for ``runsc run`` to end, then
+``runsc delete --force`` and removes the bundle and every cgroup folder. ``sandbox-kernel
+ps``/``gc`` call :func:`sandbox_table` and :meth:`RunscBackend.remove_orphans`. Every
+blocking step runs in a worker thread.
+
+The sandbox is the Docker backend's (``container_spec``) in OCI terms: ``--network=none``,
+our seccomp profile enforced by gVisor (``--oci-seccomp``), the exported image root
+filesystem read-only and no host mount at all (proc, sysfs, runsc's own /dev, devpts, and
+size-capped ``noexec,nosuid,nodev`` tmpfs for /tmp, /dev/shm and the home), hostname
+``sandbox``, uid/gid 1000, no capabilities, no_new_privs, RLIMIT_NPROC (counted by gVisor
+per sandbox), RLIMIT_NOFILE and no core dumps.
+
+Two modes, chosen by who runs the server:
+
+* **root**: memory (no swap), CPU and pids caps through the cgroup runsc creates from
+  ``linux.cgroupsPath`` + ``linux.resources`` (cgroup v1). The path has one component,
+  ``/sandbox-kernel-runsc-<name>``, so runsc leaves no parent folder behind.
+* **rootless** (an ordinary user's server): ``runsc --rootless``; the sentry and gofer run as
+  that user in user and network namespaces of their own. runsc ignores cgroup limits there,
+  so the sandbox joins a per-sandbox cgroup under the folder an administrator delegated to
+  the user (:data:`DELEGATED_PARENT`, see :func:`delegated_cgroups`) where one exists; every
+  limit without one is reported by ``gaps`` (refused unless accepted), and a sandbox
+  without a memory cgroup still gets RLIMIT_AS = ``memory_limit`` per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import functools
+import json
+import logging
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..errors import SandboxError
+from ..image.rootfs import check_rootfs, rootfs_for
+from ..policy import GVISOR_RUNTIMES, SANDBOX_PATH, SandboxPolicy
+from ..relay.session import AgentSession
+from ..relay.thread import RelayThread
+from .base import Preflight, SandboxBackend
+from .capabilities import check_accepted, refuse_unenforced
+from .cgroups import CONTROLLERS, Cgroup, join_in_child, v1_mounts
+from .docker import (
+    LABEL_KERNEL_ID,
+    LABEL_OWNER,
+    LABEL_POOL,
+    LABEL_SERVER_PID,
+    REQUIRED_RUNSC_ARGS,
+    is_orphan,
+)
+from .seccomp import seccomp_profile
+
+ROOT_STATE = Path("/run/sandbox-kernel/runsc")
+CGROUP_PREFIX = "sandbox-kernel-runsc-"
+# Under each cgroup v1 controller, the folder an administrator delegates to a user:
+# <mount>/sandbox-kernel-users/<user name>, owned by the user (the folder, its cgroup.procs
+# and tasks; its limit files stay root's, so the user cannot raise them).
+DELEGATED_PARENT = "sandbox-kernel-users"
+SHM_BYTES = 64 * 2**20  # Docker's default /dev/shm size
+STDERR_TAIL = 4000
+BUNDLE_GRACE = 300.0  # seconds: a bundle without a readable config.json may be being written
+RUNSC_PATHS = ("/usr/bin/runsc", "/usr/local/bin/runsc", "/usr/sbin/runsc")
+# Global flags of every runsc call. --overlay2=none: the root is read-only and every
+# writable mount a tmpfs inside the sandbox, so runsc needs no overlay (whose default
+# medium would put a file store next to the shared root filesystem).
+RUNSC_FLAGS = (*REQUIRED_RUNSC_ARGS, "--overlay2=none")
+SETUP_HINT = "install gVisor: `sudo sandbox-kernel setup-host` (or apt-get install runsc)"
+
+# Docker's defaults for a container's /proc and /sys.
+MASKED_PATHS = (
+    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+    "/sys/firmware", "/sys/devices/virtual/powercap",
+)  # fmt: skip
+READONLY_PATHS = (
+    "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+)  # fmt: skip
+
+
+# -- the bundle (pure) ----------------------------------------------------------------------
+def process_identity(policy: SandboxPolicy) -> dict[str, Any]:
+    """Who the sandbox's first process (the agent) is: the policy's unprivileged uid/gid,
+    no capability in any set, no_new_privs. The one place to change the agent's identity."""
+    uid, _, gid = policy.user.partition(":")
+    sets = ("bounding", "effective", "inheritable", "permitted", "ambient")
+    return {
+        "user": {"uid": int(uid), "gid": int(gid or uid), "additionalGids": []},
+        "capabilities": {s: [] for s in sets},
+        "noNewPrivileges": True,
+    }
+
+
+def cgroups_path(name: str) -> str:
+    """The cgroup runsc creates (as root) for sandbox ``name``: one level, so no parent
+    folder is left behind when runsc removes it."""
+    return "/" + CGROUP_PREFIX + name
+
+
+def _mount(destination: str, kind: str, *options: str) -> dict[str, Any]:
+    return {"destination": destination, "type": kind, "source": kind, "options": list(options)}
+
+
+def _mounts(policy: SandboxPolicy) -> list[dict[str, Any]]:
+    """No host path at all: kernel file systems, runsc's own /dev, and size-capped tmpfs for
+    everything writable (nothing there can be executed)."""
+    uid, _, gid = policy.user.partition(":")
+    safe = ("nosuid", "noexec", "nodev")
+    return [
+        _mount("/proc", "proc", *safe),
+        _mount("/dev", "tmpfs", "nosuid", "noexec", "strictatime", "mode=755", "size=65536k"),
+        _mount("/dev/pts", "devpts", "nosuid", "noexec", "newinstance", "ptmxmode=0666"),
+        _mount("/dev/shm", "tmpfs", *safe, "mode=1777", f"size={SHM_BYTES}"),
+        _mount("/dev/mqueue", "mqueue", *safe),
+        _mount("/sys", "sysfs", *safe, "ro"),
+        _mount("/tmp", "tmpfs", *safe, "mode=1777", f"size={policy.tmp_bytes}"),
+        _mount(policy.home, "tmpfs", *safe, "mode=0700", f"size={policy.home_bytes}",
+               f"uid={uid}", f"gid={gid or uid}"),
+    ]  # fmt: skip
+
+
+def oci_config(
+    policy: SandboxPolicy,
+    *,
+    rootfs: Path,
+    command: list[str],
+    annotations: Mapping[str, str],
+    cgroups_path: str | None,
+    rlimit_as: bool = False,
+) -> dict[str, Any]:
+    """The bundle's ``config.json``: ``policy`` in OCI terms (pure, unit-tested).
+
+    ``cgroups_path``: where runsc creates the sandbox's cgroup with the policy's memory, CPU
+    and pids caps (root); None: no cgroup from runsc (rootless runsc ignores it anyway).
+    ``rlimit_as``: also cap each process's address space at ``memory_limit`` (rootless
+    without a memory cgroup: the only memory bound left).
+    """
+    rlimits = [
+        {"type": "RLIMIT_NOFILE", "soft": policy.nofile, "hard": policy.nofile},
+        {"type": "RLIMIT_NPROC", "soft": policy.nproc, "hard": policy.nproc},
+        {"type": "RLIMIT_CORE", "soft": 0, "hard": 0},
+    ]
+    if rlimit_as:
+        rlimits.append(
+            {"type": "RLIMIT_AS", "soft": policy.memory_bytes, "hard": policy.memory_bytes}
+        )
+    linux: dict[str, Any] = {
+        "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+        "seccomp": seccomp_profile(host_kernel=False),
+        "maskedPaths": list(MASKED_PATHS),
+        "readonlyPaths": list(READONLY_PATHS),
+    }
+    if cgroups_path is not None:
+        linux["cgroupsPath"] = cgroups_path
+        linux["resources"] = {
+            # swap = memory + swap in OCI terms: equal to the limit means no swap at all.
+            "memory": {"limit": policy.memory_bytes, "swap": policy.memory_bytes},
+            "cpu": {"quota": max(1000, int(policy.cpus * 100_000)), "period": 100_000},
+            # gVisor counts RLIMIT_NPROC per sandbox (a fork bomb meets EAGAIN inside); the
+            # host pids cgroup is the looser backstop, as under Docker.
+            "pids": {"limit": policy.pids_limit},
+        }
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            **process_identity(policy),
+            "args": list(command),
+            "env": [f"HOME={policy.home}", f"PATH={SANDBOX_PATH}", "LANG=C.UTF-8"],
+            "cwd": policy.home,
+            "rlimits": rlimits,
+        },
+        "root": {"path": str(rootfs), "readonly": True},
+        "hostname": "sandbox",
+        "mounts": _mounts(policy),
+        "linux": linux,
+        "annotations": dict(annotations),
+    }
+
+
+def runsc_argv(
+    runsc: str, state: Path, *args: str, rootless: bool, flags: Iterable[str] = RUNSC_FLAGS
+) -> list[str]:
+    """A runsc command line with our global flags (pure): ``--root`` (this user's state),
+    ``--rootless`` for an ordinary user, ``--network=none``, ``--oci-seccomp``."""
+    mode = ["--rootless"] if rootless else []
+    return [runsc, "--root", str(state), *mode, *flags, *args]
+
+
+def state_bases(euid: int, environ: Mapping[str, str]) -> list[Path]:
+    """Where this user's runsc state and bundles may live, preferred first (pure): root's
+    under /run; an ordinary user's under $XDG_RUNTIME_DIR, else a 0700 folder under /tmp
+    named by uid."""
+    if euid == 0:
+        return [ROOT_STATE]
+    bases = []
+    runtime_dir = environ.get("XDG_RUNTIME_DIR", "")
+    if runtime_dir.startswith("/"):
+        bases.append(Path(runtime_dir) / "sandbox-kernel" / "runsc")
+    bases.append(Path(f"/tmp/sandbox-kernel-runsc-{euid}"))
+    return bases
+
+
+def _private(path: Path) -> str:
+    """'' if ``path`` is a real folder of ours that nobody else can enter, else why not."""
+    try:
+        st = path.lstat()
+    except OSError as exc:
+        return str(exc)
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a folder"
+    if st.st_uid != os.geteuid():
+        return f"{path} belongs to uid {st.st_uid}, not to this server's uid {os.geteuid()}"
+    if st.st_mode & 0o077:
+        return f"{path} has mode {stat.S_IMODE(st.st_mode):o}; it must be 0700"
+    return ""
+
+
+def _usable_runtime_dir(path: Path) -> bool:
+    return not _private(path.parents[1])  # $XDG_RUNTIME_DIR itself: ours, 0700
+
+
+def state_base(create: bool = True) -> Path:
+    """This user's state folder (``state/`` for ``runsc --root``, ``bundles/``), created
+    0700; raises SandboxError naming the folder if someone else holds it."""
+    bases = state_bases(os.geteuid(), os.environ)
+    if os.geteuid() != 0 and len(bases) > 1 and not _usable_runtime_dir(bases[0]):
+        bases = bases[1:]
+    base = bases[0]
+    if create:
+        for d in (base, base / "state", base / "bundles"):
+            try:
+                d.mkdir(mode=0o700, parents=d is base)
+            except FileExistsError:
+                pass
+            why = _private(d)
+            if why:
+                raise SandboxError(
+                    f"cannot keep runsc's state in {d}: {why}. Remove it (it may have been "
+                    "created by another user) or set XDG_RUNTIME_DIR to a private folder"
+                )
+    return base
+
+
+def existing_bases() -> list[Path]:
+    """Every state folder of this user that exists and is private (ps, gc)."""
+    return [b for b in state_bases(os.geteuid(), os.environ) if not _private(b)]
+
+
+# -- cgroups ------------------------------------------------------------------------------------
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def delegated_cgroups(
+    uid: int | None = None, mounts: dict[str, Path] | None = None
+) -> dict[str, Path]:
+    """controller -> the cgroup v1 folder delegated to user ``uid`` (memory, cpu, pids):
+    ``<mount>/sandbox-kernel-users/<user name>``, a folder owned by the user whose
+    ``cgroup.procs`` the user may write. Its limits (set by root) cover every sandbox of
+    the user; each sandbox gets a child with the policy's own caps."""
+    uid = os.geteuid() if uid is None else uid
+    user = _user_name(uid)
+    found: dict[str, Path] = {}
+    for controller, mount in (v1_mounts() if mounts is None else mounts).items():
+        d = mount / DELEGATED_PARENT / user
+        try:
+            owner = d.stat().st_uid
+        except OSError:
+            continue
+        if owner == uid and os.access(d, os.W_OK) and os.access(d / "cgroup.procs", os.W_OK):
+            found[controller] = d
+    return found
+
+
+def delegate_cgroups(
+    user: str,
+    *,
+    memory_bytes: int | None = None,
+    cpus: float | None = None,
+    pids: int | None = None,
+    mounts: dict[str, Path] | None = None,
+) -> dict[str, Path]:
+    """As root: give ``user`` the folders :func:`delegated_cgroups` looks for (memory, cpu,
+    pids), owned by the user (the folder, ``cgroup.procs``, ``tasks``: enough to create
+    children and join them), with the user's total limits written by root, which the user
+    cannot change. For administrators and the tests; docs/backends.md has the shell form."""
+    pw = pwd.getpwnam(user)
+    made: dict[str, Path] = {}
+    for controller, mount in (v1_mounts() if mounts is None else mounts).items():
+        d = mount / DELEGATED_PARENT / user
+        d.mkdir(parents=True, exist_ok=True)
+        for path in (d, d / "cgroup.procs", d / "tasks"):
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+        made[controller] = d
+    limits = {
+        ("memory", "memory.limit_in_bytes"): memory_bytes,
+        ("memory", "memory.memsw.limit_in_bytes"): memory_bytes,
+        ("cpu", "cpu.cfs_quota_us"): None if cpus is None else max(1000, int(cpus * 100_000)),
+        ("pids", "pids.max"): pids,
+    }
+    for (controller, name), value in limits.items():
+        if value is not None and controller in made and (made[controller] / name).exists():
+            (made[controller] / name).write_text(f"{value}\n")
+    return made
+
+
+def remove_delegation(user: str, mounts: dict[str, Path] | None = None) -> None:
+    """As root: remove ``user``'s delegated folders (and the parent when empty); folders
+    still holding a sandbox stay (EBUSY)."""
+    for mount in (v1_mounts() if mounts is None else mounts).values():
+        for d in (mount / DELEGATED_PARENT / user, mount / DELEGATED_PARENT):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+
+class DelegatedCgroup(Cgroup):
+    """A sandbox's cgroup folders under the user's delegated folders (rootless)."""
+
+    def __init__(self, name: str, parents: Mapping[str, Path]) -> None:
+        self.name = name
+        self.dirs = {c: parents[c] / name for c in CONTROLLERS if c in parents}
+
+
+def delegation_hint(user: str) -> str:
+    dirs = ",".join(CONTROLLERS)
+    return (
+        f"as root: `for c in {{{dirs}}}; do d=/sys/fs/cgroup/$c/{DELEGATED_PARENT}/{user}; "
+        f"mkdir -p $d && chown {user} $d $d/cgroup.procs $d/tasks; done`, then set the user's "
+        "total limits in those folders (docs/backends.md, runsc backend)"
+    )
+
+
+def root_cgroup_dirs(name: str) -> list[Path]:
+    """The folders of the cgroup runsc makes as root, in every v1 hierarchy (runsc creates
+    it in all of them, not only memory, cpu and pids)."""
+    base = Path("/sys/fs/cgroup")
+    try:
+        hierarchies = [d for d in base.iterdir() if d.is_dir()]
+    except OSError:
+        return []
+    return [d / cgroups_path(name).lstrip("/") for d in hierarchies]
+
+
+def _remove_cgroup_dirs(dirs: Iterable[Path]) -> None:
+    for d in dirs:
+        if not d.is_dir():
+            continue
+        for _ in range(3):
+            _kill_cgroup(d)
+            try:
+                d.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.05)
+
+
+# -- the backend --------------------------------------------------------------------------------
+def find_runsc() -> str:
+    found = shutil.which("runsc") or next((p for p in RUNSC_PATHS if os.access(p, os.X_OK)), "")
+    if not found:
+        raise SandboxError(f"`runsc` (gVisor) is not installed: {SETUP_HINT}")
+    return found
+
+
+@functools.lru_cache(maxsize=8)
+def _probe(runsc: str, rootfs: str, rootless: bool) -> str:
+    """Run ``/bin/true`` in a minimal sandbox of this shape; '' when it works, else why not."""
+    base = state_base()
+    name = f"sandbox-kernel-probe-{secrets.token_hex(4)}"
+    bundle = base / "bundles" / name
+    bundle.mkdir(mode=0o700)
+    try:
+        from .docker import server_labels
+
+        config = oci_config(
+            SandboxPolicy(image="probe"),
+            rootfs=Path(rootfs),
+            command=["/bin/true"],
+            annotations=server_labels(),
+            cgroups_path=None,
+        )
+        (bundle / "config.json").write_text(json.dumps(config))
+        argv = runsc_argv(runsc, base / "state", "run", "--bundle", str(bundle), name,
+                          rootless=rootless)  # fmt: skip
+        try:
+            proc = subprocess.run(
+                argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+                cwd="/", env=_runsc_env(),
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return "runsc did not run a probe sandbox within 60 s"
+        if proc.returncode != 0:
+            hint = (
+                " (rootless runsc needs unprivileged user namespaces: sysctl "
+                "user.max_user_namespaces > 0, kernel.unprivileged_userns_clone=1)"
+                if rootless
+                else ""
+            )
+            return f"runsc cannot run a sandbox here: {proc.stderr.strip()[-400:]}{hint}"
+        return ""
+    finally:
+        subprocess.run(
+            runsc_argv(runsc, base / "state", "delete", "--force", name, rootless=rootless),
+            capture_output=True, timeout=30, cwd="/", env=_runsc_env(),
+        )  # fmt: skip
+        shutil.rmtree(bundle, ignore_errors=True)
+
+
+def _runsc_env() -> dict[str, str]:
+    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+
+
+@dataclass
+class Running:
+    """One ``runsc run`` of ours and what belongs to it."""
+
+    proc: subprocess.Popen[bytes] | None  # None: an orphan's (gc), not our child
+    pipes: tuple[int, int] | None  # our ends (its stdin, its stdout) until a session takes them
+    runsc: str
+    state: Path
+    bundle: Path
+    rootless: bool
+    cgroup: Cgroup | None  # rootless: the sandbox's cgroup under the user's delegation
+
+
+class RunscBackend(SandboxBackend):
+    name = "runsc"
+
+    def __init__(
+        self,
+        log: logging.Logger | None = None,
+        *,
+        accept_unenforced: Iterable[str] = (),
+        rootfs: str = "",
+    ) -> None:
+        self.log = log or logging.getLogger(__name__)
+        self.accept_unenforced = check_accepted(accept_unenforced)
+        self.rootfs_override = rootfs
+
+    # Shared by every instance: a warm pool's sandbox is removed by the claiming
+    # provisioner's backend object, not the pool's.
+    _sandboxes: ClassVar[dict[str, Running]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _orphans_reaped: ClassVar[bool] = False
+
+    @staticmethod
+    def rootless() -> bool:
+        return os.geteuid() != 0
+
+    # -- preflight ----------------------------------------------------------------------------
+    def gaps(self, policy: SandboxPolicy) -> tuple[Path, dict[str, str]]:
+        """(rootfs, every property this host cannot enforce for ``policy``); blocking."""
+        if policy.runtime not in GVISOR_RUNTIMES:
+            raise SandboxError(
+                f"runtime: the runsc backend always runs gVisor; {policy.runtime!r} applies to "
+                "the Docker backend only (leave runtime unset)"
+            )
+        runsc = find_runsc()
+        rootfs = check_rootfs(rootfs_for(policy.image, self.rootfs_override))
+        rootless = self.rootless()
+        gaps: dict[str, str] = {}
+        mounts = v1_mounts()
+        if rootless:
+            delegated = delegated_cgroups(mounts=mounts)
+            user = _user_name(os.geteuid())
+            for controller, prop in CONTROLLERS.items():
+                if controller in delegated:
+                    continue
+                if controller in mounts:
+                    why = f"no cgroup v1 {controller} folder is delegated to user {user!r}"
+                else:
+                    why = (
+                        f"this host has no cgroup v1 {controller} controller (delegation of "
+                        "cgroup v2 is not implemented)"
+                    )
+                if controller == "memory":
+                    why += "; each process is still held to memory_limit of address space"
+                gaps[prop] = f"rootless runsc applies no cgroup limits, and {why}"
+        else:
+            for controller, prop in CONTROLLERS.items():
+                where = mounts.get(controller)
+                if where is None:
+                    gaps[prop] = (
+                        f"no cgroup v1 {controller} controller is mounted (this backend does "
+                        "not implement cgroup v2 yet)"
+                    )
+                elif not os.access(where, os.W_OK):
+                    gaps[prop] = f"{where} is not writable"
+        why = _probe(runsc, str(rootfs), rootless)
+        if why:
+            # Without a sandbox, nothing is isolated: every property is missing.
+            gaps.update(host_files=why, network=why, unprivileged_user=why)
+        return rootfs, gaps
+
+    def _preflight(self, policy: SandboxPolicy) -> Preflight:
+        _rootfs, gaps = self.gaps(policy)
+        try:
+            warnings = refuse_unenforced(self.name, gaps, self.accept_unenforced)
+        except SandboxError as exc:
+            if self.rootless() and set(gaps) & set(CONTROLLERS.values()):
+                user = _user_name(os.geteuid())
+                raise SandboxError(
+                    f"{exc}. To enforce the limits: {delegation_hint(user)}"
+                ) from None
+            raise
+        return Preflight(runtime="runsc", warnings=warnings)
+
+    async def preflight(self, policy: SandboxPolicy) -> Preflight:
+        preflight = await asyncio.to_thread(self._preflight, policy)
+        OomWatcher.ensure_running(self.log)
+        if not RunscBackend._orphans_reaped:
+            RunscBackend._orphans_reaped = True
+            await asyncio.to_thread(self.remove_orphans)
+        return preflight
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def _spawn(
+        self, policy: SandboxPolicy, command: list[str], name: str, labels: Mapping[str, str]
+    ) -> str:
+        rootfs, gaps = self.gaps(policy)
+        refuse_unenforced(self.name, gaps, self.accept_unenforced)
+        runsc, rootless = find_runsc(), self.rootless()
+        base = state_base()
+        bundle = base / "bundles" / name
+        bundle.mkdir(mode=0o700)
+        cgroup: Cgroup | None = None
+        stdin_r, stdin_w = os.pipe()
+        stdout_r, stdout_w = os.pipe()
+        try:
+            delegated = delegated_cgroups() if rootless else {}
+            config = oci_config(
+                policy,
+                rootfs=rootfs,
+                command=command,
+                annotations=labels,
+                cgroups_path=None if rootless else cgroups_path(name),
+                rlimit_as=rootless and "memory" not in delegated,
+            )
+            (bundle / "config.json").write_text(json.dumps(config, indent=1))
+            if delegated:
+                cgroup = DelegatedCgroup(name, delegated)
+                cgroup.create(policy, pids=policy.pids_limit)
+            argv = runsc_argv(runsc, base / "state", "run", "--bundle", str(bundle), name,
+                              rootless=rootless)  # fmt: skip
+            with open(bundle / "stderr", "wb") as err:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=stdin_r,
+                    stdout=stdout_w,
+                    stderr=err,
+                    cwd="/",
+                    env=_runsc_env(),
+                    start_new_session=True,  # no terminal signal reaches runsc (it forwards)
+                    preexec_fn=_joiner(cgroup.join_paths()) if cgroup is not None else None,
+                )
+        except BaseException:
+            os.close(stdin_w)
+            os.close(stdout_r)
+            if cgroup is not None:
+                cgroup.remove()
+            shutil.rmtree(bundle, ignore_errors=True)
+            raise
+        finally:
+            os.close(stdin_r)
+            os.close(stdout_w)
+        running = Running(
+            proc, (stdin_w, stdout_r), runsc, base / "state", bundle, rootless, cgroup
+        )
+        with self._lock:
+            self._sandboxes[name] = running
+        return name
+
+    async def create(
+        self,
+        policy: SandboxPolicy,
+        preflight: Preflight,
+        *,
+        command: list[str],
+        labels: Mapping[str, str],
+        name: str,
+    ) -> str:
+        return await asyncio.to_thread(self._spawn, policy, command, name, labels)
+
+    async def attach(self, sandbox_id: str, session: AgentSession) -> None:
+        with self._lock:
+            running = self._sandboxes.get(sandbox_id)
+            pipes = running.pipes if running else None
+            if running:
+                running.pipes = None
+        if pipes is None:
+            raise SandboxError(f"sandbox {sandbox_id} is gone or already attached")
+        await RelayThread.get().run(session.attach_pipes(*pipes))
+
+    async def start(self, sandbox_id: str) -> None:
+        """Nothing to do: ``runsc run`` runs since ``create`` and the agent waits."""
+
+    def _kill(self, sandbox_id: str) -> None:
+        with self._lock:
+            running = self._sandboxes.get(sandbox_id)
+        if running is not None:
+            _runsc_kill(running, sandbox_id)
+
+    def _remove(self, sandbox_id: str) -> None:
+        with self._lock:
+            running = self._sandboxes.pop(sandbox_id, None)
+        if running is None:
+            return
+        code, err = _end(running, sandbox_id)
+        if err and code not in (0, -signal.SIGKILL, 128 + signal.SIGKILL):
+            self.log.warning("sandbox %s: runsc said: %s", sandbox_id, err)
+
+    async def kill(self, sandbox_id: str) -> None:
+        await asyncio.to_thread(self._kill, sandbox_id)
+
+    async def remove(self, sandbox_id: str) -> None:
+        try:
+            await asyncio.to_thread(self._remove, sandbox_id)
+        except RuntimeError:  # interpreter shutdown: no new worker threads, so block instead
+            self._remove(sandbox_id)
+
+    @classmethod
+    def remove_all(cls) -> None:
+        """At exit: remove every sandbox of this process still running (warm-pool sandboxes,
+        kernels nobody shut down). Registered with ``atexit``."""
+        with cls._lock:
+            running = list(cls._sandboxes.items())
+            cls._sandboxes.clear()
+        for name, one in running:
+            try:
+                _end(one, name)
+            except Exception:
+                pass
+
+    # -- orphans (gc, and once per process at the first launch) ---------------------------
+    def remove_orphans(self) -> list[str]:
+        """Remove this user's sandboxes, bundles and cgroups left by Jupyter processes of this
+        host that died. Blocking: run in a thread."""
+        removed = remove_orphans()
+        if removed:
+            self.log.warning("removed runsc sandboxes left by dead Jupyter processes: %s", removed)
+        return removed
+
+
+atexit.register(RunscBackend.remove_all)
+
+
+class OomWatcher:
+    """Ends a sandbox as soon as the OOM killer strikes in its memory cgroup.
+
+    The OOM killer may pick one of gVisor's stub processes rather than the sentry, and the
+    sandbox then hangs at its memory cap (seen here: a kernel allocating in steps). Like
+    the Docker backend's watcher, this turns that into a prompt death that jupyter_client's
+    restarter sees: one daemon thread per process, started by the first preflight, reads
+    ``oom_kill`` of each running sandbox's ``memory.oom_control`` four times a second and
+    SIGKILLs every process of a sandbox whose count moved.
+    """
+
+    INTERVAL = 0.25
+    _lock = threading.Lock()
+    _thread: threading.Thread | None = None
+
+    @classmethod
+    def ensure_running(cls, log: logging.Logger) -> None:
+        with cls._lock:
+            if cls._thread is None or not cls._thread.is_alive():
+                cls._thread = threading.Thread(
+                    target=cls._run, args=(log,), name="sandbox-kernel-runsc-oom", daemon=True
+                )
+                cls._thread.start()
+
+    @staticmethod
+    def memory_dir(name: str, running: Running) -> Path | None:
+        if running.cgroup is not None:
+            return running.cgroup.dirs.get("memory")
+        if not running.rootless:
+            return Path("/sys/fs/cgroup/memory") / cgroups_path(name).lstrip("/")
+        return None
+
+    @classmethod
+    def _run(cls, log: logging.Logger) -> None:
+        ended: set[str] = set()
+        while True:
+            time.sleep(cls.INTERVAL)
+            with RunscBackend._lock:
+                running = list(RunscBackend._sandboxes.items())
+            ended &= {name for name, _r in running}
+            for name, one in running:
+                where = cls.memory_dir(name, one)
+                if name in ended or where is None or oom_kills(where) == 0:
+                    continue
+                ended.add(name)
+                log.warning("sandbox %s hit its memory limit: ending it", name)
+                _kill_cgroup(where)
+
+
+def oom_kills(memory_dir: Path) -> int:
+    """How many processes the OOM killer ended in a cgroup v1 memory folder (0 if gone)."""
+    try:
+        for line in (memory_dir / "memory.oom_control").read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _kill_cgroup(directory: Path) -> None:
+    try:
+        pids = [int(p) for p in (directory / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _joiner(paths: list[bytes]) -> Any:
+    def join() -> None:
+        join_in_child(paths)
+
+    return join
+
+
+def _runsc(running: Running, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        runsc_argv(running.runsc, running.state, *args, rootless=running.rootless),
+        capture_output=True, text=True, timeout=timeout, cwd="/", env=_runsc_env(),
+    )  # fmt: skip
+
+
+def _runsc_kill(running: Running, name: str) -> None:
+    """SIGKILL to every process of the container: its init (the agent) ending ends the
+    sandbox, and ``runsc run`` then cleans up and exits."""
+    try:
+        _runsc(running, "kill", "--all", name, "KILL", timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+
+
+def _end(running: Running, name: str) -> tuple[int, str]:
+    """End a sandbox, reap its ``runsc run`` (None: an orphan's, not our child), delete
+    runsc's state, remove its cgroups and bundle; return runsc's exit code and the tail of
+    its stderr."""
+    code = 0
+    proc = running.proc
+    if proc is not None:
+        if proc.poll() is None:
+            _runsc_kill(running, name)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        code = proc.wait()
+    if running.pipes is not None:
+        for fd in running.pipes:
+            os.close(fd)
+        running.pipes = None
+    try:
+        _runsc(running, "delete", "--force", name)  # `runsc run` already did, unless killed
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    if running.cgroup is not None:
+        running.cgroup.remove()
+    if not running.rootless:
+        _remove_cgroup_dirs(root_cgroup_dirs(name))
+    err = _tail(running.bundle / "stderr")
+    shutil.rmtree(running.bundle, ignore_errors=True)
+    return code, err
+
+
+def _tail(path: Path) -> str:
+    try:
+        return path.read_bytes()[-STDERR_TAIL:].decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+# -- ps and gc -----------------------------------------------------------------------------------
+def _annotations(bundle: Path) -> dict[str, str]:
+    try:
+        found = json.loads((bundle / "config.json").read_text()).get("annotations") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def _listed(runsc: str, base: Path) -> list[dict[str, Any]]:
+    """``runsc list`` of one state folder (id, pid, status, bundle)."""
+    proc = subprocess.run(
+        runsc_argv(runsc, base / "state", "list", "--format", "json", rootless=os.geteuid() != 0),
+        capture_output=True, text=True, timeout=30, cwd="/", env=_runsc_env(),
+    )  # fmt: skip
+    if proc.returncode != 0:
+        return []
+    try:
+        found = json.loads(proc.stdout or "[]")
+    except ValueError:
+        return []
+    return [c for c in found or [] if isinstance(c, dict) and isinstance(c.get("id"), str)]
+
+
+def remove_orphans() -> list[str]:
+    """Delete this user's runsc sandboxes whose Jupyter process is gone (their state, bundle
+    and cgroups), and bundles and cgroups of sandboxes whose ``runsc run`` ended without
+    its server cleaning up. Blocking."""
+    try:
+        runsc = find_runsc()
+    except SandboxError:
+        return []
+    host = socket.gethostname()
+    rootless = os.geteuid() != 0
+    removed: list[str] = []
+    for base in existing_bases():
+        listed = {c["id"] for c in _listed(runsc, base)}
+        bundles = base / "bundles"
+        on_disk = {d.name for d in bundles.iterdir() if d.is_dir()} if bundles.is_dir() else set()
+        for name in sorted(listed | on_disk):
+            labels = _annotations(bundles / name)
+            if labels:
+                if not is_orphan(labels, host):
+                    continue
+            elif name not in on_disk or time.time() - _mtime(bundles / name) < BUNDLE_GRACE:
+                continue  # not a sandbox of ours, or its bundle is being written right now
+            running = Running(None, None, runsc, base / "state", bundles / name, rootless, None)
+            if rootless:
+                running.cgroup = DelegatedCgroup(name, delegated_cgroups())
+            _end(running, name)
+            removed.append(name)
+    if not rootless:  # cgroups of sandboxes whose `runsc run` was killed before cleaning up
+        live = {c["id"] for b in existing_bases() for c in _listed(runsc, b)}
+        for d in Path("/sys/fs/cgroup").glob(f"*/{CGROUP_PREFIX}*"):
+            name = d.name[len(CGROUP_PREFIX) :]
+            if name not in live and not (ROOT_STATE / "bundles" / name).exists():
+                _remove_cgroup_dirs([d])
+    return removed
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _proc_times(pid: int) -> tuple[float, float]:
+    """(CPU seconds used, start time in seconds since boot) of a process; (0, 0) if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, int(fields[19]) / tick
+
+
+def _memory_bytes(name: str, pid: int, rootless: bool) -> int:
+    """The sandbox's memory: its memory cgroup's usage, else the sandbox process's RSS."""
+    candidates = [] if rootless else [Path("/sys/fs/cgroup/memory") / cgroups_path(name)[1:]]
+    delegated = delegated_cgroups() if rootless else {}
+    if "memory" in delegated:
+        candidates.append(delegated["memory"] / name)
+    for d in candidates:
+        try:
+            return int((d / "memory.usage_in_bytes").read_text())
+        except (OSError, ValueError):
+            pass
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def sandbox_table() -> list[dict[str, Any]]:
+    """This user's running runsc sandboxes (blocking; for ``sandbox-kernel ps``), in the rows
+    of the Docker backend's table: name, kernel id, pooled, uptime, memory, CPU."""
+    try:
+        runsc = find_runsc()
+    except SandboxError:
+        return []
+    rootless = os.geteuid() != 0
+    found = [(base, c) for base in existing_bases() for c in _listed(runsc, base)]
+    before = {c["id"]: _proc_times(int(c.get("pid") or 0)) for _b, c in found}
+    t0 = time.monotonic()
+    time.sleep(0.3)
+    elapsed = time.monotonic() - t0
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    rows = []
+    for base, c in found:
+        name, pid = c["id"], int(c.get("pid") or 0)
+        labels = _annotations(Path(c.get("bundle") or base / "bundles" / name))
+        if not labels:
+            continue  # not a sandbox of ours
+        cpu, started = _proc_times(pid)
+        rows.append(
+            {
+                "name": name,
+                "id": name,
+                "backend": "runsc",
+                "kernel_id": labels.get(LABEL_KERNEL_ID, ""),
+                "pooled": LABEL_POOL in labels,
+                "owner": labels.get(LABEL_OWNER, ""),
+                "server_pid": labels.get(LABEL_SERVER_PID, ""),
+                "uptime_s": uptime - started if started else 0.0,
+                "memory_mib": _memory_bytes(name, pid, rootless) / 2**20,
+                "cpu_percent": 100.0 * max(0.0, cpu - before[name][0]) / elapsed,
+            }
+        )
+    return rows

@@ -1,0 +1,414 @@
+"""The runsc backend as root (gVisor without Docker) end to end, with real runsc and ipykernel:
+a kernel runs in gVisor with the policy's mounts, is interrupted, restarted and shut down;
+its cgroup caps hold (memory, CPU, pids); ps lists it; gc removes sandboxes of dead
+Jupyter processes and keeps live ones; nothing is left behind (runsc state, bundles,
+cgroups including runsc's parent folders, processes, ports). The rootless mode, run as a
+real ordinary user, is in test_runsc_rootless.py; the attack suite in tests/security.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+
+from sandbox_kernel.backends.docker import server_labels
+from sandbox_kernel.backends.runsc import (
+    CGROUP_PREFIX,
+    ROOT_STATE,
+    RunscBackend,
+    find_runsc,
+    oci_config,
+    runsc_argv,
+)
+from sandbox_kernel.image.rootfs import rootfs_for
+from sandbox_kernel.kernelspec import build_kernelspec
+from sandbox_kernel.policy import build_policy
+from tests.helpers import BACKEND_CONFIGS, Kernel, listening_ports
+
+RUNSC = "sandbox-runsc"
+
+
+def runsc_ids() -> set[str]:
+    """Containers in root's runsc state (every process of this host running as root)."""
+    out = subprocess.run(
+        runsc_argv(find_runsc(), ROOT_STATE / "state", "list", "--format", "json", rootless=False),
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return {c["id"] for c in json.loads(out.stdout or "[]") or []}
+
+
+def cgroup_dirs(name: str = "") -> set[str]:
+    """Folders of runsc-made cgroups (of one sandbox) in every v1 hierarchy."""
+    return {str(p) for p in Path("/sys/fs/cgroup").glob(f"*/{CGROUP_PREFIX}{name or '*'}")}
+
+
+def bundles() -> set[str]:
+    return {p.name for p in (ROOT_STATE / "bundles").iterdir()}
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def sandbox_pids(name: str) -> set[int]:
+    """Host processes of a sandbox: `runsc run` and everything in its memory cgroup."""
+    running = RunscBackend._sandboxes[name]
+    assert running.proc is not None
+    procs = Path("/sys/fs/cgroup/memory") / f"{CGROUP_PREFIX}{name}" / "cgroup.procs"
+    return {running.proc.pid, *(int(p) for p in procs.read_text().split())}
+
+
+def mounts_inside(kernel: Kernel) -> dict[str, list[str]]:
+    """Mount point -> [file system type, options] from /proc/self/mountinfo inside."""
+    table: dict[str, list[str]] = kernel.value(
+        "import json\nm = {}\nfor line in open('/proc/self/mountinfo'):\n"
+        "    f = line.split(); i = f.index('-')\n"
+        "    m[f[4]] = [f[i + 1], f[i + 2], f[5] + ',' + f[i + 3]]\n"
+        "print(json.dumps(m))"
+    )
+    return table
+
+
+@pytest.mark.docker
+def test_kernel_lifecycle_mounts_and_cleanup(start_kernel: Callable[..., Kernel]) -> None:
+    before_ports = listening_ports(own_only=True)
+    kernel = start_kernel(RUNSC)
+    name = kernel.container_id
+    assert name is not None and name in runsc_ids() and name in bundles()
+    pids = sandbox_pids(name)
+    assert len(pids) >= 3, f"runsc run, its sandbox and gofer: {pids}"
+    who = kernel.value(
+        "import os, socket, json, platform, numpy\n"
+        "print(json.dumps([os.getuid(), os.getgid(), os.getgroups(), socket.gethostname(), "
+        "os.path.realpath(os.getcwd()), platform.release(), float(numpy.arange(4).sum())]))"
+    )
+    assert who[:5] == [1000, 1000, [], "sandbox", "/home/sandbox"], who
+    assert who[5] != os.uname().release and who[6] == 6.0, "gVisor's kernel, and numpy works"
+
+    # No host path is mounted: only the read-only image root, kernel file systems, runsc's
+    # /dev and the size-capped noexec tmpfs mounts of the policy.
+    mounts = mounts_inside(kernel)
+    assert set(mounts) <= {
+        "/", "/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/tmp", "/home/sandbox",
+    }, mounts  # fmt: skip
+    assert mounts["/"][0] == "9p" and "ro" in mounts["/"][2].split(","), mounts["/"]
+    assert "aname=/," in mounts["/"][2] and "/var/lib" not in json.dumps(mounts)
+    for where, size in (("/tmp", 256 * 2**20), ("/home/sandbox", 512 * 2**20),
+                        ("/dev/shm", 64 * 2**20)):  # fmt: skip
+        kind, _source, options = mounts[where]
+        assert kind == "tmpfs" and "noexec" in options.split(","), (where, options)
+        assert f"size={size}" in options.split(","), (where, options)
+
+    # ps lists it with its kernel id.
+    r = subprocess.run(
+        [sys.executable, "-m", "sandbox_kernel.cli.main", "ps", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    row = next(row for row in json.loads(r.stdout) if row["name"] == name)
+    assert row["backend"] == "runsc" and row["kernel_id"] == kernel.km.kernel_id
+    assert row["memory_mib"] > 10 and row["uptime_s"] >= 0 and not row["pooled"]
+
+    # Interrupt a busy cell: the kernel survives with a KeyboardInterrupt.
+    msg_id = kernel.kc.execute("import time; time.sleep(60)")
+    time.sleep(1.0)
+    kernel.km.interrupt_kernel()
+    reply = kernel.kc.get_shell_msg(timeout=20)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+
+    # Restart: a new sandbox; the old one is gone with its state, bundle and cgroups.
+    kernel.km.restart_kernel(now=False)
+    kernel.kc.wait_for_ready(timeout=60)
+    wait_until(lambda: not any(alive(p) for p in pids), 10, "the old sandbox's processes to end")
+    assert name not in runsc_ids() and name not in bundles() and not cgroup_dirs(name)
+    new = kernel.container_id
+    assert new is not None and new != name and new in runsc_ids()
+    new_pids = sandbox_pids(new)
+    assert kernel.value("print(6 * 7)") == 42
+
+    # Shutdown: nothing left, including the parent cgroup folders runsc would leave.
+    kernel.stop()
+    wait_until(lambda: not any(alive(p) for p in new_pids), 10, "the sandbox to end")
+    assert new not in runsc_ids() and new not in bundles()
+    assert not cgroup_dirs(new), "cgroups left behind"
+    assert new not in RunscBackend._sandboxes
+    assert set(listening_ports(own_only=True)) <= set(before_ports), "host ports left open"
+
+
+def small_kernelspec(tmp_path: Path, **config: object) -> KernelSpecManager:
+    (tmp_path / "rs").mkdir()
+    spec = build_kernelspec({**BACKEND_CONFIGS["runsc"], **config})
+    (tmp_path / "rs" / "kernel.json").write_text(json.dumps(spec))
+    return KernelSpecManager(kernel_dirs=[str(tmp_path)])
+
+
+@pytest.mark.docker
+def test_caps_hold(tmp_path: Path) -> None:
+    """The cgroup runsc made has the policy's caps, and each holds from inside: a fork loop
+    meets EAGAIN (RLIMIT_NPROC), spinning processes are throttled to the CPU quota, and an
+    allocation beyond the memory cap ends the sandbox (no swap)."""
+    # nproc 16: forks of a kernel cost ~27 MiB each under gVisor, so 16 of them fit in 1 GiB.
+    ksm = small_kernelspec(tmp_path, memory_limit="1g", cpu_limit=0.5, nproc_limit=16,
+                           pids_limit=1000)  # fmt: skip
+    km = KernelManager(kernel_name="rs", kernel_spec_manager=ksm)
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    kernel = Kernel(km, kc)
+    try:
+        kc.wait_for_ready(timeout=60)
+        name = kernel.container_id
+        cg = {
+            c: Path(f"/sys/fs/cgroup/{c}/{CGROUP_PREFIX}{name}") for c in ("memory", "cpu", "pids")
+        }
+        assert int((cg["memory"] / "memory.limit_in_bytes").read_text()) == 2**30
+        assert int((cg["memory"] / "memory.memsw.limit_in_bytes").read_text()) == 2**30
+        assert int((cg["cpu"] / "cpu.cfs_quota_us").read_text()) == 50_000
+        assert int((cg["cpu"] / "cpu.cfs_period_us").read_text()) == 100_000
+        assert (cg["pids"] / "pids.max").read_text().strip() == "1000"
+        assert kernel.value("import json, os; print(json.dumps(os.cpu_count()))") >= 1
+
+        forks = kernel.value(
+            "import os, json, errno, time, resource\n"
+            "kids, err = [], None\n"
+            "for _ in range(500):\n"
+            "    try:\n"
+            "        pid = os.fork()\n"
+            "    except OSError as e:\n"
+            "        err = errno.errorcode[e.errno]; break\n"
+            "    if pid == 0:\n"
+            "        time.sleep(30); os._exit(0)\n"
+            "    kids.append(pid)\n"
+            "for k in kids:\n"
+            "    os.kill(k, 9); os.waitpid(k, 0)\n"
+            "print(json.dumps([len(kids), err, resource.getrlimit(resource.RLIMIT_NPROC)[0]]))",
+            timeout=120,
+        )
+        assert forks[1] == "EAGAIN" and 0 < forks[0] < forks[2] == 16, forks
+
+        cpuacct = Path(f"/sys/fs/cgroup/cpuacct/{CGROUP_PREFIX}{name}/cpuacct.usage")
+        throttled = _throttled(cg["cpu"])
+        usage0, t0 = int(cpuacct.read_text()), time.monotonic()
+        kernel.value(
+            "import multiprocessing as mp, time\n"
+            "def burn(seconds):\n"
+            "    end = time.monotonic() + seconds\n"
+            "    while time.monotonic() < end:\n"
+            "        pass\n"
+            "procs = [mp.get_context('fork').Process(target=burn, args=(4,)) for _ in range(2)]\n"
+            "[p.start() for p in procs]; [p.join() for p in procs]\n"
+            "print(len(procs))\n",
+            timeout=120,
+        )
+        cpus = (int(cpuacct.read_text()) - usage0) / 1e9 / (time.monotonic() - t0)
+        assert _throttled(cg["cpu"]) > throttled, "spinning processes were never throttled"
+        assert cpus < 0.75, f"the sandbox used {cpus:.2f} CPUs with cpu_limit 0.5"
+
+        # Beyond the memory cap (no swap): the allocations reach it, never pass it, and the
+        # sandbox ends there (the OOM killer takes the sentry, which holds the memory).
+        kc.execute(
+            "chunks = []\nwhile True:\n"
+            "    chunks.append(bytearray(32 << 20)); print(len(chunks) * 32, flush=True)\n"
+        )
+        reached = 0
+        deadline = time.monotonic() + 120
+        while km.is_alive():
+            assert time.monotonic() < deadline, "the sandbox did not end at its memory cap"
+            try:
+                msg = kc.get_iopub_msg(timeout=0.2)
+            except Exception:
+                continue
+            if msg["msg_type"] == "stream":
+                reached = max([reached, *(int(x) for x in msg["content"]["text"].split())])
+        assert 512 < reached <= 1024, f"{reached} MiB allocated in a 1 GiB sandbox"
+    finally:
+        kernel.stop()
+    assert not cgroup_dirs(str(name))
+
+
+@pytest.mark.docker
+def test_gc_removes_sandboxes_of_dead_processes_only(tmp_path: Path) -> None:
+    """A runsc sandbox whose Jupyter process died before its agent ran ('created', never
+    started) cannot end itself: gc removes its state, bundle and cgroups; a live one stays."""
+    from sandbox_kernel.backends.docker import LABEL_SERVER_PID, LABEL_SERVER_START
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    runsc = find_runsc()
+    policy = build_policy(image="sandbox-kernel/python:latest")
+    created: dict[str, dict[str, str]] = {
+        f"sk-test-orphan-{os.getpid()}": {
+            **server_labels(), LABEL_SERVER_PID: str(dead.pid), LABEL_SERVER_START: "1"
+        },
+        f"sk-test-alive-{os.getpid()}": server_labels(),
+    }  # fmt: skip
+    try:
+        for name, labels in created.items():
+            bundle = ROOT_STATE / "bundles" / name
+            bundle.mkdir(parents=True)
+            config = oci_config(
+                policy, rootfs=rootfs_for(policy.image).resolve(), command=["true"],
+                annotations=labels, cgroups_path=f"/{CGROUP_PREFIX}{name}",
+            )  # fmt: skip
+            (bundle / "config.json").write_text(json.dumps(config))
+            subprocess.run(
+                runsc_argv(runsc, ROOT_STATE / "state", "create", "--bundle", str(bundle), name,
+                           rootless=False),
+                # The sandbox keeps the stdio it is given: no pipe we would wait on.
+                check=True, timeout=60, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            assert cgroup_dirs(name)
+        orphan, live = created
+        r = subprocess.run(
+            [sys.executable, "-m", "sandbox_kernel.cli.main", "gc"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert orphan in r.stdout and live not in r.stdout
+        assert orphan not in runsc_ids() and orphan not in bundles() and not cgroup_dirs(orphan)
+        assert live in runsc_ids() and live in bundles() and cgroup_dirs(live)
+    finally:
+        for name in created:
+            subprocess.run(
+                runsc_argv(runsc, ROOT_STATE / "state", "delete", "--force", name, rootless=False),
+                capture_output=True, timeout=60,
+            )  # fmt: skip
+            subprocess.run(["rm", "-rf", str(ROOT_STATE / "bundles" / name)], check=True)
+            for d in cgroup_dirs(name):
+                os.rmdir(d)
+
+
+@pytest.mark.docker
+def test_server_killed_leaves_nothing_after_gc(tmp_path: Path) -> None:
+    """A Jupyter process killed with SIGKILL: its sandboxes see their pipe close and end
+    themselves (runsc cleans its state and cgroups); gc then removes the bundles left."""
+    ksm_dir = tmp_path / "kernels"
+    (ksm_dir / "rs").mkdir(parents=True)
+    (ksm_dir / "rs" / "kernel.json").write_text(
+        json.dumps(build_kernelspec({**BACKEND_CONFIGS["runsc"], "pool_size": 1}))
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nfrom jupyter_client.kernelspec import KernelSpecManager\n"
+         "from jupyter_client.manager import KernelManager\n"
+         "km = KernelManager(kernel_name='rs', kernel_spec_manager=KernelSpecManager("
+         f"kernel_dirs=[{str(ksm_dir)!r}]))\n"
+         "km.start_kernel(); kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=60)\n"
+         "from sandbox_kernel.pool import WarmPool\n"
+         "while not any(p.ready for p in WarmPool._pools.values()): time.sleep(0.1)\n"
+         "print(km.provisioner._container_id, flush=True); time.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert server.stdout is not None
+    name = server.stdout.readline().strip()
+    mine = {b for b in bundles() if b.startswith("sandbox-kernel-")}
+    assert name in runsc_ids() and len(mine & runsc_ids()) >= 2, "the kernel and a pooled one"
+    theirs = {b for b in mine if _server_pid(b) == server.pid}
+    assert name in theirs and len(theirs) == 2
+    server.kill()
+    server.wait()
+    wait_until(lambda: not theirs & runsc_ids(), 30, "the orphaned sandboxes to end themselves")
+    assert not any(cgroup_dirs(n) for n in theirs), "runsc removed their cgroups"
+    r = subprocess.run(
+        [sys.executable, "-m", "sandbox_kernel.cli.main", "gc"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert not theirs & bundles(), "bundles of the dead server left behind"
+
+
+def _throttled(cpu: Path) -> int:
+    stats = dict(line.split() for line in (cpu / "cpu.stat").read_text().splitlines())
+    return int(stats["nr_throttled"])
+
+
+def _server_pid(name: str) -> int:
+    from sandbox_kernel.backends.docker import LABEL_SERVER_PID
+
+    try:
+        config = json.loads((ROOT_STATE / "bundles" / name / "config.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return int(config.get("annotations", {}).get(LABEL_SERVER_PID, 0))
+
+
+@pytest.mark.docker
+def test_warm_pool_claims_and_drains(tmp_path: Path) -> None:
+    """The warm pool works for runsc: a launch claims a pre-started sandbox, and draining the
+    pool leaves no state, bundle, cgroup or process behind."""
+    from sandbox_kernel.pool import WarmPool
+    from sandbox_kernel.relay.thread import RelayThread
+
+    ksm = small_kernelspec(tmp_path, pool_size=1, memory_limit="1536m")
+    kernels: list[Kernel] = []
+    try:
+        for _ in range(2):
+            km = KernelManager(kernel_name="rs", kernel_spec_manager=ksm)
+            km.start_kernel()
+            kc = km.client()
+            kc.start_channels()
+            kernels.append(Kernel(km, kc))
+            kc.wait_for_ready(timeout=60)
+            policy = km.provisioner.policy  # type: ignore[union-attr]
+            pool = next(p for p in WarmPool._pools.values() if p.policy == policy)
+            wait_until(lambda p=pool: bool(p.ready), 60, "the runsc warm pool to fill")  # type: ignore[misc]
+        assert not kernels[0].km.provisioner.last_start_warm  # type: ignore[union-attr]
+        assert kernels[1].km.provisioner.last_start_warm  # type: ignore[union-attr]
+        assert kernels[1].value("import os; print(os.getuid())") == 1000
+        pooled = [s.container_id for s in pool.ready]
+        assert pooled and set(pooled) <= runsc_ids()
+    finally:
+        for kernel in kernels:
+            kernel.stop()
+    RelayThread.get().submit(pool.drain()).result(timeout=60)
+    for name in pooled:
+        assert name not in RunscBackend._sandboxes and name not in runsc_ids()
+        assert name not in bundles() and not cgroup_dirs(name)
+
+
+@pytest.mark.docker
+def test_other_runtime_is_refused(tmp_path: Path) -> None:
+    """The runsc backend always runs gVisor: a runtime setting is refused, naming it."""
+    km = KernelManager(
+        kernel_name="rs",
+        kernel_spec_manager=small_kernelspec(tmp_path, runtime="runc", allow_weaker_runtime=True),
+    )
+    with pytest.raises(Exception, match="runtime: the runsc backend always runs gVisor"):
+        km.start_kernel()
+
+
+@pytest.mark.docker
+def test_doctor_checks_the_runsc_backend() -> None:
+    """`sandbox-kernel doctor --backend runsc` as root: every property enforced, a kernel
+    starts, and every self-contained attack is blocked (no documented gap)."""
+    from tests.integration.test_cli import cli
+
+    r = cli("doctor", "--backend", "runsc", "--json")
+    checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    enforced = checks["runsc enforces the policy here"]
+    assert enforced["ok"] is True and enforced["detail"] == "every property", enforced
+    attacks = checks["attack subset as documented"]
+    assert attacks["ok"] is True and r.returncode == 0, attacks
+    assert "documented gaps of runsc: none" in attacks["detail"]

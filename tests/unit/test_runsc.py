@@ -1,0 +1,185 @@
+"""Pure parts of the runsc backend: the OCI bundle, runsc's command lines, cgroup and state
+paths (the policy in OCI terms, as test_policy.py checks ``container_spec``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from sandbox_kernel.backends.docker import container_spec
+from sandbox_kernel.backends.registry import default_kernel_name, display_name, make_backend
+from sandbox_kernel.backends.runsc import (
+    CGROUP_PREFIX,
+    DELEGATED_PARENT,
+    ROOT_STATE,
+    DelegatedCgroup,
+    cgroups_path,
+    delegated_cgroups,
+    oci_config,
+    oom_kills,
+    process_identity,
+    runsc_argv,
+    state_bases,
+)
+from sandbox_kernel.backends.seccomp import seccomp_profile
+from sandbox_kernel.policy import build_policy
+
+POLICY = build_policy(
+    image="sandbox-kernel/python:latest", memory_limit="1g", cpu_limit=0.5, nproc_limit=40,
+    pids_limit=900, nofile_limit=2048, tmp_size="64m", home_size="32m",
+)  # fmt: skip
+ROOTFS = Path("/var/lib/sandbox-kernel/rootfs/abc")
+CMD = ["python3", "-I", "-S", "-c", "pass"]
+LABELS = {"org.sandbox-kernel.managed": "1", "org.sandbox-kernel.server-pid": "42"}
+
+
+def config(**kw: object) -> dict:  # type: ignore[type-arg]
+    args: dict = {"rootfs": ROOTFS, "command": CMD, "annotations": LABELS,  # type: ignore[type-arg]
+                  "cgroups_path": "/sandbox-kernel-runsc-x", **kw}  # fmt: skip
+    return oci_config(POLICY, **args)
+
+
+def test_bundle_runs_the_command_unprivileged() -> None:
+    process = config()["process"]
+    assert process["args"] == CMD and process["terminal"] is False
+    assert process["user"] == {"uid": 1000, "gid": 1000, "additionalGids": []}
+    assert process["noNewPrivileges"] is True
+    assert set(process["capabilities"]) == {
+        "bounding", "effective", "inheritable", "permitted", "ambient",
+    }  # fmt: skip
+    assert all(caps == [] for caps in process["capabilities"].values()), "no capability at all"
+    assert process["cwd"] == "/home/sandbox"
+    # The Docker backend's environment, nothing of the server's.
+    spec = container_spec(POLICY, runtime="runsc", command=CMD, labels={}, name="n")
+    env = dict(e.split("=", 1) for e in process["env"])
+    assert env == {**spec["environment"], "PATH": "/usr/local/bin:/usr/bin:/bin"}
+
+
+def test_process_identity_is_the_one_place_for_user_and_caps() -> None:
+    identity = process_identity(POLICY)
+    process = config()["process"]
+    assert {k: process[k] for k in identity} == identity
+
+
+def test_rlimits() -> None:
+    limits = {r["type"]: (r["soft"], r["hard"]) for r in config()["process"]["rlimits"]}
+    assert limits == {
+        "RLIMIT_NOFILE": (2048, 2048),
+        "RLIMIT_NPROC": (40, 40),
+        "RLIMIT_CORE": (0, 0),
+    }
+    with_as = {r["type"]: r["hard"] for r in config(rlimit_as=True)["process"]["rlimits"]}
+    assert with_as["RLIMIT_AS"] == 2**30, "rootless without a memory cgroup: per-process cap"
+
+
+def test_no_host_mount_and_capped_noexec_tmpfs() -> None:
+    c = config()
+    assert c["root"] == {"path": str(ROOTFS), "readonly": True}
+    assert c["hostname"] == "sandbox"
+    mounts = {m["destination"]: m for m in c["mounts"]}
+    assert set(mounts) == {
+        "/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/tmp", "/home/sandbox",
+    }  # fmt: skip
+    for m in c["mounts"]:
+        assert m["type"] in ("proc", "tmpfs", "devpts", "mqueue", "sysfs"), "never a bind"
+        assert m["source"] == m["type"] and not m["source"].startswith("/")
+        assert "nosuid" in m["options"] and "noexec" in m["options"], m
+    assert "ro" in mounts["/sys"]["options"]
+    for where, size, mode in (("/tmp", 64 * 2**20, "1777"), ("/home/sandbox", 32 * 2**20, "0700"),
+                              ("/dev/shm", 64 * 2**20, "1777")):  # fmt: skip
+        options = mounts[where]["options"]
+        assert mounts[where]["type"] == "tmpfs" and "nodev" in options
+        assert f"size={size}" in options and f"mode={mode}" in options
+    assert "uid=1000" in mounts["/home/sandbox"]["options"]
+
+
+def test_namespaces_seccomp_and_annotations() -> None:
+    c = config()
+    linux = c["linux"]
+    assert {n["type"] for n in linux["namespaces"]} == {"pid", "network", "ipc", "uts", "mount"}
+    assert all("path" not in n for n in linux["namespaces"]), "never a host namespace"
+    assert linux["seccomp"] == seccomp_profile(host_kernel=False)
+    assert linux["seccomp"]["defaultAction"] == "SCMP_ACT_ALLOW"
+    denied = {n for rule in linux["seccomp"]["syscalls"] for n in rule["names"]}
+    assert {"mount", "unshare", "setns", "bpf", "ptrace", "keyctl"} <= denied
+    assert "/proc/kcore" in linux["maskedPaths"] and "/proc/sys" in linux["readonlyPaths"]
+    assert c["annotations"] == LABELS
+    json.dumps(c)  # the file runsc reads
+
+
+def test_cgroup_resources_only_with_a_path() -> None:
+    linux = config()["linux"]
+    assert linux["cgroupsPath"] == "/sandbox-kernel-runsc-x"
+    assert linux["resources"] == {
+        "memory": {"limit": 2**30, "swap": 2**30},  # swap = memory + swap: none
+        "cpu": {"quota": 50_000, "period": 100_000},
+        "pids": {"limit": 900},
+    }
+    rootless = config(cgroups_path=None)["linux"]
+    assert "cgroupsPath" not in rootless and "resources" not in rootless
+
+
+def test_cgroups_path_has_one_level() -> None:
+    """runsc leaves the parent folders of a cgroup path behind: ours has none."""
+    path = cgroups_path("sandbox-kernel-abc-1-ff")
+    assert path == f"/{CGROUP_PREFIX}sandbox-kernel-abc-1-ff" and path.count("/") == 1
+
+
+def test_runsc_argv() -> None:
+    argv = runsc_argv("/usr/bin/runsc", Path("/s"), "run", "--bundle", "/b", "n", rootless=False)
+    assert argv[:3] == ["/usr/bin/runsc", "--root", "/s"]
+    assert "--network=none" in argv and "--oci-seccomp" in argv and "--overlay2=none" in argv
+    assert "--rootless" not in argv and argv[-4:] == ["run", "--bundle", "/b", "n"]
+    rootless = runsc_argv("runsc", Path("/s"), "list", rootless=True)
+    assert "--rootless" in rootless and rootless.index("--rootless") < rootless.index("list")
+
+
+def test_state_bases() -> None:
+    assert state_bases(0, {"XDG_RUNTIME_DIR": "/run/user/0"}) == [ROOT_STATE]
+    assert state_bases(1001, {"XDG_RUNTIME_DIR": "/run/user/1001"}) == [
+        Path("/run/user/1001/sandbox-kernel/runsc"),
+        Path("/tmp/sandbox-kernel-runsc-1001"),
+    ]
+    assert state_bases(1001, {}) == [Path("/tmp/sandbox-kernel-runsc-1001")]
+    assert state_bases(1001, {"XDG_RUNTIME_DIR": "relative"}) == [
+        Path("/tmp/sandbox-kernel-runsc-1001")
+    ]
+
+
+def test_delegated_cgroups_must_be_the_users_own(tmp_path: Path) -> None:
+    mounts = {c: tmp_path / c for c in ("memory", "cpu", "pids")}
+    me = os.geteuid()
+    import pwd
+
+    user = pwd.getpwuid(me).pw_name
+    for c in ("memory", "pids"):
+        d = mounts[c] / DELEGATED_PARENT / user
+        d.mkdir(parents=True)
+        (d / "cgroup.procs").write_text("")
+    (mounts["cpu"] / DELEGATED_PARENT / "someone-else").mkdir(parents=True)
+    found = delegated_cgroups(me, mounts)
+    assert found == {c: mounts[c] / DELEGATED_PARENT / user for c in ("memory", "pids")}
+    assert delegated_cgroups(me + 1, mounts) == {}, "another uid's folders are not ours"
+    cgroup = DelegatedCgroup("sb-1", found)
+    assert cgroup.dirs == {c: found[c] / "sb-1" for c in ("memory", "pids")}
+
+
+def test_oom_kills(tmp_path: Path) -> None:
+    (tmp_path / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
+    assert oom_kills(tmp_path) == 2
+    assert oom_kills(tmp_path / "gone") == 0
+
+
+def test_registry_entry() -> None:
+    assert display_name("runsc") == "Python 3 (sandboxed, gVisor without Docker)"
+    assert "host kernel" not in display_name("runsc") and "weaker" not in display_name("runsc")
+    assert default_kernel_name("runsc") == "sandbox-python-runsc"
+    backend = make_backend(
+        "runsc", __import__("logging").getLogger(), accept_unenforced=["cpu_limit"]
+    )
+    assert backend.name == "runsc"
+    with pytest.raises(Exception, match="unknown"):
+        make_backend("runsc", __import__("logging").getLogger(), accept_unenforced=["all"])
