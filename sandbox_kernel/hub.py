@@ -34,10 +34,10 @@ from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Float, Int, Unicode, Union
 
 from .backends.cgroups import CFS_PERIOD_US, v1_mounts
+from .backends.runsc import DELEGATED_PARENT
 from .errors import SandboxError
 from .policy import MIN_MEMORY, parse_size
 
-DELEGATED_PARENT = "sandbox-kernel-users"  # the runsc backend's convention (docs/backends.md)
 USER_CONTROLLERS = ("memory", "cpu", "pids")
 
 

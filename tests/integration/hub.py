@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -396,7 +397,8 @@ class UserClient:
 
     def terminal(self, command: str, expect: str, timeout: float = 60) -> str:
         """Open a terminal (as JupyterLab does), type ``command``, return the output once
-        it contains ``expect``; the terminal is closed after."""
+        it matches the regular expression ``expect`` (the terminal echoes the command: let
+        only its output match); the terminal is closed after."""
         name = self.api("POST", "/api/terminals")["name"]
         try:
             return asyncio.run(self._terminal(name, command, expect, timeout))
@@ -411,7 +413,7 @@ class UserClient:
         try:
             await ws.write_message(json.dumps(["stdin", command + "\r"]))
             out = ""
-            while expect not in out:
+            while not re.search(expect, out):
                 raw = await asyncio.wait_for(ws.read_message(), timeout)
                 assert raw is not None, f"terminal closed: {out!r}"
                 kind, *data = json.loads(raw)
