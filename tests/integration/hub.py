@@ -162,8 +162,25 @@ class SystemUser:
             time.sleep(0.1)
         subprocess.run(["userdel", "--remove", self.name], capture_output=True, check=False)
         shutil.rmtree(self.home, ignore_errors=True)
-        shutil.rmtree(f"/tmp/sandbox-kernel-runsc-{self.uid}", ignore_errors=True)
+        for entry in Path("/tmp").iterdir():  # the user's own files there (runsc state...)
+            try:
+                if entry.lstat().st_uid == self.uid:
+                    shutil.rmtree(
+                        entry
+                    ) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            except OSError:
+                pass
         return left
+
+    def sandbox_state(self) -> list[str]:
+        """Sandboxes the runsc backend still has state or a bundle of (for this user)."""
+        base = Path(f"/tmp/sandbox-kernel-runsc-{self.uid}")
+        return [
+            str(p)
+            for d in ("state", "bundles")
+            if (base / d).is_dir()
+            for p in (base / d).iterdir()
+        ]
 
 
 # -- per-user cgroups ---------------------------------------------------------------------------

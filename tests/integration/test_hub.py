@@ -144,6 +144,9 @@ def hub_setup() -> Iterator[HubSetup]:
             for who, user in users.items():
                 if user.uid < 0:
                     continue
+                state = user.sandbox_state()
+                if state:
+                    failures.append(f"{who}'s runsc state was left: {state}")
                 left = user.remove()
                 if left:
                     failures.append(f"{who} had processes left: {left}")
@@ -223,6 +226,29 @@ def test_each_users_kernel_runs_in_gvisor_as_1000_without_network_or_host_files(
         assert not seen["hub_port_reachable"], "the sandbox reached the host's loopback"
         assert not any(seen["paths"].values()), seen
         client.api("DELETE", f"/api/kernels/{kernel}")
+
+
+def test_the_hub_and_every_server_listen_on_loopback_only(hub_setup: HubSetup) -> None:
+    """The hub, its proxy, the users' servers and their kernels' relays: every TCP
+    listener of theirs is on 127.0.0.1."""
+    from tests.helpers import socket_inodes, tcp_listeners
+
+    assert hub_setup.hub.proc is not None
+    roots = [hub_setup.hub.proc.pid]
+    for who in ("alice", "bob"):
+        client = spawned(hub_setup, who)
+        client.start_kernel()
+        roots.append(server_pid(hub_setup.users[who]))
+    inodes: dict[str, int] = {}
+    for pid in (p for root in roots for p in descendants(root)):
+        try:
+            inodes.update(dict.fromkeys(socket_inodes(str(pid)), pid))
+        except OSError:
+            continue  # ended meanwhile
+    ours = [(addr, port, inodes[inode]) for addr, port, inode in tcp_listeners() if inode in inodes]
+    assert len(ours) >= 2 + 2 + 2 * 5, ours  # proxy (2), hub, 2 servers, 2 kernels' ports
+    elsewhere = [(addr, port, cmdline(pid)[:2]) for addr, port, pid in ours if addr != "0100007F"]
+    assert not elsewhere, f"listening beyond 127.0.0.1: {elsewhere}"
 
 
 def test_a_users_server_starts_again_and_again(hub_setup: HubSetup) -> None:
@@ -555,6 +581,10 @@ def test_a_user_in_a_browser_through_the_hub(hub_setup: HubSetup) -> None:
                 words = out.inner_text().split()
                 assert words[2] != os.uname().release, f"ran on the host kernel: {words}"
                 assert words[4] == "1000" and words[8] == "False", words
+                news = page.locator(".jp-toast-button", has_text="No")  # JupyterLab's news prompt
+                if news.count():
+                    news.first.click()
+                    news.first.wait_for(state="detached")
                 page.screenshot(path=str(shot))
             except Exception:
                 page.screenshot(path=str(failure))
