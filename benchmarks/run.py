@@ -1,5 +1,6 @@
 """Side-by-side benchmark: a plain local ipykernel vs. the sandbox backends (Docker runc,
-gVisor cold and warm, bubblewrap, firejail).
+gVisor through Docker cold and warm, gVisor without Docker (the runsc backend) as root and
+rootless, cold and warm, bubblewrap, firejail).
 
     .venv/bin/python benchmarks/run.py [--quick] [--configs a,b] [--out docs/benchmarks.md]
 
@@ -8,11 +9,15 @@ kernel_info_reply (median and p95 of N), execute_request round trip of a trivial
 (p50/p99 of M), output throughput of a 50 MB print (MB/s, bytes that reached the
 client), idle memory per kernel (PSS of every host process of the kernel: for a
 sandbox the runsc sandbox, gofer and stub processes in its cgroup plus its
-containerd shim; for bwrap/firejail every process in the sandbox's cgroup), and launch
+containerd shim; for bwrap/firejail every process in the sandbox's cgroup; for the runsc
+backend `runsc run` and every process under it), and launch
 time and memory per kernel with 1, 10 and 30 kernels
 started concurrently. Every number is also given as a ratio to the local kernel
 measured in the same run. Needs root (to read other processes' smaps) and the host
-set up by scripts/quickstart.sh.
+set up by scripts/quickstart.sh. The rootless rows run in a worker process (``--worker``)
+as an ordinary user (``--rootless-user``, default: a temporary user made and removed
+here) with a cgroup delegated to it, using /opt/sandbox-kernel/venv
+(scripts/shared-venv.sh) and this checkout (which that user must be able to read).
 """
 
 from __future__ import annotations
@@ -49,6 +54,10 @@ CONFIGS = {
     "sandbox runc": {"backend": "docker-runc", "pool_size": 0},
     "sandbox runsc cold": {"pool_size": 0},
     "sandbox runsc warm": {"pool_size": 1},
+    "sandbox runsc-backend cold": {"backend": "runsc", "pool_size": 0},
+    "sandbox runsc-backend warm": {"backend": "runsc", "pool_size": 1},
+    "sandbox runsc-backend rootless cold": {"backend": "runsc", "pool_size": 0},
+    "sandbox runsc-backend rootless warm": {"backend": "runsc", "pool_size": 1},
     "sandbox bwrap cold": {"backend": "bwrap", "pool_size": 0},
     "sandbox bwrap warm": {"backend": "bwrap", "pool_size": 1},
     "sandbox firejail cold": {
@@ -57,10 +66,14 @@ CONFIGS = {
         "accept_unenforced": ["tmp_size"],
     },
 }
+# Measured by a worker process running as an ordinary user (runsc --rootless).
+ROOTLESS = ("sandbox runsc-backend rootless cold", "sandbox runsc-backend rootless warm")
+SHARED_VENV = Path("/opt/sandbox-kernel/venv")
 SCALED = (
     "local",
     "sandbox runc",
     "sandbox runsc cold",
+    "sandbox runsc-backend cold",
     "sandbox bwrap cold",
     "sandbox firejail cold",
 )
@@ -108,6 +121,11 @@ def kernel_pids(km: KernelManager | AsyncKernelManager) -> list[int]:
         return [pid, *map(int, kids.split())]
     pids: set[int] = set()
     from sandbox_kernel.backends.pipe import PipeBackend
+    from sandbox_kernel.backends.runsc import RunscBackend
+
+    running = RunscBackend._sandboxes.get(cid)
+    if running is not None and running.proc is not None:  # runsc run and everything under it
+        return sorted(descendants(running.proc.pid))
 
     spawned = PipeBackend._sandboxes.get(cid)
     if spawned is not None:  # bwrap/firejail: the tool and everything in its cgroups
@@ -126,6 +144,25 @@ def kernel_pids(km: KernelManager | AsyncKernelManager) -> list[int]:
     )
     pids.update(int(p) for p in shim.stdout.split())
     return sorted(pids)
+
+
+def descendants(pid: int) -> set[int]:
+    """``pid`` and every process below it."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        if p not in found:
+            found.add(p)
+            todo.extend(children.get(p, []))
+    return found
 
 
 def kernel_pss_mib(km: KernelManager | AsyncKernelManager) -> float:
@@ -400,6 +437,69 @@ def report(results: dict[str, Result], info: dict[str, str], args: argparse.Name
     return "\n".join(lines) + "\n"
 
 
+# -- rootless rows: a worker process as an ordinary user ------------------------------------
+def measure_rootless(label: str, args: argparse.Namespace, say: Callable[[str], None]) -> Result:
+    """Run ``measure`` for ``label`` in a worker process (this script, ``--worker``) as an
+    ordinary user with a delegated cgroup; return its result."""
+    import pwd
+
+    from sandbox_kernel.backends.runsc import delegate_cgroups, remove_delegation
+
+    python = SHARED_VENV / "bin" / "python"
+    if not python.exists():
+        sys.exit(f"{python} is missing: run `sudo scripts/shared-venv.sh` (rootless rows)")
+    name = args.rootless_user or _temporary_user()
+    pw = pwd.getpwnam(name)
+    delegate_cgroups(name, memory_bytes=64 * 2**30, cpus=os.cpu_count() or 1, pids=100_000)
+    home = Path(tempfile.mkdtemp(prefix="sk-bench-home-"))
+    os.chown(home, pw.pw_uid, pw.pw_gid)
+    say(f"{label}: as user {name} (runsc --rootless, delegated cgroup)")
+    try:
+        proc = subprocess.run(
+            [str(python), str(REPO / "benchmarks" / "run.py"), "--worker", label,
+             "--starts", str(args.starts), "--rtts", str(args.rtts)],
+            user=pw.pw_uid, group=pw.pw_gid, extra_groups=[], cwd=home, stdout=subprocess.PIPE,
+            text=True, env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home),
+                            "LANG": "C.UTF-8", "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        remove_delegation(name)
+        if not args.rootless_user:  # the temporary user's runsc state folder (now empty)
+            shutil.rmtree(f"/tmp/sandbox-kernel-runsc-{pw.pw_uid}", ignore_errors=True)
+    if proc.returncode != 0:
+        sys.exit(f"the rootless worker for {label!r} failed (is {REPO} readable by {name}?)")
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    data["scale"] = {int(n): tuple(v) for n, v in data.get("scale", {}).items()}
+    return Result(**data)
+
+
+def _temporary_user() -> str:
+    import secrets
+
+    name = f"sk-bench-{secrets.token_hex(3)}"
+    subprocess.run(
+        ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    atexit.register(subprocess.run, ["userdel", name], check=False, capture_output=True)
+    return name
+
+
+def worker(label: str, args: argparse.Namespace) -> None:
+    """``--worker``: measure one configuration in this process; print the result as JSON."""
+    from dataclasses import asdict
+
+    specs = kernel_dirs()
+    try:
+        ksm = KernelSpecManager(kernel_dirs=[str(specs)])
+        res = measure(ksm, label, args.starts, args.rtts, lambda m: print(m, file=sys.stderr))
+        WarmPool.drain_all()
+    finally:
+        shutil.rmtree(specs, ignore_errors=True)
+    print(json.dumps(asdict(res)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--starts", type=int, default=10)
@@ -410,9 +510,17 @@ def main() -> None:
     parser.add_argument(
         "--configs", help=f"comma-separated subset of: {', '.join(CONFIGS)} (local is always run)"
     )
+    parser.add_argument(
+        "--rootless-user",
+        help="ordinary user for the rootless rows (default: a temporary one, removed after)",
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # one configuration, JSON out
     args = parser.parse_args()
     if args.quick:
         args.starts, args.rtts, args.scale = 3, 50, "1,3"
+    if args.worker:
+        worker(args.worker, args)
+        return
     labels = list(CONFIGS)
     if args.configs:
         wanted = {"local", *(c.strip() for c in args.configs.split(","))}
@@ -424,7 +532,12 @@ def main() -> None:
     specs = kernel_dirs()
     atexit.register(shutil.rmtree, specs, ignore_errors=True)  # the temporary kernelspecs
     ksm = KernelSpecManager(kernel_dirs=[str(specs)])
-    results = {label: measure(ksm, label, args.starts, args.rtts, say) for label in labels}
+    results = {
+        label: measure_rootless(label, args, say)
+        if label in ROOTLESS
+        else measure(ksm, label, args.starts, args.rtts, say)
+        for label in labels
+    }
     for label in (lb for lb in SCALED if lb in results):
         for n in (int(x) for x in args.scale.split(",")):
             say(f"{label}: {n} concurrent kernels")

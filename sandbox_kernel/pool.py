@@ -7,7 +7,7 @@ other kernels claim fresh ones. Pool sandboxes are created by the same backend
 from the same policy as cold ones, so they are isolated exactly alike; they only
 differ in being labelled as pooled instead of with a kernel id.
 
-One pool per (policy, runtime, kernel command, kernelspec env) per process; all
+One pool per (backend, policy, runtime, kernel command, kernelspec env) per process; all
 pool work runs on the relay loop. ``drain_all`` removes every unclaimed sandbox
 (registered with ``atexit``; if the process dies instead, each agent sees its stdin
 close and ends its sandbox).
@@ -85,7 +85,10 @@ class WarmPool:
         size: int,
         log: logging.Logger,
     ) -> WarmPool:
-        key = json.dumps([asdict(policy), preflight.runtime, prewarm_cmd, env], sort_keys=True)
+        # The backend too: Docker and the runsc backend both report runtime "runsc".
+        key = json.dumps(
+            [backend.name, asdict(policy), preflight.runtime, prewarm_cmd, env], sort_keys=True
+        )
         with cls._lock:
             pool = cls._pools.get(key)
             if pool is None or pool.closed:

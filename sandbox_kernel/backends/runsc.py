@@ -67,6 +67,7 @@ from .docker import (
     LABEL_SERVER_PID,
     REQUIRED_RUNSC_ARGS,
     is_orphan,
+    server_labels,
 )
 from .seccomp import seccomp_profile
 
@@ -239,25 +240,24 @@ def _usable_runtime_dir(path: Path) -> bool:
     return not _private(path.parents[1])  # $XDG_RUNTIME_DIR itself: ours, 0700
 
 
-def state_base(create: bool = True) -> Path:
+def state_base() -> Path:
     """This user's state folder (``state/`` for ``runsc --root``, ``bundles/``), created
     0700; raises SandboxError naming the folder if someone else holds it."""
     bases = state_bases(os.geteuid(), os.environ)
     if os.geteuid() != 0 and len(bases) > 1 and not _usable_runtime_dir(bases[0]):
         bases = bases[1:]
     base = bases[0]
-    if create:
-        for d in (base, base / "state", base / "bundles"):
-            try:
-                d.mkdir(mode=0o700, parents=d is base)
-            except FileExistsError:
-                pass
-            why = _private(d)
-            if why:
-                raise SandboxError(
-                    f"cannot keep runsc's state in {d}: {why}. Remove it (it may have been "
-                    "created by another user) or set XDG_RUNTIME_DIR to a private folder"
-                )
+    for d in (base, base / "state", base / "bundles"):
+        try:
+            d.mkdir(mode=0o700, parents=d is base)
+        except FileExistsError:
+            pass
+        why = _private(d)
+        if why:
+            raise SandboxError(
+                f"cannot keep runsc's state in {d}: {why}. Remove it (it may have been "
+                "created by another user) or set XDG_RUNTIME_DIR to a private folder"
+            )
     return base
 
 
@@ -328,14 +328,13 @@ def delegate_cgroups(
 
 
 def remove_delegation(user: str, mounts: dict[str, Path] | None = None) -> None:
-    """As root: remove ``user``'s delegated folders (and the parent when empty); folders
-    still holding a sandbox stay (EBUSY)."""
+    """As root: remove ``user``'s delegated folders; folders still holding a sandbox stay
+    (EBUSY). The shared parent stays too (other users' delegations live there)."""
     for mount in (v1_mounts() if mounts is None else mounts).values():
-        for d in (mount / DELEGATED_PARENT / user, mount / DELEGATED_PARENT):
-            try:
-                d.rmdir()
-            except OSError:
-                pass
+        try:
+            (mount / DELEGATED_PARENT / user).rmdir()
+        except OSError:
+            pass
 
 
 class DelegatedCgroup(Cgroup):
@@ -397,8 +396,6 @@ def _probe(runsc: str, rootfs: str, rootless: bool) -> str:
     bundle = base / "bundles" / name
     bundle.mkdir(mode=0o700)
     try:
-        from .docker import server_labels
-
         config = oci_config(
             SandboxPolicy(image="probe"),
             rootfs=Path(rootfs),

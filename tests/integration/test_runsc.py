@@ -240,11 +240,53 @@ def test_caps_hold(tmp_path: Path) -> None:
             except Exception:
                 continue
             if msg["msg_type"] == "stream":
-                reached = max([reached, *(int(x) for x in msg["content"]["text"].split())])
+                reached = max(
+                    [reached, *(int(x) for x in msg["content"]["text"].split() if x.isdigit())]
+                )
         assert 512 < reached <= 1024, f"{reached} MiB allocated in a 1 GiB sandbox"
     finally:
         kernel.stop()
     assert not cgroup_dirs(str(name))
+
+
+@pytest.mark.docker
+def test_host_pids_cap_ends_a_sandbox_that_reaches_it(tmp_path: Path) -> None:
+    """The pids cgroup is the host's backstop: with RLIMIT_NPROC as high as pids_limit, a
+    fork loop inside reaches the host limit first (each process inside costs several host
+    tasks: stub process, sentry threads) and the whole sandbox ends there, never past it."""
+    ksm = small_kernelspec(tmp_path, nproc_limit=200, pids_limit=200)
+    km = KernelManager(kernel_name="rs", kernel_spec_manager=ksm)
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    kernel = Kernel(km, kc)
+    try:
+        kc.wait_for_ready(timeout=60)
+        pids = Path(f"/sys/fs/cgroup/pids/{CGROUP_PREFIX}{kernel.container_id}")
+        assert (pids / "pids.max").read_text().strip() == "200"
+        kc.execute(
+            "import os, time\nn = 0\nwhile True:\n    if os.fork() == 0:\n"
+            "        time.sleep(60); os._exit(0)\n    n += 1; print(n, flush=True)\n"
+        )
+        forks, highest, deadline = 0, 0, time.monotonic() + 120
+        while km.is_alive():
+            assert time.monotonic() < deadline, "the sandbox outlived its host pids limit"
+            try:
+                highest = max(highest, int((pids / "pids.current").read_text()))
+            except (OSError, ValueError):
+                pass
+            try:
+                msg = kc.get_iopub_msg(timeout=0.05)
+            except Exception:
+                continue
+            if msg["msg_type"] == "stream":
+                forks = max(
+                    [forks, *(int(x) for x in msg["content"]["text"].split() if x.isdigit())]
+                )
+        assert 0 < forks < 200, f"{forks} forks: the in-sandbox limit, not the host's, stopped it"
+        assert highest <= 200, f"{highest} host tasks with pids_limit 200"
+    finally:
+        kernel.stop()
 
 
 @pytest.mark.docker
@@ -412,3 +454,37 @@ def test_doctor_checks_the_runsc_backend() -> None:
     attacks = checks["attack subset as documented"]
     assert attacks["ok"] is True and r.returncode == 0, attacks
     assert "documented gaps of runsc: none" in attacks["detail"]
+
+
+@pytest.mark.docker
+def test_warm_pools_are_per_backend(tmp_path: Path) -> None:
+    """A Docker kernelspec and a runsc one with the same policy, in one process: each launch
+    claims only its own backend's warm sandboxes (the pool key names the backend)."""
+    from sandbox_kernel.pool import WarmPool
+
+    for name, config in (
+        ("dk", {"pool_size": 1}),
+        ("rs", {**BACKEND_CONFIGS["runsc"], "pool_size": 1}),
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "kernel.json").write_text(json.dumps(build_kernelspec(config)))
+    ksm = KernelSpecManager(kernel_dirs=[str(tmp_path)])
+    kernels: list[Kernel] = []
+    try:
+        for name in ("dk", "dk", "rs"):
+            km = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
+            km.start_kernel()
+            kc = km.client()
+            kc.start_channels()
+            kernels.append(Kernel(km, kc))
+            kc.wait_for_ready(timeout=60)
+            wait_until(lambda: all(p.ready for p in WarmPool._pools.values() if not p.closed),
+                       60, "the warm pools to fill")  # fmt: skip
+        docker_warm, runsc_first = kernels[1], kernels[2]
+        assert docker_warm.km.provisioner.last_start_warm  # type: ignore[union-attr]
+        assert not runsc_first.km.provisioner.last_start_warm, "claimed another backend's sandbox"  # type: ignore[union-attr]
+        assert runsc_first.container_id in runsc_ids()
+    finally:
+        for kernel in kernels:
+            kernel.stop()
+        WarmPool.drain_all()

@@ -23,7 +23,7 @@ from sandbox_kernel.backends.runsc import (
     remove_delegation,
     sandbox_table,
 )
-from tests.rootless import UNENFORCED_WITHOUT_CGROUPS, Rootless
+from tests.rootless import UNENFORCED_WITHOUT_CGROUPS, Rootless, UserKernel
 
 
 def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
@@ -136,6 +136,7 @@ def test_delegated_cgroup_caps_each_sandbox(rootless: Rootless, delegated: dict[
         cg = {c: d / name for c, d in delegated.items()}
         assert int((cg["memory"] / "memory.limit_in_bytes").read_text()) == 2**30
         assert int((cg["cpu"] / "cpu.cfs_quota_us").read_text()) == 50_000
+        assert (cg["pids"] / "pids.max").read_text().strip() == "1000"
         procs = {int(p) for p in (cg["memory"] / "cgroup.procs").read_text().split()}
         assert len(procs) >= 3 and all(_uid(p) == user.uid for p in procs), procs
         assert any("runsc-sandbox" in _cmdline(p) for p in procs), "the sentry is in it"
@@ -175,23 +176,32 @@ def test_delegated_cgroup_caps_each_sandbox(rootless: Rootless, delegated: dict[
         )
         assert _throttled(cg["cpu"]) > throttled, "spinning processes were never throttled"
 
-        kernel.kc.execute(
-            "chunks = []\nwhile True:\n"
-            "    chunks.append(bytearray(32 << 20)); print(len(chunks) * 32, flush=True)\n"
-        )
-        reached, deadline = 0, time.monotonic() + 120
-        while kernel.alive():
-            assert time.monotonic() < deadline, "the sandbox did not end at its memory cap"
-            try:
-                msg = kernel.kc.get_iopub_msg(timeout=0.2)
-            except Exception:
-                continue
-            if msg["msg_type"] == "stream":
-                reached = max([reached, *(int(x) for x in msg["content"]["text"].split())])
+        reached = allocate_until_the_end(kernel)
         assert 512 < reached <= 1024, f"{reached} MiB allocated in a 1 GiB sandbox"
     finally:
         kernel.stop()
     assert not any(d.exists() for d in cg.values()), "the sandbox's cgroup was left behind"
+    assert not rootless.leftovers() and not user.processes()
+
+
+@pytest.mark.docker
+def test_the_users_total_bounds_their_sandboxes(rootless: Rootless) -> None:
+    """The delegated folder's limit (root's) holds below a sandbox's own: a kernel with
+    memory_limit 2 GiB under a user total of 1 GiB stops at the total and ends there."""
+    user = rootless.user
+    made = delegate_cgroups(user.name, memory_bytes=2**30, cpus=1.5, pids=2000)
+    try:
+        kernel = rootless.kernel("rl")  # memory_limit 2g
+        try:
+            name = str(kernel.container_id)
+            assert int((made["memory"] / name / "memory.limit_in_bytes").read_text()) == 2 << 30
+            reached = allocate_until_the_end(kernel)
+            assert 512 < reached <= 1024, f"{reached} MiB allocated under a 1 GiB user total"
+        finally:
+            kernel.stop()
+    finally:
+        remove_delegation(user.name)
+    assert not any(d.exists() for d in made.values())
     assert not rootless.leftovers() and not user.processes()
 
 
@@ -240,6 +250,26 @@ def test_gc_as_the_user_removes_what_a_dead_server_left(rootless: Rootless) -> N
     assert r.returncode == 0, r.stderr
     assert name in r.stdout and not bundle.exists()
     assert not rootless.leftovers() and not rootless.user.processes()
+
+
+def allocate_until_the_end(kernel: UserKernel) -> int:
+    """Allocate 32 MiB at a time until the sandbox ends; return the MiB reached."""
+    kernel.kc.execute(
+        "chunks = []\nwhile True:\n"
+        "    chunks.append(bytearray(32 << 20)); print(len(chunks) * 32, flush=True)\n"
+    )
+    reached, deadline = 0, time.monotonic() + 120
+    while kernel.alive():
+        assert time.monotonic() < deadline, "the sandbox did not end at its memory cap"
+        try:
+            msg = kernel.kc.get_iopub_msg(timeout=0.2)
+        except Exception:
+            continue
+        if msg["msg_type"] == "stream":
+            reached = max(
+                [reached, *(int(x) for x in msg["content"]["text"].split() if x.isdigit())]
+            )
+    return reached
 
 
 def _all_pids() -> list[int]:
