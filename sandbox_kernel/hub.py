@@ -15,8 +15,9 @@ needs write access to another cgroup) nor raise the limits. When the server stop
 process left in the folders (a sandbox started by hand in a terminal, say) is killed and
 the folders are removed.
 
-Only cgroup v1 hierarchies are handled; elsewhere the spawn is refused with what to use
-instead (fail closed). Importing this module needs jupyterhub.
+One server per user (the cgroups are the user's; named servers are refused). Only cgroup
+v1 hierarchies are handled; elsewhere the spawn is refused with what to use instead (fail
+closed). Importing this module needs jupyterhub.
 """
 
 from __future__ import annotations
@@ -167,6 +168,12 @@ class UserCgroupSpawner(LocalProcessSpawner):  # type: ignore[misc]
         return memory, float(self.user_cpu_limit), int(self.user_pids_limit)
 
     async def start(self) -> Any:
+        if self.name:
+            # Its cgroups are the user's: stopping one named server would end the other's.
+            raise SandboxError(
+                f"UserCgroupSpawner runs one server per user; {self.user.name!r} asked for a "
+                f"named server {self.name!r}: set c.JupyterHub.allow_named_servers = False"
+            )
         memory, cpus, pids = self._limits()
         self._dirs = await asyncio.to_thread(delegate, self.user.name, memory, cpus, pids)
         return await super().start()

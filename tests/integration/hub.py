@@ -280,11 +280,22 @@ c.JupyterHub.load_roles = [{{
         return int(self.proc.returncode)
 
     def kill(self) -> None:
-        """Last resort for a failed test: the hub's whole session (its proxy too; the users'
-        servers run in sessions of their own and are removed with their users)."""
+        """Last resort for a failed test: the hub's session and its proxy (which runs in a
+        session of its own; the users' servers are removed with their users)."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        proxy = self.proxy_pid()
+        if proxy is not None:
+            os.kill(proxy, signal.SIGKILL)
+
+    def proxy_pid(self) -> int | None:
+        """The hub's configurable-http-proxy, if it still runs."""
+        try:
+            pid = int((self.workdir / "proxy.pid").read_text())
+        except (OSError, ValueError):
+            return None
+        return pid if any("configurable-http-proxy" in a for a in cmdline(pid)) else None
 
     def log(self, tail: int = 12000) -> str:
         return self.log_path.read_text(errors="replace")[-tail:]

@@ -137,7 +137,11 @@ def hub_setup() -> Iterator[HubSetup]:
                 try:
                     hub.stop()  # a test that failed midway: stop its servers the normal way
                 except AssertionError:
-                    hub.kill()
+                    failures.append("the hub did not stop on SIGTERM")
+                proxy = hub.proxy_pid()
+                if proxy is not None:
+                    failures.append(f"the hub's proxy outlived it: {cmdline(proxy)}")
+                hub.kill()
                 artifacts = REPO / "test-artifacts"
                 artifacts.mkdir(exist_ok=True)
                 (artifacts / "jupyterhub.log").write_text(hub.log(tail=400_000))

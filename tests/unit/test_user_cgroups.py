@@ -57,3 +57,16 @@ def test_bad_limits_are_refused_before_anything_is_made(
     spawner = UserCgroupSpawner(**{trait: value})
     with pytest.raises(Exception, match=message):
         spawner._limits()
+
+
+def test_named_servers_are_refused() -> None:
+    """Two servers of one user would share (and, at a stop, end) each other's cgroups."""
+    import asyncio
+    from types import SimpleNamespace
+
+    class Named(UserCgroupSpawner):  # type: ignore[misc]
+        name = "second"  # the server's name (a property of JupyterHub's database record)
+
+    spawner = Named(user=SimpleNamespace(name="alice"))
+    with pytest.raises(SandboxError, match="allow_named_servers = False"):
+        asyncio.run(spawner.start())
