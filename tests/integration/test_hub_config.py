@@ -1,6 +1,7 @@
 """docs/examples: the single-user server config for untrusted users, run for real in
-`jupyter server` (REST and the kernel websocket), and the JupyterHub config loaded by
-traitlets and applied to JupyterHub's own Spawner class."""
+`jupyter server` (REST and the kernel websocket), and both recipes' JupyterHub configs
+loaded by traitlets and applied to their spawner classes. Recipe (a) also runs in a real
+JupyterHub: tests/integration/test_hub.py."""
 
 from __future__ import annotations
 
