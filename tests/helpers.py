@@ -238,12 +238,20 @@ def second_dockerd(config: dict) -> Iterator[str]:  # type: ignore[type-arg]
                 time.sleep(0.3)
         yield sock
     finally:
+        # A test that fails midway may leave a container; its shim and sandbox would
+        # outlive this daemon (they are not its children), so remove them first.
+        try:
+            for c in docker.DockerClient(base_url=sock).containers.list(all=True):
+                c.remove(force=True)
+        except Exception:
+            pass
         proc.terminate()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        subprocess.run(["pkill", "-KILL", "-f", f"containerd-shim.*{root}/"], check=False)
         subprocess.run(["umount", "-R", str(root / "exec")], capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)
 
