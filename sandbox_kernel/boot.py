@@ -12,11 +12,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from .agent.bundle import agent_payload, bootstrap_command
 from .backends.base import Preflight, SandboxBackend
+from .bundle import agent_payload, bootstrap_command
 from .errors import SandboxError
+from .inside import protocol
 from .policy import SandboxPolicy
-from .relay import protocol
 from .relay.session import AgentSession
 from .relay.thread import RelayThread
 

@@ -1,5 +1,5 @@
 """Warm pool: sandboxes started ahead of time, each already running its agent and a
-kernel initialised up to its key (see agent/prewarm.py), waiting to be claimed.
+kernel initialised up to its key (see inside/prewarm_kernel.py), waiting to be claimed.
 
 The provisioner's ``launch_kernel`` claims one (``claim``); the pool then refills
 in the background. A sandbox is handed out once and never reused: restarts and
@@ -26,11 +26,11 @@ from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-from .agent.prewarm import placeholder_connection
 from .backends.base import Preflight, SandboxBackend
 from .backends.docker import LABEL_POOL, server_labels
 from .boot import boot, check_kernel
 from .policy import INSIDE_CONNECTION_FILE, SandboxPolicy
+from .prewarm import placeholder_connection
 from .relay.session import AgentSession
 from .relay.thread import RelayThread
 

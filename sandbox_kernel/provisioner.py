@@ -36,7 +36,6 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, Union
 
-from .agent.prewarm import prewarm_command
 from .backends.base import Preflight, SandboxBackend
 from .backends.docker import LABEL_KERNEL_ID, LABEL_OWNER, server_labels
 from .backends.registry import BACKENDS, DEFAULT_BACKEND, docker_runtime, make_backend
@@ -46,6 +45,7 @@ from .exchange.files_in import CopyItem, plan_copy_in, send_copy_in
 from .exchange.host import HostExchange
 from .exchange.policy import DEFAULT_EXPORT_DIR, ExchangePolicy, build_exchange_policy
 from .image.recipe import DEFAULT_IMAGE
+from .inside import ops
 from .policy import (
     INSIDE_CONNECTION_FILE,
     INSIDE_PORTS,
@@ -55,7 +55,7 @@ from .policy import (
     parse_size,
 )
 from .pool import WarmPool
-from .relay import ops
+from .prewarm import prewarm_command
 from .relay.console import ConsoleSink
 from .relay.listeners import HOST, HostListeners
 from .relay.session import AgentSession, SessionError

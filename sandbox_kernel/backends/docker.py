@@ -121,7 +121,7 @@ def container_spec(
         # none) and to signal it: kernel code cannot reach the agent's pipe or process,
         # and gVisor stands between that root and the host. Under runc, container root
         # would be the host's root: the agent keeps the policy's uid there, and the host
-        # kernel protects PID 1 (see agent/main.py).
+        # kernel protects PID 1 (see inside/agent.py).
         "user": "0:0" if gvisor else policy.user,
         **({"cap_add": list(AGENT_CAPABILITIES)} if gvisor else {}),
         "working_dir": "/" if gvisor else policy.home,

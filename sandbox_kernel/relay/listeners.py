@@ -12,7 +12,7 @@ import asyncio
 import socket
 from collections.abc import Callable, Mapping
 
-from .mux import abort_transport
+from ..inside.mux import abort_transport
 from .session import AgentSession
 
 HOST = "127.0.0.1"

@@ -27,12 +27,12 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
+from ..inside import ops
+from ..inside import protocol as p
+from ..inside.mux import PIPE_HIGH_WATER, PIPE_LOW_WATER, Mux, Requests, Stream, abort_transport
 from ..policy import KERNEL_INSIDE_PORTS
-from . import ops
-from . import protocol as p
 from .console import one_line
 from .docker_stream import STDOUT, DockerStreamDemux, DockerStreamError
-from .mux import PIPE_HIGH_WATER, PIPE_LOW_WATER, Mux, Requests, Stream, abort_transport
 from .zmtp import ZmtpError, ZmtpLimiter
 
 MAX_RESPONSE_HEAD = 64 * 1024
@@ -168,7 +168,7 @@ class AgentSession(asyncio.Protocol):
 
     async def prewarm(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Warm pool: start a kernel initialised up to its key (``argv``, ``env``, ``cwd``,
-        ``connection_file``, placeholder ``connection``; see agent/prewarm.py); return the
+        ``connection_file``, placeholder ``connection``; see inside/prewarm_kernel.py); return the
         agent's ``prewarmed`` report (pid, uid)."""
         self.prewarmed = asyncio.get_running_loop().create_future()
         self.send_control({**spec, "op": ops.PREWARM})

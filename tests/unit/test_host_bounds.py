@@ -25,8 +25,8 @@ from sandbox_kernel.errors import PolicyError, SandboxError
 from sandbox_kernel.exchange.files_in import plan_copy_in
 from sandbox_kernel.exchange.host import HostExchange
 from sandbox_kernel.exchange.policy import ExchangePolicy, export_name
+from sandbox_kernel.inside import protocol as p
 from sandbox_kernel.relay import console as c
-from sandbox_kernel.relay import protocol as p
 from sandbox_kernel.relay.session import MAX_PIPE_BACKLOG, AgentSession
 from sandbox_kernel.relay.zmtp import GREETING_SIZE, ZmtpError, ZmtpLimiter
 
