@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .backends.docker import REQUIRED_RUNSC_ARGS
+from .backends.docker import REQUIRED_RUNSC_ARGS, daemon_unreachable
 from .errors import SandboxError
 from .image.recipe import DEFAULT_IMAGE
 
@@ -79,9 +79,7 @@ def _daemon_checks(report: Report, image: str) -> Any:
         client.ping()
         info = client.info()
     except docker.errors.DockerException as exc:
-        report.add(
-            "Docker daemon reachable", False, str(exc), f"{SETUP} (or `systemctl start docker`)"
-        )
+        report.add("Docker daemon reachable", False, str(exc), daemon_unreachable(exc))
         return None
     report.add("Docker daemon reachable", True, f"dockerd {info.get('ServerVersion', '?')}")
     runtimes = info.get("Runtimes") or {}

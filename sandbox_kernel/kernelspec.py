@@ -3,7 +3,9 @@
 ``sandbox-kernel install`` validates every option through the same policy
 code the provisioner uses, so a malformed limit fails before anything is
 written; the spec is written to a temporary folder and only then copied into
-place by jupyter_client's KernelSpecManager.
+place by jupyter_client's KernelSpecManager. Installed kernelspecs are
+world-readable whatever the umask: on a shared host every user's Jupyter server
+reads the one root installed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .backends.registry import DEFAULT_BACKEND, check_backend, docker_runtime
 from .backends.registry import display_name as tier_display_name
 from .errors import PolicyError, SandboxError
 from .exchange.policy import build_exchange_policy
+from .kernel_slots import check_max_kernels
 from .policy import build_policy
 
 PROVISIONER_NAME = "sandbox-provisioner"
@@ -59,6 +62,7 @@ def build_kernelspec(config: Mapping[str, Any], display_name: str | None = None)
     exchange_params = inspect.signature(build_exchange_policy).parameters
     build_exchange_policy(**{k: v for k, v in config.items() if k in exchange_params})
     check_pool_size(config.get("pool_size", 1))
+    check_max_kernels(config.get("max_kernels", 0))
     return {
         "argv": list(KERNEL_ARGV),
         "display_name": display_name or tier_display_name(backend),
@@ -107,9 +111,27 @@ def install_kernelspec(
                 f"kernelspec {name!r} already exists at {destination} with other settings; "
                 "pass --replace to overwrite it"
             )
+    if not user:
+        _make_readable_dirs(os.path.dirname(destination))
     with tempfile.TemporaryDirectory(prefix="sandbox-kernelspec-") as tmp:
         with open(os.path.join(tmp, "kernel.json"), "w") as f:
             json.dump(spec, f, indent=2)
             f.write("\n")
+        # copytree copies modes: a TemporaryDirectory is 0700, which would hide the
+        # kernelspec from every other user ("No such kernel" in their servers).
+        os.chmod(tmp, 0o755)
+        os.chmod(os.path.join(tmp, "kernel.json"), 0o644)
         path = ksm.install_kernel_spec(tmp, name, user=user, prefix=prefix)
     return str(path), True
+
+
+def _make_readable_dirs(path: str) -> None:
+    """Create ``path`` and its missing parents with mode 0755 whatever the umask (folders
+    that already exist are left as they are)."""
+    missing: list[str] = []
+    while path and not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for folder in reversed(missing):
+        os.mkdir(folder)
+        os.chmod(folder, 0o755)

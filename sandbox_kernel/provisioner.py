@@ -46,6 +46,7 @@ from .exchange.host import HostExchange
 from .exchange.policy import DEFAULT_EXPORT_DIR, ExchangePolicy, build_exchange_policy
 from .image.recipe import DEFAULT_IMAGE
 from .inside import ops
+from .kernel_slots import SLOTS, KernelLimitReached
 from .policy import (
     INSIDE_CONNECTION_FILE,
     INSIDE_PORTS,
@@ -159,6 +160,9 @@ class SandboxProvisioner(KernelProvisionerBase):
         DEFAULT_EXPORT_DIR,
         help="Folder, inside the notebook's folder, that receives exported files.",
     ).tag(config=True)
+    max_kernels = Int(
+        0, help="Most sandboxed kernels this Jupyter process runs at once; 0: no limit."
+    ).tag(config=True)
     console_output = Enum(
         ["stderr", "discard"],
         default_value="stderr",
@@ -202,6 +206,7 @@ class SandboxProvisioner(KernelProvisionerBase):
         self._container_id: str | None = None
         self._key: bytes | None = None
         self._launch_count = 0
+        self._slot: int | None = None  # a max_kernels slot, held from launch to cleanup
         self.last_start_warm = False
         self.console: ConsoleSink | None = None  # one per kernel, across restarts
         self._max_message = 0
@@ -349,6 +354,8 @@ class SandboxProvisioner(KernelProvisionerBase):
         }
         pool = self._pool(env, cmd)
         try:
+            if self._slot is None:  # a restart keeps its slot
+                self._slot = SLOTS.acquire(self.max_kernels)
             warm = await asyncio.wait_for(self._start_warm(start, pool), policy.launch_timeout)
             if not warm:
                 await asyncio.wait_for(self._start_cold(start), policy.launch_timeout)
@@ -442,6 +449,8 @@ class SandboxProvisioner(KernelProvisionerBase):
         check_kernel(facts, session.hello_info, self._preflight)
 
     def _launch_error(self, exc: BaseException, policy: SandboxPolicy) -> SandboxError:
+        if isinstance(exc, KernelLimitReached):
+            return exc  # nothing ran: no kernel output to add
         tail = self.console.tail if self.console is not None else ""
         detail = f"\nkernel output:\n{tail}" if tail else ""
         if isinstance(exc, asyncio.TimeoutError):
@@ -514,6 +523,8 @@ class SandboxProvisioner(KernelProvisionerBase):
             if session is not None:
                 self.relay.loop.call_soon_threadsafe(session.close)
             if not restart:
+                SLOTS.release(self._slot)
+                self._slot = None
                 await self._close_listeners()
 
     async def _close_listeners(self) -> None:

@@ -2,7 +2,8 @@
 # Set up this Debian/Ubuntu host (as root) and run a sandboxed kernel doing real work:
 # Docker + gVisor, a Python venv with sandbox-kernel, the kernel image (built without a
 # registry), the "Python 3 (sandboxed)" kernelspec, then notebooks/demo.ipynb executed in it.
-# Also Debian's chromium, which the JupyterLab browser test drives.
+# Also Debian's chromium, which the browser tests drive, configurable-http-proxy for the
+# JupyterHub test, and /opt/sandbox-kernel/venv, the venv ordinary users' servers run from.
 # Idempotent: a second run only re-checks and re-runs the notebook.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,18 @@ if ! command -v chromium >/dev/null; then
     || echo "WARNING: could not install chromium: tests/integration/test_browser.py will fail" >&2
 fi
 
+say "JupyterHub's proxy: configurable-http-proxy from the npm registry (the hub test runs a real hub)"
+# Node.js as the host has it, else Debian's nodejs + npm; the proxy's 5.x needs Node >= 20.
+if ! command -v configurable-http-proxy >/dev/null; then
+  if ! command -v npm >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  fi
+  node_major=$(node -p 'process.versions.node.split(".")[0]')
+  chp=configurable-http-proxy@4; [ "$node_major" -ge 20 ] && chp=configurable-http-proxy@5
+  npm install -g --no-fund --no-audit --loglevel=error "$chp" >/dev/null
+fi
+configurable-http-proxy --version >/dev/null  # fail here if the install did
+
 say "Python environment: .venv"
 if [ ! -x .venv/bin/python ]; then
   if ! python3 -m venv .venv 2>/dev/null; then
@@ -31,6 +44,9 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 .venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
 .venv/bin/python -c "import sandbox_kernel, jupyter_client, docker" # fail here if the install did
+
+say "a venv every user can run: /opt/sandbox-kernel/venv (users' Jupyter servers, rootless runsc)"
+bash scripts/shared-venv.sh >/dev/null
 
 say "kernel image (no registry needed)"
 .venv/bin/sandbox-kernel image build

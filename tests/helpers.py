@@ -246,3 +246,68 @@ def second_dockerd(config: dict) -> Iterator[str]:  # type: ignore[type-arg]
             proc.wait()
         subprocess.run(["umount", "-R", str(root / "exec")], capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)
+
+
+# Run as another local user against a kernel's host ports: requests signed with a key of
+# its own (the only kind it can make; the first one tries to leave a mark in the sandbox),
+# and a subscription to the kernel's output channel (IOPub), read while the owner works.
+FOREIGN_CLIENT = r"""
+import json, os, sys, time, zmq
+from jupyter_client.session import Session
+ports = json.loads(sys.argv[1])
+ctx = zmq.Context()
+sub = ctx.socket(zmq.SUB)
+sub.setsockopt(zmq.SUBSCRIBE, b"")
+sub.connect("tcp://127.0.0.1:%d" % ports["iopub_port"])
+mine = Session(key=os.urandom(32).hex().encode(), username="intruder")
+replies = {}
+for channel in ("shell_port", "control_port"):
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect("tcp://127.0.0.1:%d" % ports[channel])
+    mine.send(s, "execute_request", {"code": "open('/tmp/INTRUDER-WAS-HERE', 'w').close()",
+              "silent": False, "store_history": False, "allow_stdin": False})
+    mine.send(s, "kernel_info_request", {})
+    replies[channel] = s.poll(8000)
+print("READY", json.dumps(replies), flush=True)
+sys.stdin.readline()  # the owner's kernel prints meanwhile
+got = []
+deadline = time.monotonic() + 8
+while time.monotonic() < deadline:
+    if sub.poll(500):
+        got.append(b"".join(sub.recv_multipart()).decode(errors="replace"))
+print("IOPUB", json.dumps(got), flush=True)
+"""
+
+
+class ForeignClient:
+    """FOREIGN_CLIENT run by ``argv`` (e.g. ``setpriv ... python``) against ``ports``."""
+
+    def __init__(self, argv: list[str], ports: dict[str, int], **popen: Any) -> None:
+        self.proc = subprocess.Popen(
+            [*argv, "-c", FOREIGN_CLIENT, json.dumps(ports)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            **popen,
+        )  # fmt: skip
+
+    def replies(self) -> dict[str, int]:
+        """Whether the kernel answered the intruder's requests, per channel (0: no)."""
+        assert self.proc.stdout is not None
+        ready = self.proc.stdout.readline()
+        if not ready.startswith("READY"):
+            self.proc.kill()
+            raise AssertionError(f"{ready!r} {self.proc.stderr.read() if self.proc.stderr else ''}")
+        return json.loads(ready.split(" ", 1)[1])  # type: ignore[no-any-return]
+
+    def iopub(self) -> list[str]:
+        """The output messages the intruder received (call after the owner's kernel printed)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write("\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+            assert line.startswith("IOPUB"), line
+            return json.loads(line.split(" ", 1)[1])  # type: ignore[no-any-return]
+        finally:
+            self.proc.kill()
+            self.proc.wait()

@@ -1,6 +1,7 @@
 # jupyter_server_config.py for single-user servers of untrusted users (e.g. under
 # JupyterHub): every kernel sandboxed, no terminals, no way to pick or plant another
-# kernel. See docs/jupyterhub.md; tested by tests/integration/test_hub_config.py.
+# kernel. Both recipes of docs/jupyterhub.md use it; tested in a plain jupyter_server by
+# tests/integration/test_hub_config.py and under a real hub by tests/integration/test_hub.py.
 c = get_config()  # noqa: F821 (provided by traitlets when the file is loaded)
 
 # Admin-owned, root-owned kernelspecs only, and only these names.
@@ -20,7 +21,17 @@ c.ServerApp.kernel_spec_manager_class = "sandbox_kernel.server.SandboxedOnlyKern
 c.ServerApp.kernel_manager_class = "sandbox_kernel.server.ForgetFailedStartsKernelManager"
 c.MappingKernelManager.default_kernel_name = SANDBOXED_KERNELS[0]
 
-# A terminal is a shell on the host as the server's user: no terminals.
+# A kernel start that is refused (a name not allowed, max_kernels reached) is answered with
+# a 4xx that says why, on /api/kernels and /api/sessions alike (jupyter_server alone
+# answers 500 "Unhandled error" or 501).
+c.ServerApp.jpserver_extensions.update({"sandbox_kernel.server": True})
+
+# At most this many sandboxed kernels per server; the next start is refused (403) until
+# one is shut down. Each also keeps pool_size warm sandboxes per kernelspec (default 1).
+c.SandboxProvisioner.max_kernels = 4
+
+# A terminal is a shell on the host as the server's user: off unless the hub turns it on
+# (recipe (a), real Unix users: their own shell; never in recipe (b), Docker accounts).
 c.ServerApp.terminals_enabled = False
 
 # Hidden files and folders (~/.jupyter, ~/.local, ~/.ssh, ...) stay out of reach of the

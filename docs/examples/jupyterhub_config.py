@@ -1,21 +1,37 @@
-# jupyterhub_config.py (excerpt): single-user servers whose kernels are all sandboxed.
-# See docs/jupyterhub.md. Loaded and applied to JupyterHub's Spawner class by
-# tests/integration/test_hub_config.py (JupyterHub itself is not run there).
+# jupyterhub_config.py, recipe (a) of docs/jupyterhub.md: real Unix users (terminals
+# allowed), every kernel in a rootless gVisor sandbox (backend runsc). A user's server
+# holds no privilege beyond the user's own: no Docker socket, no root helper, so a bug in
+# Jupyter gives nobody root. The hub runs as root from the same venv:
+#   /opt/sandbox-kernel/venv/bin/jupyterhub -f /etc/jupyterhub/jupyterhub_config.py
+# Run for real by tests/integration/test_hub.py (paths, ports and limits: the test's own).
 c = get_config()  # noqa: F821 (provided by traitlets when the file is loaded)
 
 c.JupyterHub.bind_url = "http://127.0.0.1:8000"  # behind a TLS-terminating proxy
-c.JupyterHub.spawner_class = "jupyterhub.spawner.LocalProcessSpawner"
+# Authentication: the default PAM authenticator (people log in as their Unix accounts).
 
-# Each single-user server runs as its user's login-less system account (see the guide:
-# that account can reach dockerd, so the human must never get a shell as it).
+# LocalProcessSpawner (each server runs as its user) that first puts the server in
+# cgroups delegated to the user, with these totals: the server, every sandbox of its
+# kernels (each also held to its own kernelspec caps) and every terminal process share
+# them, and the user can neither leave them nor raise them (sandbox_kernel/hub.py).
+c.JupyterHub.spawner_class = "sandbox_kernel.hub.UserCgroupSpawner"
+c.UserCgroupSpawner.user_memory_limit = "4g"
+c.UserCgroupSpawner.user_cpu_limit = 2.0
+c.UserCgroupSpawner.user_pids_limit = 2048
+
+# Each user's server runs as that user from the venv every user can run
+# (scripts/shared-venv.sh), not from a Python under /root.
+c.Spawner.cmd = ["/opt/sandbox-kernel/venv/bin/jupyterhub-singleuser"]
 c.Spawner.default_url = "/lab"
-c.Spawner.notebook_dir = "~/notebooks"  # the file browser's root: ~/.jupyter stays outside
 
-# The server's configuration comes from an admin-owned folder only: the user's own
-# ~/.jupyter (Python the server would run) is ignored.
+# The server's configuration: the admin's file only (the user's own ~/.jupyter would not
+# give the user more than their terminal does, but keeps every server alike).
 c.Spawner.disable_user_config = True
-c.Spawner.environment = {
-    "JUPYTER_CONFIG_DIR": "/etc/jupyter/sandbox",
-    "JUPYTER_PATH": "/usr/local/share/jupyter",
-}
-c.Spawner.args = ["--config=/etc/jupyter/sandbox/jupyter_server_config.py"]
+c.Spawner.args = [
+    "--config=/etc/jupyter/sandbox/jupyter_server_config.py",
+    # Terminals, off in the shared server config, are the user's own shell here: no more
+    # than SSH gives a real user of the host.
+    "--ServerApp.terminals_enabled=True",
+]
+# Not JUPYTER_CONFIG_DIR: jupyter_core writes into the config folder (its migration
+# marker), and a root-owned one fails every server start after the first.
+c.Spawner.environment = {"JUPYTER_PATH": "/usr/local/share/jupyter"}

@@ -9,9 +9,13 @@ attach stream is opened by :class:`AgentSession` on the relay loop.
 from __future__ import annotations
 
 import asyncio
+import errno
+import grp
 import logging
 import os
+import pwd
 import socket
+import stat
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -77,6 +81,73 @@ _WITHOUT_RUNSC_ARG = {
     "--oci-seccomp": "the sandbox's seccomp profile would be ignored",
 }
 SETUP_HINT = "run `sudo sandbox-kernel setup-host` (installs Docker + gVisor, starts dockerd)"
+
+
+def unreachable_message(
+    where: str,
+    probe_errno: int | None,
+    detail: str,
+    *,
+    user: str,
+    socket_owner: tuple[str, str, int] = ("?", "?", 0),
+) -> str:
+    """Why the Docker daemon at ``where`` cannot be used and what to do (pure).
+
+    ``probe_errno`` is what connecting to its unix socket gave (None: not probed or it
+    connected); ``socket_owner`` is the socket's (user, group, mode). A socket this process
+    may not open is not a stopped daemon: telling a user to start dockerd would be wrong."""
+    if probe_errno in (errno.EACCES, errno.EPERM):
+        owner, group, mode = socket_owner
+        return (
+            f"permission denied on the Docker socket {where} ({owner}:{group}, mode {mode:o}): "
+            f"this process runs as {user}, which may not use Docker. That is deliberate on a "
+            "shared host: whoever can use the Docker socket is root on it. Either use a "
+            "backend without a daemon (`sandbox-kernel install --backend runsc`: gVisor as "
+            "this user; docs/jupyterhub.md, recipe (a)), or run this server as a login-less "
+            f"account in the {group!r} group (recipe (b))"
+        )
+    if probe_errno in (errno.ENOENT, errno.ECONNREFUSED):
+        state = "no socket" if probe_errno == errno.ENOENT else "nothing listens on the socket"
+        return (
+            f"cannot reach the Docker daemon at {where}: {state}, dockerd is not running. "
+            f"Start it: {SETUP_HINT} (or `systemctl start docker`)"
+        )
+    return (
+        f"cannot reach the Docker daemon at {where}: {detail}. "
+        f"Start it: {SETUP_HINT} (or `systemctl start docker`)"
+    )
+
+
+def daemon_unreachable(exc: BaseException) -> str:
+    """:func:`unreachable_message` for this process and the configured endpoint, after
+    probing the unix socket (blocking: a connect to a local socket)."""
+    where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    probe: int | None = None
+    owner = ("?", "?", 0)
+    url = urlparse(where)
+    if url.scheme == "unix":
+        where = url.path
+        try:
+            st = os.stat(url.path)
+            owner = (
+                _name(pwd.getpwuid, st.st_uid),
+                _name(grp.getgrgid, st.st_gid),
+                stat.S_IMODE(st.st_mode),
+            )
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(5)
+                s.connect(url.path)
+        except OSError as err:
+            probe = err.errno
+    user = f"{_name(pwd.getpwuid, os.geteuid())} (uid {os.geteuid()})"
+    return unreachable_message(where, probe, str(exc), user=user, socket_owner=owner)
+
+
+def _name(lookup: Any, ident: int) -> str:
+    try:
+        return str(lookup(ident)[0])
+    except KeyError:
+        return str(ident)
 
 
 def container_spec(
@@ -193,7 +264,7 @@ def sandbox_table() -> list[dict[str, Any]]:
         client = docker.from_env(timeout=30)
         containers = client.containers.list(filters={"label": f"{LABEL_MANAGED}=1"})
     except docker.errors.DockerException as exc:
-        raise SandboxError(f"cannot reach the Docker daemon: {exc}. {SETUP_HINT}") from None
+        raise SandboxError(daemon_unreachable(exc)) from None
     rows = []
     now = datetime.datetime.now(datetime.timezone.utc)
     for c in containers:
@@ -297,11 +368,7 @@ class DockerBackend(SandboxBackend):
                 try:
                     self._client = docker.from_env(timeout=60)
                 except docker.errors.DockerException as exc:
-                    where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-                    raise SandboxError(
-                        f"cannot reach the Docker daemon at {where}: {exc}. "
-                        f"Start it: {SETUP_HINT} (or `systemctl start docker`)"
-                    ) from None
+                    raise SandboxError(daemon_unreachable(exc)) from None
             return self._client
 
     def _preflight(self, policy: SandboxPolicy) -> Preflight:

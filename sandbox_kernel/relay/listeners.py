@@ -4,6 +4,7 @@ Bound on 127.0.0.1 only, once per kernel, and kept across restarts so
 clients reconnect to the same ports. Each accepted connection becomes a
 stream to the matching port inside the current sandbox; with no sandbox ready
 (between restarts) the connection is closed and ZeroMQ simply reconnects.
+A connection from another user's process is closed at once (:mod:`.peers`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import socket
 from collections.abc import Callable, Mapping
 
 from ..inside.mux import abort_transport
+from .peers import allowed_peer
 from .session import AgentSession
 
 HOST = "127.0.0.1"
@@ -21,6 +23,20 @@ HOST = "127.0.0.1"
 class _Refuse(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         abort_transport(transport)
+
+
+class _CheckPeer(asyncio.Protocol):
+    """The first protocol of an accepted connection: another user's socket is closed;
+    ours is handed to a new stream into the sandbox (``open``)."""
+
+    def __init__(self, open_stream: Callable[[], asyncio.Protocol]) -> None:
+        self.open_stream = open_stream
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+        protocol = self.open_stream() if allowed_peer(peer, local) else _Refuse()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
 
 
 class HostListeners:
@@ -63,7 +79,7 @@ class HostListeners:
         self.ports[name] = sock.getsockname()[1]
 
     def _factory(self, inside_port: int) -> Callable[[], asyncio.Protocol]:
-        return lambda: self._accept(inside_port)
+        return lambda: _CheckPeer(lambda: self._accept(inside_port))
 
     def _accept(self, inside_port: int) -> asyncio.Protocol:
         session = self.session

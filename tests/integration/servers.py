@@ -163,6 +163,18 @@ class JupyterServer:
             raw = resp.read()
         return json.loads(raw) if raw else None
 
+    def error(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, JSON reply) of a request that must fail."""
+        try:
+            reply = self.api(method, path, body)
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                return int(exc.code), json.loads(raw)
+            except ValueError:
+                return int(exc.code), {"message": raw.decode(errors="replace")}
+        raise AssertionError(f"{method} {path} succeeded: {reply}")
+
     def status(self, path: str) -> int:
         """HTTP status of an authenticated GET (errors included)."""
         req = urllib.request.Request(

@@ -64,6 +64,29 @@ def test_install_shows_in_jupyter_kernelspec_list(tmp_path: Path) -> None:
     )
 
 
+def test_install_by_root_is_readable_by_every_user(tmp_path: Path) -> None:
+    """A kernelspec installed for all users (--prefix, --sys-prefix) must be readable by
+    other users' Jupyter servers, whatever the installing shell's umask (root's is often
+    077): its folder 0755, kernel.json 0644, and the folders it created 0755."""
+    r = subprocess.run(
+        [sys.executable, "-m", "sandbox_kernel.cli.main", "install", "--prefix", str(tmp_path),
+         "--name", "sandbox-shared"],
+        capture_output=True, text=True, timeout=120, preexec_fn=lambda: os.umask(0o077),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    kernels = tmp_path / "share" / "jupyter" / "kernels"
+    modes = {
+        str(path.relative_to(tmp_path)): oct(path.stat().st_mode & 0o777)
+        for path in (kernels.parent.parent, kernels.parent, kernels, kernels / "sandbox-shared",
+                     kernels / "sandbox-shared" / "kernel.json")
+    }  # fmt: skip
+    assert modes == {
+        "share": "0o755", "share/jupyter": "0o755", "share/jupyter/kernels": "0o755",
+        "share/jupyter/kernels/sandbox-shared": "0o755",
+        "share/jupyter/kernels/sandbox-shared/kernel.json": "0o644",
+    }, modes  # fmt: skip
+
+
 def test_install_with_a_malformed_limit_writes_nothing(tmp_path: Path) -> None:
     r = cli("install", "--prefix", str(tmp_path), "--name", "bad", "--memory", "lots")
     assert r.returncode == 1

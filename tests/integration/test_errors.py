@@ -180,6 +180,82 @@ def test_stopped_daemon(
     assert "cannot reach the Docker daemon" in str(err) and "setup-host" in str(err)
 
 
+def test_max_kernels_refuses_past_the_limit_and_frees_slots(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    """max_kernels counts this process's kernels: past it a launch is refused (nothing left
+    behind), a restart keeps its kernel's slot, a shutdown frees it."""
+    from sandbox_kernel.kernel_slots import SLOTS, KernelLimitReached
+    from tests.helpers import Kernel
+
+    limit = SLOTS.in_use() + 1  # kernels of other tests in this process count too
+    ksm = _ksm_with(tmp_path, {"image": DEFAULT_IMAGE, "pool_size": 0, "max_kernels": limit})
+    km = KernelManager(kernel_name="k", kernel_spec_manager=ksm)
+    km.start_kernel()
+    kernel = Kernel(km, km.client())
+    kernel.kc.start_channels()
+    try:
+        kernel.kc.wait_for_ready(timeout=60)
+        err = _start_fails(ksm, docker_client)
+        assert isinstance(err, KernelLimitReached), err
+        assert f"max_kernels={limit}" in str(err), err
+        km.restart_kernel(now=True)  # keeps its slot: no refusal
+        kernel.kc.wait_for_ready(timeout=60)
+        assert kernel.value("print(6 * 7)") == 42
+    finally:
+        kernel.stop()
+    assert SLOTS.in_use() == limit - 1, "the shut-down kernel's slot was not freed"
+    again = KernelManager(kernel_name="k", kernel_spec_manager=ksm)
+    again.start_kernel()
+    again.shutdown_kernel(now=True)
+    assert SLOTS.in_use() == limit - 1
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+AS_NOBODY = """
+import json, os, shutil, sys, tempfile
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from sandbox_kernel.kernelspec import build_kernelspec
+home = tempfile.mkdtemp()
+try:
+    os.environ.update(HOME=home, JUPYTER_RUNTIME_DIR=home)
+    os.mkdir(home + "/k")
+    with open(home + "/k/kernel.json", "w") as f:
+        json.dump(build_kernelspec({"pool_size": 0}), f)
+    km = KernelManager(kernel_name="k", kernel_spec_manager=KernelSpecManager(kernel_dirs=[home]))
+    try:
+        km.start_kernel()
+    except Exception as exc:
+        print(type(exc).__name__, exc)
+    else:
+        km.shutdown_kernel(now=True)
+        print("STARTED")
+finally:
+    shutil.rmtree(home)
+"""
+
+
+def test_docker_socket_permission_denied_is_named(docker_client: docker.DockerClient) -> None:
+    """A server whose user may not use the Docker socket (dockerd running, socket
+    root:docker 0660) is told so, and what to do, not to start a running daemon."""
+    import subprocess
+    import sys
+
+    sock = Path("/var/run/docker.sock")
+    assert sock.stat().st_mode & 0o007 == 0, "the socket must not be open to everyone"
+    docker_client.ping()  # the daemon runs
+    out = subprocess.run(
+        [*NOBODY, sys.executable, "-c", AS_NOBODY],
+        capture_output=True, text=True, timeout=120, cwd="/",
+    )  # fmt: skip
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    assert "SandboxError permission denied on the Docker socket /var/run/docker.sock" in text, text
+    assert "uid 65534" in text and "--backend runsc" in text, text
+    assert "Start it" not in text and "not running" not in text, text
+
+
 def _derived_image(
     client: docker.DockerClient, name: str, setup_code: str, changes: list[str]
 ) -> str:

@@ -1,6 +1,7 @@
 """docs/examples: the single-user server config for untrusted users, run for real in
-`jupyter server` (REST and the kernel websocket), and the JupyterHub config loaded by
-traitlets and applied to JupyterHub's own Spawner class."""
+`jupyter server` (REST and the kernel websocket), and both recipes' JupyterHub configs
+loaded by traitlets and applied to their spawner classes. Recipe (a) also runs in a real
+JupyterHub: tests/integration/test_hub.py."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def server(tmp_path: Path, kernel_dirs: Path, docker_client: docker.DockerClient
     config.write_text(
         (EXAMPLES / "jupyter_server_config.py").read_text()
         + f"\nc.SandboxedOnlyKernelSpecManager.admin_kernel_dirs = [{str(kernel_dirs)!r}]\n"
+        + "c.SandboxProvisioner.max_kernels = 1\n"  # the example's 4, cheaper to reach
     )
     # Search order as on a system-wide install (user data dir before the environment's,
     # not a venv's reverse) and JUPYTER_PATH empty: only the config's pin protects.
@@ -105,15 +107,16 @@ def test_single_user_config_allows_only_sandboxed_kernels(server: JupyterServer)
         server.api("POST", "/api/terminals", {})
     assert getattr(no_terminal.value, "code", 0) == 404, no_terminal.value
 
-    # A kernel by a name not listed (the built-in, unsandboxed "python3") is refused, over
-    # both routes a client can use; nothing was started.
+    # A kernel by a name not listed (the built-in, unsandboxed "python3") is refused with a
+    # 403 that says why, over both routes a client can use; nothing was started.
     for path, body in (
         ("/api/kernels", {"name": "python3"}),
         ("/api/sessions", {"path": "x.ipynb", "type": "notebook", "kernel": {"name": "python3"}}),
     ):
-        with pytest.raises(Exception) as refused:
-            server.api("POST", path, body)
-        assert getattr(refused.value, "code", 0) >= 400, refused.value
+        code, reply = server.error("POST", path, body)
+        assert code == 403, (path, code, reply)
+        assert "'python3' is not allowed on this server" in reply["message"], reply
+        assert "sandbox-python" in reply["message"], reply
     assert server.api("GET", "/api/kernels") == []
 
     # Hidden folders (config files, kernelspecs) cannot be written through the contents API.
@@ -139,23 +142,59 @@ def test_single_user_config_allows_only_sandboxed_kernels(server: JupyterServer)
     release, uid, sees_root, port = text.split()
     assert release != os.uname().release and (uid, sees_root) == ("1000", "False"), text
     assert port == "refused", text  # max_runtime_ports = 0
+
+    # max_kernels: a second kernel is refused with a 403 that says why, by either route.
+    for path, body in (
+        ("/api/kernels", {}),
+        (
+            "/api/sessions",
+            {"path": "y.ipynb", "type": "notebook", "kernel": {"name": "sandbox-python"}},
+        ),
+    ):
+        code, reply = server.error("POST", path, body)
+        assert code == 403 and "max_kernels=1" in reply["message"], (path, code, reply)
+    # Changing a session's kernel to a name not allowed is refused too.
+    session = server.api(
+        "POST",
+        "/api/sessions",
+        {"path": "z.ipynb", "type": "notebook", "kernel": {"id": kernel["id"]}},
+    )
+    code, reply = server.error(
+        "PATCH", f"/api/sessions/{session['id']}", {"kernel": {"name": "python3"}}
+    )
+    assert code == 403 and "not allowed" in reply["message"], (code, reply)
     # Left running: after the refused starts, the server must still shut down cleanly with a
     # live kernel (the fixture checks it exits 0 and leaves no sandbox).
     assert [k["id"] for k in server.api("GET", "/api/kernels")] == [kernel["id"]]
 
 
-def test_hub_config_example_loads(caplog: pytest.LogCaptureFixture) -> None:
-    """JupyterHub itself needs configurable-http-proxy (node), not installable here: the
-    example is loaded by traitlets and applied to JupyterHub's Spawner, whose traitlets
-    warn about any option it does not know."""
+@pytest.mark.parametrize("example", ["jupyterhub_config.py", "jupyterhub_config_docker.py"])
+def test_hub_config_examples_load(example: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Both recipes' hub configs, loaded by traitlets and applied to JupyterHub's
+    LocalProcessSpawner, whose traitlets warn about any option it does not know (recipe (a)
+    also runs in a real hub: tests/integration/test_hub.py)."""
     from jupyterhub.spawner import LocalProcessSpawner
 
-    path = EXAMPLES / "jupyterhub_config.py"
+    from sandbox_kernel.hub import UserCgroupSpawner
+
+    path = EXAMPLES / example
     config = PyFileConfigLoader(path.name, str(path.parent)).load_config()
+    spawner_class = {
+        "sandbox_kernel.hub.UserCgroupSpawner": UserCgroupSpawner,
+        "jupyterhub.spawner.LocalProcessSpawner": LocalProcessSpawner,
+    }[config.JupyterHub.spawner_class]
     with caplog.at_level(logging.WARNING):
-        spawner = LocalProcessSpawner(config=config)
+        spawner = spawner_class(config=config)
     assert not [r for r in caplog.records if "not recognized" in r.getMessage()], caplog.text
+    # Recipe (a) bounds each user's processes (sandboxes, terminals) in cgroups of their own.
+    assert (spawner_class is UserCgroupSpawner) == (example == "jupyterhub_config.py")
+    assert config.JupyterHub.bind_url.startswith("http://127.0.0.1:")
+    assert spawner.cmd == ["/opt/sandbox-kernel/venv/bin/jupyterhub-singleuser"]
     assert spawner.disable_user_config is True
     assert "--config=/etc/jupyter/sandbox/jupyter_server_config.py" in spawner.args
-    assert spawner.environment["JUPYTER_CONFIG_DIR"] == "/etc/jupyter/sandbox"
-    assert config.JupyterHub.spawner_class
+    # A root-owned JUPYTER_CONFIG_DIR fails every start after the first (jupyter_core
+    # writes its migration marker there): tests/integration/test_hub.py restarts servers.
+    assert "JUPYTER_CONFIG_DIR" not in spawner.environment
+    terminals = "--ServerApp.terminals_enabled=True" in spawner.args
+    # Real Unix users get their shell; Docker accounts never (root-equivalent).
+    assert terminals == (example == "jupyterhub_config.py")

@@ -155,6 +155,14 @@ def test_clone3_is_answered_enosys(backend: str, backend_kernel: Kernel) -> None
         "json.dumps({'no output': r.stderr[-500:]}))\n"
     )
     seen = backend_kernel.value(code)
+    if backend == "runsc":
+        # gVisor: this runsc ignores errnoRet, so clone3 cannot be answered ENOSYS without
+        # breaking threads; it stays allowed, as under the docker backend, and what its user
+        # namespace can do is the catalogue's (priv-userns-*, net-userns-*; gap table).
+        assert seen == dict.fromkeys(
+            ("no flags", "CLONE_NEWUSER", "CLONE_NEWUSER|CLONE_NEWNET"), "OK"
+        ), seen
+        return
     expected = dict.fromkeys(("no flags", "CLONE_NEWUSER", "CLONE_NEWUSER|CLONE_NEWNET"), "ENOSYS")
     assert seen == expected, (
         f"backend {backend}: clone3 is not answered ENOSYS (the seccomp rule of "

@@ -257,3 +257,34 @@ def test_only_the_five_relayed_ports_are_exposed(start_kernel: Callable[..., Ker
     assert {p: _host_connect(p) for p in unheard} == dict.fromkeys(unheard, "refused")
     # Control: the relayed ports are really live.
     assert {_host_connect(p) for p in relayed} == {"connected"}
+
+
+@pytest.mark.parametrize("who", ["nobody", "owner"])
+def test_another_local_user_gets_nothing_from_the_kernel_ports(
+    start_kernel: Callable[..., Kernel], who: str
+) -> None:
+    """Another user of the host (nobody) connecting to a kernel's 127.0.0.1 ports: its
+    requests (signed with a key of its own) go unanswered, as for any Jupyter kernel
+    (HMAC), and it reads none of the kernel's output, which ZeroMQ's PUB socket would send
+    to any subscriber: the host ports close other users' connections. The owner's uid is
+    the control: it does receive the output (its requests still fail the HMAC check)."""
+    import sys
+
+    from tests.helpers import ForeignClient
+
+    kernel = start_kernel()
+    info = kernel.km.get_connection_info()
+    ports = {name: int(info[name]) for name in ZMQ_PORTS}
+    as_user = (
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if who == "nobody" else []
+    )
+    intruder = ForeignClient([*as_user, sys.executable], ports, cwd="/")
+    assert intruder.replies() == {"shell_port": 0, "control_port": 0}, "answered without the key"
+    assert kernel.value("print(6 * 7)") == 42
+    seen = intruder.iopub()
+    if who == "nobody":
+        assert seen == [], f"another user read the kernel's output: {seen[:2]}"
+    else:
+        assert any('"text": "42\\n"' in m for m in seen), seen  # the check can fail
+    marked = "import json, os; print(json.dumps(os.path.exists('/tmp/INTRUDER-WAS-HERE')))"
+    assert kernel.value(marked) is False

@@ -63,8 +63,10 @@ def _in_container(client: docker.DockerClient, runtime: str, change: Change) -> 
         labels=server_labels(),
         name=f"sk-census-{uuid.uuid4().hex[:12]}",
     )
-    # Run to completion and keep the output (the kernel's sandboxes log nothing).
+    # Run to completion and keep the output (the kernel's sandboxes log nothing), as the
+    # kernel's user: under gVisor the spec's user is the agent's, root of the sandbox.
     spec.update(detach=True, auto_remove=False, stdin_open=False, log_config={"Type": "json-file"})
+    spec["user"] = policy.user
     change(spec)
     container = client.containers.run(**spec)
     try:

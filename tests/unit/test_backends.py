@@ -297,3 +297,22 @@ def test_compiled_filter_refuses_tun_and_raw_ip_sockets_but_not_netlink(tmp_path
         "TUNSETIFF": "EPERM",
         "TUNSETIFF, high bits": "EPERM",
     }
+
+
+def test_unreachable_docker_names_the_real_cause() -> None:
+    import errno
+
+    from sandbox_kernel.backends.docker import unreachable_message
+
+    denied = unreachable_message(
+        "/var/run/docker.sock", errno.EACCES, "x", user="alice (uid 1001)",
+        socket_owner=("root", "docker", 0o660),
+    )  # fmt: skip
+    assert denied.startswith("permission denied on the Docker socket /var/run/docker.sock")
+    assert "root:docker, mode 660" in denied and "alice (uid 1001)" in denied
+    assert "'docker' group" in denied and "--backend runsc" in denied and "Start it" not in denied
+    for code, state in ((errno.ENOENT, "no socket"), (errno.ECONNREFUSED, "nothing listens")):
+        stopped = unreachable_message("/run/d.sock", code, "x", user="root (uid 0)")
+        assert state in stopped and "setup-host" in stopped and "permission" not in stopped
+    other = unreachable_message("tcp://10.0.0.1:2375", None, "timed out", user="root (uid 0)")
+    assert "timed out" in other and "setup-host" in other

@@ -1,0 +1,466 @@
+"""A real JupyterHub for the tests: system users created and removed by the test, the
+world-readable shared venv their servers run from, the admin side of per-user cgroup
+delegation, and the hub itself (configurable-http-proxy, LocalProcessSpawner) on
+127.0.0.1, driven through its REST API and its proxy as JupyterLab would."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+from tests.helpers import REPO
+from tests.integration.servers import free_port
+
+SHARED_VENV = Path(os.environ.get("SANDBOX_KERNEL_SHARED_VENV", "/opt/sandbox-kernel/venv"))
+SETUP = "run `sudo scripts/quickstart.sh` (it installs configurable-http-proxy and runs scripts/shared-venv.sh)"
+CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The cgroup v1 folder an administrator delegates to each user (docs/backends.md, runsc).
+DELEGATED_PARENT = "sandbox-kernel-users"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+# -- the shared venv ----------------------------------------------------------------------------
+def reinstall_shared_venv() -> Path:
+    """This checkout, reinstalled (no deps) into the venv every user can run, so the users'
+    servers test this code; fails with what to run if the venv or a piece is missing."""
+    python = SHARED_VENV / "bin" / "python"
+    if not os.access(python, os.X_OK):
+        raise AssertionError(f"no shared venv at {SHARED_VENV}: {SETUP}")
+    lock = SHARED_VENV.parent / ".sandbox-kernel-install.lock"
+    with open(lock, "a") as held:  # one reinstall at a time on this host
+        fcntl.flock(held, fcntl.LOCK_EX)
+        out = subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall",
+             str(REPO)],
+            capture_output=True, text=True, timeout=600, cwd="/",
+        )  # fmt: skip
+        assert out.returncode == 0, f"reinstalling {REPO} into {SHARED_VENV}:\n{out.stderr}"
+        subprocess.run(["chmod", "-R", "a+rX", str(SHARED_VENV)], check=True)
+    for tool in ("jupyterhub-singleuser", "sandbox-kernel"):
+        assert os.access(SHARED_VENV / "bin" / tool, os.X_OK), f"{tool} missing: {SETUP}"
+    return SHARED_VENV
+
+
+def proxy_command() -> str:
+    found = shutil.which("configurable-http-proxy", path=CLEAN_PATH)
+    if found is None:
+        raise AssertionError(f"configurable-http-proxy is not installed: {SETUP}")
+    return found
+
+
+# -- system users -------------------------------------------------------------------------------
+def proc_ids(pid: int) -> dict[str, list[int]]:
+    """Uid, Gid (real, effective, saved, fs) and Groups of a process ({} if it is gone)."""
+    found: dict[str, list[int]] = {}
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return found
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Uid", "Gid", "Groups", "PPid"):
+            found[key] = [int(v) for v in value.split()]
+    return found
+
+
+def all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def descendants(root: int) -> list[int]:
+    """``root`` and every process below it."""
+    children: dict[int, list[int]] = {}
+    for pid in all_pids():
+        ppid = proc_ids(pid).get("PPid", [0])[0]
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+class SystemUser:
+    """A real Unix account with a home, made for one test run (``useradd``) and removed
+    with its home, its processes and its runsc state after it."""
+
+    def __init__(self, stem: str) -> None:
+        self.name = f"{stem}-{secrets.token_hex(2)}"
+        self.uid = self.gid = -1
+        self.home = Path("/nonexistent")
+
+    def create(self) -> SystemUser:
+        subprocess.run(
+            ["useradd", "--create-home", "--shell", "/bin/bash", "--user-group", self.name],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        entry = pwd.getpwnam(self.name)
+        self.uid, self.gid, self.home = entry.pw_uid, entry.pw_gid, Path(entry.pw_dir)
+        return self
+
+    def env(self) -> dict[str, str]:
+        return {"HOME": str(self.home), "USER": self.name, "LOGNAME": self.name,
+                "PATH": CLEAN_PATH, "LANG": "C.UTF-8", "SHELL": "/bin/bash"}  # fmt: skip
+
+    def run(
+        self, argv: list[str], timeout: float = 120, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``argv`` as this user (its uid, gid and groups, nothing else of root's)."""
+        return subprocess.run(
+            ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--init-groups",
+             "--inh-caps=-all", "--", *argv],
+            capture_output=True, text=True, timeout=timeout, env=self.env(), cwd=self.home,
+            input=input,
+        )  # fmt: skip
+
+    def python(self, code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return self.run([str(SHARED_VENV / "bin" / "python"), "-c", code], timeout=timeout)
+
+    def processes(self) -> list[int]:
+        """Every process with this user's uid (real, effective or saved)."""
+        return [p for p in all_pids() if self.uid in proc_ids(p).get("Uid", [])[:3]]
+
+    def remove(self) -> list[str]:
+        """Kill what is left of this user (by pid), remove the account, its home and its
+        runsc state; return what had been left running (the caller decides if that fails)."""
+        left = [" ".join(cmdline(p)) or str(p) for p in self.processes()]
+        deadline = time.monotonic() + 10
+        while (pids := self.processes()) and time.monotonic() < deadline:
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        subprocess.run(["userdel", "--remove", self.name], capture_output=True, check=False)
+        shutil.rmtree(self.home, ignore_errors=True)
+        for entry in Path("/tmp").iterdir():  # the user's own files there (runsc state...)
+            try:
+                if entry.lstat().st_uid == self.uid:
+                    shutil.rmtree(
+                        entry
+                    ) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            except OSError:
+                pass
+        return left
+
+    def sandbox_state(self) -> list[str]:
+        """Sandboxes the runsc backend still has state or a bundle of (for this user)."""
+        base = Path(f"/tmp/sandbox-kernel-runsc-{self.uid}")
+        return [
+            str(p)
+            for d in ("state", "bundles")
+            if (base / d).is_dir()
+            for p in (base / d).iterdir()
+        ]
+
+
+# -- per-user cgroups ---------------------------------------------------------------------------
+def user_cgroups(user: SystemUser) -> dict[str, Path]:
+    """Where UserCgroupSpawner puts the user's server: controller -> folder."""
+    return {c: CGROUP_ROOT / c / DELEGATED_PARENT / user.name for c in ("memory", "cpu", "pids")}
+
+
+def cgroup_of(pid: int, controller: str) -> str:
+    """The cgroup v1 path of ``pid`` in ``controller`` ("" if the process is gone)."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(","):
+            return path
+    return ""
+
+
+# -- the hub ------------------------------------------------------------------------------------
+class HubError(Exception):
+    def __init__(self, code: int, reply: dict[str, Any]) -> None:
+        super().__init__(f"HTTP {code}: {reply}")
+        self.code, self.reply = code, reply
+
+
+class Hub:
+    """``jupyterhub -f CONFIG`` as root from the shared venv (as documented), its proxy and
+    hub on 127.0.0.1, with a service
+    token (``self.token``) that may spawn, stop and make tokens for the test's users."""
+
+    def __init__(self, workdir: Path, config: str) -> None:
+        self.workdir = workdir
+        self.port, self.hub_port, self.api_port = free_port(), free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = secrets.token_hex(32)
+        self.proxy_token = secrets.token_hex(32)
+        self.log_path = workdir / "hub.log"
+        self.config_path = workdir / "jupyterhub_config.py"
+        self.config_path.write_text(
+            config
+            + f"""
+# The test's own: loopback ports, private state, a service token.
+c.JupyterHub.bind_url = "http://127.0.0.1:{self.port}"
+c.JupyterHub.hub_bind_url = "http://127.0.0.1:{self.hub_port}"
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.api_port}"
+c.ConfigurableHTTPProxy.command = [{proxy_command()!r}]
+c.JupyterHub.db_url = "sqlite:///{workdir}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "{workdir}/cookie_secret"
+c.JupyterHub.pid_file = "{workdir}/jupyterhub.pid"
+c.ConfigurableHTTPProxy.pid_file = "{workdir}/proxy.pid"
+c.JupyterHub.services = [{{"name": "sandbox-test", "api_token": {self.token!r}}}]
+c.JupyterHub.load_roles = [{{
+    "name": "sandbox-test", "services": ["sandbox-test"],
+    "scopes": ["admin:users", "admin:servers", "tokens", "admin:server_state", "list:users",
+               "read:users", "access:servers"],
+}}]
+"""
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120) -> None:
+        log = self.log_path.open("ab")
+        env = {"PATH": CLEAN_PATH, "LANG": "C.UTF-8", "HOME": str(self.workdir),
+               "CONFIGPROXY_AUTH_TOKEN": self.proxy_token}  # fmt: skip
+        self.proc = subprocess.Popen(
+            [str(SHARED_VENV / "bin" / "jupyterhub"), "-f", str(self.config_path)],
+            cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"jupyterhub exited early:\n{self.log()}")
+            try:
+                self.api("GET", "/hub/api/")
+                return
+            except (OSError, HubError):
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise AssertionError(f"jupyterhub did not answer:\n{self.log()}") from None
+                time.sleep(0.5)
+
+    def stop(self, timeout: float = 120) -> int:
+        """SIGTERM, as a service manager stops it; return its exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise AssertionError(f"jupyterhub did not stop:\n{self.log()}") from None
+        return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        """Last resort for a failed test: the hub's session and its proxy (which runs in a
+        session of its own; the users' servers are removed with their users)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        proxy = self.proxy_pid()
+        if proxy is not None:
+            os.kill(proxy, signal.SIGKILL)
+
+    def proxy_pid(self) -> int | None:
+        """The hub's configurable-http-proxy, if it still runs."""
+        try:
+            pid = int((self.workdir / "proxy.pid").read_text())
+        except (OSError, ValueError):
+            return None
+        return pid if any("configurable-http-proxy" in a for a in cmdline(pid)) else None
+
+    def log(self, tail: int = 12000) -> str:
+        return self.log_path.read_text(errors="replace")[-tail:]
+
+    # -- REST -------------------------------------------------------------------------------
+    def api(
+        self, method: str, path: str, body: Any = None, token: str | None = None,
+        timeout: float = 60,
+    ) -> Any:  # fmt: skip
+        """A request through the proxy (``/hub/api/...`` or ``/user/<name>/api/...``)."""
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Authorization": f"token {token or self.token}"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                reply = json.loads(raw)
+            except ValueError:
+                reply = {"message": raw.decode(errors="replace")[:2000]}
+            raise HubError(int(exc.code), reply) from None
+        return json.loads(raw) if raw else None
+
+    def error(self, method: str, path: str, body: Any = None, token: str | None = None) -> HubError:
+        try:
+            reply = self.api(method, path, body, token)
+        except HubError as exc:
+            return exc
+        raise AssertionError(f"{method} {path} succeeded: {reply}")
+
+    def user_model(self, name: str) -> dict[str, Any]:
+        return self.api("GET", f"/hub/api/users/{name}")  # type: ignore[no-any-return]
+
+    def spawn(self, name: str, timeout: float = 180) -> None:
+        try:
+            self.api("POST", f"/hub/api/users/{name}/server")
+        except HubError as exc:
+            if exc.code != 400 or "already running" not in str(exc.reply):
+                raise
+        self._wait(name, ready=True, timeout=timeout)
+
+    def stop_server(self, name: str, timeout: float = 180) -> None:
+        try:
+            self.api("DELETE", f"/hub/api/users/{name}/server")
+        except HubError as exc:
+            if exc.code != 400:
+                raise
+        self._wait(name, ready=False, timeout=timeout)
+
+    def _wait(self, name: str, ready: bool, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            server = self.user_model(name)["servers"].get("")
+            if (bool(server and server.get("ready")) and not server.get("pending")) == ready and (
+                ready or not server
+            ):
+                return
+            if time.monotonic() > deadline:
+                state = "ready" if ready else "stopped"
+                raise AssertionError(f"{name}'s server not {state}: {server}\n{self.log()}")
+            time.sleep(0.5)
+
+    def user_token(self, name: str) -> str:
+        reply = self.api("POST", f"/hub/api/users/{name}/tokens",
+                         {"note": "sandbox-kernel hub test", "expires_in": 3600})  # fmt: skip
+        return str(reply["token"])
+
+
+class UserClient:
+    """One user's single-user server through the hub's proxy, with that user's token: REST
+    and the kernel websocket, as JupyterLab uses them."""
+
+    def __init__(self, hub: Hub, user: SystemUser) -> None:
+        self.hub, self.user = hub, user
+        self.token = hub.user_token(user.name)
+        self.prefix = f"/user/{user.name}"
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        return self.hub.api(method, self.prefix + path, body, token=self.token)
+
+    def error(self, method: str, path: str, body: Any = None) -> HubError:
+        return self.hub.error(method, self.prefix + path, body, token=self.token)
+
+    def start_kernel(self) -> str:
+        return str(self.api("POST", "/api/kernels", {"name": "sandbox-python"})["id"])
+
+    def execute(self, kernel_id: str, code: str, timeout: float = 180) -> str:
+        return asyncio.run(self._execute(kernel_id, code, timeout))
+
+    async def _execute(self, kernel_id: str, code: str, timeout: float) -> str:
+        url = (
+            self.hub.url.replace("http", "ws", 1)
+            + f"{self.prefix}/api/kernels/{kernel_id}/channels"
+        )
+        ws = await websocket_connect(
+            HTTPRequest(url, headers={"Authorization": f"token {self.token}"}, connect_timeout=60)
+        )
+        try:
+            msg_id = uuid.uuid4().hex
+            header = {"msg_id": msg_id, "msg_type": "execute_request", "username": self.user.name,
+                      "session": uuid.uuid4().hex, "version": "5.3", "date": ""}  # fmt: skip
+            content = {"code": code, "silent": False, "store_history": False, "allow_stdin": False}
+            await ws.write_message(json.dumps({
+                "header": header, "parent_header": {}, "metadata": {}, "content": content,
+                "channel": "shell", "buffers": [],
+            }))  # fmt: skip
+            out: list[str] = []
+            while True:
+                raw = await asyncio.wait_for(ws.read_message(), timeout)
+                assert raw is not None, "kernel websocket closed"
+                msg = json.loads(raw)
+                if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                    continue
+                kind = msg["msg_type"]
+                if kind == "stream":
+                    out.append(msg["content"]["text"])
+                elif kind == "error":
+                    out.append("\n".join(msg["content"]["traceback"]))
+                elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                    return "".join(out)
+        finally:
+            ws.close()
+
+    def terminal(self, command: str, expect: str, timeout: float = 60) -> str:
+        """Open a terminal (as JupyterLab does), type ``command``, return the output once
+        it matches the regular expression ``expect`` (the terminal echoes the command: let
+        only its output match); the terminal is closed after."""
+        name = self.api("POST", "/api/terminals")["name"]
+        try:
+            return asyncio.run(self._terminal(name, command, expect, timeout))
+        finally:
+            self.api("DELETE", f"/api/terminals/{name}")
+
+    async def _terminal(self, name: str, command: str, expect: str, timeout: float) -> str:
+        url = self.hub.url.replace("http", "ws", 1) + f"{self.prefix}/terminals/websocket/{name}"
+        ws = await websocket_connect(
+            HTTPRequest(url, headers={"Authorization": f"token {self.token}"}, connect_timeout=60)
+        )
+        try:
+            await ws.write_message(json.dumps(["stdin", command + "\r"]))
+            out = ""
+            while not re.search(expect, out):
+                raw = await asyncio.wait_for(ws.read_message(), timeout)
+                assert raw is not None, f"terminal closed: {out!r}"
+                kind, *data = json.loads(raw)
+                if kind == "stdout":
+                    out += str(data[0])
+            return out
+        finally:
+            ws.close()
+
+
+@contextmanager
+def admin_dir() -> Iterator[Path]:
+    """A root-owned, world-readable folder for what an administrator installs (the
+    server config, the kernelspec): pytest's own tmp folders are private to root."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="sandbox-kernel-hub-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,72 @@
+"""UserCgroupSpawner's pure parts: where a user's cgroups are, what limits they get, and
+the refusals (no cgroup v1, unusable names, bad limits)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandbox_kernel.errors import SandboxError
+from sandbox_kernel.hub import UserCgroupSpawner, limit_files, user_cgroup_dirs
+
+MOUNTS = {c: Path(f"/sys/fs/cgroup/{c}") for c in ("memory", "cpu", "pids")}
+
+
+def test_each_user_has_a_folder_per_controller() -> None:
+    assert user_cgroup_dirs("alice", MOUNTS) == {
+        "memory": Path("/sys/fs/cgroup/memory/sandbox-kernel-users/alice"),
+        "cpu": Path("/sys/fs/cgroup/cpu/sandbox-kernel-users/alice"),
+        "pids": Path("/sys/fs/cgroup/pids/sandbox-kernel-users/alice"),
+    }
+
+
+def test_without_cgroup_v1_the_spawn_is_refused_naming_what_to_use() -> None:
+    with pytest.raises(SandboxError, match=r"no cgroup v1 cpu, pids controller.*SystemdSpawner"):
+        user_cgroup_dirs("alice", {"memory": MOUNTS["memory"]})
+
+
+@pytest.mark.parametrize("name", ["", "..", ".", "a/b"])
+def test_names_that_are_not_a_folder_are_refused(name: str) -> None:
+    with pytest.raises(SandboxError, match="user name"):
+        user_cgroup_dirs(name, MOUNTS)
+
+
+def test_limits_are_totals_without_extra_swap() -> None:
+    files = limit_files(4 * 2**30, 1.5, 2048)
+    assert files["memory"] == {
+        "memory.limit_in_bytes": str(4 * 2**30),
+        "memory.memsw.limit_in_bytes": str(4 * 2**30),
+    }
+    assert files["cpu"] == {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "150000"}
+    assert files["pids"] == {"pids.max": "2048"}
+
+
+@pytest.mark.parametrize(
+    ("trait", "value", "message"),
+    [
+        ("user_memory_limit", "lots", "user_memory_limit"),
+        ("user_memory_limit", "64m", "below 128m"),
+        ("user_cpu_limit", 0.0, "user_cpu_limit"),
+        ("user_pids_limit", 10, "below 64"),
+    ],
+)
+def test_bad_limits_are_refused_before_anything_is_made(
+    trait: str, value: object, message: str
+) -> None:
+    spawner = UserCgroupSpawner(**{trait: value})
+    with pytest.raises(Exception, match=message):
+        spawner._limits()
+
+
+def test_named_servers_are_refused() -> None:
+    """Two servers of one user would share (and, at a stop, end) each other's cgroups."""
+    import asyncio
+    from types import SimpleNamespace
+
+    class Named(UserCgroupSpawner):  # type: ignore[misc]
+        name = "second"  # the server's name (a property of JupyterHub's database record)
+
+    spawner = Named(user=SimpleNamespace(name="alice"))
+    with pytest.raises(SandboxError, match="allow_named_servers = False"):
+        asyncio.run(spawner.start())
