@@ -27,14 +27,14 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 from .backends.base import Preflight, SandboxBackend
-from .backends.docker import LABEL_POOL, server_labels
+from .backends.owner import Owner
 from .boot import boot, check_kernel
 from .policy import INSIDE_CONNECTION_FILE, SandboxPolicy
 from .prewarm import placeholder_connection
 from .relay.session import AgentSession
 from .relay.thread import RelayThread
 
-__all__ = ["LABEL_POOL", "PooledSandbox", "WarmPool"]
+__all__ = ["PooledSandbox", "WarmPool"]
 
 
 @dataclass
@@ -87,7 +87,8 @@ class WarmPool:
     ) -> WarmPool:
         # The backend too: Docker and the runsc backend both report runtime "runsc".
         key = json.dumps(
-            [backend.name, asdict(policy), preflight.runtime, prewarm_cmd, env], sort_keys=True
+            [backend.describe(), asdict(policy), preflight.runtime, prewarm_cmd, env],
+            sort_keys=True,
         )
         with cls._lock:
             pool = cls._pools.get(key)
@@ -123,11 +124,11 @@ class WarmPool:
 
     async def _fill_one(self) -> None:
         name = f"sandbox-kernel-pool-{secrets.token_hex(6)}"
-        labels = {**server_labels(), LABEL_POOL: "1"}
+        owner = Owner.current(pooled=True)
         session = AgentSession(name, console=_discard_console, log=self.log)
         try:
             cid = await asyncio.wait_for(
-                boot(self.backend, self.policy, self.preflight, session, name=name, labels=labels),
+                boot(self.backend, self.policy, self.preflight, session, name=name, owner=owner),
                 timeout=self.policy.launch_timeout,
             )
             try:

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import docker
 
-from sandbox_kernel.backends.docker import LABEL_SERVER_PID
-from sandbox_kernel.pool import LABEL_POOL, WarmPool
+from sandbox_kernel.backends.owner import LABEL_POOL, LABEL_SERVER_PID
+from sandbox_kernel.pool import WarmPool
 from tests.helpers import Kernel, container_exists
 
 
