@@ -30,7 +30,8 @@ class Setting:
     default: Any
     help: str
     # "str", "bool", "int", "float", "size" (bytes or "512m"), "enum", "list", "dict",
-    # "ports" (a list of ints or "HOST:INSIDE" strings), "int?" (int or None)
+    # "ports" (a list of ints or "HOST:INSIDE" strings), "int?" (int or None), "backend"
+    # (a name of the backend registry)
     kind: str
     flag: str | None = None  # the install flag; None: --name-with-dashes
     choices: tuple[str, ...] = ()
@@ -53,8 +54,7 @@ SETTINGS: tuple[Setting, ...] = (
         "isolation backend: docker (gVisor, the default); runsc (gVisor without Docker, as "
         "root or rootless); the weaker tiers docker-runc, bwrap and firejail share the "
         "host's kernel with the sandbox (docs/backends.md)",
-        "enum",
-        choices=("docker", "runsc", "docker-runc", "bwrap", "firejail"),
+        "backend",  # one of backends/registry.py's names (checked there)
     ),
     S("image", "sandbox-kernel/python:latest", "kernel image with python3 and ipykernel", "str"),
     S(
@@ -233,7 +233,7 @@ def trait(name: str) -> Any:
     if s.backends:
         help_text += f" ({', '.join(s.backends)} only.)"
     made: Any
-    if s.kind == "str":
+    if s.kind in ("str", "backend"):
         made = Unicode(s.default, help=help_text)
     elif s.kind == "bool":
         made = Bool(s.default, help=help_text)
@@ -282,6 +282,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
             kw.update(action="append", metavar="NAME=VALUE", help=kw["help"] + "; repeatable")
         elif s.kind == "enum":
             kw["choices"] = s.choices
+        elif s.kind == "backend":
+            from .backends.registry import BACKENDS
+
+            kw["choices"] = list(BACKENDS)
         elif s.kind in ("int", "int?"):
             kw["type"] = int
         elif s.kind == "float":

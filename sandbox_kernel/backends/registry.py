@@ -42,8 +42,11 @@ def check_backend(name: object) -> str:
 
 
 def backend_class(name: str) -> type[SandboxBackend]:
+    """The class of backend ``name``: a module of this package, or a dotted module path
+    (a backend that lives elsewhere, e.g. the tests' own)."""
     module, _, cls = BACKENDS[check_backend(name)].partition(":")
-    found: type[SandboxBackend] = getattr(importlib.import_module(f"{__package__}.{module}"), cls)
+    path = module if "." in module else f"{__package__}.{module}"
+    found: type[SandboxBackend] = getattr(importlib.import_module(path), cls)
     return found
 
 
