@@ -10,8 +10,10 @@ addresses and the test's own network namespace.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -27,8 +29,7 @@ import pytest
 
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.policy import SandboxPolicy
-from sandbox_kernel.security import ATTACKS, PROTECTS, Attack, by_id, render
-from sandbox_kernel.security.attacks import _USERNS
+from sandbox_kernel.security import ATTACKS, PROTECTS, Attack, attacks, by_id, render
 from sandbox_kernel.security.expectations import GAPS, expected_blocked
 from tests.helpers import REPO, Kernel
 from tests.security.conftest import AcceptCounter, LanHost, Listener, host_addresses
@@ -348,15 +349,21 @@ def _in_userns(attempt, flags=0):
 """
 
 
+def _as_caller(code: str) -> str:
+    """``code`` with _AS_CALLER right after the prelude's ``_in_userns``, which it replaces."""
+    defs = [n for n in ast.parse(code).body if getattr(n, "name", None) == "_in_userns"]
+    assert len(defs) == 1 and defs[0].end_lineno, "the attack does not use programs/_userns.py"
+    lines = code.splitlines(keepends=True)
+    return "".join(lines[: defs[0].end_lineno]) + _AS_CALLER + "".join(lines[defs[0].end_lineno :])
+
+
 @pytest.mark.parametrize("attack_id", sorted(_PRIVILEGED_CONTROL))
 def test_userns_attempts_work_where_the_privilege_is_real(attack_id: str) -> None:
     """Control for the self-contained user-namespace attacks: run by root in new network
     and mount namespaces on the host (no sandbox), every attempt succeeds, so "refused"
     inside a sandbox means refused, never a malformed request."""
     assert os.geteuid() == 0, "run the security tests as root (they create namespaces)"
-    attack = by_id(attack_id)
-    assert _USERNS in attack.code
-    code = attack.code.replace(_USERNS, _USERNS + _AS_CALLER)
+    code = _as_caller(by_id(attack_id).code)
     proc = subprocess.run(
         [*("unshare", "--net", "--mount", "--propagation", "private", "sh", "-c"),
          'ip link set lo up && exec "$0" -I -c "$1"', sys.executable, code],
@@ -387,29 +394,67 @@ def test_tmpfs_caps_follow_the_kernelspec(
 # The catalogue itself (no Docker)
 
 
+def _needs_read(code: str) -> set[str]:
+    """The names a program reads as ``NEEDS["name"]``; any other use of NEEDS fails."""
+    names: set[str] = set()
+    other_uses = 0
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Name) and node.id == "NEEDS" and isinstance(node.ctx, ast.Load):
+            other_uses += 1
+        if isinstance(node, ast.Subscript) and getattr(node.value, "id", None) == "NEEDS":
+            key = node.slice.value if isinstance(node.slice, ast.Constant) else None
+            assert isinstance(key, str), f"NEEDS read with a key that is not a name: {node}"
+            names.add(key)
+            other_uses -= 1
+    assert other_uses == 0, "NEEDS is used other than as NEEDS['name']"
+    return names
+
+
+_MARKS = re.compile(r"#\s*(inlined|embedded|provided|filled by render\(\))\s*$", re.MULTILINE)
+
+
 def test_catalogue_is_well_formed() -> None:
     ids = [a.id for a in ATTACKS]
     assert len(ids) == len(set(ids)), "duplicate attack ids"
     assert {a.protects for a in ATTACKS} == set(PROTECTS)
     for attack in ATTACKS:
-        for need in attack.needs:
-            assert "{" + need + "}" in attack.code, f"{attack.id}: {{{need}}} is never used"
+        assert _needs_read(attack.code) == set(attack.needs), f"{attack.id}: NEEDS read != needs"
         rendered = render(attack, **{n: "x" for n in attack.needs})
-        compile(rendered, attack.id, "exec")
+        tree = ast.parse(compile(rendered, attack.id, "exec", ast.PyCF_ONLY_AST))
         assert "_report(" in rendered
+        # Standalone: nothing left to resolve, nothing of sandbox_kernel imported.
+        assert not _MARKS.search(rendered), (
+            f"{attack.id}: a mark is left: {_MARKS.search(rendered)}"
+        )
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"{attack.id}: a relative import is left"
+                assert not (node.module or "").startswith("sandbox_kernel"), attack.id
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("sandbox_kernel") for a in node.names), attack.id
     needing = {a.id for a in ATTACKS if a.needs}
     assert needing == set(PROVIDERS), "every attack with needs has a provider, and only those"
 
 
-def test_render_fills_only_named_placeholders() -> None:
-    attack = Attack(
-        "t", "network", "t", "x = {a}\ny = {b}\nz = {'k': {c}}\nprint(f'{x}')\n", ("a", "c")
+def test_render_fills_only_the_needs_line() -> None:
+    code = f"x = {{'k': 1}}\n{attacks.NEEDS_LINE}\ny = {{'k': NEEDS['c']}}\nprint(f'{{x}}')\n"
+    attack = Attack("t", "network", "t", code, ("a", "c"))
+    rendered = render(attack, a="it's", c=[1, {"n": None}])
+    assert rendered == (
+        "x = {'k': 1}\nNEEDS = {'a': \"it's\", 'c': [1, {'n': None}]}\n"
+        "y = {'k': NEEDS['c']}\nprint(f'{x}')\n"
     )
-    code = render(attack, a="it's", c=[1, {"n": None}])
-    assert code == "x = \"it's\"\ny = {b}\nz = {'k': [1, {'n': None}]}\nprint(f'{x}')\n"
+    namespace: dict[str, Any] = {}
+    exec(rendered.replace("print(", "str("), namespace)
+    assert namespace["NEEDS"] == {"a": "it's", "c": [1, {"n": None}]}
     with pytest.raises(TypeError, match="missing"):
         render(attack, a=1)
     with pytest.raises(TypeError, match="unexpected"):
         render(attack, a=1, c=2, d=3)
     with pytest.raises(TypeError, match="literal"):
         render(attack, a=object(), c=1)
+    with pytest.raises(TypeError, match="literal"):
+        render(attack, a=float("nan"), c=1)
+    with pytest.raises(ValueError, match="expected one"):
+        render(Attack("t", "network", "t", "print(1)\n", ("a",)), a=1)
+    assert render(Attack("t", "network", "t", code)) == code, "no needs: the code as it is"
