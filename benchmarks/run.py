@@ -114,7 +114,7 @@ def pss_kib(pid: int) -> int:
 
 def kernel_pids(km: KernelManager | AsyncKernelManager) -> list[int]:
     prov = km.provisioner
-    cid = getattr(prov, "_container_id", None)
+    cid = getattr(prov, "sandbox_id", None)
     if cid is None:  # local kernel: the process and its children
         pid = prov.process.pid  # type: ignore[union-attr]
         kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
@@ -189,7 +189,7 @@ def wait_pool(timeout: float = 60) -> None:
         if pools and all(len(p.ready) >= p.size for p in pools):
             break
         time.sleep(0.05)
-    # A pooled sandbox counts as ready once its kernel is initialised (agent/prewarm.py):
+    # A pooled sandbox counts as ready once its kernel is initialised (inside/prewarm_kernel.py):
     # no extra settling time needed.
 
 
@@ -302,7 +302,7 @@ def echo_rtts(km: KernelManager, kc: Any, n: int) -> list[float]:
     inside = int("".join(out).split()[-1])
     listeners = None
     port = inside
-    session = getattr(km.provisioner, "_session", None)
+    session = getattr(km.provisioner, "session", None)
     if session is not None:
         listeners = HostListeners({"echo": inside})
         RelayThread.get().submit(listeners.open()).result()

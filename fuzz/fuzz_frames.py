@@ -31,11 +31,11 @@ except ImportError:
 
 if atheris is not None:
     with atheris.instrument_imports():
-        from sandbox_kernel.relay import protocol as p
-        from sandbox_kernel.relay.mux import Mux
+        from sandbox_kernel.inside import protocol as p
+        from sandbox_kernel.inside.mux import Mux
 else:
-    from sandbox_kernel.relay import protocol as p
-    from sandbox_kernel.relay.mux import Mux
+    from sandbox_kernel.inside import protocol as p
+    from sandbox_kernel.inside.mux import Mux
 
 
 class _Transport(asyncio.Transport):
@@ -118,7 +118,7 @@ def _check_host_mux(pieces: list[bytes]) -> None:
 
 
 def _check_agent_mux(pieces: list[bytes]) -> None:
-    from sandbox_kernel.relay.mux import Stream
+    from sandbox_kernel.inside.mux import Stream
 
     def on_open(sid: int, port: int) -> None:
         stream = Stream(mux, sid)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping
 from typing import Any
 
-from .agent.bundle import agent_payload, bootstrap_command
 from .backends.base import Preflight, SandboxBackend
+from .backends.owner import Owner
+from .bundle import agent_payload, bootstrap_command
 from .errors import SandboxError
+from .inside import protocol
 from .policy import SandboxPolicy
-from .relay import protocol
 from .relay.session import AgentSession
 from .relay.thread import RelayThread
 
@@ -28,12 +28,12 @@ async def boot(
     session: AgentSession,
     *,
     name: str,
-    labels: Mapping[str, str],
+    owner: Owner,
 ) -> str:
     """Return the id of a started sandbox whose agent said a valid hello to ``session``."""
     relay = RelayThread.get()
     cid = await backend.create(
-        policy, preflight, command=bootstrap_command(), labels=labels, name=name
+        policy, preflight, command=bootstrap_command(), owner=owner, name=name
     )
     try:
         await backend.attach(cid, session)
@@ -57,7 +57,7 @@ async def boot(
 async def _send_agent(session: AgentSession, kernel_user: str | None) -> dict[str, Any]:
     """On the relay loop: send the agent over stdin and wait for its hello."""
     assert session.hello is not None
-    session.send_agent(agent_payload(escaped_stdin=session.docker_framing, kernel_user=kernel_user))
+    session.send_agent(agent_payload(escaped_stdin=session.escape_stdin, kernel_user=kernel_user))
     return await session.hello
 
 
@@ -84,10 +84,11 @@ def check_hello(hello: dict[str, Any], preflight: Preflight) -> None:
             "the sandbox's agent could not make itself undumpable, so the kernel could open "
             "its pipe to the host; refusing"
         )
-    if preflight.runtime == "runsc" and hello.get("release") == os.uname().release:
+    if preflight.foreign_kernel and hello.get("release") == os.uname().release:
         raise SandboxError(
-            "runtime runsc was requested but the sandbox reports the host's kernel "
-            f"({hello.get('release')}); gVisor is not in effect. Check /etc/docker/daemon.json"
+            f"the sandbox should run its own kernel ({preflight.runtime}) but reports the "
+            f"host's ({hello.get('release')}): gVisor is not in effect; check the runtime's "
+            "setup (`sandbox-kernel doctor`)"
         )
 
 

@@ -1,20 +1,16 @@
 """``sandbox-kernel doctor``: is this host really giving kernels the sandbox?
 
-Checks, in order, each with what to do when it fails: the Docker daemon answers;
-``runsc`` is registered with the flags the sandbox needs; the kernel image is
-there; a sandboxed kernel starts through jupyter_client; Docker ran it with
-runsc (seen from outside) and the kernel sees gVisor's kernel, not the host's
-(seen from inside); then every self-contained attack of
-:mod:`sandbox_kernel.security.attacks` runs in that kernel and must be blocked.
-Later checks are skipped (and reported as such) when an earlier one they need
-failed. The CLI prints the report, or JSON with ``--json``; any failure makes
-the exit code 1.
-
-With ``--backend runsc|bwrap|firejail|docker-runc`` the host checks are that backend's
-(tool, root filesystem, every policy property it can enforce here) and the attack
-subset is judged against the backend's documented gaps
-(:mod:`sandbox_kernel.security.expectations`): a documented gap is reported, not
-failed; any other difference fails.
+For one backend (``--backend``, default docker = gVisor), through the backend interface
+only, each check with what to do when it fails: what the backend cannot enforce here
+(``gaps``: fatal when files, network or the user would be the host's); its launch
+preflight (for Docker: the daemon, runsc and its flags, the image); a sandboxed kernel
+starts through jupyter_client; the sandbox runs what was asked for, seen from outside
+(where the backend can tell, e.g. Docker's container runtime) and from inside (gVisor's
+kernel release, not the host's); then every self-contained attack of
+:mod:`sandbox_kernel.security.attacks` runs in that kernel and must end as the gap table
+(:mod:`sandbox_kernel.security.expectations`) says. Later checks are skipped (and reported
+as such) when an earlier one they need failed. The CLI prints the report, or JSON with
+``--json``; any failure makes the exit code 1.
 """
 
 from __future__ import annotations
@@ -27,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .backends.docker import REQUIRED_RUNSC_ARGS, daemon_unreachable
 from .errors import SandboxError
 from .image.recipe import DEFAULT_IMAGE
 
@@ -71,43 +66,6 @@ class Report:
         return "\n".join(lines)
 
 
-def _daemon_checks(report: Report, image: str) -> Any:
-    import docker
-
-    try:
-        client = docker.from_env(timeout=30)
-        client.ping()
-        info = client.info()
-    except docker.errors.DockerException as exc:
-        report.add("Docker daemon reachable", False, str(exc), daemon_unreachable(exc))
-        return None
-    report.add("Docker daemon reachable", True, f"dockerd {info.get('ServerVersion', '?')}")
-    runtimes = info.get("Runtimes") or {}
-    if "runsc" not in runtimes:
-        report.add(
-            "gVisor runtime (runsc) registered",
-            False,
-            f"runtimes: {', '.join(sorted(runtimes))}",
-            f"{SETUP}; it installs runsc and registers it in /etc/docker/daemon.json",
-        )
-        return None
-    args = (runtimes["runsc"] or {}).get("runtimeArgs") or []
-    report.add("gVisor runtime (runsc) registered", True, (runtimes["runsc"] or {}).get("path", ""))
-    missing = [a for a in REQUIRED_RUNSC_ARGS if a not in args]
-    if not report.add(
-        "runsc flags", not missing, f"runtimeArgs {args}",
-        f"{SETUP}; runsc needs {' '.join(REQUIRED_RUNSC_ARGS)}",
-    ):  # fmt: skip
-        return None
-    try:
-        client.images.get(image)
-    except docker.errors.ImageNotFound:
-        report.add("kernel image present", False, image, "run `sudo sandbox-kernel image build`")
-        return None
-    report.add("kernel image present", True, image)
-    return client
-
-
 def _run(kc: Any, code: str, timeout: float = 60) -> str:
     chunks: list[str] = []
 
@@ -119,22 +77,29 @@ def _run(kc: Any, code: str, timeout: float = 60) -> str:
     return "".join(chunks)
 
 
-def _pipe_checks(report: Report, image: str, backend: str) -> dict[str, Any] | None:
-    """runsc/bwrap/firejail: what the backend's preflight finds; the kernelspec config to start,
-    accepting exactly the gaps found (they are reported), or None when it cannot run."""
+# Without these, nothing is isolated: no kernel is started to look further.
+FATAL = frozenset({"host_files", "network", "unprivileged_user"})
+
+
+def _host_checks(report: Report, image: str, backend: str) -> tuple[dict[str, Any], Any] | None:
+    """What the backend finds on this host (``gaps``, then its launch ``preflight``); the
+    kernelspec config to start (accepting exactly the gaps found, which are reported) and
+    the preflight, or None when nothing can run."""
+    import asyncio
     import logging
 
     from .backends.registry import make_backend
-    from .policy import build_policy
+    from .configured import configure
 
-    sandboxes = make_backend(backend, logging.getLogger(__name__))
+    config: dict[str, Any] = {"image": image, "backend": backend}
+    policy = configure(config).policy
+    log = logging.getLogger(__name__)
     try:
-        _rootfs, gaps = sandboxes.gaps(build_policy(image=image))  # type: ignore[attr-defined]
+        gaps = dict(make_backend(backend, log, configure(config).values).gaps(policy))
     except SandboxError as exc:
-        report.add(f"{backend} installed, root filesystem present", False, str(exc), SETUP)
+        report.add(f"{backend}: host ready", False, str(exc), SETUP)
         return None
-    report.add(f"{backend} installed, root filesystem present", True, image)
-    fatal = sorted(set(gaps) & {"host_files", "network", "unprivileged_user"})
+    fatal = sorted(set(gaps) & FATAL)
     report.add(
         f"{backend} enforces the policy here", not fatal,
         "every property" if not gaps else "NOT enforced: " + "; ".join(
@@ -143,7 +108,20 @@ def _pipe_checks(report: Report, image: str, backend: str) -> dict[str, Any] | N
     )  # fmt: skip
     if fatal:
         return None
-    return {"image": image, "backend": backend, "accept_unenforced": sorted(gaps)}
+    if gaps:
+        config["accept_unenforced"] = sorted(gaps)
+    try:
+        sandboxes = make_backend(backend, log, configure(config).values)
+        preflight = asyncio.run(sandboxes.preflight(policy))
+    except SandboxError as exc:
+        report.add(f"{backend}: host ready", False, str(exc), "see the error; then re-run doctor")
+        return None
+    report.add(
+        f"{backend}: host ready", True,
+        f"runs sandboxes with {preflight.runtime}"
+        + (f"; warns: {' '.join(preflight.warnings)}" if preflight.warnings else ""),
+    )  # fmt: skip
+    return config, preflight
 
 
 def run_doctor(
@@ -159,28 +137,19 @@ def run_doctor(
 
     say = progress or (lambda _msg: None)
     report = Report()
-    later = ["sandboxed kernel starts", "runtime seen from outside", "gVisor seen from inside",
+    later = ["sandboxed kernel starts", "seen from outside", "seen from inside",
              "attack subset as documented"]  # fmt: skip
-    config: dict[str, Any] | None = {"image": image}
-    client: Any = None
-    if backend == "docker":
-        say("checking the Docker daemon")
-        config = config if (client := _daemon_checks(report, image)) is not None else None
-    else:
-        later = ["sandboxed kernel starts", "attack subset as documented"]
-        if backend == "docker-runc":
-            config = {"image": image, "backend": backend}
-        else:
-            say(f"checking {backend}")
-            config = _pipe_checks(report, image, backend)
-    if config is None:
+    say(f"checking the host for the {backend} backend")
+    found = _host_checks(report, image, backend)
+    if found is None:
         for name in later:
             report.add(name, None, "not run: an earlier check failed")
         return report
+    config, preflight = found
     with tempfile.TemporaryDirectory(prefix="sandbox-doctor-") as tmp:
         os.mkdir(os.path.join(tmp, "doctor"))
         with open(os.path.join(tmp, "doctor", "kernel.json"), "w") as f:
-            json.dump(build_kernelspec(config), f)
+            json.dump(build_kernelspec({**config, "pool_size": 0}), f)
         km = KernelManager(
             kernel_name="doctor", kernel_spec_manager=KernelSpecManager(kernel_dirs=[tmp])
         )
@@ -202,25 +171,33 @@ def run_doctor(
             return report
         try:
             report.add("sandboxed kernel starts", True, f"ready in {time.monotonic() - t0:.1f} s")
-            if backend != "docker":
-                _judge_attacks(report, kc, backend, GAPS[backend], say)
-                return report
-            cid = km.provisioner._container_id  # type: ignore[union-attr]
-            runtime = client.containers.get(cid).attrs["HostConfig"].get("Runtime")
-            report.add(
-                "runtime seen from outside", runtime == "runsc", f"container runtime: {runtime}",
-                "the daemon did not use runsc: check /etc/docker/daemon.json",
-            )  # fmt: skip
+            sandboxes = km.provisioner.sandboxes  # type: ignore[union-attr]
+            sandbox_id = km.provisioner.sandbox_id  # type: ignore[union-attr]
+            seen = sandboxes.inspect(sandbox_id) if sandboxes and sandbox_id else {}
+            if "runtime" in seen:
+                report.add(
+                    "seen from outside", seen["runtime"] == preflight.runtime,
+                    f"the sandbox runs under {seen['runtime']}",
+                    f"{preflight.runtime} was asked for and not used: check the backend's setup",
+                )  # fmt: skip
             inside = _run(kc, "import platform; print(platform.release())").strip()
             host = os.uname().release
-            report.add(
-                "gVisor seen from inside", bool(inside) and inside != host,
-                f"kernel release inside {inside!r}, host {host!r}",
-                "the sandbox runs on the host kernel: gVisor is not in effect",
-            )  # fmt: skip
+            if preflight.foreign_kernel:
+                report.add(
+                    "seen from inside", bool(inside) and inside != host,
+                    f"kernel release inside {inside!r}, host {host!r}",
+                    "the sandbox runs on the host kernel: gVisor is not in effect",
+                )  # fmt: skip
+            else:
+                report.add(
+                    "seen from inside", True,
+                    f"the host's kernel ({inside}): a weaker tier, as chosen",
+                )  # fmt: skip
             _judge_attacks(
                 report, kc, backend, GAPS[backend], say,
-                fix="update gVisor (runsc) and re-run setup-host; report the attack",
+                fix="update the sandbox (runsc, the tool) and re-run setup-host; report the attack"
+                if preflight.foreign_kernel
+                else "compare with docs/security.md (weaker backends); report the attack",
             )  # fmt: skip
         finally:
             kc.stop_channels()

@@ -1,9 +1,9 @@
 """Kernelspecs that select the sandbox provisioner: build (pure) and install.
 
-``sandbox-kernel install`` validates every option through the same policy
-code the provisioner uses, so a malformed limit fails before anything is
-written; the spec is written to a temporary folder and only then copied into
-place by jupyter_client's KernelSpecManager. Installed kernelspecs are
+``sandbox-kernel install`` validates every setting through the same code the provisioner
+uses (``configured.configure``), so a malformed limit fails before anything is written;
+the spec is written to a temporary folder and only then copied into place by
+jupyter_client's KernelSpecManager. Installed kernelspecs are
 world-readable whatever the umask: on a shared host every user's Jupyter server
 reads the one root installed.
 """
@@ -16,13 +16,9 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-from .backends.capabilities import check_accepted
-from .backends.registry import DEFAULT_BACKEND, check_backend, docker_runtime
 from .backends.registry import display_name as tier_display_name
-from .errors import PolicyError, SandboxError
-from .exchange.policy import build_exchange_policy
-from .kernel_slots import check_max_kernels
-from .policy import build_policy
+from .configured import configure
+from .errors import SandboxError
 
 PROVISIONER_NAME = "sandbox-provisioner"
 DEFAULT_KERNEL_NAME = "sandbox-python"
@@ -31,38 +27,11 @@ KERNEL_ARGV = ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
 
 
 def build_kernelspec(config: Mapping[str, Any], display_name: str | None = None) -> dict[str, Any]:
-    """The kernel.json content; ``config`` holds SandboxProvisioner trait values. The
-    default display name names the backend's tier, e.g. "Python 3 (sandboxed, bubblewrap:
-    host kernel)"."""
-    # Validate with the provisioner's own rules (image given or defaulted).
-    import inspect
-
-    from .image.recipe import DEFAULT_IMAGE
-    from .provisioner import SandboxProvisioner, check_pool_size
-
-    known = set(SandboxProvisioner.class_own_traits(config=True))
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise PolicyError(f"unknown sandbox-provisioner setting(s): {', '.join(unknown)}")
-    policy_params = inspect.signature(build_policy).parameters
-    policy_args = {k: v for k, v in config.items() if k in policy_params}
-    policy_args.setdefault("image", DEFAULT_IMAGE)
-    backend = check_backend(config.get("backend", DEFAULT_BACKEND))
-    check_accepted(config.get("accept_unenforced", ()))
-    if config.get("accept_unenforced") and backend in ("docker", "docker-runc"):
-        raise PolicyError(
-            "accept_unenforced applies to the runsc, bwrap and firejail backends only"
-        )
-    policy_args["runtime"], policy_args["allow_weaker_runtime"] = docker_runtime(
-        backend,
-        policy_args.get("runtime", "runsc"),
-        bool(policy_args.get("allow_weaker_runtime", False)),
-    )
-    build_policy(**policy_args)
-    exchange_params = inspect.signature(build_exchange_policy).parameters
-    build_exchange_policy(**{k: v for k, v in config.items() if k in exchange_params})
-    check_pool_size(config.get("pool_size", 1))
-    check_max_kernels(config.get("max_kernels", 0))
+    """The kernel.json content; ``config`` holds settings (``settings.py``), validated
+    here by the same ``configure`` the provisioner runs at each launch, so a malformed
+    limit fails before anything is written. The default display name names the backend's
+    tier, e.g. "Python 3 (sandboxed, bubblewrap: host kernel)"."""
+    backend = configure(config).backend
     return {
         "argv": list(KERNEL_ARGV),
         "display_name": display_name or tier_display_name(backend),

@@ -10,8 +10,9 @@ enforce.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from .errors import PolicyError
 
@@ -127,27 +128,22 @@ def check_env_name(name: str, source: str) -> None:
 
 @dataclass(frozen=True)
 class SandboxPolicy:
-    """What every sandbox of one kernelspec is allowed; immutable once built."""
+    """What every sandbox of one kernelspec is allowed; immutable once built, only by
+    :func:`build_policy` (whose defaults are the settings table's, ``settings.py``)."""
 
     image: str
-    runtime: str = "runsc"
-    allow_weaker_runtime: bool = False
-    memory_bytes: int = 2 * 2**30
-    cpus: float = 1.0
-    nproc: int = 64
-    pids_limit: int = 4096
-    nofile: int = 4096
-    tmp_bytes: int = 256 * 2**20
-    home_bytes: int = 512 * 2**20
-    user: str = SANDBOX_USER
+    memory_bytes: int
+    cpus: float
+    nproc: int
+    pids_limit: int
+    nofile: int
+    tmp_bytes: int
+    home_bytes: int
+    env_allow: tuple[str, ...]
+    env: Mapping[str, str]
+    launch_timeout: float
+    user: str = SANDBOX_USER  # fixed: the image's unprivileged user
     home: str = SANDBOX_HOME
-    env_allow: tuple[str, ...] = ()
-    env: Mapping[str, str] = field(default_factory=dict)
-    launch_timeout: float = 60.0
-
-    @property
-    def is_gvisor(self) -> bool:
-        return self.runtime in GVISOR_RUNTIMES
 
     def kernel_env(
         self, server_env: Mapping[str, str], spec_env: Mapping[str, str]
@@ -170,37 +166,43 @@ class SandboxPolicy:
         return env
 
 
-def build_policy(
-    *,
-    image: str,
-    runtime: str = "runsc",
-    allow_weaker_runtime: bool = False,
-    memory_limit: str | int = "2g",
-    cpu_limit: float = 1.0,
-    nproc_limit: int | None = None,
-    pids_limit: int = 4096,
-    nofile_limit: int = 4096,
-    tmp_size: str | int = "256m",
-    home_size: str | int = "512m",
-    env_allow: Iterable[str] = (),
-    env: Mapping[str, str] | None = None,
-    launch_timeout: float = 60.0,
-) -> SandboxPolicy:
-    """Validate raw settings; raise :class:`PolicyError` naming the setting and the fix."""
-    validate_image(image)
-    if not isinstance(runtime, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", runtime):
-        raise PolicyError(f"runtime: {runtime!r} is not a runtime name (e.g. 'runsc')")
-    if runtime not in GVISOR_RUNTIMES and not allow_weaker_runtime:
-        raise PolicyError(
-            f"runtime: {runtime!r} is not gVisor; the sandbox refuses weaker isolation unless "
-            "the operator sets allow_weaker_runtime=True"
-        )
-    memory = parse_size(memory_limit, "memory_limit")
+# The settings (settings.py) this module turns into a policy.
+POLICY_SETTINGS = (
+    "image",
+    "memory_limit",
+    "cpu_limit",
+    "nproc_limit",
+    "pids_limit",
+    "nofile_limit",
+    "tmp_size",
+    "home_size",
+    "env_allow",
+    "env",
+    "launch_timeout",
+)
+
+
+def build_policy(**given: Any) -> SandboxPolicy:
+    """A policy from the settings of POLICY_SETTINGS (those not given take the settings
+    table's defaults); raise :class:`PolicyError` naming the setting and the fix."""
+    from .settings import BY_NAME
+
+    unknown = sorted(set(given) - set(POLICY_SETTINGS))
+    if unknown:
+        raise TypeError(f"not policy settings: {', '.join(unknown)}")
+    v = {name: given[name] if name in given else BY_NAME[name].default for name in POLICY_SETTINGS}
+    image = validate_image(v["image"])
+    memory = parse_size(v["memory_limit"], "memory_limit")
     _bounded(memory, MIN_MEMORY, MAX_MEMORY, "memory_limit", "use e.g. '2g'", size=True)
+    nproc_limit = v["nproc_limit"]
     if nproc_limit is None:
         nproc_limit = default_nproc(memory)
-    cpus = float(cpu_limit)
+    try:
+        cpus = float(v["cpu_limit"])
+    except (TypeError, ValueError):
+        raise PolicyError(f"cpu_limit: {v['cpu_limit']!r} is not a number of CPUs") from None
     _bounded(cpus, 0.01, MAX_CPUS, "cpu_limit", "use a number of CPUs such as 1 or 0.5")
+    pids_limit, nofile_limit = v["pids_limit"], v["nofile_limit"]
     for name, value, lo, hi in (
         ("nproc_limit", nproc_limit, MIN_NPROC, MAX_NPROC),
         ("nofile_limit", nofile_limit, MIN_NOFILE, MAX_NOFILE),
@@ -214,8 +216,8 @@ def build_policy(
             "pids_limit must be >= nproc_limit: the host limit is the backstop; a fork bomb "
             "must meet the in-sandbox RLIMIT_NPROC (a clean EAGAIN) first"
         )
-    tmp = parse_size(tmp_size, "tmp_size")
-    home = parse_size(home_size, "home_size")
+    tmp = parse_size(v["tmp_size"], "tmp_size")
+    home = parse_size(v["home_size"], "home_size")
     for name, value in (("tmp_size", tmp), ("home_size", home)):
         _bounded(
             value,
@@ -225,18 +227,21 @@ def build_policy(
             "a tmpfs lives in the sandbox's memory, so it must fit in memory_limit",
             size=True,
         )
-    allow = tuple(env_allow)
+    allow = tuple(v["env_allow"] or ())
     for name in allow:
         check_env_name(name, "env_allow")
-    fixed = dict(env or {})
+    fixed = dict(v["env"] or {})
     for name in fixed:
         check_env_name(name, "env")
-    if not 1 <= float(launch_timeout) <= 3600:
-        raise PolicyError(f"launch_timeout: {launch_timeout!r} must be between 1 and 3600 seconds")
+    timeout = v["launch_timeout"]
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not 1 <= timeout <= 3600
+    ):
+        raise PolicyError(f"launch_timeout: {timeout!r} must be between 1 and 3600 seconds")
     return SandboxPolicy(
         image=image,
-        runtime=runtime,
-        allow_weaker_runtime=allow_weaker_runtime,
         memory_bytes=memory,
         cpus=cpus,
         nproc=nproc_limit,
@@ -246,5 +251,5 @@ def build_policy(
         home_bytes=home,
         env_allow=allow,
         env=fixed,
-        launch_timeout=float(launch_timeout),
+        launch_timeout=float(timeout),
     )

@@ -1,5 +1,5 @@
 """Warm pool: sandboxes started ahead of time, each already running its agent and a
-kernel initialised up to its key (see agent/prewarm.py), waiting to be claimed.
+kernel initialised up to its key (see inside/prewarm_kernel.py), waiting to be claimed.
 
 The provisioner's ``launch_kernel`` claims one (``claim``); the pool then refills
 in the background. A sandbox is handed out once and never reused: restarts and
@@ -26,15 +26,15 @@ from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-from .agent.prewarm import placeholder_connection
 from .backends.base import Preflight, SandboxBackend
-from .backends.docker import LABEL_POOL, server_labels
+from .backends.owner import Owner
 from .boot import boot, check_kernel
 from .policy import INSIDE_CONNECTION_FILE, SandboxPolicy
+from .prewarm import placeholder_connection
 from .relay.session import AgentSession
 from .relay.thread import RelayThread
 
-__all__ = ["LABEL_POOL", "PooledSandbox", "WarmPool"]
+__all__ = ["PooledSandbox", "WarmPool"]
 
 
 @dataclass
@@ -87,7 +87,8 @@ class WarmPool:
     ) -> WarmPool:
         # The backend too: Docker and the runsc backend both report runtime "runsc".
         key = json.dumps(
-            [backend.name, asdict(policy), preflight.runtime, prewarm_cmd, env], sort_keys=True
+            [backend.describe(), asdict(policy), preflight.runtime, prewarm_cmd, env],
+            sort_keys=True,
         )
         with cls._lock:
             pool = cls._pools.get(key)
@@ -123,11 +124,11 @@ class WarmPool:
 
     async def _fill_one(self) -> None:
         name = f"sandbox-kernel-pool-{secrets.token_hex(6)}"
-        labels = {**server_labels(), LABEL_POOL: "1"}
+        owner = Owner.current(pooled=True)
         session = AgentSession(name, console=_discard_console, log=self.log)
         try:
             cid = await asyncio.wait_for(
-                boot(self.backend, self.policy, self.preflight, session, name=name, labels=labels),
+                boot(self.backend, self.policy, self.preflight, session, name=name, owner=owner),
                 timeout=self.policy.launch_timeout,
             )
             try:

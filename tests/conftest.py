@@ -135,7 +135,7 @@ def nothing_left_behind() -> Iterator[None]:
     # Sandboxes of child processes the tests killed (e.g. a crashed server mid-launch).
     from sandbox_kernel.backends.docker import DockerBackend
 
-    DockerBackend().remove_orphans()
+    DockerBackend.remove_orphans()
     leftovers = [c for c in our_containers(client, pooled=True) if container_exists(client, c.id)]
     assert not leftovers, f"containers left behind: {[c.attrs.get('Names') for c in leftovers]}"
 

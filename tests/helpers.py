@@ -21,8 +21,12 @@ import docker
 from jupyter_client.blocking import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
-from sandbox_kernel.backends.docker import LABEL_KERNEL_ID, LABEL_MANAGED, LABEL_SERVER_PID
-from sandbox_kernel.pool import LABEL_POOL
+from sandbox_kernel.backends.owner import (
+    LABEL_KERNEL_ID,
+    LABEL_MANAGED,
+    LABEL_POOL,
+    LABEL_SERVER_PID,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 # Kernelspec configs of the non-default backends, as `sandbox-kernel install --backend` writes
@@ -119,7 +123,7 @@ class Kernel:
 
     @property
     def container_id(self) -> str | None:
-        return self.km.provisioner._container_id  # type: ignore[union-attr]
+        return self.km.provisioner.sandbox_id  # type: ignore[union-attr]
 
     def run(self, code: str, timeout: float = 60) -> tuple[dict[str, Any], str]:
         """Execute ``code``; return (reply content, stdout+stderr text)."""

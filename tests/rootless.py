@@ -44,12 +44,12 @@ except Exception as exc:
     raise SystemExit(0)
 info = dict(km.get_connection_info())
 info["key"] = info["key"].decode()
-print(json.dumps({"connection": info, "sandbox": km.provisioner._container_id}), flush=True)
+print(json.dumps({"connection": info, "sandbox": km.provisioner.sandbox_id}), flush=True)
 for line in sys.stdin:
     if line.strip() == "alive":
         print(json.dumps({"alive": km.is_alive()}), flush=True)
 km.shutdown_kernel(now=False)
-print(json.dumps({"stopped": km.provisioner._container_id is None}), flush=True)
+print(json.dumps({"stopped": km.provisioner.sandbox_id is None}), flush=True)
 """
 
 

@@ -1,37 +1,77 @@
 """The interface between the provisioner and an isolation backend.
 
-The provisioner owns the lifecycle and the relay; a backend only knows how to
-check a host, create, start, attach to, signal and remove one sandbox. Every
-method may block on I/O in its implementation, so the async ones must not.
+The provisioner owns the lifecycle and the relay; a backend only knows how to check a
+host, create, start, attach to, signal and remove one sandbox, and (for the CLI) list
+its sandboxes and remove orphans. Nothing outside ``backends/`` knows how a backend does
+it: Docker's attach stream, OCI bundles and sandbox tools stay in their modules.
+
+Who calls what: ``provisioner.py`` and ``pool.py`` (through ``boot.py``) call
+``preflight``, ``create``, ``attach``, ``start``, then ``claimed`` (a pooled sandbox
+taken by a kernel), ``kill`` and ``remove``; ``doctor.py`` calls ``preflight`` and
+``gaps``; ``sandbox-kernel ps`` and ``gc`` call ``list_sandboxes`` and
+``remove_orphans``. The async methods must not block the caller's loop (blocking work
+goes to worker threads); ``gaps``, ``list_sandboxes`` and ``remove_orphans`` block.
+
+Adding a backend: one module with a subclass, its entry in ``registry.py`` and its rows
+in the gap table (``security/expectations.py``).
 """
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ..policy import SandboxPolicy
 from ..relay.session import AgentSession
+from .owner import Owner
 
 
 @dataclass(frozen=True)
 class Preflight:
     """What a backend found on this host for a policy."""
 
-    runtime: str  # the runtime that will actually run the sandbox
+    runtime: str  # what will actually run the sandbox (for logs and `ps`)
     warnings: tuple[str, ...] = ()
-    # The agent starts as root of the sandbox (inside gVisor's own kernel) and runs the
-    # kernel under the policy's user, so kernel code cannot reach the agent's pipe or
-    # process. False: both share the policy's uid, and the host kernel keeps the agent's
-    # descriptors (undumpable) and, as PID 1, its signals out of the kernel's reach.
+    # The sandbox runs a kernel of its own (gVisor): the agent's reported release must not
+    # be the host's, or gVisor is not in effect.
+    foreign_kernel: bool = False
+    # The agent starts as root of the sandbox and runs the kernel under the policy's user,
+    # so kernel code cannot reach the agent's pipe or process. False: both share the
+    # policy's uid, and the host kernel keeps the agent's descriptors (undumpable) and, as
+    # PID 1, its signals out of the kernel's reach.
     kernel_user_apart: bool = False
 
 
-class SandboxBackend(ABC):
-    name: str
+@dataclass(frozen=True)
+class SandboxInfo:
+    """One row of ``sandbox-kernel ps``."""
 
+    backend: str
+    name: str
+    id: str
+    kernel_id: str
+    pooled: bool
+    user: str
+    server_pid: int
+    uptime_s: float
+    memory_mib: float
+    cpu_percent: float | None = None  # None where the backend cannot tell
+
+
+class SandboxBackend(ABC):
+    name: ClassVar[str]
+    # Shown in Jupyter's launcher: the isolation tier is part of the kernel's name.
+    label: ClassVar[str]
+
+    def __init__(self, log: logging.Logger | None = None, **settings: Any) -> None:
+        """``settings``: the kernelspec's values of the settings this backend reads
+        (``settings.py``, those declared for its name)."""
+        self.log = log or logging.getLogger(__name__)
+
+    # -- a launch ---------------------------------------------------------------------------
     @abstractmethod
     async def preflight(self, policy: SandboxPolicy) -> Preflight:
         """Check the host can enforce ``policy``; raise SandboxError naming the fix."""
@@ -43,17 +83,24 @@ class SandboxBackend(ABC):
         preflight: Preflight,
         *,
         command: list[str],
-        labels: Mapping[str, str],
+        owner: Owner,
         name: str,
     ) -> str:
-        """Create (not start) a sandbox whose stdin/stdout will be the agent's pipe."""
+        """Create (not start) a sandbox whose stdin/stdout will be the agent's pipe; store
+        ``owner`` with it. Returns its id."""
 
     @abstractmethod
     async def attach(self, sandbox_id: str, session: AgentSession) -> None:
-        """Connect ``session`` to the sandbox's stdin/stdout (runs on the relay loop)."""
+        """Connect ``session`` to the sandbox's stdin/stdout (its raw bytes both ways;
+        set ``session.escape_stdin`` if the channel needs it)."""
 
     @abstractmethod
     async def start(self, sandbox_id: str) -> None: ...
+
+    async def claimed(self, sandbox_id: str, owner: Owner) -> None:
+        """A pooled sandbox now serves ``owner.kernel_id``: record it where ``ps`` looks
+        (best effort; a backend that cannot does nothing)."""
+        return None
 
     @abstractmethod
     async def kill(self, sandbox_id: str) -> None:
@@ -63,5 +110,29 @@ class SandboxBackend(ABC):
     async def remove(self, sandbox_id: str) -> None:
         """Remove every trace of the sandbox; no error if it is already gone."""
 
+    # -- the host and the CLI (blocking) ----------------------------------------------------
+    def inspect(self, sandbox_id: str) -> dict[str, str]:
+        """What the backend itself reports of a running sandbox (e.g. ``runtime``), for
+        ``doctor``'s look from outside; {} where it has nothing to add."""
+        return {}
+
+    def gaps(self, policy: SandboxPolicy) -> Mapping[str, str]:
+        """Policy properties this host cannot enforce (property -> why and the fix), for
+        ``doctor``; the preflight refuses a launch on any gap not accepted."""
+        return {}
+
+    @classmethod
+    def list_sandboxes(cls) -> list[SandboxInfo]:
+        """This backend's running sandboxes that the caller may see."""
+        return []
+
+    @classmethod
+    def remove_orphans(cls) -> list[str]:
+        """Remove sandboxes (and what belongs to them) whose Jupyter process is gone;
+        return their names."""
+        return []
+
     def describe(self) -> dict[str, Any]:
+        """The backend and its settings: sandboxes of equal descriptions (and policies) are
+        interchangeable, e.g. in one warm pool."""
         return {"backend": self.name}

@@ -73,13 +73,6 @@ def parse_version(text: str) -> tuple[int, ...]:
 @functools.lru_cache(maxsize=8)
 def _probe(rootfs: str, uid: int | None) -> str:
     """Run ``true`` in a minimal sandbox of this shape; "" when it works, else why not."""
-    import os
-
-    def drop() -> None:
-        if uid is not None:
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
 
     version = subprocess.run(["bwrap", "--version"], capture_output=True, text=True).stdout
     if parse_version(version) < MIN_VERSION:
@@ -91,7 +84,10 @@ def _probe(rootfs: str, uid: int | None) -> str:
         ],
         capture_output=True,
         text=True,
-        preexec_fn=drop,
+        # Popen drops the ids itself (no Python code between fork and exec).
+        user=uid,
+        group=uid,
+        extra_groups=[] if uid is not None else None,
         timeout=30,
     )
     if proc.returncode != 0:
@@ -105,6 +101,7 @@ def _probe(rootfs: str, uid: int | None) -> str:
 
 class BwrapBackend(PipeBackend):
     name = "bwrap"
+    label = "sandboxed, bubblewrap: host kernel"
     tool = "bwrap"
     package = "bubblewrap"
 

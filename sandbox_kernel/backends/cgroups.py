@@ -88,9 +88,10 @@ class Cgroup:
             self.remove()
             raise
 
-    def join_paths(self) -> list[bytes]:
-        """The ``cgroup.procs`` files the child writes "0" into (moves itself) before exec."""
-        return [os.fsencode(d / "cgroup.procs") for d in self.dirs.values()]
+    def join_paths(self) -> list[str]:
+        """The ``cgroup.procs`` files the child writes "0" into (moves itself) before it
+        execs the sandbox tool (``launcher.py``)."""
+        return [str(d / "cgroup.procs") for d in self.dirs.values()]
 
     def pids(self) -> set[int]:
         found: set[int] = set()
@@ -104,26 +105,38 @@ class Cgroup:
     def remove(self, timeout: float = 5.0) -> None:
         """Kill every process left in the cgroup, then remove its directories."""
         deadline = time.monotonic() + timeout
-        while (pids := self.pids()) and time.monotonic() < deadline:
+        for d in self.dirs.values():
+            Cgroup.remove_dir(d, max(0.0, deadline - time.monotonic()))
+
+    @staticmethod
+    def remove_dir(d: Path, timeout: float = 5.0) -> None:
+        """Kill every process in one cgroup directory, then remove it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                pids = [int(x) for x in (d / "cgroup.procs").read_text().split()]
+            except (OSError, ValueError):
+                pids = []
+            if not pids:
+                break
             for pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
             time.sleep(0.02)
-        for d in self.dirs.values():
-            for _ in range(50):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.02)  # tasks still exiting
+        for _ in range(50):
+            try:
+                d.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.02)  # tasks still exiting
 
 
-def join_in_child(paths: list[bytes]) -> None:
-    """In the spawned child before exec (async-signal-safe enough: plain syscalls)."""
+def join_in_child(paths: list[str]) -> None:
+    """Move this process into each cgroup (for a child that is not yet multi-threaded)."""
     for path in paths:
         fd = os.open(path, os.O_WRONLY)
         try:

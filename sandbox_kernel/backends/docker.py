@@ -1,9 +1,11 @@
-"""Docker backend: one container per kernel, gVisor (``runsc``) by default.
+"""Docker backends: one container per kernel, gVisor (``runsc``) by default
+(``docker``), or runc on the host's kernel (``docker-runc``, a weaker tier).
 
-Who calls what: the provisioner calls ``preflight`` then ``create``/
-``attach``/``start`` at launch, ``kill``/``remove`` at shutdown. Docker SDK
-calls block, so each runs in a worker thread (``asyncio.to_thread``); the
-attach stream is opened by :class:`AgentSession` on the relay loop.
+Who calls what: see ``base.py``. Docker SDK calls block, so each runs in a worker thread
+(``asyncio.to_thread``); the attach stream (``docker_attach.py``) runs on the relay
+loop. The sandbox's owner is stored as container labels (``owner.py``); a pooled
+container, whose labels cannot change, is renamed when a kernel claims it, and ``ps``
+reads the kernel id from that name.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import grp
 import logging
 import os
 import pwd
+import re
 import socket
 import stat
 import threading
@@ -21,60 +24,20 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
 
-from ..errors import SandboxError
+from ..errors import PolicyError, SandboxError
 from ..policy import GVISOR_RUNTIMES, MAX_NPROC, SandboxPolicy
 from ..relay.session import AgentSession
 from ..relay.thread import RelayThread
-from .base import Preflight, SandboxBackend
+from .base import Preflight, SandboxBackend, SandboxInfo
+from .docker_attach import attach_stream
+from .gvisor import AGENT_CAPABILITIES, REQUIRED_RUNSC_ARGS
+from .owner import LABEL_HOST, LABEL_MANAGED, LABEL_SERVER_PID, Owner
 from .seccomp import seccomp_security_opt
 
-LABEL_MANAGED = "org.sandbox-kernel.managed"
-LABEL_KERNEL_ID = "org.sandbox-kernel.kernel-id"
-LABEL_OWNER = "org.sandbox-kernel.owner"
-LABEL_SERVER_PID = "org.sandbox-kernel.server-pid"
-LABEL_HOST = "org.sandbox-kernel.host"
-LABEL_SERVER_START = "org.sandbox-kernel.server-start"
-LABEL_POOL = "org.sandbox-kernel.pool"  # a warm-pool sandbox (no kernel id until claimed)
+__all__ = ["AGENT_CAPABILITIES", "REQUIRED_RUNSC_ARGS", "DockerBackend", "DockerRuncBackend"]
 
+LABEL_BACKEND = "org.sandbox-kernel.backend"  # docker or docker-runc
 
-def process_start(pid: int) -> str:
-    """A process's start time in clock ticks since boot ("" if it is gone): with the pid,
-    it identifies the process even after the pid is reused."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def server_labels() -> dict[str, str]:
-    """Labels naming this process as the owner of a sandbox."""
-    return {
-        LABEL_MANAGED: "1",
-        LABEL_SERVER_PID: str(os.getpid()),
-        LABEL_SERVER_START: process_start(os.getpid()),
-        LABEL_HOST: socket.gethostname(),
-    }
-
-
-def is_orphan(labels: dict[str, str], hostname: str) -> bool:
-    """A sandbox of a Jupyter process of this host that no longer exists."""
-    if labels.get(LABEL_MANAGED) != "1" or labels.get(LABEL_HOST) != hostname:
-        return False
-    try:
-        pid = int(labels.get(LABEL_SERVER_PID, ""))
-    except ValueError:
-        return False
-    start = process_start(pid)
-    return not start or start != labels.get(LABEL_SERVER_START, start)
-
-
-# What the agent keeps under gVisor (see container_spec); everything else is dropped.
-AGENT_CAPABILITIES = ("SETUID", "SETGID", "KILL", "SETPCAP")
-
-# runsc flags the daemon must pass: no host network namespace, and enforcement of the
-# container's seccomp profile inside gVisor (without it, runsc ignores the profile).
-REQUIRED_RUNSC_ARGS = ("--network=none", "--oci-seccomp")
 _WITHOUT_RUNSC_ARG = {
     "--network=none": "gVisor would serve the network of the container's namespace, and "
     "Docker's network_mode=none would be the only lock left",
@@ -192,7 +155,7 @@ def container_spec(
         # none) and to signal it: kernel code cannot reach the agent's pipe or process,
         # and gVisor stands between that root and the host. Under runc, container root
         # would be the host's root: the agent keeps the policy's uid there, and the host
-        # kernel protects PID 1 (see agent/main.py).
+        # kernel protects PID 1 (see inside/agent.py).
         "user": "0:0" if gvisor else policy.user,
         **({"cap_add": list(AGENT_CAPABILITIES)} if gvisor else {}),
         "working_dir": "/" if gvisor else policy.home,
@@ -253,8 +216,15 @@ def docker_endpoint() -> tuple[str, Any]:
     )
 
 
-def sandbox_table() -> list[dict[str, Any]]:
-    """Running sandboxes on this daemon (blocking; for the CLI): name, kernel id, pooled,
+CLAIMED = "-kernel-"  # in a claimed pooled container's name, before the kernel id
+
+
+def claimed_name(name: str, kernel_id: str) -> str:
+    return f"{name}{CLAIMED}{kernel_id}"
+
+
+def list_containers() -> list[SandboxInfo]:
+    """Running sandboxes on this daemon (blocking; for ``ps``): name, kernel, owner,
     uptime, memory and CPU use from one Docker stats sample each."""
     import datetime
 
@@ -268,6 +238,9 @@ def sandbox_table() -> list[dict[str, Any]]:
     rows = []
     now = datetime.datetime.now(datetime.timezone.utc)
     for c in containers:
+        owner = Owner.from_labels(c.labels or {})
+        if owner is None:
+            continue
         try:
             stats = c.stats(stream=False)
         except (docker.errors.NotFound, ValueError):
@@ -282,19 +255,22 @@ def sandbox_table() -> list[dict[str, Any]]:
         cpus = cpu.get("online_cpus") or 1
         started = c.attrs["State"]["StartedAt"][:26].rstrip("Z")
         start = datetime.datetime.fromisoformat(started).replace(tzinfo=datetime.timezone.utc)
-        labels = c.labels or {}
+        kernel_id, pooled = owner.kernel_id, owner.pooled
+        if pooled and CLAIMED in c.name:  # a pooled sandbox a kernel has claimed
+            kernel_id, pooled = c.name.rsplit(CLAIMED, 1)[1], False
         rows.append(
-            {
-                "name": c.name,
-                "id": c.id[:12],
-                "kernel_id": labels.get(LABEL_KERNEL_ID, ""),
-                "pooled": LABEL_POOL in labels,
-                "owner": labels.get(LABEL_OWNER, ""),
-                "server_pid": labels.get(LABEL_SERVER_PID, ""),
-                "uptime_s": (now - start).total_seconds(),
-                "memory_mib": stats.get("memory_stats", {}).get("usage", 0) / 2**20,
-                "cpu_percent": 100.0 * used / system * cpus if system > 0 else 0.0,
-            }
+            SandboxInfo(
+                backend=c.labels.get(LABEL_BACKEND, "docker"),
+                name=c.name,
+                id=c.id[:12],
+                kernel_id=kernel_id,
+                pooled=pooled,
+                user=owner.user,
+                server_pid=owner.server_pid,
+                uptime_s=(now - start).total_seconds(),
+                memory_mib=stats.get("memory_stats", {}).get("usage", 0) / 2**20,
+                cpu_percent=100.0 * used / system * cpus if system > 0 else 0.0,
+            )
         )
     return rows
 
@@ -353,22 +329,41 @@ class OomWatcher:
 
 class DockerBackend(SandboxBackend):
     name = "docker"
+    label = "sandboxed"
 
-    def __init__(self, log: logging.Logger | None = None) -> None:
-        self.log = log or logging.getLogger(__name__)
+    def __init__(
+        self,
+        log: logging.Logger | None = None,
+        *,
+        runtime: str = "runsc",
+        allow_weaker_runtime: bool = False,
+        **_other: Any,
+    ) -> None:
+        super().__init__(log)
+        if not isinstance(runtime, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", runtime):
+            raise PolicyError(f"runtime: {runtime!r} is not a runtime name (e.g. 'runsc')")
+        if runtime not in GVISOR_RUNTIMES and not allow_weaker_runtime:
+            raise PolicyError(
+                f"runtime: {runtime!r} is not gVisor; the sandbox refuses weaker isolation "
+                "unless the operator sets allow_weaker_runtime=True"
+            )
+        self.runtime = runtime
+        self.allow_weaker_runtime = bool(allow_weaker_runtime)
         self._client: Any = None
         self._lock = threading.Lock()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "runtime": self.runtime,
+            "allow_weaker_runtime": self.allow_weaker_runtime,
+        }
 
     # -- the Docker client (blocking; only ever called in worker threads) ---------
     def _docker(self) -> Any:
         with self._lock:
             if self._client is None:
-                import docker
-
-                try:
-                    self._client = docker.from_env(timeout=60)
-                except docker.errors.DockerException as exc:
-                    raise SandboxError(daemon_unreachable(exc)) from None
+                self._client = docker_client(timeout=60)
             return self._client
 
     def _preflight(self, policy: SandboxPolicy) -> Preflight:
@@ -383,10 +378,10 @@ class DockerBackend(SandboxBackend):
                 f"the Docker daemon stopped answering: {exc}. {SETUP_HINT}"
             ) from None
         runtimes = sorted((info.get("Runtimes") or {}).keys())
-        runtime = policy.runtime
+        runtime = self.runtime
         warnings: list[str] = []
         if runtime not in runtimes:
-            if policy.is_gvisor and policy.allow_weaker_runtime:
+            if runtime in GVISOR_RUNTIMES and self.allow_weaker_runtime:
                 warnings.append(
                     f"Docker has no {runtime!r} runtime; allow_weaker_runtime=True, so this kernel "
                     "runs under runc WITHOUT gVisor: the host kernel is exposed to it"
@@ -399,7 +394,7 @@ class DockerBackend(SandboxBackend):
                     "runsc to /etc/docker/daemon.json. Refusing to start a weaker sandbox "
                     "(set allow_weaker_runtime=True to override)."
                 )
-        elif policy.is_gvisor:
+        elif runtime in GVISOR_RUNTIMES:
             args = (info["Runtimes"][runtime] or {}).get("runtimeArgs") or []
             missing = [a for a in REQUIRED_RUNSC_ARGS if a not in args]
             if missing:
@@ -424,10 +419,12 @@ class DockerBackend(SandboxBackend):
             ) from None
         except docker.errors.DockerException as exc:
             raise SandboxError(f"cannot inspect image {policy.image!r}: {exc}") from None
+        gvisor = runtime in GVISOR_RUNTIMES
         return Preflight(
             runtime=runtime,
             warnings=tuple(warnings),
-            kernel_user_apart=runtime in GVISOR_RUNTIMES,
+            foreign_kernel=gvisor,
+            kernel_user_apart=gvisor,
         )
 
     def _create(self, spec: dict[str, Any]) -> str:
@@ -451,6 +448,15 @@ class DockerBackend(SandboxBackend):
                 f"Docker could not start the sandbox: {exc.explanation or exc}"
             ) from None
 
+    def _rename(self, cid: str, kernel_id: str) -> None:
+        import docker
+
+        try:
+            container = self._docker().containers.get(cid)
+            container.rename(claimed_name(container.name, kernel_id))
+        except docker.errors.DockerException as exc:  # ps shows it as pooled: cosmetic
+            self.log.debug("could not rename %s for ps: %s", cid[:12], exc)
+
     def _kill(self, cid: str) -> None:
         import docker
 
@@ -463,15 +469,7 @@ class DockerBackend(SandboxBackend):
                 raise
 
     def _remove(self, cid: str) -> None:
-        import docker
-
-        try:
-            self._docker().api.remove_container(cid, force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            if exc.status_code != 409:  # 409: removal already in progress (auto_remove)
-                raise
+        _remove(self._docker(), cid)
 
     # -- SandboxBackend -------------------------------------------------------------
     async def preflight(self, policy: SandboxPolicy) -> Preflight:
@@ -479,32 +477,42 @@ class DockerBackend(SandboxBackend):
         OomWatcher.ensure_running(self.log)
         if not DockerBackend._orphans_reaped:
             DockerBackend._orphans_reaped = True
-            await asyncio.to_thread(self.remove_orphans)
+            removed = await asyncio.to_thread(self.remove_orphans)
+            if removed:
+                self.log.warning("removed sandboxes left by dead Jupyter processes: %s", removed)
         return preflight
 
     _orphans_reaped = False  # once per process, at the first launch
 
-    def remove_orphans(self) -> list[str]:
+    @classmethod
+    def remove_orphans(cls) -> list[str]:
         """Remove sandboxes left by Jupyter processes of this host that died (a sandbox
-        killed before its agent ran cannot notice by itself). Blocking: run in a thread."""
+        killed before its agent ran cannot notice by itself). Blocking."""
         import docker
 
         host = socket.gethostname()
         removed: list[str] = []
         try:
-            found = self._docker().containers.list(
-                all=True, filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_HOST}={host}"]}
+            client = docker_client(timeout=60)
+            # sparse: one call, no per-container inspect that races with removals (404)
+            found = client.containers.list(
+                all=True,
+                sparse=True,
+                filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_HOST}={host}"]},
             )
-        except docker.errors.DockerException as exc:
-            self.log.warning("could not look for leftover sandboxes: %s", exc)
+        except (docker.errors.DockerException, SandboxError) as exc:
+            logging.getLogger(__name__).warning("could not look for leftover sandboxes: %s", exc)
             return removed
         for container in found:
-            if is_orphan(container.labels or {}, host):
-                self._remove(container.id)
-                removed.append(container.name)
-        if removed:
-            self.log.warning("removed sandboxes left by dead Jupyter processes: %s", removed)
+            owner = Owner.from_labels(container.attrs.get("Labels") or {})
+            if owner is not None and owner.server_gone(host):
+                _remove(client, container.id)
+                removed.append(str((container.attrs.get("Names") or ["?"])[0]).lstrip("/"))
         return removed
+
+    @classmethod
+    def list_sandboxes(cls) -> list[SandboxInfo]:
+        return list_containers()
 
     async def create(
         self,
@@ -512,9 +520,10 @@ class DockerBackend(SandboxBackend):
         preflight: Preflight,
         *,
         command: list[str],
-        labels: Mapping[str, str],
+        owner: Owner,
         name: str,
     ) -> str:
+        labels = {**owner.labels(), LABEL_BACKEND: self.name}
         spec = container_spec(
             policy, runtime=preflight.runtime, command=command, labels=labels, name=name
         )
@@ -523,10 +532,17 @@ class DockerBackend(SandboxBackend):
     async def attach(self, sandbox_id: str, session: AgentSession) -> None:
         endpoint = docker_endpoint()
         version = await asyncio.to_thread(lambda: str(self._docker().api.api_version))
-        await RelayThread.get().run(session.attach(endpoint, version, sandbox_id))
+        await RelayThread.get().run(attach_stream(session, endpoint, version, sandbox_id))
 
     async def start(self, sandbox_id: str) -> None:
         await asyncio.to_thread(self._start, sandbox_id)
+
+    def inspect(self, sandbox_id: str) -> dict[str, str]:
+        runtime = self._docker().containers.get(sandbox_id).attrs["HostConfig"].get("Runtime")
+        return {"runtime": str(runtime)}
+
+    async def claimed(self, sandbox_id: str, owner: Owner) -> None:
+        await asyncio.to_thread(self._rename, sandbox_id, owner.kernel_id)
 
     async def kill(self, sandbox_id: str) -> None:
         await asyncio.to_thread(self._kill, sandbox_id)
@@ -536,3 +552,36 @@ class DockerBackend(SandboxBackend):
             await asyncio.to_thread(self._remove, sandbox_id)
         except RuntimeError:  # interpreter shutdown (atexit drain): no worker threads, block
             self._remove(sandbox_id)
+
+
+class DockerRuncBackend(DockerBackend):
+    """Docker on the host's kernel (runc), hardened the same way: a weaker tier, chosen by
+    naming it (that choice is the opt-in to a runtime without gVisor)."""
+
+    name = "docker-runc"
+    label = "sandboxed, Docker runc: weaker, host kernel"
+
+    def __init__(self, log: logging.Logger | None = None, **_other: Any) -> None:
+        super().__init__(log, runtime="runc", allow_weaker_runtime=True)
+
+
+def docker_client(timeout: int) -> Any:
+    """A Docker client, or a SandboxError saying why the daemon cannot be used."""
+    import docker
+
+    try:
+        return docker.from_env(timeout=timeout)
+    except docker.errors.DockerException as exc:
+        raise SandboxError(daemon_unreachable(exc)) from None
+
+
+def _remove(client: Any, cid: str) -> None:
+    import docker
+
+    try:
+        client.api.remove_container(cid, force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        if exc.status_code != 409:  # 409: removal already in progress (auto_remove)
+            raise

@@ -91,6 +91,7 @@ def _user_gap() -> str:
 
 class FirejailBackend(PipeBackend):
     name = "firejail"
+    label = "sandboxed, firejail: host kernel"
     tool = "firejail"
     package = "firejail"
     per_sandbox_uid = False

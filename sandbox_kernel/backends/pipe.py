@@ -1,17 +1,18 @@
 """Backends whose sandbox is a host process tree: the agent on its stdin/stdout pipes.
 
-Who calls what: the provisioner (and the warm pool, through ``boot``) calls
-``preflight``, then ``create`` (spawns the sandbox process with pipes as its
-stdin and stdout; the agent's stage 1 waits there for the bundle), ``attach``
-(the session takes our ends, raw bytes, on the relay loop), ``start`` (nothing
-left to do), and ``kill``/``remove``. Subclasses give
-the command line (``sandbox_argv``, pure) and what they cannot enforce
-(``gaps``).
+Who calls what: see ``base.py``. ``create`` spawns the sandbox process with pipes as
+its stdin and stdout (the agent's stage 1 waits there for the bundle), ``attach`` hands
+our ends to the session (raw bytes, on the relay loop), ``start`` has nothing left to
+do. Subclasses give the command line (``sandbox_argv``, pure) and what their tool cannot
+enforce here (``tool_gaps``).
 
-Before the sandbox tool runs, the child joins the sandbox's cgroups, gets its
-rlimits and, when the server runs as root, drops to a host uid of its own
-(:func:`host_uid`): unique per sandbox, so RLIMIT_NPROC, which the kernel counts
-per user, is a per-sandbox limit, and no two sandboxes share an identity. Every
+Before the sandbox tool runs, it joins the sandbox's cgroups, gets its rlimits and, when
+the server runs as root, drops to a host uid of its own (:func:`host_uid`): unique per
+sandbox, so RLIMIT_NPROC, which the kernel counts per user, is a per-sandbox limit, and
+no two sandboxes share an identity. That happens in a fresh interpreter the child execs
+first (``launcher.py``), not in a pre-exec hook of this threaded process. Each sandbox
+leaves a record (owner, pid, cgroups) in the user's state folder (``state.py``), so
+``sandbox-kernel ps`` lists it and ``gc`` can clean up after a server that died. Every
 blocking step runs in a worker thread.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import logging
 import os
 import resource
@@ -27,21 +29,25 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..errors import SandboxError
 from ..image.rootfs import check_rootfs, rootfs_for
 from ..policy import SandboxPolicy
 from ..relay.session import AgentSession
 from ..relay.thread import RelayThread
-from .base import Preflight, SandboxBackend
+from . import state
+from .base import Preflight, SandboxBackend, SandboxInfo
 from .bpf import seccomp_bpf, seccomp_fd
 from .capabilities import check_accepted, refuse_unenforced
-from .cgroups import CONTROLLERS, Cgroup, cgroup_gaps, join_in_child, v1_mounts
+from .cgroups import CONTROLLERS, Cgroup, cgroup_gaps, v1_mounts
+from .launcher import launcher_argv
+from .owner import Owner
 
 HOST_UID_BASE = 1_900_000_000
 HOST_UID_SPAN = 1 << 24
@@ -62,6 +68,7 @@ class Spawned:
     stderr: int  # a memfd: the sandbox tool's stderr (no host path a sandbox process could open)
     cgroup: Cgroup | None
     ids: tuple[int, int] | None
+    record: Path | None = None  # its record in the state folder (ps, gc)
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -78,8 +85,9 @@ class PipeBackend(SandboxBackend):
         *,
         accept_unenforced: Iterable[str] = (),
         rootfs: str = "",
+        **_other: Any,
     ) -> None:
-        self.log = log or logging.getLogger(__name__)
+        super().__init__(log)
         self.accept_unenforced = check_accepted(accept_unenforced)
         self.rootfs_override = rootfs
 
@@ -87,6 +95,13 @@ class PipeBackend(SandboxBackend):
     # provisioner's backend object, not the pool's.
     _sandboxes: ClassVar[dict[str, Spawned]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "rootfs": self.rootfs_override,
+            "accept_unenforced": sorted(self.accept_unenforced),
+        }
 
     # -- what subclasses provide -------------------------------------------------------
     @abstractmethod
@@ -107,7 +122,10 @@ class PipeBackend(SandboxBackend):
         """Properties the tool itself cannot enforce here (may run a probe; blocking)."""
 
     # -- preflight ------------------------------------------------------------------------
-    def gaps(self, policy: SandboxPolicy) -> tuple[Path, dict[str, str]]:
+    def gaps(self, policy: SandboxPolicy) -> dict[str, str]:
+        return self.host_gaps(policy)[1]
+
+    def host_gaps(self, policy: SandboxPolicy) -> tuple[Path, dict[str, str]]:
         """(rootfs, every property this host cannot enforce for ``policy``); blocking."""
         if shutil.which(self.tool) is None:
             raise SandboxError(
@@ -132,7 +150,7 @@ class PipeBackend(SandboxBackend):
         return rootfs, gaps
 
     def _preflight(self, policy: SandboxPolicy) -> Preflight:
-        _rootfs, gaps = self.gaps(policy)
+        gaps = self.gaps(policy)
         warnings = refuse_unenforced(self.name, gaps, self.accept_unenforced)
         shared = (
             f"backend {self.name!r} shares the host's Linux kernel with the sandbox (no gVisor): "
@@ -144,8 +162,8 @@ class PipeBackend(SandboxBackend):
         return await asyncio.to_thread(self._preflight, policy)
 
     # -- lifecycle ------------------------------------------------------------------------
-    def _spawn(self, policy: SandboxPolicy, command: list[str], name: str) -> str:
-        rootfs, gaps = self.gaps(policy)
+    def _spawn(self, policy: SandboxPolicy, command: list[str], name: str, owner: Owner) -> str:
+        rootfs, gaps = self.host_gaps(policy)
         # The tool's stderr stays open in processes of the sandbox (firejail's shell): a file
         # of the host there would be readable through /proc/<pid>/fd/2. A memfd has no path.
         stderr = os.memfd_create(f"sandbox-kernel-{self.name}-stderr", os.MFD_CLOEXEC)
@@ -162,7 +180,12 @@ class PipeBackend(SandboxBackend):
                 )
             ids = self.sandbox_uid()
             filter_fd = seccomp_fd() if "seccomp" not in gaps else -1
-            argv = self.sandbox_argv(policy, rootfs, command, filter_fd)
+            argv = launcher_argv(
+                self.sandbox_argv(policy, rootfs, command, filter_fd),
+                cgroup_procs=cgroup.join_paths() if cgroup else [],
+                rlimits=_rlimits(policy, per_uid=self.per_sandbox_uid and ids is not None),
+                ids=ids,
+            )
             proc = subprocess.Popen(
                 argv,
                 stdin=stdin_r,
@@ -172,11 +195,6 @@ class PipeBackend(SandboxBackend):
                 cwd="/",
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
                 start_new_session=True,
-                preexec_fn=_child_setup(
-                    cgroup.join_paths() if cgroup else [],
-                    _rlimits(policy, per_uid=self.per_sandbox_uid and ids is not None),
-                    ids,
-                ),
             )
         except BaseException:
             os.close(stdin_w)
@@ -190,8 +208,11 @@ class PipeBackend(SandboxBackend):
             os.close(stdout_w)
             if filter_fd >= 0:
                 os.close(filter_fd)
+        record = _write_record(self.name, name, owner, proc.pid, cgroup)
         with self._lock:
-            self._sandboxes[name] = Spawned(proc, (stdin_w, stdout_r), stderr, cgroup, ids)
+            self._sandboxes[name] = Spawned(
+                proc, (stdin_w, stdout_r), stderr, cgroup, ids, record=record
+            )
         return name
 
     async def create(
@@ -200,10 +221,16 @@ class PipeBackend(SandboxBackend):
         preflight: Preflight,
         *,
         command: list[str],
-        labels: Mapping[str, str],
+        owner: Owner,
         name: str,
     ) -> str:
-        return await asyncio.to_thread(self._spawn, policy, command, name)
+        return await asyncio.to_thread(self._spawn, policy, command, name, owner)
+
+    async def claimed(self, sandbox_id: str, owner: Owner) -> None:
+        with self._lock:
+            spawned = self._sandboxes.get(sandbox_id)
+        if spawned is not None and spawned.record is not None:
+            await asyncio.to_thread(_update_record, spawned.record, owner)
 
     async def attach(self, sandbox_id: str, session: AgentSession) -> None:
         with self._lock:
@@ -284,6 +311,8 @@ def _end(spawned: Spawned) -> tuple[int, str]:
         spawned.pipes = None
     if spawned.cgroup is not None:
         spawned.cgroup.remove()
+    if spawned.record is not None:
+        spawned.record.unlink(missing_ok=True)
     err = _tail(spawned.stderr)
     return code, err
 
@@ -295,23 +324,116 @@ def _rlimits(policy: SandboxPolicy, *, per_uid: bool) -> list[tuple[int, int]]:
     return limits
 
 
-def _child_setup(
-    cgroup_procs: list[bytes], rlimits: list[tuple[int, int]], ids: tuple[int, int] | None
-) -> Callable[[], None]:
-    """The pre-exec hook: join the cgroups, set rlimits, drop to the sandbox's host uid.
-    Only plain syscalls (it runs between fork and exec)."""
+# -- records: one JSON file per running sandbox, in the user's state folder ---------------
+def _write_record(
+    backend: str, name: str, owner: Owner, pid: int, cgroup: Cgroup | None
+) -> Path | None:
+    """Best effort: a sandbox without a record still runs; only ps and gc miss it."""
+    try:
+        folder = state.state_base("pipe")
+        path = folder / f"{name}.json"
+        record = {
+            "backend": backend,
+            "name": name,
+            "pid": pid,
+            "started": time.time(),
+            "labels": owner.labels(),
+            "cgroups": [str(d) for d in cgroup.dirs.values()] if cgroup else [],
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(path)
+        return path
+    except (OSError, SandboxError):
+        return None
 
-    def setup() -> None:
-        join_in_child(cgroup_procs)
-        for which, value in rlimits:
-            resource.setrlimit(which, (value, value))
-        if ids is not None:
-            uid, gid = ids
-            os.setgroups([])
-            os.setresgid(gid, gid, gid)
-            os.setresuid(uid, uid, uid)
 
-    return setup
+def _update_record(path: Path, owner: Owner) -> None:
+    try:
+        record = json.loads(path.read_text())
+        record["labels"] = owner.labels()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(path)
+    except (OSError, ValueError):
+        pass
+
+
+def _records() -> list[tuple[Path, dict[str, Any]]]:
+    found = []
+    for base in state.existing_bases("pipe"):
+        for path in base.glob("*.json"):
+            try:
+                found.append((path, json.loads(path.read_text())))
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+def _memory_mib(record: dict[str, Any]) -> float:
+    for d in record.get("cgroups", []):
+        if "/memory/" in d:
+            try:
+                return int(Path(d, "memory.usage_in_bytes").read_text()) / 2**20
+            except (OSError, ValueError):
+                pass
+    return 0.0
+
+
+def list_records() -> list[SandboxInfo]:
+    """This user's running pipe-backend sandboxes (for ``ps``)."""
+    rows = []
+    for _path, record in _records():
+        owner = Owner.from_labels(record.get("labels", {}))
+        if owner is None or not _alive(int(record.get("pid", 0))):
+            continue
+        rows.append(
+            SandboxInfo(
+                backend=str(record.get("backend", "")),
+                name=str(record.get("name", "")),
+                id=str(record.get("pid", "")),
+                kernel_id=owner.kernel_id,
+                pooled=owner.pooled,
+                user=owner.user,
+                server_pid=owner.server_pid,
+                uptime_s=time.time() - float(record.get("started", time.time())),
+                memory_mib=_memory_mib(record),
+            )
+        )
+    return rows
+
+
+def remove_orphan_records() -> list[str]:
+    """Sandboxes (and their cgroups and records) whose Jupyter process is gone (for
+    ``gc``); records of sandboxes already gone are removed too."""
+    removed = []
+    for path, record in _records():
+        owner = Owner.from_labels(record.get("labels", {}))
+        pid = int(record.get("pid", 0))
+        if owner is not None and not owner.server_gone() and _alive(pid):
+            continue
+        if pid > 0 and _alive(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for d in record.get("cgroups", []):
+            Cgroup.remove_dir(Path(d))
+        path.unlink(missing_ok=True)
+        removed.append(str(record.get("name", path.stem)))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _tail(fd: int) -> str:

@@ -44,7 +44,6 @@ import secrets
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import threading
 import time
@@ -55,25 +54,19 @@ from typing import Any, ClassVar
 
 from ..errors import SandboxError
 from ..image.rootfs import check_rootfs, rootfs_for
-from ..policy import GVISOR_RUNTIMES, SANDBOX_PATH, SandboxPolicy
+from ..policy import SANDBOX_PATH, SandboxPolicy, build_policy
 from ..relay.session import AgentSession
 from ..relay.thread import RelayThread
-from .base import Preflight, SandboxBackend
+from . import state
+from .base import Preflight, SandboxBackend, SandboxInfo
 from .capabilities import check_accepted, refuse_unenforced
-from .cgroups import CONTROLLERS, Cgroup, join_in_child, v1_mounts
-from .docker import (
-    AGENT_CAPABILITIES,
-    LABEL_KERNEL_ID,
-    LABEL_OWNER,
-    LABEL_POOL,
-    LABEL_SERVER_PID,
-    REQUIRED_RUNSC_ARGS,
-    is_orphan,
-    server_labels,
-)
+from .cgroups import CONTROLLERS, Cgroup, v1_mounts
+from .gvisor import AGENT_CAPABILITIES, REQUIRED_RUNSC_ARGS
+from .launcher import launcher_argv
+from .owner import Owner
 from .seccomp import seccomp_profile
 
-ROOT_STATE = Path("/run/sandbox-kernel/runsc")
+ROOT_STATE = state.root_base("runsc")
 CGROUP_PREFIX = "sandbox-kernel-runsc-"
 # Under each cgroup v1 controller, the folder an administrator delegates to a user:
 # <mount>/sandbox-kernel-users/<user name>, owned by the user (the folder, its cgroup.procs
@@ -221,62 +214,18 @@ def runsc_argv(
 
 
 def state_bases(euid: int, environ: Mapping[str, str]) -> list[Path]:
-    """Where this user's runsc state and bundles may live, preferred first (pure): root's
-    under /run; an ordinary user's under $XDG_RUNTIME_DIR, else a 0700 folder under /tmp
-    named by uid."""
-    if euid == 0:
-        return [ROOT_STATE]
-    bases = []
-    runtime_dir = environ.get("XDG_RUNTIME_DIR", "")
-    if runtime_dir.startswith("/"):
-        bases.append(Path(runtime_dir) / "sandbox-kernel" / "runsc")
-    bases.append(Path(f"/tmp/sandbox-kernel-runsc-{euid}"))
-    return bases
-
-
-def _private(path: Path) -> str:
-    """'' if ``path`` is a real folder of ours that nobody else can enter, else why not."""
-    try:
-        st = path.lstat()
-    except OSError as exc:
-        return str(exc)
-    if not stat.S_ISDIR(st.st_mode):
-        return f"{path} is not a folder"
-    if st.st_uid != os.geteuid():
-        return f"{path} belongs to uid {st.st_uid}, not to this server's uid {os.geteuid()}"
-    if st.st_mode & 0o077:
-        return f"{path} has mode {stat.S_IMODE(st.st_mode):o}; it must be 0700"
-    return ""
-
-
-def _usable_runtime_dir(path: Path) -> bool:
-    return not _private(path.parents[1])  # $XDG_RUNTIME_DIR itself: ours, 0700
+    """Where this user's runsc state and bundles may live, preferred first (pure)."""
+    return state.bases("runsc", euid, environ)
 
 
 def state_base() -> Path:
-    """This user's state folder (``state/`` for ``runsc --root``, ``bundles/``), created
-    0700; raises SandboxError naming the folder if someone else holds it."""
-    bases = state_bases(os.geteuid(), os.environ)
-    if os.geteuid() != 0 and len(bases) > 1 and not _usable_runtime_dir(bases[0]):
-        bases = bases[1:]
-    base = bases[0]
-    for d in (base, base / "state", base / "bundles"):
-        try:
-            d.mkdir(mode=0o700, parents=d is base)
-        except FileExistsError:
-            pass
-        why = _private(d)
-        if why:
-            raise SandboxError(
-                f"cannot keep runsc's state in {d}: {why}. Remove it (it may have been "
-                "created by another user) or set XDG_RUNTIME_DIR to a private folder"
-            )
-    return base
+    """This user's runsc folder: ``state/`` for ``runsc --root``, ``bundles/``."""
+    return state.state_base("runsc", ("state", "bundles"))
 
 
 def existing_bases() -> list[Path]:
-    """Every state folder of this user that exists and is private (ps, gc)."""
-    return [b for b in state_bases(os.geteuid(), os.environ) if not _private(b)]
+    """Every runsc state folder of this user that exists and is private (ps, gc)."""
+    return state.existing_bases("runsc")
 
 
 # -- cgroups ------------------------------------------------------------------------------------
@@ -410,10 +359,10 @@ def _probe(runsc: str, rootfs: str, rootless: bool) -> str:
     bundle.mkdir(mode=0o700)
     try:
         config = oci_config(
-            SandboxPolicy(image="probe"),
+            build_policy(image="probe"),
             rootfs=Path(rootfs),
             command=["/bin/true"],
-            annotations=server_labels(),
+            annotations=Owner.current().labels(),
             cgroups_path=None,
         )
         (bundle / "config.json").write_text(json.dumps(config))
@@ -463,6 +412,7 @@ class Running:
 
 class RunscBackend(SandboxBackend):
     name = "runsc"
+    label = "sandboxed, gVisor without Docker"
 
     def __init__(
         self,
@@ -470,8 +420,9 @@ class RunscBackend(SandboxBackend):
         *,
         accept_unenforced: Iterable[str] = (),
         rootfs: str = "",
+        **_other: Any,
     ) -> None:
-        self.log = log or logging.getLogger(__name__)
+        super().__init__(log)
         self.accept_unenforced = check_accepted(accept_unenforced)
         self.rootfs_override = rootfs
 
@@ -481,18 +432,23 @@ class RunscBackend(SandboxBackend):
     _lock: ClassVar[threading.Lock] = threading.Lock()
     _orphans_reaped: ClassVar[bool] = False
 
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "rootfs": self.rootfs_override,
+            "accept_unenforced": sorted(self.accept_unenforced),
+        }
+
     @staticmethod
     def rootless() -> bool:
         return os.geteuid() != 0
 
     # -- preflight ----------------------------------------------------------------------------
-    def gaps(self, policy: SandboxPolicy) -> tuple[Path, dict[str, str]]:
+    def gaps(self, policy: SandboxPolicy) -> dict[str, str]:
+        return self.host_gaps(policy)[1]
+
+    def host_gaps(self, policy: SandboxPolicy) -> tuple[Path, dict[str, str]]:
         """(rootfs, every property this host cannot enforce for ``policy``); blocking."""
-        if policy.runtime not in GVISOR_RUNTIMES:
-            raise SandboxError(
-                f"runtime: the runsc backend always runs gVisor; {policy.runtime!r} applies to "
-                "the Docker backend only (leave runtime unset)"
-            )
         runsc = find_runsc()
         rootfs = check_rootfs(rootfs_for(policy.image, self.rootfs_override))
         rootless = self.rootless()
@@ -531,7 +487,7 @@ class RunscBackend(SandboxBackend):
         return rootfs, gaps
 
     def _preflight(self, policy: SandboxPolicy) -> Preflight:
-        _rootfs, gaps = self.gaps(policy)
+        gaps = self.gaps(policy)
         try:
             warnings = refuse_unenforced(self.name, gaps, self.accept_unenforced)
         except SandboxError as exc:
@@ -541,21 +497,25 @@ class RunscBackend(SandboxBackend):
                     f"{exc}. To enforce the limits: {delegation_hint(user)}"
                 ) from None
             raise
-        return Preflight(runtime="runsc", warnings=warnings, kernel_user_apart=True)
+        return Preflight(
+            runtime="runsc", warnings=warnings, foreign_kernel=True, kernel_user_apart=True
+        )
 
     async def preflight(self, policy: SandboxPolicy) -> Preflight:
         preflight = await asyncio.to_thread(self._preflight, policy)
         OomWatcher.ensure_running(self.log)
         if not RunscBackend._orphans_reaped:
             RunscBackend._orphans_reaped = True
-            await asyncio.to_thread(self.remove_orphans)
+            removed = await asyncio.to_thread(self.remove_orphans)
+            if removed:
+                self.log.warning(
+                    "removed runsc sandboxes left by dead Jupyter processes: %s", removed
+                )
         return preflight
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def _spawn(
-        self, policy: SandboxPolicy, command: list[str], name: str, labels: Mapping[str, str]
-    ) -> str:
-        rootfs, gaps = self.gaps(policy)
+    def _spawn(self, policy: SandboxPolicy, command: list[str], name: str, owner: Owner) -> str:
+        rootfs, gaps = self.host_gaps(policy)
         refuse_unenforced(self.name, gaps, self.accept_unenforced)
         runsc, rootless = find_runsc(), self.rootless()
         base = state_base()
@@ -573,7 +533,7 @@ class RunscBackend(SandboxBackend):
                 policy,
                 rootfs=rootfs,
                 command=command,
-                annotations=labels,
+                annotations=owner.labels(),
                 cgroups_path=None if rootless else cgroups_path(name),
                 rlimit_as=rootless and "memory" not in delegated,
             )
@@ -583,6 +543,8 @@ class RunscBackend(SandboxBackend):
                 cgroup.create(policy, pids=policy.pids_limit)
             argv = runsc_argv(runsc, base / "state", "run", "--bundle", str(bundle), name,
                               rootless=rootless)  # fmt: skip
+            if cgroup is not None:  # rootless: runsc joins the user's delegated cgroup first
+                argv = launcher_argv(argv, cgroup_procs=cgroup.join_paths())
             proc = subprocess.Popen(
                 argv,
                 stdin=stdin_r,
@@ -591,7 +553,6 @@ class RunscBackend(SandboxBackend):
                 cwd="/",
                 env=_runsc_env(),
                 start_new_session=True,  # no terminal signal reaches runsc (it forwards)
-                preexec_fn=_joiner(cgroup.join_paths()) if cgroup is not None else None,
             )
         except BaseException:
             os.close(stdin_w)
@@ -617,10 +578,16 @@ class RunscBackend(SandboxBackend):
         preflight: Preflight,
         *,
         command: list[str],
-        labels: Mapping[str, str],
+        owner: Owner,
         name: str,
     ) -> str:
-        return await asyncio.to_thread(self._spawn, policy, command, name, labels)
+        return await asyncio.to_thread(self._spawn, policy, command, name, owner)
+
+    async def claimed(self, sandbox_id: str, owner: Owner) -> None:
+        with self._lock:
+            running = self._sandboxes.get(sandbox_id)
+        if running is not None:
+            await asyncio.to_thread(_set_annotations, running.bundle, owner.labels())
 
     async def attach(self, sandbox_id: str, session: AgentSession) -> None:
         with self._lock:
@@ -673,13 +640,15 @@ class RunscBackend(SandboxBackend):
                 pass
 
     # -- orphans (gc, and once per process at the first launch) ---------------------------
-    def remove_orphans(self) -> list[str]:
+    @classmethod
+    def remove_orphans(cls) -> list[str]:
         """Remove this user's sandboxes, bundles and cgroups left by Jupyter processes of this
         host that died. Blocking: run in a thread."""
-        removed = remove_orphans()
-        if removed:
-            self.log.warning("removed runsc sandboxes left by dead Jupyter processes: %s", removed)
-        return removed
+        return remove_orphans()
+
+    @classmethod
+    def list_sandboxes(cls) -> list[SandboxInfo]:
+        return sandbox_table()
 
 
 atexit.register(RunscBackend.remove_all)
@@ -757,13 +726,6 @@ def _kill_cgroup(directory: Path) -> None:
             pass
 
 
-def _joiner(paths: list[bytes]) -> Any:
-    def join() -> None:
-        join_in_child(paths)
-
-    return join
-
-
 def _runsc(running: Running, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         runsc_argv(running.runsc, running.state, *args, rootless=running.rootless),
@@ -837,6 +799,20 @@ def _tail(fd: int) -> str:
 
 
 # -- ps and gc -----------------------------------------------------------------------------------
+def _set_annotations(bundle: Path, annotations: dict[str, str]) -> None:
+    """Record a new owner in a running sandbox's bundle (``ps`` reads it from there; runsc
+    read its config at start)."""
+    path = bundle / "config.json"
+    try:
+        config = json.loads(path.read_text())
+        config["annotations"] = annotations
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(config, indent=1))
+        tmp.replace(path)
+    except (OSError, ValueError):
+        pass
+
+
 def _annotations(bundle: Path) -> dict[str, str]:
     try:
         found = json.loads((bundle / "config.json").read_text()).get("annotations") or {}
@@ -876,9 +852,9 @@ def remove_orphans() -> list[str]:
         bundles = base / "bundles"
         on_disk = {d.name for d in bundles.iterdir() if d.is_dir()} if bundles.is_dir() else set()
         for name in sorted(listed | on_disk):
-            labels = _annotations(bundles / name)
-            if labels:
-                if not is_orphan(labels, host):
+            owner = Owner.from_labels(_annotations(bundles / name))
+            if owner is not None:
+                if not owner.server_gone(host):
                     continue
             elif name not in on_disk or time.time() - _mtime(bundles / name) < BUNDLE_GRACE:
                 continue  # not a sandbox of ours, or its bundle is being written right now
@@ -938,9 +914,8 @@ def _memory_bytes(name: str, pid: int, rootless: bool) -> int:
     return 0
 
 
-def sandbox_table() -> list[dict[str, Any]]:
-    """This user's running runsc sandboxes (blocking; for ``sandbox-kernel ps``), in the rows
-    of the Docker backend's table: name, kernel id, pooled, uptime, memory, CPU."""
+def sandbox_table() -> list[SandboxInfo]:
+    """This user's running runsc sandboxes (blocking; for ``sandbox-kernel ps``)."""
     try:
         runsc = find_runsc()
     except SandboxError:
@@ -956,22 +931,22 @@ def sandbox_table() -> list[dict[str, Any]]:
     rows = []
     for base, c in found:
         name, pid = c["id"], int(c.get("pid") or 0)
-        labels = _annotations(Path(c.get("bundle") or base / "bundles" / name))
-        if not labels:
+        owner = Owner.from_labels(_annotations(Path(c.get("bundle") or base / "bundles" / name)))
+        if owner is None:
             continue  # not a sandbox of ours
         cpu, started = _proc_times(pid)
         rows.append(
-            {
-                "name": name,
-                "id": name,
-                "backend": "runsc",
-                "kernel_id": labels.get(LABEL_KERNEL_ID, ""),
-                "pooled": LABEL_POOL in labels,
-                "owner": labels.get(LABEL_OWNER, ""),
-                "server_pid": labels.get(LABEL_SERVER_PID, ""),
-                "uptime_s": uptime - started if started else 0.0,
-                "memory_mib": _memory_bytes(name, pid, rootless) / 2**20,
-                "cpu_percent": 100.0 * max(0.0, cpu - before[name][0]) / elapsed,
-            }
+            SandboxInfo(
+                backend="runsc",
+                name=name,
+                id=name,
+                kernel_id=owner.kernel_id,
+                pooled=owner.pooled,
+                user=owner.user,
+                server_pid=owner.server_pid,
+                uptime_s=uptime - started if started else 0.0,
+                memory_mib=_memory_bytes(name, pid, rootless) / 2**20,
+                cpu_percent=100.0 * max(0.0, cpu - before[name][0]) / elapsed,
+            )
         )
     return rows

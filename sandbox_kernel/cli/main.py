@@ -9,127 +9,20 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
+from .. import settings
 from ..backends.registry import BACKENDS, DEFAULT_BACKEND, default_kernel_name
 from ..errors import SandboxError
 from ..image.recipe import DEFAULT_IMAGE
 
 
-def _add_policy_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("sandbox policy (validated before anything is written)")
-    g.add_argument("--image", help=f"kernel image (default {DEFAULT_IMAGE})")
-    g.add_argument("--memory", dest="memory_limit", help="memory cap, e.g. 2g")
-    g.add_argument("--cpus", dest="cpu_limit", type=float, help="CPU cap, e.g. 1 or 0.5")
-    g.add_argument(
-        "--nproc", dest="nproc_limit", type=int, help="processes per sandbox (RLIMIT_NPROC)"
-    )
-    g.add_argument("--pids", dest="pids_limit", type=int, help="host pids cgroup backstop")
-    g.add_argument("--tmp-size", dest="tmp_size", help="size cap of /tmp, e.g. 256m")
-    g.add_argument("--home-size", dest="home_size", help="size cap of the home folder, e.g. 512m")
-    g.add_argument(
-        "--env-allow",
-        dest="env_allow",
-        action="append",
-        metavar="NAME",
-        help="pass this server environment variable into the sandbox (repeatable)",
-    )
-    g.add_argument("--launch-timeout", dest="launch_timeout", type=float, help="seconds")
-    g.add_argument(
-        "--pool-size",
-        dest="pool_size",
-        type=int,
-        help="sandboxes kept warm for this kernelspec (default 1, 0 disables)",
-    )
-    g.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        help="isolation backend (default docker = gVisor); runsc is gVisor without Docker (as "
-        "root, or rootless for an ordinary user); docker-runc, bwrap and firejail are weaker "
-        "tiers that share the host's kernel (docs/backends.md)",
-    )
-    g.add_argument(
-        "--accept-unenforced",
-        dest="accept_unenforced",
-        action="append",
-        metavar="PROPERTY",
-        help="DANGEROUS (runsc/bwrap/firejail): let the backend leave PROPERTY unenforced "
-        "(repeatable)",
-    )
-    g.add_argument("--rootfs", help="runsc/bwrap/firejail: kernel root filesystem directory")
-    x = p.add_argument_group("deliberate exchanges (ports and files; see docs/exchange.md)")
-    x.add_argument(
-        "--expose",
-        dest="expose_ports",
-        action="append",
-        metavar="[HOST:]PORT",
-        help="make sandbox port PORT reachable at host 127.0.0.1:HOST (any free port if "
-        "omitted) (repeatable)",
-    )
-    x.add_argument(
-        "--max-runtime-ports",
-        dest="max_runtime_ports",
-        type=int,
-        help="ports the kernel may expose itself with sandboxed.expose() (default 4, 0 disables)",
-    )
-    x.add_argument(
-        "--copy-in",
-        dest="copy_in",
-        action="append",
-        metavar="PATH",
-        help="host file or folder copied into the sandbox's home at each start; relative "
-        "paths are relative to the notebook's folder (repeatable)",
-    )
-    x.add_argument("--copy-in-limit", dest="copy_in_limit", help="most bytes copied in (64m)")
-    x.add_argument(
-        "--export-limit",
-        dest="export_limit",
-        help="most bytes the kernel may export with sandboxed.export() (64m; 0 disables)",
-    )
-    x.add_argument("--export-dir", dest="export_dir", help="folder for exported files")
-    g.add_argument("--runtime", help="Docker runtime (default runsc = gVisor)")
-    g.add_argument(
-        "--allow-weaker-runtime",
-        dest="allow_weaker_runtime",
-        action="store_true",
-        default=None,
-        help="DANGEROUS: allow running without gVisor",
-    )
-
-
-_POLICY_KEYS = (
-    "backend",
-    "accept_unenforced",
-    "rootfs",
-    "image",
-    "memory_limit",
-    "cpu_limit",
-    "nproc_limit",
-    "pids_limit",
-    "tmp_size",
-    "home_size",
-    "env_allow",
-    "launch_timeout",
-    "pool_size",
-    "runtime",
-    "allow_weaker_runtime",
-    "expose_ports",
-    "max_runtime_ports",
-    "copy_in",
-    "copy_in_limit",
-    "export_limit",
-    "export_dir",
-)
-
-
 def cmd_install(args: argparse.Namespace) -> int:
     from ..kernelspec import build_kernelspec, install_kernelspec
 
-    config: dict[str, Any] = {
-        k: getattr(args, k) for k in _POLICY_KEYS if getattr(args, k) is not None
-    }
-    config.setdefault("image", DEFAULT_IMAGE)
+    config = settings.from_flags(args)  # only what was given: the rest keeps its default
     spec = build_kernelspec(config, display_name=args.display_name)
     prefix = sys.prefix if args.sys_prefix else args.prefix
     name = args.name or default_kernel_name(config.get("backend", DEFAULT_BACKEND))
@@ -182,45 +75,54 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def cmd_ps(args: argparse.Namespace) -> int:
-    from ..backends import runsc
-    from ..backends.docker import sandbox_table
+def _per_backend(what: str) -> list[tuple[str, Callable[[], Any]]]:
+    """(backend, its ``list_sandboxes``/``remove_orphans``), once per implementation
+    (docker and docker-runc share one daemon)."""
+    from ..backends.registry import BACKENDS, backend_class
 
-    rows: list[dict[str, Any]] = []
-    try:
-        rows = [{**r, "backend": "docker"} for r in sandbox_table()]
-    except SandboxError as exc:  # e.g. an ordinary user without the Docker socket
-        print(f"sandbox-kernel: note: Docker sandboxes not listed: {exc}", file=sys.stderr)
-    rows += runsc.sandbox_table()  # this user's sandboxes of the runsc backend
+    seen: dict[Any, str] = {}
+    for name in BACKENDS:
+        fn = getattr(backend_class(name), what)
+        seen.setdefault(getattr(fn, "__func__", fn), name)
+    return [(name, getattr(backend_class(name), what)) for name in seen.values()]
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    rows = []
+    for backend, list_sandboxes in _per_backend("list_sandboxes"):
+        try:
+            rows += list_sandboxes()
+        except SandboxError as exc:  # e.g. an ordinary user without the Docker socket
+            print(f"sandbox-kernel: note: {backend} sandboxes not listed: {exc}", file=sys.stderr)
     if args.json:
         import json
 
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([asdict(r) for r in rows], indent=2))
         return 0
     print(
-        f"{'NAME':<40} {'BACKEND':<7} {'KERNEL ID':<36} {'POOL':<4} {'UP':>8} {'MEMORY':>10}"
+        f"{'NAME':<44} {'BACKEND':<11} {'KERNEL ID':<36} {'POOL':<4} {'UP':>8} {'MEMORY':>10}"
         f" {'CPU':>6}"
     )
     for r in rows:
-        pooled = "yes" if r["pooled"] else ""
+        cpu = f"{r.cpu_percent:>5.1f}%" if r.cpu_percent is not None else f"{'-':>6}"
         print(
-            f"{r['name']:<40} {r['backend']:<7} {r['kernel_id'] or '-':<36} {pooled:<4}"
-            f" {r['uptime_s']:>7.0f}s {r['memory_mib']:>7.0f}MiB {r['cpu_percent']:>5.1f}%"
+            f"{r.name:<44} {r.backend:<11} {r.kernel_id or '-':<36} {'yes' if r.pooled else '':<4}"
+            f" {r.uptime_s:>7.0f}s {r.memory_mib:>7.0f}MiB {cpu}"
         )
     return 0
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
     from ..backends.cgroups import remove_empty
-    from ..backends.docker import DockerBackend
-    from ..backends.runsc import RunscBackend
 
     removed: list[str] = []
-    try:
-        removed = DockerBackend().remove_orphans()
-    except SandboxError as exc:  # e.g. an ordinary user without the Docker socket
-        print(f"sandbox-kernel: note: Docker sandboxes not checked: {exc}", file=sys.stderr)
-    removed += RunscBackend().remove_orphans()  # this user's runsc sandboxes, bundles, cgroups
+    for backend, remove_orphans in _per_backend("remove_orphans"):
+        try:
+            removed += remove_orphans()
+        except SandboxError as exc:  # e.g. an ordinary user without the Docker socket
+            print(f"sandbox-kernel: note: {backend} sandboxes not checked: {exc}", file=sys.stderr)
     stale = remove_empty()
     if stale:
         print(f"removed the cgroups of {len(stale)} ended bwrap/firejail sandbox(es)")
@@ -260,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--replace", action="store_true", help="overwrite a different existing kernelspec"
     )
-    _add_policy_options(p)
+    settings.add_flags(p)
     p.set_defaults(func=cmd_install)
 
     p = sub.add_parser("image", help="kernel images")
@@ -305,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "ps",
-        help="list running sandboxes: kernel id, uptime, memory, CPU (Docker's, and this "
-        "user's runsc sandboxes)",
+        help="list running sandboxes of every backend: kernel id, uptime, memory, CPU "
+        "(Docker's, and this user's runsc, bubblewrap and firejail sandboxes)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable")
     p.set_defaults(func=cmd_ps)

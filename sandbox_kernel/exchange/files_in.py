@@ -15,9 +15,9 @@ import stat
 from dataclasses import dataclass
 
 from ..errors import PolicyError, SandboxError
+from ..inside import ops
+from ..inside.mux import send_file_data
 from ..policy import format_size
-from ..relay import ops
-from ..relay.mux import send_file_data
 from ..relay.session import AgentSession
 from .policy import inside_dest
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import PolicyError
+from ..inside import ops
 from ..policy import format_size
-from ..relay import ops
 from ..relay.listeners import HOST, HostListeners
 from ..relay.session import AgentSession
 from .policy import ExchangePolicy, check_port, export_name, numbered_name

@@ -22,13 +22,23 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import PolicyError
 from ..policy import KERNEL_INSIDE_PORTS, parse_size
 
 MAX_EXPOSED_PORTS = 64
 MAX_EXPORT_FILES = 256
-DEFAULT_EXPORT_DIR = "sandbox-exports"
+MAX_EXPORT_FILES_PER_KERNEL = 100
+# The settings (settings.py) this module turns into an exchange policy.
+EXCHANGE_SETTINGS = (
+    "expose_ports",
+    "max_runtime_ports",
+    "copy_in",
+    "copy_in_limit",
+    "export_limit",
+    "export_dir",
+)
 _NAME_CHARS = re.compile(r"^[\w .,()+=@~#%&!\[\]{}-]+$")
 _MAX_NAME = 200
 
@@ -43,13 +53,15 @@ class PortMapping:
 
 @dataclass(frozen=True)
 class ExchangePolicy:
-    expose: tuple[PortMapping, ...] = ()
-    max_runtime_ports: int = 4
-    copy_in: tuple[str, ...] = ()
-    copy_in_bytes: int = 64 * 2**20
-    export_bytes: int = 64 * 2**20  # 0: the kernel may not export files
-    export_files: int = 100
-    export_dir: str = DEFAULT_EXPORT_DIR
+    """Built only by :func:`build_exchange_policy` (defaults: the settings table's)."""
+
+    expose: tuple[PortMapping, ...]
+    max_runtime_ports: int
+    copy_in: tuple[str, ...]
+    copy_in_bytes: int
+    export_bytes: int  # 0: the kernel may not export files
+    export_dir: str
+    export_files: int = MAX_EXPORT_FILES_PER_KERNEL
 
 
 def check_port(value: object, what: str) -> int:
@@ -83,17 +95,18 @@ def parse_port_mapping(value: object) -> PortMapping:
     return PortMapping(inside, host)
 
 
-def build_exchange_policy(
-    *,
-    expose_ports: Iterable[object] = (),
-    max_runtime_ports: int = 4,
-    copy_in: Iterable[str] = (),
-    copy_in_limit: str | int = "64m",
-    export_limit: str | int = "64m",
-    export_dir: str = DEFAULT_EXPORT_DIR,
-) -> ExchangePolicy:
-    """Validate raw settings; raise :class:`PolicyError` naming the setting and the fix."""
-    expose = tuple(parse_port_mapping(v) for v in expose_ports)
+def build_exchange_policy(**given: Any) -> ExchangePolicy:
+    """The exchange policy from its settings (those not given take the settings table's
+    defaults); raise :class:`PolicyError` naming the setting and the fix."""
+    from ..settings import BY_NAME
+
+    unknown = sorted(set(given) - set(EXCHANGE_SETTINGS))
+    if unknown:
+        raise TypeError(f"not exchange settings: {', '.join(unknown)}")
+    v = {n: given[n] if n in given else BY_NAME[n].default for n in EXCHANGE_SETTINGS}
+    max_runtime_ports, copy_in = v["max_runtime_ports"], v["copy_in"]
+    copy_in_limit, export_limit, export_dir = v["copy_in_limit"], v["export_limit"], v["export_dir"]
+    expose = tuple(parse_port_mapping(port) for port in v["expose_ports"])
     if len({m.inside for m in expose}) != len(expose):
         raise PolicyError("expose_ports: a sandbox port is listed twice")
     hosts = [m.host for m in expose if m.host]

@@ -1,6 +1,5 @@
-"""The relay: frames (``protocol``), multiplexing (``mux``), and the host side of
-the pipe (``docker_stream``, ``session``, ``listeners``, ``thread``).
-
-``protocol`` and ``mux`` are standard-library only and are shipped into the
-sandbox with the agent; the other modules run on the host.
+"""The host side of the relay: a sandbox's pipe (``session``), the 127.0.0.1 ports that
+lead into it (``listeners``, ``peers``), what a sandbox may make the host hold
+(``console``, ``zmtp``), and the relay's own event loop thread (``thread``). The frame
+format and the multiplexer are shared with the agent: ``sandbox_kernel/inside/``.
 """

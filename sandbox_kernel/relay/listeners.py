@@ -13,7 +13,7 @@ import asyncio
 import socket
 from collections.abc import Callable, Mapping
 
-from .mux import abort_transport
+from ..inside.mux import abort_transport
 from .peers import allowed_peer
 from .session import AgentSession
 

@@ -1,14 +1,13 @@
 """The host end of one sandbox's pipe, on the relay loop.
 
-The provisioner creates one :class:`AgentSession` per sandbox. Two transports:
+The provisioner (or the warm pool) creates one :class:`AgentSession` per sandbox; the
+sandbox's backend connects it to a byte channel: the sandbox process's stdin and stdout
+(:meth:`AgentSession.attach_pipes`), or any asyncio transport of its own (it calls
+:meth:`AgentSession.prepare`, then the protocol methods; Docker's attach stream does, in
+``backends/docker_attach.py``). If the channel needs the agent's stdin escaped, the
+backend sets ``escape_stdin`` (see ``protocol.escape_stdin``).
 
-* Docker (``attach``): an HTTP upgrade on the Docker socket, opened before the
-  container starts; stdout arrives in Docker's multiplexed framing and stdin
-  carries the escaping of ``protocol.escape_stdin`` (Docker's detach keys).
-* Pipes (``attach_pipes``): the sandbox process's stdin and stdout (bubblewrap,
-  firejail); raw bytes both ways.
-
-Either way the session writes the agent bundle, then carries frames. Everything
+The session writes the agent bundle, then carries frames. Everything
 the agent sends is untrusted: a protocol error ends the session, and so does a sandbox
 that stops reading while more than MAX_PIPE_BACKLOG bytes wait for it (replies to its
 own requests could otherwise grow without bound). The agent may report one ``error``;
@@ -25,17 +24,14 @@ import os
 import threading
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
 
+from ..inside import ops
+from ..inside import protocol as p
+from ..inside.mux import PIPE_HIGH_WATER, PIPE_LOW_WATER, Mux, Requests, Stream, abort_transport
 from ..policy import KERNEL_INSIDE_PORTS
-from . import ops
-from . import protocol as p
 from .console import one_line
-from .docker_stream import STDOUT, DockerStreamDemux, DockerStreamError
-from .mux import PIPE_HIGH_WATER, PIPE_LOW_WATER, Mux, Requests, Stream, abort_transport
 from .zmtp import ZmtpError, ZmtpLimiter
 
-MAX_RESPONSE_HEAD = 64 * 1024
 # Bytes the host may hold for a sandbox that does not read its pipe. Relayed data stops at
 # PIPE_HIGH_WATER (1 MiB) and copy-in paces itself, so only a sandbox that stops reading
 # while it keeps asking (replies pile up) ever gets here.
@@ -87,10 +83,9 @@ class AgentSession(asyncio.Protocol):
         self.mux = Mux(self._write, on_control=self._on_control, on_console=self._on_console)
         self.transport: asyncio.Transport | asyncio.WriteTransport | None = None
         self._reader: asyncio.BaseTransport | None = None  # a pipe's read side (attach_pipes)
-        self.demux = DockerStreamDemux()
-        self.docker_framing = True  # False once attached to a raw pipe (attach_socket)
-        self._head = bytearray()
-        self._upgraded: asyncio.Future[None] | None = None
+        # The channel's backend says whether frames to the agent need Docker's stdin
+        # escaping (protocol.escape_stdin); the agent is told so in its bundle.
+        self.escape_stdin = False
         self.hello: asyncio.Future[dict[str, Any]] | None = None
         self.started: asyncio.Future[dict[str, Any]] | None = None
         self.prewarmed: asyncio.Future[dict[str, Any]] | None = None
@@ -115,34 +110,11 @@ class AgentSession(asyncio.Protocol):
         self.on_request: Callable[[dict[str, Any]], None] | None = None
 
     # -- opening -----------------------------------------------------------------
-    async def attach(self, endpoint: tuple[str, Any], api_version: str, container_id: str) -> None:
-        """Open Docker's attach stream (stdin + stdout) for ``container_id``."""
-        loop = asyncio.get_running_loop()
-        self._upgraded = loop.create_future()
-        self._on_loop(loop)
-        kind, where = endpoint
-        if kind == "unix":
-            await loop.create_unix_connection(lambda: self, where)
-        else:
-            await loop.create_connection(lambda: self, where[0], where[1])
-        assert self.transport is not None
-        path = f"/v{api_version}/containers/{quote(container_id)}/attach"
-        self.transport.write(
-            (
-                f"POST {path}?stream=1&stdin=1&stdout=1&stderr=0"
-                f"&detachKeys={quote(p.DETACH_KEYS)} HTTP/1.1\r\n"
-                "Host: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
-                "Content-Length: 0\r\n\r\n"
-            ).encode()
-        )
-        await self._upgraded
-
     async def attach_pipes(self, stdin_w: int, stdout_r: int) -> None:
         """Use the sandbox process's stdin (we write ``stdin_w``) and stdout (we read
         ``stdout_r``): raw bytes both ways. Takes ownership of both fds."""
         loop = asyncio.get_running_loop()
-        self.docker_framing = False
-        self._on_loop(loop)
+        self.prepare()
         writer = _PipeWriter(self)
         try:
             await loop.connect_write_pipe(lambda: writer, os.fdopen(stdin_w, "wb", buffering=0))
@@ -151,9 +123,10 @@ class AgentSession(asyncio.Protocol):
             raise
         await loop.connect_read_pipe(lambda: self, os.fdopen(stdout_r, "rb", buffering=0))
 
-    def _on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """What needs the relay loop, for either transport: the start-up futures and the
-        request/reply table."""
+    def prepare(self) -> None:
+        """On the relay loop, before any channel is connected: the start-up futures and the
+        request/reply table (a backend with a channel of its own calls this first)."""
+        loop = asyncio.get_running_loop()
         self.requests = Requests(loop, self.send_control)
         self.hello = loop.create_future()
         self.started = loop.create_future()
@@ -168,7 +141,7 @@ class AgentSession(asyncio.Protocol):
 
     async def prewarm(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Warm pool: start a kernel initialised up to its key (``argv``, ``env``, ``cwd``,
-        ``connection_file``, placeholder ``connection``; see agent/prewarm.py); return the
+        ``connection_file``, placeholder ``connection``; see inside/prewarm_kernel.py); return the
         agent's ``prewarmed`` report (pid, uid)."""
         self.prewarmed = asyncio.get_running_loop().create_future()
         self.send_control({**spec, "op": ops.PREWARM})
@@ -223,33 +196,11 @@ class AgentSession(asyncio.Protocol):
         transport.set_write_buffer_limits(high=PIPE_HIGH_WATER, low=PIPE_LOW_WATER)
 
     def data_received(self, data: bytes) -> None:
+        """Bytes the agent wrote (raw, whatever the channel)."""
         try:
-            if self._upgraded is not None and not self._upgraded.done():
-                data = self._read_head(data)
-            if data and not self.docker_framing:
-                self.mux.feed(data)
-            elif data:
-                for kind, piece in self.demux.feed(data):
-                    if kind == STDOUT:
-                        self.mux.feed(piece)
-        except (p.ProtocolError, DockerStreamError, SessionError) as exc:
+            self.mux.feed(data)
+        except p.ProtocolError as exc:
             self.fail(str(exc))
-
-    def _read_head(self, data: bytes) -> bytes:
-        self._head += data
-        end = self._head.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._head) > MAX_RESPONSE_HEAD:
-                raise SessionError("oversized HTTP response from the Docker daemon")
-            return b""
-        head, rest = bytes(self._head[:end]), bytes(self._head[end + 4 :])
-        status = head.split(b"\r\n", 1)[0].decode("latin-1")
-        parts = status.split(" ", 2)
-        if len(parts) < 2 or parts[1] not in ("101", "200"):
-            raise SessionError(f"Docker refused to attach: {status} {rest[:500]!r}")
-        assert self._upgraded is not None
-        self._upgraded.set_result(None)
-        return rest
 
     def pause_writing(self) -> None:
         self.mux.pipe_pause()
@@ -262,7 +213,7 @@ class AgentSession(asyncio.Protocol):
             self.transport.close()  # the sandbox's stdout is gone: so is its stdin
         self.mux.close()
         why = self.error or "the sandbox's pipe closed"
-        for fut in (self._upgraded, self.hello, self.started, self.prewarmed):
+        for fut in (self.hello, self.started, self.prewarmed):
             if fut is not None and not fut.done():
                 fut.set_exception(SessionError(why))
                 fut.exception()  # whoever awaits it sees the error; nobody else is warned
@@ -279,7 +230,7 @@ class AgentSession(asyncio.Protocol):
         if t is None or t.is_closing():
             return
         # Frames are binary: escape Docker's detach sequence (see protocol.DETACH_KEYS).
-        t.write(p.escape_stdin(data) if self.docker_framing else data)
+        t.write(p.escape_stdin(data) if self.escape_stdin else data)
         queued = t.get_write_buffer_size()
         if queued > MAX_PIPE_BACKLOG:
             self.fail(

@@ -18,7 +18,7 @@ from typing import Any
 
 import docker
 
-from sandbox_kernel.backends.docker import LABEL_MANAGED, LABEL_SERVER_PID
+from sandbox_kernel.backends.owner import LABEL_MANAGED, LABEL_SERVER_PID
 
 
 def free_port() -> int:

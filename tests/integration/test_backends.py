@@ -60,7 +60,7 @@ def runsc_leftovers() -> set[str]:
     cgroups (sandboxes of live processes, e.g. other test runs, do not count)."""
     import socket
 
-    from sandbox_kernel.backends.docker import is_orphan
+    from sandbox_kernel.backends.owner import Owner
     from sandbox_kernel.backends.runsc import CGROUP_PREFIX, ROOT_STATE
 
     found = set()
@@ -69,7 +69,8 @@ def runsc_leftovers() -> set[str]:
             labels = json.loads((bundle / "config.json").read_text()).get("annotations", {})
         except (OSError, ValueError):
             continue
-        if is_orphan(labels, socket.gethostname()):
+        owner = Owner.from_labels(labels)
+        if owner is not None and owner.server_gone(socket.gethostname()):
             found |= {str(bundle), *glob.glob(f"/sys/fs/cgroup/*/{CGROUP_PREFIX}{bundle.name}")}
     return found
 

@@ -127,12 +127,12 @@ def test_gc_removes_sandboxes_of_dead_processes_only(docker_client) -> None:  # 
     end itself: gc (also run at a process's first launch) removes it; live ones stay."""
     import socket
 
-    from sandbox_kernel.backends.docker import (
+    from sandbox_kernel.backends.owner import (
         LABEL_HOST,
         LABEL_MANAGED,
         LABEL_SERVER_PID,
         LABEL_SERVER_START,
-        server_labels,
+        Owner,
     )
     from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 
@@ -144,7 +144,7 @@ def test_gc_removes_sandboxes_of_dead_processes_only(docker_client) -> None:  # 
                 LABEL_SERVER_PID: str(dead.pid), LABEL_SERVER_START: "1"},
     )  # fmt: skip
     alive = docker_client.containers.create(
-        DEFAULT_IMAGE, command=["true"], network_mode="none", labels=server_labels()
+        DEFAULT_IMAGE, command=["true"], network_mode="none", labels=Owner.current().labels()
     )
     try:
         r = cli("gc")

@@ -24,8 +24,10 @@ def test_doctor_passes_here(docker_client) -> None:  # type: ignore[no-untyped-d
     code, report = doctor()
     checks = {c["name"]: c for c in report["checks"]}
     assert code == 0 and report["ok"], json.dumps(report, indent=2)
-    assert checks["runtime seen from outside"]["ok"]
-    assert checks["gVisor seen from inside"]["ok"]
+    assert checks["docker enforces the policy here"]["ok"]
+    assert checks["docker: host ready"]["ok"] and "runsc" in checks["docker: host ready"]["detail"]
+    assert checks["seen from outside"]["ok"], checks["seen from outside"]  # Docker's runtime: runsc
+    assert checks["seen from inside"]["ok"]
     attacks = checks["attack subset as documented"]
     assert attacks["ok"] is True, attacks
     tried = int(attacks["detail"].split(" of ")[1].split()[0])
@@ -37,8 +39,9 @@ def test_doctor_fails_without_runsc_and_names_the_fix(daemon_without_runsc: str)
     code, report = doctor({"DOCKER_HOST": daemon_without_runsc})
     checks = {c["name"]: c for c in report["checks"]}
     assert code == 1 and not report["ok"]
-    runsc = checks["gVisor runtime (runsc) registered"]
-    assert runsc["ok"] is False and "setup-host" in runsc["fix"]
+    ready = checks["docker: host ready"]
+    assert ready["ok"] is False and "no 'runsc' runtime" in ready["detail"], ready
+    assert "setup-host" in ready["detail"]
     assert checks["sandboxed kernel starts"]["ok"] is None  # not attempted
 
 
@@ -46,7 +49,7 @@ def test_doctor_fails_when_runsc_lacks_network_none(daemon_with_networked_runsc:
     code, report = doctor({"DOCKER_HOST": daemon_with_networked_runsc})
     checks = {c["name"]: c for c in report["checks"]}
     assert code == 1 and not report["ok"]
-    flags = checks["runsc flags"]
-    assert flags["ok"] is False and "--oci-seccomp" in flags["detail"]
-    assert "--network=none" in flags["fix"] and "setup-host" in flags["fix"]
+    ready = checks["docker: host ready"]
+    assert ready["ok"] is False and "without --network=none" in ready["detail"], ready
+    assert "setup-host" in ready["detail"]
     assert checks["sandboxed kernel starts"]["ok"] is None  # not attempted

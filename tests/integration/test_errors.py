@@ -16,7 +16,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
 import sandbox_kernel.boot
-import sandbox_kernel.provisioner
+import sandbox_kernel.configured
 from sandbox_kernel.errors import PolicyError, SandboxError
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.kernelspec import build_kernelspec
@@ -99,7 +99,7 @@ def test_image_without_ipykernel(tmp_path: Path, docker_client: docker.DockerCli
         (tmp_path / "k" / "kernel.json").write_text(json.dumps(spec))
         km = KernelManager(kernel_name="k", kernel_spec_manager=ksm)
         km.start_kernel()  # the process starts; ipykernel's import fails inside
-        cid = km.provisioner._container_id  # type: ignore[union-attr]
+        cid = km.provisioner.sandbox_id  # type: ignore[union-attr]
         try:
             deadline = time.monotonic() + 30
             while km.is_alive() and time.monotonic() < deadline:
@@ -150,7 +150,7 @@ def test_weaker_runtime_only_with_opt_in_and_warns_every_launch(
             caplog.clear()
             km.restart_kernel(now=True)
             assert any("not gVisor" in r.getMessage() for r in caplog.records), "warn every launch"
-            cid = km.provisioner._container_id  # type: ignore[union-attr]
+            cid = km.provisioner.sandbox_id  # type: ignore[union-attr]
             assert docker_client.containers.get(cid).attrs["HostConfig"]["Runtime"] == "runc"
         finally:
             km.shutdown_kernel(now=True)
@@ -322,7 +322,7 @@ def test_hostile_frames_from_a_sandbox_holding_the_pipe_end_only_that_sandbox(
         while km.is_alive() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not km.is_alive(), "garbage frames were accepted"
-        session_error = km.provisioner._session.error  # type: ignore[union-attr]
+        session_error = km.provisioner.session.error  # type: ignore[union-attr]
         assert session_error and "exceeds" in session_error, session_error
         assert other.value("print(5 * 5)") == 25
         km.restart_kernel(now=True)
@@ -344,12 +344,12 @@ def test_a_kernel_that_would_run_as_root_is_refused(
     uid 0: refused from the kernel's uid in ``started``. Under runc and bubblewrap the agent
     itself would be uid 0: refused at its ``hello``, before a kernel exists. Nothing is left
     behind."""
-    real = sandbox_kernel.provisioner.build_policy
+    real = sandbox_kernel.configured.build_policy
 
     def as_root(**kwargs):  # type: ignore[no-untyped-def]
         return dataclasses.replace(real(**kwargs), user="0:0")
 
-    monkeypatch.setattr(sandbox_kernel.provisioner, "build_policy", as_root)
+    monkeypatch.setattr(sandbox_kernel.configured, "build_policy", as_root)
     config = {"image": DEFAULT_IMAGE, "pool_size": 0, **BACKEND_CONFIGS.get(backend, {})}
     err = _start_fails(_ksm_with(tmp_path, config), docker_client)
     assert isinstance(err, SandboxError), err

@@ -236,7 +236,7 @@ def test_copy_in_over_its_limit_or_missing_fails_cleanly(
     km = KernelManager(kernel_name="sk-files", kernel_spec_manager=exchange_ksm)
     with pytest.raises(Exception, match=r"data.csv \(2 MiB\) takes the copy past copy_in_limit"):
         km.start_kernel(cwd=str(notebook_dir))
-    assert not container_exists(docker_client, km.provisioner and km.provisioner._container_id)  # type: ignore[attr-defined]
+    assert not container_exists(docker_client, km.provisioner and km.provisioner.sandbox_id)  # type: ignore[attr-defined]
     (notebook_dir / "data.csv").unlink()
     km = KernelManager(kernel_name="sk-files", kernel_spec_manager=exchange_ksm)
     with pytest.raises(Exception, match=r"copy_in: 'data.csv'.*No such file"):

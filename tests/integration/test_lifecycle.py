@@ -131,12 +131,12 @@ def test_killed_container_is_restarted_by_jupyter(
         km.start_restarter()  # callbacks can only be added once the restarter exists
         km.add_restart_callback(lambda: restarts.append("restart"), "restart")
         try:
-            first = km.provisioner._container_id
+            first = km.provisioner.sandbox_id
             container_ids.append(first)
             docker_client.containers.get(first).kill()
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                current = km.provisioner._container_id
+                current = km.provisioner.sandbox_id
                 if restarts and current and current != first and await km.is_alive():
                     break
                 await asyncio.sleep(0.2)
@@ -148,7 +148,7 @@ def test_killed_container_is_restarted_by_jupyter(
             assert reply["content"]["status"] == "ok"
             kc.stop_channels()
         finally:
-            container_ids.append(km.provisioner._container_id)
+            container_ids.append(km.provisioner.sandbox_id)
             km.stop_restarter()
             await km.shutdown_kernel(now=True)
 
@@ -165,7 +165,7 @@ def test_server_crash_leaves_no_container(kernel_dirs, docker_client: docker.Doc
         f"ksm = KernelSpecManager(kernel_dirs=[{str(kernel_dirs)!r}])\n"
         "km = KernelManager(kernel_name='sandbox-python', kernel_spec_manager=ksm)\n"
         "km.start_kernel()\n"
-        "print(km.provisioner._container_id, flush=True)\n"
+        "print(km.provisioner.sandbox_id, flush=True)\n"
         "time.sleep(600)\n"
     )
     proc = subprocess.Popen(

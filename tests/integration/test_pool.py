@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
 import docker
 
-from sandbox_kernel.backends.docker import LABEL_SERVER_PID
-from sandbox_kernel.pool import LABEL_POOL, WarmPool
+from sandbox_kernel.backends.owner import LABEL_POOL, LABEL_SERVER_PID
+from sandbox_kernel.pool import WarmPool
 from tests.helpers import Kernel, container_exists
 
 
@@ -54,6 +57,14 @@ def test_warm_start_claims_a_pooled_sandbox_once(
         "import json\nprint(json.dumps(json.load(open('/tmp/.sandbox-kernel/kernel.json'))['key']))"
     )
     assert key == warm.km.session.key.decode()
+    # `sandbox-kernel ps` names the kernel a claimed sandbox serves (its labels cannot
+    # change: the backend renamed it at the claim).
+    listed = subprocess.run(
+        [sys.executable, "-m", "sandbox_kernel.cli.main", "ps", "--json"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    row = next(r for r in json.loads(listed) if r["id"] == warm.container_id[:12])
+    assert row["kernel_id"] == warm.km.kernel_id and row["pooled"] is False, row
     # A restart takes another sandbox and removes the old one: never reused.
     old = warm.container_id
     wait_for_ready_pool(warm)

@@ -20,7 +20,7 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
-from sandbox_kernel.backends.docker import server_labels
+from sandbox_kernel.backends.owner import Owner
 from sandbox_kernel.backends.runsc import (
     CGROUP_PREFIX,
     ROOT_STATE,
@@ -298,7 +298,7 @@ def test_host_pids_cap_ends_a_sandbox_that_reaches_it(tmp_path: Path) -> None:
 def test_gc_removes_sandboxes_of_dead_processes_only(tmp_path: Path) -> None:
     """A runsc sandbox whose Jupyter process died before its agent ran ('created', never
     started) cannot end itself: gc removes its state, bundle and cgroups; a live one stays."""
-    from sandbox_kernel.backends.docker import LABEL_SERVER_PID, LABEL_SERVER_START
+    from sandbox_kernel.backends.owner import LABEL_SERVER_PID, LABEL_SERVER_START
 
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -306,9 +306,9 @@ def test_gc_removes_sandboxes_of_dead_processes_only(tmp_path: Path) -> None:
     policy = build_policy(image="sandbox-kernel/python:latest")
     created: dict[str, dict[str, str]] = {
         f"sk-test-orphan-{os.getpid()}": {
-            **server_labels(), LABEL_SERVER_PID: str(dead.pid), LABEL_SERVER_START: "1"
+            **Owner.current().labels(), LABEL_SERVER_PID: str(dead.pid), LABEL_SERVER_START: "1"
         },
-        f"sk-test-alive-{os.getpid()}": server_labels(),
+        f"sk-test-alive-{os.getpid()}": Owner.current().labels(),
     }  # fmt: skip
     try:
         for name, labels in created.items():
@@ -365,7 +365,7 @@ def test_server_killed_leaves_nothing_after_gc(tmp_path: Path) -> None:
          "km.start_kernel(); kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=60)\n"
          "from sandbox_kernel.pool import WarmPool\n"
          "while not any(p.ready for p in WarmPool._pools.values()): time.sleep(0.1)\n"
-         "print(km.provisioner._container_id, flush=True); time.sleep(600)\n"],
+         "print(km.provisioner.sandbox_id, flush=True); time.sleep(600)\n"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert server.stdout is not None
@@ -392,7 +392,7 @@ def _throttled(cpu: Path) -> int:
 
 
 def _server_pid(name: str) -> int:
-    from sandbox_kernel.backends.docker import LABEL_SERVER_PID
+    from sandbox_kernel.backends.owner import LABEL_SERVER_PID
 
     try:
         config = json.loads((ROOT_STATE / "bundles" / name / "config.json").read_text())

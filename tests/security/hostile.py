@@ -17,7 +17,7 @@ shared): attacks that need whole frames to arrive stop the agent first.
 
 from __future__ import annotations
 
-from sandbox_kernel.agent import bundle
+from sandbox_kernel import bundle
 
 BACKDOOR = "/tmp/.backdoor.sock"
 
@@ -28,7 +28,7 @@ AGENTS = []
 
 def arm():
     pipe_out = os.dup(1)  # before main() moves the pipe away from fd 1
-    agent_class = sys.modules["sandbox_kernel.agent.main"].Agent
+    agent_class = sys.modules["sandbox_kernel.inside.agent"].Agent
     init = agent_class.__init__
 
     def remember(self, *args, **kwargs):
@@ -63,11 +63,11 @@ def arm():
     threading.Thread(target=serve, daemon=True).start()
 """
 
-_MAIN_CALL = "sys.modules['sandbox_kernel.agent.main'].main(**MAIN_KWARGS)"
+_MAIN_CALL = "sys.modules['sandbox_kernel.inside.agent'].main(**MAIN_KWARGS)"
 
 
 def backdoored_payload(escaped_stdin: bool = True, kernel_user: str | None = None) -> bytes:
-    """:func:`sandbox_kernel.agent.bundle.agent_payload`, with the backdoor armed first."""
+    """:func:`sandbox_kernel.bundle.agent_payload`, with the backdoor armed first."""
     modules = [(name, bundle._module_source(name)) for name in bundle.AGENT_MODULES]
     modules.append(("sandbox_kernel.agent.backdoor", _BACKDOOR_SOURCE))
     helpers = {

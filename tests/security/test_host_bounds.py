@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from sandbox_kernel.relay.mux import MAX_STREAMS
+from sandbox_kernel.inside.mux import MAX_STREAMS
 from tests.helpers import REPO
 
 MiB = 2**20

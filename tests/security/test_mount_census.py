@@ -26,7 +26,8 @@ import docker
 import pytest
 
 from sandbox_kernel.backends.bwrap import bwrap_argv
-from sandbox_kernel.backends.docker import container_spec, server_labels
+from sandbox_kernel.backends.docker import container_spec
+from sandbox_kernel.backends.owner import Owner
 from sandbox_kernel.backends.pipe import host_uid
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.image.rootfs import check_rootfs, rootfs_for
@@ -60,7 +61,7 @@ def _in_container(client: docker.DockerClient, runtime: str, change: Change) -> 
         policy,
         runtime=runtime,
         command=["python3", "-I", "-c", CENSUS],
-        labels=server_labels(),
+        labels=Owner.current().labels(),
         name=f"sk-census-{uuid.uuid4().hex[:12]}",
     )
     # Run to completion and keep the output (the kernel's sandboxes log nothing), as the

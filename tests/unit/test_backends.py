@@ -16,7 +16,6 @@ from sandbox_kernel.backends.registry import (
     BACKENDS,
     default_kernel_name,
     display_name,
-    docker_runtime,
     make_backend,
 )
 from sandbox_kernel.errors import PolicyError, SandboxError
@@ -121,20 +120,26 @@ def test_accept_unenforced_is_validated() -> None:
     with pytest.raises(PolicyError, match="nonsense"):
         check_accepted(["nonsense"])
     with pytest.raises(PolicyError, match="accept_unenforced"):
-        make_backend("docker", __import__("logging").getLogger(), accept_unenforced=["seccomp"])
+        make_backend(
+            "docker", __import__("logging").getLogger(), {"accept_unenforced": ["seccomp"]}
+        )
     assert "network" in PROPERTIES and "seccomp" in PROPERTIES
 
 
 def test_names_and_tiers() -> None:
-    assert BACKENDS[0] == "docker"
+    assert next(iter(BACKENDS)) == "docker"
     assert display_name("docker") == "Python 3 (sandboxed)"
     assert display_name("bwrap") == "Python 3 (sandboxed, bubblewrap: host kernel)"
     assert "weaker" in display_name("docker-runc")
     assert default_kernel_name("docker") == "sandbox-python"
     assert default_kernel_name("firejail") == "sandbox-python-firejail"
-    assert docker_runtime("docker-runc", "runsc", False) == ("runc", True)
-    assert docker_runtime("docker", "runsc", False) == ("runsc", False)
-    assert docker_runtime("bwrap", "runsc", False) == ("runsc", False)
+    # docker-runc means runc, and choosing it is the opt-in to a runtime without gVisor.
+    runc = make_backend("docker-runc", __import__("logging").getLogger(), {})
+    assert runc.describe() == {"backend": "docker-runc", "runtime": "runc", "allow_weaker_runtime": True}
+    docker = make_backend("docker", __import__("logging").getLogger(), {})
+    assert docker.describe()["runtime"] == "runsc"
+    with pytest.raises(PolicyError, match="allow_weaker_runtime"):
+        make_backend("docker", __import__("logging").getLogger(), {"runtime": "runc"})
     with pytest.raises(PolicyError, match="backend"):
         display_name("lxc")
 
@@ -147,7 +152,7 @@ def test_kernelspec_per_backend() -> None:
     assert build_kernelspec({}, display_name="Mine")["display_name"] == "Mine"
     with pytest.raises(PolicyError, match="backend"):
         build_kernelspec({"backend": "chroot"})
-    with pytest.raises(PolicyError, match="bwrap and firejail"):
+    with pytest.raises(PolicyError, match="accept_unenforced: applies to the runsc, bwrap, firejail"):
         build_kernelspec({"backend": "docker", "accept_unenforced": ["tmp_size"]})
     with pytest.raises(PolicyError, match="unknown"):
         build_kernelspec({"backend": "bwrap", "accept_unenforced": ["everything"]})

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox_kernel.agent import bundle
-from sandbox_kernel.agent.bundle import AGENT_MODULES, agent_payload, bootstrap_command
-from sandbox_kernel.relay import protocol as p
+from sandbox_kernel import bundle
+from sandbox_kernel.bundle import AGENT_MODULES, agent_payload, bootstrap_command
+from sandbox_kernel.inside import protocol as p
 
 TIMEOUT = 20.0
 

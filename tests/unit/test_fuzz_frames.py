@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sandbox_kernel.relay import protocol as p
-from sandbox_kernel.relay.mux import Mux
+from sandbox_kernel.inside import protocol as p
+from sandbox_kernel.inside.mux import Mux
 
 from .test_mux import FakeTransport, Loop
 
@@ -140,7 +140,7 @@ def test_agent_mux_raises_only_protocol_error(data: bytes) -> None:
     mux: Mux
 
     def on_open(sid: int, port: int) -> None:
-        from sandbox_kernel.relay.mux import Stream
+        from sandbox_kernel.inside.mux import Stream
 
         stream = Stream(mux, sid)
         mux.register(stream)

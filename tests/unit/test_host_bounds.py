@@ -24,9 +24,9 @@ from sandbox_kernel.boot import check_hello, check_kernel
 from sandbox_kernel.errors import PolicyError, SandboxError
 from sandbox_kernel.exchange.files_in import plan_copy_in
 from sandbox_kernel.exchange.host import HostExchange
-from sandbox_kernel.exchange.policy import ExchangePolicy, export_name
+from sandbox_kernel.exchange.policy import build_exchange_policy, export_name
+from sandbox_kernel.inside import protocol as p
 from sandbox_kernel.relay import console as c
-from sandbox_kernel.relay import protocol as p
 from sandbox_kernel.relay.session import MAX_PIPE_BACKLOG, AgentSession
 from sandbox_kernel.relay.zmtp import GREETING_SIZE, ZmtpError, ZmtpLimiter
 
@@ -207,7 +207,6 @@ class StalledTransport(asyncio.Transport):
 def session_with(transport: asyncio.Transport) -> AgentSession:
     session = AgentSession("sb-test", console=lambda _d: None, log=logging.getLogger("t"))
     session.kernel_id = "kernel-1"
-    session.docker_framing = False
     session.connection_made(transport)
     return session
 
@@ -282,7 +281,7 @@ def test_a_burst_of_expose_requests_gets_at_most_max_runtime_ports() -> None:
     async def burst() -> None:
         listeners = SlowListeners()
         exchange = HostExchange(
-            ExchangePolicy(max_runtime_ports=4),
+            build_exchange_policy(max_runtime_ports=4),
             listeners,  # type: ignore[arg-type]
             "/nonexistent",
             logging.getLogger("t"),
@@ -309,7 +308,7 @@ def test_replies_echo_only_an_integer_request_id() -> None:
             sent.append(msg)
 
     exchange = HostExchange(
-        ExchangePolicy(),
+        build_exchange_policy(),
         SlowListeners(),
         "/nonexistent",
         logging.getLogger("t"),  # type: ignore[arg-type]

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from sandbox_kernel.relay import mux as m
-from sandbox_kernel.relay import protocol as p
-from sandbox_kernel.relay.mux import Mux, Stream
+from sandbox_kernel.inside import mux as m
+from sandbox_kernel.inside import protocol as p
+from sandbox_kernel.inside.mux import Mux, Stream
 
 PORT = 45001
 

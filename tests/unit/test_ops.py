@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from sandbox_kernel.relay import ops
-from sandbox_kernel.relay.protocol import ProtocolError
+from sandbox_kernel.inside import ops
+from sandbox_kernel.inside.protocol import ProtocolError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,7 +61,7 @@ def test_docs_protocol_tables_are_generated_from_the_table() -> None:
     doc = (REPO / "docs" / "protocol.md").read_text()
     assert ops.with_tables(doc) == doc, (
         "docs/protocol.md is out of date: rewrite it with "
-        "`python -c 'from pathlib import Path; from sandbox_kernel.relay import ops; "
+        "`python -c 'from pathlib import Path; from sandbox_kernel.inside import ops; "
         'p = Path("docs/protocol.md"); p.write_text(ops.with_tables(p.read_text()))\'`'
     )
     for op in [*ops.AGENT_OPS, *ops.HOST_OPS]:

@@ -87,18 +87,17 @@ def test_policy_errors_are_sandbox_and_value_errors() -> None:
 def test_defaults_are_valid_and_gvisor() -> None:
     pol = policy()
     assert pol.image == IMAGE
-    assert pol.runtime == "runsc" and pol.is_gvisor
     assert pol.user == SANDBOX_USER == "1000:1000"
     assert pol.home == SANDBOX_HOME
     assert pol.memory_bytes == 2 * GiB
     assert pol.tmp_bytes == 256 * MiB and pol.home_bytes == 512 * MiB
-    assert pol.env_allow == () and dict(pol.env) == {}
+    assert pol.env_allow == ("TZ",) and dict(pol.env) == {}  # the settings table's defaults
 
 
 def test_policy_is_frozen() -> None:
     pol = policy()
     with pytest.raises(AttributeError):
-        pol.runtime = "runc"  # type: ignore[misc]
+        pol.memory_bytes = 1  # type: ignore[misc]
 
 
 def test_sizes_are_parsed() -> None:
@@ -185,18 +184,27 @@ def test_launch_timeout_bounds(timeout: float) -> None:
 # -- runtime -----------------------------------------------------------------------------
 
 
+# The runtime is the Docker backend's setting (backends/docker.py), not the policy's.
+
+
+def _docker(**settings: Any) -> Any:
+    from sandbox_kernel.backends.docker import DockerBackend
+
+    return DockerBackend(None, **settings)
+
+
 @pytest.mark.parametrize("runtime", ["runc", "io.containerd.runc.v2", "kata", "crun"])
 def test_non_gvisor_runtime_refused_without_opt_in(runtime: str) -> None:
     with pytest.raises(PolicyError, match="allow_weaker_runtime"):
-        policy(runtime=runtime)
-    pol = policy(runtime=runtime, allow_weaker_runtime=True)
-    assert pol.runtime == runtime and not pol.is_gvisor and pol.allow_weaker_runtime
+        _docker(runtime=runtime)
+    backend = _docker(runtime=runtime, allow_weaker_runtime=True)
+    assert backend.runtime == runtime and backend.allow_weaker_runtime
 
 
 @pytest.mark.parametrize("runtime", ["", "run sc", "runsc;rm -rf /", "../runsc", "runsc\n"])
 def test_malformed_runtime_refused_even_with_opt_in(runtime: str) -> None:
     with pytest.raises(PolicyError, match="runtime"):
-        policy(runtime=runtime, allow_weaker_runtime=True)
+        _docker(runtime=runtime, allow_weaker_runtime=True)
 
 
 # -- image references -----------------------------------------------------------------------
@@ -311,7 +319,7 @@ def test_kernel_env_contains_only_basics_and_allow_listed_server_vars() -> None:
 
 
 def test_kernel_env_without_allow_list_takes_nothing_from_the_server() -> None:
-    env = policy().kernel_env(SERVER_ENV, {})
+    env = policy(env_allow=[]).kernel_env(SERVER_ENV, {})
     assert set(env) == {"HOME", "PATH", "LANG", "PYTHONUNBUFFERED", "JPY_PARENT_PID"}
     assert env["HOME"] == SANDBOX_HOME
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sandbox_kernel.relay import protocol as p
-from sandbox_kernel.relay.protocol import Frame, FrameDecoder, ProtocolError
+from sandbox_kernel.inside import protocol as p
+from sandbox_kernel.inside.protocol import Frame, FrameDecoder, ProtocolError
 
 
 def header(ftype: int, stream: int, length: int) -> bytes:

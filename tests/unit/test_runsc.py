@@ -185,8 +185,8 @@ def test_registry_entry() -> None:
     assert "host kernel" not in display_name("runsc") and "weaker" not in display_name("runsc")
     assert default_kernel_name("runsc") == "sandbox-python-runsc"
     backend = make_backend(
-        "runsc", __import__("logging").getLogger(), accept_unenforced=["cpu_limit"]
+        "runsc", __import__("logging").getLogger(), {"accept_unenforced": ["cpu_limit"]}
     )
     assert backend.name == "runsc"
     with pytest.raises(Exception, match="unknown"):
-        make_backend("runsc", __import__("logging").getLogger(), accept_unenforced=["all"])
+        make_backend("runsc", __import__("logging").getLogger(), {"accept_unenforced": ["all"]})

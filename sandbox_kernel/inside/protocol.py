@@ -1,7 +1,7 @@
 """The relay's frame protocol: encoding, incremental decoding, flow-control windows.
 
 Pure and standard-library only: this module is also shipped into the sandbox
-(see ``agent/bundle.py``), where it must run on the image's Python (>= 3.8).
+(see ``bundle.py``), where it must run on the image's Python (>= 3.8).
 The wire format is specified in ``docs/protocol.md``.
 
 Every frame is a 9-byte header followed by ``length`` payload bytes::

@@ -25,8 +25,8 @@ import socket
 import stat
 from typing import Any
 
-from ..relay import mux as m
-from ..relay import ops as o
+from . import mux as m
+from . import ops as o
 
 # The agent's own files inside the sandbox (tmpfs), apart from the kernel's folder
 # (/tmp/.sandbox-kernel, the connection file). SANDBOX_KERNEL_RUN_DIR in the agent's

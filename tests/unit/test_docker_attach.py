@@ -7,7 +7,12 @@ import struct
 
 import pytest
 
-from sandbox_kernel.relay.docker_stream import STDERR, STDOUT, DockerStreamDemux, DockerStreamError
+from sandbox_kernel.backends.docker_attach import (
+    STDERR,
+    STDOUT,
+    DockerStreamDemux,
+    DockerStreamError,
+)
 
 
 def docker_frame(kind: int, payload: bytes) -> bytes:

@@ -1,10 +1,10 @@
 """The relay's CONTROL messages as data: every op, who sends it, and its fields (pure).
 
-Shipped into the sandbox with the agent (see ``agent/bundle.py``), so both ends check
+Shipped into the sandbox with the agent (see ``bundle.py``), so both ends check
 the same table. Whoever receives a CONTROL message validates it with :func:`check`: an
 unknown op, a missing field, a field of the wrong type or an unknown field is a
 :class:`~.protocol.ProtocolError` (on the host, that ends the sandbox). Handlers are
-looked up by op in each side's dispatch table (``relay/session.py``, ``agent/main.py``).
+looked up by op in each side's dispatch table (``relay/session.py``, ``inside/agent.py``).
 The op tables of ``docs/protocol.md`` are generated from here (:func:`markdown`), and a
 unit test keeps them equal. Standard library only, Python >= 3.8.
 """

@@ -1,7 +1,7 @@
 """The in-sandbox agent: PID 1 of the sandbox, standard library only.
 
 It arrives over the sandbox's stdin (see ``bundle.py``; no file of the host is
-mounted), then speaks the frame protocol of ``relay/protocol.py`` on its
+mounted), then speaks the frame protocol of ``protocol.py`` on its
 stdin/stdout:
 
 1. sends ``hello`` (versions, uid, kernel release) so the host knows the
@@ -44,10 +44,10 @@ import subprocess
 import sys
 from typing import Any, Callable, Iterator
 
-from ..relay import mux as m
-from ..relay import ops as o
-from ..relay import protocol as p
 from . import exchange as x
+from . import mux as m
+from . import ops as o
+from . import protocol as p
 
 READY_FD_ENV = "SANDBOX_KERNEL_READY_FD"  # see prewarm.py
 CONNECT_RETRY_SECONDS = 30.0

@@ -3,7 +3,8 @@
 The container's command is a tiny stage-1 program (``bootstrap_command``) that
 reads a 10-digit length and then that many bytes of stage-2 code from fd 0,
 unbuffered (buffering would swallow the frames that follow). Stage 2 installs
-the agent's modules from their source text and runs ``agent.main``. Any image
+the agent's modules (``sandbox_kernel/inside/``) from their source text and runs
+``inside.agent.main``. Any image
 with ``python3`` (>= 3.8) works unchanged.
 """
 
@@ -14,14 +15,14 @@ from importlib import resources
 
 # Shipped in this order: each module imports only the ones before it.
 AGENT_MODULES = (
-    "sandbox_kernel.relay.protocol",
-    "sandbox_kernel.relay.ops",
-    "sandbox_kernel.relay.mux",
-    "sandbox_kernel.agent.exchange",
-    "sandbox_kernel.agent.main",
+    "sandbox_kernel.inside.protocol",
+    "sandbox_kernel.inside.ops",
+    "sandbox_kernel.inside.mux",
+    "sandbox_kernel.inside.exchange",
+    "sandbox_kernel.inside.agent",
 )
-# Written by the agent onto the kernel's PYTHONPATH (see agent/exchange.py).
-KERNEL_HELPERS = ("sandbox_kernel.agent.sandboxed",)
+# Written by the agent onto the kernel's PYTHONPATH (see inside/exchange.py).
+KERNEL_HELPERS = ("sandbox_kernel.inside.sandboxed",)
 
 _STAGE1 = """import os
 def r(n):
@@ -54,7 +55,7 @@ def _install(name, source):
     setattr(sys.modules[mod.__package__], parts[-1], mod)
 for _name, _source in MODULES:
     _install(_name, _source)
-sys.modules['sandbox_kernel.agent.main'].main(**MAIN_KWARGS)
+sys.modules['sandbox_kernel.inside.agent'].main(**MAIN_KWARGS)
 """
 
 

@@ -1,1 +1,0 @@
-"""The in-sandbox agent and how it is delivered (``bundle``)."""

@@ -1,0 +1,73 @@
+"""Per-user state folders of the backends that run sandboxes themselves (no daemon keeps
+their state): root's under /run/sandbox-kernel/<kind>; an ordinary user's under
+$XDG_RUNTIME_DIR/sandbox-kernel/<kind>, else a 0700 folder under /tmp named by uid.
+Each must be a folder of the server's own uid that nobody else can enter: another user
+could otherwise plant or read a sandbox's state. Used by ``runsc.py`` (``runsc --root``
+and its bundles) and ``pipe.py`` (a record per sandbox, for ``ps`` and ``gc``).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from ..errors import SandboxError
+
+
+def root_base(kind: str) -> Path:
+    return Path("/run/sandbox-kernel") / kind
+
+
+def bases(kind: str, euid: int, environ: Mapping[str, str]) -> list[Path]:
+    """Where this user's state of ``kind`` may live, preferred first (pure)."""
+    if euid == 0:
+        return [root_base(kind)]
+    found = []
+    runtime_dir = environ.get("XDG_RUNTIME_DIR", "")
+    if runtime_dir.startswith("/"):
+        found.append(Path(runtime_dir) / "sandbox-kernel" / kind)
+    found.append(Path(f"/tmp/sandbox-kernel-{kind}-{euid}"))
+    return found
+
+
+def private_problem(path: Path) -> str:
+    """'' if ``path`` is a real folder of ours that nobody else can enter, else why not."""
+    try:
+        st = path.lstat()
+    except OSError as exc:
+        return str(exc)
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a folder"
+    if st.st_uid != os.geteuid():
+        return f"{path} belongs to uid {st.st_uid}, not to this server's uid {os.geteuid()}"
+    if st.st_mode & 0o077:
+        return f"{path} has mode {stat.S_IMODE(st.st_mode):o}; it must be 0700"
+    return ""
+
+
+def state_base(kind: str, subdirs: Iterable[str] = ()) -> Path:
+    """This user's state folder of ``kind`` (and its ``subdirs``), created 0700; raises
+    SandboxError naming the folder if someone else holds it."""
+    found = bases(kind, os.geteuid(), os.environ)
+    if os.geteuid() != 0 and len(found) > 1 and private_problem(found[0].parents[1]):
+        found = found[1:]  # $XDG_RUNTIME_DIR itself is not a private folder of ours
+    base = found[0]
+    for d in (base, *(base / s for s in subdirs)):
+        try:
+            d.mkdir(mode=0o700, parents=d is base)
+        except FileExistsError:
+            pass
+        why = private_problem(d)
+        if why:
+            raise SandboxError(
+                f"cannot keep sandbox state in {d}: {why}. Remove it (it may have been "
+                "created by another user) or set XDG_RUNTIME_DIR to a private folder"
+            )
+    return base
+
+
+def existing_bases(kind: str) -> list[Path]:
+    """Every state folder of ``kind`` of this user that exists and is private (ps, gc)."""
+    return [b for b in bases(kind, os.geteuid(), os.environ) if not private_problem(b)]

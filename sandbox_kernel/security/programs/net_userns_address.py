@@ -1,0 +1,15 @@
+from ._prelude import _report  # inlined
+from ._userns import _in_userns  # inlined
+from .children import net_userns_address as ATTEMPT  # embedded
+
+res = _in_userns(ATTEMPT)
+if "clone3" in res:
+    _report(True, "clone3 into a user namespace refused: %s" % res["clone3"])
+else:
+    changes = {k: v for k, v in res.items() if k.startswith(("RTM_", "SIOC"))}
+    ok = len(changes) == 6 and not any(v.startswith("ADDED") for v in changes.values())
+    _report(
+        ok,
+        "in a new user namespace (uid %s, CapEff %s): %s"
+        % (res.get("uid"), res.get("CapEff"), res),
+    )

@@ -1,0 +1,322 @@
+"""Every setting of a sandboxed kernel, declared once (pure).
+
+A :class:`Setting` is the one place that says a setting's name, type, default, help,
+``sandbox-kernel install`` flag and the backends it applies to. From this table come the
+provisioner's traitlets (``SandboxProvisioner``: settable in a kernelspec's
+``metadata.kernel_provisioner.config`` or a Jupyter config file), the ``install`` flags
+(``cli/main.py``), and the defaults of the one function that validates them all,
+``configured.configure`` (used by the provisioner at each launch and by ``install``
+before anything is written). A backend-only setting names its backends here; the
+registry gives each backend exactly those.
+
+Who calls what: ``provisioner.py`` builds one trait per setting with :func:`trait`;
+the CLI adds flags with :func:`add_flags` and collects them with :func:`from_flags`;
+:func:`resolve` fills a kernelspec's config with the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import PolicyError
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+    # "str", "bool", "int", "float", "size" (bytes or "512m"), "enum", "list", "dict",
+    # "ports" (a list of ints or "HOST:INSIDE" strings), "int?" (int or None), "backend"
+    # (a name of the backend registry)
+    kind: str
+    flag: str | None = None  # the install flag; None: --name-with-dashes
+    choices: tuple[str, ...] = ()
+    backends: tuple[str, ...] = ()  # the backends that read it; empty: every backend
+    metavar: str | None = None
+
+    @property
+    def option(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+
+S = Setting
+_PIPE = ("runsc", "bwrap", "firejail")  # the backends that run a sandbox tool themselves
+
+SETTINGS: tuple[Setting, ...] = (
+    # -- which sandbox ---------------------------------------------------------------------
+    S(
+        "backend",
+        "docker",
+        "isolation backend: docker (gVisor, the default); runsc (gVisor without Docker, as "
+        "root or rootless); the weaker tiers docker-runc, bwrap and firejail share the "
+        "host's kernel with the sandbox (docs/backends.md)",
+        "backend",  # one of backends/registry.py's names (checked there)
+    ),
+    S("image", "sandbox-kernel/python:latest", "kernel image with python3 and ipykernel", "str"),
+    S(
+        "runtime",
+        "runsc",
+        "Docker runtime (runsc = gVisor); anything else needs allow_weaker_runtime",
+        "str",
+        backends=("docker",),
+    ),
+    S(
+        "allow_weaker_runtime",
+        False,
+        "DANGEROUS: run without gVisor (runc) when Docker has no runsc or another runtime is "
+        "set: the host kernel's whole syscall surface is then exposed to untrusted code",
+        "bool",
+        backends=("docker",),
+    ),
+    S(
+        "rootfs",
+        "",
+        "the kernel root filesystem directory (default: the export of `image` by "
+        "`sandbox-kernel image export-rootfs`)",
+        "str",
+        backends=_PIPE,
+    ),
+    S(
+        "accept_unenforced",
+        [],
+        "DANGEROUS: policy properties the backend may leave unenforced on this host (e.g. "
+        "memory_limit); anything else it cannot enforce refuses the launch",
+        "list",
+        backends=_PIPE,
+        metavar="PROPERTY",
+    ),
+    # -- limits ------------------------------------------------------------------------------
+    S("memory_limit", "2g", "memory cap, e.g. 2g", "size", flag="--memory"),
+    S("cpu_limit", 1.0, "CPUs the kernel may use, e.g. 1 or 0.5", "float", flag="--cpus"),
+    S(
+        "nproc_limit",
+        None,
+        "RLIMIT_NPROC (processes + threads) inside the sandbox, so a fork bomb gets EAGAIN "
+        "(default: memory_limit / 32 MiB, 64 for 2g, which fits forks of a kernel in memory)",
+        "int?",
+        flag="--nproc",
+    ),
+    S("pids_limit", 4096, "host pids cgroup: the backstop behind nproc_limit", "int", "--pids"),
+    S("nofile_limit", 4096, "RLIMIT_NOFILE (open files) inside the sandbox", "int", "--nofile"),
+    S("tmp_size", "256m", "size cap of /tmp (tmpfs)", "size"),
+    S("home_size", "512m", "size cap of the home folder (tmpfs)", "size"),
+    S("launch_timeout", 60.0, "seconds from creating a sandbox to a running kernel", "float"),
+    # -- environment -------------------------------------------------------------------------
+    S(
+        "env_allow",
+        ["TZ"],
+        "server environment variables passed into the sandbox (never JPY_*, JUPYTERHUB_*, "
+        "DOCKER_* or names like a token, secret or password)",
+        "list",
+        metavar="NAME",
+    ),
+    S("env", {}, "fixed environment variables for the kernel (NAME=VALUE)", "dict"),
+    # -- pool ----------------------------------------------------------------------------------
+    S(
+        "pool_size",
+        1,
+        "sandboxes kept started ahead (kernel initialised, waiting for its key) for this "
+        "kernelspec; a launch or restart claims one and never reuses it; 0 disables the pool",
+        "int",
+    ),
+    # -- deliberate exchanges (docs/exchange.md) ------------------------------------------------
+    S(
+        "expose_ports",
+        [],
+        "sandbox ports reachable from the host's 127.0.0.1 (only) through the relay: INSIDE "
+        "(any free host port) or HOST:INSIDE; connections go host -> sandbox only",
+        "ports",
+        flag="--expose",
+        metavar="[HOST:]PORT",
+    ),
+    S(
+        "max_runtime_ports",
+        4,
+        "ports the kernel may expose itself at run time (sandboxed.expose); 0 disables",
+        "int",
+    ),
+    S(
+        "copy_in",
+        [],
+        "host files or folders copied into the sandbox's home at each start (never mounted); "
+        "absolute or relative to the notebook's folder; symbolic links are skipped",
+        "list",
+        metavar="PATH",
+    ),
+    S("copy_in_limit", "64m", "most bytes copy_in may copy", "size"),
+    S(
+        "export_limit",
+        "64m",
+        "most bytes the kernel may export to the host (sandboxed.export) per kernel; 0 "
+        "disables exports",
+        "size",
+    ),
+    S(
+        "export_dir",
+        "sandbox-exports",
+        "folder, inside the notebook's folder, that receives exported files",
+        "str",
+    ),
+    # -- what the Jupyter process holds for a kernel (docs/security.md, host-side bounds) -------
+    S(
+        "console_output",
+        "stderr",
+        "where the kernel's own stdout/stderr go (not its cell output, which goes to the "
+        "notebook): the server's stderr, escaped and prefixed with the kernel's id, or nowhere",
+        "enum",
+        choices=("stderr", "discard"),
+    ),
+    S(
+        "console_limit",
+        "1m",
+        "most bytes of the kernel's own stdout/stderr written to the server's stderr per "
+        "kernel (also rate-limited); the rest is dropped and the drop logged once",
+        "size",
+    ),
+    S(
+        "max_message_size",
+        "64m",
+        "largest ZeroMQ message the kernel may send to its clients; a larger one resets that "
+        "connection before the client allocates it, and the message is lost (logged)",
+        "size",
+    ),
+    S(
+        "max_kernels",
+        0,
+        "most sandboxed kernels this Jupyter process runs at once, counted across its "
+        "kernelspecs (a server setting: c.SandboxProvisioner.max_kernels); 0: no limit",
+        "int",
+    ),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+def defaults() -> dict[str, Any]:
+    """Every setting's default (fresh copies of lists and dicts)."""
+    return {s.name: _copy(s.default) for s in SETTINGS}
+
+
+def resolve(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` (a kernelspec's provisioner config) with the defaults of everything it does
+    not set; an unknown name is refused, naming the known ones."""
+    unknown = sorted(set(config) - set(BY_NAME))
+    if unknown:
+        raise PolicyError(
+            f"unknown sandbox-provisioner setting(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(BY_NAME))}"
+        )
+    return {**defaults(), **{k: _copy(v) for k, v in config.items()}}
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, list):
+        return list(value)
+    if isinstance(value, dict):
+        return dict(value)
+    return value
+
+
+# -- traitlets (the provisioner) -----------------------------------------------------------------
+
+
+def trait(name: str) -> Any:
+    """The configurable traitlet for setting ``name`` (its type, default and help)."""
+    from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, Union
+
+    s = BY_NAME[name]
+    help_text = s.help[0].upper() + s.help[1:] + "."
+    if s.backends:
+        help_text += f" ({', '.join(s.backends)} only.)"
+    made: Any
+    if s.kind in ("str", "backend"):
+        made = Unicode(s.default, help=help_text)
+    elif s.kind == "bool":
+        made = Bool(s.default, help=help_text)
+    elif s.kind == "int":
+        made = Int(s.default, help=help_text)
+    elif s.kind == "int?":
+        made = Int(s.default, allow_none=True, help=help_text)
+    elif s.kind == "float":
+        made = Float(s.default, help=help_text)
+    elif s.kind == "size":
+        made = Union([Unicode(), Int()], default_value=s.default, help=help_text)
+    elif s.kind == "enum":
+        made = Enum(list(s.choices), default_value=s.default, help=help_text)
+    elif s.kind == "list":
+        made = List(Unicode(), default_value=list(s.default), help=help_text)
+    elif s.kind == "ports":
+        made = List(Union([Int(), Unicode()]), default_value=list(s.default), help=help_text)
+    elif s.kind == "dict":
+        made = Dict(value_trait=Unicode(), default_value=dict(s.default), help=help_text)
+    else:  # pragma: no cover - a typo in the table
+        raise AssertionError(f"setting {name}: unknown kind {s.kind!r}")
+    return made.tag(config=True)
+
+
+# -- install flags (the CLI) ---------------------------------------------------------------------
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One ``install`` flag per setting; none has a default of its own (unset: the
+    setting's default applies and nothing is written into the kernelspec)."""
+    group = parser.add_argument_group(
+        "settings (docs: `sandbox-kernel install --help`; validated before anything is written)"
+    )
+    for s in SETTINGS:
+        where = f" [{', '.join(s.backends)} only]" if s.backends else ""
+        shown = s.default if s.default not in ([], {}, "", None) else None
+        default = f" (default: {shown})" if shown is not None else ""
+        kw: dict[str, Any] = {"dest": s.name, "help": s.help + where + default, "default": None}
+        if s.kind == "bool":
+            kw["action"] = "store_true"
+        elif s.kind in ("list", "ports"):
+            kw.update(
+                action="append", metavar=s.metavar or "VALUE", help=kw["help"] + "; repeatable"
+            )
+        elif s.kind == "dict":
+            kw.update(action="append", metavar="NAME=VALUE", help=kw["help"] + "; repeatable")
+        elif s.kind == "enum":
+            kw["choices"] = s.choices
+        elif s.kind == "backend":
+            from .backends.registry import BACKENDS
+
+            kw["choices"] = list(BACKENDS)
+        elif s.kind in ("int", "int?"):
+            kw["type"] = int
+        elif s.kind == "float":
+            kw["type"] = float
+        group.add_argument(s.option, **kw)
+
+
+def from_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line (only those), in kernelspec form."""
+    given: dict[str, Any] = {}
+    for s in SETTINGS:
+        value = getattr(args, s.name, None)
+        if value is None:
+            continue
+        if s.kind == "dict":
+            value = dict(_pair(item) for item in value)
+        given[s.name] = value
+    return given
+
+
+def _pair(item: str) -> tuple[str, str]:
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+        raise PolicyError(f"env: {item!r} is not NAME=VALUE")
+    return name, value
+
+
+def applies(name: str, backend: str) -> bool:
+    s = BY_NAME[name]
+    return not s.backends or backend in s.backends
+
+
+def names(kinds: Iterable[str] | None = None) -> list[str]:
+    return [s.name for s in SETTINGS if kinds is None or s.kind in kinds]

@@ -1,0 +1,155 @@
+"""The settings table (settings.py) is the one declaration of every setting: the
+provisioner's traits, the install flags and the validation all come from it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from sandbox_kernel import settings
+from sandbox_kernel.backends.registry import BACKENDS, backend_settings, make_backend
+from sandbox_kernel.cli.main import build_parser
+from sandbox_kernel.configured import configure
+from sandbox_kernel.errors import PolicyError
+from sandbox_kernel.provisioner import SandboxProvisioner
+from tests.helpers import REPO
+
+
+def test_every_setting_is_a_trait_and_every_trait_a_setting() -> None:
+    traits = SandboxProvisioner.class_own_traits(config=True)
+    assert set(traits) == {s.name for s in settings.SETTINGS}
+    for s in settings.SETTINGS:
+        trait = traits[s.name]
+        assert trait.default() == s.default, s.name
+        assert s.help[1:] in trait.help, s.name
+
+
+def test_install_help_lists_every_setting() -> None:
+    install = build_parser()._subparsers._group_actions[0].choices["install"]  # type: ignore[union-attr]
+    text = install.format_help()
+    for s in settings.SETTINGS:
+        assert s.option in text, f"install --help lacks {s.option} ({s.name})"
+
+
+def test_install_flags_become_exactly_the_given_settings() -> None:
+    args = build_parser().parse_args(
+        ["install", "--memory", "1g", "--env", "A=1", "--env", "B=x=y", "--expose", "8050",
+         "--backend", "bwrap", "--accept-unenforced", "tmp_size"]
+    )  # fmt: skip
+    given = settings.from_flags(args)
+    assert given == {
+        "memory_limit": "1g",
+        "env": {"A": "1", "B": "x=y"},
+        "expose_ports": ["8050"],
+        "backend": "bwrap",
+        "accept_unenforced": ["tmp_size"],
+    }
+    assert configure(given).policy.memory_bytes == 2**30
+
+
+def test_defaults_flow_from_the_table_only() -> None:
+    conf = configure({})
+    assert conf.policy.memory_bytes == 2 * 2**30 and conf.policy.env_allow == ("TZ",)
+    assert conf.exchange.max_runtime_ports == 4 and conf.pool_size == 1
+    assert conf.backend == "docker" and conf.max_message == 64 * 2**20
+
+
+def test_a_changed_default_changes_everywhere() -> None:
+    """Change one default in its declaration (in a fresh interpreter, before anything
+    reads the table): the trait, the policy, configure() and install --help all follow."""
+    code = """
+import dataclasses, json
+from sandbox_kernel import settings
+old = settings.BY_NAME["memory_limit"]
+new = dataclasses.replace(old, default="3g")
+settings.SETTINGS = tuple(new if s is old else s for s in settings.SETTINGS)
+settings.BY_NAME["memory_limit"] = new
+from sandbox_kernel.provisioner import SandboxProvisioner
+from sandbox_kernel.policy import build_policy
+from sandbox_kernel.configured import configure
+from sandbox_kernel.cli.main import build_parser
+install = build_parser()._subparsers._group_actions[0].choices["install"]
+print(json.dumps({
+    "trait": SandboxProvisioner.class_own_traits()["memory_limit"].default(),
+    "policy": build_policy().memory_bytes,
+    "configure": configure({}).policy.memory_bytes,
+    "help": "(default: 3g)" in install.format_help(),
+}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    assert json.loads(out) == {
+        "trait": "3g", "policy": 3 * 2**30, "configure": 3 * 2**30, "help": True,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("config", "error"),
+    [
+        ({"memory": "1g"}, "unknown sandbox-provisioner setting"),
+        ({"backend": "lxc"}, "backend: 'lxc' is not one of"),
+        ({"backend": "docker", "rootfs": "/srv/rootfs"}, "rootfs: applies to"),
+        ({"backend": "bwrap", "runtime": "runc"}, "runtime: applies to the docker"),
+        ({"max_message_size": "1k"}, "max_message_size"),
+        ({"console_output": "syslog"}, "console_output"),
+        ({"pool_size": -1}, "pool_size"),
+        ({"max_kernels": 5000}, "max_kernels"),
+        ({"backend": "bwrap", "accept_unenforced": ["everything"]}, "unknown"),
+    ],
+)
+def test_configure_refuses_naming_the_setting(config: dict[str, Any], error: str) -> None:
+    with pytest.raises(PolicyError, match=error):
+        configure(config)
+
+
+def test_backend_settings_reach_only_their_backend() -> None:
+    values = settings.resolve({"backend": "bwrap", "rootfs": "/srv/r"})
+    assert backend_settings("bwrap", values) == {"rootfs": "/srv/r", "accept_unenforced": []}
+    assert set(backend_settings("docker", settings.resolve({}))) == {
+        "runtime", "allow_weaker_runtime",
+    }  # fmt: skip
+
+
+class _Elsewhere:
+    """A backend that lives outside the package: one class, one registry line."""
+
+
+def test_a_new_backend_is_one_module_and_one_registry_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sandbox_kernel.backends.base import SandboxBackend
+    from sandbox_kernel.cli import main as cli
+
+    class Elsewhere(SandboxBackend):
+        name = "elsewhere"
+        label = "sandboxed, elsewhere"
+
+        async def preflight(self, policy: Any) -> Any: ...
+        async def create(self, *a: Any, **k: Any) -> str:
+            return ""
+
+        async def attach(self, *a: Any) -> None: ...
+        async def start(self, *a: Any) -> None: ...
+        async def kill(self, *a: Any) -> None: ...
+        async def remove(self, *a: Any) -> None: ...
+
+        @classmethod
+        def list_sandboxes(cls) -> list[Any]:
+            return ["listed"]
+
+    monkeypatch.setattr(sys.modules[__name__], "_Elsewhere", Elsewhere)
+    monkeypatch.setitem(BACKENDS, "elsewhere", f"{__name__}:_Elsewhere")
+    backend = make_backend("elsewhere", __import__("logging").getLogger(), {})
+    assert isinstance(backend, Elsewhere)
+    assert configure({"backend": "elsewhere"}).backend == "elsewhere"
+    from sandbox_kernel.backends.registry import display_name
+
+    assert display_name("elsewhere") == "Python 3 (sandboxed, elsewhere)"
+    assert ("elsewhere", Elsewhere.list_sandboxes) in [
+        (n, f) for n, f in cli._per_backend("list_sandboxes") if n == "elsewhere"
+    ]
