@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager
@@ -77,6 +78,9 @@ SCALED = (
     "sandbox bwrap cold",
     "sandbox firejail cold",
 )
+
+# 100 kernels requested at once, held idle, and asked again (issue 11's class of 100).
+HUNDRED = ("local",)
 
 
 def kernel_dirs() -> Path:
@@ -193,7 +197,7 @@ class Result:
     received_mb: float = 0.0
     idle_pss: float = 0.0
     echo: list[float] = field(default_factory=list)  # TCP echo into the kernel's network
-    scale: dict[int, tuple[float, float, float]] = field(default_factory=dict)  # n: wall, med, pss
+    scale: dict[int, Scale] = field(default_factory=dict)
 
 
 def wait_pool(timeout: float = 60) -> None:
@@ -208,14 +212,49 @@ def wait_pool(timeout: float = 60) -> None:
     # no extra settling time needed.
 
 
+def first_reply(kc: Any, timeout: float = 120) -> None:
+    """Until the kernel's first kernel_info_reply. The request is repeated every 0.25 s (a
+    request sent before the kernel listens may be lost); the first reply counts. Not
+    ``wait_for_ready``: that also waits 0.2 s for IOPub to go quiet, every time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kc.kernel_info()
+        try:
+            while True:
+                if kc.get_shell_msg(timeout=0.25)["msg_type"] == "kernel_info_reply":
+                    return
+        except Empty:
+            pass
+    raise RuntimeError(f"no kernel_info_reply in {timeout} s")
+
+
+async def first_reply_async(kc: Any, timeout: float = 300) -> None:
+    """``first_reply`` for an AsyncKernelClient."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kc.kernel_info()
+        try:
+            while True:
+                msg = await kc.get_shell_msg(timeout=0.25)
+                if msg["msg_type"] == "kernel_info_reply":
+                    return
+        except Empty:
+            pass
+    raise RuntimeError(f"no kernel_info_reply in {timeout} s")
+
+
 def start(ksm: KernelSpecManager, name: str) -> tuple[KernelManager, Any, float]:
+    """A kernel and its client; the time from ``start_kernel`` (for a warm pool: the
+    claim) to the first kernel_info_reply."""
     km = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
     t0 = time.perf_counter()
     km.start_kernel()
     kc = km.client()
     kc.start_channels()
-    kc.wait_for_ready(timeout=120)
-    return km, kc, time.perf_counter() - t0
+    first_reply(kc)
+    elapsed = time.perf_counter() - t0
+    kc.wait_for_ready(timeout=120)  # IOPub connected before anything is measured on it
+    return km, kc, elapsed
 
 
 def stop(km: KernelManager, kc: Any) -> None:
@@ -340,8 +379,49 @@ def echo_rtts(km: KernelManager, kc: Any, n: int) -> list[float]:
             RelayThread.get().submit(listeners.close()).result()
 
 
-async def scale_once(ksm: KernelSpecManager, name: str, n: int) -> tuple[float, float, float]:
+def mem_available_mib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+def cpu_busy_cores(seconds: float) -> float:
+    """Cores' worth of the host's CPU in use (every process) over ``seconds``."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields[:8]), idle
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return (1 - (idle1 - idle0) / max(1, total1 - total0)) * (os.cpu_count() or 1)
+
+
+@dataclass
+class Scale:
+    """``n`` kernels requested at once (one configuration)."""
+
+    wall: float  # until every started kernel answered kernel_info
+    median: float  # median launch to first kernel_info_reply
+    pss: float  # mean PSS per kernel, MiB (each address space once)
+    mem_up: float  # host memory in use per kernel: MemAvailable's drop while starting / n
+    mem_down: float  # and its rise while removing them / n
+    cpu: float  # idle CPU per kernel, % of one core (whole host over 10 s, / n)
+    failed: int  # starts that failed
+    answering: int  # kernels that answered a kernel_info round after they were all up
+
+
+SETTLE = 5.0  # seconds for memory to settle before and after a step
+
+
+async def scale_once(ksm: KernelSpecManager, name: str, n: int) -> Scale:
+    """Start ``n`` kernels at once; measure the burst, then hold them idle and measure the
+    host's memory and CPU, ask each for kernel_info once more, and remove them."""
     kms = [AsyncKernelManager(kernel_name=name, kernel_spec_manager=ksm) for _ in range(n)]
+    kcs: list[Any] = []
     times: list[float] = []
 
     async def one(km: AsyncKernelManager) -> None:
@@ -349,19 +429,39 @@ async def scale_once(ksm: KernelSpecManager, name: str, n: int) -> tuple[float, 
         await km.start_kernel()
         kc = km.client()
         kc.start_channels()
-        await kc.wait_for_ready(timeout=300)
-        kc.stop_channels()
+        kcs.append(kc)
+        await first_reply_async(kc)
         times.append(time.perf_counter() - t0)
 
+    await asyncio.sleep(SETTLE)
+    before = peak = mem_available_mib()
     t0 = time.perf_counter()
     try:
-        await asyncio.gather(*(one(km) for km in kms))
+        outcomes = await asyncio.gather(*(one(km) for km in kms), return_exceptions=True)
         wall = time.perf_counter() - t0
-        await asyncio.sleep(3)
-        pss = statistics.mean(kernel_pss_mib(km) for km in kms)
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        for exc in failed[:3]:
+            print(f"    a start failed: {exc!r}", file=sys.stderr)
+        await asyncio.sleep(SETTLE)
+        peak = mem_available_mib()
+        up = (before - peak) / n
+        cpu = await asyncio.to_thread(cpu_busy_cores, 10.0) * 100 / n
+        pss = statistics.mean([kernel_pss_mib(km) for km in kms if km.has_kernel] or [0.0])
+        answers = await asyncio.gather(
+            *(first_reply_async(kc, timeout=60) for kc in kcs), return_exceptions=True
+        )
+        answering = sum(1 for a in answers if not isinstance(a, BaseException))
     finally:
-        await asyncio.gather(*(km.shutdown_kernel(now=True) for km in kms if km.has_kernel))
-    return wall, statistics.median(times), pss
+        for kc in kcs:
+            kc.stop_channels()
+        await asyncio.gather(
+            *(km.shutdown_kernel(now=True) for km in kms if km.has_kernel),
+            return_exceptions=True,
+        )
+    await asyncio.sleep(SETTLE)
+    down = (mem_available_mib() - peak) / n
+    median = statistics.median(times) if times else float("nan")
+    return Scale(wall, median, pss, up, down, cpu, len(failed), answering)
 
 
 # -- report ------------------------------------------------------------------------------
@@ -392,6 +492,60 @@ def versions() -> dict[str, str]:
     }
 
 
+def is_gvisor(label: str) -> bool:
+    return "runsc" in label
+
+
+def targets(results: dict[str, Result]) -> list[str]:
+    """Issue 11's targets, each marked met or not, for every configuration it applies to."""
+    base = results["local"]
+    rows: list[tuple[str, str, str, bool]] = []
+
+    def add(target: str, label: str, measured: str, met: bool) -> None:
+        rows.append((target, label, measured, met))
+
+    for label, res in results.items():
+        if label == "local":
+            continue
+        med = statistics.median(res.start)
+        if is_gvisor(label) and 30 in res.scale and 30 in base.scale:
+            extra = res.scale[30].mem_up - base.scale[30].mem_up
+            add("host memory per idle kernel (30 kernels) <= local + 40 MiB", label,
+                f"{res.scale[30].mem_up:.0f} MiB ({extra:+.0f} MiB)", extra <= 40)  # fmt: skip
+        if is_gvisor(label) and 100 in res.scale:
+            sc = res.scale[100]
+            add("100 idle kernels started and answering", label,
+                f"{sc.answering}/100 answering, {sc.mem_up * 100 / 1024:.1f} GiB in use,"
+                f" {sc.cpu * 100:.0f} % of a core idle", sc.answering == 100)  # fmt: skip
+            add("100 at once: no failed start", label, f"{sc.failed} failed", sc.failed == 0)
+        if is_gvisor(label) and 30 in res.scale and 30 in base.scale:
+            ratio = res.scale[30].wall / base.scale[30].wall
+            add("30 at once, all answering: <= 2x local", label,
+                f"{res.scale[30].wall:.1f} s ({ratio:.2f}x)", ratio <= 2)  # fmt: skip
+        if is_gvisor(label) and label.endswith("warm"):
+            add("pool claim to kernel_info reply p50 <= 150 ms", label, f"{med * 1e3:.0f} ms",
+                med <= 0.150)  # fmt: skip
+        if is_gvisor(label) and label.endswith("cold"):
+            ratio = med / statistics.median(base.start)
+            add("cold launch <= 2x local", label, f"{med:.2f} s ({ratio:.2f}x)", ratio <= 2)
+        if is_gvisor(label):
+            r50 = pct(res.rtt, 50) / pct(base.rtt, 50)
+            r99 = pct(res.rtt, 99) / pct(base.rtt, 99)
+            add("trivial cell p50 <= 1.5x local", label, f"{r50:.2f}x", r50 <= 1.5)
+            add("trivial cell p99 <= 2x local", label, f"{r99:.2f}x", r99 <= 2)
+        if is_gvisor(label) or label == "sandbox runc":
+            floor = 0.7 if is_gvisor(label) else 0.9
+            ratio = res.mbps / base.mbps
+            add(f"50 MB print >= {floor}x local", label, f"{ratio:.2f}x", ratio >= floor)
+    order = list(dict.fromkeys(t for t, *_ in rows))
+    rows.sort(key=lambda r: order.index(r[0]))
+    return [
+        "| target | configuration | measured | met |",
+        "|---|---|---|---|",
+        *(f"| {t} | {lb} | {m} | {'met' if ok else '**not met**'} |" for t, lb, m, ok in rows),
+    ]
+
+
 def report(results: dict[str, Result], info: dict[str, str], args: argparse.Namespace) -> str:
     base = results["local"]
     b_start = statistics.median(base.start)
@@ -406,10 +560,17 @@ def report(results: dict[str, Result], info: dict[str, str], args: argparse.Name
         f"Written by `benchmarks/run.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
         f" ({args.starts} launches, {args.rtts} round trips per configuration). Ratios are to",
         "the local kernel, measured in the same run. The local kernel is the host's ipykernel;",
-        "the sandboxes run the default image.",
+        "the sandboxes run the default image. A launch is timed from `start_kernel` (for a",
+        "warm configuration: the pool claim) to the kernel's first `kernel_info_reply`.",
         "",
         "| | " + " | ".join(f"{k}: {v}" for k, v in info.items()) + " |",
         "|" + "---|" * (len(info) + 1),
+        "",
+        "## Targets (issue 11)",
+        "",
+        *targets(results),
+        "",
+        "## One kernel at a time",
         "",
         "| configuration | launch median | launch p95 | ratio | cell p50 | cell p99 | ratio |"
         " 50 MB print | ratio | idle PSS | vs local | TCP echo p50 / p99 |",
@@ -427,28 +588,27 @@ def report(results: dict[str, Result], info: dict[str, str], args: argparse.Name
         )
     lines += [
         "",
-        "## Concurrent kernels",
+        "## Kernels requested at once",
         "",
-        "Kernels started at once (AsyncKernelManager); wall time until all answered",
-        "kernel_info, the median launch, and the mean idle PSS per kernel.",
+        "Kernels started at once (AsyncKernelManager): wall time until all answered",
+        "kernel_info, the median launch, starts that failed, then with all of them idle:",
+        "host memory in use per kernel (the drop of `MemAvailable` while they started / its",
+        "rise while they were removed, divided by their number: unlike PSS it does not",
+        "divide shared pages), PSS per kernel (each address space once), the host's CPU in",
+        "use per kernel over 10 s (% of one core), and how many answered one more",
+        "kernel_info round.",
         "",
-        "| configuration | kernels | all ready | median launch | PSS per kernel |",
-        "|---|---|---|---|---|",
+        "| configuration | kernels | all answering | median launch | failed | host memory"
+        " per kernel | PSS per kernel | idle CPU per kernel | answering |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, res in results.items():
-        for n, (wall, med, pss) in sorted(res.scale.items()):
-            lines.append(f"| {label} | {n} | {wall:.1f} s | {med:.1f} s | {pss:.0f} MiB |")
-    cold = results.get("sandbox runsc cold")
-    if cold and cold.scale:
-        n_max = max(cold.scale)
-        per = cold.scale[n_max][2]
-        total_gib = per * 100 / 1024
-        lines += [
-            "",
-            f"100 idle runsc kernels, extrapolated from {n_max}: {per:.0f} MiB x 100 ="
-            f" {total_gib:.1f} GiB of PSS ({'fits' if total_gib < 20 else 'does not fit'} in"
-            " this machine's memory with room for the server).",
-        ]
+        for n, sc in sorted(res.scale.items()):
+            lines.append(
+                f"| {label} | {n} | {sc.wall:.1f} s | {sc.median:.1f} s | {sc.failed} |"
+                f" {sc.mem_up:.0f} / {sc.mem_down:.0f} MiB | {sc.pss:.0f} MiB |"
+                f" {sc.cpu:.2f} % | {sc.answering}/{n} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -485,7 +645,7 @@ def measure_rootless(label: str, args: argparse.Namespace, say: Callable[[str], 
     if proc.returncode != 0:
         sys.exit(f"the rootless worker for {label!r} failed (is {REPO} readable by {name}?)")
     data = json.loads(proc.stdout.strip().splitlines()[-1])
-    data["scale"] = {int(n): tuple(v) for n, v in data.get("scale", {}).items()}
+    data["scale"] = {int(n): Scale(**v) for n, v in data.get("scale", {}).items()}
     return Result(**data)
 
 
@@ -520,7 +680,13 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=10)
     parser.add_argument("--rtts", type=int, default=500)
     parser.add_argument("--scale", default="1,10,30", help="concurrent kernel counts")
-    parser.add_argument("--quick", action="store_true", help="3 launches, 50 round trips, 1,3")
+    parser.add_argument(
+        "--no-hundred", dest="hundred", action="store_false",
+        help=f"skip the 100 kernels at once ({', '.join(HUNDRED)})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--quick", action="store_true", help="3 launches, 50 round trips, 1,3, no 100"
+    )
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
     parser.add_argument(
         "--configs", help=f"comma-separated subset of: {', '.join(CONFIGS)} (local is always run)"
@@ -532,7 +698,7 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one configuration, JSON out
     args = parser.parse_args()
     if args.quick:
-        args.starts, args.rtts, args.scale = 3, 50, "1,3"
+        args.starts, args.rtts, args.scale, args.hundred = 3, 50, "1,3", False
     if args.worker:
         worker(args.worker, args)
         return
@@ -554,7 +720,10 @@ def main() -> None:
         for label in labels
     }
     for label in (lb for lb in SCALED if lb in results):
-        for n in (int(x) for x in args.scale.split(",")):
+        counts = [int(x) for x in args.scale.split(",")]
+        if label in HUNDRED and args.hundred:
+            counts.append(100)
+        for n in counts:
             say(f"{label}: {n} concurrent kernels")
             results[label].scale[n] = asyncio.run(scale_once(ksm, label.replace(" ", "-"), n))
     WarmPool.drain_all()
