@@ -165,8 +165,23 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def same_address_space(a: int, b: int) -> bool:
+    """kcmp(KCMP_VM): gVisor's systrap stubs are clones sharing one address space, and
+    each reports every page of it in its smaps: summing them counts those pages again."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    nr = {"x86_64": 312, "aarch64": 272}[platform.machine()]  # SYS_kcmp
+    return bool(libc.syscall(nr, a, b, 1, 0, 0) == 0)  # KCMP_VM
+
+
 def kernel_pss_mib(km: KernelManager | AsyncKernelManager) -> float:
-    return sum(pss_kib(p) for p in kernel_pids(km)) / 1024
+    """PSS of the kernel's host processes, each address space counted once."""
+    distinct: list[int] = []
+    for pid in kernel_pids(km):
+        if not any(same_address_space(pid, kept) for kept in distinct):
+            distinct.append(pid)
+    return sum(pss_kib(p) for p in distinct) / 1024
 
 
 # -- measurements -----------------------------------------------------------------------
