@@ -46,6 +46,7 @@ import functools
 import json
 import logging
 import os
+import platform
 import secrets
 import shutil
 import signal
@@ -63,7 +64,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sandbox_kernel.agent.bundle import agent_payload, bootstrap_command  # noqa: E402
-from sandbox_kernel.agent.prewarm import placeholder_connection, prewarm_command  # noqa: E402
+from sandbox_kernel.agent.prewarm import (  # noqa: E402
+    PREWARM_CODE,
+    placeholder_connection,
+    prewarm_command,
+)
 from sandbox_kernel.backends.seccomp import seccomp_profile  # noqa: E402
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE  # noqa: E402
 from sandbox_kernel.image.rootfs import check_rootfs, rootfs_for  # noqa: E402
@@ -83,6 +88,23 @@ BASE_FLAGS = ("--network=none", "--oci-seccomp")
 CGROUP_PREFIX = "sk-lab-"
 MiB = 2**20
 LOG = logging.getLogger("gvisor-lab")
+
+
+# What a claim would have to renew in a kernel restored from a snapshot (every copy of
+# one snapshot starts with the same state): the `random` module's generator (numpy's
+# too, if the snapshot had imported it), the session id that prefixes every message id,
+# and the kernel's id in its IOPub topics. Inserted right after the claim's line is read.
+RESEED = """\
+import random, uuid
+random.seed()
+if "numpy.random" in sys.modules:
+    sys.modules["numpy.random"].seed()
+app.session.session = str(uuid.uuid4())
+app.kernel.ident = str(uuid.uuid4())
+"""
+_CLAIM_LINE = "spec = json.loads(line)\n"
+assert _CLAIM_LINE in PREWARM_CODE
+RESEEDING_PREWARM_CODE = PREWARM_CODE.replace(_CLAIM_LINE, _CLAIM_LINE + RESEED)
 
 
 # -- the bundle -----------------------------------------------------------------------
@@ -283,7 +305,8 @@ def same_mm(a: int, b: int) -> bool:
         import ctypes
 
         _libc = ctypes.CDLL(None, use_errno=True)
-    return bool(_libc.syscall(312, a, b, 1, 0, 0) == 0)  # SYS_kcmp, KCMP_VM
+    nr = {"x86_64": 312, "aarch64": 272}[platform.machine()]  # SYS_kcmp
+    return bool(_libc.syscall(nr, a, b, 1, 0, 0) == 0)  # KCMP_VM
 
 
 def distinct_mms(pids: Iterable[int]) -> list[int]:
@@ -353,6 +376,8 @@ class Lab:
     run_args: tuple[str, ...] = ()  # e.g. --detach: no `runsc run` process stays
     kernel_env: dict[str, str] = field(default_factory=dict)
     runsc_env: dict[str, str] = field(default_factory=dict)
+    reseed: bool = False  # the pool kernel renews its random state and ids on claim
+    kernel_args: tuple[str, ...] = ()  # appended to the kernel's command line
     policy: SandboxPolicy = field(default_factory=lambda: SandboxPolicy(image=DEFAULT_IMAGE))
     dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sk-gvisor-lab-")))
     sandboxes: dict[str, Sandbox] = field(default_factory=dict)
@@ -475,11 +500,14 @@ class Sandbox:
         self.hello = await self.session.hello
 
     def kernel_argv(self) -> list[str]:
-        return [INSIDE_CONNECTION_FILE if a == "{connection_file}" else a for a in KERNEL_ARGV]
+        argv = [INSIDE_CONNECTION_FILE if a == "{connection_file}" else a for a in KERNEL_ARGV]
+        return argv + list(self.lab.kernel_args)
 
     async def prewarm(self) -> None:
         cmd = prewarm_command(self.kernel_argv())
         assert cmd is not None
+        if self.lab.reseed:
+            cmd[2] = RESEEDING_PREWARM_CODE
         await self.session.prewarm(
             {
                 "argv": cmd,
@@ -966,7 +994,10 @@ def cmd_snapshot(args: argparse.Namespace) -> dict[str, Any]:
     """Checkpoint one pre-initialised sandbox, restore it N times (timed), measure the
     restored sandboxes' memory, then claim two copies and compare their state."""
     lab = Lab(
-        flags=tuple(args.flag), kernel_env=dict(args.kernel_env), runsc_env=dict(args.runsc_env)
+        flags=tuple(args.flag),
+        kernel_env=dict(args.kernel_env),
+        runsc_env=dict(args.runsc_env),
+        reseed=args.reseed,
     )
     image = lab.dir / "image"
     ck_args = (*(("--compression=none",) if args.uncompressed else ()), *args.checkpoint_flag)
@@ -1049,6 +1080,7 @@ def cmd_snapshot(args: argparse.Namespace) -> dict[str, Any]:
         )
         return {
             "flags": list(lab.flags),
+            "reseed_on_claim": lab.reseed,
             "checkpoint_args": list(ck_args),
             "prewarm_seconds": round(prewarm_seconds, 2),
             "checkpoint_seconds": round(checkpoint_seconds, 2),
@@ -1134,6 +1166,7 @@ def cmd_cells(args: argparse.Namespace) -> dict[str, Any]:
         run_args=tuple(args.run_arg),
         kernel_env=dict(args.kernel_env),
         runsc_env=dict(args.runsc_env),
+        kernel_args=tuple(args.kernel_arg),
     )
     try:
         t0 = time.monotonic()
@@ -1156,6 +1189,7 @@ def cmd_cells(args: argparse.Namespace) -> dict[str, Any]:
         return {
             "flags": list(lab.flags),
             "kernel_env": lab.kernel_env,
+            "kernel_args": list(lab.kernel_args),
             "prewarm_seconds": round(prewarm, 2),
             "prewarm_cpu_seconds": round(cpu_prewarm, 2),
             "claim_to_kernel_info_seconds": round(claim, 3),
@@ -1169,6 +1203,138 @@ def cmd_cells(args: argparse.Namespace) -> dict[str, Any]:
         }
     finally:
         lab.remove_all()
+
+
+def cmd_profile(args: argparse.Namespace) -> dict[str, Any]:
+    """Lab only (``--profile`` loosens the sandbox's seccomp filter): a CPU profile of the
+    sentry while a claimed kernel runs trivial cells for ``--seconds``, or prints
+    (``--workload print``), read with ``go tool pprof -top``."""
+    lab = Lab(flags=(*args.flag, "--profile"), kernel_env=dict(args.kernel_env))
+    out = Path(args.out or tempfile.mkdtemp(prefix="sk-gvisor-profile-"))
+    out.mkdir(parents=True, exist_ok=True)
+    prof = out / f"sentry-{args.workload}.pprof"
+    try:
+        box = lab.start_prewarmed()
+        kc = box.claim()
+        try:
+            cell_rtts(kc, 5)
+            debug = subprocess.Popen(
+                lab.runsc(
+                    "debug", f"--profile-cpu={prof}", f"--duration={args.seconds}s", box.name
+                ),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            deadline = time.monotonic() + args.seconds
+            cells = 0
+            while time.monotonic() < deadline:
+                if args.workload == "print":
+                    code = "for _ in range(100):\n    print('x' * 80, flush=True)"
+                    kc.execute_interactive(code, output_hook=lambda _m: None, timeout=60)
+                else:
+                    kc.execute("pass")
+                    kc.get_shell_msg(timeout=30)
+                cells += 1
+            _, err = debug.communicate(timeout=args.seconds + 60)
+        finally:
+            kc.stop_channels()
+    finally:
+        lab.remove_all()
+    top = subprocess.run(
+        ["go", "tool", "pprof", "-top", "-nodecount=45", RUNSC, str(prof)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    (out / f"sentry-{args.workload}.top.txt").write_text(top.stdout)
+    return {
+        "profile": str(prof),
+        "cells": cells,
+        "top": top.stdout.splitlines()[:60],
+        "debug_stderr": err.decode()[-500:],
+    }
+
+
+def cmd_relay_profile(args: argparse.Namespace) -> dict[str, Any]:
+    """cProfile of the host relay's thread (where every relay runs) while a runc-tier kernel
+    (Docker, no gVisor: the relay's own share) prints 50 MiB; plus the MiB/s."""
+    import cProfile
+    import io
+    import pstats
+
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    from sandbox_kernel.kernelspec import build_kernelspec
+
+    specs = Path(tempfile.mkdtemp(prefix="sk-gvisor-lab-specs-"))
+    (specs / "lab").mkdir()
+    config = {"image": DEFAULT_IMAGE, "pool_size": 0, "backend": "docker-runc"}
+    (specs / "lab" / "kernel.json").write_text(json.dumps(build_kernelspec(config)))
+    km = KernelManager(
+        kernel_name="lab", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(specs)])
+    )
+    profiler = cProfile.Profile()
+    relay = RelayThread.get()
+    try:
+        km.start_kernel()
+        kc = km.client()
+        kc.start_channels()
+        wait_ready(kc)
+        try:
+            provisioner: Any = km.provisioner
+            cid = provisioner._container_id
+            _, pids = docker_pids(cid)
+
+            def who(pid: int) -> str:
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    return "gone"
+                if b"-I" in cmd:
+                    return "agent (in the sandbox)"
+                if b"ipykernel_launcher" in cmd or b"-c" in cmd:
+                    return "kernel (in the sandbox)"
+                return comm(pid)
+
+            def cpus() -> dict[str, float]:
+                found: dict[str, float] = {}
+                for name in ("dockerd", "containerd"):
+                    for text in subprocess.run(
+                        ["pgrep", "-x", name], capture_output=True, text=True
+                    ).stdout.split():
+                        found[name] = found.get(name, 0.0) + proc_cpu(int(text))
+                for pid in pids:
+                    found[who(pid)] = found.get(who(pid), 0.0) + proc_cpu(pid)
+                found["this process (client + relay)"] = proc_cpu(os.getpid())
+                return found
+
+            c0, t0 = cpus(), time.monotonic()
+            plain = print_throughput(kc)
+            wall = time.monotonic() - t0
+            c1 = cpus()
+            cpu_split = {k: round(c1[k] - c0.get(k, 0.0), 2) for k in c1}
+            relay.loop.call_soon_threadsafe(profiler.enable)
+            profiled = print_throughput(kc)
+            relay.submit(asyncio_noop(profiler.disable)).result(timeout=30)
+        finally:
+            kc.stop_channels()
+    finally:
+        km.shutdown_kernel(now=True)
+        shutil.rmtree(specs, ignore_errors=True)
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(30)
+    return {
+        "print_mib_per_s": round(plain, 1),
+        "print_wall_seconds": round(wall, 2),
+        "cpu_seconds_during_print": cpu_split,
+        "profiled_mib_per_s": round(profiled, 1),
+        "top_tottime": text.getvalue().splitlines(),
+    }
+
+
+async def asyncio_noop(call: Any) -> None:
+    call()
 
 
 def attack_params(lab: Lab, tag: str) -> dict[str, dict[str, Any]]:
@@ -1343,13 +1509,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "command",
-        choices=["breakdown", "memory", "local", "docker", "snapshot", "cells", "isolation"],
+        choices=[
+            "breakdown",
+            "memory",
+            "local",
+            "docker",
+            "snapshot",
+            "cells",
+            "isolation",
+            "profile",
+            "relay-profile",
+        ],
     )
     parser.add_argument("--cells", type=int, default=300, help="cells: trivial cells timed")
     parser.add_argument("--run-arg", action="append", default=[], help="e.g. --detach")
     parser.add_argument("--parallel", action="store_true", help="start the N at once")
     parser.add_argument("--checkpoint-flag", action="append", default=[])
     parser.add_argument("--restore-flag", action="append", default=[])
+    parser.add_argument("--seconds", type=float, default=20, help="profile: how long")
+    parser.add_argument("--workload", choices=["cells", "print"], default="cells")
+    parser.add_argument("--out", help="profile: folder for the profile files")
+    parser.add_argument("--kernel-arg", action="append", default=[], help="kernel argument")
+    parser.add_argument("--reseed", action="store_true", help="renew random state on claim")
     parser.add_argument("--uncompressed", action="store_true", help="snapshot: no compression")
     parser.add_argument("--n", type=int, default=10)
     parser.add_argument("--flag", action="append", default=[], help="extra runsc flag")
@@ -1374,6 +1555,8 @@ def main() -> None:
         "snapshot": cmd_snapshot,
         "cells": cmd_cells,
         "isolation": cmd_isolation,
+        "profile": cmd_profile,
+        "relay-profile": cmd_relay_profile,
     }
     result = commands[args.command](args)
     text = json.dumps(result, indent=1)
