@@ -1,13 +1,21 @@
-"""gVisor lab: where an idle sandboxed kernel's host memory goes, which runsc flags and
-kernel settings change it, and whether checkpoint/restore works (issue 11).
+"""gVisor lab: where an idle sandboxed kernel's host memory and CPU go, which runsc flags
+and kernel settings change them, whether checkpoint/restore works, and where a cell's and
+an output's time goes (issue 11; findings in docs/performance-research.md).
 
-    sudo .venv/bin/python benchmarks/gvisor_lab.py memory --n 30 [--flag=--file-access=shared]
-         [--claim] [--kernel-env MALLOC_ARENA_MAX=2] [--json out.json]
-    sudo .venv/bin/python benchmarks/gvisor_lab.py breakdown [--flag=...] [--claim]
+    sudo .venv/bin/python benchmarks/gvisor_lab.py breakdown [--claim] [--flag=...]
+    sudo .venv/bin/python benchmarks/gvisor_lab.py memory --n 30 [--claim|--cold] [--parallel]
+         [--flag=--directfs=false] [--kernel-env MALLOC_ARENA_MAX=2] [--run-arg=--detach]
     sudo .venv/bin/python benchmarks/gvisor_lab.py local --n 30
-    sudo .venv/bin/python benchmarks/gvisor_lab.py docker --n 30
+    sudo .venv/bin/python benchmarks/gvisor_lab.py docker --n 30 [--runc]
     sudo .venv/bin/python benchmarks/gvisor_lab.py isolation [--flag=...]
-    sudo .venv/bin/python benchmarks/gvisor_lab.py snapshot --n 10 [--flag=...]
+    sudo .venv/bin/python benchmarks/gvisor_lab.py snapshot --n 10 --claim --uncompressed
+         [--reseed] [--parallel] [--flag=...]
+    sudo .venv/bin/python benchmarks/gvisor_lab.py cells [--flag=--platform=ptrace]
+         [--kernel-arg=--HistoryManager.hist_file=:memory:]
+    sudo .venv/bin/python benchmarks/gvisor_lab.py profile --workload cells|print --out DIR
+    sudo .venv/bin/python benchmarks/gvisor_lab.py relay-profile
+
+Every command prints one JSON object (``--json FILE`` also writes it).
 
 Sandboxes are started the way the Docker-free runsc backend starts them (branch
 ``runsc``): ``runsc --root <lab>/state --network=none --oci-seccomp [--flag ...] run``
@@ -18,25 +26,34 @@ Each sandbox then holds a pre-initialised ipykernel exactly as the warm pool doe
 (``agent/prewarm.py``); ``--claim`` also hands it a key, opens the host listeners and
 waits for a ``kernel_info_reply`` (a claimed, idle kernel).
 
-Memory is reported three ways, since PSS alone divides shared pages between sandboxes:
+Memory is reported three ways, since PSS alone divides shared pages between sandboxes
+and systrap's stub processes share one address space (summing their smaps counts it
+again; ``kcmp`` tells them apart):
 
-* host memory in use: ``MemTotal - MemAvailable`` before and after starting N kernels,
-  divided by N (nothing is dropped; the machine is shared, so other helpers' work is
-  noise in this figure);
-* the sandboxes' own memory cgroups (v1 ``memory.stat``: rss, shmem, cache), summed;
-* per host process, from ``smaps``: anonymous, file-backed and shmem (the sentry's
-  memory file), resident and proportional.
+* host memory in use: ``MemTotal - MemAvailable`` (medians of 5 samples) before and after
+  starting N kernels and after removing them, per kernel (nothing is dropped; on a shared
+  machine other work is noise in this figure);
+* the sandboxes' own memory cgroups (v1: usage, rss, shmem = the sentry's memory file,
+  kmem), per kernel, plus the PSS of their host processes outside the cgroup;
+* PSS of every host process, each address space counted once.
 
-``local`` starts the host's ipykernel N times (the benchmark's "local" kernel) for the
-baseline; ``docker`` starts N cold kernels through the provisioner and Docker's runsc
-runtime (today's path). ``isolation`` runs, in one sandbox per flag set, the checks that
-a flag could weaken (mounts seen inside, the host's files, a write to the read-only root).
-``snapshot`` checkpoints a pre-initialised sandbox, restores it N times, times each
-restore, measures memory per restored sandbox, claims two copies and compares what
-should differ between them (random state, ids, keys).
+Idle CPU is the sandboxes' cpuacct time over ``--settle`` seconds after they started.
 
-Every sandbox, cgroup and bundle is removed at exit. Needs root, runsc, and the image's
-exported root filesystem (``sandbox-kernel image export-rootfs``).
+``local`` starts the host's ipykernel N times, each in a memory cgroup of its own (the
+benchmark's "local" kernel, the baseline); ``docker`` starts N cold kernels through the
+provisioner and Docker (today's path). ``isolation`` runs every attack of the catalogue
+that needs no test host in a sandbox started with the given flags. ``snapshot``
+checkpoints a pre-initialised sandbox, restores it N times (timed), measures the restored
+sandboxes, claims two copies and compares what should differ between them (random state,
+ids, keys); ``--reseed`` renews that state on claim. ``cells`` times a claimed kernel
+(syscall, imports, trivial cells, a 50 MiB print, idle CPU). ``profile`` takes a CPU
+profile of the sentry with ``runsc --profile`` (loosens the sandbox: lab only; needs
+``go tool pprof``). ``relay-profile`` profiles the host relay's thread during a 50 MiB
+print from a Docker runc kernel.
+
+Every sandbox, cgroup and bundle is removed at exit. Needs root, runsc, Docker for
+``docker``/``relay-profile``, and the image's exported root filesystem (``sandbox-kernel
+image export-rootfs``).
 """
 
 from __future__ import annotations
@@ -560,16 +577,6 @@ class Sandbox:
         wait_ready(kc)
         return kc
 
-    def sandbox_pid(self) -> int | None:
-        """The runsc sandbox (sentry) process: from ``runsc state``."""
-        out = subprocess.run(
-            self.lab.runsc("state", self.name), capture_output=True, text=True, timeout=30
-        )
-        try:
-            return int(json.loads(out.stdout)["pid"])
-        except (ValueError, KeyError):
-            return None
-
     def host_pids(self) -> list[int]:
         """Every host process of this sandbox: ``runsc run`` and its children (sandbox,
         gofer, stubs), plus whatever sits in its cgroup."""
@@ -792,6 +799,25 @@ def bracket(
     }
 
 
+def answering(clients: list[Any]) -> dict[str, Any]:
+    """Ask every claimed kernel for kernel_info once more, one after the other: how many
+    answer, and how long the round took."""
+    if not clients:
+        return {}
+    t0 = time.monotonic()
+    ok = 0
+    for kc in clients:
+        try:
+            wait_ready(kc, timeout=30)
+            ok += 1
+        except TimeoutError:
+            pass
+    return {
+        "answering": f"{ok}/{len(clients)}",
+        "answer_round_seconds": round(time.monotonic() - t0, 2),
+    }
+
+
 def in_parallel(n: int, parallel: bool, one: Any) -> None:
     """Call ``one()`` n times, one after the other or all at once (threads)."""
     if not parallel:
@@ -837,11 +863,13 @@ def cmd_memory(args: argparse.Namespace) -> dict[str, Any]:
     def measure() -> dict[str, Any]:
         names = [memcg(b.name) for b in boxes]
         every = [b.host_pids() for b in boxes]
+        answered = answering(clients)
         outside = [
             [p for p in pids if p not in cgroup_pids(memcg(b.name))]
             for b, pids in zip(boxes, every, strict=True)
         ]
         return {
+            **answered,
             "ready_seconds_median": round(statistics.median(ready), 2),
             "ready_seconds_last": round(max(ready), 2),
             "cpu_seconds_to_ready_median": round(statistics.median(cpu), 2),
@@ -1041,6 +1069,7 @@ def cmd_snapshot(args: argparse.Namespace) -> dict[str, Any]:
             names = [memcg(b.name) for b in boxes]
             every = [b.host_pids() for b in boxes]
             return {
+                **answering(clients),
                 "cpu_seconds_to_ready_median": round(statistics.median(cpu), 2),
                 **cgroup_summary(names),
                 "pss_distinct_mm_mib": _per_kernel([pss_kib(pids) for pids in every], 1024),
@@ -1547,6 +1576,12 @@ def main() -> None:
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    import resource
+
+    # Each claimed kernel holds ~17 descriptors here (listeners, client sockets, relay
+    # streams, pipes): 100 of them need more than the usual 1024.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     commands = {
         "breakdown": cmd_breakdown,
         "memory": cmd_memory,
