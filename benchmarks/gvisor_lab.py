@@ -17,11 +17,12 @@ an output's time goes (issue 11; findings in docs/performance-research.md).
 
 Every command prints one JSON object (``--json FILE`` also writes it).
 
-Sandboxes are started the way the Docker-free runsc backend starts them (branch
-``runsc``): ``runsc --root <lab>/state --network=none --oci-seccomp [--flag ...] run``
-on an OCI bundle of ours (read-only image root filesystem, no host mount, size-capped
-tmpfs, uid 1000 without capabilities, our seccomp profile, a memory/CPU/pids cgroup of
-its own), the agent delivered over stdin and driven with the real ``AgentSession``.
+Sandboxes are started the way the Docker-free runsc backend starts them (root mode):
+``runsc --root <lab>/state <its RUNSC_FLAGS> [--flag ...] run`` (a later flag overrides an
+earlier one) on the bundle its ``oci_config`` writes (read-only image root filesystem, no
+host mount, size-capped tmpfs, our seccomp profile, a memory/CPU/pids cgroup of its own;
+the agent root of the sandbox's kernel, the kernel under uid 1000), the agent delivered
+over stdin and driven with the real ``AgentSession``.
 Each sandbox then holds a pre-initialised ipykernel exactly as the warm pool does
 (``agent/prewarm.py``); ``--claim`` also hands it a key, opens the host listeners and
 waits for a ``kernel_info_reply`` (a claimed, idle kernel).
@@ -86,14 +87,13 @@ from sandbox_kernel.agent.prewarm import (  # noqa: E402
     placeholder_connection,
     prewarm_command,
 )
-from sandbox_kernel.backends.seccomp import seccomp_profile  # noqa: E402
+from sandbox_kernel.backends.runsc import RUNSC_FLAGS, oci_config  # noqa: E402
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE  # noqa: E402
 from sandbox_kernel.image.rootfs import check_rootfs, rootfs_for  # noqa: E402
 from sandbox_kernel.kernelspec import KERNEL_ARGV  # noqa: E402
 from sandbox_kernel.policy import (  # noqa: E402
     INSIDE_CONNECTION_FILE,
     INSIDE_PORTS,
-    SANDBOX_PATH,
     SandboxPolicy,
 )
 from sandbox_kernel.relay.listeners import HostListeners  # noqa: E402
@@ -101,7 +101,7 @@ from sandbox_kernel.relay.session import AgentSession  # noqa: E402
 from sandbox_kernel.relay.thread import RelayThread  # noqa: E402
 
 RUNSC = shutil.which("runsc") or "/usr/bin/runsc"
-BASE_FLAGS = ("--network=none", "--oci-seccomp")
+BASE_FLAGS = RUNSC_FLAGS  # the runsc backend's: --network=none --oci-seccomp --overlay2=none
 CGROUP_PREFIX = "sk-lab-"
 MiB = 2**20
 LOG = logging.getLogger("gvisor-lab")
@@ -124,67 +124,12 @@ assert _CLAIM_LINE in PREWARM_CODE
 RESEEDING_PREWARM_CODE = PREWARM_CODE.replace(_CLAIM_LINE, _CLAIM_LINE + RESEED)
 
 
-# -- the bundle -----------------------------------------------------------------------
-def _mount(destination: str, kind: str, *options: str) -> dict[str, Any]:
-    return {"destination": destination, "type": kind, "source": kind, "options": list(options)}
-
-
-def oci_config(
+# -- the bundle ---------------------------------------------------------------------------
+def bundle_config(
     policy: SandboxPolicy, rootfs: Path, command: list[str], cgroup: str
 ) -> dict[str, Any]:
-    """The runsc backend's bundle (branch ``runsc``, root mode), reduced to what matters
-    for memory and isolation: read-only root, no host mount, capped tmpfs, uid 1000."""
-    uid, _, gid = policy.user.partition(":")
-    safe = ("nosuid", "noexec", "nodev")
-    return {
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": False,
-            "user": {"uid": int(uid), "gid": int(gid or uid), "additionalGids": []},
-            "capabilities": {
-                s: [] for s in ("bounding", "effective", "inheritable", "permitted", "ambient")
-            },
-            "noNewPrivileges": True,
-            "args": command,
-            "env": [f"HOME={policy.home}", f"PATH={SANDBOX_PATH}", "LANG=C.UTF-8"],
-            "cwd": policy.home,
-            "rlimits": [
-                {"type": "RLIMIT_NOFILE", "soft": policy.nofile, "hard": policy.nofile},
-                {"type": "RLIMIT_NPROC", "soft": policy.nproc, "hard": policy.nproc},
-                {"type": "RLIMIT_CORE", "soft": 0, "hard": 0},
-            ],
-        },
-        "root": {"path": str(rootfs), "readonly": True},
-        "hostname": "sandbox",
-        "mounts": [
-            _mount("/proc", "proc", *safe),
-            _mount("/dev", "tmpfs", "nosuid", "noexec", "strictatime", "mode=755", "size=65536k"),
-            _mount("/dev/pts", "devpts", "nosuid", "noexec", "newinstance", "ptmxmode=0666"),
-            _mount("/dev/shm", "tmpfs", *safe, "mode=1777", "size=67108864"),
-            _mount("/dev/mqueue", "mqueue", *safe),
-            _mount("/sys", "sysfs", *safe, "ro"),
-            _mount("/tmp", "tmpfs", *safe, "mode=1777", f"size={policy.tmp_bytes}"),
-            _mount(
-                policy.home,
-                "tmpfs",
-                *safe,
-                "mode=0700",
-                f"size={policy.home_bytes}",
-                f"uid={uid}",
-                f"gid={gid or uid}",
-            ),
-        ],
-        "linux": {
-            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
-            "seccomp": seccomp_profile(host_kernel=False),
-            "cgroupsPath": cgroup,
-            "resources": {
-                "memory": {"limit": policy.memory_bytes, "swap": policy.memory_bytes},
-                "cpu": {"quota": int(policy.cpus * 100_000), "period": 100_000},
-                "pids": {"limit": policy.pids_limit},
-            },
-        },
-    }
+    """The runsc backend's own bundle (root mode): ``backends.runsc.oci_config``."""
+    return oci_config(policy, rootfs=rootfs, command=command, annotations={}, cgroups_path=cgroup)
 
 
 # -- host memory ------------------------------------------------------------------------
@@ -415,7 +360,7 @@ class Lab:
     def bundle(self, name: str, command: list[str]) -> Path:
         bundle = self.dir / "bundles" / name
         bundle.mkdir()
-        config = oci_config(self.policy, self.rootfs, command, "/" + CGROUP_PREFIX + name)
+        config = bundle_config(self.policy, self.rootfs, command, "/" + CGROUP_PREFIX + name)
         (bundle / "config.json").write_text(json.dumps(config, indent=1))
         return bundle
 
@@ -513,7 +458,10 @@ class Sandbox:
 
     async def boot_agent(self) -> None:
         assert self.session.hello is not None
-        self.session.send_agent(agent_payload(escaped_stdin=False))
+        # As the runsc backend: the agent is root of the sandbox's own kernel and runs the
+        # kernel under the policy's uid.
+        payload = agent_payload(escaped_stdin=False, kernel_user=self.lab.policy.user)
+        self.session.send_agent(payload)
         self.hello = await self.session.hello
 
     def kernel_argv(self) -> list[str]:
@@ -540,6 +488,7 @@ class Sandbox:
         self.session.send_control(
             {
                 "op": "start",
+                "exposed": {},
                 "argv": self.kernel_argv(),
                 "env": env,
                 "cwd": env["HOME"],
