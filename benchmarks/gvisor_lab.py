@@ -924,6 +924,7 @@ out = {
     'hash(str) (PYTHONHASHSEED)': hash('sandbox-kernel'),
     'tempfile name': os.path.basename(tempfile.mktemp()),
     'kernel session id': k.session.session,
+    'kernel ident': k.ident,
     'kernel HMAC key (sha256 prefix)': __import__('hashlib').sha256(k.session.key).hexdigest()[:12],
     'connection file key (sha256 prefix)': __import__('hashlib').sha256(
         json.load(open('/tmp/.sandbox-kernel/kernel.json'))['key'].encode()).hexdigest()[:12],
