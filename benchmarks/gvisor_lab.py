@@ -81,13 +81,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sandbox_kernel.agent.bundle import agent_payload, bootstrap_command  # noqa: E402
-from sandbox_kernel.agent.prewarm import (  # noqa: E402
-    PREWARM_CODE,
-    placeholder_connection,
-    prewarm_command,
-)
 from sandbox_kernel.backends.runsc import RUNSC_FLAGS, oci_config  # noqa: E402
+from sandbox_kernel.bundle import agent_payload, bootstrap_command  # noqa: E402
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE  # noqa: E402
 from sandbox_kernel.image.rootfs import check_rootfs, rootfs_for  # noqa: E402
 from sandbox_kernel.kernelspec import KERNEL_ARGV  # noqa: E402
@@ -95,6 +90,12 @@ from sandbox_kernel.policy import (  # noqa: E402
     INSIDE_CONNECTION_FILE,
     INSIDE_PORTS,
     SandboxPolicy,
+    build_policy,
+)
+from sandbox_kernel.prewarm import (  # noqa: E402
+    PREWARM_CODE,
+    placeholder_connection,
+    prewarm_command,
 )
 from sandbox_kernel.relay.listeners import HostListeners  # noqa: E402
 from sandbox_kernel.relay.session import AgentSession  # noqa: E402
@@ -340,7 +341,7 @@ class Lab:
     runsc_env: dict[str, str] = field(default_factory=dict)
     reseed: bool = False  # the pool kernel renews its random state and ids on claim
     kernel_args: tuple[str, ...] = ()  # appended to the kernel's command line
-    policy: SandboxPolicy = field(default_factory=lambda: SandboxPolicy(image=DEFAULT_IMAGE))
+    policy: SandboxPolicy = field(default_factory=lambda: build_policy(image=DEFAULT_IMAGE))
     dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sk-gvisor-lab-")))
     sandboxes: dict[str, Sandbox] = field(default_factory=dict)
 
