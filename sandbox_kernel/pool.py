@@ -297,9 +297,7 @@ class WarmPool:
                 checkpoint = asyncio.ensure_future(
                     self.backend.checkpoint(source.container_id, owner)
                 )
-                sid = await asyncio.wait_for(
-                    asyncio.shield(checkpoint), self.policy.launch_timeout
-                )
+                sid = await asyncio.wait_for(asyncio.shield(checkpoint), self.policy.launch_timeout)
             except asyncio.CancelledError:
                 if checkpoint is not None:  # it runs on in its thread: delete what it makes
                     checkpoint.add_done_callback(self._delete_late)
