@@ -465,6 +465,34 @@ def test_warm_pool_claims_and_drains(tmp_path: Path) -> None:
 
 
 @pytest.mark.docker
+def test_the_platform_setting_reaches_the_sandbox(tmp_path: Path) -> None:
+    """platform=ptrace: the sandbox's own processes (sentry, gofer) run with
+    --platform=ptrace, and the kernel works there; the attack catalogue runs under it in
+    tests/security (runsc-ptrace)."""
+    km = KernelManager(
+        kernel_name="rs", kernel_spec_manager=small_kernelspec(tmp_path, platform="ptrace")
+    )
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    kernel = Kernel(km, kc)
+    try:
+        kc.wait_for_ready(timeout=60)
+        name = str(kernel.container_id)
+        flags = set()
+        for pid in processes_naming(name):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            flags |= {a.decode() for a in argv if a.startswith(b"--platform")}
+        assert flags == {"--platform=ptrace"}, flags
+        assert kernel.value("import os; print(os.getuid())") == 1000
+    finally:
+        kernel.stop()
+
+
+@pytest.mark.docker
 def test_other_runtime_is_refused(tmp_path: Path) -> None:
     """The runsc backend always runs gVisor: a runtime setting (Docker's) is refused, naming
     it, already when the kernelspec is written."""

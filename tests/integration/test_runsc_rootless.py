@@ -105,10 +105,11 @@ def test_accepted_gaps_run_in_gvisor_as_the_user(rootless: Rootless) -> None:
         assert inside[4] == [64, 64] and inside[5] == [False, False, False], inside
         assert kernel.value("print(6 * 7)") == 42, "the kernel survived its MemoryError"
 
-        # Host side: the sandbox's processes (runsc run, sentry, gofer) are all the user's.
+        # Host side: the sandbox's processes (sentry, gofer; run detached, no runsc run
+        # waits beside them) are all the user's.
         mine = user.processes()
         runsc = [p for p in mine if "runsc" in _cmdline(p)]
-        assert len(runsc) >= 3, f"runsc run, sandbox and gofer as the user: {mine}"
+        assert len(runsc) >= 2, f"sandbox and gofer as the user: {mine}"
         as_root = [p for p in _all_pids() if name in _cmdline(p) and _uid(p) != user.uid]
         assert not as_root, f"processes of the user's sandbox not running as the user: {as_root}"
         state = rootless.state()
