@@ -515,6 +515,10 @@ def test_doctor_checks_the_runsc_backend() -> None:
     assert attacks["ok"] is True and r.returncode == 0, attacks
     documented = attacks["detail"].split("documented gaps of runsc: ")[1]
     assert set(documented.split(", ")) == set(GAPS["runsc"]) & SELF_CONTAINED, attacks
+    assert (
+        "the warm pool restores its sandboxes from a snapshot"
+        in (checks["runsc: host ready"]["detail"])
+    )
 
 
 @pytest.mark.docker
