@@ -14,7 +14,11 @@ stdin/stdout:
 4. on ``signal``: signals the kernel's process group (interrupt, terminate);
 5. on ``put_*``: writes files the host copies in; for the kernel's ``sandboxed``
    module it asks the host to expose a port or take a file (``exchange.py``);
-6. when the kernel exits: reports ``exited`` and ends the sandbox; when its
+6. on ``resume``: answers ``resumed`` with the facts of its hello and of the
+   pre-initialised kernel waiting for its key (the warm pool asks before it checkpoints
+   the sandbox, and again in every sandbox restored from that checkpoint, whose agent
+   continues on new pipes: nothing restarts, no hello is sent again);
+7. when the kernel exits: reports ``exited`` and ends the sandbox; when its
    stdin closes (the host side is gone): kills the kernel and ends.
 
 Who runs as whom: where the backend starts the agent as root of the sandbox (the
