@@ -59,13 +59,14 @@ def kernelspecs(
 class Kernels:
     """Kernels of one kernelspec started here, and the warm pool they share."""
 
-    def __init__(self, ksm: KernelSpecManager) -> None:
+    def __init__(self, ksm: KernelSpecManager, cwd: str | None = None) -> None:
         self.ksm = ksm
+        self.cwd = cwd
         self.started: list[Kernel] = []
 
     def start(self) -> Kernel:
         km = KernelManager(kernel_name="snap", kernel_spec_manager=self.ksm)
-        km.start_kernel()
+        km.start_kernel(**({"cwd": self.cwd} if self.cwd else {}))
         kc = km.client()
         kc.start_channels()
         kernel = Kernel(km, kc)
@@ -89,11 +90,11 @@ class Kernels:
 
 
 @pytest.fixture
-def kernels() -> Iterator[Callable[[KernelSpecManager], Kernels]]:
+def kernels() -> Iterator[Callable[..., Kernels]]:
     made: list[Kernels] = []
 
-    def make(ksm: KernelSpecManager) -> Kernels:
-        made.append(Kernels(ksm))
+    def make(ksm: KernelSpecManager, cwd: str | None = None) -> Kernels:
+        made.append(Kernels(ksm, cwd))
         return made[-1]
 
     yield make
@@ -189,7 +190,7 @@ def finds(kernel: Kernel, needle: str) -> list[str]:
 
 @pytest.mark.docker
 def test_restored_copies_renew_what_they_share(
-    tmp_path: Path, kernels: Callable[[KernelSpecManager], Kernels]
+    tmp_path: Path, kernels: Callable[..., Kernels]
 ) -> None:
     """Two kernels restored from one snapshot: the state the claim renews differs between
     them (without ``renew`` in inside/prewarm_kernel.py, random, numpy's generator, the
@@ -247,9 +248,33 @@ def test_restored_copies_renew_what_they_share(
 
 
 @pytest.mark.docker
-def test_a_burst_is_served_by_restores(
-    tmp_path: Path, kernels: Callable[[KernelSpecManager], Kernels]
+def test_a_restored_kernel_has_its_exchanges(
+    tmp_path: Path, kernels: Callable[..., Kernels]
 ) -> None:
+    """The relay's exchanges work in a restored sandbox as in a fresh one (its agent, and
+    the socket the kernel's `sandboxed` module talks to, come from the snapshot): files
+    copied in at the claim, a configured port exposed on the host, a file exported."""
+    notebook = tmp_path / "notebook"
+    notebook.mkdir()
+    (notebook / "data.csv").write_text("name,score\nada,3\n")
+    ksm = kernelspecs(tmp_path, copy_in=["data.csv"], expose_ports=["8070"])
+    ks = kernels(ksm, str(notebook))
+    ks.start()
+    ks.wait_ready()
+    kernel = ks.start()
+    assert kernel.km.provisioner.last_start_restored  # type: ignore[union-attr]
+    assert kernel.value("import json\nprint(json.dumps(open('data.csv').read()))") == (
+        "name,score\nada,3\n"
+    )
+    ports = kernel.value("import json, sandboxed\nprint(json.dumps(sandboxed.ports()))")
+    assert ports == {"8070": kernel.km.provisioner.exposed_ports()[8070]}  # type: ignore[union-attr]
+    kernel.run("open('result.txt', 'w').write('restored')")
+    path = kernel.value("import json, sandboxed\nprint(json.dumps(sandboxed.export('result.txt')))")
+    assert (notebook / path).read_text() == "restored"
+
+
+@pytest.mark.docker
+def test_a_burst_is_served_by_restores(tmp_path: Path, kernels: Callable[..., Kernels]) -> None:
     """N kernels requested at once through AsyncKernelManager, after the pool has its
     snapshot: every one is a sandbox restored from it (one was ready, the others restored on
     the spot), all answer, and shut down they leave nothing."""
@@ -289,7 +314,7 @@ def test_a_burst_is_served_by_restores(
 
 @pytest.mark.docker
 def test_the_snapshot_is_renewed_after_its_restores(
-    tmp_path: Path, kernels: Callable[[KernelSpecManager], Kernels]
+    tmp_path: Path, kernels: Callable[..., Kernels]
 ) -> None:
     """pool_snapshot_restores=2: the third restore reads a new snapshot, made from a new
     pre-initialised sandbox, and the old one is deleted from disk once no restore reads it."""
@@ -314,7 +339,7 @@ def test_the_snapshot_is_renewed_after_its_restores(
 @pytest.mark.docker
 def test_a_failed_restore_falls_back_to_a_fresh_sandbox(
     tmp_path: Path,
-    kernels: Callable[[KernelSpecManager], Kernels],
+    kernels: Callable[..., Kernels],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The snapshot's image is gone from under the pool: the next restore fails, is logged,
