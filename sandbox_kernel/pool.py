@@ -228,7 +228,7 @@ class WarmPool:
         """A sandbox restored from the current snapshot (made first if there is none, or if
         it is due for renewal); None, logged, if that fails: the caller starts a fresh one."""
         try:
-            snap = await self._current_snapshot()
+            snap = await self._take_snapshot()
         except _CheckpointFailed as exc:
             self._stop_snapshots(f"the checkpoint failed: {exc}")
             return None
@@ -236,8 +236,6 @@ class WarmPool:
             raise
         except Exception:
             return None  # the fresh sandbox for the snapshot failed: so would a fresh one
-        snap.restores += 1
-        snap.reading += 1
         name = f"sandbox-kernel-pool-{secrets.token_hex(6)}"
         session = AgentSession(name, console=_discard_console, log=self.log)
         try:
@@ -270,20 +268,28 @@ class WarmPool:
         self.restores += 1
         return PooledSandbox(cid, name, session, restored=True)
 
-    async def _current_snapshot(self) -> _Snapshot:
-        snap = self._snapshot
-        if snap is not None and (
-            snap.restores >= self.snapshots.max_restores
-            or asyncio.get_running_loop().time() - snap.born >= self.snapshots.max_age
-        ):
-            self._retire(snap)
-            snap = None
-        if snap is not None:
-            return snap
-        if self._making is None:
-            self._making = asyncio.get_running_loop().create_task(self._make_snapshot())
-            self._track(self._making)
-        return await asyncio.shield(self._making)
+    async def _take_snapshot(self) -> _Snapshot:
+        """The snapshot the next restore reads, counted as read: the current one, or a new
+        one once it is due (made by one caller while the others wait for it). Counted with
+        no await after the check, so no snapshot serves more than ``max_restores``."""
+        loop = asyncio.get_running_loop()
+        made: _Snapshot | None = None  # the one just waited for: never too old to use once
+        while True:
+            snap = self._snapshot
+            if snap is not None and (
+                snap.restores >= self.snapshots.max_restores
+                or (snap is not made and loop.time() - snap.born >= self.snapshots.max_age)
+            ):
+                self._retire(snap)
+                snap = None
+            if snap is not None:
+                snap.restores += 1
+                snap.reading += 1
+                return snap
+            if self._making is None:
+                self._making = loop.create_task(self._make_snapshot())
+                self._track(self._making)
+            made = await asyncio.shield(self._making)
 
     async def _make_snapshot(self) -> _Snapshot:
         """Pre-initialise a fresh sandbox, checkpoint it into a snapshot, remove it."""
