@@ -1,8 +1,10 @@
 """Bring one sandbox up to a running agent: create, attach, start, deliver, verify.
 
-Shared by the provisioner's cold start and the warm pool's refills. On any
-failure (or cancellation by a launch timeout) the sandbox is removed before the
-exception propagates, so a caller never has to clean up after ``boot``.
+Shared by the provisioner's cold start and the warm pool's refills; ``restore`` is the
+warm pool's other way, a sandbox restored from a snapshot (its agent and pre-initialised
+kernel already run: no bundle is sent, the agent answers ``resume`` instead of saying
+hello). On any failure (or cancellation by a launch timeout) the sandbox is removed
+before the exception propagates, so a caller never has to clean up after either.
 """
 
 from __future__ import annotations
@@ -47,6 +49,38 @@ async def boot(
                 session.describe(),
             )
         session.hello_info = hello
+    except BaseException:
+        relay.loop.call_soon_threadsafe(session.close)
+        await asyncio.shield(backend.remove(cid))
+        raise
+    return cid
+
+
+async def restore(
+    backend: SandboxBackend,
+    snapshot: str,
+    policy: SandboxPolicy,
+    preflight: Preflight,
+    session: AgentSession,
+    *,
+    name: str,
+    owner: Owner,
+) -> str:
+    """Return the id of a sandbox restored from ``snapshot`` whose agent answered
+    ``resume`` with the facts a hello must have, and whose pre-initialised kernel runs
+    under a uid the policy allows."""
+    relay = RelayThread.get()
+    cid = await backend.restore(snapshot, policy, preflight, owner=owner, name=name)
+    try:
+        await backend.attach(cid, session)
+        await backend.start(cid)
+        facts = await relay.run(session.resume())
+        check_hello(facts, preflight)
+        if not facts["prewarmed"]:
+            raise SandboxError("the restored sandbox holds no pre-initialised kernel")
+        kernel = {"pid": facts["kernel_pid"], "uid": facts["kernel_process_uid"]}
+        check_kernel(kernel, facts, preflight)
+        session.hello_info = facts
     except BaseException:
         relay.loop.call_soon_threadsafe(session.close)
         await asyncio.shield(backend.remove(cid))

@@ -116,10 +116,18 @@ def _host_checks(report: Report, image: str, backend: str) -> tuple[dict[str, An
     except SandboxError as exc:
         report.add(f"{backend}: host ready", False, str(exc), "see the error; then re-run doctor")
         return None
+    snapshots = sandboxes.snapshots()
+    pool = (
+        "; the warm pool restores its sandboxes from a snapshot"
+        if snapshots.available
+        else f"; note: {snapshots.note}"
+        if snapshots.note
+        else ""
+    )
     report.add(
         f"{backend}: host ready", True,
         f"runs sandboxes with {preflight.runtime}"
-        + (f"; warns: {' '.join(preflight.warnings)}" if preflight.warnings else ""),
+        + (f"; warns: {' '.join(preflight.warnings)}" if preflight.warnings else "") + pool,
     )  # fmt: skip
     return config, preflight
 

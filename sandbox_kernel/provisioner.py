@@ -67,6 +67,7 @@ class SandboxProvisioner(KernelProvisionerBase):
     runtime = trait("runtime")
     allow_weaker_runtime = trait("allow_weaker_runtime")
     rootfs = trait("rootfs")
+    platform = trait("platform")
     accept_unenforced = trait("accept_unenforced")
     memory_limit = trait("memory_limit")
     cpu_limit = trait("cpu_limit")
@@ -79,6 +80,9 @@ class SandboxProvisioner(KernelProvisionerBase):
     env_allow = trait("env_allow")
     env = trait("env")
     pool_size = trait("pool_size")
+    pool_snapshots = trait("pool_snapshots")
+    pool_snapshot_restores = trait("pool_snapshot_restores")
+    pool_snapshot_age = trait("pool_snapshot_age")
     expose_ports = trait("expose_ports")
     max_runtime_ports = trait("max_runtime_ports")
     copy_in = trait("copy_in")
@@ -111,6 +115,7 @@ class SandboxProvisioner(KernelProvisionerBase):
         self._launch_count = 0
         self._slot: int | None = None  # a max_kernels slot, held from launch to cleanup
         self.last_start_warm = False
+        self.last_start_restored = False  # ... and restored from the pool's snapshot
         self.console: ConsoleSink | None = None  # one per kernel, across restarts
 
     def values(self) -> dict[str, Any]:
@@ -279,7 +284,8 @@ class SandboxProvisioner(KernelProvisionerBase):
             "sandbox-kernel %s: started %s%s (%s, image %s) on ports %s",
             self.kernel_id,
             running.session.name,
-            " from the warm pool" if self.last_start_warm else "",
+            (" from the warm pool" if self.last_start_warm else "")
+            + (" (restored from its snapshot)" if self.last_start_restored else ""),
             preflight.runtime,
             conf.policy.image,
             self._listeners.ports,
@@ -293,6 +299,7 @@ class SandboxProvisioner(KernelProvisionerBase):
         assert self._preflight is not None
         running = await RunningSandbox.claim(pool, backend, link) if pool is not None else None
         self.last_start_warm = running is not None
+        self.last_start_restored = running is not None and running.restored
         if running is None:
             self._launch_count += 1
             running = await RunningSandbox.boot(

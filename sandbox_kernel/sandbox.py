@@ -46,6 +46,7 @@ class RunningSandbox:
         self.id = sandbox_id
         self.session = session
         self.relay = RelayThread.get()
+        self.restored = False  # claimed from the warm pool, restored from its snapshot
 
     # -- getting one -------------------------------------------------------------------------
     @classmethod
@@ -69,13 +70,15 @@ class RunningSandbox:
     async def claim(
         cls, pool: WarmPool, backend: SandboxBackend, link: KernelLink
     ) -> RunningSandbox | None:
-        """A sandbox from the warm pool, now ``link``'s; None when the pool is empty."""
+        """A sandbox from the warm pool (ready, or restored now from its snapshot), now
+        ``link``'s; None when the pool has none."""
         relay = RelayThread.get()
         pooled = await relay.run(pool.claim())
         if pooled is None:
             return None
         _own(pooled.session, link)
         running = cls(backend, pooled.container_id, pooled.session)
+        running.restored = pooled.restored
         await backend.claimed(pooled.container_id, Owner.current(kernel_id=link.kernel_id))
         return running
 

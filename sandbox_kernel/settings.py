@@ -81,6 +81,16 @@ SETTINGS: tuple[Setting, ...] = (
         backends=_PIPE,
     ),
     S(
+        "platform",
+        "systrap",
+        "how gVisor intercepts the kernel's system calls: systrap (fastest per call; this "
+        "runsc's idle sandbox costs ~2 % of a core) or ptrace (slower per call, ~0.3 % of a "
+        "core idle: for many idle kernels); docs/backends.md",
+        "enum",
+        choices=("systrap", "ptrace"),
+        backends=("runsc",),
+    ),
+    S(
         "accept_unenforced",
         [],
         "DANGEROUS: policy properties the backend may leave unenforced on this host (e.g. "
@@ -122,6 +132,30 @@ SETTINGS: tuple[Setting, ...] = (
         "sandboxes kept started ahead (kernel initialised, waiting for its key) for this "
         "kernelspec; a launch or restart claims one and never reuses it; 0 disables the pool",
         "int",
+    ),
+    S(
+        "pool_snapshots",
+        True,
+        "fill the warm pool by restoring copies of one checkpointed pre-initialised sandbox "
+        "instead of starting each afresh (root only: rootless runsc cannot restore; off there "
+        "with a note); a restore that fails falls back to a fresh sandbox",
+        "bool",
+        backends=("runsc",),
+    ),
+    S(
+        "pool_snapshot_restores",
+        64,
+        "restores of one snapshot before the pool checkpoints a new one (copies of one snapshot "
+        "share its hash seed and address-space layout; docs/security.md)",
+        "int",
+        backends=("runsc",),
+    ),
+    S(
+        "pool_snapshot_age",
+        3600.0,
+        "seconds a snapshot is restored from before the pool checkpoints a new one",
+        "float",
+        backends=("runsc",),
     ),
     # -- deliberate exchanges (docs/exchange.md) ------------------------------------------------
     S(
@@ -271,9 +305,11 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         where = f" [{', '.join(s.backends)} only]" if s.backends else ""
         shown = s.default if s.default not in ([], {}, "", None) else None
         default = f" (default: {shown})" if shown is not None else ""
-        kw: dict[str, Any] = {"dest": s.name, "help": s.help + where + default, "default": None}
+        text = (s.help + where + default).replace("%", "%%")  # argparse formats help with %
+        kw: dict[str, Any] = {"dest": s.name, "help": text, "default": None}
         if s.kind == "bool":
-            kw["action"] = "store_true"
+            # On by default: --no-NAME turns it off (and --NAME says so explicitly).
+            kw["action"] = argparse.BooleanOptionalAction if s.default else "store_true"
         elif s.kind in ("list", "ports"):
             kw.update(
                 action="append", metavar=s.metavar or "VALUE", help=kw["help"] + "; repeatable"

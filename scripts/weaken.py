@@ -440,6 +440,16 @@ WEAKENINGS: tuple[Weakening, ...] = (
         "        if False:\n",
         (_bounds("message"),),
     ),
+    # -- snapshots (runsc backend's warm pool) ------------------------------------------------
+    Weakening(
+        "snapshot-renewal",
+        "a kernel restored from a warm pool's snapshot keeps the state every copy shares "
+        "(random, numpy's generator, session id, ident) instead of renewing it at its claim",
+        "sandbox_kernel/inside/prewarm_kernel.py",
+        "    renew(app)\n",
+        "",
+        (("tests/integration/test_runsc_snapshots.py", "-k", "renew"),),
+    ),
 )
 
 

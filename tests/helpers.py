@@ -30,13 +30,24 @@ from sandbox_kernel.backends.owner import (
 
 REPO = Path(__file__).resolve().parents[1]
 # Kernelspec configs of the non-default backends, as `sandbox-kernel install --backend` writes
-# them; pool_size 0 so each test starts (and removes) exactly the sandboxes it counts.
+# them; pool_size 0 so each test starts (and removes) exactly the sandboxes it counts. A
+# variant of a backend (its name: backend-variant) is held to its backend's gap table.
 BACKEND_CONFIGS: dict[str, dict[str, Any]] = {
     "runsc": {"backend": "runsc", "pool_size": 0},
+    # gVisor's ptrace platform (the runsc backend's `platform` setting): same sentry, other
+    # syscall interception; the whole catalogue runs with it too.
+    "runsc-ptrace": {"backend": "runsc", "platform": "ptrace", "pool_size": 0},
     "docker-runc": {"backend": "docker-runc", "pool_size": 0},
     "bwrap": {"backend": "bwrap", "pool_size": 0},
     "firejail": {"backend": "firejail", "pool_size": 0, "accept_unenforced": ["tmp_size"]},
 }
+
+
+def backend_of(variant: str) -> str:
+    """The backend a BACKEND_CONFIGS entry runs (its gap table's key)."""
+    return str(BACKEND_CONFIGS[variant]["backend"])
+
+
 SETUP = "run `sudo scripts/quickstart.sh` (or `sandbox-kernel setup-host && sandbox-kernel image build`)"
 
 

@@ -177,6 +177,9 @@ ROOTLESS_SPECS: dict[str, dict[str, Any]] = {
                  "nproc_limit": 16, "pids_limit": 1000},
     "rl-accepted": {"backend": "runsc", "pool_size": 0,
                     "accept_unenforced": UNENFORCED_WITHOUT_CGROUPS},
+    # A warm pool with pool_snapshots at its default (on): rootless, it starts fresh sandboxes.
+    "rl-pool": {"backend": "runsc", "pool_size": 1,
+                "accept_unenforced": UNENFORCED_WITHOUT_CGROUPS},
 }  # fmt: skip
 
 

@@ -12,6 +12,11 @@ taken by a kernel), ``kill`` and ``remove``; ``doctor.py`` calls ``preflight`` a
 ``remove_orphans``. The async methods must not block the caller's loop (blocking work
 goes to worker threads); ``gaps``, ``list_sandboxes`` and ``remove_orphans`` block.
 
+Snapshots (optional): a backend whose ``snapshots`` says so can ``checkpoint`` a warm
+pool's pre-initialised sandbox into a snapshot and ``restore`` new sandboxes from it
+(``pool.py`` through ``boot.restore``), each a sandbox of its own, then removed as any
+other; ``remove_snapshot`` deletes a snapshot. The default: not supported.
+
 Adding a backend: one module with a subclass, its entry in ``registry.py`` and its rows
 in the gap table (``security/expectations.py``).
 """
@@ -24,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..errors import SandboxError
 from ..policy import SandboxPolicy
 from ..relay.session import AgentSession
 from .owner import Owner
@@ -46,6 +52,18 @@ class Preflight:
 
 
 @dataclass(frozen=True)
+class Snapshots:
+    """Whether and how a warm pool may fill itself from snapshots (``SandboxBackend.snapshots``)."""
+
+    available: bool
+    # Why not, where the settings ask for snapshots and this host cannot give them (for the
+    # log and doctor); '' when available or turned off on purpose.
+    note: str = ""
+    max_restores: int = 0  # restores of one snapshot before the pool makes a new one
+    max_age: float = 0.0  # seconds a snapshot is restored from before the pool makes a new one
+
+
+@dataclass(frozen=True)
 class SandboxInfo:
     """One row of ``sandbox-kernel ps``."""
 
@@ -59,6 +77,10 @@ class SandboxInfo:
     uptime_s: float
     memory_mib: float
     cpu_percent: float | None = None  # None where the backend cannot tell
+    # "sandbox", or "snapshot": a warm pool's checkpoint image on disk (no process; its
+    # size in disk_mib), removed with its pool or by gc
+    kind: str = "sandbox"
+    disk_mib: float = 0.0
 
 
 class SandboxBackend(ABC):
@@ -109,6 +131,37 @@ class SandboxBackend(ABC):
     @abstractmethod
     async def remove(self, sandbox_id: str) -> None:
         """Remove every trace of the sandbox; no error if it is already gone."""
+
+    # -- snapshots (optional; see the module's docstring) -----------------------------------
+    def snapshots(self) -> Snapshots:
+        """Whether this backend, with its settings and on this host, can checkpoint a pooled
+        sandbox and restore copies of it (cheap; no host check beyond what it already knows)."""
+        return Snapshots(False)
+
+    async def checkpoint(self, sandbox_id: str, owner: Owner) -> str:
+        """Save a running, idle sandbox's whole state (its agent and pre-initialised kernel)
+        as a snapshot of ``owner``'s and end the sandbox (the caller still removes it).
+        Returns the snapshot's id."""
+        raise SandboxError(f"the {self.name} backend has no snapshots")
+
+    async def restore(
+        self,
+        snapshot: str,
+        policy: SandboxPolicy,
+        preflight: Preflight,
+        *,
+        owner: Owner,
+        name: str,
+    ) -> str:
+        """A new sandbox restored from ``snapshot`` (made under the same settings and policy),
+        with a name, cgroup and pipes of its own; then ``attach`` and ``start`` as after
+        ``create``. Its agent already runs: it gets no bundle and sends no hello (the caller
+        asks it to ``resume``). Returns its id."""
+        raise SandboxError(f"the {self.name} backend has no snapshots")
+
+    async def remove_snapshot(self, snapshot: str) -> None:
+        """Delete a snapshot; no error if it is already gone."""
+        return None
 
     # -- the host and the CLI (blocking) ----------------------------------------------------
     def inspect(self, sandbox_id: str) -> dict[str, str]:

@@ -1,14 +1,26 @@
-"""runsc backend: gVisor without Docker; the provisioner runs ``runsc run`` itself.
+"""runsc backend: gVisor without Docker; the provisioner runs ``runsc`` itself.
 
 Who calls what: as for the pipe backends (:mod:`.pipe`), the provisioner (and the warm
 pool, through ``boot``) calls ``preflight``; ``create`` writes an OCI bundle (``oci_config``,
-pure) and spawns ``runsc run`` with two pipes as the container's stdin and stdout, where the
-agent's stage 1 waits for its bundle; ``attach`` hands our ends to
-``AgentSession.attach_pipes`` (raw bytes, no daemon, no socket); ``start`` has nothing left
-to do; ``kill`` is ``runsc kill``; ``remove`` waits for ``runsc run`` to end, then
-``runsc delete --force`` and removes the bundle and every cgroup folder. ``sandbox-kernel
-ps``/``gc`` call :func:`sandbox_table` and :meth:`RunscBackend.remove_orphans`. Every
-blocking step runs in a worker thread.
+pure) and runs ``runsc run --detach`` with two pipes as the container's stdin and stdout,
+where the agent's stage 1 waits for its bundle; ``runsc`` returns once the sandbox runs,
+so no runsc process waits beside each sandbox (the sandbox's end is seen as its pipe
+closing); ``attach`` hands our ends to ``AgentSession.attach_pipes`` (raw bytes, no daemon,
+no socket); ``start`` has nothing left to do; ``kill`` is ``runsc kill``; ``remove`` is
+``runsc delete --force`` (which ends a sandbox still running), then the bundle and every
+cgroup folder go. ``sandbox-kernel ps``/``gc`` call :func:`sandbox_table` and
+:meth:`RunscBackend.remove_orphans`. Every blocking step runs in a worker thread.
+
+Snapshots (root only; ``pool_snapshots``): the warm pool asks ``checkpoint`` for an
+uncompressed ``runsc checkpoint`` of its pre-initialised sandbox into
+``<state>/images/<name>/image`` (about 50 MiB: the sandbox's memory), and ``restore`` for
+new sandboxes from it (``runsc restore --detach``), each with its own name, bundle (the
+same ``oci_config``), cgroup and pipes, under the same flags. Snapshots go with their
+pool (``remove_snapshot``), at exit (``remove_all``) and, after a crash, with ``gc``.
+Rootless runsc cannot restore, so the pool starts fresh sandboxes there (a logged note).
+
+``platform``: how gVisor intercepts system calls, ``--platform=systrap`` (runsc's default)
+or ``ptrace`` (a much smaller idle cost on this runsc release; docs/backends.md).
 
 The sandbox is the Docker backend's (``container_spec``) in OCI terms: ``--network=none``,
 our seccomp profile enforced by gVisor (``--oci-seccomp``), the exported image root
@@ -36,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -48,17 +61,17 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import SandboxError
+from ..errors import PolicyError, SandboxError
 from ..image.rootfs import check_rootfs, rootfs_for
 from ..policy import SANDBOX_PATH, SandboxPolicy, build_policy
 from ..relay.session import AgentSession
 from ..relay.thread import RelayThread
 from . import state
-from .base import Preflight, SandboxBackend, SandboxInfo
+from .base import Preflight, SandboxBackend, SandboxInfo, Snapshots
 from .capabilities import check_accepted, refuse_unenforced
 from .cgroups import CONTROLLERS, Cgroup, v1_mounts
 from .gvisor import AGENT_CAPABILITIES, REQUIRED_RUNSC_ARGS
@@ -80,6 +93,12 @@ RUNSC_PATHS = ("/usr/bin/runsc", "/usr/local/bin/runsc", "/usr/sbin/runsc")
 # writable mount a tmpfs inside the sandbox, so runsc needs no overlay (whose default
 # medium would put a file store next to the shared root filesystem).
 RUNSC_FLAGS = (*REQUIRED_RUNSC_ARGS, "--overlay2=none")
+PLATFORMS = ("systrap", "ptrace")
+SNAPSHOT_PREFIX = "sandbox-kernel-snapshot-"
+ROOTLESS_NO_SNAPSHOTS = (
+    "rootless runsc cannot restore a checkpoint, so the warm pool starts each sandbox afresh "
+    "(pool_snapshots=False silences this note)"
+)
 SETUP_HINT = "install gVisor: `sudo sandbox-kernel setup-host` (or apt-get install runsc)"
 
 # Docker's defaults for a container's /proc and /sys.
@@ -219,8 +238,14 @@ def state_bases(euid: int, environ: Mapping[str, str]) -> list[Path]:
 
 
 def state_base() -> Path:
-    """This user's runsc folder: ``state/`` for ``runsc --root``, ``bundles/``."""
-    return state.state_base("runsc", ("state", "bundles"))
+    """This user's runsc folder: ``state/`` for ``runsc --root``, ``bundles/``, ``images/``
+    (the warm pools' snapshots)."""
+    return state.state_base("runsc", ("state", "bundles", "images"))
+
+
+def platform_flags(platform: str) -> tuple[str, ...]:
+    """Every runsc call's flags for ``platform`` (pure)."""
+    return (*RUNSC_FLAGS, f"--platform={platform}")
 
 
 def existing_bases() -> list[Path]:
@@ -351,12 +376,13 @@ def find_runsc() -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _probe(runsc: str, rootfs: str, rootless: bool) -> str:
+def _probe(runsc: str, rootfs: str, rootless: bool, platform: str = PLATFORMS[0]) -> str:
     """Run ``/bin/true`` in a minimal sandbox of this shape; '' when it works, else why not."""
     base = state_base()
     name = f"sandbox-kernel-probe-{secrets.token_hex(4)}"
     bundle = base / "bundles" / name
     bundle.mkdir(mode=0o700)
+    flags = platform_flags(platform)
     try:
         config = oci_config(
             build_policy(image="probe"),
@@ -367,7 +393,7 @@ def _probe(runsc: str, rootfs: str, rootless: bool) -> str:
         )
         (bundle / "config.json").write_text(json.dumps(config))
         argv = runsc_argv(runsc, base / "state", "run", "--bundle", str(bundle), name,
-                          rootless=rootless)  # fmt: skip
+                          rootless=rootless, flags=flags)  # fmt: skip
         try:
             proc = subprocess.run(
                 argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
@@ -382,11 +408,15 @@ def _probe(runsc: str, rootfs: str, rootless: bool) -> str:
                 if rootless
                 else ""
             )
-            return f"runsc cannot run a sandbox here: {proc.stderr.strip()[-400:]}{hint}"
+            return (
+                f"runsc (platform {platform}) cannot run a sandbox here: "
+                f"{proc.stderr.strip()[-400:]}{hint}"
+            )
         return ""
     finally:
         subprocess.run(
-            runsc_argv(runsc, base / "state", "delete", "--force", name, rootless=rootless),
+            runsc_argv(runsc, base / "state", "delete", "--force", name, rootless=rootless,
+                       flags=flags),
             capture_output=True, timeout=30, cwd="/", env=_runsc_env(),
         )  # fmt: skip
         shutil.rmtree(bundle, ignore_errors=True)
@@ -398,16 +428,34 @@ def _runsc_env() -> dict[str, str]:
 
 @dataclass
 class Running:
-    """One ``runsc run`` of ours and what belongs to it."""
+    """One runsc sandbox of ours (run detached: no runsc process waits beside it) and what
+    belongs to it."""
 
-    proc: subprocess.Popen[bytes] | None  # None: an orphan's (gc), not our child
     pipes: tuple[int, int] | None  # our ends (its stdin, its stdout) until a session takes them
     runsc: str
     state: Path
     bundle: Path
     rootless: bool
     cgroup: Cgroup | None  # rootless: the sandbox's cgroup under the user's delegation
-    stderr: int = -1  # a memfd: runsc's stderr (-1: none, an orphan's)
+    stderr: int = -1  # a memfd: runsc's and the sandbox's stderr (-1: none, an orphan's)
+    flags: tuple[str, ...] = RUNSC_FLAGS  # global flags of every runsc call about it
+    command: tuple[str, ...] = ()  # the bundle's process (a snapshot's restores reuse it)
+    shape: str = ""  # the settings and policy it runs under (``_shape``)
+    restored_from: str = ""  # the snapshot it was restored from ('' : started afresh)
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """A snapshot this process made: where, and what its restores must match."""
+
+    folder: Path  # <state>/images/<name>: owner.json, and image/ (runsc's files)
+    command: tuple[str, ...]
+    shape: str  # the backend's settings and the policy it was made under (a digest)
+
+
+def _shape(describe: Mapping[str, Any], policy: SandboxPolicy) -> str:
+    text = json.dumps([describe, asdict(policy)], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class RunscBackend(SandboxBackend):
@@ -420,15 +468,45 @@ class RunscBackend(SandboxBackend):
         *,
         accept_unenforced: Iterable[str] = (),
         rootfs: str = "",
+        platform: str = PLATFORMS[0],
+        pool_snapshots: bool = True,
+        pool_snapshot_restores: int = 64,
+        pool_snapshot_age: float = 3600.0,
         **_other: Any,
     ) -> None:
         super().__init__(log)
         self.accept_unenforced = check_accepted(accept_unenforced)
         self.rootfs_override = rootfs
+        if platform not in PLATFORMS:
+            raise PolicyError(f"platform: {platform!r} is not one of {', '.join(PLATFORMS)}")
+        self.platform = platform
+        self.flags = platform_flags(platform)
+        if not isinstance(pool_snapshots, bool):
+            raise PolicyError(f"pool_snapshots: expected true or false, got {pool_snapshots!r}")
+        self.pool_snapshots = pool_snapshots
+        if (
+            isinstance(pool_snapshot_restores, bool)
+            or not isinstance(pool_snapshot_restores, int)
+            or pool_snapshot_restores < 1
+        ):
+            raise PolicyError(
+                f"pool_snapshot_restores: {pool_snapshot_restores!r} must be a whole number >= 1"
+            )
+        self.pool_snapshot_restores = pool_snapshot_restores
+        if (
+            isinstance(pool_snapshot_age, bool)
+            or not isinstance(pool_snapshot_age, (int, float))
+            or not pool_snapshot_age > 0
+        ):
+            raise PolicyError(
+                f"pool_snapshot_age: {pool_snapshot_age!r} must be a number of seconds > 0"
+            )
+        self.pool_snapshot_age = float(pool_snapshot_age)
 
     # Shared by every instance: a warm pool's sandbox is removed by the claiming
     # provisioner's backend object, not the pool's.
     _sandboxes: ClassVar[dict[str, Running]] = {}
+    _snapshots: ClassVar[dict[str, SnapshotRecord]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
     _orphans_reaped: ClassVar[bool] = False
 
@@ -437,6 +515,8 @@ class RunscBackend(SandboxBackend):
             "backend": self.name,
             "rootfs": self.rootfs_override,
             "accept_unenforced": sorted(self.accept_unenforced),
+            "platform": self.platform,
+            "pool_snapshots": self.pool_snapshots,
         }
 
     @staticmethod
@@ -480,7 +560,7 @@ class RunscBackend(SandboxBackend):
                     )
                 elif not os.access(where, os.W_OK):
                     gaps[prop] = f"{where} is not writable"
-        why = _probe(runsc, str(rootfs), rootless)
+        why = _probe(runsc, str(rootfs), rootless, self.platform)
         if why:
             # Without a sandbox, nothing is isolated: every property is missing.
             gaps.update(host_files=why, network=why, unprivileged_user=why)
@@ -514,7 +594,16 @@ class RunscBackend(SandboxBackend):
         return preflight
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def _spawn(self, policy: SandboxPolicy, command: list[str], name: str, owner: Owner) -> str:
+    def _spawn(
+        self,
+        policy: SandboxPolicy,
+        command: list[str],
+        name: str,
+        owner: Owner,
+        snapshot: SnapshotRecord | None = None,
+    ) -> str:
+        """``runsc run --detach`` (or ``restore --detach`` from ``snapshot``) of a new bundle,
+        its stdin and stdout our pipes; returns once runsc has the sandbox running."""
         rootfs, gaps = self.host_gaps(policy)
         refuse_unenforced(self.name, gaps, self.accept_unenforced)
         runsc, rootless = find_runsc(), self.rootless()
@@ -527,6 +616,12 @@ class RunscBackend(SandboxBackend):
         stderr = os.memfd_create(f"sandbox-kernel-runsc-stderr-{name}", os.MFD_CLOEXEC)
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
+        running = Running(
+            (stdin_w, stdout_r), runsc, base / "state", bundle, rootless, None, stderr,
+            self.flags, tuple(command), _shape(self.describe(), policy),
+            snapshot.folder.name if snapshot else "",
+        )  # fmt: skip
+        verb = "restore" if snapshot else "run"
         try:
             delegated = delegated_cgroups() if rootless else {}
             config = oci_config(
@@ -539,10 +634,13 @@ class RunscBackend(SandboxBackend):
             )
             (bundle / "config.json").write_text(json.dumps(config, indent=1))
             if delegated:
-                cgroup = DelegatedCgroup(name, delegated)
+                cgroup = running.cgroup = DelegatedCgroup(name, delegated)
                 cgroup.create(policy, pids=policy.pids_limit)
-            argv = runsc_argv(runsc, base / "state", "run", "--bundle", str(bundle), name,
-                              rootless=rootless)  # fmt: skip
+            args = ["run", "--detach"]
+            if snapshot is not None:
+                args = ["restore", "--detach", "--image-path", str(snapshot.folder / "image")]
+            argv = runsc_argv(runsc, base / "state", *args, "--bundle", str(bundle), name,
+                              rootless=rootless, flags=self.flags)  # fmt: skip
             if cgroup is not None:  # rootless: runsc joins the user's delegated cgroup first
                 argv = launcher_argv(argv, cgroup_procs=cgroup.join_paths())
             proc = subprocess.Popen(
@@ -552,22 +650,25 @@ class RunscBackend(SandboxBackend):
                 stderr=stderr,
                 cwd="/",
                 env=_runsc_env(),
-                start_new_session=True,  # no terminal signal reaches runsc (it forwards)
+                start_new_session=True,  # no terminal signal reaches runsc
             )
+            try:
+                code = proc.wait(timeout=policy.launch_timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise SandboxError(
+                    f"runsc {verb} did not start sandbox {name} within "
+                    f"launch_timeout={policy.launch_timeout:g}s"
+                ) from None
+            if code != 0:
+                raise SandboxError(f"runsc {verb} failed (exit code {code}): {_read_tail(stderr)}")
         except BaseException:
-            os.close(stdin_w)
-            os.close(stdout_r)
-            os.close(stderr)
-            if cgroup is not None:
-                cgroup.remove()
-            shutil.rmtree(bundle, ignore_errors=True)
+            _end(running, name)
             raise
         finally:
             os.close(stdin_r)
             os.close(stdout_w)
-        running = Running(
-            proc, (stdin_w, stdout_r), runsc, base / "state", bundle, rootless, cgroup, stderr
-        )
         with self._lock:
             self._sandboxes[name] = running
         return name
@@ -600,7 +701,7 @@ class RunscBackend(SandboxBackend):
         await RelayThread.get().run(session.attach_pipes(*pipes))
 
     async def start(self, sandbox_id: str) -> None:
-        """Nothing to do: ``runsc run`` runs since ``create`` and the agent waits."""
+        """Nothing to do: the sandbox runs since ``create`` and the agent waits."""
 
     def _kill(self, sandbox_id: str) -> None:
         with self._lock:
@@ -613,8 +714,8 @@ class RunscBackend(SandboxBackend):
             running = self._sandboxes.pop(sandbox_id, None)
         if running is None:
             return
-        code, err = _end(running, sandbox_id)
-        if err and code not in (0, -signal.SIGKILL, 128 + signal.SIGKILL):
+        err = _end(running, sandbox_id)
+        if err:
             self.log.warning("sandbox %s: runsc said: %s", sandbox_id, err)
 
     async def kill(self, sandbox_id: str) -> None:
@@ -626,24 +727,103 @@ class RunscBackend(SandboxBackend):
         except RuntimeError:  # interpreter shutdown: no new worker threads, so block instead
             self._remove(sandbox_id)
 
+    # -- snapshots ----------------------------------------------------------------------------
+    def snapshots(self) -> Snapshots:
+        if not self.pool_snapshots:
+            return Snapshots(False)
+        if self.rootless():
+            return Snapshots(False, note=ROOTLESS_NO_SNAPSHOTS)
+        return Snapshots(
+            True, max_restores=self.pool_snapshot_restores, max_age=self.pool_snapshot_age
+        )
+
+    def _checkpoint(self, sandbox_id: str, owner: Owner) -> str:
+        with self._lock:
+            running = self._sandboxes.get(sandbox_id)
+        if running is None:
+            raise SandboxError(f"sandbox {sandbox_id} is gone")
+        if running.rootless:
+            raise SandboxError(ROOTLESS_NO_SNAPSHOTS)
+        name = SNAPSHOT_PREFIX + secrets.token_hex(6)
+        folder = state_base() / "images" / name
+        folder.mkdir(mode=0o700)
+        record = SnapshotRecord(folder, running.command, running.shape)
+        with self._lock:  # from now on, remove_all (at exit) deletes it too
+            self._snapshots[name] = record
+        try:
+            (folder / "owner.json").write_text(json.dumps(owner.labels()))
+            # Uncompressed: 4x faster to write and to restore, and a restored sandbox does
+            # not keep the decompressor's ~50 MiB of heap (docs/backends.md).
+            done = _runsc(running, "checkpoint", "--compression=none",
+                          "--image-path", str(folder / "image"), sandbox_id,
+                          timeout=120)  # fmt: skip
+            if done.returncode != 0:
+                raise SandboxError(f"runsc checkpoint failed: {done.stderr.strip()[-STDERR_TAIL:]}")
+        except BaseException:
+            self._remove_snapshot(name)
+            raise
+        return name
+
+    async def checkpoint(self, sandbox_id: str, owner: Owner) -> str:
+        return await asyncio.to_thread(self._checkpoint, sandbox_id, owner)
+
+    async def restore(
+        self,
+        snapshot: str,
+        policy: SandboxPolicy,
+        preflight: Preflight,
+        *,
+        owner: Owner,
+        name: str,
+    ) -> str:
+        with self._lock:
+            record = self._snapshots.get(snapshot)
+        if record is None:
+            raise SandboxError(f"snapshot {snapshot} is gone")
+        if self.rootless():
+            raise SandboxError(ROOTLESS_NO_SNAPSHOTS)
+        if record.shape != _shape(self.describe(), policy):
+            raise SandboxError(
+                f"snapshot {snapshot} was made under other settings or another policy"
+            )
+        return await asyncio.to_thread(
+            self._spawn, policy, list(record.command), name, owner, record
+        )
+
+    def _remove_snapshot(self, snapshot: str) -> None:
+        with self._lock:
+            record = self._snapshots.pop(snapshot, None)
+        if record is not None:
+            shutil.rmtree(record.folder, ignore_errors=True)
+
+    async def remove_snapshot(self, snapshot: str) -> None:
+        try:
+            await asyncio.to_thread(self._remove_snapshot, snapshot)
+        except RuntimeError:  # interpreter shutdown
+            self._remove_snapshot(snapshot)
+
     @classmethod
     def remove_all(cls) -> None:
         """At exit: remove every sandbox of this process still running (warm-pool sandboxes,
-        kernels nobody shut down). Registered with ``atexit``."""
+        kernels nobody shut down) and every snapshot it made. Registered with ``atexit``."""
         with cls._lock:
             running = list(cls._sandboxes.items())
             cls._sandboxes.clear()
+            snapshots = list(cls._snapshots.values())
+            cls._snapshots.clear()
         for name, one in running:
             try:
                 _end(one, name)
             except Exception:
                 pass
+        for record in snapshots:
+            shutil.rmtree(record.folder, ignore_errors=True)
 
     # -- orphans (gc, and once per process at the first launch) ---------------------------
     @classmethod
     def remove_orphans(cls) -> list[str]:
-        """Remove this user's sandboxes, bundles and cgroups left by Jupyter processes of this
-        host that died. Blocking: run in a thread."""
+        """Remove this user's sandboxes, bundles, cgroups and snapshots left by Jupyter
+        processes of this host that died. Blocking: run in a thread."""
         return remove_orphans()
 
     @classmethod
@@ -728,45 +908,38 @@ def _kill_cgroup(directory: Path) -> None:
 
 def _runsc(running: Running, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        runsc_argv(running.runsc, running.state, *args, rootless=running.rootless),
+        runsc_argv(running.runsc, running.state, *args, rootless=running.rootless,
+                   flags=running.flags),
         capture_output=True, text=True, timeout=timeout, cwd="/", env=_runsc_env(),
     )  # fmt: skip
 
 
 def _runsc_kill(running: Running, name: str) -> None:
     """SIGKILL to every process of the container: its init (the agent) ending ends the
-    sandbox, and ``runsc run`` then cleans up and exits."""
+    sandbox, and its pipe closes."""
     try:
         _runsc(running, "kill", "--all", name, "KILL", timeout=15)
     except (OSError, subprocess.TimeoutExpired):
         pass
 
 
-def _end(running: Running, name: str) -> tuple[int, str]:
-    """End a sandbox, reap its ``runsc run`` (None: an orphan's, not our child), delete
-    runsc's state, remove its cgroups and bundle; return runsc's exit code and the tail of
-    its stderr."""
-    code = 0
-    proc = running.proc
-    if proc is not None:
-        if proc.poll() is None:
-            _runsc_kill(running, name)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except OSError:
-                    pass
-        code = proc.wait()
+def _end(running: Running, name: str) -> str:
+    """End a sandbox (if it still runs), delete runsc's state of it, remove its cgroups and
+    bundle; return what ``runsc delete`` said if it failed, with the tail of the sandbox's
+    stderr."""
     if running.pipes is not None:
         for fd in running.pipes:
             os.close(fd)
         running.pipes = None
+    said = ""
     try:
-        _runsc(running, "delete", "--force", name)  # `runsc run` already did, unless killed
-    except (OSError, subprocess.TimeoutExpired):
-        pass
+        # --force: SIGKILL to a sandbox still running, then its state and (as root) the
+        # cgroup runsc made go; a stopped sandbox's state goes too.
+        done = _runsc(running, "delete", "--force", name)
+        if done.returncode != 0 and "does not exist" not in done.stderr:
+            said = done.stderr.strip()[-STDERR_TAIL:]
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        said = str(exc)
     _remove_locks(running.state, name)
     if running.cgroup is not None:
         running.cgroup.remove()
@@ -775,18 +948,18 @@ def _end(running: Running, name: str) -> tuple[int, str]:
     err = _tail(running.stderr)
     running.stderr = -1
     shutil.rmtree(running.bundle, ignore_errors=True)
-    return code, err
+    return f"{said}; its stderr: {err}" if said and err else said
 
 
 def _remove_locks(state: Path, name: str) -> None:
     """runsc's lock file of a deleted sandbox: seen left behind when our kill or delete ran
-    while `runsc run` was cleaning up (it names only this sandbox, which is gone)."""
+    while runsc was cleaning up (it names only this sandbox, which is gone)."""
     for lock in state.glob(f"{name}_sandbox:*.lock"):
         lock.unlink(missing_ok=True)
 
 
-def _tail(fd: int) -> str:
-    """The last STDERR_TAIL bytes of the memfd ``fd`` (closed here), as text."""
+def _read_tail(fd: int) -> str:
+    """The last STDERR_TAIL bytes of the memfd ``fd``, as text."""
     if fd < 0:
         return ""
     try:
@@ -794,8 +967,15 @@ def _tail(fd: int) -> str:
         return os.pread(fd, STDERR_TAIL, start).decode("utf-8", "replace").strip()
     except OSError:
         return ""
+
+
+def _tail(fd: int) -> str:
+    """:func:`_read_tail`, then close ``fd``."""
+    try:
+        return _read_tail(fd)
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
 
 
 # -- ps and gc -----------------------------------------------------------------------------------
@@ -838,8 +1018,9 @@ def _listed(runsc: str, base: Path) -> list[dict[str, Any]]:
 
 def remove_orphans() -> list[str]:
     """Delete this user's runsc sandboxes whose Jupyter process is gone (their state, bundle
-    and cgroups), and bundles and cgroups of sandboxes whose ``runsc run`` ended without
-    its server cleaning up. Blocking."""
+    and cgroups: run detached, a sandbox that ended with its server leaves them), bundles
+    and cgroups of sandboxes whose server never cleaned up, and the snapshots of dead
+    servers' warm pools. Blocking."""
     try:
         runsc = find_runsc()
     except SandboxError:
@@ -858,7 +1039,7 @@ def remove_orphans() -> list[str]:
                     continue
             elif name not in on_disk or time.time() - _mtime(bundles / name) < BUNDLE_GRACE:
                 continue  # not a sandbox of ours, or its bundle is being written right now
-            running = Running(None, None, runsc, base / "state", bundles / name, rootless, None)
+            running = Running(None, runsc, base / "state", bundles / name, rootless, None)
             if rootless:
                 running.cgroup = DelegatedCgroup(name, delegated_cgroups())
             _end(running, name)
@@ -867,6 +1048,15 @@ def remove_orphans() -> list[str]:
             name = lock.name.split("_sandbox:", 1)[0]
             if name not in listed and name not in on_disk:
                 lock.unlink(missing_ok=True)
+        for folder in _snapshot_folders(base):
+            owner = Owner.from_labels(_snapshot_owner(folder))
+            if owner is not None:
+                if not owner.server_gone(host):
+                    continue
+            elif time.time() - _mtime(folder) < BUNDLE_GRACE:
+                continue  # being made right now
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
     if not rootless:  # cgroups of sandboxes whose `runsc run` was killed before cleaning up
         live = {c["id"] for b in existing_bases() for c in _listed(runsc, b)}
         for d in Path("/sys/fs/cgroup").glob(f"*/{CGROUP_PREFIX}*"):
@@ -874,6 +1064,31 @@ def remove_orphans() -> list[str]:
             if name not in live and not (ROOT_STATE / "bundles" / name).exists():
                 _remove_cgroup_dirs([d])
     return removed
+
+
+def _snapshot_folders(base: Path) -> list[Path]:
+    images = base / "images"
+    if not images.is_dir():
+        return []
+    return sorted(d for d in images.iterdir() if d.is_dir() and d.name.startswith(SNAPSHOT_PREFIX))
+
+
+def _snapshot_owner(folder: Path) -> dict[str, str]:
+    try:
+        found = json.loads((folder / "owner.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def _disk_bytes(folder: Path) -> int:
+    total = 0
+    for f in folder.rglob("*"):
+        try:
+            total += f.lstat().st_size if f.is_file() else 0
+        except OSError:
+            pass
+    return total
 
 
 def _mtime(path: Path) -> float:
@@ -915,7 +1130,8 @@ def _memory_bytes(name: str, pid: int, rootless: bool) -> int:
 
 
 def sandbox_table() -> list[SandboxInfo]:
-    """This user's running runsc sandboxes (blocking; for ``sandbox-kernel ps``)."""
+    """This user's running runsc sandboxes and the warm pools' snapshots (blocking; for
+    ``sandbox-kernel ps``)."""
     try:
         runsc = find_runsc()
     except SandboxError:
@@ -930,6 +1146,8 @@ def sandbox_table() -> list[SandboxInfo]:
         uptime = float(f.read().split()[0])
     rows = []
     for base, c in found:
+        if c.get("status") == "stopped":
+            continue  # ended (its processes are gone); its server or gc removes it
         name, pid = c["id"], int(c.get("pid") or 0)
         owner = Owner.from_labels(_annotations(Path(c.get("bundle") or base / "bundles" / name)))
         if owner is None:
@@ -949,4 +1167,25 @@ def sandbox_table() -> list[SandboxInfo]:
                 cpu_percent=100.0 * max(0.0, cpu - before[name][0]) / elapsed,
             )
         )
+    for base in existing_bases():
+        for folder in _snapshot_folders(base):
+            owner = Owner.from_labels(_snapshot_owner(folder))
+            if owner is None:
+                continue
+            rows.append(
+                SandboxInfo(
+                    backend="runsc",
+                    name=folder.name,
+                    id=folder.name,
+                    kernel_id="",
+                    pooled=True,
+                    user=owner.user,
+                    server_pid=owner.server_pid,
+                    uptime_s=max(0.0, time.time() - _mtime(folder)),
+                    memory_mib=0.0,
+                    cpu_percent=None,
+                    kind="snapshot",
+                    disk_mib=_disk_bytes(folder) / 2**20,
+                )
+            )
     return rows

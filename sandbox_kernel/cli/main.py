@@ -106,11 +106,23 @@ def cmd_ps(args: argparse.Namespace) -> int:
         f" {'CPU':>6}"
     )
     for r in rows:
+        if r.kind != "sandbox":
+            continue
         cpu = f"{r.cpu_percent:>5.1f}%" if r.cpu_percent is not None else f"{'-':>6}"
         print(
             f"{r.name:<44} {r.backend:<11} {r.kernel_id or '-':<36} {'yes' if r.pooled else '':<4}"
             f" {r.uptime_s:>7.0f}s {r.memory_mib:>7.0f}MiB {cpu}"
         )
+    snapshots = [r for r in rows if r.kind == "snapshot"]
+    if snapshots:
+        print(
+            f"\n{'WARM POOL SNAPSHOT':<44} {'BACKEND':<11} {'SERVER':>10} {'AGE':>8} {'DISK':>10}"
+        )
+        for r in snapshots:
+            print(
+                f"{r.name:<44} {r.backend:<11} {r.server_pid:>10} {r.uptime_s:>7.0f}s"
+                f" {r.disk_mib:>7.0f}MiB"
+            )
     return 0
 
 

@@ -14,7 +14,11 @@ stdin/stdout:
 4. on ``signal``: signals the kernel's process group (interrupt, terminate);
 5. on ``put_*``: writes files the host copies in; for the kernel's ``sandboxed``
    module it asks the host to expose a port or take a file (``exchange.py``);
-6. when the kernel exits: reports ``exited`` and ends the sandbox; when its
+6. on ``resume``: answers ``resumed`` with the facts of its hello and of the
+   pre-initialised kernel waiting for its key (the warm pool asks before it checkpoints
+   the sandbox, and again in every sandbox restored from that checkpoint, whose agent
+   continues on new pipes: nothing restarts, no hello is sent again);
+7. when the kernel exits: reports ``exited`` and ends the sandbox; when its
    stdin closes (the host side is gone): kills the kernel and ends.
 
 Who runs as whom: where the backend starts the agent as root of the sandbox (the
@@ -138,7 +142,9 @@ class Agent:
             o.PUT_END: self._put,
             o.PUT_DONE: self._put_done,
             o.SHUTDOWN: lambda msg: self.finish(0, "shutdown requested"),
+            o.RESUME: self._resume,
         }
+        self.helpers_ok = False
 
     def _write(self, data: bytes) -> None:
         if self.out is not None and not self.out.is_closing():
@@ -152,28 +158,16 @@ class Agent:
         try:
             x.install_helpers(self.helpers)
             await self.helper_server.start(shared=self.kernel_ids is not None)
-            helpers_ok = True
+            self.helpers_ok = True
         except OSError:
-            helpers_ok = False  # a kernel still runs; only the sandboxed module fails
+            pass  # a kernel still runs; only the sandboxed module fails
         await loop.connect_read_pipe(
             lambda: _PipeIn(self), os.fdopen(self.pipe_in, "rb", buffering=0)
         )
         loop.add_signal_handler(signal.SIGCHLD, self.reap)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self.forward_signal, signum)
-        self.mux.send_control(
-            {
-                "op": o.HELLO,
-                "version": p.VERSION,
-                "python": sys.version.split()[0],
-                "release": os.uname().release,
-                "uid": os.getuid(),
-                "kernel_uid": self.kernel_ids[0] if self.kernel_ids else os.getuid(),
-                "pid": os.getpid(),
-                "undumpable": self.undumpable,
-                "helpers": helpers_ok,
-            }
-        )
+        self.mux.send_control({"op": o.HELLO, **self.facts()})
         code = await self.done
         # Let the last frames (exited, console tail) reach the host.
         for _ in range(100):
@@ -181,6 +175,19 @@ class Agent:
                 break
             await asyncio.sleep(0.01)
         return code
+
+    def facts(self) -> dict[str, Any]:
+        """What ``hello`` (and ``resumed``) report of the agent."""
+        return {
+            "version": p.VERSION,
+            "python": sys.version.split()[0],
+            "release": os.uname().release,
+            "uid": os.getuid(),
+            "kernel_uid": self.kernel_ids[0] if self.kernel_ids else os.getuid(),
+            "pid": os.getpid(),
+            "undumpable": self.undumpable,
+            "helpers": self.helpers_ok,
+        }
 
     # -- control messages ------------------------------------------------------
     def on_control(self, msg: dict[str, Any]) -> None:
@@ -194,6 +201,22 @@ class Agent:
         except Exception as exc:  # report, then end: the host sees a clean error
             self.mux.send_control({"op": o.ERROR, "message": "%s: %s" % (type(exc).__name__, exc)})
             self.finish(127, "kernel failed to start")
+
+    def _resume(self, msg: dict[str, Any]) -> None:
+        """Before a checkpoint, and in a sandbox restored from one (on its new pipes): say
+        that the agent runs, what it is, and which pre-initialised kernel waits."""
+        running = self.kernel is not None and self.status is None
+        self.mux.send_control(
+            {
+                "op": o.RESUMED,
+                **self.facts(),
+                "prewarmed": self.prewarmed and running,
+                "kernel_pid": self.kernel.pid if running and self.kernel else -1,
+                "kernel_process_uid": (
+                    process_uid(self.kernel.pid) if running and self.kernel else -1
+                ),
+            }
+        )
 
     def _put_start(self, msg: dict[str, Any]) -> None:
         self.files = x.FileReceiver(msg["home"])

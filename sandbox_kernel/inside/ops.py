@@ -36,6 +36,7 @@ Ops = dict[str, tuple[str, dict[str, Field]]]  # op -> (what it means, its field
 HELLO = "hello"
 STARTED = "started"
 PREWARMED = "prewarmed"
+RESUMED = "resumed"
 EXITED = "exited"
 ERROR = "error"
 REPLY = "reply"
@@ -55,6 +56,7 @@ PUT_END = "put_end"
 PUT_DONE = "put_done"
 SIGNAL = "signal"
 SHUTDOWN = "shutdown"
+RESUME = "resume"
 
 _REQ = _f(int, "the request's id, echoed by the `reply`")
 _KERNEL = {
@@ -78,18 +80,29 @@ _LAUNCH = {
     "connection": _f(dict, "the connection file's content (ports 15001-15005, key...)"),
 }
 
+_HELLO = {
+    "version": _f(int, "the protocol's VERSION"),
+    "python": _f(str, "the image's Python version"),
+    "release": _f(str, "`uname -r` as seen inside (gVisor: not the host's)"),
+    "uid": _f(int, "the agent's uid"),
+    "kernel_uid": _f(int, "the uid it will start the kernel as"),
+    "pid": _f(int, "the agent's pid"),
+    "undumpable": _f(bool, "the agent made itself undumpable (PR_SET_DUMPABLE 0)"),
+    "helpers": _f(bool, "the `sandboxed` module and the agent's socket are in place"),
+}
+
 AGENT_OPS: Ops = {
-    HELLO: (
-        "first frame, as soon as the agent runs",
+    HELLO: ("first frame, as soon as the agent runs", dict(_HELLO)),
+    RESUMED: (
+        "answer to `resume`: the agent runs (in a sandbox restored from a snapshot: its "
+        "facts as at `hello`, which a restored agent never sends again)",
         {
-            "version": _f(int, "the protocol's VERSION"),
-            "python": _f(str, "the image's Python version"),
-            "release": _f(str, "`uname -r` as seen inside (gVisor: not the host's)"),
-            "uid": _f(int, "the agent's uid"),
-            "kernel_uid": _f(int, "the uid it will start the kernel as"),
-            "pid": _f(int, "the agent's pid"),
-            "undumpable": _f(bool, "the agent made itself undumpable (PR_SET_DUMPABLE 0)"),
-            "helpers": _f(bool, "the `sandboxed` module and the agent's socket are in place"),
+            **_HELLO,
+            "prewarmed": _f(bool, "a pre-initialised kernel waits for its key"),
+            "kernel_pid": _f(int, "that kernel's pid (-1: no kernel)"),
+            "kernel_process_uid": _f(
+                int, "its real uid, read from /proc/<pid>/status (-1: no kernel, unreadable)"
+            ),
         },
     ),
     STARTED: ("the kernel runs and holds its real key", dict(_KERNEL)),
@@ -136,6 +149,12 @@ HOST_OPS: Ops = {
     REPLY: ("answer to an agent request", dict(_RESULT)),
     SIGNAL: ("signal the kernel's process group", {"signum": _f(int, "the signal")}),
     SHUTDOWN: ("the agent ends with status 0", {}),
+    RESUME: (
+        "the agent answers `resumed`: sent before a checkpoint (every frame before it is "
+        "then consumed, none is cut in two by the snapshot) and to a restored agent, which "
+        "continues on new pipes without a bundle or `hello`",
+        {},
+    ),
 }
 
 

@@ -8,13 +8,35 @@ HMAC key that nobody knows. It then waits on stdin for one JSON line,
 ``{"key", "signature_scheme", "env", "cwd"}``, takes the key and serves exactly as
 ``ipykernel_launcher`` would. Progress goes to the agent on the pipe named by
 ``SANDBOX_KERNEL_READY_FD``: ``i`` once initialised, ``k`` once it holds the real key.
+
+At the claim, before it takes the key, it renews what every copy of one snapshot would
+share (the warm pool may restore many sandboxes from one checkpoint of this process;
+see pool.py): Python's ``random`` generator (numpy's global one too, if imported), the
+session id that prefixes every message id, and the kernel's id in its IOPub topics. The
+HMAC key is the claim's own anyway, and the OS's randomness (``os.urandom``, ``secrets``)
+is drawn anew by each sandbox. What cannot be renewed in a running process (the string
+hash seed, the address-space layout and with it the stack canary) is bounded by the
+pool's re-snapshots; docs/security.md says why it gives one user nothing against another.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import sys
+import uuid
+from typing import Any
+
+
+def renew(app: Any) -> None:
+    """Give this kernel state of its own, whatever copies of it a snapshot made."""
+    random.seed()  # from os.urandom
+    np_random = sys.modules.get("numpy.random")
+    if np_random is not None:
+        np_random.seed()  # the legacy global RandomState, from the OS too
+    app.session.session = str(uuid.uuid4())  # msg ids: "<session>_<pid>_<n>"
+    app.kernel.ident = str(uuid.uuid4())  # IOPub topics: "kernel.<ident>.<topic>"
 
 
 def main() -> None:
@@ -32,6 +54,7 @@ def main() -> None:
     if not line:
         os._exit(0)
     spec = json.loads(line)
+    renew(app)
     fd = os.open(os.devnull, os.O_RDONLY)
     os.dup2(fd, 0)
     os.close(fd)

@@ -89,6 +89,7 @@ class AgentSession(asyncio.Protocol):
         self.hello: asyncio.Future[dict[str, Any]] | None = None
         self.started: asyncio.Future[dict[str, Any]] | None = None
         self.prewarmed: asyncio.Future[dict[str, Any]] | None = None
+        self.resumed: asyncio.Future[dict[str, Any]] | None = None
         self.ready = False  # the agent bundle is sent: frames may flow
         self.exit_status: int | None = None
         self.error: str | None = None
@@ -99,6 +100,7 @@ class AgentSession(asyncio.Protocol):
             ops.HELLO: self._on_hello,
             ops.STARTED: self._on_started,
             ops.PREWARMED: self._on_prewarmed,
+            ops.RESUMED: self._on_resumed,
             ops.REPLY: self._on_reply,
             ops.EXITED: self._on_exited,
             ops.ERROR: self._on_error,
@@ -133,6 +135,8 @@ class AgentSession(asyncio.Protocol):
 
     def send_agent(self, payload: bytes) -> None:
         assert self.transport is not None
+        if self.ready:  # a restored agent runs already: a bundle would be read as frames
+            raise SessionError("the agent already runs; no bundle may follow")
         self.transport.write(payload)
         self.ready = True
 
@@ -146,6 +150,16 @@ class AgentSession(asyncio.Protocol):
         self.prewarmed = asyncio.get_running_loop().create_future()
         self.send_control({**spec, "op": ops.PREWARM})
         return await self.prewarmed
+
+    async def resume(self) -> dict[str, Any]:
+        """Ask the agent for its facts (``resumed``) and return them. Before a checkpoint:
+        everything sent so far has then been consumed. For a sandbox restored from a
+        snapshot: its agent already runs (it gets no bundle and sends no hello), so this
+        also opens the session for frames."""
+        self.resumed = asyncio.get_running_loop().create_future()
+        self.ready = True
+        self.send_control({"op": ops.RESUME})
+        return await self.resumed
 
     async def pipe_writable(self) -> None:
         """Wait until the pipe's write buffer has room again (bulk senders pace themselves
@@ -213,7 +227,7 @@ class AgentSession(asyncio.Protocol):
             self.transport.close()  # the sandbox's stdout is gone: so is its stdin
         self.mux.close()
         why = self.error or "the sandbox's pipe closed"
-        for fut in (self.hello, self.started, self.prewarmed):
+        for fut in (self.hello, self.started, self.prewarmed, self.resumed):
             if fut is not None and not fut.done():
                 fut.set_exception(SessionError(why))
                 fut.exception()  # whoever awaits it sees the error; nobody else is warned
@@ -258,6 +272,9 @@ class AgentSession(asyncio.Protocol):
     def _on_prewarmed(self, msg: dict[str, Any]) -> None:
         self._settle(self.prewarmed, msg)
 
+    def _on_resumed(self, msg: dict[str, Any]) -> None:
+        self._settle(self.resumed, msg)
+
     def _on_reply(self, msg: dict[str, Any]) -> None:
         if self.requests is not None:
             self.requests.on_reply(msg)
@@ -281,7 +298,7 @@ class AgentSession(asyncio.Protocol):
         self._agent_error_seen = True
         self.error = one_line(msg["message"], 2000)
         self.log.error("%s: agent error: %s", self.describe(), self.error)
-        for fut in (self.started, self.prewarmed):
+        for fut in (self.started, self.prewarmed, self.resumed):
             if fut is not None and not fut.done():
                 fut.set_exception(SessionError(self.error))
                 fut.exception()

@@ -1,4 +1,5 @@
-"""The whole attack catalogue against every weaker backend (docker-runc, bwrap, firejail).
+"""The whole attack catalogue against every other backend (runsc, its ptrace platform,
+docker-runc, bwrap, firejail).
 
 Same attacks, same providers and host-side controls as ``test_attacks.py`` (which runs
 them under the default gVisor backend); the expected outcome of each (attack, backend)
@@ -19,7 +20,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 from sandbox_kernel.security import ATTACKS, Attack
 from sandbox_kernel.security.expectations import GAP_DETAILS, GAPS, expected_blocked
-from tests.helpers import BACKEND_CONFIGS, Kernel
+from tests.helpers import BACKEND_CONFIGS, Kernel, backend_of
 from tests.security.test_attacks import attempt
 
 BACKENDS = list(BACKEND_CONFIGS)
@@ -88,7 +89,8 @@ def test_attack_on_backend(
     attack: Attack, backend: str, request: pytest.FixtureRequest, backend_kernel: Kernel
 ) -> None:
     result = attempt(attack, request, backend_kernel)
-    if expected_blocked(backend, attack.id):
+    gaps = backend_of(backend)  # a variant (runsc-ptrace) has its backend's gaps
+    if expected_blocked(gaps, attack.id):
         assert result["blocked"] is True, (
             f"ISOLATION GAP under backend {backend} ({attack.protects}) {attack.id}: "
             f"{attack.title}. Observed inside the sandbox: {result['detail']}"
@@ -96,14 +98,14 @@ def test_attack_on_backend(
     else:
         assert result["blocked"] is False, (
             f"backend {backend} now blocks {attack.id}, documented as a gap "
-            f"({GAPS[backend][attack.id]}): update sandbox_kernel/security/expectations.py "
+            f"({GAPS[gaps][attack.id]}): update sandbox_kernel/security/expectations.py "
             f"and docs/security.md. Observed: {result['detail']}"
         )
-        pattern = GAP_DETAILS.get(backend, {}).get(attack.id)
+        pattern = GAP_DETAILS.get(gaps, {}).get(attack.id)
         if pattern is not None:
             assert re.fullmatch(pattern, result["detail"]), (
                 f"backend {backend}: {attack.id} sees more (or other) than its documented gap "
-                f"({GAPS[backend][attack.id]}). Observed: {result['detail']}"
+                f"({GAPS[gaps][attack.id]}). Observed: {result['detail']}"
             )
 
 
@@ -155,7 +157,7 @@ def test_clone3_is_answered_enosys(backend: str, backend_kernel: Kernel) -> None
         "json.dumps({'no output': r.stderr[-500:]}))\n"
     )
     seen = backend_kernel.value(code)
-    if backend == "runsc":
+    if backend_of(backend) == "runsc":
         # gVisor: this runsc ignores errnoRet, so clone3 cannot be answered ENOSYS without
         # breaking threads; it stays allowed, as under the docker backend, and what its user
         # namespace can do is the catalogue's (priv-userns-*, net-userns-*; gap table).

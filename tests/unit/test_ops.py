@@ -25,8 +25,19 @@ HELLO = {
 }
 
 
+RESUMED = {
+    **HELLO,
+    "op": "resumed",
+    "prewarmed": True,
+    "kernel_pid": 7,
+    "kernel_process_uid": 1000,
+}
+
+
 def test_a_valid_message_passes_unchanged() -> None:
     assert ops.check(dict(HELLO), ops.AGENT_OPS) == HELLO
+    assert ops.check(dict(RESUMED), ops.AGENT_OPS) == RESUMED
+    assert ops.check({"op": "resume"}, ops.HOST_OPS) == {"op": "resume"}
     reply = {"op": "reply", "req": 3, "ok": False, "error": "no"}
     assert ops.check(reply, ops.HOST_OPS) == reply
 
@@ -43,6 +54,10 @@ def test_a_valid_message_passes_unchanged() -> None:
         ({k: v for k, v in HELLO.items() if k != "release"}, "missing release"),
         ({"op": "expose", "req": 1.5, "port": 80}, "field req has the wrong type"),
         ({"op": "exited", "status": None, "why": ""}, "field status has the wrong type"),
+        ({**RESUMED, "prewarmed": 1}, "field prewarmed has the wrong type"),
+        ({k: v for k, v in RESUMED.items() if k != "kernel_pid"}, "missing kernel_pid"),
+        ({k: v for k, v in RESUMED.items() if k != "uid"}, "missing uid"),
+        ({"op": "resume"}, "unexpected control op 'resume'"),  # the host's, from the agent
     ],
 )
 def test_the_host_refuses_anything_else_from_the_agent(message: dict[str, Any], error: str) -> None:

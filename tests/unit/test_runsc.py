@@ -15,11 +15,15 @@ from sandbox_kernel.backends.runsc import (
     CGROUP_PREFIX,
     DELEGATED_PARENT,
     ROOT_STATE,
+    ROOTLESS_NO_SNAPSHOTS,
     DelegatedCgroup,
+    RunscBackend,
+    _shape,
     cgroups_path,
     delegated_cgroups,
     oci_config,
     oom_kills,
+    platform_flags,
     process_identity,
     runsc_argv,
     state_bases,
@@ -190,3 +194,47 @@ def test_registry_entry() -> None:
     assert backend.name == "runsc"
     with pytest.raises(Exception, match="unknown"):
         make_backend("runsc", __import__("logging").getLogger(), {"accept_unenforced": ["all"]})
+
+
+def test_platform_reaches_every_runsc_call() -> None:
+    assert platform_flags("ptrace")[-1] == "--platform=ptrace"
+    argv = runsc_argv(
+        "runsc", Path("/s"), "run", "n", rootless=False, flags=platform_flags("ptrace")
+    )
+    assert "--platform=ptrace" in argv and "--network=none" in argv and "--oci-seccomp" in argv
+    assert argv.index("--platform=ptrace") < argv.index("run")
+    log = __import__("logging").getLogger()
+    ptrace = make_backend("runsc", log, {"platform": "ptrace"})
+    assert isinstance(ptrace, RunscBackend) and ptrace.flags == platform_flags("ptrace")
+    default = make_backend("runsc", log, {})
+    assert isinstance(default, RunscBackend) and default.platform == "systrap"
+    # Sandboxes of different platforms never share a warm pool (its key is describe()).
+    assert ptrace.describe() != default.describe()
+
+
+def test_snapshots_as_root_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root: the pool may restore, renewed after pool_snapshot_restores restores or
+    pool_snapshot_age seconds. Rootless runsc cannot restore: off, with a note to log. Off
+    on purpose: off without a note."""
+    log = __import__("logging").getLogger()
+    backend = make_backend("runsc", log, {"pool_snapshot_restores": 5, "pool_snapshot_age": 60.0})
+    monkeypatch.setattr(RunscBackend, "rootless", staticmethod(lambda: False))
+    snaps = backend.snapshots()
+    assert snaps.available and (snaps.max_restores, snaps.max_age) == (5, 60.0)
+    monkeypatch.setattr(RunscBackend, "rootless", staticmethod(lambda: True))
+    snaps = backend.snapshots()
+    assert not snaps.available and snaps.note == ROOTLESS_NO_SNAPSHOTS
+    assert "rootless runsc cannot restore" in snaps.note and "pool_snapshots=False" in snaps.note
+    off = make_backend("runsc", log, {"pool_snapshots": False}).snapshots()
+    assert not off.available and off.note == ""
+
+
+def test_a_snapshot_restores_only_under_its_own_settings_and_policy() -> None:
+    log = __import__("logging").getLogger()
+    backend = make_backend("runsc", log, {})
+    shape = _shape(backend.describe(), POLICY)
+    assert shape == _shape(make_backend("runsc", log, {}).describe(), POLICY)
+    other_policy = build_policy(image="sandbox-kernel/python:latest", memory_limit="2g")
+    assert shape != _shape(backend.describe(), other_policy)
+    ptrace = make_backend("runsc", log, {"platform": "ptrace"})
+    assert shape != _shape(ptrace.describe(), POLICY)

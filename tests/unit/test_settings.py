@@ -51,6 +51,18 @@ def test_install_flags_become_exactly_the_given_settings() -> None:
     assert configure(given).policy.memory_bytes == 2**30
 
 
+def test_a_setting_on_by_default_has_a_no_flag() -> None:
+    """pool_snapshots is on by default: --no-pool-snapshots turns it off."""
+    args = build_parser().parse_args(
+        ["install", "--backend", "runsc", "--no-pool-snapshots", "--platform", "ptrace"]
+    )
+    given = settings.from_flags(args)
+    assert given == {"backend": "runsc", "pool_snapshots": False, "platform": "ptrace"}
+    assert configure(given).backend_settings["pool_snapshots"] is False
+    unset = settings.from_flags(build_parser().parse_args(["install", "--backend", "runsc"]))
+    assert unset == {"backend": "runsc"}, "not given: not written into the kernelspec"
+
+
 def test_defaults_flow_from_the_table_only() -> None:
     conf = configure({})
     assert conf.policy.memory_bytes == 2 * 2**30 and conf.policy.env_allow == ("TZ",)
@@ -100,6 +112,12 @@ print(json.dumps({
         ({"pool_size": -1}, "pool_size"),
         ({"max_kernels": 5000}, "max_kernels"),
         ({"backend": "bwrap", "accept_unenforced": ["everything"]}, "unknown"),
+        ({"backend": "runsc", "platform": "kvm"}, "platform: 'kvm' is not one of systrap, ptrace"),
+        ({"backend": "docker", "platform": "ptrace"}, "platform: applies to the runsc"),
+        ({"backend": "runsc", "pool_snapshots": "yes"}, "pool_snapshots: expected true or false"),
+        ({"backend": "runsc", "pool_snapshot_restores": 0}, "pool_snapshot_restores: 0 must be"),
+        ({"backend": "runsc", "pool_snapshot_age": -1.0}, "pool_snapshot_age: -1.0 must be"),
+        ({"backend": "bwrap", "pool_snapshots": False}, "pool_snapshots: applies to the runsc"),
     ],
 )
 def test_configure_refuses_naming_the_setting(config: dict[str, Any], error: str) -> None:
