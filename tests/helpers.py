@@ -10,9 +10,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -315,3 +317,49 @@ class ForeignClient:
         finally:
             self.proc.kill()
             self.proc.wait()
+
+
+class BlockingCalls:
+    """Records which thread made each blocking call while active: starting or waiting for
+    a process (``subprocess.Popen``), ``time.sleep``, and every HTTP request of the Docker
+    SDK (``requests.Session.send``, which the SDK's APIClient inherits).
+
+    An async caller must make none of them on its event loop's thread: the check that the
+    provisioner never blocks Jupyter's loop, which holds however loaded the machine is."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, str]] = []  # (what, thread id, where)
+        self._undo: list[Callable[[], None]] = []
+
+    def _wrap(self, owner: Any, attr: str, what: str) -> None:
+        real = getattr(owner, attr)
+        calls = self.calls
+
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            where = "".join(traceback.format_stack(limit=8)[:-1])
+            calls.append((what, threading.get_ident(), where))
+            return real(*args, **kwargs)
+
+        setattr(owner, attr, recorded)
+        self._undo.append(lambda: setattr(owner, attr, real))
+
+    def __enter__(self) -> BlockingCalls:
+        import requests
+
+        self._wrap(subprocess.Popen, "__init__", "subprocess.Popen")
+        self._wrap(subprocess.Popen, "wait", "subprocess.Popen.wait")
+        self._wrap(time, "sleep", "time.sleep")
+        self._wrap(requests.Session, "send", "Docker SDK HTTP request")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+
+    def count(self, what: str) -> int:
+        return sum(1 for w, _t, _where in self.calls if w == what)
+
+    def on_thread(self, ident: int) -> list[str]:
+        """The calls made on thread ``ident``, each with where it was made."""
+        return [f"{what} at\n{where}" for what, t, where in self.calls if t == ident]
