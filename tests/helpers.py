@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
-from jupyter_client.blocking import BlockingKernelClient
+from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.backends.owner import (
@@ -116,6 +117,30 @@ def listening_ports(own_only: bool = False) -> dict[int, str]:
     return {port: addr for addr, port, inode in tcp_listeners() if not own_only or inode in own}
 
 
+def ending(pid: int) -> bool:
+    """Whether process ``pid`` is gone, a zombie, or has a SIGKILL or SIGTERM pending: a
+    signal sent to it by a call that has returned shows here at once, with no wait."""
+    try:
+        status = dict(
+            line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        )
+    except OSError:
+        return True
+    if status["State"].split()[0] in ("Z", "X"):
+        return True
+    fatal = (1 << (signal.SIGKILL - 1)) | (1 << (signal.SIGTERM - 1))
+    return any(int(status[k], 16) & fatal for k in ("SigPnd", "ShdPnd"))
+
+
+def sandbox_id(km: KernelManager) -> str | None:
+    """The id of the sandbox running ``km``'s kernel (None when none runs)."""
+    from sandbox_kernel.provisioner import SandboxProvisioner
+
+    prov = km.provisioner
+    assert prov is None or isinstance(prov, SandboxProvisioner), prov
+    return prov.sandbox_id if prov is not None else None
+
+
 class Kernel:
     """A started sandboxed kernel with a blocking client."""
 
@@ -125,7 +150,7 @@ class Kernel:
 
     @property
     def container_id(self) -> str | None:
-        return self.km.provisioner.sandbox_id  # type: ignore[union-attr]
+        return sandbox_id(self.km)
 
     def run(self, code: str, timeout: float = 60) -> tuple[dict[str, Any], str]:
         """Execute ``code``; return (reply content, stdout+stderr text)."""
@@ -146,6 +171,29 @@ class Kernel:
         assert content["status"] == "ok", text
         return json.loads(text.strip().splitlines()[-1])
 
+    def interrupt_running_cell(self, seconds: int = 600) -> tuple[str, dict[str, Any]]:
+        """Run a cell that would sleep ``seconds``, interrupt it once it runs (it says so on
+        stdout), and return (its msg_id, the next shell reply). Generous timeouts
+        only: whether the interrupt ended the cell is judged by the reply, never by time."""
+        msg_id = self.kc.execute(
+            f"import time\nprint('running', flush=True)\ntime.sleep({seconds})"
+        )
+        while True:
+            msg = self.kc.get_iopub_msg(timeout=60)
+            content = msg["content"]
+            if (
+                msg["parent_header"].get("msg_id") == msg_id
+                and msg["msg_type"] == "stream"
+                and "running" in content.get("text", "")
+            ):
+                break
+        self.km.interrupt_kernel()
+        while True:
+            reply: dict[str, Any] = self.kc.get_shell_msg(timeout=60)
+            # wait_for_ready asks kernel_info until iopub works too: late replies may remain.
+            if reply["msg_type"] != "kernel_info_reply":
+                return msg_id, reply
+
     def stop(self) -> None:
         self.kc.stop_channels()
         if self.km.has_kernel:
@@ -165,7 +213,9 @@ class NetnsHost:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> NetnsHost:
-        sh = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
+        def sh(*argv: str) -> None:
+            subprocess.run(argv, check=True, capture_output=True)
+
         sh("ip", "netns", "add", self.ns)
         sh("ip", "link", "add", self.veth, "type", "veth", "peer", "name", "skn0", "netns", self.ns)
         sh("ip", "addr", "add", f"{self.host_addr}/30", "dev", self.veth)

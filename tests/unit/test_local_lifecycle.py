@@ -18,7 +18,6 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
@@ -42,7 +41,7 @@ from tests.fakes.harness import (
     write_spec,
 )
 from tests.fakes.local_backend import LocalBackend, marked_processes
-from tests.helpers import BlockingCalls, Kernel, listening_ports
+from tests.helpers import BlockingCalls, listening_ports
 
 # The uid the kernel runs as: the caller's, or the policy's in a user namespace as root.
 KERNEL_UID = 1000 if os.geteuid() == 0 else os.geteuid()
@@ -377,30 +376,11 @@ def test_jupyters_restarter_restarts_a_dead_sandbox(specs: KernelSpecManager) ->
 # -- interrupt -------------------------------------------------------------------------------
 
 
-def interrupt_a_running_cell(kernel: Kernel) -> dict[str, Any]:
-    """Run a cell that would sleep for ten minutes, interrupt it once it runs (it says so
-    on stdout), return its reply."""
-    kc = kernel.kc
-    msg_id = kc.execute("import time\nprint('running', flush=True)\ntime.sleep(600)")
-    while True:
-        msg = kc.get_iopub_msg(timeout=60)
-        if (
-            msg["parent_header"].get("msg_id") == msg_id
-            and msg["msg_type"] == "stream"
-            and "running" in msg["content"]["text"]
-        ):
-            break
-    kernel.km.interrupt_kernel()
-    while True:  # (a late kernel_info reply of wait_for_ready may come first)
-        reply: dict[str, Any] = kc.get_shell_msg(timeout=60)
-        if reply["parent_header"].get("msg_id") == msg_id:
-            return reply
-
-
 def test_interrupt_ends_a_running_cell_and_the_kernel_goes_on(specs: KernelSpecManager) -> None:
     kernel = start(specs, "local")
     try:
-        reply = interrupt_a_running_cell(kernel)
+        msg_id, reply = kernel.interrupt_running_cell()
+        assert reply["parent_header"]["msg_id"] == msg_id
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "KeyboardInterrupt"
         assert kernel.value("print(6 * 7)") == 42
