@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
-from sandbox_kernel.policy import SandboxPolicy
+from sandbox_kernel.policy import build_policy
 from sandbox_kernel.security import ATTACKS, PROTECTS, Attack, attacks, by_id, render
 from sandbox_kernel.security.expectations import GAPS, expected_blocked
 from tests.helpers import REPO, Kernel
@@ -104,7 +104,7 @@ def _markers(request: pytest.FixtureRequest) -> Iterator[Setup]:
 
 @provides("fs-tmpfs-caps")
 def _tmpfs_caps(request: pytest.FixtureRequest) -> Iterator[Setup]:
-    policy = SandboxPolicy(image=DEFAULT_IMAGE)  # what the default kernelspec asks for
+    policy = build_policy(image=DEFAULT_IMAGE)  # what the default kernelspec asks for
     yield Setup({"tmp_bytes": policy.tmp_bytes, "home_bytes": policy.home_bytes}, control=False)
 
 

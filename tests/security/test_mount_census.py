@@ -31,7 +31,7 @@ from sandbox_kernel.backends.owner import Owner
 from sandbox_kernel.backends.pipe import host_uid
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.image.rootfs import check_rootfs, rootfs_for
-from sandbox_kernel.policy import SANDBOX_HOME, SandboxPolicy
+from sandbox_kernel.policy import SANDBOX_HOME, build_policy
 from sandbox_kernel.security import by_id
 
 CENSUS = by_id("fs-mount-census").code
@@ -56,7 +56,7 @@ def _verdict(output: str) -> dict[str, Any]:
 
 
 def _in_container(client: docker.DockerClient, runtime: str, change: Change) -> dict[str, Any]:
-    policy = SandboxPolicy(image=DEFAULT_IMAGE, runtime=runtime, allow_weaker_runtime=True)
+    policy = build_policy(image=DEFAULT_IMAGE)
     spec = container_spec(
         policy,
         runtime=runtime,
@@ -82,7 +82,7 @@ def _in_container(client: docker.DockerClient, runtime: str, change: Change) -> 
 def _in_bwrap(change: Change) -> dict[str, Any]:
     rootfs = check_rootfs(rootfs_for(DEFAULT_IMAGE))
     argv = bwrap_argv(
-        SandboxPolicy(image=DEFAULT_IMAGE), rootfs, ["python3", "-I", "-c", CENSUS], -1
+        build_policy(image=DEFAULT_IMAGE), rootfs, ["python3", "-I", "-c", CENSUS], -1
     )
     change(argv)
     uid = host_uid()

@@ -135,7 +135,11 @@ def test_names_and_tiers() -> None:
     assert default_kernel_name("firejail") == "sandbox-python-firejail"
     # docker-runc means runc, and choosing it is the opt-in to a runtime without gVisor.
     runc = make_backend("docker-runc", __import__("logging").getLogger(), {})
-    assert runc.describe() == {"backend": "docker-runc", "runtime": "runc", "allow_weaker_runtime": True}
+    assert runc.describe() == {
+        "backend": "docker-runc",
+        "runtime": "runc",
+        "allow_weaker_runtime": True,
+    }
     docker = make_backend("docker", __import__("logging").getLogger(), {})
     assert docker.describe()["runtime"] == "runsc"
     with pytest.raises(PolicyError, match="allow_weaker_runtime"):
@@ -152,7 +156,9 @@ def test_kernelspec_per_backend() -> None:
     assert build_kernelspec({}, display_name="Mine")["display_name"] == "Mine"
     with pytest.raises(PolicyError, match="backend"):
         build_kernelspec({"backend": "chroot"})
-    with pytest.raises(PolicyError, match="accept_unenforced: applies to the runsc, bwrap, firejail"):
+    with pytest.raises(
+        PolicyError, match="accept_unenforced: applies to the runsc, bwrap, firejail"
+    ):
         build_kernelspec({"backend": "docker", "accept_unenforced": ["tmp_size"]})
     with pytest.raises(PolicyError, match="unknown"):
         build_kernelspec({"backend": "bwrap", "accept_unenforced": ["everything"]})
