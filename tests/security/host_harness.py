@@ -246,6 +246,11 @@ def main(scenario: str, backend: str, out: str) -> None:
                 report["attack"] = {"status": "no reply", "output": repr(exc)[:2000]}
         report["attack_seconds"] = time.monotonic() - t0
         settle(scenario, attacker, records, attacker_id)
+        # The victim answers after the attack too (and at least twice in all): pings are
+        # counted, not timed, so a quick attack gets the same check as a slow one.
+        wanted, deadline = max(len(answers) + 1, 2), time.monotonic() + 180
+        while len(answers) < wanted and time.monotonic() < deadline:
+            time.sleep(0.05)
         done.set()
         pinger.join(timeout=120)
         after = status()
