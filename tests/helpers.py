@@ -61,7 +61,11 @@ def our_runsc_sandboxes() -> list[str]:
     from sandbox_kernel.backends.runsc import ROOT_STATE
 
     found = []
-    for bundle in (ROOT_STATE / "bundles").glob("*"):
+    try:
+        bundles = list((ROOT_STATE / "bundles").glob("*"))
+    except PermissionError:  # root's folder: a process that is not root made none of them
+        return []
+    for bundle in bundles:
         try:
             labels = json.loads((bundle / "config.json").read_text()).get("annotations", {})
         except (OSError, ValueError):

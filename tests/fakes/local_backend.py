@@ -53,7 +53,8 @@ from sandbox_kernel.relay.thread import RelayThread
 NAME = "local-test"
 SHIM = Path(__file__).with_name("local_sandbox.py")
 # Every process of a local sandbox has this in its environment (the agent passes its own
-# on to the kernel), so a test can find any that outlived their sandbox.
+# on to the kernel) or, for the agent, on its command line, so a test can find any that
+# outlived their sandbox.
 MARKER = "SANDBOX_KERNEL_LOCAL_TEST"
 # Kernel ports are picked here: below the ephemeral range (as the real inside ports are),
 # so the agent's connect retries cannot self-connect.
@@ -130,6 +131,9 @@ class LocalBackend(SandboxBackend):
             # The interpreter running the tests (>= 3.10; the agent needs >= 3.8), whatever
             # the host's python3 is. With -I -S it sees no site-packages, as in an image.
             command = [sys.executable, *command[1:]]
+        # The agent makes itself undumpable, which hides its environment from its own uid:
+        # its command line carries the marker too (an argument stage 1 never reads).
+        command = [*command, f"{MARKER}={name}"]
         uid, _, gid = policy.user.partition(":")
         config = {
             "root": str(root),
@@ -261,16 +265,21 @@ def marked_processes(names: list[str] | None = None) -> dict[int, str]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
+        words: list[bytes] = []
+        for part in ("cmdline", "environ"):  # (an undumpable process's environ: EACCES)
+            try:
+                with open(f"/proc/{entry}/{part}", "rb") as f:
+                    words += f.read().split(b"\0")
+            except OSError:
+                pass
         try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read().split(b"\0")
             with open(f"/proc/{entry}/stat") as f:
                 state = f.read().rpartition(")")[2].split()[0]
         except OSError:
             continue
         if state in ("Z", "X"):
             continue  # gone; only its parent's wait is missing
-        hit = wanted.intersection(env)
+        hit = wanted.intersection(words)
         if hit:
             found[int(entry)] = hit.pop().decode().partition("=")[2]
     return found
