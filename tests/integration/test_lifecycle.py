@@ -158,7 +158,7 @@ def test_server_crash_leaves_no_container(kernel_dirs, docker_client: docker.Doc
         f"ksm = KernelSpecManager(kernel_dirs=[{str(kernel_dirs)!r}])\n"
         "km = KernelManager(kernel_name='sandbox-python', kernel_spec_manager=ksm)\n"
         "km.start_kernel()\n"
-        "print(sandbox_id(km), flush=True)\n"
+        "print(km.provisioner.sandbox_id, flush=True)\n"
         "time.sleep(600)\n"
     )
     proc = subprocess.Popen(
