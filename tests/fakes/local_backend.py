@@ -12,9 +12,11 @@ Each sandbox is ``local_sandbox.py`` (a host process, modelled on ``backends/pip
 spawned with pipes as its stdin and stdout, handed to ``session.attach_pipes``), which
 runs the bootstrap command and gives the sandbox what its namespaces would: a folder of
 its own for /tmp and the home folder (under ``root``), and its own kernel ports. Why
-ports are remapped there rather than the kernels run one at a time: a warm pool keeps a
-second kernel running next to the one in use, and a restart starts the new kernel while
-the old one may still be listening; a network namespace per sandbox would need root.
+ports are remapped there rather than the kernels run one at a time: the warm pool starts
+a second kernel as soon as one is claimed (a pooled kernel binds its ports before it has
+an owner), a server runs several kernels at once, and test runs of other checkouts on the
+same machine would take the same fixed ports; a network namespace per sandbox would need
+root (or a user namespace per sandbox and a way in for the relay's connections).
 
 The agent and the kernel share one uid, as in the host-kernel backends: the caller's, or,
 when the tests run as root, the policy's uid in a user namespace (see local_sandbox.py).
