@@ -15,8 +15,9 @@ its own for /tmp and the home folder (under ``root``), and its own kernel ports.
 ports are remapped there rather than the kernels run one at a time: the warm pool starts
 a second kernel as soon as one is claimed (a pooled kernel binds its ports before it has
 an owner), a server runs several kernels at once, and test runs of other checkouts on the
-same machine would take the same fixed ports; a network namespace per sandbox would need
-root (or a user namespace per sandbox and a way in for the relay's connections).
+same machine would take the same fixed ports. A network namespace per sandbox would need
+root, or unprivileged user namespaces, which some hosts disable (Ubuntu 24.04's AppArmor
+default); remapping works for any user anywhere.
 
 The agent and the kernel share one uid, as in the host-kernel backends: the caller's, or,
 when the tests run as root, the policy's uid in a user namespace (see local_sandbox.py).
