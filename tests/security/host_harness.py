@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -273,6 +274,7 @@ def main(scenario: str, backend: str, out: str) -> None:
                 k.km.shutdown_kernel(now=True)
             except Exception as exc:
                 report.setdefault("shutdown_errors", []).append(repr(exc))
+        shutil.rmtree(kernels, ignore_errors=True)
         Path(out).write_text(json.dumps(report, indent=1))
 
 
