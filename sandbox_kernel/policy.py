@@ -108,7 +108,8 @@ def _bounded(value: float, lo: float, hi: float, what: str, hint: str, size: boo
 
 
 def validate_image(image: str) -> str:
-    if not isinstance(image, str) or not _IMAGE_RE.fullmatch(image) or len(image) > 255:
+    # The length first: the pattern only ever sees a bounded string, however it is written.
+    if not isinstance(image, str) or len(image) > 255 or not _IMAGE_RE.fullmatch(image):
         raise PolicyError(
             f"image: {image!r} is not a valid Docker image reference "
             "(expected e.g. 'sandbox-kernel/python:latest')"

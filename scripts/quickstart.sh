@@ -34,16 +34,7 @@ fi
 configurable-http-proxy --version >/dev/null  # fail here if the install did
 
 say "Python environment: .venv"
-if [ ! -x .venv/bin/python ]; then
-  if ! python3 -m venv .venv 2>/dev/null; then
-    rm -rf .venv
-    apt-get install -y -qq python3-venv >/dev/null
-    python3 -m venv .venv
-  fi
-fi
-.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -c "import sandbox_kernel, jupyter_client, docker" # fail here if the install did
+bash scripts/venv.sh
 
 say "a venv every user can run: /opt/sandbox-kernel/venv (users' Jupyter servers, rootless runsc)"
 bash scripts/shared-venv.sh >/dev/null

@@ -6,19 +6,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import docker
-from jupyter_client.blocking import BlockingKernelClient
+from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.backends.owner import (
@@ -69,7 +72,11 @@ def our_runsc_sandboxes() -> list[str]:
     from sandbox_kernel.backends.runsc import ROOT_STATE
 
     found = []
-    for bundle in (ROOT_STATE / "bundles").glob("*"):
+    try:
+        bundles = list((ROOT_STATE / "bundles").glob("*"))
+    except PermissionError:  # root's folder: a process that is not root made none of them
+        return []
+    for bundle in bundles:
         try:
             labels = json.loads((bundle / "config.json").read_text()).get("annotations", {})
         except (OSError, ValueError):
@@ -125,6 +132,30 @@ def listening_ports(own_only: bool = False) -> dict[int, str]:
     return {port: addr for addr, port, inode in tcp_listeners() if not own_only or inode in own}
 
 
+def ending(pid: int) -> bool:
+    """Whether process ``pid`` is gone, a zombie, or has a SIGKILL or SIGTERM pending: a
+    signal sent to it by a call that has returned shows here at once, with no wait."""
+    try:
+        status = dict(
+            line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        )
+    except OSError:
+        return True
+    if status["State"].split()[0] in ("Z", "X"):
+        return True
+    fatal = (1 << (signal.SIGKILL - 1)) | (1 << (signal.SIGTERM - 1))
+    return any(int(status[k], 16) & fatal for k in ("SigPnd", "ShdPnd"))
+
+
+def sandbox_id(km: KernelManager) -> str | None:
+    """The id of the sandbox running ``km``'s kernel (None when none runs)."""
+    from sandbox_kernel.provisioner import SandboxProvisioner
+
+    prov = km.provisioner
+    assert prov is None or isinstance(prov, SandboxProvisioner), prov
+    return prov.sandbox_id if prov is not None else None
+
+
 class Kernel:
     """A started sandboxed kernel with a blocking client."""
 
@@ -134,7 +165,7 @@ class Kernel:
 
     @property
     def container_id(self) -> str | None:
-        return self.km.provisioner.sandbox_id  # type: ignore[union-attr]
+        return sandbox_id(self.km)
 
     def run(self, code: str, timeout: float = 60) -> tuple[dict[str, Any], str]:
         """Execute ``code``; return (reply content, stdout+stderr text)."""
@@ -155,6 +186,29 @@ class Kernel:
         assert content["status"] == "ok", text
         return json.loads(text.strip().splitlines()[-1])
 
+    def interrupt_running_cell(self, seconds: int = 600) -> tuple[str, dict[str, Any]]:
+        """Run a cell that would sleep ``seconds``, interrupt it once it runs (it says so on
+        stdout), and return (its msg_id, the next shell reply). Generous timeouts
+        only: whether the interrupt ended the cell is judged by the reply, never by time."""
+        msg_id = self.kc.execute(
+            f"import time\nprint('running', flush=True)\ntime.sleep({seconds})"
+        )
+        while True:
+            msg = self.kc.get_iopub_msg(timeout=60)
+            content = msg["content"]
+            if (
+                msg["parent_header"].get("msg_id") == msg_id
+                and msg["msg_type"] == "stream"
+                and "running" in content.get("text", "")
+            ):
+                break
+        self.km.interrupt_kernel()
+        while True:
+            reply: dict[str, Any] = self.kc.get_shell_msg(timeout=60)
+            # wait_for_ready asks kernel_info until iopub works too: late replies may remain.
+            if reply["msg_type"] != "kernel_info_reply":
+                return msg_id, reply
+
     def stop(self) -> None:
         self.kc.stop_channels()
         if self.km.has_kernel:
@@ -174,7 +228,9 @@ class NetnsHost:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> NetnsHost:
-        sh = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
+        def sh(*argv: str) -> None:
+            subprocess.run(argv, check=True, capture_output=True)
+
         sh("ip", "netns", "add", self.ns)
         sh("ip", "link", "add", self.veth, "type", "veth", "peer", "name", "skn0", "netns", self.ns)
         sh("ip", "addr", "add", f"{self.host_addr}/30", "dev", self.veth)
@@ -334,3 +390,49 @@ class ForeignClient:
         finally:
             self.proc.kill()
             self.proc.wait()
+
+
+class BlockingCalls:
+    """Records which thread made each blocking call while active: starting or waiting for
+    a process (``subprocess.Popen``), ``time.sleep``, and every HTTP request of the Docker
+    SDK (``requests.Session.send``, which the SDK's APIClient inherits).
+
+    An async caller must make none of them on its event loop's thread: the check that the
+    provisioner never blocks Jupyter's loop, which holds however loaded the machine is."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, str]] = []  # (what, thread id, where)
+        self._undo: list[Callable[[], None]] = []
+
+    def _wrap(self, owner: Any, attr: str, what: str) -> None:
+        real = getattr(owner, attr)
+        calls = self.calls
+
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            where = "".join(traceback.format_stack(limit=8)[:-1])
+            calls.append((what, threading.get_ident(), where))
+            return real(*args, **kwargs)
+
+        setattr(owner, attr, recorded)
+        self._undo.append(lambda: setattr(owner, attr, real))
+
+    def __enter__(self) -> BlockingCalls:
+        import requests
+
+        self._wrap(subprocess.Popen, "__init__", "subprocess.Popen")
+        self._wrap(subprocess.Popen, "wait", "subprocess.Popen.wait")
+        self._wrap(time, "sleep", "time.sleep")
+        self._wrap(requests.Session, "send", "Docker SDK HTTP request")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+
+    def count(self, what: str) -> int:
+        return sum(1 for w, _t, _where in self.calls if w == what)
+
+    def on_thread(self, ident: int) -> list[str]:
+        """The calls made on thread ``ident``, each with where it was made."""
+        return [f"{what} at\n{where}" for what, t, where in self.calls if t == ident]

@@ -30,7 +30,7 @@ def run_notebook(path: str, *, kernel_name: str, output: str | None, timeout: fl
     from nbclient.exceptions import CellExecutionError
 
     try:
-        nb = nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call]
+        nb = nbformat.read(path, as_version=4)
     except OSError as exc:
         raise SandboxError(f"cannot read notebook {path}: {exc.strerror}") from None
     except Exception as exc:
@@ -55,7 +55,7 @@ def run_notebook(path: str, *, kernel_name: str, output: str | None, timeout: fl
         raise SandboxError(f"could not run {path} in kernel {kernel_name!r}: {exc}") from exc
     finally:
         if output:
-            nbformat.write(nb, output)  # type: ignore[no-untyped-call]
+            nbformat.write(nb, output)
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue

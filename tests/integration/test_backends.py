@@ -106,10 +106,7 @@ def test_kernel_lifecycle_and_cleanup(backend: str, start_kernel: Callable[..., 
     assert str(pid) in (cgroups[0] / "cgroup.procs").read_text().split()
 
     # Interrupt a busy cell: the kernel survives with a KeyboardInterrupt.
-    msg_id = kernel.kc.execute("import time; time.sleep(60)")
-    time.sleep(1.0)
-    kernel.km.interrupt_kernel()
-    reply = kernel.kc.get_shell_msg(timeout=20)
+    msg_id, reply = kernel.interrupt_running_cell()
     assert reply["parent_header"]["msg_id"] == msg_id
     assert (
         reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"

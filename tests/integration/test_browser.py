@@ -117,7 +117,7 @@ def test_jupyterlab_notebook_in_chromium(
         """The notebook's kernel as the server reports it ({} until the session exists)."""
         sessions = lab.api("GET", "/api/sessions")
         assert len(sessions) <= 1, sessions
-        return sessions[0]["kernel"] if sessions else {}  # type: ignore[no-any-return]
+        return sessions[0]["kernel"] if sessions else {}
 
     def idle() -> bool:
         return kernel().get("execution_state") == "idle"

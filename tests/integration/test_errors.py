@@ -8,6 +8,7 @@ import json
 import logging
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import docker
@@ -17,6 +18,7 @@ from jupyter_client.manager import KernelManager
 
 import sandbox_kernel.boot
 import sandbox_kernel.configured
+import sandbox_kernel.policy
 from sandbox_kernel.errors import PolicyError, SandboxError
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.kernelspec import build_kernelspec
@@ -284,11 +286,11 @@ def test_launch_timeout_cleans_up(tmp_path: Path, docker_client: docker.DockerCl
     )
     image = _derived_image(docker_client, "sandbox-kernel-test/hangs", hang, ["USER 1000:1000"])
     try:
-        t0 = time.monotonic()
+        # The sandbox would hang for 1000 s: that the launch failed at all, with the error of
+        # the timeout (not of the test's own timeout), is what shows launch_timeout ended it.
         err = _start_fails(
             _ksm_with(tmp_path, {"image": image, "launch_timeout": 3.0}), docker_client
         )
-        assert time.monotonic() - t0 < 30
         assert isinstance(err, SandboxError)
         assert "launch_timeout=3s" in str(err)
     finally:
@@ -297,8 +299,8 @@ def test_launch_timeout_cleans_up(tmp_path: Path, docker_client: docker.DockerCl
 
 def test_hostile_frames_from_a_sandbox_holding_the_pipe_end_only_that_sandbox(
     tmp_path: Path,
-    start_kernel,
-    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+    start_kernel: Callable[..., Kernel],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Kernel code cannot reach the agent's pipe (attacks priv-agent-pipe and
     priv-agent-signal); a sandbox that did (the test backdoor of tests/security/hostile.py
@@ -344,7 +346,7 @@ def test_a_kernel_that_would_run_as_root_is_refused(
     uid 0: refused from the kernel's uid in ``started``. Under runc and bubblewrap the agent
     itself would be uid 0: refused at its ``hello``, before a kernel exists. Nothing is left
     behind."""
-    real = sandbox_kernel.configured.build_policy
+    real = sandbox_kernel.policy.build_policy
 
     def as_root(**kwargs):  # type: ignore[no-untyped-def]
         return dataclasses.replace(real(**kwargs), user="0:0")

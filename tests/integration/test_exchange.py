@@ -23,7 +23,14 @@ from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.kernelspec import build_kernelspec
-from tests.helpers import BACKEND_CONFIGS, Kernel, NetnsHost, container_exists, listening_ports
+from tests.helpers import (
+    BACKEND_CONFIGS,
+    Kernel,
+    NetnsHost,
+    container_exists,
+    listening_ports,
+    sandbox_id,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -236,7 +243,7 @@ def test_copy_in_over_its_limit_or_missing_fails_cleanly(
     km = KernelManager(kernel_name="sk-files", kernel_spec_manager=exchange_ksm)
     with pytest.raises(Exception, match=r"data.csv \(2 MiB\) takes the copy past copy_in_limit"):
         km.start_kernel(cwd=str(notebook_dir))
-    assert not container_exists(docker_client, km.provisioner and km.provisioner.sandbox_id)  # type: ignore[attr-defined]
+    assert not container_exists(docker_client, sandbox_id(km))
     (notebook_dir / "data.csv").unlink()
     km = KernelManager(kernel_name="sk-files", kernel_spec_manager=exchange_ksm)
     with pytest.raises(Exception, match=r"copy_in: 'data.csv'.*No such file"):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import docker
 import nbformat
 import pytest
 
@@ -49,8 +50,8 @@ def last_stream(path: Path) -> str:
 
 
 def test_nbconvert_execute(
-    notebook: Path, kernel_dirs: Path, tmp_path: Path, docker_client
-) -> None:  # type: ignore[no-untyped-def]
+    notebook: Path, kernel_dirs: Path, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
     out = tmp_path / "out.ipynb"
     r = subprocess.run(
         [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
@@ -62,8 +63,8 @@ def test_nbconvert_execute(
 
 
 def test_papermill_with_parameters(
-    notebook: Path, kernel_dirs: Path, tmp_path: Path, docker_client
-) -> None:  # type: ignore[no-untyped-def]
+    notebook: Path, kernel_dirs: Path, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
     out = tmp_path / "pm.ipynb"
     r = subprocess.run(
         [sys.executable, "-m", "papermill", "-k", "sandbox-python", "-p", "factor", "3",

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import docker
-from jupyter_client.ioloop import AsyncIOLoopKernelManager
+from jupyter_client.ioloop.manager import AsyncIOLoopKernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
-from tests.helpers import Kernel, container_exists, listening_ports
+from tests.helpers import BlockingCalls, Kernel, container_exists, listening_ports, sandbox_id
 
 
 def test_runs_real_work(shared_kernel: Kernel) -> None:
@@ -62,21 +64,12 @@ def test_input_prompt(start_kernel) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_interrupt_long_cell(shared_kernel: Kernel) -> None:
-    kc = shared_kernel.kc
-    msg_id = kc.execute("import time; time.sleep(60)")
-    # Wait until the cell is running.
-    while True:
-        msg = kc.get_iopub_msg(timeout=30)
-        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "execute_input":
-            break
-    time.sleep(0.5)
-    t0 = time.monotonic()
-    shared_kernel.km.interrupt_kernel()
-    reply = kc.get_shell_msg(timeout=10)
-    elapsed = time.monotonic() - t0
+    """A cell that would sleep ten minutes ends with KeyboardInterrupt when interrupted (the
+    reply's own content says so; no duration is compared), and the kernel goes on."""
+    msg_id, reply = shared_kernel.interrupt_running_cell(600)
+    assert reply["parent_header"]["msg_id"] == msg_id
     assert reply["content"]["status"] == "error"
     assert reply["content"]["ename"] == "KeyboardInterrupt"
-    assert elapsed < 2.0, f"interrupt took {elapsed:.2f}s"
     # The kernel still works afterwards.
     assert shared_kernel.value("print(6 * 7)") == 42
 
@@ -102,8 +95,8 @@ def test_restart_gives_fresh_kernel(start_kernel, docker_client: docker.DockerCl
 
 
 def test_ports_on_loopback_only_and_gone_after_shutdown(
-    start_kernel, docker_client: docker.DockerClient
-) -> None:  # type: ignore[no-untyped-def]
+    start_kernel: Callable[..., Kernel], docker_client: docker.DockerClient
+) -> None:
     kernel: Kernel = start_kernel()
     info = kernel.km.get_connection_info()
     assert info["ip"] == "127.0.0.1"
@@ -122,7 +115,7 @@ def test_ports_on_loopback_only_and_gone_after_shutdown(
 def test_killed_container_is_restarted_by_jupyter(
     ksm: KernelSpecManager, docker_client: docker.DockerClient
 ) -> None:
-    container_ids: list[str] = []
+    container_ids: list[str | None] = []
 
     async def scenario() -> None:
         km = AsyncIOLoopKernelManager(kernel_name="sandbox-python", kernel_spec_manager=ksm)
@@ -131,12 +124,12 @@ def test_killed_container_is_restarted_by_jupyter(
         km.start_restarter()  # callbacks can only be added once the restarter exists
         km.add_restart_callback(lambda: restarts.append("restart"), "restart")
         try:
-            first = km.provisioner.sandbox_id
+            first = sandbox_id(km)
             container_ids.append(first)
             docker_client.containers.get(first).kill()
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                current = km.provisioner.sandbox_id
+                current = sandbox_id(km)
                 if restarts and current and current != first and await km.is_alive():
                     break
                 await asyncio.sleep(0.2)
@@ -148,7 +141,7 @@ def test_killed_container_is_restarted_by_jupyter(
             assert reply["content"]["status"] == "ok"
             kc.stop_channels()
         finally:
-            container_ids.append(km.provisioner.sandbox_id)
+            container_ids.append(sandbox_id(km))
             km.stop_restarter()
             await km.shutdown_kernel(now=True)
 
@@ -188,24 +181,13 @@ def test_server_crash_leaves_no_container(kernel_dirs, docker_client: docker.Doc
 
 
 def test_lifecycle_never_blocks_the_event_loop(ksm: KernelSpecManager) -> None:
-    """Start, interrupt, restart and shut down through AsyncKernelManager while a ticker
-    measures the event loop: Docker calls run in threads and the relay on its own loop."""
+    """Start, interrupt, restart and shut down through AsyncKernelManager: no Docker SDK
+    request, no process started or waited for and no sleep happens on the caller's event
+    loop thread (Docker calls run in worker threads, the relay on its own loop). Which
+    thread made a call does not depend on how loaded the machine is."""
     from jupyter_client.manager import AsyncKernelManager
 
-    async def scenario() -> float:
-        worst = 0.0
-        stop = asyncio.Event()
-
-        async def ticker() -> None:
-            nonlocal worst
-            last = time.monotonic()
-            while not stop.is_set():
-                await asyncio.sleep(0.01)
-                now = time.monotonic()
-                worst = max(worst, now - last - 0.01)
-                last = now
-
-        tick = asyncio.create_task(ticker())
+    async def scenario() -> int:
         km = AsyncKernelManager(kernel_name="sandbox-python", kernel_spec_manager=ksm)
         await km.start_kernel()
         try:
@@ -213,9 +195,11 @@ def test_lifecycle_never_blocks_the_event_loop(ksm: KernelSpecManager) -> None:
             await km.restart_kernel(now=True)
         finally:
             await km.shutdown_kernel(now=True)
-            stop.set()
-            await tick
-        return worst
+        return threading.get_ident()
 
-    worst = asyncio.run(scenario())
-    assert worst < 0.25, f"the event loop stalled for {worst:.3f}s"
+    with BlockingCalls() as calls:
+        loop_thread = asyncio.run(scenario())
+    # The sandboxes were created, started and removed through the SDK: the check has teeth.
+    assert calls.count("Docker SDK HTTP request") >= 6, calls.calls
+    blocked = calls.on_thread(loop_thread)
+    assert not blocked, "blocking calls on the event loop:\n" + "\n".join(blocked)

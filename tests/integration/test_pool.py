@@ -63,6 +63,7 @@ def test_warm_start_claims_a_pooled_sandbox_once(
         [sys.executable, "-m", "sandbox_kernel.cli.main", "ps", "--json"],
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout  # fmt: skip
+    assert warm.container_id is not None
     row = next(r for r in json.loads(listed) if r["id"] == warm.container_id[:12])
     assert row["kernel_id"] == warm.km.kernel_id and row["pooled"] is False, row
     # A restart takes another sandbox and removes the old one: never reused.

@@ -66,6 +66,18 @@ def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def wait_for_output(kernel: Kernel, msg_id: str, text: str, timeout: float = 60) -> None:
+    """Until the cell ``msg_id`` of ``kernel`` has printed ``text``."""
+    while True:
+        msg = kernel.kc.get_iopub_msg(timeout=timeout)
+        if (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == "stream"
+            and text in msg["content"]["text"]
+        ):
+            return
+
+
 def test_fork_bomb_gets_eagain(start_kernel: Callable[..., Kernel]) -> None:
     victim, other = start_kernel(), start_kernel()
     bomb = (
@@ -145,14 +157,16 @@ def test_cpu_spin_bounded_by_cpu_limit(
         "    while time.monotonic() < end:\n"
         "        pass\n"
         "procs = [mp.get_context('fork').Process(target=burn, args=(8,)) for _ in range(4)]\n"
-        "[p.start() for p in procs]; [p.join() for p in procs]\n"
+        "[p.start() for p in procs]\n"
+        "print('spinning', flush=True)\n"
+        "[p.join() for p in procs]\n"
         "print(len(procs))\n"
     )
     with watch_responsiveness(other) as latencies:
-        victim.kc.execute(spin)
-        time.sleep(2)  # let the spinners start
+        msg_id = victim.kc.execute(spin)
+        wait_for_output(victim, msg_id, "spinning")  # the spinners run
         s1 = container.stats(stream=False)
-        time.sleep(4)
+        time.sleep(4)  # the measurement window (not a wait for anything)
         s2 = container.stats(stream=False)
     used_ns = (
         s2["cpu_stats"]["cpu_usage"]["total_usage"] - s1["cpu_stats"]["cpu_usage"]["total_usage"]
@@ -197,8 +211,8 @@ def test_huge_output_to_a_stalled_client_is_bounded(start_kernel: Callable[..., 
     )
     try:
         assert stalled.stdout is not None
+        # Subscribed: the baseline is taken now (an earlier one would only be stricter).
         assert stalled.stdout.readline().strip() == b"subscribed"
-        time.sleep(0.5)
         rss_before = _rss_mib()
         with watch_responsiveness(other) as latencies:
             msg_id = shell.execute(
@@ -241,15 +255,19 @@ def test_host_pid_count_unaffected_by_fork_bomb(start_kernel: Callable[..., Kern
     """The host sees a bounded number of processes from a fork-bombing sandbox."""
     victim = start_kernel()
     before = len([p for p in os.listdir("/proc") if p.isdigit()])
-    victim.kc.execute(
+    # Its children outlive the cell (until the sandbox ends): counted once it replied.
+    forked = victim.value(
         "import os, time\n"
+        "n = 0\n"
         "for _ in range(1000):\n"
         "    try:\n"
         "        if os.fork() == 0:\n"
-        "            time.sleep(10); os._exit(0)\n"
+        "            time.sleep(600); os._exit(0)\n"
         "    except OSError:\n"
         "        break\n"
+        "    n += 1\n"
+        "print(n)\n"
     )
-    time.sleep(5)
+    assert forked > 0, "the cell forked nothing: the test proves nothing"
     during = len([p for p in os.listdir("/proc") if p.isdigit()])
     assert during - before < 200, f"host process count grew by {during - before}"

@@ -152,10 +152,7 @@ def test_kernel_lifecycle_mounts_and_cleanup(start_kernel: Callable[..., Kernel]
     assert row["memory_mib"] > 10 and row["uptime_s"] >= 0 and not row["pooled"]
 
     # Interrupt a busy cell: the kernel survives with a KeyboardInterrupt.
-    msg_id = kernel.kc.execute("import time; time.sleep(60)")
-    time.sleep(1.0)
-    kernel.km.interrupt_kernel()
-    reply = kernel.kc.get_shell_msg(timeout=20)
+    msg_id, reply = kernel.interrupt_running_cell()
     assert reply["parent_header"]["msg_id"] == msg_id
     assert reply["content"]["ename"] == "KeyboardInterrupt"
 

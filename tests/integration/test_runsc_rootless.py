@@ -91,7 +91,7 @@ def test_accepted_gaps_run_in_gvisor_as_the_user(rootless: Rootless) -> None:
     (user.home / "my-secret.txt").write_text("the user's own file")
     kernel = rootless.kernel("rl-accepted")
     try:
-        name = kernel.container_id
+        name = str(kernel.container_id)
         inside = kernel.value(
             "import os, json, platform, resource\n"
             "try:\n    b = bytearray(3 * 2**30); big = 'allocated'\n"

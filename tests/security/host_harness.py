@@ -17,9 +17,11 @@ reads (a stalled terminal).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -31,8 +33,10 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
 import sandbox_kernel.boot
+import sandbox_kernel.bundle
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.kernelspec import build_kernelspec
+from sandbox_kernel.relay.thread import RelayThread
 from tests.helpers import BACKEND_CONFIGS, Kernel, socket_inodes, tcp_listeners
 from tests.security.hostile import KERNEL_PRELUDE, backdoored_payload
 
@@ -132,6 +136,33 @@ class Records(logging.Handler):
         self.lines.append(record.getMessage())
 
 
+def settled(scenario: str, attacker: Kernel, records: Records, attacker_id: str) -> bool:
+    """Whether the host has taken in all the attack sent, by what the report will judge:
+    the attacker ended (the attacks the host ends), every console byte received, the
+    oversized message seen. (``expose-burst``'s frozen window is its whole attack.)"""
+    if scenario in ("backlog", "log-injection"):
+        return not attacker.km.is_alive()
+    if scenario == "console-flood":
+        console = attacker.km.provisioner.console  # type: ignore[union-attr]
+        return bool(console.stats()["received"] >= 64 * MiB)
+    if scenario == "big-message":
+        return any(
+            "exceeds max_message_size" in line and attacker_id in line for line in records.lines
+        )
+    return True
+
+
+def settle(scenario: str, attacker: Kernel, records: Records, attacker_id: str) -> None:
+    """Until the host has taken in the attack (``settled``, at most a minute: the test then
+    judges what it finds), then two turns of the relay loop, so that what it scheduled
+    (closing an ended sandbox's pipes) has run before descriptors are counted."""
+    deadline = time.monotonic() + 60
+    while not settled(scenario, attacker, records, attacker_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for _ in range(2):
+        RelayThread.get().submit(asyncio.sleep(0)).result(timeout=60)
+
+
 def start(km: KernelManager) -> Kernel:
     km.start_kernel()
     kc = km.client()
@@ -153,14 +184,14 @@ def main(scenario: str, backend: str, out: str) -> None:
     ksm = KernelSpecManager(kernel_dirs=[str(kernels)])
 
     armed = [True]
-    real_payload = sandbox_kernel.boot.agent_payload
+    real_payload = sandbox_kernel.bundle.agent_payload  # what boot.py imported
 
     def payload(escaped_stdin: bool = True, kernel_user: str | None = None) -> bytes:
         if armed[0]:
             return backdoored_payload(escaped_stdin, kernel_user)
         return real_payload(escaped_stdin, kernel_user)
 
-    sandbox_kernel.boot.agent_payload = payload  # type: ignore[assignment]
+    sandbox_kernel.boot.agent_payload = payload  # type: ignore[attr-defined,assignment]
     attacker = start(KernelManager(kernel_name="attacker", kernel_spec_manager=ksm))
     armed[0] = False
     victim = start(KernelManager(kernel_name="victim", kernel_spec_manager=ksm))
@@ -215,7 +246,12 @@ def main(scenario: str, backend: str, out: str) -> None:
             except Exception as exc:
                 report["attack"] = {"status": "no reply", "output": repr(exc)[:2000]}
         report["attack_seconds"] = time.monotonic() - t0
-        time.sleep(2)  # let the host finish with what it was sent
+        settle(scenario, attacker, records, attacker_id)
+        # The victim answers after the attack too (and at least twice in all): pings are
+        # counted, not timed, so a quick attack gets the same check as a slow one.
+        wanted, deadline = max(len(answers) + 1, 2), time.monotonic() + 180
+        while len(answers) < wanted and time.monotonic() < deadline:
+            time.sleep(0.05)
         done.set()
         pinger.join(timeout=120)
         after = status()
@@ -238,6 +274,7 @@ def main(scenario: str, backend: str, out: str) -> None:
                 k.km.shutdown_kernel(now=True)
             except Exception as exc:
                 report.setdefault("shutdown_errors", []).append(repr(exc))
+        shutil.rmtree(kernels, ignore_errors=True)
         Path(out).write_text(json.dumps(report, indent=1))
 
 

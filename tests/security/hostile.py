@@ -56,7 +56,15 @@ def arm():
             elif cmd.startswith(b"stop"):
                 # Freeze the agent's event loop: it neither reads nor writes any more (a
                 # SIGSTOP would do the same where it works; PID 1 ignores it on Linux).
-                AGENTS[0].loop.call_soon_threadsafe(time.sleep, 3600)
+                # Answered once the loop is frozen, so the caller needs no pause.
+                frozen = threading.Event()
+
+                def freeze():
+                    frozen.set()
+                    time.sleep(3600)
+
+                AGENTS[0].loop.call_soon_threadsafe(freeze)
+                frozen.wait()
                 conn.sendall(b"ok")
                 conn.close()
 
@@ -108,10 +116,9 @@ def write_all(data):
         view = view[_os.write(pipe, view[:65536]):]
 
 def stop_agent():
-    """Stop the agent; once it is still, our writes are the only ones on the pipe."""
-    import time as _time
+    """Stop the agent (the backdoor answers once it is still): from then on our writes are
+    the only ones on the pipe."""
     backdoor(b"stop")
-    _time.sleep(1)
 
 pipe = backdoor(b"fd")[0]
 # The agent made its end non-blocking; a writer that waits is the stronger attacker.

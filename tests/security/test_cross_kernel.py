@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import pytest
 
-from sandbox_kernel.provisioner import INSIDE_PORTS
+from sandbox_kernel.policy import INSIDE_PORTS
 from tests.helpers import Kernel, listening_ports, socket_inodes, tcp_listeners
 
 pytestmark = pytest.mark.docker
@@ -274,7 +274,7 @@ def test_another_local_user_gets_nothing_from_the_kernel_ports(
 
     kernel = start_kernel()
     info = kernel.km.get_connection_info()
-    ports = {name: int(info[name]) for name in ZMQ_PORTS}
+    ports = {name: int(str(dict(info)[name])) for name in ZMQ_PORTS}
     as_user = (
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if who == "nobody" else []
     )

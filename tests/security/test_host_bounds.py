@@ -35,7 +35,7 @@ def harness(
         # The server's stderr is a pipe nobody reads: its buffer fills at once.
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            proc.wait(timeout=480)
+            code = proc.wait(timeout=480)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -43,9 +43,10 @@ def harness(
         err = b""
     else:
         with (tmp_path / "stderr").open("wb") as f:
-            proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=f, timeout=480)
+            done = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=f, timeout=480)
+        code = done.returncode
         err = (tmp_path / "stderr").read_bytes()
-    assert proc.returncode == 0, err[-3000:].decode("utf-8", "replace")
+    assert code == 0, err[-3000:].decode("utf-8", "replace")
     report = json.loads(out.read_text())
     assert report["attacker_prelude"] == "ok", report
     return report, err

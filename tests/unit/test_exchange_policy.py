@@ -69,7 +69,7 @@ def test_policy_checks() -> None:
         ({"export_dir": ""}, "export_dir"),
     ):
         with pytest.raises(PolicyError, match=error):
-            build_exchange_policy(**kwargs)  # type: ignore[arg-type]
+            build_exchange_policy(**kwargs)
 
 
 @pytest.mark.parametrize(

@@ -309,9 +309,9 @@ def test_replies_echo_only_an_integer_request_id() -> None:
 
     exchange = HostExchange(
         build_exchange_policy(),
-        SlowListeners(),
+        SlowListeners(),  # type: ignore[arg-type]
         "/nonexistent",
-        logging.getLogger("t"),  # type: ignore[arg-type]
+        logging.getLogger("t"),
     )
     exchange.attach(Session())  # type: ignore[arg-type]
     exchange.handle({"op": "export_end", "req": "x" * 10000})

@@ -29,7 +29,7 @@ def test_every_setting_is_a_trait_and_every_trait_a_setting() -> None:
 
 
 def test_install_help_lists_every_setting() -> None:
-    install = build_parser()._subparsers._group_actions[0].choices["install"]  # type: ignore[union-attr]
+    install = build_parser()._subparsers._group_actions[0].choices["install"]  # type: ignore[union-attr,index]
     text = install.format_help()
     for s in settings.SETTINGS:
         assert s.option in text, f"install --help lacks {s.option} ({s.name})"

@@ -64,7 +64,7 @@ def test_named_servers_are_refused() -> None:
     import asyncio
     from types import SimpleNamespace
 
-    class Named(UserCgroupSpawner):  # type: ignore[misc]
+    class Named(UserCgroupSpawner):
         name = "second"  # the server's name (a property of JupyterHub's database record)
 
     spawner = Named(user=SimpleNamespace(name="alice"))
