@@ -120,6 +120,10 @@ def test_run_executes_a_notebook_in_the_sandbox(tmp_path: Path, docker_client) -
     release, uid = text.split()
     assert release != os.uname().release and uid == "1000"
     assert kernels.exists()
+    # ipykernel's standalone banner (a path that exists only inside the sandbox) is not
+    # the user's business (the kernel's environment has JPY_PARENT_PID).
+    for banner in ("Ctrl-C will not work", "To connect another client", "--existing"):
+        assert banner not in r.stdout + r.stderr, r.stderr[-2000:]
 
 
 def test_gc_removes_sandboxes_of_dead_processes_only(docker_client) -> None:  # type: ignore[no-untyped-def]
