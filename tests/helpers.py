@@ -270,6 +270,19 @@ class NetnsHost:
         subprocess.run(["ip", "link", "del", self.veth], check=False, capture_output=True)
 
 
+def pool_of(km: Any) -> Any:
+    """The warm pool ``km``'s provisioner draws from (None before it made one): its backend
+    and policy (pools of other backends may hold the same policy)."""
+    from sandbox_kernel.pool import WarmPool
+
+    prov = km.provisioner
+    backend = prov.sandboxes.describe()
+    pools = list(WarmPool._pools.values())
+    return next(
+        (p for p in pools if p.policy == prov.policy and p.backend.describe() == backend), None
+    )
+
+
 @contextmanager
 def second_dockerd(config: dict) -> Iterator[str]:  # type: ignore[type-arg]
     """A second, real dockerd with its own state and ``config`` as daemon.json."""

@@ -189,6 +189,18 @@ def user_cgroups(user: SystemUser) -> dict[str, Path]:
     return {c: CGROUP_ROOT / c / DELEGATED_PARENT / user.name for c in ("memory", "cpu", "pids")}
 
 
+def in_user_cgroups(user: SystemUser) -> set[int]:
+    """Every process in the user's memory cgroup or a folder below it: the server, and the
+    runsc sandboxes (run detached, so not below the server in the process tree)."""
+    found: set[int] = set()
+    for procs in user_cgroups(user)["memory"].rglob("cgroup.procs"):
+        try:
+            found.update(int(p) for p in procs.read_text().split())
+        except OSError:
+            pass  # a folder removed meanwhile
+    return found
+
+
 def cgroup_of(pid: int, controller: str) -> str:
     """The cgroup v1 path of ``pid`` in ``controller`` ("" if the process is gone)."""
     try:

@@ -22,7 +22,7 @@ from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.backends.pipe import PipeBackend
 from sandbox_kernel.kernelspec import build_kernelspec
-from tests.helpers import BACKEND_CONFIGS, Kernel, listening_ports
+from tests.helpers import BACKEND_CONFIGS, Kernel, listening_ports, pool_of
 
 PIPE_BACKENDS = ["bwrap", "firejail"]
 
@@ -242,7 +242,6 @@ def test_install_backend_runs_the_demo_notebook(backend: str, tmp_path: Path) ->
 def test_bwrap_warm_pool(tmp_path: Path) -> None:
     """The warm pool works for a pipe backend: a launch claims a pre-started bwrap sandbox,
     and draining the pool leaves no sandbox, process or cgroup behind."""
-    from sandbox_kernel.pool import WarmPool
     from sandbox_kernel.relay.thread import RelayThread
 
     config = {**BACKEND_CONFIGS["bwrap"], "pool_size": 1, "memory_limit": "1536m"}
@@ -258,8 +257,7 @@ def test_bwrap_warm_pool(tmp_path: Path) -> None:
             kc.start_channels()
             kernels.append(Kernel(km, kc))
             kc.wait_for_ready(timeout=60)
-            policy = km.provisioner.policy  # type: ignore[union-attr]
-            pool = next(p for p in WarmPool._pools.values() if p.policy == policy)
+            pool = pool_of(km)
             wait_until(lambda p=pool: bool(p.ready), 60, "the bwrap warm pool to fill")  # type: ignore[misc]
         assert not kernels[0].km.provisioner.last_start_warm  # type: ignore[union-attr]
         assert kernels[1].km.provisioner.last_start_warm  # type: ignore[union-attr]

@@ -13,14 +13,13 @@ import docker
 
 from sandbox_kernel.backends.owner import LABEL_POOL, LABEL_SERVER_PID
 from sandbox_kernel.pool import WarmPool
-from tests.helpers import Kernel, container_exists
+from tests.helpers import Kernel, container_exists, pool_of
 
 
 def wait_for_ready_pool(kernel: Kernel, timeout: float = 60) -> None:
-    """Until the pool for ``kernel``'s policy has a sandbox ready."""
-    policy = kernel.km.provisioner.policy  # type: ignore[union-attr]
+    """Until the pool ``kernel`` draws from has a sandbox ready."""
     deadline = time.monotonic() + timeout
-    while not any(p.ready for p in list(WarmPool._pools.values()) if p.policy == policy):
+    while not getattr(pool_of(kernel.km), "ready", None):
         assert time.monotonic() < deadline, f"the warm pool did not fill: {WarmPool.stats()}"
         time.sleep(0.1)
 

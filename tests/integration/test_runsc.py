@@ -34,7 +34,7 @@ from sandbox_kernel.kernelspec import build_kernelspec
 from sandbox_kernel.policy import build_policy
 from sandbox_kernel.security import ATTACKS
 from sandbox_kernel.security.expectations import GAPS
-from tests.helpers import BACKEND_CONFIGS, Kernel, listening_ports
+from tests.helpers import BACKEND_CONFIGS, Kernel, listening_ports, pool_of
 
 RUNSC = "sandbox-runsc"
 SELF_CONTAINED = {a.id for a in ATTACKS if not a.needs}  # what doctor runs
@@ -431,7 +431,6 @@ def _server_pid(name: str, kind: str = "bundles") -> int:
 def test_warm_pool_claims_and_drains(tmp_path: Path) -> None:
     """The warm pool works for runsc: a launch claims a pre-started sandbox, and draining the
     pool leaves no state, bundle, cgroup or process behind."""
-    from sandbox_kernel.pool import WarmPool
     from sandbox_kernel.relay.thread import RelayThread
 
     ksm = small_kernelspec(tmp_path, pool_size=1, memory_limit="1536m")
@@ -444,8 +443,7 @@ def test_warm_pool_claims_and_drains(tmp_path: Path) -> None:
             kc.start_channels()
             kernels.append(Kernel(km, kc))
             kc.wait_for_ready(timeout=60)
-            policy = km.provisioner.policy  # type: ignore[union-attr]
-            pool = next(p for p in WarmPool._pools.values() if p.policy == policy)
+            pool = pool_of(km)
             wait_until(lambda p=pool: bool(p.ready), 60, "the runsc warm pool to fill")  # type: ignore[misc]
         assert not kernels[0].km.provisioner.last_start_warm  # type: ignore[union-attr]
         assert kernels[1].km.provisioner.last_start_warm  # type: ignore[union-attr]

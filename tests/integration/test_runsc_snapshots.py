@@ -37,7 +37,7 @@ from sandbox_kernel.backends.runsc import CGROUP_PREFIX, ROOT_STATE, RunscBacken
 from sandbox_kernel.kernelspec import build_kernelspec
 from sandbox_kernel.pool import WarmPool
 from sandbox_kernel.relay.thread import RelayThread
-from tests.helpers import BACKEND_CONFIGS, Kernel
+from tests.helpers import BACKEND_CONFIGS, Kernel, pool_of
 from tests.integration.test_runsc import alive, bundles, cgroup_dirs, images, runsc_ids, wait_until
 
 # numpy's random module imported while the pooled kernel initialises, so its global
@@ -75,8 +75,8 @@ class Kernels:
         return kernel
 
     def pool(self) -> WarmPool:
-        policy = self.started[0].km.provisioner.policy  # type: ignore[union-attr]
-        return next(p for p in list(WarmPool._pools.values()) if p.policy == policy)
+        pool: WarmPool = pool_of(self.started[0].km)
+        return pool
 
     def wait_ready(self) -> WarmPool:
         """Until the pool holds a ready sandbox (made from its snapshot, or fresh)."""
