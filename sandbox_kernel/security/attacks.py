@@ -419,7 +419,8 @@ ATTACKS: tuple[Attack, ...] = (
     _attack(
         "priv-ptrace-agent",
         _PRIV,
-        "PID 1 (the agent) cannot be traced or have its memory read",
+        "the agent (PID 1; the kernel's parent under firejail, whose init is PID 1) cannot "
+        "be traced or have its memory read",
     ),
     _attack(
         "priv-mknod-device",
