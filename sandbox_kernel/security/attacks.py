@@ -515,6 +515,12 @@ ATTACKS: tuple[Attack, ...] = (
         "only the sandbox's own processes are visible (agent, kernel, its children)",
     ),
     _attack(
+        "info-agent-proc",
+        _INFO,
+        "the agent's /proc files that Linux shows only to a process allowed to trace it "
+        "(environ, auxv, maps, smaps, mem, the fd folder and its entries) are refused",
+    ),
+    _attack(
         "info-host-pids",
         _INFO,
         "host processes (the Jupyter server, dockerd) are neither visible nor signalable",
