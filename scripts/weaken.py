@@ -248,7 +248,7 @@ WEAKENINGS: tuple[Weakening, ...] = (
         "sandbox_kernel/backends/docker.py",
         '        "user": "0:0" if gvisor else policy.user,\n',
         '        "user": policy.user,\n',
-        (attacks("priv-agent"),),
+        (attacks("priv-agent or info-agent"),),
         also=(
             (
                 "sandbox_kernel/backends/docker.py",
@@ -256,6 +256,14 @@ WEAKENINGS: tuple[Weakening, ...] = (
                 "            kernel_user_apart=False,\n",
             ),
         ),
+    ),
+    Weakening(
+        "agent-dumpable",
+        "the agent stays dumpable (no PR_SET_DUMPABLE 0), yet reports itself undumpable",
+        "sandbox_kernel/inside/agent.py",
+        "        return bool(libc.prctl(4, 0, 0, 0, 0) == 0)  # 4 = PR_SET_DUMPABLE\n",
+        "        return True\n",
+        tuple(on(b, "agent") for b in ("docker-runc", "bwrap", "firejail")),
     ),
     _docker(
         "caps-kept",

@@ -523,8 +523,10 @@ def populate_home(home: str, skel: str = "/etc/skel") -> None:
 
 
 def make_undumpable() -> bool:
-    """PR_SET_DUMPABLE 0: /proc/1/fd and ptrace of the agent become root-only, so the
-    kernel (same uid) cannot open the protocol pipe or inject frames through it."""
+    """PR_SET_DUMPABLE 0: on the host's kernel /proc/1/fd, mem, environ, maps and ptrace of
+    the agent become root-only, so the kernel (same uid) cannot open the protocol pipe or
+    inject frames through it (gVisor 20240729 shows environ, auxv, maps, smaps and the fd
+    listing to every uid anyway: info-agent-proc)."""
     try:
         import ctypes
 

@@ -419,7 +419,8 @@ ATTACKS: tuple[Attack, ...] = (
     _attack(
         "priv-ptrace-agent",
         _PRIV,
-        "PID 1 (the agent) cannot be traced or have its memory read",
+        "the agent (PID 1; the kernel's parent under firejail, whose init is PID 1) cannot "
+        "be traced or have its memory read",
     ),
     _attack(
         "priv-mknod-device",
@@ -512,6 +513,12 @@ ATTACKS: tuple[Attack, ...] = (
         "info-process-list",
         _INFO,
         "only the sandbox's own processes are visible (agent, kernel, its children)",
+    ),
+    _attack(
+        "info-agent-proc",
+        _INFO,
+        "the agent's /proc files that Linux shows only to a process allowed to trace it "
+        "(environ, auxv, maps, smaps, mem, the fd folder and its entries) are refused",
     ),
     _attack(
         "info-host-pids",

@@ -28,6 +28,19 @@ _IN_MEMORY = (
     "anyway, so noexec is defence in depth, not a barrier to running native code"
 )
 
+_AGENT_PROC = (
+    "gVisor (runsc 20240729) makes /proc/<pid>/environ, auxv, maps and smaps readable by "
+    "every uid (mode 0444, no ptrace check; fixed upstream in release-20251215.0) and lists "
+    "/proc/<pid>/fd to anyone, whatever PR_SET_DUMPABLE says (the agent sets it; nothing "
+    "else within the agent's reach hides them). The kernel reads of its root agent: the "
+    "environment (HOME, LANG, PATH, Docker's HOSTNAME: each also in the kernel's own; the "
+    "key reaches the agent over the pipe, never through its environment), the memory layout "
+    "and auxiliary vector (addresses in the same interpreter and libraries the kernel runs, "
+    "which would help only an exploit of a memory bug in the agent) and the descriptor "
+    "numbers. Its memory (mem: EACCES) and every descriptor but /dev/null stay closed "
+    "(EACCES; sockets ENXIO)"
+)
+
 # backend -> {attack id: why this backend does not block it}. Observed by the attack suite
 # (tests/security/test_attacks.py for docker, test_backend_attacks.py for the others), which
 # fails if any entry stops being true.
@@ -45,6 +58,7 @@ GAPS: dict[str, dict[str, str]] = {
         "in gVisor: it can add addresses and routes to lo over netlink (SIOCSIFADDR and "
         "SIOCADDRT are not implemented). They exist only in the sandbox's own network stack, "
         "which has no interface but lo: nothing outside is reached (net-userns-egress)",
+        "info-agent-proc": _AGENT_PROC,
     },
     "docker-runc": {
         "fs-mountinfo": "runc's overlay root names Docker's storage paths "
@@ -90,9 +104,18 @@ GAPS: dict[str, dict[str, str]] = {
 # backend -> {attack id: regular expression its detail must match in full}: for gaps that
 # could hide a further weakening of the same attack (one more host mount would not turn a
 # "not blocked" into anything else), what the attack sees is pinned down as well.
+# What gVisor shows of /proc/1 and /proc/1/task/1: nothing opened but /dev/null (fds 0-2),
+# the memory refused, environ holding only variables the kernel has itself.
+_AGENT_FILES = (
+    r"environ read \(\d+ variables, all in the kernel's own\), auxv read \(\d+ bytes\), "
+    r"smaps read \(\d+ lines\), maps read \(\d+ lines\), mem EACCES, fd read \(\d+ entries\), "
+    r"(fd/\d+ opened \(/dev/null\), )*fd/\* EACCES \(\d+\)(, fd/\* ENODEV \(\d+\))?"
+    r"(, fd/\* ENXIO \(\d+\))?"
+)
 _UNSIZED = r": writable tmpfs without a size cap \([^;]*\)"
 _FILES = r": tmpfs the sandbox cannot write, holding files \([^;]*\)"
 GAP_DETAILS: dict[str, dict[str, str]] = {
+    "docker": {"info-agent-proc": f"/proc/1: {_AGENT_FILES}; /proc/1/task/1: {_AGENT_FILES}"},
     "firejail": {
         "fs-mount-census": "mounts not from the image or the sandbox: "
         + "; ".join(
@@ -112,6 +135,7 @@ GAP_DETAILS: dict[str, dict[str, str]] = {
 # gVisor without Docker (the runsc backend, as root and rootless): the same gVisor, so the
 # same gaps (tests/security/test_backend_attacks.py, test_runsc_rootless_attacks.py).
 GAPS["runsc"] = dict(GAPS["docker"])
+GAP_DETAILS["runsc"] = dict(GAP_DETAILS["docker"])
 
 
 def expected_blocked(backend: str, attack_id: str) -> bool:

@@ -30,7 +30,7 @@ import pytest
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.policy import build_policy
 from sandbox_kernel.security import ATTACKS, PROTECTS, Attack, attacks, by_id, render
-from sandbox_kernel.security.expectations import GAPS, expected_blocked
+from sandbox_kernel.security.expectations import GAP_DETAILS, GAPS, expected_blocked
 from tests.helpers import REPO, Kernel
 from tests.security.conftest import AcceptCounter, LanHost, Listener, host_addresses
 
@@ -324,6 +324,18 @@ def test_attack(attack: Attack, request: pytest.FixtureRequest, shared_kernel: K
             f"the default backend now blocks {attack.id}, documented as a gap "
             f"({GAPS['docker'][attack.id]}): update sandbox_kernel/security/expectations.py "
             f"and docs/security.md. Observed: {result['detail']}"
+        )
+        check_gap_detail("docker", attack.id, result["detail"])
+
+
+def check_gap_detail(backend: str, attack_id: str, detail: str) -> None:
+    """A gap whose look GAP_DETAILS pins must look exactly so: a further weakening behind it
+    (e.g. the agent's memory readable, besides its maps) fails the test."""
+    pattern = GAP_DETAILS.get(backend, {}).get(attack_id)
+    if pattern is not None:
+        assert re.fullmatch(pattern, detail), (
+            f"backend {backend}: {attack_id} sees more (or other) than its documented gap "
+            f"({GAPS[backend][attack_id]}). Observed: {detail}"
         )
 
 

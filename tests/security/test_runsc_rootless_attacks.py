@@ -1,8 +1,9 @@
 """The whole attack catalogue against the runsc backend rootless: kernels started by a
 Jupyter process running as a real ordinary user (``rootless`` fixture), with a cgroup
 delegated to that user so that nothing is accepted as unenforced. Same attacks, providers
-and host-side controls as test_attacks.py; the expected outcome is GAPS["runsc"] (none),
-asserted both ways as in test_backend_attacks.py.
+and host-side controls as test_attacks.py; the expected outcome is GAPS["runsc"] (gVisor's
+gaps), asserted both ways as in test_backend_attacks.py, with GAP_DETAILS["runsc"] pinning
+what a gap may show.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sandbox_kernel.security import ATTACKS, Attack
 from sandbox_kernel.security.expectations import GAPS, expected_blocked
 from tests.helpers import Kernel
 from tests.rootless import Rootless, UserKernel
-from tests.security.test_attacks import attempt
+from tests.security.test_attacks import attempt, check_gap_detail
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +72,4 @@ def test_attack_on_rootless_runsc(
             f"rootless runsc now blocks {attack.id}, documented as a gap "
             f"({GAPS['runsc'][attack.id]}): update sandbox_kernel/security/expectations.py"
         )
+        check_gap_detail("runsc", attack.id, result["detail"])

@@ -24,7 +24,7 @@ from sandbox_kernel.pool import WarmPool
 from sandbox_kernel.security import ATTACKS, Attack
 from sandbox_kernel.security.expectations import GAPS, expected_blocked
 from tests.helpers import BACKEND_CONFIGS, Kernel
-from tests.security.test_attacks import attempt
+from tests.security.test_attacks import attempt, check_gap_detail
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +107,7 @@ def test_attack_on_a_restored_sandbox(
             f"({GAPS['runsc'][attack.id]}): update sandbox_kernel/security/expectations.py. "
             f"Observed: {result['detail']}"
         )
+        check_gap_detail("runsc", attack.id, result["detail"])
 
 
 @pytest.mark.docker
