@@ -135,7 +135,10 @@ class Translator:
     def control(self, msg: dict[str, Any]) -> dict[str, Any]:
         if msg["op"] in (ops.START, ops.PREWARM):
             msg["connection_file"] = self.path(msg["connection_file"])
-            msg["argv"] = [self.path(a) for a in msg["argv"]]
+            # argv[0] is the host's interpreter (the fake runs the host's Python), which
+            # may itself live under /tmp when the checkout does.
+            argv = msg["argv"]
+            msg["argv"] = argv[:1] + [self.path(a) for a in argv[1:]]
             msg["env"] = {k: self.path(v) for k, v in dict(msg.get("env") or {}).items()}
             if msg.get("cwd"):
                 msg["cwd"] = self.path(msg["cwd"])
