@@ -42,8 +42,9 @@ from tests.integration.hub import (
 EXAMPLES = REPO / "docs" / "examples"
 KERNEL = "sandbox-python"
 # The kernelspec an administrator installs for recipe (a): no warm pool, so a server's
-# sandboxes are exactly its kernels (at most max_kernels).
-INSTALL = ["--backend", "runsc", "--pool-size", "0"]
+# sandboxes are exactly its kernels (at most max_kernels), on gVisor's ptrace platform
+# (a class of idle kernels; docs/jupyterhub.md).
+INSTALL = ["--backend", "runsc", "--pool-size", "0", "--platform", "ptrace"]
 SANDBOX_PROCESS = "runsc-sandbox"  # one per sandbox: gVisor's sentry (rootless: as the user)
 MAX_KERNELS = 2  # the example's 4, cheaper to reach
 USER_MEMORY = 1536 * 2**20  # everything of one user's server (the example has 4g)
@@ -405,6 +406,8 @@ def test_users_servers_hold_no_privilege_beyond_the_users_own(hub_setup: HubSetu
         tree = sorted(set(descendants(server_pid(user))) | in_user_cgroups(user))
         sandboxes = sandbox_pids(user)
         assert sandboxes and set(sandboxes) <= set(tree), f"{who}: {sandboxes} not in {tree}"
+        for pid in sandboxes:  # the recipe's platform reached runsc
+            assert "--platform=ptrace" in cmdline(pid), (who, cmdline(pid))
         for pid in tree:
             ids = proc_ids(pid)
             if not ids:
