@@ -18,7 +18,6 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +27,7 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 from tests.helpers import REPO
-from tests.integration.servers import free_port
+from tests.integration.servers import free_port, ws_execute
 
 SHARED_VENV = Path(os.environ.get("SANDBOX_KERNEL_SHARED_VENV", "/opt/sandbox-kernel/venv"))
 SETUP = "run `sudo scripts/quickstart.sh` (it installs configurable-http-proxy and runs scripts/shared-venv.sh)"
@@ -410,28 +409,7 @@ class UserClient:
             HTTPRequest(url, headers={"Authorization": f"token {self.token}"}, connect_timeout=60)
         )
         try:
-            msg_id = uuid.uuid4().hex
-            header = {"msg_id": msg_id, "msg_type": "execute_request", "username": self.user.name,
-                      "session": uuid.uuid4().hex, "version": "5.3", "date": ""}  # fmt: skip
-            content = {"code": code, "silent": False, "store_history": False, "allow_stdin": False}
-            await ws.write_message(json.dumps({
-                "header": header, "parent_header": {}, "metadata": {}, "content": content,
-                "channel": "shell", "buffers": [],
-            }))  # fmt: skip
-            out: list[str] = []
-            while True:
-                raw = await asyncio.wait_for(ws.read_message(), timeout)
-                assert raw is not None, "kernel websocket closed"
-                msg = json.loads(raw)
-                if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                kind = msg["msg_type"]
-                if kind == "stream":
-                    out.append(msg["content"]["text"])
-                elif kind == "error":
-                    out.append("\n".join(msg["content"]["traceback"]))
-                elif kind == "status" and msg["content"]["execution_state"] == "idle":
-                    return "".join(out)
+            return await ws_execute(ws, code, self.user.name, timeout)
         finally:
             ws.close()
 

@@ -3,6 +3,7 @@ the browser and deployment-config tests; its sandboxes are checked gone after it
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -13,10 +14,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
 import docker
+from tornado.websocket import WebSocketClientConnection
 
 from sandbox_kernel.backends.owner import LABEL_MANAGED, LABEL_SERVER_PID
 
@@ -185,3 +188,32 @@ class JupyterServer:
                 return int(resp.status)
         except urllib.error.HTTPError as exc:
             return int(exc.code)
+
+
+async def ws_execute(
+    ws: WebSocketClientConnection, code: str, username: str, timeout: float
+) -> str:
+    """Run ``code`` over a kernel's open websocket, as JupyterLab does; return its stdout
+    (and any traceback) once the kernel is idle again. The caller closes ``ws``."""
+    msg_id = uuid.uuid4().hex
+    header = {"msg_id": msg_id, "msg_type": "execute_request", "username": username,
+              "session": uuid.uuid4().hex, "version": "5.3", "date": ""}  # fmt: skip
+    content = {"code": code, "silent": False, "store_history": False, "allow_stdin": False}
+    await ws.write_message(json.dumps({
+        "header": header, "parent_header": {}, "metadata": {}, "content": content,
+        "channel": "shell", "buffers": [],
+    }))  # fmt: skip
+    out: list[str] = []
+    while True:
+        raw = await asyncio.wait_for(ws.read_message(), timeout)
+        assert raw is not None, "kernel websocket closed"
+        msg = json.loads(raw)
+        if msg.get("parent_header", {}).get("msg_id") != msg_id:
+            continue
+        kind = msg["msg_type"]
+        if kind == "stream":
+            out.append(msg["content"]["text"])
+        elif kind == "error":
+            out.append("\n".join(msg["content"]["traceback"]))
+        elif kind == "status" and msg["content"]["execution_state"] == "idle":
+            return "".join(out)

@@ -9,7 +9,6 @@ import asyncio
 import json
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from traitlets.config.loader import PyFileConfigLoader
 
 from sandbox_kernel.kernelspec import build_kernelspec
 from tests.helpers import REPO
-from tests.integration.servers import JupyterServer
+from tests.integration.servers import JupyterServer, ws_execute
 
 EXAMPLES = REPO / "docs" / "examples"
 
@@ -65,30 +64,7 @@ async def execute(srv: JupyterServer, kernel_id: str, code: str, timeout: float 
     url = f"ws://127.0.0.1:{srv.port}/api/kernels/{kernel_id}/channels?token={srv.token}"
     ws = await websocket_connect(url)
     try:
-        msg_id = uuid.uuid4().hex
-        header = {
-            "msg_id": msg_id, "msg_type": "execute_request", "username": "test",
-            "session": uuid.uuid4().hex, "version": "5.3", "date": "",
-        }  # fmt: skip
-        content = {"code": code, "silent": False, "store_history": False, "allow_stdin": False}
-        await ws.write_message(json.dumps({
-            "header": header, "parent_header": {}, "metadata": {}, "content": content,
-            "channel": "shell", "buffers": [],
-        }))  # fmt: skip
-        out: list[str] = []
-        while True:
-            raw = await asyncio.wait_for(ws.read_message(), timeout)
-            assert raw is not None, "kernel websocket closed"
-            msg = json.loads(raw)
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            kind = msg["msg_type"]
-            if kind == "stream":
-                out.append(msg["content"]["text"])
-            elif kind == "error":
-                out.append("\n".join(msg["content"]["traceback"]))
-            elif kind == "status" and msg["content"]["execution_state"] == "idle":
-                return "".join(out)
+        return await ws_execute(ws, code, "test", timeout)
     finally:
         ws.close()
 
