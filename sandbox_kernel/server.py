@@ -122,6 +122,18 @@ async def _done(step: Awaitable[None] | None) -> None:
         await step
 
 
+async def _launching(step: Awaitable[None] | None) -> None:
+    """Await a handler method of jupyter_server that starts a kernel; a failed start is
+    raised as :func:`launch_refusal`'s error where it has one."""
+    try:
+        await _done(step)
+    except Exception as exc:
+        error = launch_refusal(exc)
+        if error is None:
+            raise
+        raise error from exc
+
+
 class _RefusingHandler:
     """Checks the kernel a request names before jupyter_server's handler starts it."""
 
@@ -142,13 +154,7 @@ class SandboxedKernelsHandler(_RefusingHandler, MainKernelHandler):
     async def post(self) -> None:
         model = self.get_json_body() or {}
         self.check_kernel(model.get("name"))
-        try:
-            await _done(super().post())
-        except Exception as exc:
-            error = launch_refusal(exc)
-            if error is None:
-                raise
-            raise error from exc
+        await _launching(super().post())
 
 
 class SandboxedSessionsHandler(_RefusingHandler, SessionRootHandler):
@@ -161,13 +167,7 @@ class SandboxedSessionsHandler(_RefusingHandler, SessionRootHandler):
         kernel = (self.get_json_body() or {}).get("kernel") or {}
         if not kernel.get("id"):
             self.check_kernel(kernel.get("name"))
-        try:
-            await _done(super().post())
-        except Exception as exc:
-            error = launch_refusal(exc)
-            if error is None:
-                raise
-            raise error from exc
+        await _launching(super().post())
 
 
 class SandboxedSessionHandler(_RefusingHandler, SessionHandler):
