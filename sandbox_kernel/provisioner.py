@@ -169,7 +169,7 @@ class SandboxProvisioner(KernelProvisionerBase):
             os.path.join(notebook_dir, conf.exchange.export_dir),
         )
         if self._listeners is None:
-            listeners = HostListeners(INSIDE_PORTS)
+            listeners = HostListeners(INSIDE_PORTS, label=f"kernel {self.kernel_id}")
             await self.relay.run(listeners.open())
             self._listeners = listeners
             exchange = HostExchange(

@@ -4,20 +4,23 @@ Bound on 127.0.0.1 only, once per kernel, and kept across restarts so
 clients reconnect to the same ports. Each accepted connection becomes a
 stream to the matching port inside the current sandbox; with no sandbox ready
 (between restarts) the connection is closed and ZeroMQ simply reconnects.
-A connection from another user's process is closed at once (:mod:`.peers`).
+Accepting is bounded per port and a connection from another user's process is reset
+before anything of it reaches the sandbox (:mod:`.accept`, :mod:`.peers`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Callable, Mapping
 
 from ..inside.mux import abort_transport
-from .peers import allowed_peer
+from .accept import GatedAcceptor, reset
 from .session import AgentSession
 
 HOST = "127.0.0.1"
+log = logging.getLogger(__name__)
 
 
 class _Refuse(asyncio.Protocol):
@@ -25,28 +28,15 @@ class _Refuse(asyncio.Protocol):
         abort_transport(transport)
 
 
-class _CheckPeer(asyncio.Protocol):
-    """The first protocol of an accepted connection: another user's socket is closed;
-    ours is handed to a new stream into the sandbox (``open``)."""
-
-    def __init__(self, open_stream: Callable[[], asyncio.Protocol]) -> None:
-        self.open_stream = open_stream
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
-        protocol = self.open_stream() if allowed_peer(peer, local) else _Refuse()
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-
-
 class HostListeners:
     """Named host ports (``shell_port`` ...) mapped to ports inside the sandbox."""
 
-    def __init__(self, inside_ports: Mapping[str, int]) -> None:
+    def __init__(self, inside_ports: Mapping[str, int], label: str = "a sandbox") -> None:
         self.inside_ports = dict(inside_ports)
+        self.label = label  # how log lines name the kernel
         self.ports: dict[str, int] = {}
         self.session: AgentSession | None = None
-        self._servers: list[asyncio.AbstractServer] = []
+        self._acceptors: list[GatedAcceptor] = []
 
     async def open(self) -> None:
         """Bind every port (on the relay loop); on any failure, bind none."""
@@ -74,12 +64,30 @@ class HostListeners:
         except OSError:
             sock.close()
             raise
-        server = await asyncio.get_running_loop().create_server(self._factory(inside), sock=sock)
-        self._servers.append(server)
-        self.ports[name] = sock.getsockname()[1]
+        port = sock.getsockname()[1]
+        acceptor = GatedAcceptor(
+            sock, self._connected(inside), what=f"{self.label}: host port {port} ({name})", log=log
+        )
+        acceptor.start()
+        self._acceptors.append(acceptor)
+        self.ports[name] = port
 
-    def _factory(self, inside_port: int) -> Callable[[], asyncio.Protocol]:
-        return lambda: _CheckPeer(lambda: self._accept(inside_port))
+    def _connected(self, inside_port: int) -> Callable[[socket.socket, tuple[str, int]], None]:
+        """What becomes of a checked connection: a stream into the sandbox."""
+
+        def connected(conn: socket.socket, _address: tuple[str, int]) -> None:
+            loop = asyncio.get_running_loop()
+            task = loop.create_task(
+                loop.connect_accepted_socket(lambda: self._accept(inside_port), conn)
+            )
+
+            def settled(done: asyncio.Task[object]) -> None:
+                if done.cancelled() or done.exception() is not None:
+                    reset(conn)
+
+            task.add_done_callback(settled)
+
+        return connected
 
     def _accept(self, inside_port: int) -> asyncio.Protocol:
         session = self.session
@@ -91,9 +99,9 @@ class HostListeners:
             return _Refuse()
 
     async def close(self) -> None:
-        # Server.close() closes the listening sockets at once; wait_closed() would
-        # also wait for open connections (Python >= 3.12), which the session aborts.
-        servers, self._servers = self._servers, []
-        for server in servers:
-            server.close()
+        """Close the listening sockets at once (on the relay loop); open connections are
+        the session's, which aborts them."""
+        acceptors, self._acceptors = self._acceptors, []
+        for acceptor in acceptors:
+            acceptor.close()
         self.ports = {}
