@@ -26,6 +26,16 @@ c.MappingKernelManager.default_kernel_name = SANDBOXED_KERNELS[0]
 # answers 500 "Unhandled error" or 501).
 c.ServerApp.jpserver_extensions.update({"sandbox_kernel.server": True})
 
+# The server's 127.0.0.1 port is open to every local user, and tornado reads a request's
+# whole body before anything authenticates it: only this server's user and root (the
+# hub's proxy and the hub) are served, every other user's connection is reset before a
+# byte of it is read (sandbox_kernel/server_peers.py); and no request body or read buffer
+# may pass 64 MiB (jupyter_server's default is 512 MiB; a larger body gets a 400 and is
+# not read). Notebooks are saved in one request; uploads go in 1 MiB chunks.
+c.ServerApp.jpserver_extensions.update({"sandbox_kernel.server_peers": True})
+c.ServerApp.max_body_size = 64 * 1024 * 1024
+c.ServerApp.max_buffer_size = 64 * 1024 * 1024
+
 # At most this many sandboxed kernels per server; the next start is refused (403) until
 # one is shut down. Each also keeps pool_size warm sandboxes per kernelspec (default 1).
 c.SandboxProvisioner.max_kernels = 4

@@ -106,14 +106,18 @@ class GatedAcceptor:
         self.sock.setblocking(False)
         self._read(True)
 
-    def close(self) -> None:
-        """Stop accepting and close the listening socket; connections still waiting for
-        their check are reset when it ends."""
+    def stop_accepting(self) -> None:
+        """Stop accepting (on the loop); connections still waiting for their check are
+        reset when it ends. The listening socket stays open."""
         self.closed = True
         self._read(False)
         for timer in (self._resume, self._log_timer):
             if timer is not None:
                 timer.cancel()
+
+    def close(self) -> None:
+        """:meth:`stop_accepting`, and close the listening socket."""
+        self.stop_accepting()
         self.sock.close()
 
     def _read(self, on: bool) -> None:

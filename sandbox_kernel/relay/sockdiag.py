@@ -1,6 +1,6 @@
 """Who owns one TCP socket, asked of the Linux kernel by its exact address (sock_diag).
 
-A ``NETLINK_SOCK_DIAG`` request names one IPv4 TCP socket by its four addresses; the
+A ``NETLINK_SOCK_DIAG`` request names one TCP socket by its four addresses; the
 kernel answers with that socket alone (``inet_diag_msg``: its state, owner uid, inode) or
 an error. The cost does not depend on how many sockets the host has, unlike reading
 ``/proc/net/tcp``, which another local user can inflate at will.
@@ -59,17 +59,25 @@ class Owner:
         return self.inode != 0 and self.state not in NOT_A_LIVE_CONNECTION
 
 
+def family_of(address: tuple[str, int]) -> int:
+    """AF_INET or AF_INET6, from how the address is written."""
+    return socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+
+
 def _sockid(local: tuple[str, int], remote: tuple[str, int]) -> bytes:
+    family = family_of(local)
     return SOCKID.pack(
-        local[1], remote[1], socket.inet_aton(local[0]).ljust(16, b"\0"),
-        socket.inet_aton(remote[0]).ljust(16, b"\0"),
+        local[1], remote[1], socket.inet_pton(family, local[0]).ljust(16, b"\0"),
+        socket.inet_pton(family, remote[0]).ljust(16, b"\0"),
     ) + SOCKID_TAIL.pack(0, INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE)  # fmt: skip
 
 
 def encode_request(local: tuple[str, int], remote: tuple[str, int], seq: int) -> bytes:
-    """The ``SOCK_DIAG_BY_FAMILY`` request for the one IPv4 TCP socket whose own address is
-    ``local`` and whose peer is ``remote`` (pure)."""
-    body = REQ_V2.pack(socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF)
+    """The ``SOCK_DIAG_BY_FAMILY`` request for the one TCP socket whose own address is
+    ``local`` and whose peer is ``remote`` (IPv4, or IPv6 written with colons; pure)."""
+    if family_of(local) != family_of(remote):
+        raise DiagError(f"{local} and {remote} are of different families")
+    body = REQ_V2.pack(family_of(local), socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF)
     body += _sockid(local, remote)
     return (
         NLMSGHDR.pack(NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq, 0) + body
@@ -103,7 +111,7 @@ def decode_reply(
         raise DiagError(f"a truncated inet_diag_msg ({len(payload)} bytes)")
     family, state, _timer, _retrans = MSG_HEAD.unpack_from(payload)
     sockid = payload[MSG_HEAD.size : MSG_HEAD.size + SOCKID.size]
-    if family != socket.AF_INET or sockid != _sockid(local, remote)[: SOCKID.size]:
+    if family != family_of(local) or sockid != _sockid(local, remote)[: SOCKID.size]:
         raise DiagError("sock_diag answered about another socket")
     *_, uid, inode = MSG_TAIL.unpack_from(payload, MSG_HEAD.size + SOCKID_SIZE)
     return Owner(uid=uid, inode=inode, state=state)

@@ -174,3 +174,40 @@ def test_hub_config_examples_load(example: str, caplog: pytest.LogCaptureFixture
     terminals = "--ServerApp.terminals_enabled=True" in spawner.args
     # Real Unix users get their shell; Docker accounts never (root-equivalent).
     assert terminals == (example == "jupyterhub_config.py")
+
+
+# Sends one request to the server's port, prints what came back: the status line, or how
+# the connection ended (run as root and as another user).
+KNOCK = r"""
+import socket, sys
+port, length = int(sys.argv[1]), int(sys.argv[2])
+s = socket.create_connection(("127.0.0.1", port), timeout=10)
+try:
+    s.sendall(b"POST /api/contents/x.ipynb HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+              b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % length)
+    s.sendall(b"{" * min(length, 65536))
+    reply = s.recv(200)
+    print(reply.split(b"\r\n")[0].decode() if reply else "CLOSED")
+except ConnectionResetError:
+    print("RESET")
+"""
+
+
+def test_the_servers_port_serves_only_its_own_user_and_root(server: JupyterServer) -> None:
+    """Another local user's connection to the server's 127.0.0.1 port is reset before a
+    byte of it is read (sandbox_kernel/server_peers.py); the owner's (here root) is served,
+    and a body over max_body_size is refused from its headers (400), not read."""
+    import subprocess
+    import sys
+
+    def knock(as_user: list[str], length: int) -> str:
+        argv = [*as_user, sys.executable, "-c", KNOCK, str(server.port), str(length)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/")
+        return done.stdout.strip() or done.stderr.strip()[-300:]
+
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    assert knock([], 10).startswith("HTTP/1.1 403"), "the owner's request was not answered"
+    assert knock(nobody, 10) == "RESET"
+    assert knock(nobody, 450 * 2**20) == "RESET"
+    assert knock([], 450 * 2**20).startswith("HTTP/1.1 400")  # over 64 MiB: not read
+    assert server.api("GET", "/api/status")["started"]

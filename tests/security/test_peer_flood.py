@@ -77,7 +77,9 @@ def attacker() -> Iterator[HostUser]:
         assert not left, f"the attacker's processes were left: {left}"
 
 
-def flood(who: HostUser | None, port: int, hold: int, rate: int, seconds: int) -> subprocess.Popen[str]:
+def flood(
+    who: HostUser | None, port: int, hold: int, rate: int, seconds: int
+) -> subprocess.Popen[str]:
     """The flood as ``who`` (None: this test's own user, the control), started holding its
     sockets; it begins when told (:func:`go`)."""
     argv = ["/usr/bin/python3", "-c", FLOOD, *(str(v) for v in (port, hold, rate, seconds))]

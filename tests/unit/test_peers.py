@@ -100,6 +100,18 @@ def test_the_real_kernel_names_the_owner_of_a_real_connection() -> None:
     assert allowed_uids() == {os.geteuid(), 0}
 
 
+def test_ipv6_loopback_too() -> None:
+    with socket.socket(socket.AF_INET6) as server, sockdiag.open_socket() as nl:
+        server.bind(("::1", 0))
+        server.listen()
+        with socket.create_connection(server.getsockname()[:2]):
+            conn, peer = server.accept()
+            with conn:
+                assert peer_owner(nl, peer, conn.getsockname(), 1) == os.geteuid()
+    with pytest.raises(sockdiag.DiagError):
+        sockdiag.encode_request(("::1", 1), ("127.0.0.1", 2), 1)
+
+
 class FakeCheck(PeerCheck):
     """Answers from a table by the client's port (uid None: unknown), on the check thread."""
 
