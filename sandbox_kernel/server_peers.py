@@ -13,6 +13,12 @@ connection is reset before tornado sees a byte of it. Accepting is bounded per s
 (``SERVER_ACCEPT_RATE``), pauses instead of spinning when the server is out of
 descriptors, and what it logs is at most a line per 10 s per socket.
 
+The hub's proxy is let in, and it forwards anyone's request, signed in or not. Tornado
+reads each request body whole before the handler that would refuse it runs; the shared
+server config caps one body (``max_body_size``), and :class:`BodyBudget` caps the bodies
+being read at once: a request whose bytes would take the total past
+``MAX_BODY_BYTES_IN_FLIGHT`` is answered 400 and its connection closed.
+
 Enabled by ``c.ServerApp.jpserver_extensions`` (docs/examples/jupyter_server_config.py);
 jupyter_server calls :func:`_load_jupyter_server_extension` before it creates its HTTP
 server, so the gate is in place before the first socket is bound. A Unix socket
@@ -26,6 +32,8 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
+from tornado import httputil
+
 from .relay.accept import GatedAcceptor
 
 # Connections a second (and at once) one server socket accepts: the hub's proxy opens a
@@ -33,12 +41,77 @@ from .relay.accept import GatedAcceptor
 SERVER_ACCEPT_RATE = 1000.0
 SERVER_ACCEPT_BURST = 512
 INET = (socket.AF_INET, socket.AF_INET6)
+# Bytes of request bodies the server holds at once while reading them: two notebooks of
+# max_body_size (64 MiB) saved at the same time.
+MAX_BODY_BYTES_IN_FLIGHT = 128 * 1024 * 1024
+
+
+class BodyBudget:
+    """Request body bytes being read, all requests together (pure counting)."""
+
+    def __init__(self, limit: int = MAX_BODY_BYTES_IN_FLIGHT) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, n: int) -> bool:
+        if self.held + n > self.limit:
+            return False
+        self.held += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.held -= n
+
+
+class CountedBody(httputil.HTTPMessageDelegate):
+    """One request's delegate, its body bytes counted against ``budget`` until the request
+    is read (``finish``) or its connection ends."""
+
+    def __init__(self, inner: httputil.HTTPMessageDelegate, budget: BodyBudget) -> None:
+        self.inner = inner
+        self.budget = budget
+        self.held = 0
+
+    def headers_received(
+        self,
+        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+    ) -> Any:
+        return self.inner.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Any:
+        if not self.budget.take(len(chunk)):
+            self._release()
+            # tornado answers 400, closes the connection and logs one line (info).
+            raise httputil.HTTPInputError(
+                f"request bodies being read would pass {self.budget.limit} bytes"
+            )
+        self.held += len(chunk)
+        return self.inner.data_received(chunk)
+
+    def finish(self) -> None:
+        self._release()
+        self.inner.finish()
+
+    def on_connection_close(self) -> None:
+        self._release()
+        self.inner.on_connection_close()
+
+    def _release(self) -> None:
+        self.budget.give(self.held)
+        self.held = 0
 
 
 def gate_http_server(http_server: Any, log: Any) -> None:
     """Make ``http_server`` (a tornado ``HTTPServer`` not yet listening) accept through a
-    :class:`GatedAcceptor` on each TCP socket it is given."""
+    :class:`GatedAcceptor` on each TCP socket it is given, and count the request bodies
+    it reads against one :class:`BodyBudget`."""
     plain_add_sockets = http_server.add_sockets
+    plain_start_request = http_server.start_request
+    budget = BodyBudget()
+
+    def start_request(server_conn: object, request_conn: Any) -> CountedBody:
+        return CountedBody(plain_start_request(server_conn, request_conn), budget)
 
     def add_sockets(sockets: Iterable[socket.socket]) -> None:
         for sock in sockets:
@@ -57,6 +130,7 @@ def gate_http_server(http_server: Any, log: Any) -> None:
             http_server._handlers[sock.fileno()] = acceptor.stop_accepting
 
     http_server.add_sockets = add_sockets
+    http_server.start_request = start_request
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:

@@ -308,6 +308,148 @@ def test_alice_gets_nothing_from_bobs_kernel(hub_setup: HubSetup) -> None:
     bob_client.api("DELETE", f"/api/kernels/{kernel}")
 
 
+# Alice's attack on bob's server port (stdlib only, run as alice): three 450 MiB POSTs
+# (unauthenticated, as tornado would read them whole before any handler) and IDLE
+# connections opened as fast as she can and held for HOLD_S seconds. Prints what happened:
+# bytes of the bodies the server took before it dropped them, any byte of HTTP it answered,
+# and how her idle connections ended.
+FLOOD_SERVER = r"""
+import json, socket, sys, threading, time
+port, idle, hold = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+seen = {"body_sent": [], "answered": 0, "idle_open": 0, "idle_reset": 0, "idle_closed": 0}
+def post():
+    sent = 0
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=20)
+        s.sendall(b"POST /user/x/api/contents/x.ipynb HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (450 << 20))
+        chunk = b"[" * (1 << 20)
+        while sent < 450 << 20:
+            s.sendall(chunk); sent += len(chunk)
+        if s.recv(100).startswith(b"HTTP/"):
+            seen["answered"] += 1
+    except OSError:
+        pass
+    seen["body_sent"].append(sent)
+posts = [threading.Thread(target=post) for _ in range(3)]
+for t in posts: t.start()
+conns = []
+for _ in range(idle):
+    c = socket.socket(); c.setblocking(False); c.connect_ex(("127.0.0.1", port)); conns.append(c)
+time.sleep(hold)
+for c in conns:
+    try:
+        data = c.recv(100, socket.MSG_DONTWAIT)
+        if data.startswith(b"HTTP/"): seen["answered"] += 1
+        seen["idle_closed" if not data else "idle_open"] += 1
+    except BlockingIOError:
+        seen["idle_open"] += 1
+    except OSError:
+        seen["idle_reset"] += 1
+    c.close()
+for t in posts: t.join(60)
+print(json.dumps(seen))
+"""
+IDLE_CONNECTIONS = 4000
+HOLD_S = 20
+BOB_SERVER_PEAK = 400 * 2**20  # his server's peak resident memory under the attack
+
+
+def server_port(hub: Hub, user: SystemUser) -> int:
+    """The 127.0.0.1 port of the user's server, from the proxy's routing table."""
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{hub.api_port}/api/routes",
+                                 headers={"Authorization": f"token {hub.proxy_token}"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        routes = json.loads(resp.read())
+    [target] = [r["target"] for k, r in routes.items() if k.rstrip("/").endswith(user.name)]
+    return int(target.rsplit(":", 1)[1].strip("/"))
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident memory (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def proxy_put(hub: Hub, user: SystemUser, mib: int) -> None:
+    """An unauthenticated PUT of ``mib`` MiB to the user's server through the hub's port;
+    never accepted (400 or 403, or the connection dropped mid-body)."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"{hub.url}/user/{user.name}/api/contents/x.ipynb", method="PUT",
+        data=b"[" * (mib << 20), headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    try:
+        urllib.request.urlopen(req, timeout=120).close()
+    except urllib.error.HTTPError as exc:
+        assert exc.code in (400, 403), exc
+        return
+    except OSError:
+        return
+    raise AssertionError(f"an unauthenticated {mib} MiB PUT was accepted")
+
+
+def test_alice_cannot_exhaust_or_freeze_bobs_server(hub_setup: HubSetup) -> None:
+    """Issue 19, item 2: Alice, a local user with a shell, attacks bob's server's 127.0.0.1
+    port: three unauthenticated 450 MiB POSTs and 4,000 idle connections; and through the
+    hub's public port, one 300 MiB PUT and six of 60 MiB at once. Bob's server stays under BOB_SERVER_PEAK, his
+    cells answer (p99 under 1 s), none of her connections is answered or kept, and the hub
+    log grows by less than 64 KiB."""
+    import threading
+
+    hub, alice, bob = hub_setup.hub, hub_setup.users["alice"], hub_setup.users["bob"]
+    spawned(hub_setup, "alice")
+    bob_client = spawned(hub_setup, "bob")
+    kernel = bob_client.start_kernel()
+    assert bob_client.execute(kernel, "print(6 * 7)").strip() == "42"
+    pid, port = server_pid(bob), server_port(hub, bob)
+    log_before = hub.log_path.stat().st_size
+    attack: dict[str, subprocess.CompletedProcess[str]] = {}
+    flood = threading.Thread(target=lambda: attack.update(done=alice.run(
+        [str(SHARED_VENV / "bin" / "python"), "-c", FLOOD_SERVER, str(port),
+         str(IDLE_CONNECTIONS), str(HOLD_S)], timeout=300)))  # fmt: skip
+    flood.start()
+    latencies: list[float] = []
+    try:
+        end = time.monotonic() + HOLD_S
+        while time.monotonic() < end:
+            t = time.monotonic()
+            assert bob_client.execute(kernel, "print(6 * 7)", timeout=60).strip() == "42"
+            latencies.append(time.monotonic() - t)
+        # Through the hub's public port (its proxy is let in): one 300 MiB body, refused
+        # from its headers, and six of 60 MiB at once, cut at the server's body budget.
+        puts = [
+            threading.Thread(target=proxy_put, args=(hub, bob, mib)) for mib in [300] + [60] * 6
+        ]
+        for put in puts:
+            put.start()
+        for put in puts:
+            put.join(300)
+    finally:
+        flood.join(300)
+    done = attack["done"]
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout)
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    assert seen["answered"] == 0, f"bob's server answered alice's direct requests: {seen}"
+    assert seen["idle_open"] == 0, f"bob's server kept alice's idle connections: {seen}"
+    assert peak_rss(pid) < BOB_SERVER_PEAK, f"bob's server grew to {peak_rss(pid) >> 20} MiB"
+    assert p99 < 1.0, f"bob's cells stalled: p99 {p99:.2f} s of {latencies}"
+    assert bob_client.execute(kernel, "print(6 * 7)").strip() == "42"
+    assert server_pid(bob) == pid, "bob's server was restarted"
+    grown = hub.log_path.stat().st_size - log_before
+    assert grown < 64 * 1024, f"the hub log grew by {grown} bytes:\n{hub.log(4000)}"
+    print(f"\nbob's server peak {peak_rss(pid) >> 20} MiB, cell p99 {p99:.2f} s, alice: {seen}")
+    bob_client.api("DELETE", f"/api/kernels/{kernel}")
+
+
 def runsc_state(user: SystemUser) -> Path:
     """The user's runsc state (LocalProcessSpawner sets no XDG_RUNTIME_DIR): the runsc
     backend's per-user folder, 0700."""
