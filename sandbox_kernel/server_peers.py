@@ -106,13 +106,13 @@ class CountedBody(httputil.HTTPMessageDelegate):
         self.held = 0
 
 
-def gate_http_server(http_server: Any, log: Any) -> None:
+def gate_http_server(http_server: Any, log: Any, budget: BodyBudget | None = None) -> None:
     """Make ``http_server`` (a tornado ``HTTPServer`` not yet listening) accept through a
     :class:`GatedAcceptor` on each TCP socket it is given, and count the request bodies
     it reads against one :class:`BodyBudget`."""
     plain_add_sockets = http_server.add_sockets
     plain_start_request = http_server.start_request
-    budget = BodyBudget()
+    budget = budget or BodyBudget()
 
     def start_request(server_conn: object, request_conn: Any) -> CountedBody:
         return CountedBody(plain_start_request(server_conn, request_conn), budget)

@@ -18,7 +18,6 @@ socket. Callers: :class:`~sandbox_kernel.relay.listeners.HostListeners` on the r
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
 import struct
@@ -32,9 +31,8 @@ from .peers import PeerCheck
 # kernel's client connects a handful of times (one per channel); JupyterLab a few per tab.
 ACCEPT_RATE = 50.0
 ACCEPT_BURST = 64
-OUT_OF_FDS_PAUSE = 1.0  # seconds without accepting after EMFILE/ENFILE/ENOBUFS/ENOMEM
+ACCEPT_PAUSE = 1.0  # seconds without accepting after a failed accept (EMFILE, ENFILE...)
 LOG_EVERY = 10.0  # seconds between two log lines of one socket
-OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
@@ -148,10 +146,10 @@ class GatedAcceptor:
             except ConnectionAbortedError:
                 continue
             except OSError as exc:
-                if exc.errno not in OUT_OF_RESOURCES:
-                    raise
-                self._note(f"accepting paused for {OUT_OF_FDS_PAUSE:g} s: {exc.strerror}")
-                self._pause(OUT_OF_FDS_PAUSE)
+                # Out of descriptors (or anything else): pause, never spin on a socket that
+                # stays readable, and never raise into the loop (it would log each time).
+                self._note(f"accepting paused for {ACCEPT_PAUSE:g} s: {exc.strerror or exc}")
+                self._pause(ACCEPT_PAUSE)
                 return
             conn.setblocking(False)
             if not self.check.submit(conn, self._verdict_from_thread(conn, address)):
@@ -178,9 +176,9 @@ class GatedAcceptor:
         if allowed and not self.closed:
             try:
                 self.on_allowed(conn, address)
-            except Exception:
+            except Exception as exc:
                 reset(conn)
-                raise
+                self._note(f"a connection could not be served: {exc!r}")
             return
         reset(conn)
         if not self.closed:
