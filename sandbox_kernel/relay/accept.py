@@ -182,7 +182,8 @@ class GatedAcceptor:
             return
         reset(conn)
         if not self.closed:
-            self._note(f"refused a connection from {address[0]}:{address[1]} (uid {uid})")
+            owner = "no live socket or unknown" if uid is None else f"uid {uid}"
+            self._note(f"refused a connection from {address[0]}:{address[1]} ({owner})")
 
     def _note(self, what: str) -> None:
         """Log ``what`` happened now if nothing was logged for this socket lately; else
