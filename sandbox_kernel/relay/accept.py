@@ -9,7 +9,9 @@ socket. Callers: :class:`~sandbox_kernel.relay.listeners.HostListeners` on the r
   socket is not read until a token is due, so excess connections wait in the kernel's
   listen backlog (then their SYNs are dropped) and cost this loop nothing.
 - Each accepted socket's owner is checked off the loop (:class:`~.peers.PeerCheck`);
-  until the verdict nothing is read from it. Another user's is reset (RST).
+  until the verdict nothing is read from it. Another user's is reset (RST). While the
+  checks waiting are at their bound, nothing is accepted: connections wait in the listen
+  backlog (a user's own is delayed, never reset unchecked).
 - Out of descriptors (EMFILE...), accepting pauses for a second instead of spinning.
 - What a refusal or a failure logs is at most a line per ``LOG_EVERY`` seconds per socket,
   with the count of what was left out.
@@ -31,6 +33,7 @@ from .peers import PeerCheck
 # kernel's client connects a handful of times (one per channel); JupyterLab a few per tab.
 ACCEPT_RATE = 50.0
 ACCEPT_BURST = 64
+CHECKS_FULL_PAUSE = 0.01  # seconds without accepting while the peer checks are full
 ACCEPT_PAUSE = 1.0  # seconds without accepting after a failed accept (EMFILE, ENFILE...)
 LOG_EVERY = 10.0  # seconds between two log lines of one socket
 _LINGER_RESET = struct.pack("ii", 1, 0)
@@ -135,6 +138,9 @@ class GatedAcceptor:
     def _on_readable(self) -> None:
         assert self.loop is not None
         while not self.closed:
+            if self.check.full():  # connections wait in the listen backlog, not as our fds
+                self._pause(CHECKS_FULL_PAUSE)
+                return
             if not self.bucket.take(time.monotonic()):
                 self._pause(self.bucket.wait())
                 return

@@ -11,8 +11,9 @@ socket. A connection whose peer is no longer a live socket (TIME_WAIT, orphaned,
 closed), or whose owner cannot be learnt, is refused.
 
 The lookups run on one thread of their own (:class:`PeerCheck`, one per process), never on
-an event loop, and at most ``MAX_PENDING_CHECKS`` wait for it: beyond that a connection is
-refused unchecked. :class:`~sandbox_kernel.relay.accept.GatedAcceptor` is its caller.
+an event loop, and at most ``MAX_PENDING_CHECKS`` wait for it: meanwhile its callers stop
+accepting (connections wait in the kernel's listen backlog). The caller:
+:class:`~sandbox_kernel.relay.accept.GatedAcceptor`.
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ class PeerCheck:
             if cls._instance is None:
                 cls._instance = cls()
             return cls._instance
+
+    def full(self) -> bool:
+        """Whether MAX_PENDING_CHECKS already wait (callers stop accepting meanwhile)."""
+        return self._pending >= self.max_pending
 
     def submit(self, conn: socket.socket, reply: Callable[[bool, int | None], None]) -> bool:
         """Queue the check of accepted socket ``conn``; ``reply(allowed, uid)`` is called

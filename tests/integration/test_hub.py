@@ -404,7 +404,7 @@ def test_alice_cannot_exhaust_or_freeze_bobs_server(hub_setup: HubSetup) -> None
     port: three unauthenticated 450 MiB POSTs and 4,000 idle connections; and through the
     hub's public port, one 300 MiB PUT and six of 60 MiB at once. Bob's server stays under
     BOB_SERVER_PEAK, his cells answer (p99 under 1 s), none of her connections is answered
-    or kept, and the hub log grows by less than 64 KiB."""
+    or kept, and the attack adds a few lines to the hub log."""
     import concurrent.futures
     import threading
 
@@ -451,8 +451,17 @@ def test_alice_cannot_exhaust_or_freeze_bobs_server(hub_setup: HubSetup) -> None
     assert p99 < 1.0, f"bob's cells stalled: p99 {p99:.2f} s of {latencies}"
     assert bob_client.execute(kernel, "print(6 * 7)").strip() == "42"
     assert server_pid(bob) == pid, "bob's server was restarted"
-    grown = hub.log_path.stat().st_size - log_before
-    assert grown < 64 * 1024, f"the hub log grew by {grown} bytes:\n{hub.log(4000)}"
+    # The hub log (the servers' too) carries bob's own traffic (about 1 KiB a cell); what
+    # the attack adds is a few lines, no traceback (before: 5.3 MiB/s of them).
+    with hub.log_path.open("rb") as f:
+        f.seek(log_before)
+        grown = f.read().decode(errors="replace")
+    attack_lines = [
+        line for line in grown.splitlines()
+        if re.search(r"refused|Malformed HTTP|accepting paused|peer check|ConfigProxy", line)
+    ]  # fmt: skip
+    assert "Traceback" not in grown and len(attack_lines) <= 40, attack_lines
+    assert len(grown) < 1 << 20, f"the hub log grew by {len(grown)} bytes"
     print(f"\nbob's server: peak {rss_before >> 20}..{peak_rss(pid) >> 20} MiB, fds {fds_before}..{fds_peak}, "
           f"cell p99 {p99:.2f} s; proxied PUTs {answers}; alice: {seen}")  # fmt: skip
     bob_client.api("DELETE", f"/api/kernels/{kernel}")
