@@ -173,12 +173,14 @@ class GatedAcceptor:
                 loop.call_soon_threadsafe(self._verdict, conn, address, allowed, uid)
             except RuntimeError:  # the loop is closed: nobody serves this connection
                 reset(conn)
+                self.check.release()
 
         return reply
 
     def _verdict(
         self, conn: socket.socket, address: tuple[str, int], allowed: bool, uid: int | None
     ) -> None:
+        self.check.release()
         if allowed and not self.closed:
             try:
                 self.on_allowed(conn, address)

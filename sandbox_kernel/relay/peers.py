@@ -76,13 +76,15 @@ class PeerCheck:
             return cls._instance
 
     def full(self) -> bool:
-        """Whether MAX_PENDING_CHECKS already wait (callers stop accepting meanwhile)."""
+        """Whether MAX_PENDING_CHECKS connections are held (callers stop accepting)."""
         return self._pending >= self.max_pending
 
     def submit(self, conn: socket.socket, reply: Callable[[bool, int | None], None]) -> bool:
         """Queue the check of accepted socket ``conn``; ``reply(allowed, uid)`` is called
-        from the check thread (the caller hops back to its loop). False, and nothing
-        queued, when MAX_PENDING_CHECKS already wait: the caller refuses ``conn``."""
+        from the check thread (the caller hops back to its loop), and the caller calls
+        :meth:`release` once it has served or reset ``conn``: until then ``conn`` counts
+        against MAX_PENDING_CHECKS. False, and nothing queued, at that bound: the caller
+        resets ``conn``."""
         with self._count_lock:
             if self._pending >= self.max_pending:
                 return False
@@ -90,19 +92,21 @@ class PeerCheck:
         try:
             self._executor.submit(self._run, conn, reply)
         except RuntimeError:  # interpreter shutdown
-            self._done()
+            self.release()
             return False
         return True
 
-    def _done(self) -> None:
+    def release(self) -> None:
+        """One submitted connection is dealt with (served or reset)."""
         with self._count_lock:
             self._pending -= 1
 
     def _run(self, conn: socket.socket, reply: Callable[[bool, int | None], None]) -> None:
         try:
             uid = self.lookup(conn)
-        finally:
-            self._done()
+        except Exception:  # a bug here must not leave the connection unanswered
+            log.exception("sandbox-kernel: the peer check failed")
+            uid = None
         reply(uid is not None and uid in self.allowed, uid)
 
     def lookup(self, conn: socket.socket) -> int | None:

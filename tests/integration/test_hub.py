@@ -451,14 +451,15 @@ def test_alice_cannot_exhaust_or_freeze_bobs_server(hub_setup: HubSetup) -> None
     assert p99 < 1.0, f"bob's cells stalled: p99 {p99:.2f} s of {latencies}"
     assert bob_client.execute(kernel, "print(6 * 7)").strip() == "42"
     assert server_pid(bob) == pid, "bob's server was restarted"
-    # The hub log (the servers' too) carries bob's own traffic (about 1 KiB a cell); what
-    # the attack adds is a few lines, no traceback (before: 5.3 MiB/s of them).
+    # The hub log (the servers' too) carries bob's own traffic (about 1 KiB a cell, and the
+    # proxy's note of each of his test client's websockets closed with a reset); what the
+    # attack adds is a few lines, no traceback (before: 5.3 MiB/s of them).
     with hub.log_path.open("rb") as f:
         f.seek(log_before)
         grown = f.read().decode(errors="replace")
     attack_lines = [
         line for line in grown.splitlines()
-        if re.search(r"refused|Malformed HTTP|accepting paused|peer check|ConfigProxy", line)
+        if re.search(r"refused|Malformed HTTP|accepting paused|peer check", line)
     ]  # fmt: skip
     assert "Traceback" not in grown and len(attack_lines) <= 40, attack_lines
     assert len(grown) < 1 << 20, f"the hub log grew by {len(grown)} bytes"
