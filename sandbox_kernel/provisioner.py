@@ -39,7 +39,7 @@ from .backends.base import Preflight, SandboxBackend
 from .backends.registry import make_backend
 from .configured import Configured, configure
 from .errors import PolicyError, SandboxError
-from .exchange.files_in import plan_copy_in
+from .exchange.files_in import plan_kernel_files
 from .exchange.host import HostExchange
 from .inside import ops
 from .kernel_slots import SLOTS, KernelLimitReached
@@ -87,6 +87,7 @@ class SandboxProvisioner(KernelProvisionerBase):
     max_runtime_ports = trait("max_runtime_ports")
     copy_in = trait("copy_in")
     copy_in_limit = trait("copy_in_limit")
+    copy_in_notebook_folder = trait("copy_in_notebook_folder")
     export_limit = trait("export_limit")
     export_dir = trait("export_dir")
     console_output = trait("console_output")
@@ -161,12 +162,7 @@ class SandboxProvisioner(KernelProvisionerBase):
         notebook_dir = str(kwargs.get("cwd") or os.getcwd())
         # Fresh copies at every start: read the host files now, before any sandbox exists.
         copy_items = await asyncio.to_thread(
-            plan_copy_in,
-            conf.exchange.copy_in,
-            notebook_dir,
-            conf.exchange.copy_in_bytes,
-            self.log,
-            os.path.join(notebook_dir, conf.exchange.export_dir),
+            plan_kernel_files, conf.exchange, notebook_dir, self.log
         )
         if self._listeners is None:
             listeners = HostListeners(INSIDE_PORTS)

@@ -181,7 +181,16 @@ SETTINGS: tuple[Setting, ...] = (
         "list",
         metavar="PATH",
     ),
-    S("copy_in_limit", "64m", "most bytes copy_in may copy", "size"),
+    S(
+        "copy_in_notebook_folder",
+        False,
+        "copy the notebook's folder (its files and subfolders, not hidden ones, not the export "
+        "folder) into the sandbox's home at each start, within copy_in_limit, so the notebook "
+        "reads the data beside it; copies, never mounted: nothing written in the sandbox "
+        "comes back. For students' own notebooks, never for a grader's",
+        "bool",
+    ),
+    S("copy_in_limit", "64m", "most bytes copy_in (and the notebook's folder) may copy", "size"),
     S(
         "export_limit",
         "64m",

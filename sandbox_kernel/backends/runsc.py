@@ -460,7 +460,7 @@ def _shape(describe: Mapping[str, Any], policy: SandboxPolicy) -> str:
 
 class RunscBackend(SandboxBackend):
     name = "runsc"
-    label = "sandboxed, gVisor without Docker"
+    label = "sandboxed, runsc"  # short: the launcher wraps long names
 
     def __init__(
         self,

@@ -7,6 +7,7 @@ it), 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -20,7 +21,8 @@ from ..image.recipe import DEFAULT_IMAGE
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from ..kernelspec import build_kernelspec, install_kernelspec
+    from ..configured import configure
+    from ..kernelspec import beyond_host, build_kernelspec, install_kernelspec
 
     config = settings.from_flags(args)  # only what was given: the rest keeps its default
     spec = build_kernelspec(config, display_name=args.display_name)
@@ -30,7 +32,22 @@ def cmd_install(args: argparse.Namespace) -> int:
         spec, name, user=args.user, prefix=prefix, replace=args.replace
     )
     print(f"{'installed' if changed else 'already installed'}: kernelspec {name!r} in {path}")
+    policy = configure(config).policy
+    for warning in beyond_host(policy.memory_bytes, policy.cpus, _host_memory(), _host_cpus()):
+        print(f"sandbox-kernel: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _host_memory() -> int:
+    """Bytes of memory this host has (0 if unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        return 0
+
+
+def _host_cpus() -> int:
+    return len(os.sched_getaffinity(0)) or (os.cpu_count() or 0)
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
@@ -127,20 +144,27 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
+    """Exit 1 when a backend could not be looked at (a stopped daemon, a wrong DOCKER_HOST):
+    leftovers may remain. A user who may not use Docker has no Docker sandboxes: a note."""
     from ..backends.cgroups import remove_empty
+    from ..backends.docker import DockerForbidden
 
     removed: list[str] = []
+    unchecked = 0
     for backend, remove_orphans in _per_backend("remove_orphans"):
         try:
             removed += remove_orphans()
-        except SandboxError as exc:  # e.g. an ordinary user without the Docker socket
+        except DockerForbidden as exc:
             print(f"sandbox-kernel: note: {backend} sandboxes not checked: {exc}", file=sys.stderr)
+        except SandboxError as exc:
+            unchecked += 1
+            print(f"sandbox-kernel: error: {backend} sandboxes not checked: {exc}", file=sys.stderr)
     stale = remove_empty()
     if stale:
         print(f"removed the cgroups of {len(stale)} ended bwrap/firejail sandbox(es)")
     print(f"removed {len(removed)} sandbox(es) left by dead Jupyter processes" +
           (": " + ", ".join(removed) if removed else ""))  # fmt: skip
-    return 0
+    return 1 if unchecked else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ EXCHANGE_SETTINGS = (
     "expose_ports",
     "max_runtime_ports",
     "copy_in",
+    "copy_in_notebook_folder",
     "copy_in_limit",
     "export_limit",
     "export_dir",
@@ -59,6 +60,7 @@ class ExchangePolicy:
     max_runtime_ports: int
     copy_in: tuple[str, ...]
     copy_in_bytes: int
+    copy_in_notebook_folder: bool
     export_bytes: int  # 0: the kernel may not export files
     export_dir: str
     export_files: int = MAX_EXPORT_FILES_PER_KERNEL
@@ -124,6 +126,9 @@ def build_exchange_policy(**given: Any) -> ExchangePolicy:
             f"{MAX_EXPOSED_PORTS} (0: the kernel may not expose ports itself)"
         )
     entries = tuple(copy_in)
+    notebook_folder = v["copy_in_notebook_folder"]
+    if not isinstance(notebook_folder, bool):
+        raise PolicyError(f"copy_in_notebook_folder: {notebook_folder!r} is not true or false")
     for entry in entries:
         if not isinstance(entry, str) or not entry.strip() or "\0" in entry:
             raise PolicyError(f"copy_in: {entry!r} is not a path")
@@ -140,6 +145,7 @@ def build_exchange_policy(**given: Any) -> ExchangePolicy:
         max_runtime_ports=max_runtime_ports,
         copy_in=entries,
         copy_in_bytes=copy_bytes,
+        copy_in_notebook_folder=notebook_folder,
         export_bytes=export_bytes,
         export_dir=export_folder,
     )

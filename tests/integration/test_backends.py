@@ -219,7 +219,7 @@ def test_install_backend_runs_the_demo_notebook(backend: str, tmp_path: Path) ->
     name = f"sandbox-python-{backend}"
     spec = kernelspecs(tmp_path)[name]["spec"]
     assert spec["display_name"].startswith("Python 3 (sandboxed, ")
-    tier = "gVisor without Docker" if backend == "runsc" else "host kernel"
+    tier = "runsc" if backend == "runsc" else "host kernel"
     assert tier in spec["display_name"], spec["display_name"]
     out = tmp_path / "demo.out.ipynb"
     env = {"JUPYTER_PATH": str(tmp_path / "share" / "jupyter")}

@@ -194,3 +194,12 @@ def test_every_command_has_help_and_one_exit_code_convention(tmp_path: Path) -> 
     assert cli("install", "--cpus", "many").returncode == 2
     failed = cli("run", str(tmp_path / "missing.ipynb"))
     assert failed.returncode == 1 and failed.stderr.startswith("sandbox-kernel: error:"), failed
+
+
+def test_gc_fails_when_it_cannot_look() -> None:
+    """A wrong DOCKER_HOST: gc could not look for leftovers, so it says so, naming
+    DOCKER_HOST, and exits 1 (it used to print a warning and exit 0)."""
+    r = cli("gc", env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "docker sandboxes not checked" in r.stderr
+    assert "DOCKER_HOST='unix:///nonexistent/docker.sock'" in r.stderr, r.stderr

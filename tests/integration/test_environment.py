@@ -150,3 +150,24 @@ def test_listed_harmless_variables_do_get_in(
     assert {n: env.get(n) for n in values} == values, env
     assert "SK_NOT_LISTED" not in env
     assert len(seen) > 2, f"the readout saw the kernel's environment only: {list(seen)}"
+
+
+@pytest.mark.parametrize(
+    "cell",
+    ["%pip install tqdm", "!pip install tqdm", "!pip3 install tqdm",
+     "import subprocess, sys\nr = subprocess.run([sys.executable, '-m', 'pip', 'install', 'tqdm'])\n"
+     "assert r.returncode == 0, 'pip failed'"],
+)  # fmt: skip
+def test_pip_says_there_is_no_network_and_fails(shared_kernel: Kernel, cell: str) -> None:
+    """A student's `%pip install` used to print "No module named pip", "you may need to
+    restart the kernel" and end as a successful cell: an autograder saw nothing wrong.
+    Every way to call pip explains that the sandbox has no network and who adds
+    packages; the cell fails (``!pip`` is a shell escape, whose status IPython does not
+    turn into an error: there, the explanation is what the student reads)."""
+    from sandbox_kernel.image.recipe import NO_PIP_MESSAGE
+
+    content, text = shared_kernel.run(cell, timeout=120)
+    assert "no network" in text and "--extra-package" in text, text
+    assert NO_PIP_MESSAGE.split(":")[0] in text
+    if not cell.startswith("!"):
+        assert content["status"] == "error", (content, text)

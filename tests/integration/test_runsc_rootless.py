@@ -61,7 +61,7 @@ def test_install_as_an_ordinary_user(rootless: Rootless) -> None:
     spec_file = rootless.user.home / ".local/share/jupyter/kernels/sandbox-python-runsc/kernel.json"
     assert spec_file.stat().st_uid == rootless.user.uid
     spec = json.loads(spec_file.read_text())
-    assert spec["display_name"] == "Python 3 (sandboxed, gVisor without Docker)"
+    assert spec["display_name"] == "Python 3 (sandboxed, runsc)"
     assert spec["metadata"]["kernel_provisioner"]["config"]["backend"] == "runsc"
 
 

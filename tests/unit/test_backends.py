@@ -327,3 +327,9 @@ def test_unreachable_docker_names_the_real_cause() -> None:
         assert state in stopped and "setup-host" in stopped and "permission" not in stopped
     other = unreachable_message("tcp://10.0.0.1:2375", None, "timed out", user="root (uid 0)")
     assert "timed out" in other and "setup-host" in other
+    # A DOCKER_HOST pointing nowhere looks like a stopped daemon: the message names it.
+    wrong = unreachable_message(
+        "/tmp/nothing.sock", errno.ENOENT, "x", user="root (uid 0)",
+        docker_host="unix:///tmp/nothing.sock",
+    )  # fmt: skip
+    assert "DOCKER_HOST='unix:///tmp/nothing.sock'" in wrong and "unset DOCKER_HOST" in wrong

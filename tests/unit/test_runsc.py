@@ -185,7 +185,7 @@ def test_oom_kills(tmp_path: Path) -> None:
 
 
 def test_registry_entry() -> None:
-    assert display_name("runsc") == "Python 3 (sandboxed, gVisor without Docker)"
+    assert display_name("runsc") == "Python 3 (sandboxed, runsc)"
     assert "host kernel" not in display_name("runsc") and "weaker" not in display_name("runsc")
     assert default_kernel_name("runsc") == "sandbox-python-runsc"
     backend = make_backend(
