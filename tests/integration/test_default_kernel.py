@@ -148,7 +148,11 @@ def test_rest_api_session_for_python3_is_sandboxed(server: JupyterServer) -> Non
 
 
 def test_jupyterlab_opens_python3_notebook_in_the_sandbox(server: JupyterServer) -> None:
-    from tests.integration.test_browser import CHROMIUM, WAIT_MS, require_browser
+    from tests.integration.test_browser import CHROMIUM, WAIT_MS, require_browser, wait_for
+
+    def idle() -> bool:
+        sessions = server.api("GET", "/api/sessions")
+        return bool(sessions) and sessions[0]["kernel"]["execution_state"] == "idle"
 
     sync_playwright = require_browser()
     with sync_playwright() as pw:
@@ -161,14 +165,17 @@ def test_jupyterlab_opens_python3_notebook_in_the_sandbox(server: JupyterServer)
             page.goto(f"{server.url}/lab/tree/assignment.ipynb?token={server.token}")
             cell = page.locator(".jp-Notebook .jp-Cell").first
             cell.wait_for()
+            wait_for(idle, "the notebook's kernel to be idle")
             toolbar_kernel = page.locator(".jp-NotebookPanel-toolbar .jp-KernelName")
-            page.wait_for_function(
-                "el => el.innerText.includes('sandboxed')", arg=toolbar_kernel.element_handle()
-            )
+            assert "sandboxed" in toolbar_kernel.inner_text(), toolbar_kernel.inner_text()
             cell.locator(".jp-InputPrompt").click()
             page.keyboard.press("Control+Enter")
             out = cell.locator(".jp-OutputArea-output", has_text="PROBE").first
-            out.wait_for()
+            try:
+                out.wait_for()
+            except Exception:
+                page.screenshot(path=str(server.workdir / "failure.png"))
+                raise AssertionError(f"no output; see {server.workdir}/failure.png") from None
             assert_sandboxed(out.inner_text())
         finally:
             browser.close()
