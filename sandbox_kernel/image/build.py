@@ -317,7 +317,8 @@ class _RootfsBuilder:
         startup.mkdir(parents=True, exist_ok=True)
         (startup / "00-sandbox-kernel-no-pip.py").write_text(
             "def _no_pip(line):\n"
-            f"    raise RuntimeError({message})\n\n\n"
+            "    from IPython.core.error import UsageError  # shown without a traceback\n\n"
+            f"    raise UsageError({message})\n\n\n"
             "for _name in ('pip', 'conda', 'mamba', 'micromamba'):\n"
             "    get_ipython().register_magic_function(_no_pip, 'line', _name)\n"
             "del _name, _no_pip\n"
