@@ -17,7 +17,7 @@ the CLI adds flags with :func:`add_flags` and collects them with :func:`from_fla
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -347,12 +347,3 @@ def _pair(item: str) -> tuple[str, str]:
     if not sep or not name:
         raise PolicyError(f"env: {item!r} is not NAME=VALUE")
     return name, value
-
-
-def applies(name: str, backend: str) -> bool:
-    s = BY_NAME[name]
-    return not s.backends or backend in s.backends
-
-
-def names(kinds: Iterable[str] | None = None) -> list[str]:
-    return [s.name for s in SETTINGS if kinds is None or s.kind in kinds]
