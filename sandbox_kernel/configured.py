@@ -1,9 +1,9 @@
 """A kernelspec's settings, checked and turned into what the provisioner uses (pure).
 
 :func:`configure` is the one validation of every setting (``settings.py`` declares them):
-the provisioner calls it at each launch with its trait values, ``sandbox-kernel install``
-(``kernelspec.py``) before it writes anything. A bad value raises PolicyError naming the
-setting and the fix.
+the provisioner calls it at each launch with its trait values (and keeps the backend
+object it builds), ``sandbox-kernel install`` (``kernelspec.py``) and ``doctor`` before
+anything is written or run. A bad value raises PolicyError naming the setting and the fix.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backends.registry import backend_settings, check_backend, make_backend
+from .backends.base import SandboxBackend
+from .backends.registry import check_backend, make_backend
 from .errors import PolicyError
 from .exchange.policy import EXCHANGE_SETTINGS, ExchangePolicy, build_exchange_policy
 from .kernel_slots import check_max_kernels
@@ -28,7 +29,9 @@ MAX_MESSAGE_SIZE_CAP = 64 * 2**30
 @dataclass(frozen=True)
 class Configured:
     backend: str
-    backend_settings: dict[str, Any]
+    # The backend object, built once from its settings (its own checks ran; no host check
+    # until its preflight): the provisioner's for this kernel.
+    sandboxes: SandboxBackend
     policy: SandboxPolicy
     exchange: ExchangePolicy
     pool_size: int
@@ -39,19 +42,18 @@ class Configured:
     values: dict[str, Any] = field(default_factory=dict)  # every setting, defaults filled in
 
 
-def configure(config: Mapping[str, Any]) -> Configured:
-    """``config`` (setting -> value; missing ones take their defaults), validated."""
+def configure(config: Mapping[str, Any], log: logging.Logger | None = None) -> Configured:
+    """``config`` (setting -> value; missing ones take their defaults), validated; ``log``
+    is the backend's."""
     values = resolve(config)
     backend = check_backend(values["backend"])
     if values["console_output"] not in MODES:
         raise PolicyError(
             f"console_output: {values['console_output']!r} is not one of {', '.join(MODES)}"
         )
-    mine = backend_settings(backend, values)
-    make_backend(backend, logging.getLogger(__name__), values)  # its own checks (cheap)
     return Configured(
         backend=backend,
-        backend_settings=mine,
+        sandboxes=make_backend(backend, log or logging.getLogger(__name__), values),
         policy=build_policy(**{k: values[k] for k in POLICY_SETTINGS}),
         exchange=build_exchange_policy(**{k: values[k] for k in EXCHANGE_SETTINGS}),
         pool_size=check_pool_size(values["pool_size"]),

@@ -36,7 +36,6 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 
 from .backends.base import Preflight, SandboxBackend
-from .backends.registry import make_backend
 from .configured import Configured, configure
 from .errors import PolicyError, SandboxError
 from .exchange.files_in import plan_copy_in
@@ -147,9 +146,9 @@ class SandboxProvisioner(KernelProvisionerBase):
         # Not super().pre_launch(): the base class would hand the kernel the server's whole
         # environment (kwargs["env"]). Here the kernel's environment is built from the
         # policy alone (policy.kernel_env); nothing else of the server's reaches it.
-        conf = self.configured = configure(self.values())
+        conf = self.configured = configure(self.values(), self.log)
         if self.sandboxes is None:  # the settings of one kernel do not change: one backend
-            self.sandboxes = make_backend(conf.backend, self.log, conf.values)
+            self.sandboxes = conf.sandboxes
         if self.console is None:
             self.console = ConsoleSink(
                 str(self.kernel_id or ""), conf.console_output, conf.console_limit, self.log
