@@ -264,7 +264,7 @@ class SandboxProvisioner(KernelProvisionerBase):
         except BaseException as exc:
             error = self._launch_error(exc)
             await self._teardown(restart=False)
-            if isinstance(exc, (SandboxError, asyncio.TimeoutError, SessionError)):
+            if isinstance(exc, (SandboxError, asyncio.TimeoutError)):
                 raise error from None
             raise
         running = self._running
