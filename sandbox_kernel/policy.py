@@ -28,19 +28,6 @@ _FORBIDDEN_ENV = re.compile(
     r"^PYTHONEXECUTABLE$|^LD_PRELOAD$|^LD_LIBRARY_PATH$",
     re.IGNORECASE,
 )
-# Ports the kernel binds on the sandbox's own loopback; each sandbox has its own
-# network namespace, so fixed numbers never collide. They lie below every ephemeral
-# port range (Linux 32768+, gVisor 16000+): the agent's connect retries while the kernel
-# starts could otherwise pick the port itself as source and self-connect, taking the
-# port from the kernel (seen under runc as EADDRINUSE).
-INSIDE_PORTS = {
-    "shell_port": 15001,
-    "iopub_port": 15002,
-    "stdin_port": 15003,
-    "control_port": 15004,
-    "hb_port": 15005,
-}
-KERNEL_INSIDE_PORTS = frozenset(INSIDE_PORTS.values())
 INSIDE_CONNECTION_FILE = "/tmp/.sandbox-kernel/kernel.json"
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -41,8 +41,9 @@ from .errors import PolicyError, SandboxError
 from .exchange.files_in import plan_copy_in
 from .exchange.host import HostExchange
 from .inside import ops
+from .inside.protocol import INSIDE_PORTS
 from .kernel_slots import SLOTS, KernelLimitReached
-from .policy import INSIDE_CONNECTION_FILE, INSIDE_PORTS, SandboxPolicy
+from .policy import INSIDE_CONNECTION_FILE, SandboxPolicy
 from .pool import WarmPool
 from .prewarm import prewarm_command
 from .relay.console import ConsoleSink

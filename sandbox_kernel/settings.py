@@ -4,19 +4,18 @@ A :class:`Setting` is the one place that says a setting's name, type, default, h
 ``sandbox-kernel install`` flag and the backends it applies to. From this table come the
 provisioner's traitlets (``SandboxProvisioner``: settable in a kernelspec's
 ``metadata.kernel_provisioner.config`` or a Jupyter config file), the ``install`` flags
-(``cli/main.py``), and the defaults of the one function that validates them all,
+(``cli/flags.py``), and the defaults of the one function that validates them all,
 ``configured.configure`` (used by the provisioner at each launch and by ``install``
 before anything is written). A backend-only setting names its backends here; the
 registry gives each backend exactly those.
 
 Who calls what: ``provisioner.py`` builds one trait per setting with :func:`trait`;
-the CLI adds flags with :func:`add_flags` and collects them with :func:`from_flags`;
+the CLI (``cli/flags.py``) makes one ``install`` flag per setting from :data:`SETTINGS`;
 :func:`resolve` fills a kernelspec's config with the defaults.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -290,60 +289,3 @@ def trait(name: str) -> Any:
     else:  # pragma: no cover - a typo in the table
         raise AssertionError(f"setting {name}: unknown kind {s.kind!r}")
     return made.tag(config=True)
-
-
-# -- install flags (the CLI) ---------------------------------------------------------------------
-
-
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """One ``install`` flag per setting; none has a default of its own (unset: the
-    setting's default applies and nothing is written into the kernelspec)."""
-    group = parser.add_argument_group(
-        "settings (docs: `sandbox-kernel install --help`; validated before anything is written)"
-    )
-    for s in SETTINGS:
-        where = f" [{', '.join(s.backends)} only]" if s.backends else ""
-        shown = s.default if s.default not in ([], {}, "", None) else None
-        default = f" (default: {shown})" if shown is not None else ""
-        text = (s.help + where + default).replace("%", "%%")  # argparse formats help with %
-        kw: dict[str, Any] = {"dest": s.name, "help": text, "default": None}
-        if s.kind == "bool":
-            # On by default: --no-NAME turns it off (and --NAME says so explicitly).
-            kw["action"] = argparse.BooleanOptionalAction if s.default else "store_true"
-        elif s.kind in ("list", "ports"):
-            kw.update(
-                action="append", metavar=s.metavar or "VALUE", help=kw["help"] + "; repeatable"
-            )
-        elif s.kind == "dict":
-            kw.update(action="append", metavar="NAME=VALUE", help=kw["help"] + "; repeatable")
-        elif s.kind == "enum":
-            kw["choices"] = s.choices
-        elif s.kind == "backend":
-            from .backends.registry import BACKENDS
-
-            kw["choices"] = list(BACKENDS)
-        elif s.kind in ("int", "int?"):
-            kw["type"] = int
-        elif s.kind == "float":
-            kw["type"] = float
-        group.add_argument(s.option, **kw)
-
-
-def from_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings given on the command line (only those), in kernelspec form."""
-    given: dict[str, Any] = {}
-    for s in SETTINGS:
-        value = getattr(args, s.name, None)
-        if value is None:
-            continue
-        if s.kind == "dict":
-            value = dict(_pair(item) for item in value)
-        given[s.name] = value
-    return given
-
-
-def _pair(item: str) -> tuple[str, str]:
-    name, sep, value = item.partition("=")
-    if not sep or not name:
-        raise PolicyError(f"env: {item!r} is not NAME=VALUE")
-    return name, value

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import PolicyError
-from ..policy import KERNEL_INSIDE_PORTS, parse_size
+from ..inside.protocol import KERNEL_INSIDE_PORTS
+from ..policy import parse_size
 
 MAX_EXPOSED_PORTS = 64
 MAX_EXPORT_FILES = 256

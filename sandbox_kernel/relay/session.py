@@ -29,7 +29,7 @@ from ..errors import SandboxError
 from ..inside import ops
 from ..inside import protocol as p
 from ..inside.mux import PIPE_HIGH_WATER, PIPE_LOW_WATER, Mux, Requests, Stream, abort_transport
-from ..policy import KERNEL_INSIDE_PORTS
+from ..inside.protocol import KERNEL_INSIDE_PORTS
 from .console import one_line
 from .zmtp import ZmtpError, ZmtpLimiter
 

@@ -12,6 +12,7 @@ import pytest
 
 from sandbox_kernel import settings
 from sandbox_kernel.backends.registry import BACKENDS, backend_settings, make_backend
+from sandbox_kernel.cli.flags import from_flags
 from sandbox_kernel.cli.main import build_parser
 from sandbox_kernel.configured import configure
 from sandbox_kernel.errors import PolicyError
@@ -40,7 +41,7 @@ def test_install_flags_become_exactly_the_given_settings() -> None:
         ["install", "--memory", "1g", "--env", "A=1", "--env", "B=x=y", "--expose", "8050",
          "--backend", "bwrap", "--accept-unenforced", "tmp_size"]
     )  # fmt: skip
-    given = settings.from_flags(args)
+    given = from_flags(args)
     assert given == {
         "memory_limit": "1g",
         "env": {"A": "1", "B": "x=y"},
@@ -56,10 +57,10 @@ def test_a_setting_on_by_default_has_a_no_flag() -> None:
     args = build_parser().parse_args(
         ["install", "--backend", "runsc", "--no-pool-snapshots", "--platform", "ptrace"]
     )
-    given = settings.from_flags(args)
+    given = from_flags(args)
     assert given == {"backend": "runsc", "pool_snapshots": False, "platform": "ptrace"}
     assert configure(given).sandboxes.describe()["pool_snapshots"] is False
-    unset = settings.from_flags(build_parser().parse_args(["install", "--backend", "runsc"]))
+    unset = from_flags(build_parser().parse_args(["install", "--backend", "runsc"]))
     assert unset == {"backend": "runsc"}, "not given: not written into the kernelspec"
 
 
@@ -83,6 +84,7 @@ settings.BY_NAME["memory_limit"] = new
 from sandbox_kernel.provisioner import SandboxProvisioner
 from sandbox_kernel.policy import build_policy
 from sandbox_kernel.configured import configure
+from sandbox_kernel.cli.flags import from_flags
 from sandbox_kernel.cli.main import build_parser
 install = build_parser()._subparsers._group_actions[0].choices["install"]
 print(json.dumps({
