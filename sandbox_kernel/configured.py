@@ -19,10 +19,8 @@ from .errors import PolicyError
 from .exchange.policy import EXCHANGE_SETTINGS, ExchangePolicy, build_exchange_policy
 from .kernel_slots import check_max_kernels
 from .policy import POLICY_SETTINGS, SandboxPolicy, build_policy, format_size, parse_size
-from .relay.console import MODES
-from .settings import resolve
+from .settings import check, resolve
 
-MAX_POOL_SIZE = 64
 MAX_MESSAGE_SIZE_CAP = 64 * 2**30
 
 
@@ -47,18 +45,14 @@ def configure(config: Mapping[str, Any], log: logging.Logger | None = None) -> C
     is the backend's."""
     values = resolve(config)
     backend = check_backend(values["backend"])
-    if values["console_output"] not in MODES:
-        raise PolicyError(
-            f"console_output: {values['console_output']!r} is not one of {', '.join(MODES)}"
-        )
     return Configured(
         backend=backend,
         sandboxes=make_backend(backend, log or logging.getLogger(__name__), values),
         policy=build_policy(**{k: values[k] for k in POLICY_SETTINGS}),
         exchange=build_exchange_policy(**{k: values[k] for k in EXCHANGE_SETTINGS}),
-        pool_size=check_pool_size(values["pool_size"]),
+        pool_size=check("pool_size", values["pool_size"]),
         max_message=check_message_size(values["max_message_size"]),
-        console_output=values["console_output"],
+        console_output=check("console_output", values["console_output"]),
         console_limit=parse_size(values["console_limit"], "console_limit"),
         max_kernels=check_max_kernels(values["max_kernels"]),
         values=values,
@@ -75,10 +69,4 @@ def check_message_size(value: object) -> int:
             f"max_message_size: {format_size(size)} is outside [1 MiB, "
             f"{format_size(MAX_MESSAGE_SIZE_CAP)}]; use e.g. '64m'"
         )
-    return size
-
-
-def check_pool_size(size: object) -> int:
-    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_POOL_SIZE:
-        raise PolicyError(f"pool_size: {size!r} must be a whole number from 0 to {MAX_POOL_SIZE}")
     return size

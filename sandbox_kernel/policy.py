@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import PolicyError
+from .settings import BY_NAME, bounds, check
 
 GVISOR_RUNTIMES = frozenset({"runsc"})
 SANDBOX_USER = "1000:1000"
@@ -46,8 +47,7 @@ _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 MIN_MEMORY = 128 * 2**20
 MAX_MEMORY = 1024 * 2**30
 MIN_TMPFS = 1 * 2**20
-MAX_CPUS = 256.0
-MIN_NPROC, MAX_NPROC = 16, 65536
+MAX_NPROC = int(bounds("nproc_limit")[1])
 # Measured under gVisor: each fork of an ipykernel process costs ~27 MiB of the sandbox's
 # memory. The default process limit leaves room for that, so a fork bomb in a cell meets
 # EAGAIN (RLIMIT_NPROC) before the memory cap kills the whole sandbox.
@@ -58,9 +58,6 @@ DEFAULT_NPROC_MIN, DEFAULT_NPROC_MAX = 32, 1024
 def default_nproc(memory_bytes: int) -> int:
     """RLIMIT_NPROC (tasks: processes and threads) that fits in ``memory_bytes``."""
     return max(DEFAULT_NPROC_MIN, min(DEFAULT_NPROC_MAX, memory_bytes // MEMORY_PER_PROCESS))
-
-
-MIN_NOFILE, MAX_NOFILE = 64, 1048576
 
 
 def parse_size(value: str | int, what: str) -> int:
@@ -173,8 +170,6 @@ POLICY_SETTINGS = (
 def build_policy(**given: Any) -> SandboxPolicy:
     """A policy from the settings of POLICY_SETTINGS (those not given take the settings
     table's defaults); raise :class:`PolicyError` naming the setting and the fix."""
-    from .settings import BY_NAME
-
     unknown = sorted(set(given) - set(POLICY_SETTINGS))
     if unknown:
         raise TypeError(f"not policy settings: {', '.join(unknown)}")
@@ -182,23 +177,12 @@ def build_policy(**given: Any) -> SandboxPolicy:
     image = validate_image(v["image"])
     memory = parse_size(v["memory_limit"], "memory_limit")
     _bounded(memory, MIN_MEMORY, MAX_MEMORY, "memory_limit", "use e.g. '2g'", size=True)
-    nproc_limit = v["nproc_limit"]
+    nproc_limit = check("nproc_limit", v["nproc_limit"])
     if nproc_limit is None:
         nproc_limit = default_nproc(memory)
-    try:
-        cpus = float(v["cpu_limit"])
-    except (TypeError, ValueError):
-        raise PolicyError(f"cpu_limit: {v['cpu_limit']!r} is not a number of CPUs") from None
-    _bounded(cpus, 0.01, MAX_CPUS, "cpu_limit", "use a number of CPUs such as 1 or 0.5")
-    pids_limit, nofile_limit = v["pids_limit"], v["nofile_limit"]
-    for name, value, lo, hi in (
-        ("nproc_limit", nproc_limit, MIN_NPROC, MAX_NPROC),
-        ("nofile_limit", nofile_limit, MIN_NOFILE, MAX_NOFILE),
-        ("pids_limit", pids_limit, MIN_NPROC, 4 * MAX_NPROC),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise PolicyError(f"{name}: expected a whole number, got {value!r}")
-        _bounded(value, lo, hi, name, "use a whole number")
+    cpus = check("cpu_limit", v["cpu_limit"])
+    pids_limit = check("pids_limit", v["pids_limit"])
+    nofile_limit = check("nofile_limit", v["nofile_limit"])
     if pids_limit < nproc_limit:
         raise PolicyError(
             "pids_limit must be >= nproc_limit: the host limit is the backstop; a fork bomb "
@@ -221,13 +205,7 @@ def build_policy(**given: Any) -> SandboxPolicy:
     fixed = dict(v["env"] or {})
     for name in fixed:
         check_env_name(name, "env")
-    timeout = v["launch_timeout"]
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or not 1 <= timeout <= 3600
-    ):
-        raise PolicyError(f"launch_timeout: {timeout!r} must be between 1 and 3600 seconds")
+    timeout = check("launch_timeout", v["launch_timeout"])
     return SandboxPolicy(
         image=image,
         memory_bytes=memory,
@@ -239,5 +217,5 @@ def build_policy(**given: Any) -> SandboxPolicy:
         home_bytes=home,
         env_allow=allow,
         env=fixed,
-        launch_timeout=float(timeout),
+        launch_timeout=timeout,
     )

@@ -36,6 +36,10 @@ class Setting:
     choices: tuple[str, ...] = ()
     backends: tuple[str, ...] = ()  # the backends that read it; empty: every backend
     metavar: str | None = None
+    # "int", "int?" and "float": the inclusive range (below it a kernel cannot work, above
+    # it a typo is likely), and what a refusal adds, e.g. what 0 means
+    bounds: tuple[float, float] | None = None
+    hint: str = ""
 
     @property
     def option(self) -> str:
@@ -100,7 +104,15 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     # -- limits ------------------------------------------------------------------------------
     S("memory_limit", "2g", "memory cap, e.g. 2g", "size", flag="--memory"),
-    S("cpu_limit", 1.0, "CPUs the kernel may use, e.g. 1 or 0.5", "float", flag="--cpus"),
+    S(
+        "cpu_limit",
+        1.0,
+        "CPUs the kernel may use, e.g. 1 or 0.5",
+        "float",
+        flag="--cpus",
+        bounds=(0.01, 256),
+        hint="e.g. 1 or 0.5",
+    ),
     S(
         "nproc_limit",
         None,
@@ -108,12 +120,33 @@ SETTINGS: tuple[Setting, ...] = (
         "(default: memory_limit / 32 MiB, 64 for 2g, which fits forks of a kernel in memory)",
         "int?",
         flag="--nproc",
+        bounds=(16, 65536),
     ),
-    S("pids_limit", 4096, "host pids cgroup: the backstop behind nproc_limit", "int", "--pids"),
-    S("nofile_limit", 4096, "RLIMIT_NOFILE (open files) inside the sandbox", "int", "--nofile"),
+    S(
+        "pids_limit",
+        4096,
+        "host pids cgroup: the backstop behind nproc_limit",
+        "int",
+        "--pids",
+        bounds=(16, 4 * 65536),
+    ),
+    S(
+        "nofile_limit",
+        4096,
+        "RLIMIT_NOFILE (open files) inside the sandbox",
+        "int",
+        "--nofile",
+        bounds=(64, 1048576),
+    ),
     S("tmp_size", "256m", "size cap of /tmp (tmpfs)", "size"),
     S("home_size", "512m", "size cap of the home folder (tmpfs)", "size"),
-    S("launch_timeout", 60.0, "seconds from creating a sandbox to a running kernel", "float"),
+    S(
+        "launch_timeout",
+        60.0,
+        "seconds from creating a sandbox to a running kernel",
+        "float",
+        bounds=(1, 3600),
+    ),
     # -- environment -------------------------------------------------------------------------
     S(
         "env_allow",
@@ -131,6 +164,8 @@ SETTINGS: tuple[Setting, ...] = (
         "sandboxes kept started ahead (kernel initialised, waiting for its key) for this "
         "kernelspec; a launch or restart claims one and never reuses it; 0 disables the pool",
         "int",
+        bounds=(0, 64),
+        hint="0 disables the pool",
     ),
     S(
         "pool_snapshots",
@@ -148,6 +183,7 @@ SETTINGS: tuple[Setting, ...] = (
         "share its hash seed and address-space layout; docs/security.md)",
         "int",
         backends=("runsc",),
+        bounds=(1, 10**6),
     ),
     S(
         "pool_snapshot_age",
@@ -155,6 +191,7 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds a snapshot is restored from before the pool checkpoints a new one",
         "float",
         backends=("runsc",),
+        bounds=(1, 365 * 86400),
     ),
     # -- deliberate exchanges (docs/exchange.md) ------------------------------------------------
     S(
@@ -171,6 +208,8 @@ SETTINGS: tuple[Setting, ...] = (
         4,
         "ports the kernel may expose itself at run time (sandboxed.expose); 0 disables",
         "int",
+        bounds=(0, 64),
+        hint="0: the kernel may not expose ports itself",
     ),
     S(
         "copy_in",
@@ -223,10 +262,51 @@ SETTINGS: tuple[Setting, ...] = (
         "most sandboxed kernels this Jupyter process runs at once, counted across its "
         "kernelspecs (a server setting: c.SandboxProvisioner.max_kernels); 0: no limit",
         "int",
+        bounds=(0, 1024),
+        hint="0: no limit",
     ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+def check(name: str, value: Any) -> Any:
+    """``value`` if it is of setting ``name``'s type (true or false, a whole number, a
+    number, one of its choices) and within its bounds; else PolicyError naming the setting
+    and what it takes. Other kinds pass unchanged: sizes, lists, ports and names have
+    parsers of their own (``policy.py``, ``exchange/policy.py``, the registry)."""
+    s = BY_NAME[name]
+    if s.kind == "bool":
+        if not isinstance(value, bool):
+            raise PolicyError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if s.kind == "enum":
+        if not isinstance(value, str) or value not in s.choices:
+            raise PolicyError(f"{name}: {value!r} is not one of {', '.join(s.choices)}")
+        return value
+    if s.kind not in ("int", "int?", "float") or (value is None and s.kind == "int?"):
+        return value
+    lo, hi = bounds(name)
+    whole = s.kind != "float"
+    number = isinstance(value, int) or (not whole and isinstance(value, float))
+    # NaN fails both comparisons: refused like any value out of bounds.
+    if isinstance(value, bool) or not number or not lo <= value <= hi:
+        what = "a whole number" if whole else "a number"
+        hint = f" ({s.hint})" if s.hint else ""
+        raise PolicyError(f"{name}: {value!r} must be {what} {range_text(name)}{hint}")
+    return value if whole else float(value)
+
+
+def bounds(name: str) -> tuple[float, float]:
+    """The inclusive range of numeric setting ``name``."""
+    found = BY_NAME[name].bounds
+    assert found is not None, f"setting {name} has no bounds"
+    return found
+
+
+def range_text(name: str) -> str:
+    """ "from LO to HI" for numeric setting ``name`` (refusals, ``install --help``)."""
+    return "from {} to {}".format(*(f"{int(x)}" if x == int(x) else f"{x:g}" for x in bounds(name)))
 
 
 def defaults() -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..backends.registry import BACKENDS
 from ..errors import PolicyError
-from ..settings import SETTINGS
+from ..settings import SETTINGS, range_text
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +25,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         where = f" [{', '.join(s.backends)} only]" if s.backends else ""
         shown = s.default if s.default not in ([], {}, "", None) else None
         default = f" (default: {shown})" if shown is not None else ""
-        text = (s.help + where + default).replace("%", "%%")  # argparse formats help with %
+        bounds = f" ({range_text(s.name)})" if s.bounds else ""
+        text = (s.help + where + bounds + default).replace("%", "%%")  # argparse formats %
         kw: dict[str, Any] = {"dest": s.name, "help": text, "default": None}
         if s.kind == "bool":
             # On by default: --no-NAME turns it off (and --NAME says so explicitly).

@@ -27,8 +27,9 @@ from typing import Any
 from ..errors import PolicyError
 from ..inside.protocol import KERNEL_INSIDE_PORTS
 from ..policy import parse_size
+from ..settings import BY_NAME, bounds, check
 
-MAX_EXPOSED_PORTS = 64
+MAX_EXPOSED_PORTS = int(bounds("max_runtime_ports")[1])
 MAX_EXPORT_FILES = 256
 MAX_EXPORT_FILES_PER_KERNEL = 100
 # The settings (settings.py) this module turns into an exchange policy.
@@ -99,8 +100,6 @@ def parse_port_mapping(value: object) -> PortMapping:
 def build_exchange_policy(**given: Any) -> ExchangePolicy:
     """The exchange policy from its settings (those not given take the settings table's
     defaults); raise :class:`PolicyError` naming the setting and the fix."""
-    from ..settings import BY_NAME
-
     unknown = sorted(set(given) - set(EXCHANGE_SETTINGS))
     if unknown:
         raise TypeError(f"not exchange settings: {', '.join(unknown)}")
@@ -115,15 +114,7 @@ def build_exchange_policy(**given: Any) -> ExchangePolicy:
         raise PolicyError("expose_ports: a host port is listed twice")
     if len(expose) > MAX_EXPOSED_PORTS:
         raise PolicyError(f"expose_ports: at most {MAX_EXPOSED_PORTS} ports")
-    if (
-        isinstance(max_runtime_ports, bool)
-        or not isinstance(max_runtime_ports, int)
-        or not 0 <= max_runtime_ports <= MAX_EXPOSED_PORTS
-    ):
-        raise PolicyError(
-            f"max_runtime_ports: {max_runtime_ports!r} must be a whole number from 0 to "
-            f"{MAX_EXPOSED_PORTS} (0: the kernel may not expose ports itself)"
-        )
+    check("max_runtime_ports", max_runtime_ports)
     entries = tuple(copy_in)
     for entry in entries:
         if not isinstance(entry, str) or not entry.strip() or "\0" in entry:

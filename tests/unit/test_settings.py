@@ -127,6 +127,32 @@ def test_configure_refuses_naming_the_setting(config: dict[str, Any], error: str
         configure(config)
 
 
+NUMBERS = [s for s in settings.SETTINGS if s.kind in ("int", "int?", "float")]
+
+
+@pytest.mark.parametrize("s", NUMBERS, ids=[s.name for s in NUMBERS])
+def test_every_number_is_bounded_by_the_table_wherever_it_is_read(s: settings.Setting) -> None:
+    """The table's bounds are the ones enforced: configure (the provisioner's and install's
+    one validation) refuses a value just outside them, or of the wrong type, naming the
+    setting and its range; the bounds themselves pass the check."""
+    assert s.bounds is not None, f"{s.name} declares no bounds"
+    lo, hi = s.bounds
+    backend = s.backends[0] if s.backends else "docker"
+    step = 1 if s.kind != "float" else 0.001
+    for bad in (lo - step, hi + step, True, str(s.default)):
+        with pytest.raises(PolicyError, match=f"^{s.name}: .*{settings.range_text(s.name)}"):
+            configure({"backend": backend, s.name: bad})
+    assert settings.check(s.name, lo) == lo and settings.check(s.name, hi) == hi
+    assert settings.range_text(s.name) in _install_help()
+
+
+def _install_help() -> str:
+    """Every flag's help text of ``sandbox-kernel install``."""
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert isinstance(sub.choices, dict)
+    return " ".join(a.help or "" for a in sub.choices["install"]._actions)
+
+
 def test_backend_settings_reach_only_their_backend() -> None:
     values = settings.resolve({"backend": "bwrap", "rootfs": "/srv/r"})
     assert backend_settings("bwrap", values) == {"rootfs": "/srv/r", "accept_unenforced": []}
