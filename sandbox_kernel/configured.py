@@ -15,13 +15,10 @@ from typing import Any
 
 from .backends.base import SandboxBackend
 from .backends.registry import check_backend, make_backend
-from .errors import PolicyError
 from .exchange.policy import EXCHANGE_SETTINGS, ExchangePolicy, build_exchange_policy
 from .kernel_slots import check_max_kernels
-from .policy import POLICY_SETTINGS, SandboxPolicy, build_policy, format_size, parse_size
+from .policy import POLICY_SETTINGS, SandboxPolicy, build_policy
 from .settings import check, resolve
-
-MAX_MESSAGE_SIZE_CAP = 64 * 2**30
 
 
 @dataclass(frozen=True)
@@ -51,22 +48,9 @@ def configure(config: Mapping[str, Any], log: logging.Logger | None = None) -> C
         policy=build_policy(**{k: values[k] for k in POLICY_SETTINGS}),
         exchange=build_exchange_policy(**{k: values[k] for k in EXCHANGE_SETTINGS}),
         pool_size=check("pool_size", values["pool_size"]),
-        max_message=check_message_size(values["max_message_size"]),
+        max_message=check("max_message_size", values["max_message_size"]),
         console_output=check("console_output", values["console_output"]),
-        console_limit=parse_size(values["console_limit"], "console_limit"),
+        console_limit=check("console_limit", values["console_limit"]),
         max_kernels=check_max_kernels(values["max_kernels"]),
         values=values,
     )
-
-
-def check_message_size(value: object) -> int:
-    """``max_message_size`` in bytes: at least 1 MiB (a kernel's replies must fit)."""
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise PolicyError(f"max_message_size: expected a size like '64m', got {value!r}")
-    size = parse_size(value, "max_message_size")
-    if not 2**20 <= size <= MAX_MESSAGE_SIZE_CAP:
-        raise PolicyError(
-            f"max_message_size: {format_size(size)} is outside [1 MiB, "
-            f"{format_size(MAX_MESSAGE_SIZE_CAP)}]; use e.g. '64m'"
-        )
-    return size

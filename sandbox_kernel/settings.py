@@ -16,6 +16,7 @@ the CLI (``cli/flags.py``) makes one ``install`` flag per setting from :data:`SE
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,8 +37,8 @@ class Setting:
     choices: tuple[str, ...] = ()
     backends: tuple[str, ...] = ()  # the backends that read it; empty: every backend
     metavar: str | None = None
-    # "int", "int?" and "float": the inclusive range (below it a kernel cannot work, above
-    # it a typo is likely), and what a refusal adds, e.g. what 0 means
+    # "int", "int?", "float" and "size" (in bytes): the inclusive range (below it a kernel
+    # cannot work, above it a typo is likely), and what a refusal adds, e.g. what 0 means
     bounds: tuple[float, float] | None = None
     hint: str = ""
 
@@ -103,7 +104,15 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="PROPERTY",
     ),
     # -- limits ------------------------------------------------------------------------------
-    S("memory_limit", "2g", "memory cap, e.g. 2g", "size", flag="--memory"),
+    S(
+        "memory_limit",
+        "2g",
+        "memory cap, e.g. 2g",
+        "size",
+        flag="--memory",
+        bounds=(128 * 2**20, 2**40),
+        hint="e.g. '2g'",
+    ),
     S(
         "cpu_limit",
         1.0,
@@ -138,8 +147,8 @@ SETTINGS: tuple[Setting, ...] = (
         "--nofile",
         bounds=(64, 1048576),
     ),
-    S("tmp_size", "256m", "size cap of /tmp (tmpfs)", "size"),
-    S("home_size", "512m", "size cap of the home folder (tmpfs)", "size"),
+    S("tmp_size", "256m", "size cap of /tmp (tmpfs)", "size", bounds=(2**20, 2**40)),
+    S("home_size", "512m", "size cap of the home folder (tmpfs)", "size", bounds=(2**20, 2**40)),
     S(
         "launch_timeout",
         60.0,
@@ -219,13 +228,15 @@ SETTINGS: tuple[Setting, ...] = (
         "list",
         metavar="PATH",
     ),
-    S("copy_in_limit", "64m", "most bytes copy_in may copy", "size"),
+    S("copy_in_limit", "64m", "most bytes copy_in may copy", "size", bounds=(1, 2**40)),
     S(
         "export_limit",
         "64m",
         "most bytes the kernel may export to the host (sandboxed.export) per kernel; 0 "
         "disables exports",
         "size",
+        bounds=(0, 2**40),
+        hint="0 disables exports",
     ),
     S(
         "export_dir",
@@ -248,6 +259,7 @@ SETTINGS: tuple[Setting, ...] = (
         "most bytes of the kernel's own stdout/stderr written to the server's stderr per "
         "kernel (also rate-limited); the rest is dropped and the drop logged once",
         "size",
+        bounds=(1, 2**40),
     ),
     S(
         "max_message_size",
@@ -255,6 +267,8 @@ SETTINGS: tuple[Setting, ...] = (
         "largest ZeroMQ message the kernel may send to its clients; a larger one resets that "
         "connection before the client allocates it, and the message is lost (logged)",
         "size",
+        bounds=(2**20, 64 * 2**30),
+        hint="e.g. '64m'",
     ),
     S(
         "max_kernels",
@@ -269,12 +283,45 @@ SETTINGS: tuple[Setting, ...] = (
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_size(value: str | int, what: str) -> int:
+    """``"512m"``, ``"2g"``, ``"1.5GiB"``, ``1048576`` -> bytes (binary units), positive."""
+    n = _size_bytes(value, what)
+    if n <= 0:
+        raise PolicyError(f"{what}: must be positive, got {value!r}")
+    return n
+
+
+def _size_bytes(value: object, what: str) -> int:
+    if isinstance(value, bool):
+        raise PolicyError(f"{what}: expected a size like '512m' or '2g', got {value!r}")
+    if isinstance(value, int):
+        n = value
+    else:
+        m = _SIZE_RE.match(str(value))
+        if not m:
+            raise PolicyError(
+                f"{what}: cannot parse {value!r}; use a number of bytes or a size like '512m', '2g'"
+            )
+        n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    return n
+
+
+def format_size(n: float) -> str:
+    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= factor:
+            return f"{n / factor:g} {unit}"
+    return f"{n:g} B"
+
 
 def check(name: str, value: Any) -> Any:
     """``value`` if it is of setting ``name``'s type (true or false, a whole number, a
-    number, one of its choices) and within its bounds; else PolicyError naming the setting
-    and what it takes. Other kinds pass unchanged: sizes, lists, ports and names have
-    parsers of their own (``policy.py``, ``exchange/policy.py``, the registry)."""
+    number, one of its choices) and within its bounds, a size in bytes; else PolicyError
+    naming the setting and what it takes. Other kinds pass unchanged: lists, ports and
+    names have parsers of their own (``policy.py``, ``exchange/policy.py``, the registry)."""
     s = BY_NAME[name]
     if s.kind == "bool":
         if not isinstance(value, bool):
@@ -284,6 +331,14 @@ def check(name: str, value: Any) -> Any:
         if not isinstance(value, str) or value not in s.choices:
             raise PolicyError(f"{name}: {value!r} is not one of {', '.join(s.choices)}")
         return value
+    if s.kind == "size":  # bytes
+        n = value if isinstance(value, int) and not isinstance(value, bool) else None
+        n = _size_bytes(value, name) if n is None else n
+        lo, hi = bounds(name)
+        if not lo <= n <= hi:
+            hint = f" ({s.hint})" if s.hint else ""
+            raise PolicyError(f"{name}: {value!r} must be a size {range_text(name)}{hint}")
+        return n
     if s.kind not in ("int", "int?", "float") or (value is None and s.kind == "int?"):
         return value
     lo, hi = bounds(name)
@@ -305,8 +360,12 @@ def bounds(name: str) -> tuple[float, float]:
 
 
 def range_text(name: str) -> str:
-    """ "from LO to HI" for numeric setting ``name`` (refusals, ``install --help``)."""
-    return "from {} to {}".format(*(f"{int(x)}" if x == int(x) else f"{x:g}" for x in bounds(name)))
+    """'from LO to HI' for numeric or size setting ``name`` (refusals, ``install --help``)."""
+    size = BY_NAME[name].kind == "size"
+    lo, hi = (
+        format_size(x) if size else str(int(x)) if x == int(x) else f"{x:g}" for x in bounds(name)
+    )
+    return f"from {lo} to {hi}"
 
 
 def defaults() -> dict[str, Any]:

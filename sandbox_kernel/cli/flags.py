@@ -26,7 +26,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         shown = s.default if s.default not in ([], {}, "", None) else None
         default = f" (default: {shown})" if shown is not None else ""
         bounds = f" ({range_text(s.name)})" if s.bounds else ""
-        text = (s.help + where + bounds + default).replace("%", "%%")  # argparse formats %
+        text = (s.help + where + default + bounds).replace("%", "%%")  # argparse formats %
         kw: dict[str, Any] = {"dest": s.name, "help": text, "default": None}
         if s.kind == "bool":
             # On by default: --no-NAME turns it off (and --NAME says so explicitly).

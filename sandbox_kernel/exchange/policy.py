@@ -26,7 +26,6 @@ from typing import Any
 
 from ..errors import PolicyError
 from ..inside.protocol import KERNEL_INSIDE_PORTS
-from ..policy import parse_size
 from ..settings import BY_NAME, bounds, check
 
 MAX_EXPOSED_PORTS = int(bounds("max_runtime_ports")[1])
@@ -119,8 +118,8 @@ def build_exchange_policy(**given: Any) -> ExchangePolicy:
     for entry in entries:
         if not isinstance(entry, str) or not entry.strip() or "\0" in entry:
             raise PolicyError(f"copy_in: {entry!r} is not a path")
-    copy_bytes = parse_size(copy_in_limit, "copy_in_limit")
-    export_bytes = 0 if export_limit in (0, "0") else parse_size(export_limit, "export_limit")
+    copy_bytes = check("copy_in_limit", copy_in_limit)
+    export_bytes = check("export_limit", export_limit)
     export_folder = export_dir if isinstance(export_dir, str) else ""
     if not _is_plain_name(export_folder):
         raise PolicyError(

@@ -4,6 +4,7 @@ provisioner's traits, the install flags and the validation all come from it."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from typing import Any
@@ -91,7 +92,7 @@ print(json.dumps({
     "trait": SandboxProvisioner.class_own_traits()["memory_limit"].default(),
     "policy": build_policy().memory_bytes,
     "configure": configure({}).policy.memory_bytes,
-    "help": "(default: 3g)" in install.format_help(),
+    "help": "(default: 3g)" in " ".join(install.format_help().split()),
 }))
 """
     out = subprocess.run(
@@ -127,21 +128,26 @@ def test_configure_refuses_naming_the_setting(config: dict[str, Any], error: str
         configure(config)
 
 
-NUMBERS = [s for s in settings.SETTINGS if s.kind in ("int", "int?", "float")]
+NUMBERS = [s for s in settings.SETTINGS if s.kind in ("int", "int?", "float", "size")]
 
 
 @pytest.mark.parametrize("s", NUMBERS, ids=[s.name for s in NUMBERS])
 def test_every_number_is_bounded_by_the_table_wherever_it_is_read(s: settings.Setting) -> None:
     """The table's bounds are the ones enforced: configure (the provisioner's and install's
-    one validation) refuses a value just outside them, or of the wrong type, naming the
-    setting and its range; the bounds themselves pass the check."""
+    one validation) refuses a value just outside them naming the setting and its range, and
+    one of the wrong type naming the setting; the bounds themselves pass the check."""
     assert s.bounds is not None, f"{s.name} declares no bounds"
     lo, hi = s.bounds
     backend = s.backends[0] if s.backends else "docker"
-    step = 1 if s.kind != "float" else 0.001
-    for bad in (lo - step, hi + step, True, str(s.default)):
-        with pytest.raises(PolicyError, match=f"^{s.name}: .*{settings.range_text(s.name)}"):
+    step = 0.001 if s.kind == "float" else 1
+    for bad in (lo - step, hi + step):
+        with pytest.raises(
+            PolicyError, match=f"^{s.name}: .*{re.escape(settings.range_text(s.name))}"
+        ):
             configure({"backend": backend, s.name: bad})
+    for wrong in (True, "lots" if s.kind == "size" else str(s.default)):
+        with pytest.raises(PolicyError, match=f"^{s.name}: "):
+            configure({"backend": backend, s.name: wrong})
     assert settings.check(s.name, lo) == lo and settings.check(s.name, hi) == hi
     assert settings.range_text(s.name) in _install_help()
 
