@@ -1,7 +1,9 @@
 """Every setting of a sandboxed kernel, declared once (pure).
 
-A :class:`Setting` is the one place that says a setting's name, type, default, help,
-``sandbox-kernel install`` flag and the backends it applies to. From this table come the
+A :class:`Setting` is the one place that says a setting's name, type, default, bounds,
+help, ``sandbox-kernel install`` flag and the backends it applies to, and :func:`check`
+the one check of a value's type, choices and bounds (sizes parsed into bytes) that
+policy, exchange, configuration and the backends use. From this table come the
 provisioner's traitlets (``SandboxProvisioner``: settable in a kernelspec's
 ``metadata.kernel_provisioner.config`` or a Jupyter config file), the ``install`` flags
 (``cli/flags.py``), and the defaults of the one function that validates them all,
