@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import PolicyError
-from .settings import BY_NAME, bounds, check, format_size
+from .settings import BY_NAME, bounds, check, format_size, group
 from .settings import parse_size as parse_size  # where hub.py and the tests find it
 
 GVISOR_RUNTIMES = frozenset({"runsc"})
@@ -117,19 +117,7 @@ class SandboxPolicy:
 
 
 # The settings (settings.py) this module turns into a policy.
-POLICY_SETTINGS = (
-    "image",
-    "memory_limit",
-    "cpu_limit",
-    "nproc_limit",
-    "pids_limit",
-    "nofile_limit",
-    "tmp_size",
-    "home_size",
-    "env_allow",
-    "env",
-    "launch_timeout",
-)
+POLICY_SETTINGS = group("policy")
 
 
 def build_policy(**given: Any) -> SandboxPolicy:

@@ -43,6 +43,10 @@ class Setting:
     # cannot work, above it a typo is likely), and what a refusal adds, e.g. what 0 means
     bounds: tuple[float, float] | None = None
     hint: str = ""
+    # Who reads it: "sandbox" (which sandbox: the registry and the backends), "policy"
+    # (policy.build_policy), "exchange" (exchange.policy.build_exchange_policy), "pool",
+    # "host" (what the Jupyter process holds for a kernel: configure)
+    group: str = ""
 
     @property
     def option(self) -> str:
@@ -61,14 +65,22 @@ SETTINGS: tuple[Setting, ...] = (
         "root or rootless); the weaker tiers docker-runc, bwrap and firejail share the "
         "host's kernel with the sandbox (docs/backends.md)",
         "backend",  # one of backends/registry.py's names (checked there)
+        group="sandbox",
     ),
-    S("image", "sandbox-kernel/python:latest", "kernel image with python3 and ipykernel", "str"),
+    S(
+        "image",
+        "sandbox-kernel/python:latest",
+        "kernel image with python3 and ipykernel",
+        "str",
+        group="policy",
+    ),
     S(
         "runtime",
         "runsc",
         "Docker runtime (runsc = gVisor); anything else needs allow_weaker_runtime",
         "str",
         backends=("docker",),
+        group="sandbox",
     ),
     S(
         "allow_weaker_runtime",
@@ -77,6 +89,7 @@ SETTINGS: tuple[Setting, ...] = (
         "set: the host kernel's whole syscall surface is then exposed to untrusted code",
         "bool",
         backends=("docker",),
+        group="sandbox",
     ),
     S(
         "rootfs",
@@ -85,6 +98,7 @@ SETTINGS: tuple[Setting, ...] = (
         "`sandbox-kernel image export-rootfs`)",
         "str",
         backends=_PIPE,
+        group="sandbox",
     ),
     S(
         "platform",
@@ -95,6 +109,7 @@ SETTINGS: tuple[Setting, ...] = (
         "enum",
         choices=("systrap", "ptrace"),
         backends=("runsc",),
+        group="sandbox",
     ),
     S(
         "accept_unenforced",
@@ -104,6 +119,7 @@ SETTINGS: tuple[Setting, ...] = (
         "list",
         backends=_PIPE,
         metavar="PROPERTY",
+        group="sandbox",
     ),
     # -- limits ------------------------------------------------------------------------------
     S(
@@ -114,6 +130,7 @@ SETTINGS: tuple[Setting, ...] = (
         flag="--memory",
         bounds=(128 * 2**20, 2**40),
         hint="e.g. '2g'",
+        group="policy",
     ),
     S(
         "cpu_limit",
@@ -123,6 +140,7 @@ SETTINGS: tuple[Setting, ...] = (
         flag="--cpus",
         bounds=(0.01, 256),
         hint="e.g. 1 or 0.5",
+        group="policy",
     ),
     S(
         "nproc_limit",
@@ -132,6 +150,7 @@ SETTINGS: tuple[Setting, ...] = (
         "int?",
         flag="--nproc",
         bounds=(16, 65536),
+        group="policy",
     ),
     S(
         "pids_limit",
@@ -140,6 +159,7 @@ SETTINGS: tuple[Setting, ...] = (
         "int",
         "--pids",
         bounds=(16, 4 * 65536),
+        group="policy",
     ),
     S(
         "nofile_limit",
@@ -148,15 +168,31 @@ SETTINGS: tuple[Setting, ...] = (
         "int",
         "--nofile",
         bounds=(64, 1048576),
+        group="policy",
     ),
-    S("tmp_size", "256m", "size cap of /tmp (tmpfs)", "size", bounds=(2**20, 2**40)),
-    S("home_size", "512m", "size cap of the home folder (tmpfs)", "size", bounds=(2**20, 2**40)),
+    S(
+        "tmp_size",
+        "256m",
+        "size cap of /tmp (tmpfs)",
+        "size",
+        bounds=(2**20, 2**40),
+        group="policy",
+    ),
+    S(
+        "home_size",
+        "512m",
+        "size cap of the home folder (tmpfs)",
+        "size",
+        bounds=(2**20, 2**40),
+        group="policy",
+    ),
     S(
         "launch_timeout",
         60.0,
         "seconds from creating a sandbox to a running kernel",
         "float",
         bounds=(1, 3600),
+        group="policy",
     ),
     # -- environment -------------------------------------------------------------------------
     S(
@@ -166,8 +202,9 @@ SETTINGS: tuple[Setting, ...] = (
         "DOCKER_* or names like a token, secret or password)",
         "list",
         metavar="NAME",
+        group="policy",
     ),
-    S("env", {}, "fixed environment variables for the kernel (NAME=VALUE)", "dict"),
+    S("env", {}, "fixed environment variables for the kernel (NAME=VALUE)", "dict", group="policy"),
     # -- pool ----------------------------------------------------------------------------------
     S(
         "pool_size",
@@ -177,6 +214,7 @@ SETTINGS: tuple[Setting, ...] = (
         "int",
         bounds=(0, 64),
         hint="0 disables the pool",
+        group="pool",
     ),
     S(
         "pool_snapshots",
@@ -186,6 +224,7 @@ SETTINGS: tuple[Setting, ...] = (
         "with a note); a restore that fails falls back to a fresh sandbox",
         "bool",
         backends=("runsc",),
+        group="pool",
     ),
     S(
         "pool_snapshot_restores",
@@ -195,6 +234,7 @@ SETTINGS: tuple[Setting, ...] = (
         "int",
         backends=("runsc",),
         bounds=(1, 10**6),
+        group="pool",
     ),
     S(
         "pool_snapshot_age",
@@ -203,6 +243,7 @@ SETTINGS: tuple[Setting, ...] = (
         "float",
         backends=("runsc",),
         bounds=(1, 365 * 86400),
+        group="pool",
     ),
     # -- deliberate exchanges (docs/exchange.md) ------------------------------------------------
     S(
@@ -213,6 +254,7 @@ SETTINGS: tuple[Setting, ...] = (
         "ports",
         flag="--expose",
         metavar="[HOST:]PORT",
+        group="exchange",
     ),
     S(
         "max_runtime_ports",
@@ -221,6 +263,7 @@ SETTINGS: tuple[Setting, ...] = (
         "int",
         bounds=(0, 64),
         hint="0: the kernel may not expose ports itself",
+        group="exchange",
     ),
     S(
         "copy_in",
@@ -229,8 +272,16 @@ SETTINGS: tuple[Setting, ...] = (
         "absolute or relative to the notebook's folder; symbolic links are skipped",
         "list",
         metavar="PATH",
+        group="exchange",
     ),
-    S("copy_in_limit", "64m", "most bytes copy_in may copy", "size", bounds=(1, 2**40)),
+    S(
+        "copy_in_limit",
+        "64m",
+        "most bytes copy_in may copy",
+        "size",
+        bounds=(1, 2**40),
+        group="exchange",
+    ),
     S(
         "export_limit",
         "64m",
@@ -239,12 +290,14 @@ SETTINGS: tuple[Setting, ...] = (
         "size",
         bounds=(0, 2**40),
         hint="0 disables exports",
+        group="exchange",
     ),
     S(
         "export_dir",
         "sandbox-exports",
         "folder, inside the notebook's folder, that receives exported files",
         "str",
+        group="exchange",
     ),
     # -- what the Jupyter process holds for a kernel (docs/security.md, host-side bounds) -------
     S(
@@ -254,6 +307,7 @@ SETTINGS: tuple[Setting, ...] = (
         "notebook): the server's stderr, escaped and prefixed with the kernel's id, or nowhere",
         "enum",
         choices=("stderr", "discard"),
+        group="host",
     ),
     S(
         "console_limit",
@@ -262,6 +316,7 @@ SETTINGS: tuple[Setting, ...] = (
         "kernel (also rate-limited); the rest is dropped and the drop logged once",
         "size",
         bounds=(1, 2**40),
+        group="host",
     ),
     S(
         "max_message_size",
@@ -271,6 +326,7 @@ SETTINGS: tuple[Setting, ...] = (
         "size",
         bounds=(2**20, 64 * 2**30),
         hint="e.g. '64m'",
+        group="host",
     ),
     S(
         "max_kernels",
@@ -280,6 +336,7 @@ SETTINGS: tuple[Setting, ...] = (
         "int",
         bounds=(0, 1024),
         hint="0: no limit",
+        group="host",
     ),
 )
 
@@ -352,6 +409,11 @@ def check(name: str, value: Any) -> Any:
         hint = f" ({s.hint})" if s.hint else ""
         raise PolicyError(f"{name}: {value!r} must be {what} {range_text(name)}{hint}")
     return value if whole else float(value)
+
+
+def group(name: str) -> tuple[str, ...]:
+    """The settings of group ``name``, in the table's order."""
+    return tuple(s.name for s in SETTINGS if s.group == name)
 
 
 def bounds(name: str) -> tuple[float, float]:

@@ -26,20 +26,13 @@ from typing import Any
 
 from ..errors import PolicyError
 from ..inside.protocol import KERNEL_INSIDE_PORTS
-from ..settings import BY_NAME, bounds, check
+from ..settings import BY_NAME, bounds, check, group
 
 MAX_EXPOSED_PORTS = int(bounds("max_runtime_ports")[1])
 MAX_EXPORT_FILES = 256
 MAX_EXPORT_FILES_PER_KERNEL = 100
 # The settings (settings.py) this module turns into an exchange policy.
-EXCHANGE_SETTINGS = (
-    "expose_ports",
-    "max_runtime_ports",
-    "copy_in",
-    "copy_in_limit",
-    "export_limit",
-    "export_dir",
-)
+EXCHANGE_SETTINGS = group("exchange")
 _NAME_CHARS = re.compile(r"^[\w .,()+=@~#%&!\[\]{}-]+$")
 _MAX_NAME = 200
 

@@ -128,6 +128,15 @@ def test_configure_refuses_naming_the_setting(config: dict[str, Any], error: str
         configure(config)
 
 
+def test_every_setting_has_a_group_and_the_readers_take_theirs_from_the_table() -> None:
+    from sandbox_kernel.exchange.policy import EXCHANGE_SETTINGS
+    from sandbox_kernel.policy import POLICY_SETTINGS
+
+    assert {s.group for s in settings.SETTINGS} == {"sandbox", "policy", "pool", "exchange", "host"}
+    assert POLICY_SETTINGS == settings.group("policy") and "memory_limit" in POLICY_SETTINGS
+    assert EXCHANGE_SETTINGS == settings.group("exchange") and "copy_in" in EXCHANGE_SETTINGS
+
+
 NUMBERS = [s for s in settings.SETTINGS if s.kind in ("int", "int?", "float", "size")]
 
 
