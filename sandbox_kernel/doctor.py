@@ -88,14 +88,14 @@ def _host_checks(report: Report, image: str, backend: str) -> tuple[dict[str, An
     import asyncio
     import logging
 
-    from .backends.registry import make_backend
     from .configured import configure
 
     config: dict[str, Any] = {"image": image, "backend": backend}
-    policy = configure(config).policy
     log = logging.getLogger(__name__)
+    conf = configure(config, log)
+    policy = conf.policy
     try:
-        gaps = dict(make_backend(backend, log, configure(config).values).gaps(policy))
+        gaps = dict(conf.sandboxes.gaps(policy))
     except SandboxError as exc:
         report.add(f"{backend}: host ready", False, str(exc), SETUP)
         return None
@@ -111,7 +111,7 @@ def _host_checks(report: Report, image: str, backend: str) -> tuple[dict[str, An
     if gaps:
         config["accept_unenforced"] = sorted(gaps)
     try:
-        sandboxes = make_backend(backend, log, configure(config).values)
+        sandboxes = configure(config, log).sandboxes
         preflight = asyncio.run(sandboxes.preflight(policy))
     except SandboxError as exc:
         report.add(f"{backend}: host ready", False, str(exc), "see the error; then re-run doctor")

@@ -14,7 +14,7 @@ import secrets
 from importlib import resources
 from typing import Any
 
-from .policy import INSIDE_PORTS
+from .inside.protocol import INSIDE_PORTS
 
 
 def _bare(source: str) -> str:

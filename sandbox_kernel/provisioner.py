@@ -36,14 +36,14 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 
 from .backends.base import Preflight, SandboxBackend
-from .backends.registry import make_backend
 from .configured import Configured, configure
 from .errors import PolicyError, SandboxError
 from .exchange.files_in import plan_kernel_files
 from .exchange.host import HostExchange
 from .inside import ops
+from .inside.protocol import INSIDE_PORTS
 from .kernel_slots import SLOTS, KernelLimitReached
-from .policy import INSIDE_CONNECTION_FILE, INSIDE_PORTS, SandboxPolicy
+from .policy import INSIDE_CONNECTION_FILE, SandboxPolicy
 from .pool import WarmPool
 from .prewarm import prewarm_command
 from .relay.console import ConsoleSink
@@ -148,9 +148,9 @@ class SandboxProvisioner(KernelProvisionerBase):
         # Not super().pre_launch(): the base class would hand the kernel the server's whole
         # environment (kwargs["env"]). Here the kernel's environment is built from the
         # policy alone (policy.kernel_env); nothing else of the server's reaches it.
-        conf = self.configured = configure(self.values())
+        conf = self.configured = configure(self.values(), self.log)
         if self.sandboxes is None:  # the settings of one kernel do not change: one backend
-            self.sandboxes = make_backend(conf.backend, self.log, conf.values)
+            self.sandboxes = conf.sandboxes
         if self.console is None:
             self.console = ConsoleSink(
                 str(self.kernel_id or ""), conf.console_output, conf.console_limit, self.log
@@ -261,7 +261,7 @@ class SandboxProvisioner(KernelProvisionerBase):
         except BaseException as exc:
             error = self._launch_error(exc)
             await self._teardown(restart=False)
-            if isinstance(exc, (SandboxError, asyncio.TimeoutError, SessionError)):
+            if isinstance(exc, (SandboxError, asyncio.TimeoutError)):
                 raise error from None
             raise
         running = self._running

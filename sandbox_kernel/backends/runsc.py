@@ -65,11 +65,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import PolicyError, SandboxError
+from ..errors import SandboxError
 from ..image.rootfs import check_rootfs, rootfs_for
 from ..policy import SANDBOX_PATH, SandboxPolicy, build_policy
 from ..relay.session import AgentSession
 from ..relay.thread import RelayThread
+from ..settings import BY_NAME, check
 from . import state
 from .base import Preflight, SandboxBackend, SandboxInfo, Snapshots
 from .capabilities import check_accepted, refuse_unenforced
@@ -93,7 +94,7 @@ RUNSC_PATHS = ("/usr/bin/runsc", "/usr/local/bin/runsc", "/usr/sbin/runsc")
 # writable mount a tmpfs inside the sandbox, so runsc needs no overlay (whose default
 # medium would put a file store next to the shared root filesystem).
 RUNSC_FLAGS = (*REQUIRED_RUNSC_ARGS, "--overlay2=none")
-PLATFORMS = ("systrap", "ptrace")
+PLATFORMS = BY_NAME["platform"].choices
 SNAPSHOT_PREFIX = "sandbox-kernel-snapshot-"
 ROOTLESS_NO_SNAPSHOTS = (
     "rootless runsc cannot restore a checkpoint, so the warm pool starts each sandbox afresh "
@@ -468,40 +469,20 @@ class RunscBackend(SandboxBackend):
         *,
         accept_unenforced: Iterable[str] = (),
         rootfs: str = "",
-        platform: str = PLATFORMS[0],
-        pool_snapshots: bool = True,
-        pool_snapshot_restores: int = 64,
-        pool_snapshot_age: float = 3600.0,
+        platform: str = BY_NAME["platform"].default,
+        pool_snapshots: bool = BY_NAME["pool_snapshots"].default,
+        pool_snapshot_restores: int = BY_NAME["pool_snapshot_restores"].default,
+        pool_snapshot_age: float = BY_NAME["pool_snapshot_age"].default,
         **_other: Any,
     ) -> None:
         super().__init__(log)
         self.accept_unenforced = check_accepted(accept_unenforced)
         self.rootfs_override = rootfs
-        if platform not in PLATFORMS:
-            raise PolicyError(f"platform: {platform!r} is not one of {', '.join(PLATFORMS)}")
-        self.platform = platform
+        self.platform: str = check("platform", platform)
         self.flags = platform_flags(platform)
-        if not isinstance(pool_snapshots, bool):
-            raise PolicyError(f"pool_snapshots: expected true or false, got {pool_snapshots!r}")
-        self.pool_snapshots = pool_snapshots
-        if (
-            isinstance(pool_snapshot_restores, bool)
-            or not isinstance(pool_snapshot_restores, int)
-            or pool_snapshot_restores < 1
-        ):
-            raise PolicyError(
-                f"pool_snapshot_restores: {pool_snapshot_restores!r} must be a whole number >= 1"
-            )
-        self.pool_snapshot_restores = pool_snapshot_restores
-        if (
-            isinstance(pool_snapshot_age, bool)
-            or not isinstance(pool_snapshot_age, (int, float))
-            or not pool_snapshot_age > 0
-        ):
-            raise PolicyError(
-                f"pool_snapshot_age: {pool_snapshot_age!r} must be a number of seconds > 0"
-            )
-        self.pool_snapshot_age = float(pool_snapshot_age)
+        self.pool_snapshots: bool = check("pool_snapshots", pool_snapshots)
+        self.pool_snapshot_restores: int = check("pool_snapshot_restores", pool_snapshot_restores)
+        self.pool_snapshot_age: float = check("pool_snapshot_age", pool_snapshot_age)
 
     # Shared by every instance: a warm pool's sandbox is removed by the claiming
     # provisioner's backend object, not the pool's.

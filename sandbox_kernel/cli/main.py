@@ -14,17 +14,17 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
-from .. import settings
 from ..backends.registry import BACKENDS, DEFAULT_BACKEND, default_kernel_name
 from ..errors import SandboxError
 from ..image.recipe import DEFAULT_IMAGE
+from .flags import add_flags, from_flags
 
 
 def cmd_install(args: argparse.Namespace) -> int:
     from ..configured import configure
     from ..kernelspec import beyond_host, build_kernelspec, install_kernelspec
 
-    config = settings.from_flags(args)  # only what was given: the rest keeps its default
+    config = from_flags(args)  # only what was given: the rest keeps its default
     spec = build_kernelspec(config, display_name=args.display_name)
     prefix = sys.prefix if args.sys_prefix else args.prefix
     name = args.name or default_kernel_name(config.get("backend", DEFAULT_BACKEND))
@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--replace", action="store_true", help="overwrite a different existing kernelspec"
     )
-    settings.add_flags(p)
+    add_flags(p)
     p.set_defaults(func=cmd_install)
 
     p = sub.add_parser("image", help="kernel images")

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from ..errors import PolicyError, SandboxError
 from ..inside import ops
 from ..inside.mux import send_file_data
-from ..policy import format_size
 from ..relay.session import AgentSession
+from ..settings import format_size
 from .policy import ExchangePolicy, inside_dest
 
 

@@ -25,10 +25,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import SandboxError
 from ..inside import ops
 from ..inside import protocol as p
 from ..inside.mux import PIPE_HIGH_WATER, PIPE_LOW_WATER, Mux, Requests, Stream, abort_transport
-from ..policy import KERNEL_INSIDE_PORTS
+from ..inside.protocol import KERNEL_INSIDE_PORTS
 from .console import one_line
 from .zmtp import ZmtpError, ZmtpLimiter
 
@@ -44,8 +45,9 @@ DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 AGENT_REQUESTS = frozenset({ops.EXPOSE, ops.EXPORT_BEGIN, ops.EXPORT_DATA, ops.EXPORT_END})
 
 
-class SessionError(Exception):
-    pass
+class SessionError(SandboxError):
+    """The sandbox's pipe ended, or its agent failed or broke the protocol (the agent's
+    ProtocolError, which the inside code cannot make a SandboxError, ends up here)."""
 
 
 class _PipeWriter(asyncio.Protocol):
