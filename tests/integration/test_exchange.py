@@ -258,7 +258,8 @@ def test_a_students_notebook_reads_the_files_beside_it(
     )
     student = start("sk-student", cwd=notebook_dir).value(listing)
     assert student["rows"] == "name,score\nada,3\nbob,5\n"
-    top = [n for n in student["top"] if n not in (".ipython", ".cache")]  # the image's skeleton
+    assert ".ssh" not in student["top"], student["top"]
+    top = [n for n in student["top"] if not n.startswith(".")]  # dot files: the image's /etc/skel
     assert top == ["data.csv", "inputs", "not-listed.txt"], student["top"]
     grader = start("sandbox-files-off", cwd=notebook_dir).value(listing)
     assert grader["rows"] is None and "data.csv" not in grader["top"]
