@@ -4,7 +4,7 @@ everything it starts (kernels' sandboxes, terminals), in cgroups delegated to th
 ``c.JupyterHub.spawner_class = "sandbox_kernel.hub.UserCgroupSpawner"`` (see
 docs/jupyterhub.md, recipe (a)). It is JupyterHub's ``LocalProcessSpawner`` (the hub runs
 as root; each server as its user) plus, for each user, the administrator's side of the
-cgroup delegation the runsc backend uses (docs/backends.md):
+cgroup delegation the runsc backend uses (docs/backends.md, :mod:`.backends.cgroups`):
 ``<controller>/sandbox-kernel-users/<user>`` for memory, cpu and pids (cgroup v1), created
 before the server starts with the user's total limits (``user_memory_limit``,
 ``user_cpu_limit``, ``user_pids_limit``), the folder and its ``cgroup.procs``/``tasks``
@@ -23,10 +23,6 @@ closed). Importing this module needs jupyterhub.
 from __future__ import annotations
 
 import asyncio
-import os
-import pwd
-import signal
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,111 +30,29 @@ from typing import Any
 from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Float, Int, Unicode, Union
 
-from .backends.cgroups import CFS_PERIOD_US, v1_mounts
-from .backends.runsc import DELEGATED_PARENT
+from .backends.cgroups import (
+    CONTROLLERS,
+    delegate_cgroups,
+    delegated_dirs,
+    end_all,
+    join_in_child,
+    v1_mounts,
+)
 from .errors import SandboxError
 from .policy import MIN_MEMORY, parse_size
-
-USER_CONTROLLERS = ("memory", "cpu", "pids")
 
 
 def user_cgroup_dirs(user: str, mounts: Mapping[str, Path]) -> dict[str, Path]:
     """controller -> the folder delegated to ``user`` (pure). Every controller must be
     mounted (cgroup v1): a missing one refuses, naming it."""
-    missing = [c for c in USER_CONTROLLERS if c not in mounts]
+    missing = [c for c in CONTROLLERS if c not in mounts]
     if missing:
         raise SandboxError(
             f"no cgroup v1 {', '.join(missing)} controller on this host: UserCgroupSpawner "
             "cannot bound the user's processes (on a cgroup v2 host, use a spawner that "
             "gives each server a systemd unit with limits, e.g. SystemdSpawner's mem_limit)"
         )
-    if not user or "/" in user or user in (".", ".."):
-        raise SandboxError(f"not a usable user name for a cgroup folder: {user!r}")
-    return {c: mounts[c] / DELEGATED_PARENT / user for c in USER_CONTROLLERS}
-
-
-def limit_files(memory_bytes: int, cpus: float, pids: int) -> dict[str, dict[str, str]]:
-    """controller -> {file: value} of the user's total limits (pure). Swap is not extra."""
-    return {
-        "memory": {
-            "memory.limit_in_bytes": str(memory_bytes),
-            "memory.memsw.limit_in_bytes": str(memory_bytes),
-        },
-        "cpu": {
-            "cpu.cfs_period_us": str(CFS_PERIOD_US),
-            "cpu.cfs_quota_us": str(max(1000, int(cpus * CFS_PERIOD_US))),
-        },
-        "pids": {"pids.max": str(pids)},
-    }
-
-
-def delegate(user: str, memory_bytes: int, cpus: float, pids: int) -> dict[str, Path]:
-    """Create (or refresh) ``user``'s folders with these limits, owned by the user
-    (blocking; root). Returns them."""
-    entry = pwd.getpwnam(user)
-    dirs = user_cgroup_dirs(user, v1_mounts())
-    limits = limit_files(memory_bytes, cpus, pids)
-    for controller, d in dirs.items():
-        d.parent.mkdir(mode=0o755, exist_ok=True)
-        d.mkdir(mode=0o755, exist_ok=True)
-        _write_limits(d, limits[controller])
-        for path in (d, d / "cgroup.procs", d / "tasks"):
-            os.chown(path, entry.pw_uid, entry.pw_gid)
-    return dirs
-
-
-def _write_limits(folder: Path, values: Mapping[str, str]) -> None:
-    """Write limit files; memory.memsw (memory + swap) only where swap accounting exists,
-    and in whichever order the kernel accepts (it must never be below the memory limit)."""
-    items = [(folder / name, value) for name, value in values.items() if (folder / name).exists()]
-    try:
-        for path, value in items:
-            path.write_text(value)
-    except OSError:
-        for path, value in reversed(items):
-            path.write_text(value)
-
-
-def join_paths(dirs: Mapping[str, Path]) -> list[bytes]:
-    return [os.fsencode(d / "cgroup.procs") for d in dirs.values()]
-
-
-def end_all(dirs: Mapping[str, Path], timeout: float = 10.0) -> list[int]:
-    """Kill every process in the folders and their children, then remove them, deepest
-    first (blocking; root). Returns the pids that had to be killed."""
-    folders = sorted(
-        (p for d in dirs.values() if d.is_dir() for p in (d, *d.rglob("*")) if p.is_dir()),
-        key=lambda p: len(p.parts),
-        reverse=True,
-    )
-    killed: set[int] = set()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pids: set[int] = set()
-        for folder in folders:
-            try:
-                pids.update(int(x) for x in (folder / "cgroup.procs").read_text().split())
-            except (OSError, ValueError):
-                pass
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed.add(pid)
-            except OSError:
-                pass
-        time.sleep(0.05)
-    for folder in folders:
-        for _ in range(100):
-            try:
-                folder.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.05)  # tasks still exiting
-    return sorted(killed)
+    return delegated_dirs(user, mounts)
 
 
 class UserCgroupSpawner(LocalProcessSpawner):  # type: ignore[misc]
@@ -175,21 +89,23 @@ class UserCgroupSpawner(LocalProcessSpawner):  # type: ignore[misc]
                 f"named server {self.name!r}: set c.JupyterHub.allow_named_servers = False"
             )
         memory, cpus, pids = self._limits()
-        self._dirs = await asyncio.to_thread(delegate, self.user.name, memory, cpus, pids)
+        self._dirs = await asyncio.to_thread(self._delegate, memory, cpus, pids)
         return await super().start()
+
+    def _delegate(self, memory: int, cpus: float, pids: int) -> dict[str, Path]:
+        mounts = v1_mounts()
+        user_cgroup_dirs(self.user.name, mounts)  # refuses without cgroup v1
+        return delegate_cgroups(
+            self.user.name, memory_bytes=memory, cpus=cpus, pids=pids, mounts=mounts
+        )
 
     def make_preexec_fn(self, name: str) -> Callable[[], None]:
         drop_privileges = super().make_preexec_fn(name)
         assert self._dirs is not None, "start() delegates the cgroups first"
-        paths = join_paths(self._dirs)
+        paths = [str(d / "cgroup.procs") for d in self._dirs.values()]
 
         def preexec() -> None:  # in the child, as root, before it becomes the user
-            for path in paths:
-                fd = os.open(path, os.O_WRONLY)
-                try:
-                    os.write(fd, b"0")
-                finally:
-                    os.close(fd)
+            join_in_child(paths)
             drop_privileges()
 
         return preexec
@@ -202,7 +118,7 @@ class UserCgroupSpawner(LocalProcessSpawner):  # type: ignore[misc]
             )
         except SandboxError:
             return  # no cgroup v1 here: start() refused, nothing was delegated
-        killed = await asyncio.to_thread(end_all, dirs)
+        killed = await asyncio.to_thread(end_all, dirs.values())
         if killed:
             self.log.warning(
                 "%s's server stopped: ended %d process(es) left in its cgroups",

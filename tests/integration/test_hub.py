@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox_kernel.hub import end_all
+from sandbox_kernel.backends.cgroups import end_all
 from tests.helpers import REPO, ForeignClient, ending
 from tests.integration.hub import (
     SHARED_VENV,
@@ -158,7 +158,7 @@ def hub_setup() -> Iterator[HubSetup]:
                     failures.append(f"{who} had processes left: {left}")
                 stale = [str(d) for d in user_cgroups(user).values() if d.exists()]
                 if stale:
-                    end_all(user_cgroups(user))
+                    end_all(user_cgroups(user).values())
                     failures.append(f"{who}'s cgroups were left: {stale}")
                 if Path(f"/home/{user.name}").exists():
                     failures.append(f"{who}'s home was not removed")

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from sandbox_kernel.backends.cgroups import limit_files
 from sandbox_kernel.errors import SandboxError
-from sandbox_kernel.hub import UserCgroupSpawner, limit_files, user_cgroup_dirs
+from sandbox_kernel.hub import UserCgroupSpawner, user_cgroup_dirs
 
 MOUNTS = {c: Path(f"/sys/fs/cgroup/{c}") for c in ("memory", "cpu", "pids")}
 
@@ -70,3 +71,28 @@ def test_named_servers_are_refused() -> None:
     spawner = Named(user=SimpleNamespace(name="alice"))
     with pytest.raises(SandboxError, match="allow_named_servers = False"):
         asyncio.run(spawner.start())
+
+
+@pytest.mark.parametrize("still_listed", [False, True])
+def test_a_cgroup_member_is_killed_only_while_it_is_still_listed(
+    still_listed: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """kill_members pins each listed pid, lists again, and signals only what is still
+    listed: a pid whose process left (and whose number may now be another process's)
+    between the two listings is not signalled."""
+    import subprocess
+
+    from sandbox_kernel.backends import cgroups
+
+    proc = subprocess.Popen(["sleep", "60"])
+    listings = iter([{proc.pid}, {proc.pid} if still_listed else set()])
+    monkeypatch.setattr(cgroups, "members", lambda _folder: next(listings))
+    try:
+        killed = cgroups.kill_members(tmp_path)
+        if still_listed:
+            assert killed == {proc.pid} and proc.wait(timeout=5) == -9
+        else:
+            assert killed == set() and proc.poll() is None, "a pid no longer listed was killed"
+    finally:
+        proc.kill()
+        proc.wait()
