@@ -3,6 +3,7 @@ the refusals (no cgroup v1, unusable names, bad limits)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,45 @@ def test_a_cgroup_member_is_killed_only_while_it_is_still_listed(
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_shared_memory_dirs_are_the_world_writable_tmpfs_mounts(tmp_path: Path) -> None:
+    from sandbox_kernel.hub import shared_memory_dirs
+
+    shm, private, disk = (tmp_path / n for n in ("shm dir", "private", "disk"))
+    for d, mode in ((shm, 0o1777), (private, 0o700), (disk, 0o1777)):
+        d.mkdir()
+        d.chmod(mode)
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        f"tmpfs {str(shm).replace(' ', chr(92) + '040')} tmpfs rw,nosuid 0 0\n"
+        f"tmpfs {private} tmpfs rw 0 0\n/dev/sda1 {disk} ext4 rw 0 0\n"
+    )
+    assert shared_memory_dirs(str(mounts)) == [shm]
+
+
+def test_remove_files_of_removes_one_owners_files_everywhere_below(tmp_path: Path) -> None:
+    from sandbox_kernel.hub import remove_files_of
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ("x", "a/y", "a/b/z"):
+        (tmp_path / name).write_text("data")
+    (tmp_path / "link").symlink_to("/etc/hostname")
+    me = os.geteuid()
+    assert remove_files_of(me + 1, [tmp_path]) == [], "another owner's files stay"
+    removed = remove_files_of(me, [tmp_path])
+    assert sorted(removed) == sorted(str(tmp_path / n) for n in ("a", "x", "link"))
+    assert list(tmp_path.iterdir()) == [] and Path("/etc/hostname").exists()
+
+
+def test_segments_of_are_those_the_user_owns_or_created() -> None:
+    from sandbox_kernel.hub import segments_of
+
+    table = (
+        "       key      shmid perms       size  cpid  lpid nattch   uid   gid  cuid  cgid\n"
+        "         0         11  1600    1048576   100   100      0  1003  1003  1003  1003\n"
+        "         0         12  1600    1048576   101   101      0  1004  1004  1003  1003\n"
+        "         0         13  1600    1048576   102   102      1  1004  1004  1004  1004\n"
+    )
+    assert segments_of(1003, table) == [11, 12]  # 12: given away to uid 1004, created by 1003
+    assert segments_of(1005, table) == []
