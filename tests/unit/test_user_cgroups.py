@@ -139,3 +139,71 @@ def test_segments_of_are_those_the_user_owns_or_created() -> None:
     )
     assert segments_of(1003, table) == [11, 12]  # 12: given away to uid 1004, created by 1003
     assert segments_of(1005, table) == []
+
+
+def record_end_sessions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """hub.end_session replaced by a list of the users it was called for."""
+    from sandbox_kernel import hub
+
+    ended: list[str] = []
+
+    def end_session(user: str, dirs: object) -> tuple[list[int], list[str]]:
+        ended.append(user)
+        return [], []
+
+    monkeypatch.setattr(hub, "end_session", end_session)
+    return ended
+
+
+def test_a_server_found_dead_is_cleaned_up_once_and_a_stopping_one_by_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """JupyterHub calls stop() only for a server poll() finds running: poll() finding it
+    dead ends what it left (once); during stop() the end is stop's own."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from jupyterhub.spawner import LocalProcessSpawner
+
+    from sandbox_kernel import hub
+
+    ended = record_end_sessions(monkeypatch)
+    monkeypatch.setattr(hub, "v1_mounts", lambda: MOUNTS)
+
+    async def dead(self: LocalProcessSpawner) -> int:
+        self.pid = 0  # as LocalProcessSpawner.clear_state
+        return 0
+
+    async def stopped(self: LocalProcessSpawner, now: bool = False) -> None:
+        await self.poll()
+
+    monkeypatch.setattr(LocalProcessSpawner, "poll", dead)
+    monkeypatch.setattr(LocalProcessSpawner, "stop", stopped)
+    spawner = UserCgroupSpawner(user=SimpleNamespace(name="alice"))
+    spawner.pid = 4242
+    assert asyncio.run(spawner.poll()) == 0 and ended == ["alice"]
+    assert asyncio.run(spawner.poll()) == 0 and ended == ["alice"], "cleaned up twice"
+    spawner.pid = 4243
+    asyncio.run(spawner.stop())
+    assert ended == ["alice", "alice"]
+
+
+def test_a_server_that_fails_to_start_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A start that fails after the cgroups were made removes them (JupyterHub does not
+    stop a server poll() finds not running)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from sandbox_kernel import hub
+
+    ended = record_end_sessions(monkeypatch)
+    monkeypatch.setattr(UserCgroupSpawner, "_delegate", lambda self, *limits: {})
+
+    def refused(user: str) -> None:
+        raise SandboxError("no runtime folder")
+
+    monkeypatch.setattr(hub, "make_runtime_dir", refused)
+    spawner = UserCgroupSpawner(user=SimpleNamespace(name="alice"))
+    with pytest.raises(SandboxError, match="no runtime folder"):
+        asyncio.run(spawner.start())
+    assert ended == ["alice"]
