@@ -144,7 +144,7 @@ def nothing_left_behind() -> Iterator[None]:
 def rootless() -> Iterator[Rootless]:
     """A real ordinary user (created here, removed after) whose Jupyter processes run with
     the shared venv and this checkout's package: the rootless runsc backend's setting."""
-    from sandbox_kernel.backends.runsc import remove_delegation
+    from sandbox_kernel.backends.cgroups import remove_delegation
 
     root = Path(tempfile.mkdtemp(prefix="sk-rootless-"))
     root.chmod(0o755)

@@ -45,3 +45,11 @@ c.Spawner.args = [
 # Not JUPYTER_CONFIG_DIR: jupyter_core writes into the config folder (its migration
 # marker), and a root-owned one fails every server start after the first.
 c.Spawner.environment = {"JUPYTER_PATH": "/usr/local/share/jupyter"}
+
+# The hub's own state in a folder only root can enter (made by the setup in
+# docs/jupyterhub.md: `install -d -m 700`), not the folder the hub was started from: its
+# database (users, tokens), cookie secret and pid files.
+c.JupyterHub.db_url = "sqlite:////var/lib/sandbox-kernel-hub/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "/var/lib/sandbox-kernel-hub/jupyterhub_cookie_secret"
+c.JupyterHub.pid_file = "/var/lib/sandbox-kernel-hub/jupyterhub.pid"
+c.ConfigurableHTTPProxy.pid_file = "/var/lib/sandbox-kernel-hub/jupyterhub-proxy.pid"

@@ -38,7 +38,7 @@ Two modes, chosen by who runs the server:
 * **rootless** (an ordinary user's server): ``runsc --rootless``; the sentry and gofer run as
   that user in user and network namespaces of their own. runsc ignores cgroup limits there,
   so the sandbox joins a per-sandbox cgroup under the folder an administrator delegated to
-  the user (:data:`DELEGATED_PARENT`, see :func:`delegated_cgroups`) where one exists; every
+  the user (:func:`.cgroups.delegated_cgroups`) where one exists; every
   limit without one is reported by ``gaps`` (refused unless accepted), and a sandbox
   without a memory cgroup still gets RLIMIT_AS = ``memory_limit`` per process.
 """
@@ -52,7 +52,6 @@ import hashlib
 import json
 import logging
 import os
-import pwd
 import secrets
 import shutil
 import signal
@@ -74,7 +73,19 @@ from ..settings import BY_NAME, check
 from . import state
 from .base import Preflight, SandboxBackend, SandboxInfo, Snapshots
 from .capabilities import check_accepted, refuse_unenforced
-from .cgroups import CONTROLLERS, Cgroup, v1_mounts
+from .cgroups import (
+    CFS_PERIOD_US,
+    CONTROLLERS,
+    Cgroup,
+    DelegatedCgroup,
+    cfs_quota_us,
+    delegated_cgroups,
+    delegation_hint,
+    end_all,
+    kill_members,
+    user_name,
+    v1_mounts,
+)
 from .gvisor import AGENT_CAPABILITIES, REQUIRED_RUNSC_ARGS
 from .launcher import launcher_argv
 from .owner import Owner
@@ -82,10 +93,6 @@ from .seccomp import seccomp_profile
 
 ROOT_STATE = state.root_base("runsc")
 CGROUP_PREFIX = "sandbox-kernel-runsc-"
-# Under each cgroup v1 controller, the folder an administrator delegates to a user:
-# <mount>/sandbox-kernel-users/<user name>, owned by the user (the folder, its cgroup.procs
-# and tasks; its limit files stay root's, so the user cannot raise them).
-DELEGATED_PARENT = "sandbox-kernel-users"
 SHM_BYTES = 64 * 2**20  # Docker's default /dev/shm size
 STDERR_TAIL = 4000
 BUNDLE_GRACE = 300.0  # seconds: a bundle without a readable config.json may be being written
@@ -202,7 +209,7 @@ def oci_config(
         linux["resources"] = {
             # swap = memory + swap in OCI terms: equal to the limit means no swap at all.
             "memory": {"limit": policy.memory_bytes, "swap": policy.memory_bytes},
-            "cpu": {"quota": max(1000, int(policy.cpus * 100_000)), "period": 100_000},
+            "cpu": {"quota": cfs_quota_us(policy.cpus), "period": CFS_PERIOD_US},
             # gVisor counts RLIMIT_NPROC per sandbox (a fork bomb meets EAGAIN inside); the
             # host pids cgroup is the looser backstop, as under Docker.
             "pids": {"limit": policy.pids_limit},
@@ -255,93 +262,6 @@ def existing_bases() -> list[Path]:
 
 
 # -- cgroups ------------------------------------------------------------------------------------
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def delegated_cgroups(
-    uid: int | None = None, mounts: dict[str, Path] | None = None
-) -> dict[str, Path]:
-    """controller -> the cgroup v1 folder delegated to user ``uid`` (memory, cpu, pids):
-    ``<mount>/sandbox-kernel-users/<user name>``, a folder owned by the user whose
-    ``cgroup.procs`` the user may write. Its limits (set by root) cover every sandbox of
-    the user; each sandbox gets a child with the policy's own caps."""
-    uid = os.geteuid() if uid is None else uid
-    user = _user_name(uid)
-    found: dict[str, Path] = {}
-    for controller, mount in (v1_mounts() if mounts is None else mounts).items():
-        d = mount / DELEGATED_PARENT / user
-        try:
-            owner = d.stat().st_uid
-        except OSError:
-            continue
-        if owner == uid and os.access(d, os.W_OK) and os.access(d / "cgroup.procs", os.W_OK):
-            found[controller] = d
-    return found
-
-
-def delegate_cgroups(
-    user: str,
-    *,
-    memory_bytes: int | None = None,
-    cpus: float | None = None,
-    pids: int | None = None,
-    mounts: dict[str, Path] | None = None,
-) -> dict[str, Path]:
-    """As root: give ``user`` the folders :func:`delegated_cgroups` looks for (memory, cpu,
-    pids), owned by the user (the folder, ``cgroup.procs``, ``tasks``: enough to create
-    children and join them), with the user's total limits written by root, which the user
-    cannot change. For administrators and the tests; docs/backends.md has the shell form."""
-    pw = pwd.getpwnam(user)
-    made: dict[str, Path] = {}
-    for controller, mount in (v1_mounts() if mounts is None else mounts).items():
-        d = mount / DELEGATED_PARENT / user
-        d.mkdir(parents=True, exist_ok=True)
-        for path in (d, d / "cgroup.procs", d / "tasks"):
-            os.chown(path, pw.pw_uid, pw.pw_gid)
-        made[controller] = d
-    limits = {
-        ("memory", "memory.limit_in_bytes"): memory_bytes,
-        ("memory", "memory.memsw.limit_in_bytes"): memory_bytes,
-        ("cpu", "cpu.cfs_quota_us"): None if cpus is None else max(1000, int(cpus * 100_000)),
-        ("pids", "pids.max"): pids,
-    }
-    for (controller, name), value in limits.items():
-        if value is not None and controller in made and (made[controller] / name).exists():
-            (made[controller] / name).write_text(f"{value}\n")
-    return made
-
-
-def remove_delegation(user: str, mounts: dict[str, Path] | None = None) -> None:
-    """As root: remove ``user``'s delegated folders; folders still holding a sandbox stay
-    (EBUSY). The shared parent stays too (other users' delegations live there)."""
-    for mount in (v1_mounts() if mounts is None else mounts).values():
-        try:
-            (mount / DELEGATED_PARENT / user).rmdir()
-        except OSError:
-            pass
-
-
-class DelegatedCgroup(Cgroup):
-    """A sandbox's cgroup folders under the user's delegated folders (rootless)."""
-
-    def __init__(self, name: str, parents: Mapping[str, Path]) -> None:
-        self.name = name
-        self.dirs = {c: parents[c] / name for c in CONTROLLERS if c in parents}
-
-
-def delegation_hint(user: str) -> str:
-    dirs = ",".join(CONTROLLERS)
-    return (
-        f"as root: `for c in {{{dirs}}}; do d=/sys/fs/cgroup/$c/{DELEGATED_PARENT}/{user}; "
-        f"mkdir -p $d && chown {user} $d $d/cgroup.procs $d/tasks; done`, then set the user's "
-        "total limits in those folders (docs/backends.md, runsc backend)"
-    )
-
-
 def root_cgroup_dirs(name: str) -> list[Path]:
     """The folders of the cgroup runsc makes as root, in every v1 hierarchy (runsc creates
     it in all of them, not only memory, cpu and pids)."""
@@ -351,21 +271,6 @@ def root_cgroup_dirs(name: str) -> list[Path]:
     except OSError:
         return []
     return [d / cgroups_path(name).lstrip("/") for d in hierarchies]
-
-
-def _remove_cgroup_dirs(dirs: Iterable[Path]) -> None:
-    for d in dirs:
-        if not d.is_dir():
-            continue
-        for _ in range(3):
-            _kill_cgroup(d)
-            try:
-                d.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.05)
 
 
 # -- the backend --------------------------------------------------------------------------------
@@ -517,7 +422,7 @@ class RunscBackend(SandboxBackend):
         mounts = v1_mounts()
         if rootless:
             delegated = delegated_cgroups(mounts=mounts)
-            user = _user_name(os.geteuid())
+            user = user_name(os.geteuid())
             for controller, prop in CONTROLLERS.items():
                 if controller in delegated:
                     continue
@@ -553,7 +458,7 @@ class RunscBackend(SandboxBackend):
             warnings = refuse_unenforced(self.name, gaps, self.accept_unenforced)
         except SandboxError as exc:
             if self.rootless() and set(gaps) & set(CONTROLLERS.values()):
-                user = _user_name(os.geteuid())
+                user = user_name(os.geteuid())
                 raise SandboxError(
                     f"{exc}. To enforce the limits: {delegation_hint(user)}"
                 ) from None
@@ -861,7 +766,7 @@ class OomWatcher:
                     continue
                 ended.add(name)
                 log.warning("sandbox %s hit its memory limit: ending it", name)
-                _kill_cgroup(where)
+                kill_members(where)
 
 
 def oom_kills(memory_dir: Path) -> int:
@@ -873,18 +778,6 @@ def oom_kills(memory_dir: Path) -> int:
     except (OSError, ValueError):
         pass
     return 0
-
-
-def _kill_cgroup(directory: Path) -> None:
-    try:
-        pids = [int(p) for p in (directory / "cgroup.procs").read_text().split()]
-    except (OSError, ValueError):
-        return
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 def _runsc(running: Running, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -925,7 +818,7 @@ def _end(running: Running, name: str) -> str:
     if running.cgroup is not None:
         running.cgroup.remove()
     if not running.rootless:
-        _remove_cgroup_dirs(root_cgroup_dirs(name))
+        end_all(root_cgroup_dirs(name))
     err = _tail(running.stderr)
     running.stderr = -1
     shutil.rmtree(running.bundle, ignore_errors=True)
@@ -1043,7 +936,7 @@ def remove_orphans() -> list[str]:
         for d in Path("/sys/fs/cgroup").glob(f"*/{CGROUP_PREFIX}*"):
             name = d.name[len(CGROUP_PREFIX) :]
             if name not in live and not (ROOT_STATE / "bundles" / name).exists():
-                _remove_cgroup_dirs([d])
+                end_all([d])
     return removed
 
 

@@ -27,14 +27,14 @@ from typing import Any
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
+from sandbox_kernel.backends.cgroups import DELEGATED_PARENT
+from sandbox_kernel.hub import RUNTIME_PARENT
 from tests.helpers import REPO
 from tests.integration.servers import free_port, ws_execute
 
 SHARED_VENV = Path(os.environ.get("SANDBOX_KERNEL_SHARED_VENV", "/opt/sandbox-kernel/venv"))
 SETUP = "run `sudo scripts/quickstart.sh` (it installs configurable-http-proxy and runs scripts/shared-venv.sh)"
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# The cgroup v1 folder an administrator delegates to each user (docs/backends.md, runsc).
-DELEGATED_PARENT = "sandbox-kernel-users"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -181,11 +181,20 @@ class SystemUser:
                 pass
         return left
 
+    def runtime_dir(self) -> Path:
+        """The user's runtime folder, made by UserCgroupSpawner for their server."""
+        return RUNTIME_PARENT / self.name
+
     def sandbox_state(self) -> list[str]:
-        """Sandboxes the runsc backend still has state or a bundle of (for this user)."""
-        base = Path(f"/tmp/sandbox-kernel-runsc-{self.uid}")
+        """Sandboxes the runsc backend still has state or a bundle of (for this user), in
+        the runtime folder or the /tmp folder used without one."""
+        bases = [
+            self.runtime_dir() / "sandbox-kernel" / "runsc",
+            Path(f"/tmp/sandbox-kernel-runsc-{self.uid}"),
+        ]
         return [
             str(p)
+            for base in bases
             for d in ("state", "bundles")
             if (base / d).is_dir()
             for p in (base / d).iterdir()
@@ -258,7 +267,9 @@ class Hub:
     ``http://localhost:<port>``: the users' origins are ``http://<user>.localhost:<port>``
     (``loopback_subdomains`` resolves them for the test's own clients)."""
 
-    def __init__(self, workdir: Path, config: str) -> None:
+    def __init__(self, workdir: Path, config: str, *, own_state: bool = True) -> None:
+        """``own_state``: the hub's database, cookie secret and pid file in ``workdir``;
+        False: where ``config`` puts them."""
         self.workdir = workdir
         self.port, self.hub_port, self.api_port = free_port(), free_port(), free_port()
         self.url = f"http://localhost:{self.port}"  # the proxy listens on 127.0.0.1 only
@@ -276,9 +287,7 @@ if "subdomain_host" in c.JupyterHub:  # the recipe's per-user origins, on loopba
 c.JupyterHub.hub_bind_url = "http://127.0.0.1:{self.hub_port}"
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.api_port}"
 c.ConfigurableHTTPProxy.command = [{proxy_command()!r}]
-c.JupyterHub.db_url = "sqlite:///{workdir}/jupyterhub.sqlite"
-c.JupyterHub.cookie_secret_file = "{workdir}/cookie_secret"
-c.JupyterHub.pid_file = "{workdir}/jupyterhub.pid"
+{self._state(workdir) if own_state else ""}
 c.ConfigurableHTTPProxy.pid_file = "{workdir}/proxy.pid"
 c.JupyterHub.services = [{{"name": "sandbox-test", "api_token": {self.token!r}}}]
 c.JupyterHub.load_roles = [{{
@@ -289,6 +298,14 @@ c.JupyterHub.load_roles = [{{
 """
         )
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def _state(workdir: Path) -> str:
+        return (
+            f'c.JupyterHub.db_url = "sqlite:///{workdir}/jupyterhub.sqlite"\n'
+            f'c.JupyterHub.cookie_secret_file = "{workdir}/cookie_secret"\n'
+            f'c.JupyterHub.pid_file = "{workdir}/jupyterhub.pid"'
+        )
 
     def start(self, timeout: float = 120) -> None:
         log = self.log_path.open("ab")

@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -26,7 +29,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from sandbox_kernel.hub import end_all
+from sandbox_kernel.backends.cgroups import end_all
+from sandbox_kernel.hub import segments_of
 from tests.helpers import REPO, ForeignClient, ending
 from tests.integration.hub import (
     SHARED_VENV,
@@ -56,6 +60,7 @@ INSTALL = ["--backend", "runsc", "--pool-size", "0", "--platform", "ptrace"]
 SANDBOX_PROCESS = "runsc-sandbox"  # one per sandbox: gVisor's sentry (rootless: as the user)
 MAX_KERNELS = 2  # the example's 4, cheaper to reach
 USER_MEMORY = 1536 * 2**20  # everything of one user's server (the example has 4g)
+HUB_STATE = "/var/lib/sandbox-kernel-hub"  # the example's root-only folder for the hub's state
 
 
 @dataclass
@@ -84,9 +89,11 @@ def server_config(admin: Path) -> str:
 
 def hub_config(admin: Path, venv: Path, users: list[str]) -> str:
     """docs/examples/jupyterhub_config.py as documented (paths replaced by the test's), the
-    dummy authenticator for the test's users, and per-user extra server arguments the
-    test writes to ``extra-args-<user>.json`` before a (re)start."""
+    dummy authenticator for the test's users, per-user extra server arguments the test
+    writes to ``extra-args-<user>.json`` before a (re)start, and a shorter poll interval
+    (a server that dies is noticed within seconds)."""
     text = (EXAMPLES / "jupyterhub_config.py").read_text()
+    text = text.replace(HUB_STATE, str(admin / "hub-state"))
     for old, new in (
         ("/opt/sandbox-kernel/venv", str(venv)),
         ("/etc/jupyter/sandbox", str(admin / "etc")),
@@ -103,6 +110,7 @@ c.DummyAuthenticator.password = "sandbox-test-password"
 c.Authenticator.allowed_users = {set(users)!r}
 c.Spawner.start_timeout = 180
 c.Spawner.http_timeout = 180
+c.Spawner.poll_interval = 5
 
 
 def _extra_args(spawner):
@@ -139,7 +147,10 @@ def hub_setup() -> Iterator[HubSetup]:
             (admin / "etc" / "jupyter_server_config.py").write_text(server_config(admin))
             (admin / "etc" / "jupyter_server_config.py").chmod(0o644)
             (admin / "hub").mkdir(mode=0o700)
-            hub = Hub(admin / "hub", hub_config(admin, venv, [u.name for u in users.values()]))
+            # The hub's state folder, made as docs/jupyterhub.md says.
+            subprocess.run(["install", "-d", "-m", "700", str(admin / "hub-state")], check=True)
+            config = hub_config(admin, venv, [u.name for u in users.values()])
+            hub = Hub(admin / "hub", config, own_state=False)
             hub.start()
             yield HubSetup(hub, admin, users, {})
         finally:
@@ -164,9 +175,11 @@ def hub_setup() -> Iterator[HubSetup]:
                 left = user.remove()
                 if left:
                     failures.append(f"{who} had processes left: {left}")
+                if user.runtime_dir().exists():
+                    failures.append(f"{who}'s runtime folder was left")
                 stale = [str(d) for d in user_cgroups(user).values() if d.exists()]
                 if stale:
-                    end_all(user_cgroups(user))
+                    end_all(user_cgroups(user).values())
                     failures.append(f"{who}'s cgroups were left: {stale}")
                 if Path(f"/home/{user.name}").exists():
                     failures.append(f"{who}'s home was not removed")
@@ -317,9 +330,9 @@ def test_alice_gets_nothing_from_bobs_kernel(hub_setup: HubSetup) -> None:
 
 
 def runsc_state(user: SystemUser) -> Path:
-    """The user's runsc state (LocalProcessSpawner sets no XDG_RUNTIME_DIR): the runsc
-    backend's per-user folder, 0700."""
-    return Path(f"/tmp/sandbox-kernel-runsc-{user.uid}")
+    """The user's runsc state: the runsc backend's folder in the runtime folder the spawner
+    made for the user's server (XDG_RUNTIME_DIR), 0700."""
+    return user.runtime_dir() / "sandbox-kernel" / "runsc"
 
 
 def test_alice_cannot_list_signal_or_remove_bobs_sandboxes(hub_setup: HubSetup) -> None:
@@ -831,6 +844,133 @@ def test_a_users_memory_bound_holds_across_all_their_kernels(hub_setup: HubSetup
     assert allocate(bob, kernel, 700) == "ALLOCATED"
     bob.api("DELETE", f"/api/kernels/{kernel}")
     hub_setup.hub.stop_server(alice.name)  # whatever state the OOM left her kernels in
+
+
+def test_bobs_kernels_start_although_alice_took_his_old_state_folders(
+    hub_setup: HubSetup,
+) -> None:
+    """Issue 19, finding 4: runsc's state folder was the predictable
+    /tmp/sandbox-kernel-runsc-<uid> (bubblewrap's and firejail's /tmp/sandbox-kernel-pipe-<uid>),
+    and alice, by creating bob's first, made every kernel start of his fail. Now each server
+    has a runtime folder (XDG_RUNTIME_DIR) made by the hub in a folder of root's: her
+    folders change nothing, and she cannot make his runtime folder first."""
+    hub, alice, bob = hub_setup.hub, hub_setup.users["alice"], hub_setup.users["bob"]
+    spawned(hub_setup, "alice")  # the runtime folders' parent exists
+    hub.stop_server(bob.name)
+    squatted = [Path(f"/tmp/sandbox-kernel-{kind}-{bob.uid}") for kind in ("runsc", "pipe")]
+    try:
+        for folder in squatted:
+            made = alice.run(["mkdir", "-m", "700", str(folder)])
+            assert made.returncode == 0 and folder.stat().st_uid == alice.uid, made
+        taken = alice.run(["mkdir", "-m", "700", str(bob.runtime_dir())])
+        assert taken.returncode != 0 and "Permission denied" in taken.stderr, taken
+        client = spawned(hub_setup, "bob")
+        kernel = client.start_kernel()
+        assert client.execute(kernel, "print('up')").strip() == "up"
+        runtime = bob.runtime_dir()
+        for folder, owner, mode in (
+            (runtime.parent, 0, 0o755), (runtime, bob.uid, 0o700), (runsc_state(bob), bob.uid, 0o700)
+        ):  # fmt: skip
+            st = folder.lstat()
+            assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (owner, mode), (folder, st)
+        client.api("DELETE", f"/api/kernels/{kernel}")
+    finally:
+        for folder in squatted:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+# A 1 MiB System V segment nobody removes (shmget(IPC_PRIVATE, 1 MiB, IPC_CREAT | 0600)).
+SYSV_SEGMENT = (
+    "import ctypes; n = ctypes.CDLL(None).shmget(0, 1 << 20, 0o1600); print('SEGMENT', n)"
+)
+
+
+def test_what_alice_leaves_in_shared_memory_goes_when_her_server_stops(
+    hub_setup: HubSetup,
+) -> None:
+    """Issue 19, finding 5: files alice wrote to /dev/shm from her terminal outlived her
+    server and its cgroups, memory no per-user bound held any more. Now they go when the
+    server stops, also in a folder of bob's open to everyone, and so does a System V
+    segment she made; bob's own files stay."""
+    hub, alice, bob = hub_setup.hub, hub_setup.users["alice"], hub_setup.users["bob"]
+    token = secrets.token_hex(4)
+    shared, bobs = Path(f"/dev/shm/sk-test-shared-{token}"), Path(f"/dev/shm/sk-test-bob-{token}")
+    made = bob.run(["sh", "-c", f"mkdir -m 1777 {shared} && echo b > {bobs}"])
+    assert made.returncode == 0, made
+    left = [Path(f"/dev/shm/sk-test-alice-{token}"), Path(f"/dev/shm/sk-test-dir-{token}"),
+            shared / f"alice-{token}"]  # fmt: skip
+    segment = -1
+    try:
+        client = spawned(hub_setup, "alice")
+        client.terminal(
+            f"head -c 64M /dev/zero > {left[0]} && mkdir {left[1]} && "
+            f"head -c 1M /dev/zero > {left[1]}/f && echo a > {left[2]} && echo WROTE-$((6*7))",
+            "WROTE-42",
+        )
+        assert all(p.lstat().st_uid == alice.uid for p in left), left
+        out = client.terminal(f"{SHARED_VENV}/bin/python -c {SYSV_SEGMENT!r}", r"SEGMENT \d+\r")
+        segment = int(re.findall(r"SEGMENT (\d+)\r", out)[-1])
+        assert segment in segments_of(alice.uid, Path("/proc/sysvipc/shm").read_text())
+        hub.stop_server(alice.name)
+        assert segment not in segments_of(alice.uid, Path("/proc/sysvipc/shm").read_text())
+        segment = -1  # gone (its id may be another's later)
+        still = [str(p) for p in left if os.path.lexists(p)]
+        assert not still, f"alice's files outlived her server: {still}"
+        assert bobs.exists() and shared.is_dir(), "bob's files went with alice's server"
+        assert not alice.runtime_dir().exists(), "her runtime folder outlived her server"
+    finally:
+        if segment >= 0:
+            subprocess.run(["ipcrm", "-m", str(segment)], capture_output=True, check=False)
+        shutil.rmtree(shared, ignore_errors=True)
+        for path in (bobs, *left[:1]):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(left[1], ignore_errors=True)
+
+
+def test_a_server_killed_outright_leaves_no_process_and_no_cgroup(hub_setup: HubSetup) -> None:
+    """Issue 19, finding 6: JupyterHub calls the spawner's stop only for a server that still
+    runs, so when alice kill -9'd her own server, a `setsid sleep 900` from her terminal
+    (and her kernels' sandboxes) stayed in her cgroups, and the folders stayed hers. Now the
+    poll that finds the server dead ends them and removes the folders."""
+    alice = hub_setup.users["alice"]
+    client = spawned(hub_setup, "alice")
+    kernel = client.start_kernel()
+    assert client.execute(kernel, "print('up')").strip() == "up"
+    client.terminal("setsid -f sleep 900 </dev/null >/dev/null 2>&1; echo STARTED-$((2+2))",
+                    "STARTED-4")  # fmt: skip
+    [sleeper] = [p for p in alice.processes() if cmdline(p) == ["sleep", "900"]]
+    sandboxes = sandbox_pids(alice)
+    assert sandboxes, "the kernel's sandbox"
+    os.kill(server_pid(alice), signal.SIGKILL)
+
+    def left() -> list[str]:
+        alive = [" ".join(cmdline(p)) for p in (sleeper, *sandboxes) if cmdline(p)]
+        folders = [*user_cgroups(alice).values(), alice.runtime_dir()]
+        return alive + [str(d) for d in folders if d.exists()]
+
+    deadline = time.monotonic() + 120  # the hub polls every 5 s here (30 s by default)
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left(), f"left after alice's server was killed: {left()}"
+    wait_for(lambda: not alice.processes(), f"every process of {alice.name} to end", 60)
+    hub_setup.hub.stop_server(alice.name)  # the hub knows it is gone
+
+
+def test_the_hubs_state_is_in_a_folder_only_root_can_enter(hub_setup: HubSetup) -> None:
+    """Issue 19, finding 7: the recipe left the hub's database (0644), cookie secret and pid
+    file in whatever folder it was started from. The example puts them in a folder of
+    root's, 0700, which alice cannot enter."""
+    hub, alice = hub_setup.hub, hub_setup.users["alice"]
+    state = hub_setup.admin / "hub-state"
+    st = state.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o700), st
+    files = ["jupyterhub.sqlite", "jupyterhub_cookie_secret", "jupyterhub.pid"]
+    assert set(files) <= {p.name for p in state.iterdir()}, list(state.iterdir())
+    started_in = [n for n in (*files, "jupyterhub-proxy.pid") if (hub.workdir / n).exists()]
+    assert not started_in, f"hub state in the folder it was started from: {started_in}"
+    for name in files:
+        read = alice.run(["cat", str(state / name)])
+        assert read.returncode != 0 and "Permission denied" in read.stderr, (name, read)
 
 
 def test_hub_stop_removes_every_server_and_sandbox(hub_setup: HubSetup) -> None:

@@ -17,13 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox_kernel.backends.runsc import (
-    DELEGATED_PARENT,
-    ROOTLESS_NO_SNAPSHOTS,
-    delegate_cgroups,
-    remove_delegation,
-    sandbox_table,
-)
+from sandbox_kernel.backends.cgroups import DELEGATED_PARENT, delegate_cgroups, remove_delegation
+from sandbox_kernel.backends.runsc import ROOTLESS_NO_SNAPSHOTS, sandbox_table
 from sandbox_kernel.security import ATTACKS
 from sandbox_kernel.security.expectations import GAPS
 from tests.rootless import UNENFORCED_WITHOUT_CGROUPS, Rootless, UserKernel

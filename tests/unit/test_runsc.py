@@ -9,18 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from sandbox_kernel.backends.cgroups import DELEGATED_PARENT, DelegatedCgroup, delegated_cgroups
 from sandbox_kernel.backends.docker import AGENT_CAPABILITIES, container_spec
 from sandbox_kernel.backends.registry import default_kernel_name, display_name, make_backend
 from sandbox_kernel.backends.runsc import (
     CGROUP_PREFIX,
-    DELEGATED_PARENT,
     ROOT_STATE,
     ROOTLESS_NO_SNAPSHOTS,
-    DelegatedCgroup,
     RunscBackend,
     _shape,
     cgroups_path,
-    delegated_cgroups,
     oci_config,
     oom_kills,
     platform_flags,
