@@ -53,11 +53,12 @@ from .backends.cgroups import (
     join_in_child,
     v1_mounts,
 )
+from .backends.state import HUB_RUNTIME_PARENT
 from .errors import SandboxError
 from .policy import MIN_MEMORY, parse_size
 
 # Root's, 0755: each user's runtime folder is made in it by the hub, nowhere a user can write.
-RUNTIME_PARENT = Path("/run/sandbox-kernel-users")
+RUNTIME_PARENT = HUB_RUNTIME_PARENT
 IPC_RMID = 0  # shmctl's command (<sys/ipc.h>)
 
 

@@ -52,10 +52,12 @@ import hashlib
 import json
 import logging
 import os
+import pwd
 import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -867,19 +869,34 @@ def _set_annotations(bundle: Path, annotations: dict[str, str]) -> None:
         pass
 
 
-def _annotations(bundle: Path) -> dict[str, str]:
+def _annotations(bundle: Path, uid: int | None = None) -> dict[str, str]:
+    """The bundle's OCI annotations (our owner record). ``uid``: another user's bundle,
+    read by root only if its config.json is a regular file of that user's (no link)."""
+    config = bundle / "config.json"
     try:
-        found = json.loads((bundle / "config.json").read_text()).get("annotations") or {}
+        if uid is not None:
+            st = config.lstat()
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != uid:
+                return {}
+        found = json.loads(config.read_text()).get("annotations") or {}
     except (OSError, ValueError, AttributeError):
         return {}
     return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
-def _listed(runsc: str, base: Path) -> list[dict[str, Any]]:
-    """``runsc list`` of one state folder (id, pid, status, bundle)."""
+def _listed(runsc: str, base: Path, uid: int | None = None) -> list[dict[str, Any]]:
+    """``runsc list`` of one state folder (id, pid, status, bundle). ``uid``: another
+    user's folder (root's ``ps``), listed by runsc run as that user, never as root."""
+    as_user: dict[str, Any] = {}
+    if uid is not None:
+        try:
+            as_user = {"user": uid, "group": pwd.getpwuid(uid).pw_gid, "extra_groups": []}
+        except KeyError:
+            return []
+    rootless = uid is not None or os.geteuid() != 0
     proc = subprocess.run(
-        runsc_argv(runsc, base / "state", "list", "--format", "json", rootless=os.geteuid() != 0),
-        capture_output=True, text=True, timeout=30, cwd="/", env=_runsc_env(),
+        runsc_argv(runsc, base / "state", "list", "--format", "json", rootless=rootless),
+        capture_output=True, text=True, timeout=30, cwd="/", env=_runsc_env(), **as_user,
     )  # fmt: skip
     if proc.returncode != 0:
         return []
@@ -983,10 +1000,12 @@ def _proc_times(pid: int) -> tuple[float, float]:
     return (int(fields[11]) + int(fields[12])) / tick, int(fields[19]) / tick
 
 
-def _memory_bytes(name: str, pid: int, rootless: bool) -> int:
-    """The sandbox's memory: its memory cgroup's usage, else the sandbox process's RSS."""
-    candidates = [] if rootless else [Path("/sys/fs/cgroup/memory") / cgroups_path(name)[1:]]
-    delegated = delegated_cgroups() if rootless else {}
+def _memory_bytes(name: str, pid: int, uid: int | None) -> int:
+    """The sandbox's memory: its memory cgroup's usage, else the sandbox process's RSS.
+    ``uid``: a rootless sandbox's user (this process's, or another's for root's ``ps``),
+    whose delegated cgroup holds it; None: root's sandbox, in runsc's own cgroup."""
+    candidates = [] if uid is not None else [Path("/sys/fs/cgroup/memory") / cgroups_path(name)[1:]]
+    delegated = delegated_cgroups(uid) if uid is not None else {}
     if "memory" in delegated:
         candidates.append(delegated["memory"] / name)
     for d in candidates:
@@ -1011,19 +1030,30 @@ def sandbox_table() -> list[SandboxInfo]:
     except SandboxError:
         return []
     rootless = os.geteuid() != 0
-    found = [(base, c) for base in existing_bases() for c in _listed(runsc, base)]
-    before = {c["id"]: _proc_times(int(c.get("pid") or 0)) for _b, c in found}
+    found: list[tuple[Path, dict[str, Any], int | None]] = [
+        (base, c, None) for base in existing_bases() for c in _listed(runsc, base)
+    ]
+    if not rootless:  # root sees every user's sandboxes too (rootless ones, under a hub)
+        found += [
+            (base, c, uid)
+            for base, uid in state.users_bases("runsc")
+            for c in _listed(runsc, base, uid)
+        ]
+    before = {c["id"]: _proc_times(int(c.get("pid") or 0)) for _b, c, _u in found}
     t0 = time.monotonic()
     time.sleep(0.3)
     elapsed = time.monotonic() - t0
     with open("/proc/uptime") as f:
         uptime = float(f.read().split()[0])
     rows = []
-    for base, c in found:
+    for base, c, uid in found:
         if c.get("status") == "stopped":
             continue  # ended (its processes are gone); its server or gc removes it
         name, pid = c["id"], int(c.get("pid") or 0)
-        owner = Owner.from_labels(_annotations(Path(c.get("bundle") or base / "bundles" / name)))
+        bundle = Path(c.get("bundle") or base / "bundles" / name)
+        if uid is not None:
+            bundle = base / "bundles" / name  # never a path another user's state names
+        owner = Owner.from_labels(_annotations(bundle, uid))
         if owner is None:
             continue  # not a sandbox of ours
         cpu, started = _proc_times(pid)
@@ -1037,7 +1067,7 @@ def sandbox_table() -> list[SandboxInfo]:
                 user=owner.user,
                 server_pid=owner.server_pid,
                 uptime_s=uptime - started if started else 0.0,
-                memory_mib=_memory_bytes(name, pid, rootless) / 2**20,
+                memory_mib=_memory_bytes(name, pid, os.geteuid() if rootless else uid) / 2**20,
                 cpu_percent=100.0 * max(0.0, cpu - before[name][0]) / elapsed,
             )
         )

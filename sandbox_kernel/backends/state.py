@@ -96,3 +96,29 @@ def _fix(folder: Path) -> str:
 def existing_bases(kind: str) -> list[Path]:
     """Every state folder of ``kind`` of this user that exists and is private (ps, gc)."""
     return [b for b in bases(kind, os.geteuid(), os.environ) if not private_problem(b)]
+
+
+# The per-server runtime folders UserCgroupSpawner makes (sandbox_kernel/hub.py).
+HUB_RUNTIME_PARENT = Path("/run/sandbox-kernel-users")
+
+
+def users_bases(kind: str) -> list[tuple[Path, int]]:
+    """Root's view for ``ps``: every ordinary user's private state folder of ``kind``
+    (a hub server's runtime folder, logind's ``/run/user/<uid>``, the ``/tmp`` fallback),
+    with the uid owning it. Only real folders of a non-root uid with mode 0700 count; what
+    is in them is the user's, to be read as that user."""
+    patterns = (
+        (HUB_RUNTIME_PARENT, f"*/sandbox-kernel/{kind}"),
+        (Path("/run/user"), f"*/sandbox-kernel/{kind}"),
+        (Path("/tmp"), f"sandbox-kernel-{kind}-*"),
+    )
+    found = []
+    for parent, pattern in patterns:
+        for path in sorted(parent.glob(pattern)):
+            try:
+                st = path.lstat()
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode) and st.st_uid != 0 and not st.st_mode & 0o077:
+                found.append((path, st.st_uid))
+    return found

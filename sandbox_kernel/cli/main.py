@@ -119,16 +119,16 @@ def cmd_ps(args: argparse.Namespace) -> int:
         print(json.dumps([asdict(r) for r in rows], indent=2))
         return 0
     print(
-        f"{'NAME':<44} {'BACKEND':<11} {'KERNEL ID':<36} {'POOL':<4} {'UP':>8} {'MEMORY':>10}"
-        f" {'CPU':>6}"
+        f"{'NAME':<44} {'BACKEND':<11} {'USER':<12} {'KERNEL ID':<36} {'POOL':<4} {'UP':>8}"
+        f" {'MEMORY':>10} {'CPU':>6}"
     )
     for r in rows:
         if r.kind != "sandbox":
             continue
         cpu = f"{r.cpu_percent:>5.1f}%" if r.cpu_percent is not None else f"{'-':>6}"
         print(
-            f"{r.name:<44} {r.backend:<11} {r.kernel_id or '-':<36} {'yes' if r.pooled else '':<4}"
-            f" {r.uptime_s:>7.0f}s {r.memory_mib:>7.0f}MiB {cpu}"
+            f"{r.name:<44} {r.backend:<11} {r.user or '-':<12} {r.kernel_id or '-':<36}"
+            f" {'yes' if r.pooled else '':<4} {r.uptime_s:>7.0f}s {r.memory_mib:>7.0f}MiB {cpu}"
         )
     snapshots = [r for r in rows if r.kind == "snapshot"]
     if snapshots:
