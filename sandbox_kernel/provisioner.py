@@ -15,6 +15,8 @@ through this lifecycle, the same instance across restarts:
 ``poll``/``wait``/``send_signal``/``terminate``/``kill``
     answered from the running sandbox (``poll`` reads state the relay thread sets);
     SIGINT and SIGTERM go to the kernel through the agent, SIGKILL ends the sandbox.
+    When a sandbox ended for a reason the host knows (its memory limit, a protocol
+    error), ``end_reason`` says it in words (``sandbox-kernel run`` prints it).
 ``cleanup``
     removes the sandbox; unless restarting, also closes the ports.
 
@@ -35,6 +37,7 @@ from typing import Any, cast
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 
+from . import endings
 from .backends.base import Preflight, SandboxBackend
 from .backends.registry import make_backend
 from .configured import Configured, configure
@@ -117,6 +120,9 @@ class SandboxProvisioner(KernelProvisionerBase):
         self.last_start_warm = False
         self.last_start_restored = False  # ... and restored from the pool's snapshot
         self.console: ConsoleSink | None = None  # one per kernel, across restarts
+        # Why the last sandbox ended, if the host knows ("it hit its memory limit (1g)");
+        # None while it runs, or when it ended on its own or was ended by a request.
+        self.end_reason: str | None = None
 
     def values(self) -> dict[str, Any]:
         """Every setting's current value (kernelspec config over Jupyter config over the
@@ -247,11 +253,12 @@ class SandboxProvisioner(KernelProvisionerBase):
         assert conf is not None and preflight is not None and link is not None
         assert self.sandboxes is not None and self._listeners is not None
         env: dict[str, str] = kwargs.get("sandbox_env") or {}
+        self.end_reason = None  # a new sandbox: the last one's end is told
         for warning in preflight.warnings:
             self.log.warning("sandbox-kernel %s: %s", self.kernel_id, warning)
         start = {
             "op": ops.START,
-            "argv": cmd,
+            "argv": prewarm_command(cmd) or cmd,  # ipykernel's cold start too: see prewarm.py
             "env": env,
             "cwd": env.get("HOME"),
             "connection_file": INSIDE_CONNECTION_FILE,
@@ -343,7 +350,22 @@ class SandboxProvisioner(KernelProvisionerBase):
     async def poll(self) -> int | None:
         if self._running is None:
             return 1 if self._container_id is not None else 0  # saved state: not ours now
-        return self._running.poll()
+        status = self._running.poll()
+        if status is not None:
+            self._note_end(self._running)
+        return status
+
+    def _note_end(self, running: RunningSandbox) -> None:
+        """Keep why ``running`` ended, if a backend or its session knows, in words."""
+        if self.end_reason is not None:
+            return
+        why = endings.reason(running.id)
+        if why == endings.MEMORY_LIMIT:
+            limit = self.configured.values.get("memory_limit") if self.configured else None
+            self.end_reason = f"it hit its memory limit ({limit})" if limit else (
+                "it hit its memory limit")  # fmt: skip
+        elif running.session.error:
+            self.end_reason = f"the host ended it: {running.session.error}"
 
     async def wait(self) -> int | None:
         # Polling, as LocalProvisioner does: poll() reads state the relay thread sets.
@@ -372,6 +394,8 @@ class SandboxProvisioner(KernelProvisionerBase):
         self._container_id = None
         if self._listeners is not None:
             self._listeners.session = None
+        if running is not None and running.poll() is not None:
+            self._note_end(running)
         try:
             if running is not None:
                 await running.remove(self._link.exchange if self._link else None)

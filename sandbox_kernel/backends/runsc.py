@@ -65,6 +65,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .. import endings
 from ..errors import PolicyError, SandboxError
 from ..image.rootfs import check_rootfs, rootfs_for
 from ..policy import SANDBOX_PATH, SandboxPolicy, build_policy
@@ -880,6 +881,7 @@ class OomWatcher:
                     continue
                 ended.add(name)
                 log.warning("sandbox %s hit its memory limit: ending it", name)
+                endings.report(name, endings.MEMORY_LIMIT)
                 _kill_cgroup(where)
 
 

@@ -1,7 +1,14 @@
-"""The warm pool's kernel: initialised as far as it can be before it has an owner.
+"""How an ipykernel starts in a sandbox: cold, or as the warm pool's kernel, initialised
+as far as it can be before it has an owner.
 
 Run inside the sandbox as ``python3 -c <this file's text> ARGS`` (see
-``sandbox_kernel/prewarm.py``), instead of ``python3 -m ipykernel_launcher ARGS``:
+``sandbox_kernel/prewarm.py``), instead of ``python3 -m ipykernel_launcher ARGS``. Both
+ways, ipykernel's "Kernel is running over TCP without encryption" warning is dropped (and
+no other log line): the kernel's TCP ports are the sandbox's own loopback, which nothing
+but the agent reaches, so the warning is not true of it and only hides real messages.
+
+Without ``SANDBOX_KERNEL_READY_FD`` in its environment (a cold start) it then serves
+exactly as ``ipykernel_launcher`` would. With it (the warm pool):
 ipykernel imported, ``IPKernelApp.initialize()`` done (IPython shell, history, its
 sockets bound on the sandbox's fixed inside ports, threads started) with a placeholder
 HMAC key that nobody knows. It then waits on stdin for one JSON line,
@@ -22,6 +29,7 @@ pool's re-snapshots; docs/security.md says why it gives one user nothing against
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import sys
@@ -39,16 +47,28 @@ def renew(app: Any) -> None:
     app.kernel.ident = str(uuid.uuid4())  # IOPub topics: "kernel.<ident>.<topic>"
 
 
+class NoTcpWarning(logging.Filter):
+    """Drops ipykernel's warning that its TCP ports are unencrypted (see above)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "running over TCP without encryption" not in str(record.msg)
+
+
 def main() -> None:
     if sys.path and sys.path[0] == "":
         del sys.path[0]  # as `python -m` would not search the working directory first
     sys.argv[0] = "ipykernel_launcher"
     stdin = sys.stdin
-    ready = int(os.environ.pop("SANDBOX_KERNEL_READY_FD"))
+    ready_fd = os.environ.pop("SANDBOX_KERNEL_READY_FD", None)
     from ipykernel.kernelapp import IPKernelApp
 
     app = IPKernelApp.instance()
+    app.log.addFilter(NoTcpWarning())  # the app's own logger: kept when it is configured
     app.initialize()  # type: ignore[no-untyped-call]
+    if ready_fd is None:  # a cold start: serve now
+        app.start()  # type: ignore[no-untyped-call]
+        return
+    ready = int(ready_fd)
     os.write(ready, b"i")
     line = stdin.readline()
     if not line:
