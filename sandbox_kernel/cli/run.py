@@ -177,12 +177,13 @@ def run_notebook(
     except CellExecutionError:
         pass  # the traceback is printed already
     except DeadKernelError as exc:
+        reason = client.end_reason
         if client.interrupted:
             pass
-        elif client.end_reason is None:
+        elif reason is None:
             raise SandboxError(f"could not run {path} in kernel {kernel_name!r}: {exc}") from None
-        if client.running_cell is not None:  # the graded notebook says why it stops there
-            client.running_cell.outputs.append(stopped(client.end_reason))
+        elif client.running_cell is not None:  # the graded notebook says why it stops there
+            client.running_cell.outputs.append(stopped(reason))
     except Exception as exc:
         raise SandboxError(f"could not run {path} in kernel {kernel_name!r}: {exc}") from exc
     finally:

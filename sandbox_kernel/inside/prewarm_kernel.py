@@ -6,6 +6,8 @@ Run inside the sandbox as ``python3 -c <this file's text> ARGS`` (see
 ways, ipykernel's "Kernel is running over TCP without encryption" warning is dropped (and
 no other log line): the kernel's TCP ports are the sandbox's own loopback, which nothing
 but the agent reaches, so the warning is not true of it and only hides real messages.
+And ipykernel 7's shutdown is put in order (:func:`reply_before_closing`): a busy kernel
+asked to shut down printed ``zmq.error.ZMQError: Socket operation on non-socket``.
 
 Without ``SANDBOX_KERNEL_READY_FD`` in its environment (a cold start) it then serves
 exactly as ``ipykernel_launcher`` would. With it (the warm pool):
@@ -33,6 +35,7 @@ import logging
 import os
 import random
 import sys
+import threading
 import uuid
 from typing import Any
 
@@ -54,6 +57,39 @@ class NoTcpWarning(logging.Filter):
         return "running over TCP without encryption" not in str(record.msg)
 
 
+def reply_before_closing(app: Any) -> threading.Event:
+    """Keep ipykernel 7's shell channel thread running until the main thread is done.
+
+    jupyter_client interrupts a kernel before it asks it to shut down. A cell that was
+    running then ends (KeyboardInterrupt) and the main thread sends its execute_reply
+    through its inproc socket to the shell channel thread, while the control thread's
+    ``shutdown_request`` has already stopped that thread's loop, whose exit closes the
+    inproc sockets, the main thread's end included: the reply fails with ENOTSOCK
+    ("Socket operation on non-socket", a traceback on the kernel's console). Here a stop
+    of that loop waits until the main thread's loop has ended (``main`` sets the event it
+    returns); ``IPKernelApp.close`` (at exit) then stops and joins the thread as before."""
+    main_done = threading.Event()
+    thread = getattr(app, "shell_channel_thread", None)
+    if thread is None:  # ipykernel < 7: one thread serves the shell
+        return main_done
+    loop = thread.io_loop
+    stop = loop.stop
+
+    def stop_after_main() -> None:
+        if main_done.is_set():  # else asked by shutdown_request: close() stops it at exit
+            stop()
+
+    loop.stop = stop_after_main
+    return main_done
+
+
+def serve(app: Any, main_done: threading.Event) -> None:
+    try:
+        app.start()
+    finally:
+        main_done.set()
+
+
 def main() -> None:
     if sys.path and sys.path[0] == "":
         del sys.path[0]  # as `python -m` would not search the working directory first
@@ -65,8 +101,9 @@ def main() -> None:
     app = IPKernelApp.instance()
     app.log.addFilter(NoTcpWarning())  # the app's own logger: kept when it is configured
     app.initialize()  # type: ignore[no-untyped-call]
+    main_done = reply_before_closing(app)
     if ready_fd is None:  # a cold start: serve now
-        app.start()  # type: ignore[no-untyped-call]
+        serve(app, main_done)
         return
     ready = int(ready_fd)
     os.write(ready, b"i")
@@ -85,7 +122,7 @@ def main() -> None:
     app.session.key = spec["key"].encode()
     os.write(ready, b"k")
     os.close(ready)
-    app.start()  # type: ignore[no-untyped-call]
+    serve(app, main_done)
 
 
 if __name__ == "__main__":
