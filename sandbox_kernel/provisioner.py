@@ -356,7 +356,8 @@ class SandboxProvisioner(KernelProvisionerBase):
         return status
 
     def _note_end(self, running: RunningSandbox) -> None:
-        """Keep why ``running`` ended, if a backend or its session knows, in words."""
+        """Keep why ``running`` ended, if a backend or its session knows, in words, and
+        have its session tell the kernel's clients on IOPub (relay/iopub.py)."""
         if self.end_reason is not None:
             return
         why = endings.reason(running.id)
@@ -366,6 +367,11 @@ class SandboxProvisioner(KernelProvisionerBase):
                 "it hit its memory limit")  # fmt: skip
         elif running.session.error:
             self.end_reason = f"the host ended it: {running.session.error}"
+        if self.end_reason is not None and self._key is not None:  # tell the notebook
+            scheme = str(self.connection_info.get("signature_scheme", "hmac-sha256"))
+            self.relay.loop.call_soon_threadsafe(
+                running.session.explain, self.end_reason, self._key, scheme
+            )
 
     async def wait(self) -> int | None:
         # Polling, as LocalProvisioner does: poll() reads state the relay thread sets.

@@ -26,6 +26,7 @@ from typing import Any
 from nbclient import NotebookClient
 
 from ..errors import SandboxError
+from ..relay.iopub import ENAME, stopped_text
 
 EXIT_OK = 0
 EXIT_CELL_FAILED = 1
@@ -66,12 +67,15 @@ def plain(output: Any) -> Any:
     return output
 
 
-def stopped(reason: str) -> Any:
-    """The error output that tells, in the cell that was running, why the kernel stopped."""
+def tell_stopped(cell: Any, reason: str) -> None:
+    """Unless the kernel's IOPub said it already (relay/iopub.py), add to the cell that was
+    running the error output that says why the kernel stopped."""
     from nbformat.v4 import new_output
 
-    evalue = f"The sandboxed kernel was stopped: {reason}"
-    return new_output("error", ename="SandboxKernelStopped", evalue=evalue, traceback=[evalue])
+    if any(o.get("ename") == ENAME for o in cell.get("outputs", [])):
+        return
+    text = stopped_text(reason)
+    cell.outputs.append(new_output("error", ename=ENAME, evalue=text, traceback=[text]))
 
 
 class StreamingClient(NotebookClient):
@@ -183,7 +187,7 @@ def run_notebook(
         elif reason is None:
             raise SandboxError(f"could not run {path} in kernel {kernel_name!r}: {exc}") from None
         elif client.running_cell is not None:  # the graded notebook says why it stops there
-            client.running_cell.outputs.append(stopped(reason))
+            tell_stopped(client.running_cell, reason)
     except Exception as exc:
         raise SandboxError(f"could not run {path} in kernel {kernel_name!r}: {exc}") from exc
     finally:
@@ -195,8 +199,7 @@ def run_notebook(
         return EXIT_INTERRUPTED
     if client.end_reason is not None:
         print(
-            f"sandbox-kernel: the kernel was stopped: {client.end_reason}; {path} did not "
-            "run to the end",
+            f"sandbox-kernel: {stopped_text(client.end_reason)}; {path} did not run to the end",
             file=sys.stderr,
         )
         return EXIT_LIMIT
