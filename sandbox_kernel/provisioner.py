@@ -278,6 +278,9 @@ class SandboxProvisioner(KernelProvisionerBase):
         running = self._running
         assert running is not None
         self._listeners.session = running.session
+        # A backend that learns why it ends the sandbox (its OOM watcher) says so here at
+        # once: the notebook hears it before the restarter sees the kernel gone.
+        endings.listen(running.id, lambda why: self._tell(running, self._words(why)))
         if pool is not None:  # this policy starts kernels: keep its pool full
             self.relay.loop.call_soon_threadsafe(pool.refill)
         if facts.get("copied"):
@@ -361,17 +364,25 @@ class SandboxProvisioner(KernelProvisionerBase):
         if self.end_reason is not None:
             return
         why = endings.reason(running.id)
-        if why == endings.MEMORY_LIMIT:
-            limit = self.configured.values.get("memory_limit") if self.configured else None
-            self.end_reason = f"it hit its memory limit ({limit})" if limit else (
-                "it hit its memory limit")  # fmt: skip
+        if why is not None:
+            self.end_reason = self._words(why)
         elif running.session.error:
             self.end_reason = f"the host ended it: {running.session.error}"
-        if self.end_reason is not None and self._key is not None:  # tell the notebook
+        if self.end_reason is not None:
+            self._tell(running, self.end_reason)
+
+    def _words(self, why: str) -> str:
+        """A backend's reason (endings.py) as people read it."""
+        if why == endings.MEMORY_LIMIT:
+            limit = self.configured.values.get("memory_limit") if self.configured else None
+            return f"it hit its memory limit ({limit})" if limit else "it hit its memory limit"
+        return why
+
+    def _tell(self, running: RunningSandbox, text: str) -> None:
+        """Have ``running``'s session tell the kernel's IOPub clients (once; any thread)."""
+        if self._key is not None:
             scheme = str(self.connection_info.get("signature_scheme", "hmac-sha256"))
-            self.relay.loop.call_soon_threadsafe(
-                running.session.explain, self.end_reason, self._key, scheme
-            )
+            self.relay.loop.call_soon_threadsafe(running.session.explain, text, self._key, scheme)
 
     async def wait(self) -> int | None:
         # Polling, as LocalProvisioner does: poll() reads state the relay thread sets.
@@ -400,8 +411,10 @@ class SandboxProvisioner(KernelProvisionerBase):
         self._container_id = None
         if self._listeners is not None:
             self._listeners.session = None
-        if running is not None and running.poll() is not None:
-            self._note_end(running)
+        if running is not None:
+            endings.unlisten(running.id)
+            if running.poll() is not None:
+                self._note_end(running)
         try:
             if running is not None:
                 await running.remove(self._link.exchange if self._link else None)
