@@ -1,12 +1,13 @@
 """``sandbox-kernel run``: execute a notebook in a sandboxed kernel (nbclient).
 
 Each output is printed as the kernel sends it (a ``--- cell N ---`` line before a cell's
-first output), so a long notebook shows progress. The exit code says how it went (the
-README's Commands section): EXIT_OK, EXIT_CELL_FAILED (a cell raised; with
-``allow_errors`` every cell still ran), EXIT_LIMIT (the kernel was stopped by a limit
-the host knows of, e.g. its memory: the reason is printed), EXIT_INTERRUPTED (Ctrl-C:
-the kernel is shut down first). The output notebook, if asked for, is written in every
-case, with what ran so far. Tracebacks are written without terminal colour codes.
+first output; escaped as the kernel's console is), so a long notebook shows progress.
+The exit code says how it went (the README's Commands section): EXIT_OK,
+EXIT_CELL_FAILED (a cell raised; with ``allow_errors`` every cell still ran), EXIT_LIMIT
+(the kernel was stopped by a limit the host knows of, e.g. its memory: the reason is
+printed), EXIT_INTERRUPTED (Ctrl-C: the kernel is shut down first). The output notebook,
+if asked for, is written in every case, with what ran so far. Tracebacks are written
+without terminal colour codes.
 
 Who calls what: ``cli/main.py``'s ``run`` command calls :func:`run_notebook`.
 """
@@ -26,6 +27,7 @@ from typing import Any
 from nbclient import NotebookClient
 
 from ..errors import SandboxError
+from ..relay.console import printable
 from ..relay.iopub import ENAME, stopped_text
 
 EXIT_OK = 0
@@ -61,7 +63,8 @@ def text_of(output: Any) -> str:
 
 
 def plain(output: Any) -> Any:
-    """``output`` without colour codes in its traceback (kept in place in the notebook)."""
+    """Strip the colour codes of an error output's traceback, in place: the notebook
+    file keeps plain text."""
     if output.get("output_type") == "error":
         output["traceback"] = [strip_ansi(str(line)) for line in output.get("traceback", [])]
     return output
@@ -109,7 +112,8 @@ class StreamingClient(NotebookClient):
                 if self._printed_cell != cell_index:
                     self._printed_cell = cell_index
                     print(f"--- cell {cell_index} ---", flush=True)
-                sys.stdout.write(text)
+                # Escaped: the sandbox's output must not drive the terminal (console.py).
+                sys.stdout.write(printable(text))
                 sys.stdout.flush()
         return out
 
