@@ -61,10 +61,12 @@ def docker_client() -> docker.DockerClient:
 def kernel_dirs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A kernels folder with the sandboxed kernelspec and variants used by tests."""
     root = tmp_path_factory.mktemp("kernels")
-    variants = {
+    variants: dict[str, dict[str, Any]] = {
         "sandbox-python": {},
         # Small caps for abuse tests: 512 MiB memory, 64 MiB tmpfs, derived nproc (32).
         "sandbox-small": {"memory_limit": "512m", "tmp_size": "64m", "home_size": "64m"},
+        # Every start cold (no warm pool): the kernel's own launch path.
+        "sandbox-cold": {"pool_size": 0},
         # The weaker tiers (tests/integration/test_backends.py, tests/security/).
         **{f"sandbox-{b}": cfg for b, cfg in BACKEND_CONFIGS.items()},
     }

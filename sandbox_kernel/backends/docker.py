@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
 
+from .. import endings
 from ..errors import PolicyError, SandboxError
 from ..policy import GVISOR_RUNTIMES, MAX_NPROC, SandboxPolicy
 from ..relay.session import AgentSession
@@ -342,6 +343,7 @@ class OomWatcher:
                     cid = event.get("id", "")
                     name = (event.get("Actor") or {}).get("Attributes", {}).get("name", cid[:12])
                     log.warning("sandbox %s hit its memory limit: ending it", name)
+                    endings.report(cid, endings.MEMORY_LIMIT)
                     try:
                         client.api.kill(cid)
                     except docker.errors.APIError:

@@ -66,6 +66,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .. import endings
 from ..errors import SandboxError
 from ..image.rootfs import check_rootfs, rootfs_for
 from ..policy import SANDBOX_PATH, SandboxPolicy, build_policy
@@ -768,6 +769,7 @@ class OomWatcher:
                     continue
                 ended.add(name)
                 log.warning("sandbox %s hit its memory limit: ending it", name)
+                endings.report(name, endings.MEMORY_LIMIT)
                 kill_members(where)
 
 

@@ -171,7 +171,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .run import run_notebook
 
     return run_notebook(
-        args.notebook, kernel_name=args.kernel, output=args.output, timeout=args.timeout
+        args.notebook,
+        kernel_name=args.kernel,
+        output=args.output,
+        timeout=args.timeout,
+        allow_errors=args.allow_errors,
     )
 
 
@@ -259,6 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", help="write the executed notebook here")
     p.add_argument("--timeout", type=float, default=600, help="seconds per cell")
+    p.add_argument(
+        "--allow-errors",
+        action="store_true",
+        help="keep running the cells after one fails (the exit code is still 1)",
+    )
+    p.epilog = (
+        "exit status: 0 every cell ran; 1 a cell failed (or the run could not start); "
+        "2 bad command line; 3 the kernel was stopped by a limit (e.g. its memory: the "
+        "reason is printed); 130 interrupted (the kernel is shut down first). The output "
+        "notebook is written in every case."
+    )
     p.set_defaults(func=cmd_run)
     return parser
 

@@ -117,9 +117,9 @@ def test_accepted_gaps_run_in_gvisor_as_the_user(rootless: Rootless) -> None:
         assert rows and rows[0]["backend"] == "runsc" and rows[0]["memory_mib"] > 10, ps.stdout
         assert "docker sandboxes not listed" in ps.stderr.lower(), "the user has no Docker socket"
         # Root's ps lists every user's sandboxes, rootless ones included, with their user.
-        as_root = [r for r in sandbox_table() if r.name == name]
-        assert as_root and as_root[0].user == user.name, as_root
-        assert as_root[0].memory_mib > 10, as_root
+        listed = [r for r in sandbox_table() if r.name == name]
+        assert listed and listed[0].user == user.name, listed
+        assert listed[0].memory_mib > 10, listed
         denied = user.run("ls", "/run/sandbox-kernel/runsc/state")
         assert denied.returncode != 0, "the user can read root's runsc state"
     finally:
