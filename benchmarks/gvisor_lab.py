@@ -85,10 +85,10 @@ from sandbox_kernel.backends.runsc import RUNSC_FLAGS, oci_config  # noqa: E402
 from sandbox_kernel.bundle import agent_payload, bootstrap_command  # noqa: E402
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE  # noqa: E402
 from sandbox_kernel.image.rootfs import check_rootfs, rootfs_for  # noqa: E402
+from sandbox_kernel.inside.protocol import INSIDE_PORTS  # noqa: E402
 from sandbox_kernel.kernelspec import KERNEL_ARGV  # noqa: E402
 from sandbox_kernel.policy import (  # noqa: E402
     INSIDE_CONNECTION_FILE,
-    INSIDE_PORTS,
     SandboxPolicy,
     build_policy,
 )

@@ -619,7 +619,7 @@ def measure_rootless(label: str, args: argparse.Namespace, say: Callable[[str], 
     ordinary user with a delegated cgroup; return its result."""
     import pwd
 
-    from sandbox_kernel.backends.runsc import delegate_cgroups, remove_delegation
+    from sandbox_kernel.backends.cgroups import delegate_cgroups, remove_delegation
 
     python = SHARED_VENV / "bin" / "python"
     if not python.exists():

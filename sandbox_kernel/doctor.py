@@ -88,14 +88,14 @@ def _host_checks(report: Report, image: str, backend: str) -> tuple[dict[str, An
     import asyncio
     import logging
 
-    from .backends.registry import make_backend
     from .configured import configure
 
     config: dict[str, Any] = {"image": image, "backend": backend}
-    policy = configure(config).policy
     log = logging.getLogger(__name__)
+    conf = configure(config, log)
+    policy = conf.policy
     try:
-        gaps = dict(make_backend(backend, log, configure(config).values).gaps(policy))
+        gaps = dict(conf.sandboxes.gaps(policy))
     except SandboxError as exc:
         report.add(f"{backend}: host ready", False, str(exc), SETUP)
         return None
@@ -111,7 +111,7 @@ def _host_checks(report: Report, image: str, backend: str) -> tuple[dict[str, An
     if gaps:
         config["accept_unenforced"] = sorted(gaps)
     try:
-        sandboxes = make_backend(backend, log, configure(config).values)
+        sandboxes = configure(config, log).sandboxes
         preflight = asyncio.run(sandboxes.preflight(policy))
     except SandboxError as exc:
         report.add(f"{backend}: host ready", False, str(exc), "see the error; then re-run doctor")
@@ -132,6 +132,31 @@ def _host_checks(report: Report, image: str, backend: str) -> tuple[dict[str, An
     return config, preflight
 
 
+def _kernelspec_check(report: Report) -> None:
+    """Which kernelspec Jupyter here resolves ``python3`` (what notebooks ask for by
+    default) and ``sandbox-python`` to, with the settings each applies: a notebook naming
+    an unsandboxed ``python3`` would open on the host."""
+    from .kernelspec import DEFAULT_KERNEL_NAME, NOTEBOOK_DEFAULT_NAME, effective_kernelspecs
+
+    found = effective_kernelspecs([NOTEBOOK_DEFAULT_NAME, DEFAULT_KERNEL_NAME])
+    seen = []
+    for name, (folder, config) in found.items():
+        if not folder:
+            seen.append(f"{name}: not installed")
+        elif config is None:
+            seen.append(f"{name} -> {folder}: NOT sandboxed (the host's ipykernel)")
+        else:
+            given = ", ".join(f"{k}={v}" for k, v in sorted(config.items())) or "defaults"
+            seen.append(f"{name} -> {folder}: sandboxed ({given})")
+    report.add(
+        f"notebooks naming {NOTEBOOK_DEFAULT_NAME} run sandboxed",
+        found[NOTEBOOK_DEFAULT_NAME][1] is not None,
+        "; ".join(seen),
+        f"`sandbox-kernel install --sys-prefix --name {NOTEBOOK_DEFAULT_NAME} --replace` (or "
+        "--user outside a venv): until then a notebook that names python3 runs on the host",
+    )
+
+
 def run_doctor(
     image: str = DEFAULT_IMAGE,
     progress: Callable[[str], None] | None = None,
@@ -147,6 +172,7 @@ def run_doctor(
     report = Report()
     later = ["sandboxed kernel starts", "seen from outside", "seen from inside",
              "attack subset as documented"]  # fmt: skip
+    _kernelspec_check(report)
     say(f"checking the host for the {backend} backend")
     found = _host_checks(report, image, backend)
     if found is None:

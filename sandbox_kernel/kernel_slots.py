@@ -18,9 +18,8 @@ from __future__ import annotations
 import itertools
 import threading
 
-from .errors import PolicyError, SandboxError
-
-MAX_KERNELS_CAP = 1024
+from .errors import SandboxError
+from .settings import check
 
 
 class KernelLimitReached(SandboxError):
@@ -28,12 +27,9 @@ class KernelLimitReached(SandboxError):
 
 
 def check_max_kernels(value: object) -> int:
-    """``max_kernels`` as a whole number from 0 (no limit) to MAX_KERNELS_CAP."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_KERNELS_CAP:
-        raise PolicyError(
-            f"max_kernels: {value!r} must be a whole number from 0 (no limit) to {MAX_KERNELS_CAP}"
-        )
-    return value
+    """``max_kernels`` as a whole number from 0 (no limit) to its bound (``settings.py``)."""
+    checked: int = check("max_kernels", value)
+    return checked
 
 
 class KernelSlots:

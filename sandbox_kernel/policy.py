@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import PolicyError
+from .settings import BY_NAME, bounds, check, format_size, group
+from .settings import parse_size as parse_size  # where hub.py and the tests find it
 
 GVISOR_RUNTIMES = frozenset({"runsc"})
 SANDBOX_USER = "1000:1000"
@@ -28,19 +30,6 @@ _FORBIDDEN_ENV = re.compile(
     r"^PYTHONEXECUTABLE$|^LD_PRELOAD$|^LD_LIBRARY_PATH$",
     re.IGNORECASE,
 )
-# Ports the kernel binds on the sandbox's own loopback; each sandbox has its own
-# network namespace, so fixed numbers never collide. They lie below every ephemeral
-# port range (Linux 32768+, gVisor 16000+): the agent's connect retries while the kernel
-# starts could otherwise pick the port itself as source and self-connect, taking the
-# port from the kernel (seen under runc as EADDRINUSE).
-INSIDE_PORTS = {
-    "shell_port": 15001,
-    "iopub_port": 15002,
-    "stdin_port": 15003,
-    "control_port": 15004,
-    "hb_port": 15005,
-}
-KERNEL_INSIDE_PORTS = frozenset(INSIDE_PORTS.values())
 INSIDE_CONNECTION_FILE = "/tmp/.sandbox-kernel/kernel.json"
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -52,15 +41,9 @@ _IMAGE_RE = re.compile(
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
 
-_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-
-# Sanity bounds: below these a kernel cannot start, above them a typo is likely.
-MIN_MEMORY = 128 * 2**20
-MAX_MEMORY = 1024 * 2**30
-MIN_TMPFS = 1 * 2**20
-MAX_CPUS = 256.0
-MIN_NPROC, MAX_NPROC = 16, 65536
+# The settings table's bounds that hub.py and the Docker backend use.
+MIN_MEMORY = int(bounds("memory_limit")[0])
+MAX_NPROC = int(bounds("nproc_limit")[1])
 # Measured under gVisor: each fork of an ipykernel process costs ~27 MiB of the sandbox's
 # memory. The default process limit leaves room for that, so a fork bomb in a cell meets
 # EAGAIN (RLIMIT_NPROC) before the memory cap kills the whole sandbox.
@@ -71,40 +54,6 @@ DEFAULT_NPROC_MIN, DEFAULT_NPROC_MAX = 32, 1024
 def default_nproc(memory_bytes: int) -> int:
     """RLIMIT_NPROC (tasks: processes and threads) that fits in ``memory_bytes``."""
     return max(DEFAULT_NPROC_MIN, min(DEFAULT_NPROC_MAX, memory_bytes // MEMORY_PER_PROCESS))
-
-
-MIN_NOFILE, MAX_NOFILE = 64, 1048576
-
-
-def parse_size(value: str | int, what: str) -> int:
-    """``"512m"``, ``"2g"``, ``"1.5GiB"``, ``1048576`` -> bytes (binary units)."""
-    if isinstance(value, bool):
-        raise PolicyError(f"{what}: expected a size like '512m' or '2g', got {value!r}")
-    if isinstance(value, int):
-        n = value
-    else:
-        m = _SIZE_RE.match(str(value))
-        if not m:
-            raise PolicyError(
-                f"{what}: cannot parse {value!r}; use a number of bytes or a size like '512m', '2g'"
-            )
-        n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    if n <= 0:
-        raise PolicyError(f"{what}: must be positive, got {value!r}")
-    return n
-
-
-def format_size(n: float) -> str:
-    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= factor:
-            return f"{n / factor:g} {unit}"
-    return f"{n:g} B"
-
-
-def _bounded(value: float, lo: float, hi: float, what: str, hint: str, size: bool = False) -> None:
-    if not lo <= value <= hi:
-        fmt = format_size if size else (lambda x: f"{x:g}")
-        raise PolicyError(f"{what}: {fmt(value)} is outside [{fmt(lo)}, {fmt(hi)}]; {hint}")
 
 
 def validate_image(image: str) -> str:
@@ -168,79 +117,44 @@ class SandboxPolicy:
 
 
 # The settings (settings.py) this module turns into a policy.
-POLICY_SETTINGS = (
-    "image",
-    "memory_limit",
-    "cpu_limit",
-    "nproc_limit",
-    "pids_limit",
-    "nofile_limit",
-    "tmp_size",
-    "home_size",
-    "env_allow",
-    "env",
-    "launch_timeout",
-)
+POLICY_SETTINGS = group("policy")
 
 
 def build_policy(**given: Any) -> SandboxPolicy:
     """A policy from the settings of POLICY_SETTINGS (those not given take the settings
     table's defaults); raise :class:`PolicyError` naming the setting and the fix."""
-    from .settings import BY_NAME
-
     unknown = sorted(set(given) - set(POLICY_SETTINGS))
     if unknown:
         raise TypeError(f"not policy settings: {', '.join(unknown)}")
     v = {name: given[name] if name in given else BY_NAME[name].default for name in POLICY_SETTINGS}
     image = validate_image(v["image"])
-    memory = parse_size(v["memory_limit"], "memory_limit")
-    _bounded(memory, MIN_MEMORY, MAX_MEMORY, "memory_limit", "use e.g. '2g'", size=True)
-    nproc_limit = v["nproc_limit"]
+    memory = check("memory_limit", v["memory_limit"])
+    nproc_limit = check("nproc_limit", v["nproc_limit"])
     if nproc_limit is None:
         nproc_limit = default_nproc(memory)
-    try:
-        cpus = float(v["cpu_limit"])
-    except (TypeError, ValueError):
-        raise PolicyError(f"cpu_limit: {v['cpu_limit']!r} is not a number of CPUs") from None
-    _bounded(cpus, 0.01, MAX_CPUS, "cpu_limit", "use a number of CPUs such as 1 or 0.5")
-    pids_limit, nofile_limit = v["pids_limit"], v["nofile_limit"]
-    for name, value, lo, hi in (
-        ("nproc_limit", nproc_limit, MIN_NPROC, MAX_NPROC),
-        ("nofile_limit", nofile_limit, MIN_NOFILE, MAX_NOFILE),
-        ("pids_limit", pids_limit, MIN_NPROC, 4 * MAX_NPROC),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise PolicyError(f"{name}: expected a whole number, got {value!r}")
-        _bounded(value, lo, hi, name, "use a whole number")
+    cpus = check("cpu_limit", v["cpu_limit"])
+    pids_limit = check("pids_limit", v["pids_limit"])
+    nofile_limit = check("nofile_limit", v["nofile_limit"])
     if pids_limit < nproc_limit:
         raise PolicyError(
             "pids_limit must be >= nproc_limit: the host limit is the backstop; a fork bomb "
             "must meet the in-sandbox RLIMIT_NPROC (a clean EAGAIN) first"
         )
-    tmp = parse_size(v["tmp_size"], "tmp_size")
-    home = parse_size(v["home_size"], "home_size")
+    tmp = check("tmp_size", v["tmp_size"])
+    home = check("home_size", v["home_size"])
     for name, value in (("tmp_size", tmp), ("home_size", home)):
-        _bounded(
-            value,
-            MIN_TMPFS,
-            memory,
-            name,
-            "a tmpfs lives in the sandbox's memory, so it must fit in memory_limit",
-            size=True,
-        )
+        if value > memory:
+            raise PolicyError(
+                f"{name}: {format_size(value)} is more than memory_limit ({format_size(memory)}): "
+                "a tmpfs lives in the sandbox's memory, so it must fit in memory_limit"
+            )
     allow = tuple(v["env_allow"] or ())
     for name in allow:
         check_env_name(name, "env_allow")
     fixed = dict(v["env"] or {})
     for name in fixed:
         check_env_name(name, "env")
-    timeout = v["launch_timeout"]
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or not 1 <= timeout <= 3600
-    ):
-        raise PolicyError(f"launch_timeout: {timeout!r} must be between 1 and 3600 seconds")
+    timeout = check("launch_timeout", v["launch_timeout"])
     return SandboxPolicy(
         image=image,
         memory_bytes=memory,
@@ -252,5 +166,5 @@ def build_policy(**given: Any) -> SandboxPolicy:
         home_bytes=home,
         env_allow=allow,
         env=fixed,
-        launch_timeout=float(timeout),
+        launch_timeout=timeout,
     )

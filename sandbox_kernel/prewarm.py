@@ -1,5 +1,6 @@
 """The warm pool's pre-started kernel, host side: its command and its connection
-placeholder (pure).
+placeholder (pure). The same command starts a cold ipykernel (without ipykernel's
+TCP warning, which is not true of a sandbox's loopback; see inside/prewarm_kernel.py).
 
 A pooled sandbox runs ``inside/prewarm_kernel.py`` (a kernel initialised up to its key,
 with a placeholder HMAC key nobody knows; nothing reaches its ports until the sandbox is
@@ -14,7 +15,7 @@ import secrets
 from importlib import resources
 from typing import Any
 
-from .policy import INSIDE_PORTS
+from .inside.protocol import INSIDE_PORTS
 
 
 def _bare(source: str) -> str:
@@ -45,8 +46,8 @@ PREWARM_CODE = _bare(
 
 def prewarm_command(inside_argv: list[str]) -> list[str] | None:
     """For a kernel command ``[PYTHON, -m, ipykernel_launcher, ARGS...]`` (placeholders
-    already substituted) the pool's command ``[PYTHON, -c, PREWARM_CODE, ARGS...]``; None
-    for any other kernel (started cold)."""
+    already substituted) the pool's command ``[PYTHON, -c, PREWARM_CODE, ARGS...]``, which
+    also starts it cold; None for any other kernel."""
     if len(inside_argv) >= 3 and inside_argv[1:3] == ["-m", "ipykernel_launcher"]:
         return [inside_argv[0], "-c", PREWARM_CODE, *inside_argv[3:]]
     return None

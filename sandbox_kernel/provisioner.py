@@ -15,6 +15,8 @@ through this lifecycle, the same instance across restarts:
 ``poll``/``wait``/``send_signal``/``terminate``/``kill``
     answered from the running sandbox (``poll`` reads state the relay thread sets);
     SIGINT and SIGTERM go to the kernel through the agent, SIGKILL ends the sandbox.
+    When a sandbox ended for a reason the host knows (its memory limit, a protocol
+    error), ``end_reason`` says it in words (``sandbox-kernel run`` prints it).
 ``cleanup``
     removes the sandbox; unless restarting, also closes the ports.
 
@@ -35,15 +37,16 @@ from typing import Any, cast
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 
+from . import endings
 from .backends.base import Preflight, SandboxBackend
-from .backends.registry import make_backend
 from .configured import Configured, configure
 from .errors import PolicyError, SandboxError
-from .exchange.files_in import plan_copy_in
+from .exchange.files_in import plan_kernel_files
 from .exchange.host import HostExchange
 from .inside import ops
+from .inside.protocol import INSIDE_PORTS
 from .kernel_slots import SLOTS, KernelLimitReached
-from .policy import INSIDE_CONNECTION_FILE, INSIDE_PORTS, SandboxPolicy
+from .policy import INSIDE_CONNECTION_FILE, SandboxPolicy
 from .pool import WarmPool
 from .prewarm import prewarm_command
 from .relay.console import ConsoleSink
@@ -87,6 +90,7 @@ class SandboxProvisioner(KernelProvisionerBase):
     max_runtime_ports = trait("max_runtime_ports")
     copy_in = trait("copy_in")
     copy_in_limit = trait("copy_in_limit")
+    copy_in_notebook_folder = trait("copy_in_notebook_folder")
     export_limit = trait("export_limit")
     export_dir = trait("export_dir")
     console_output = trait("console_output")
@@ -117,6 +121,9 @@ class SandboxProvisioner(KernelProvisionerBase):
         self.last_start_warm = False
         self.last_start_restored = False  # ... and restored from the pool's snapshot
         self.console: ConsoleSink | None = None  # one per kernel, across restarts
+        # Why the last sandbox ended, if the host knows ("it hit its memory limit (1g)");
+        # None while it runs, or when it ended on its own or was ended by a request.
+        self.end_reason: str | None = None
 
     def values(self) -> dict[str, Any]:
         """Every setting's current value (kernelspec config over Jupyter config over the
@@ -147,9 +154,9 @@ class SandboxProvisioner(KernelProvisionerBase):
         # Not super().pre_launch(): the base class would hand the kernel the server's whole
         # environment (kwargs["env"]). Here the kernel's environment is built from the
         # policy alone (policy.kernel_env); nothing else of the server's reaches it.
-        conf = self.configured = configure(self.values())
+        conf = self.configured = configure(self.values(), self.log)
         if self.sandboxes is None:  # the settings of one kernel do not change: one backend
-            self.sandboxes = make_backend(conf.backend, self.log, conf.values)
+            self.sandboxes = conf.sandboxes
         if self.console is None:
             self.console = ConsoleSink(
                 str(self.kernel_id or ""), conf.console_output, conf.console_limit, self.log
@@ -161,12 +168,7 @@ class SandboxProvisioner(KernelProvisionerBase):
         notebook_dir = str(kwargs.get("cwd") or os.getcwd())
         # Fresh copies at every start: read the host files now, before any sandbox exists.
         copy_items = await asyncio.to_thread(
-            plan_copy_in,
-            conf.exchange.copy_in,
-            notebook_dir,
-            conf.exchange.copy_in_bytes,
-            self.log,
-            os.path.join(notebook_dir, conf.exchange.export_dir),
+            plan_kernel_files, conf.exchange, notebook_dir, self.log
         )
         if self._listeners is None:
             listeners = HostListeners(INSIDE_PORTS, label=f"kernel {self.kernel_id}")
@@ -247,11 +249,12 @@ class SandboxProvisioner(KernelProvisionerBase):
         assert conf is not None and preflight is not None and link is not None
         assert self.sandboxes is not None and self._listeners is not None
         env: dict[str, str] = kwargs.get("sandbox_env") or {}
+        self.end_reason = None  # a new sandbox: the last one's end is told
         for warning in preflight.warnings:
             self.log.warning("sandbox-kernel %s: %s", self.kernel_id, warning)
         start = {
             "op": ops.START,
-            "argv": cmd,
+            "argv": prewarm_command(cmd) or cmd,  # ipykernel's cold start too: see prewarm.py
             "env": env,
             "cwd": env.get("HOME"),
             "connection_file": INSIDE_CONNECTION_FILE,
@@ -265,12 +268,15 @@ class SandboxProvisioner(KernelProvisionerBase):
         except BaseException as exc:
             error = self._launch_error(exc)
             await self._teardown(restart=False)
-            if isinstance(exc, (SandboxError, asyncio.TimeoutError, SessionError)):
+            if isinstance(exc, (SandboxError, asyncio.TimeoutError)):
                 raise error from None
             raise
         running = self._running
         assert running is not None
         self._listeners.session = running.session
+        # A backend that learns why it ends the sandbox (its OOM watcher) says so here at
+        # once: the notebook hears it before the restarter sees the kernel gone.
+        endings.listen(running.id, lambda why: self._tell(running, self._words(why)))
         if pool is not None:  # this policy starts kernels: keep its pool full
             self.relay.loop.call_soon_threadsafe(pool.refill)
         if facts.get("copied"):
@@ -343,7 +349,36 @@ class SandboxProvisioner(KernelProvisionerBase):
     async def poll(self) -> int | None:
         if self._running is None:
             return 1 if self._container_id is not None else 0  # saved state: not ours now
-        return self._running.poll()
+        status = self._running.poll()
+        if status is not None:
+            self._note_end(self._running)
+        return status
+
+    def _note_end(self, running: RunningSandbox) -> None:
+        """Keep why ``running`` ended, if a backend or its session knows, in words, and
+        have its session tell the kernel's clients on IOPub (relay/iopub.py)."""
+        if self.end_reason is not None:
+            return
+        why = endings.reason(running.id)
+        if why is not None:
+            self.end_reason = self._words(why)
+        elif running.session.error:
+            self.end_reason = f"the host ended it: {running.session.error}"
+        if self.end_reason is not None:
+            self._tell(running, self.end_reason)
+
+    def _words(self, why: str) -> str:
+        """A backend's reason (endings.py) as people read it."""
+        if why == endings.MEMORY_LIMIT:
+            limit = self.configured.values.get("memory_limit") if self.configured else None
+            return f"it hit its memory limit ({limit})" if limit else "it hit its memory limit"
+        return why
+
+    def _tell(self, running: RunningSandbox, text: str) -> None:
+        """Have ``running``'s session tell the kernel's IOPub clients (once; any thread)."""
+        if self._key is not None:
+            scheme = str(self.connection_info.get("signature_scheme", "hmac-sha256"))
+            self.relay.loop.call_soon_threadsafe(running.session.explain, text, self._key, scheme)
 
     async def wait(self) -> int | None:
         # Polling, as LocalProvisioner does: poll() reads state the relay thread sets.
@@ -372,6 +407,10 @@ class SandboxProvisioner(KernelProvisionerBase):
         self._container_id = None
         if self._listeners is not None:
             self._listeners.session = None
+        if running is not None:
+            endings.unlisten(running.id)
+            if running.poll() is not None:
+                self._note_end(running)
         try:
             if running is not None:
                 await running.remove(self._link.exchange if self._link else None)

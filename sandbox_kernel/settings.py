@@ -1,23 +1,25 @@
 """Every setting of a sandboxed kernel, declared once (pure).
 
-A :class:`Setting` is the one place that says a setting's name, type, default, help,
-``sandbox-kernel install`` flag and the backends it applies to. From this table come the
+A :class:`Setting` is the one place that says a setting's name, type, default, bounds,
+help, ``sandbox-kernel install`` flag and the backends it applies to, and :func:`check`
+the one check of a value's type, choices and bounds (sizes parsed into bytes) that
+policy, exchange, configuration and the backends use. From this table come the
 provisioner's traitlets (``SandboxProvisioner``: settable in a kernelspec's
 ``metadata.kernel_provisioner.config`` or a Jupyter config file), the ``install`` flags
-(``cli/main.py``), and the defaults of the one function that validates them all,
+(``cli/flags.py``), and the defaults of the one function that validates them all,
 ``configured.configure`` (used by the provisioner at each launch and by ``install``
 before anything is written). A backend-only setting names its backends here; the
 registry gives each backend exactly those.
 
 Who calls what: ``provisioner.py`` builds one trait per setting with :func:`trait`;
-the CLI adds flags with :func:`add_flags` and collects them with :func:`from_flags`;
+the CLI (``cli/flags.py``) makes one ``install`` flag per setting from :data:`SETTINGS`;
 :func:`resolve` fills a kernelspec's config with the defaults.
 """
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,14 @@ class Setting:
     choices: tuple[str, ...] = ()
     backends: tuple[str, ...] = ()  # the backends that read it; empty: every backend
     metavar: str | None = None
+    # "int", "int?", "float" and "size" (in bytes): the inclusive range (below it a kernel
+    # cannot work, above it a typo is likely), and what a refusal adds, e.g. what 0 means
+    bounds: tuple[float, float] | None = None
+    hint: str = ""
+    # Who reads it: "sandbox" (which sandbox: the registry and the backends), "policy"
+    # (policy.build_policy), "exchange" (exchange.policy.build_exchange_policy), "pool",
+    # "host" (what the Jupyter process holds for a kernel: configure)
+    group: str = ""
 
     @property
     def option(self) -> str:
@@ -55,14 +65,22 @@ SETTINGS: tuple[Setting, ...] = (
         "root or rootless); the weaker tiers docker-runc, bwrap and firejail share the "
         "host's kernel with the sandbox (docs/backends.md)",
         "backend",  # one of backends/registry.py's names (checked there)
+        group="sandbox",
     ),
-    S("image", "sandbox-kernel/python:latest", "kernel image with python3 and ipykernel", "str"),
+    S(
+        "image",
+        "sandbox-kernel/python:latest",
+        "kernel image with python3 and ipykernel",
+        "str",
+        group="policy",
+    ),
     S(
         "runtime",
         "runsc",
         "Docker runtime (runsc = gVisor); anything else needs allow_weaker_runtime",
         "str",
         backends=("docker",),
+        group="sandbox",
     ),
     S(
         "allow_weaker_runtime",
@@ -71,6 +89,7 @@ SETTINGS: tuple[Setting, ...] = (
         "set: the host kernel's whole syscall surface is then exposed to untrusted code",
         "bool",
         backends=("docker",),
+        group="sandbox",
     ),
     S(
         "rootfs",
@@ -79,6 +98,7 @@ SETTINGS: tuple[Setting, ...] = (
         "`sandbox-kernel image export-rootfs`)",
         "str",
         backends=_PIPE,
+        group="sandbox",
     ),
     S(
         "platform",
@@ -89,6 +109,7 @@ SETTINGS: tuple[Setting, ...] = (
         "enum",
         choices=("systrap", "ptrace"),
         backends=("runsc",),
+        group="sandbox",
     ),
     S(
         "accept_unenforced",
@@ -98,10 +119,29 @@ SETTINGS: tuple[Setting, ...] = (
         "list",
         backends=_PIPE,
         metavar="PROPERTY",
+        group="sandbox",
     ),
     # -- limits ------------------------------------------------------------------------------
-    S("memory_limit", "2g", "memory cap, e.g. 2g", "size", flag="--memory"),
-    S("cpu_limit", 1.0, "CPUs the kernel may use, e.g. 1 or 0.5", "float", flag="--cpus"),
+    S(
+        "memory_limit",
+        "2g",
+        "memory cap, e.g. 2g",
+        "size",
+        flag="--memory",
+        bounds=(128 * 2**20, 2**40),
+        hint="e.g. '2g'",
+        group="policy",
+    ),
+    S(
+        "cpu_limit",
+        1.0,
+        "CPUs the kernel may use, e.g. 1 or 0.5",
+        "float",
+        flag="--cpus",
+        bounds=(0.01, 256),
+        hint="e.g. 1 or 0.5",
+        group="policy",
+    ),
     S(
         "nproc_limit",
         None,
@@ -109,12 +149,51 @@ SETTINGS: tuple[Setting, ...] = (
         "(default: memory_limit / 32 MiB, 64 for 2g, which fits forks of a kernel in memory)",
         "int?",
         flag="--nproc",
+        bounds=(16, 65536),
+        group="policy",
     ),
-    S("pids_limit", 4096, "host pids cgroup: the backstop behind nproc_limit", "int", "--pids"),
-    S("nofile_limit", 4096, "RLIMIT_NOFILE (open files) inside the sandbox", "int", "--nofile"),
-    S("tmp_size", "256m", "size cap of /tmp (tmpfs)", "size"),
-    S("home_size", "512m", "size cap of the home folder (tmpfs)", "size"),
-    S("launch_timeout", 60.0, "seconds from creating a sandbox to a running kernel", "float"),
+    S(
+        "pids_limit",
+        4096,
+        "host pids cgroup: the backstop behind nproc_limit",
+        "int",
+        "--pids",
+        bounds=(16, 4 * 65536),
+        group="policy",
+    ),
+    S(
+        "nofile_limit",
+        4096,
+        "RLIMIT_NOFILE (open files) inside the sandbox",
+        "int",
+        "--nofile",
+        bounds=(64, 1048576),
+        group="policy",
+    ),
+    S(
+        "tmp_size",
+        "256m",
+        "size cap of /tmp (tmpfs)",
+        "size",
+        bounds=(2**20, 2**40),
+        group="policy",
+    ),
+    S(
+        "home_size",
+        "512m",
+        "size cap of the home folder (tmpfs)",
+        "size",
+        bounds=(2**20, 2**40),
+        group="policy",
+    ),
+    S(
+        "launch_timeout",
+        60.0,
+        "seconds from creating a sandbox to a running kernel",
+        "float",
+        bounds=(1, 3600),
+        group="policy",
+    ),
     # -- environment -------------------------------------------------------------------------
     S(
         "env_allow",
@@ -123,8 +202,9 @@ SETTINGS: tuple[Setting, ...] = (
         "DOCKER_* or names like a token, secret or password)",
         "list",
         metavar="NAME",
+        group="policy",
     ),
-    S("env", {}, "fixed environment variables for the kernel (NAME=VALUE)", "dict"),
+    S("env", {}, "fixed environment variables for the kernel (NAME=VALUE)", "dict", group="policy"),
     # -- pool ----------------------------------------------------------------------------------
     S(
         "pool_size",
@@ -132,6 +212,9 @@ SETTINGS: tuple[Setting, ...] = (
         "sandboxes kept started ahead (kernel initialised, waiting for its key) for this "
         "kernelspec; a launch or restart claims one and never reuses it; 0 disables the pool",
         "int",
+        bounds=(0, 64),
+        hint="0 disables the pool",
+        group="pool",
     ),
     S(
         "pool_snapshots",
@@ -141,6 +224,7 @@ SETTINGS: tuple[Setting, ...] = (
         "with a note); a restore that fails falls back to a fresh sandbox",
         "bool",
         backends=("runsc",),
+        group="pool",
     ),
     S(
         "pool_snapshot_restores",
@@ -149,6 +233,8 @@ SETTINGS: tuple[Setting, ...] = (
         "share its hash seed and address-space layout; docs/security.md)",
         "int",
         backends=("runsc",),
+        bounds=(1, 10**6),
+        group="pool",
     ),
     S(
         "pool_snapshot_age",
@@ -156,6 +242,8 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds a snapshot is restored from before the pool checkpoints a new one",
         "float",
         backends=("runsc",),
+        bounds=(1, 365 * 86400),
+        group="pool",
     ),
     # -- deliberate exchanges (docs/exchange.md) ------------------------------------------------
     S(
@@ -166,12 +254,16 @@ SETTINGS: tuple[Setting, ...] = (
         "ports",
         flag="--expose",
         metavar="[HOST:]PORT",
+        group="exchange",
     ),
     S(
         "max_runtime_ports",
         4,
         "ports the kernel may expose itself at run time (sandboxed.expose); 0 disables",
         "int",
+        bounds=(0, 64),
+        hint="0: the kernel may not expose ports itself",
+        group="exchange",
     ),
     S(
         "copy_in",
@@ -180,20 +272,42 @@ SETTINGS: tuple[Setting, ...] = (
         "absolute or relative to the notebook's folder; symbolic links are skipped",
         "list",
         metavar="PATH",
+        group="exchange",
     ),
-    S("copy_in_limit", "64m", "most bytes copy_in may copy", "size"),
+    S(
+        "copy_in_notebook_folder",
+        False,
+        "copy the notebook's folder (its files and subfolders, not hidden ones, not the export "
+        "folder) into the sandbox's home at each start, within copy_in_limit, so the notebook "
+        "reads the data beside it; copies, never mounted: nothing written in the sandbox "
+        "comes back. For students' own notebooks, never for a grader's",
+        "bool",
+        group="exchange",
+    ),
+    S(
+        "copy_in_limit",
+        "64m",
+        "most bytes copy_in (and the notebook's folder) may copy",
+        "size",
+        bounds=(1, 2**40),
+        group="exchange",
+    ),
     S(
         "export_limit",
         "64m",
         "most bytes the kernel may export to the host (sandboxed.export) per kernel; 0 "
         "disables exports",
         "size",
+        bounds=(0, 2**40),
+        hint="0 disables exports",
+        group="exchange",
     ),
     S(
         "export_dir",
         "sandbox-exports",
         "folder, inside the notebook's folder, that receives exported files",
         "str",
+        group="exchange",
     ),
     # -- what the Jupyter process holds for a kernel (docs/security.md, host-side bounds) -------
     S(
@@ -203,6 +317,7 @@ SETTINGS: tuple[Setting, ...] = (
         "notebook): the server's stderr, escaped and prefixed with the kernel's id, or nowhere",
         "enum",
         choices=("stderr", "discard"),
+        group="host",
     ),
     S(
         "console_limit",
@@ -210,6 +325,8 @@ SETTINGS: tuple[Setting, ...] = (
         "most bytes of the kernel's own stdout/stderr written to the server's stderr per "
         "kernel (also rate-limited); the rest is dropped and the drop logged once",
         "size",
+        bounds=(1, 2**40),
+        group="host",
     ),
     S(
         "max_message_size",
@@ -217,6 +334,9 @@ SETTINGS: tuple[Setting, ...] = (
         "largest ZeroMQ message the kernel may send to its clients; a larger one resets that "
         "connection before the client allocates it, and the message is lost (logged)",
         "size",
+        bounds=(2**20, 64 * 2**30),
+        hint="e.g. '64m'",
+        group="host",
     ),
     S(
         "max_kernels",
@@ -224,10 +344,102 @@ SETTINGS: tuple[Setting, ...] = (
         "most sandboxed kernels this Jupyter process runs at once, counted across its "
         "kernelspecs (a server setting: c.SandboxProvisioner.max_kernels); 0: no limit",
         "int",
+        bounds=(0, 1024),
+        hint="0: no limit",
+        group="host",
     ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_size(value: str | int, what: str) -> int:
+    """``"512m"``, ``"2g"``, ``"1.5GiB"``, ``1048576`` -> bytes (binary units), positive."""
+    n = _size_bytes(value, what)
+    if n <= 0:
+        raise PolicyError(f"{what}: must be positive, got {value!r}")
+    return n
+
+
+def _size_bytes(value: object, what: str) -> int:
+    if isinstance(value, bool):
+        raise PolicyError(f"{what}: expected a size like '512m' or '2g', got {value!r}")
+    if isinstance(value, int):
+        n = value
+    else:
+        m = _SIZE_RE.match(str(value))
+        if not m:
+            raise PolicyError(
+                f"{what}: cannot parse {value!r}; use a number of bytes or a size like '512m', '2g'"
+            )
+        n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    return n
+
+
+def format_size(n: float) -> str:
+    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= factor:
+            return f"{n / factor:g} {unit}"
+    return f"{n:g} B"
+
+
+def check(name: str, value: Any) -> Any:
+    """``value`` if it is of setting ``name``'s type (true or false, a whole number, a
+    number, one of its choices) and within its bounds, a size in bytes; else PolicyError
+    naming the setting and what it takes. Other kinds pass unchanged: lists, ports and
+    names have parsers of their own (``policy.py``, ``exchange/policy.py``, the registry)."""
+    s = BY_NAME[name]
+    if s.kind == "bool":
+        if not isinstance(value, bool):
+            raise PolicyError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if s.kind == "enum":
+        if not isinstance(value, str) or value not in s.choices:
+            raise PolicyError(f"{name}: {value!r} is not one of {', '.join(s.choices)}")
+        return value
+    if s.kind == "size":  # bytes
+        n = value if isinstance(value, int) and not isinstance(value, bool) else None
+        n = _size_bytes(value, name) if n is None else n
+        lo, hi = bounds(name)
+        if not lo <= n <= hi:
+            hint = f" ({s.hint})" if s.hint else ""
+            raise PolicyError(f"{name}: {value!r} must be a size {range_text(name)}{hint}")
+        return n
+    if s.kind not in ("int", "int?", "float") or (value is None and s.kind == "int?"):
+        return value
+    lo, hi = bounds(name)
+    whole = s.kind != "float"
+    number = isinstance(value, int) or (not whole and isinstance(value, float))
+    # NaN fails both comparisons: refused like any value out of bounds.
+    if isinstance(value, bool) or not number or not lo <= value <= hi:
+        what = "a whole number" if whole else "a number"
+        hint = f" ({s.hint})" if s.hint else ""
+        raise PolicyError(f"{name}: {value!r} must be {what} {range_text(name)}{hint}")
+    return value if whole else float(value)
+
+
+def group(name: str) -> tuple[str, ...]:
+    """The settings of group ``name``, in the table's order."""
+    return tuple(s.name for s in SETTINGS if s.group == name)
+
+
+def bounds(name: str) -> tuple[float, float]:
+    """The inclusive range of numeric setting ``name``."""
+    found = BY_NAME[name].bounds
+    assert found is not None, f"setting {name} has no bounds"
+    return found
+
+
+def range_text(name: str) -> str:
+    """'from LO to HI' for numeric or size setting ``name`` (refusals, ``install --help``)."""
+    size = BY_NAME[name].kind == "size"
+    lo, hi = (
+        format_size(x) if size else str(int(x)) if x == int(x) else f"{x:g}" for x in bounds(name)
+    )
+    return f"from {lo} to {hi}"
 
 
 def defaults() -> dict[str, Any]:
@@ -290,69 +502,3 @@ def trait(name: str) -> Any:
     else:  # pragma: no cover - a typo in the table
         raise AssertionError(f"setting {name}: unknown kind {s.kind!r}")
     return made.tag(config=True)
-
-
-# -- install flags (the CLI) ---------------------------------------------------------------------
-
-
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """One ``install`` flag per setting; none has a default of its own (unset: the
-    setting's default applies and nothing is written into the kernelspec)."""
-    group = parser.add_argument_group(
-        "settings (docs: `sandbox-kernel install --help`; validated before anything is written)"
-    )
-    for s in SETTINGS:
-        where = f" [{', '.join(s.backends)} only]" if s.backends else ""
-        shown = s.default if s.default not in ([], {}, "", None) else None
-        default = f" (default: {shown})" if shown is not None else ""
-        text = (s.help + where + default).replace("%", "%%")  # argparse formats help with %
-        kw: dict[str, Any] = {"dest": s.name, "help": text, "default": None}
-        if s.kind == "bool":
-            # On by default: --no-NAME turns it off (and --NAME says so explicitly).
-            kw["action"] = argparse.BooleanOptionalAction if s.default else "store_true"
-        elif s.kind in ("list", "ports"):
-            kw.update(
-                action="append", metavar=s.metavar or "VALUE", help=kw["help"] + "; repeatable"
-            )
-        elif s.kind == "dict":
-            kw.update(action="append", metavar="NAME=VALUE", help=kw["help"] + "; repeatable")
-        elif s.kind == "enum":
-            kw["choices"] = s.choices
-        elif s.kind == "backend":
-            from .backends.registry import BACKENDS
-
-            kw["choices"] = list(BACKENDS)
-        elif s.kind in ("int", "int?"):
-            kw["type"] = int
-        elif s.kind == "float":
-            kw["type"] = float
-        group.add_argument(s.option, **kw)
-
-
-def from_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings given on the command line (only those), in kernelspec form."""
-    given: dict[str, Any] = {}
-    for s in SETTINGS:
-        value = getattr(args, s.name, None)
-        if value is None:
-            continue
-        if s.kind == "dict":
-            value = dict(_pair(item) for item in value)
-        given[s.name] = value
-    return given
-
-
-def _pair(item: str) -> tuple[str, str]:
-    name, sep, value = item.partition("=")
-    if not sep or not name:
-        raise PolicyError(f"env: {item!r} is not NAME=VALUE")
-    return name, value
-
-
-def applies(name: str, backend: str) -> bool:
-    s = BY_NAME[name]
-    return not s.backends or backend in s.backends
-
-
-def names(kinds: Iterable[str] | None = None) -> list[str]:
-    return [s.name for s in SETTINGS if kinds is None or s.kind in kinds]

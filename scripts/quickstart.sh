@@ -45,8 +45,14 @@ say "kernel image (no registry needed)"
 say "kernel root filesystem for the bwrap/firejail backends (docs/backends.md)"
 .venv/bin/sandbox-kernel image export-rootfs
 
-say "kernelspec"
+say "kernelspecs: sandbox-python, and python3 (what notebooks ask for) sandboxed too"
 .venv/bin/sandbox-kernel install --sys-prefix --replace
+# A notebook from elsewhere names python3: here that is the sandboxed kernel as well, in
+# JupyterLab, nbconvert, papermill and nbclient alike (they all resolve kernelspecs by name).
+.venv/bin/sandbox-kernel install --sys-prefix --replace --name python3 --display-name "Python 3 (sandboxed, default)"
+# The same for the venv ordinary users run Jupyter from: their tier is rootless runsc.
+/opt/sandbox-kernel/venv/bin/sandbox-kernel install --sys-prefix --replace --name python3 \
+  --backend runsc --display-name "Python 3 (sandboxed, default)" >/dev/null
 .venv/bin/jupyter kernelspec list
 
 say "a sandboxed kernel doing real work: notebooks/demo.ipynb"

@@ -61,10 +61,12 @@ def docker_client() -> docker.DockerClient:
 def kernel_dirs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A kernels folder with the sandboxed kernelspec and variants used by tests."""
     root = tmp_path_factory.mktemp("kernels")
-    variants = {
+    variants: dict[str, dict[str, Any]] = {
         "sandbox-python": {},
         # Small caps for abuse tests: 512 MiB memory, 64 MiB tmpfs, derived nproc (32).
         "sandbox-small": {"memory_limit": "512m", "tmp_size": "64m", "home_size": "64m"},
+        # Every start cold (no warm pool): the kernel's own launch path.
+        "sandbox-cold": {"pool_size": 0},
         # The weaker tiers (tests/integration/test_backends.py, tests/security/).
         **{f"sandbox-{b}": cfg for b, cfg in BACKEND_CONFIGS.items()},
     }
@@ -144,7 +146,7 @@ def nothing_left_behind() -> Iterator[None]:
 def rootless() -> Iterator[Rootless]:
     """A real ordinary user (created here, removed after) whose Jupyter processes run with
     the shared venv and this checkout's package: the rootless runsc backend's setting."""
-    from sandbox_kernel.backends.runsc import remove_delegation
+    from sandbox_kernel.backends.cgroups import remove_delegation
 
     root = Path(tempfile.mkdtemp(prefix="sk-rootless-"))
     root.chmod(0o755)

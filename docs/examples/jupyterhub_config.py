@@ -7,6 +7,16 @@
 c = get_config()  # noqa: F821 (provided by traitlets when the file is loaded)
 
 c.JupyterHub.bind_url = "http://127.0.0.1:8000"  # behind a TLS-terminating proxy
+# Each user's server on an origin of its own (https://<user>.hub.example.org/user/<user>/):
+# a user controls their server (their terminal is theirs), so a page it serves must not
+# share the hub's origin, its cookies and its API. Needs a wildcard DNS record and a
+# wildcard TLS certificate for *.hub.example.org (docs/jupyterhub.md).
+c.JupyterHub.subdomain_host = "https://hub.example.org"
+# Login cookies as __Host-: a user's subdomain cannot set one for the hub or another user's
+# server. They must be Secure, also the servers' OAuth state cookies (JupyterHub marks
+# those only if it sees https; served over https, this changes nothing).
+c.JupyterHub.cookie_host_prefix_enabled = True
+c.JupyterHub.tornado_settings = {"cookie_options": {"secure": True}}
 # Authentication: the default PAM authenticator (people log in as their Unix accounts).
 
 # LocalProcessSpawner (each server runs as its user) that first puts the server in
@@ -35,3 +45,11 @@ c.Spawner.args = [
 # Not JUPYTER_CONFIG_DIR: jupyter_core writes into the config folder (its migration
 # marker), and a root-owned one fails every server start after the first.
 c.Spawner.environment = {"JUPYTER_PATH": "/usr/local/share/jupyter"}
+
+# The hub's own state in a folder only root can enter (made by the setup in
+# docs/jupyterhub.md: `install -d -m 700`), not the folder the hub was started from: its
+# database (users, tokens), cookie secret and pid files.
+c.JupyterHub.db_url = "sqlite:////var/lib/sandbox-kernel-hub/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "/var/lib/sandbox-kernel-hub/jupyterhub_cookie_secret"
+c.JupyterHub.pid_file = "/var/lib/sandbox-kernel-hub/jupyterhub.pid"
+c.ConfigurableHTTPProxy.pid_file = "/var/lib/sandbox-kernel-hub/jupyterhub-proxy.pid"

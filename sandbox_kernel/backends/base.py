@@ -27,12 +27,14 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import SandboxError
-from ..policy import SandboxPolicy
-from ..relay.session import AgentSession
-from .owner import Owner
+
+if TYPE_CHECKING:  # annotations only: the interface needs neither at run time
+    from ..policy import SandboxPolicy
+    from ..relay.session import AgentSession
+    from .owner import Owner
 
 
 @dataclass(frozen=True)

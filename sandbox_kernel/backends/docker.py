@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
 
+from .. import endings
 from ..errors import PolicyError, SandboxError
 from ..policy import GVISOR_RUNTIMES, MAX_NPROC, SandboxPolicy
 from ..relay.session import AgentSession
@@ -53,12 +54,21 @@ def unreachable_message(
     *,
     user: str,
     socket_owner: tuple[str, str, int] = ("?", "?", 0),
+    docker_host: str | None = None,
 ) -> str:
     """Why the Docker daemon at ``where`` cannot be used and what to do (pure).
 
     ``probe_errno`` is what connecting to its unix socket gave (None: not probed or it
     connected); ``socket_owner`` is the socket's (user, group, mode). A socket this process
-    may not open is not a stopped daemon: telling a user to start dockerd would be wrong."""
+    may not open is not a stopped daemon: telling a user to start dockerd would be wrong.
+    ``docker_host``: the DOCKER_HOST this process has, if any, which chose ``where``; a
+    wrong one looks just like a stopped daemon, so the message names it."""
+    if docker_host is not None:
+        return (
+            unreachable_message(where, probe_errno, detail, user=user, socket_owner=socket_owner)
+            + f". {where} comes from DOCKER_HOST={docker_host!r} in this environment: if that "
+            "is not where dockerd listens, fix or unset DOCKER_HOST"
+        )
     if probe_errno in (errno.EACCES, errno.EPERM):
         owner, group, mode = socket_owner
         return (
@@ -81,10 +91,23 @@ def unreachable_message(
     )
 
 
+class DockerForbidden(SandboxError):
+    """This process may not use the Docker socket: it has no Docker sandboxes to look at
+    (``gc`` and ``ps`` note it; nothing was missed)."""
+
+
+def daemon_error(exc: BaseException) -> SandboxError:
+    """:func:`daemon_unreachable` as the error to raise (blocking: it probes the socket)."""
+    message = daemon_unreachable(exc)
+    forbidden = message.startswith("permission denied on the Docker socket")
+    return DockerForbidden(message) if forbidden else SandboxError(message)
+
+
 def daemon_unreachable(exc: BaseException) -> str:
     """:func:`unreachable_message` for this process and the configured endpoint, after
     probing the unix socket (blocking: a connect to a local socket)."""
-    where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    docker_host = os.environ.get("DOCKER_HOST") or None
+    where = docker_host or "unix:///var/run/docker.sock"
     probe: int | None = None
     owner = ("?", "?", 0)
     url = urlparse(where)
@@ -103,7 +126,9 @@ def daemon_unreachable(exc: BaseException) -> str:
         except OSError as err:
             probe = err.errno
     user = f"{_name(pwd.getpwuid, os.geteuid())} (uid {os.geteuid()})"
-    return unreachable_message(where, probe, str(exc), user=user, socket_owner=owner)
+    return unreachable_message(
+        where, probe, str(exc), user=user, socket_owner=owner, docker_host=docker_host
+    )
 
 
 def _name(lookup: Any, ident: int) -> str:
@@ -234,7 +259,7 @@ def list_containers() -> list[SandboxInfo]:
         client = docker.from_env(timeout=30)
         containers = client.containers.list(filters={"label": f"{LABEL_MANAGED}=1"})
     except docker.errors.DockerException as exc:
-        raise SandboxError(daemon_unreachable(exc)) from None
+        raise daemon_error(exc) from None
     rows = []
     now = datetime.datetime.now(datetime.timezone.utc)
     for c in containers:
@@ -318,6 +343,7 @@ class OomWatcher:
                     cid = event.get("id", "")
                     name = (event.get("Actor") or {}).get("Attributes", {}).get("name", cid[:12])
                     log.warning("sandbox %s hit its memory limit: ending it", name)
+                    endings.report(cid, endings.MEMORY_LIMIT)
                     try:
                         client.api.kill(cid)
                     except docker.errors.APIError:
@@ -477,9 +503,15 @@ class DockerBackend(SandboxBackend):
         OomWatcher.ensure_running(self.log)
         if not DockerBackend._orphans_reaped:
             DockerBackend._orphans_reaped = True
-            removed = await asyncio.to_thread(self.remove_orphans)
-            if removed:
-                self.log.warning("removed sandboxes left by dead Jupyter processes: %s", removed)
+            try:
+                removed = await asyncio.to_thread(self.remove_orphans)
+            except SandboxError as exc:  # the launch goes on; gc can be run by hand
+                self.log.warning("could not look for leftover sandboxes: %s", exc)
+            else:
+                if removed:
+                    self.log.warning(
+                        "removed sandboxes left by dead Jupyter processes: %s", removed
+                    )
         return preflight
 
     _orphans_reaped = False  # once per process, at the first launch
@@ -500,9 +532,8 @@ class DockerBackend(SandboxBackend):
                 sparse=True,
                 filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_HOST}={host}"]},
             )
-        except (docker.errors.DockerException, SandboxError) as exc:
-            logging.getLogger(__name__).warning("could not look for leftover sandboxes: %s", exc)
-            return removed
+        except docker.errors.DockerException as exc:
+            raise daemon_error(exc) from None
         for container in found:
             owner = Owner.from_labels(container.attrs.get("Labels") or {})
             if owner is not None and owner.server_gone(host):
@@ -572,7 +603,7 @@ def docker_client(timeout: int) -> Any:
     try:
         return docker.from_env(timeout=timeout)
     except docker.errors.DockerException as exc:
-        raise SandboxError(daemon_unreachable(exc)) from None
+        raise daemon_error(exc) from None
 
 
 def _remove(client: Any, cid: str) -> None:

@@ -15,6 +15,7 @@ import struct
 from typing import Any
 from urllib.parse import quote
 
+from ..errors import SandboxError
 from ..inside import protocol as p
 from ..relay.session import AgentSession, SessionError
 
@@ -25,8 +26,8 @@ STDERR = 2
 _HEADER = struct.Struct(">BxxxI")
 
 
-class DockerStreamError(Exception):
-    pass
+class DockerStreamError(SandboxError):
+    """Docker's attach stream is malformed (the session ends on it)."""
 
 
 class DockerStreamDemux:

@@ -14,7 +14,7 @@ import getpass
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 LABEL_MANAGED = "org.sandbox-kernel.managed"
 LABEL_KERNEL_ID = "org.sandbox-kernel.kernel-id"
@@ -56,10 +56,6 @@ class Owner:
         """This Jupyter process, for a kernel's sandbox or (``pooled``) a warm one."""
         pid = os.getpid()
         return cls(pid, process_start(pid), socket.gethostname(), _user(), kernel_id, pooled)
-
-    def claimed_by(self, kernel_id: str) -> Owner:
-        """The same sandbox once a kernel claims it from the warm pool."""
-        return replace(self, kernel_id=kernel_id, pooled=False)
 
     def labels(self) -> dict[str, str]:
         labels = {

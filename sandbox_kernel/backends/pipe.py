@@ -12,8 +12,8 @@ sandbox, so RLIMIT_NPROC, which the kernel counts per user, is a per-sandbox lim
 no two sandboxes share an identity. That happens in a fresh interpreter the child execs
 first (``launcher.py``), not in a pre-exec hook of this threaded process. Each sandbox
 leaves a record (owner, pid, cgroups) in the user's state folder (``state.py``), so
-``sandbox-kernel ps`` lists it and ``gc`` can clean up after a server that died. Every
-blocking step runs in a worker thread.
+``sandbox-kernel ps`` lists it and ``gc`` (and a server's first launch) cleans up after a
+server that died. Every blocking step runs in a worker thread.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from .bpf import seccomp_bpf, seccomp_fd
 from .capabilities import check_accepted, refuse_unenforced
 from .cgroups import CONTROLLERS, Cgroup, cgroup_gaps, v1_mounts
 from .launcher import launcher_argv
-from .owner import Owner
+from .owner import Owner, process_start
 
 HOST_UID_BASE = 1_900_000_000
 HOST_UID_SPAN = 1 << 24
@@ -159,7 +159,17 @@ class PipeBackend(SandboxBackend):
         return Preflight(runtime=self.name, warnings=(shared, *warnings))
 
     async def preflight(self, policy: SandboxPolicy) -> Preflight:
-        return await asyncio.to_thread(self._preflight, policy)
+        preflight = await asyncio.to_thread(self._preflight, policy)
+        if not PipeBackend._orphans_reaped:
+            PipeBackend._orphans_reaped = True
+            removed = await asyncio.to_thread(self.remove_orphans)
+            if removed:
+                self.log.warning(
+                    "removed bwrap/firejail sandboxes left by dead Jupyter processes: %s", removed
+                )
+        return preflight
+
+    _orphans_reaped = False  # once per process, at the first launch
 
     # -- lifecycle ------------------------------------------------------------------------
     def _spawn(self, policy: SandboxPolicy, command: list[str], name: str, owner: Owner) -> str:
@@ -279,6 +289,16 @@ class PipeBackend(SandboxBackend):
         except RuntimeError:  # interpreter shutdown: no new worker threads, so block instead
             self._remove(sandbox_id)
 
+    # -- the CLI: every pipe backend's sandboxes (bwrap and firejail keep their records in
+    # one state folder, as docker and docker-runc share one daemon) ----------------------
+    @classmethod
+    def list_sandboxes(cls) -> list[SandboxInfo]:
+        return list_records()
+
+    @classmethod
+    def remove_orphans(cls) -> list[str]:
+        return remove_orphan_records()
+
     @classmethod
     def remove_all(cls) -> None:
         """At exit: remove every sandbox of this process still running (warm-pool sandboxes,
@@ -336,6 +356,7 @@ def _write_record(
             "backend": backend,
             "name": name,
             "pid": pid,
+            "pid_start": process_start(pid),
             "started": time.time(),
             "labels": owner.labels(),
             "cgroups": [str(d) for d in cgroup.dirs.values()] if cgroup else [],
@@ -385,7 +406,7 @@ def list_records() -> list[SandboxInfo]:
     rows = []
     for _path, record in _records():
         owner = Owner.from_labels(record.get("labels", {}))
-        if owner is None or not _alive(int(record.get("pid", 0))):
+        if owner is None or not _running(record):
             continue
         rows.append(
             SandboxInfo(
@@ -409,12 +430,12 @@ def remove_orphan_records() -> list[str]:
     removed = []
     for path, record in _records():
         owner = Owner.from_labels(record.get("labels", {}))
-        pid = int(record.get("pid", 0))
-        if owner is not None and not owner.server_gone() and _alive(pid):
+        running = _running(record)
+        if owner is not None and not owner.server_gone() and running:
             continue
-        if pid > 0 and _alive(pid):
+        if running:  # its process group (the sandbox tool's session), then its cgroups
             try:
-                os.killpg(pid, signal.SIGKILL)
+                os.killpg(int(record["pid"]), signal.SIGKILL)
             except OSError:
                 pass
         for d in record.get("cgroups", []):
@@ -424,16 +445,15 @@ def remove_orphan_records() -> list[str]:
     return removed
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
+def _running(record: dict[str, Any]) -> bool:
+    """Whether the record's sandbox tool still runs: its pid, started when the record says
+    (a reused pid is another process, never to be signalled)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        pid = int(record.get("pid", 0))
+    except (TypeError, ValueError):
         return False
-    except PermissionError:
-        return True
-    return True
+    start = process_start(pid) if pid > 0 else ""
+    return bool(start) and start == record.get("pid_start")
 
 
 def _tail(fd: int) -> str:

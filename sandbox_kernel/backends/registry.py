@@ -83,8 +83,3 @@ def make_backend(
     """A backend object for ``name`` with its settings from ``values`` (cheap: no host
     check until ``preflight``); PolicyError for settings it refuses."""
     return backend_class(name)(log, **backend_settings(name, values or {}))
-
-
-def all_backends() -> list[type[SandboxBackend]]:
-    """Every backend class (for ``ps`` and ``gc``), in the registry's order."""
-    return [backend_class(name) for name in BACKENDS]

@@ -38,7 +38,7 @@ Two modes, chosen by who runs the server:
 * **rootless** (an ordinary user's server): ``runsc --rootless``; the sentry and gofer run as
   that user in user and network namespaces of their own. runsc ignores cgroup limits there,
   so the sandbox joins a per-sandbox cgroup under the folder an administrator delegated to
-  the user (:data:`DELEGATED_PARENT`, see :func:`delegated_cgroups`) where one exists; every
+  the user (:func:`.cgroups.delegated_cgroups`) where one exists; every
   limit without one is reported by ``gaps`` (refused unless accepted), and a sandbox
   without a memory cgroup still gets RLIMIT_AS = ``memory_limit`` per process.
 """
@@ -57,6 +57,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -65,15 +66,29 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import PolicyError, SandboxError
+from .. import endings
+from ..errors import SandboxError
 from ..image.rootfs import check_rootfs, rootfs_for
 from ..policy import SANDBOX_PATH, SandboxPolicy, build_policy
 from ..relay.session import AgentSession
 from ..relay.thread import RelayThread
+from ..settings import BY_NAME, check
 from . import state
 from .base import Preflight, SandboxBackend, SandboxInfo, Snapshots
 from .capabilities import check_accepted, refuse_unenforced
-from .cgroups import CONTROLLERS, Cgroup, v1_mounts
+from .cgroups import (
+    CFS_PERIOD_US,
+    CONTROLLERS,
+    Cgroup,
+    DelegatedCgroup,
+    cfs_quota_us,
+    delegated_cgroups,
+    delegation_hint,
+    end_all,
+    kill_members,
+    user_name,
+    v1_mounts,
+)
 from .gvisor import AGENT_CAPABILITIES, REQUIRED_RUNSC_ARGS
 from .launcher import launcher_argv
 from .owner import Owner
@@ -81,10 +96,6 @@ from .seccomp import seccomp_profile
 
 ROOT_STATE = state.root_base("runsc")
 CGROUP_PREFIX = "sandbox-kernel-runsc-"
-# Under each cgroup v1 controller, the folder an administrator delegates to a user:
-# <mount>/sandbox-kernel-users/<user name>, owned by the user (the folder, its cgroup.procs
-# and tasks; its limit files stay root's, so the user cannot raise them).
-DELEGATED_PARENT = "sandbox-kernel-users"
 SHM_BYTES = 64 * 2**20  # Docker's default /dev/shm size
 STDERR_TAIL = 4000
 BUNDLE_GRACE = 300.0  # seconds: a bundle without a readable config.json may be being written
@@ -93,7 +104,7 @@ RUNSC_PATHS = ("/usr/bin/runsc", "/usr/local/bin/runsc", "/usr/sbin/runsc")
 # writable mount a tmpfs inside the sandbox, so runsc needs no overlay (whose default
 # medium would put a file store next to the shared root filesystem).
 RUNSC_FLAGS = (*REQUIRED_RUNSC_ARGS, "--overlay2=none")
-PLATFORMS = ("systrap", "ptrace")
+PLATFORMS = BY_NAME["platform"].choices
 SNAPSHOT_PREFIX = "sandbox-kernel-snapshot-"
 ROOTLESS_NO_SNAPSHOTS = (
     "rootless runsc cannot restore a checkpoint, so the warm pool starts each sandbox afresh "
@@ -201,7 +212,7 @@ def oci_config(
         linux["resources"] = {
             # swap = memory + swap in OCI terms: equal to the limit means no swap at all.
             "memory": {"limit": policy.memory_bytes, "swap": policy.memory_bytes},
-            "cpu": {"quota": max(1000, int(policy.cpus * 100_000)), "period": 100_000},
+            "cpu": {"quota": cfs_quota_us(policy.cpus), "period": CFS_PERIOD_US},
             # gVisor counts RLIMIT_NPROC per sandbox (a fork bomb meets EAGAIN inside); the
             # host pids cgroup is the looser backstop, as under Docker.
             "pids": {"limit": policy.pids_limit},
@@ -254,93 +265,6 @@ def existing_bases() -> list[Path]:
 
 
 # -- cgroups ------------------------------------------------------------------------------------
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def delegated_cgroups(
-    uid: int | None = None, mounts: dict[str, Path] | None = None
-) -> dict[str, Path]:
-    """controller -> the cgroup v1 folder delegated to user ``uid`` (memory, cpu, pids):
-    ``<mount>/sandbox-kernel-users/<user name>``, a folder owned by the user whose
-    ``cgroup.procs`` the user may write. Its limits (set by root) cover every sandbox of
-    the user; each sandbox gets a child with the policy's own caps."""
-    uid = os.geteuid() if uid is None else uid
-    user = _user_name(uid)
-    found: dict[str, Path] = {}
-    for controller, mount in (v1_mounts() if mounts is None else mounts).items():
-        d = mount / DELEGATED_PARENT / user
-        try:
-            owner = d.stat().st_uid
-        except OSError:
-            continue
-        if owner == uid and os.access(d, os.W_OK) and os.access(d / "cgroup.procs", os.W_OK):
-            found[controller] = d
-    return found
-
-
-def delegate_cgroups(
-    user: str,
-    *,
-    memory_bytes: int | None = None,
-    cpus: float | None = None,
-    pids: int | None = None,
-    mounts: dict[str, Path] | None = None,
-) -> dict[str, Path]:
-    """As root: give ``user`` the folders :func:`delegated_cgroups` looks for (memory, cpu,
-    pids), owned by the user (the folder, ``cgroup.procs``, ``tasks``: enough to create
-    children and join them), with the user's total limits written by root, which the user
-    cannot change. For administrators and the tests; docs/backends.md has the shell form."""
-    pw = pwd.getpwnam(user)
-    made: dict[str, Path] = {}
-    for controller, mount in (v1_mounts() if mounts is None else mounts).items():
-        d = mount / DELEGATED_PARENT / user
-        d.mkdir(parents=True, exist_ok=True)
-        for path in (d, d / "cgroup.procs", d / "tasks"):
-            os.chown(path, pw.pw_uid, pw.pw_gid)
-        made[controller] = d
-    limits = {
-        ("memory", "memory.limit_in_bytes"): memory_bytes,
-        ("memory", "memory.memsw.limit_in_bytes"): memory_bytes,
-        ("cpu", "cpu.cfs_quota_us"): None if cpus is None else max(1000, int(cpus * 100_000)),
-        ("pids", "pids.max"): pids,
-    }
-    for (controller, name), value in limits.items():
-        if value is not None and controller in made and (made[controller] / name).exists():
-            (made[controller] / name).write_text(f"{value}\n")
-    return made
-
-
-def remove_delegation(user: str, mounts: dict[str, Path] | None = None) -> None:
-    """As root: remove ``user``'s delegated folders; folders still holding a sandbox stay
-    (EBUSY). The shared parent stays too (other users' delegations live there)."""
-    for mount in (v1_mounts() if mounts is None else mounts).values():
-        try:
-            (mount / DELEGATED_PARENT / user).rmdir()
-        except OSError:
-            pass
-
-
-class DelegatedCgroup(Cgroup):
-    """A sandbox's cgroup folders under the user's delegated folders (rootless)."""
-
-    def __init__(self, name: str, parents: Mapping[str, Path]) -> None:
-        self.name = name
-        self.dirs = {c: parents[c] / name for c in CONTROLLERS if c in parents}
-
-
-def delegation_hint(user: str) -> str:
-    dirs = ",".join(CONTROLLERS)
-    return (
-        f"as root: `for c in {{{dirs}}}; do d=/sys/fs/cgroup/$c/{DELEGATED_PARENT}/{user}; "
-        f"mkdir -p $d && chown {user} $d $d/cgroup.procs $d/tasks; done`, then set the user's "
-        "total limits in those folders (docs/backends.md, runsc backend)"
-    )
-
-
 def root_cgroup_dirs(name: str) -> list[Path]:
     """The folders of the cgroup runsc makes as root, in every v1 hierarchy (runsc creates
     it in all of them, not only memory, cpu and pids)."""
@@ -350,21 +274,6 @@ def root_cgroup_dirs(name: str) -> list[Path]:
     except OSError:
         return []
     return [d / cgroups_path(name).lstrip("/") for d in hierarchies]
-
-
-def _remove_cgroup_dirs(dirs: Iterable[Path]) -> None:
-    for d in dirs:
-        if not d.is_dir():
-            continue
-        for _ in range(3):
-            _kill_cgroup(d)
-            try:
-                d.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.05)
 
 
 # -- the backend --------------------------------------------------------------------------------
@@ -460,7 +369,7 @@ def _shape(describe: Mapping[str, Any], policy: SandboxPolicy) -> str:
 
 class RunscBackend(SandboxBackend):
     name = "runsc"
-    label = "sandboxed, gVisor without Docker"
+    label = "sandboxed, runsc"  # short: the launcher wraps long names
 
     def __init__(
         self,
@@ -468,40 +377,20 @@ class RunscBackend(SandboxBackend):
         *,
         accept_unenforced: Iterable[str] = (),
         rootfs: str = "",
-        platform: str = PLATFORMS[0],
-        pool_snapshots: bool = True,
-        pool_snapshot_restores: int = 64,
-        pool_snapshot_age: float = 3600.0,
+        platform: str = BY_NAME["platform"].default,
+        pool_snapshots: bool = BY_NAME["pool_snapshots"].default,
+        pool_snapshot_restores: int = BY_NAME["pool_snapshot_restores"].default,
+        pool_snapshot_age: float = BY_NAME["pool_snapshot_age"].default,
         **_other: Any,
     ) -> None:
         super().__init__(log)
         self.accept_unenforced = check_accepted(accept_unenforced)
         self.rootfs_override = rootfs
-        if platform not in PLATFORMS:
-            raise PolicyError(f"platform: {platform!r} is not one of {', '.join(PLATFORMS)}")
-        self.platform = platform
+        self.platform: str = check("platform", platform)
         self.flags = platform_flags(platform)
-        if not isinstance(pool_snapshots, bool):
-            raise PolicyError(f"pool_snapshots: expected true or false, got {pool_snapshots!r}")
-        self.pool_snapshots = pool_snapshots
-        if (
-            isinstance(pool_snapshot_restores, bool)
-            or not isinstance(pool_snapshot_restores, int)
-            or pool_snapshot_restores < 1
-        ):
-            raise PolicyError(
-                f"pool_snapshot_restores: {pool_snapshot_restores!r} must be a whole number >= 1"
-            )
-        self.pool_snapshot_restores = pool_snapshot_restores
-        if (
-            isinstance(pool_snapshot_age, bool)
-            or not isinstance(pool_snapshot_age, (int, float))
-            or not pool_snapshot_age > 0
-        ):
-            raise PolicyError(
-                f"pool_snapshot_age: {pool_snapshot_age!r} must be a number of seconds > 0"
-            )
-        self.pool_snapshot_age = float(pool_snapshot_age)
+        self.pool_snapshots: bool = check("pool_snapshots", pool_snapshots)
+        self.pool_snapshot_restores: int = check("pool_snapshot_restores", pool_snapshot_restores)
+        self.pool_snapshot_age: float = check("pool_snapshot_age", pool_snapshot_age)
 
     # Shared by every instance: a warm pool's sandbox is removed by the claiming
     # provisioner's backend object, not the pool's.
@@ -536,7 +425,7 @@ class RunscBackend(SandboxBackend):
         mounts = v1_mounts()
         if rootless:
             delegated = delegated_cgroups(mounts=mounts)
-            user = _user_name(os.geteuid())
+            user = user_name(os.geteuid())
             for controller, prop in CONTROLLERS.items():
                 if controller in delegated:
                     continue
@@ -572,7 +461,7 @@ class RunscBackend(SandboxBackend):
             warnings = refuse_unenforced(self.name, gaps, self.accept_unenforced)
         except SandboxError as exc:
             if self.rootless() and set(gaps) & set(CONTROLLERS.values()):
-                user = _user_name(os.geteuid())
+                user = user_name(os.geteuid())
                 raise SandboxError(
                     f"{exc}. To enforce the limits: {delegation_hint(user)}"
                 ) from None
@@ -880,7 +769,8 @@ class OomWatcher:
                     continue
                 ended.add(name)
                 log.warning("sandbox %s hit its memory limit: ending it", name)
-                _kill_cgroup(where)
+                endings.report(name, endings.MEMORY_LIMIT)
+                kill_members(where)
 
 
 def oom_kills(memory_dir: Path) -> int:
@@ -892,18 +782,6 @@ def oom_kills(memory_dir: Path) -> int:
     except (OSError, ValueError):
         pass
     return 0
-
-
-def _kill_cgroup(directory: Path) -> None:
-    try:
-        pids = [int(p) for p in (directory / "cgroup.procs").read_text().split()]
-    except (OSError, ValueError):
-        return
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 def _runsc(running: Running, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -944,7 +822,7 @@ def _end(running: Running, name: str) -> str:
     if running.cgroup is not None:
         running.cgroup.remove()
     if not running.rootless:
-        _remove_cgroup_dirs(root_cgroup_dirs(name))
+        end_all(root_cgroup_dirs(name))
     err = _tail(running.stderr)
     running.stderr = -1
     shutil.rmtree(running.bundle, ignore_errors=True)
@@ -993,19 +871,34 @@ def _set_annotations(bundle: Path, annotations: dict[str, str]) -> None:
         pass
 
 
-def _annotations(bundle: Path) -> dict[str, str]:
+def _annotations(bundle: Path, uid: int | None = None) -> dict[str, str]:
+    """The bundle's OCI annotations (our owner record). ``uid``: another user's bundle,
+    read by root only if its config.json is a regular file of that user's (no link)."""
+    config = bundle / "config.json"
     try:
-        found = json.loads((bundle / "config.json").read_text()).get("annotations") or {}
+        if uid is not None:
+            st = config.lstat()
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != uid:
+                return {}
+        found = json.loads(config.read_text()).get("annotations") or {}
     except (OSError, ValueError, AttributeError):
         return {}
     return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
-def _listed(runsc: str, base: Path) -> list[dict[str, Any]]:
-    """``runsc list`` of one state folder (id, pid, status, bundle)."""
+def _listed(runsc: str, base: Path, uid: int | None = None) -> list[dict[str, Any]]:
+    """``runsc list`` of one state folder (id, pid, status, bundle). ``uid``: another
+    user's folder (root's ``ps``), listed by runsc run as that user, never as root."""
+    as_user: dict[str, Any] = {}
+    if uid is not None:
+        try:
+            as_user = {"user": uid, "group": pwd.getpwuid(uid).pw_gid, "extra_groups": []}
+        except KeyError:
+            return []
+    rootless = uid is not None or os.geteuid() != 0
     proc = subprocess.run(
-        runsc_argv(runsc, base / "state", "list", "--format", "json", rootless=os.geteuid() != 0),
-        capture_output=True, text=True, timeout=30, cwd="/", env=_runsc_env(),
+        runsc_argv(runsc, base / "state", "list", "--format", "json", rootless=rootless),
+        capture_output=True, text=True, timeout=30, cwd="/", env=_runsc_env(), **as_user,
     )  # fmt: skip
     if proc.returncode != 0:
         return []
@@ -1062,7 +955,7 @@ def remove_orphans() -> list[str]:
         for d in Path("/sys/fs/cgroup").glob(f"*/{CGROUP_PREFIX}*"):
             name = d.name[len(CGROUP_PREFIX) :]
             if name not in live and not (ROOT_STATE / "bundles" / name).exists():
-                _remove_cgroup_dirs([d])
+                end_all([d])
     return removed
 
 
@@ -1109,10 +1002,12 @@ def _proc_times(pid: int) -> tuple[float, float]:
     return (int(fields[11]) + int(fields[12])) / tick, int(fields[19]) / tick
 
 
-def _memory_bytes(name: str, pid: int, rootless: bool) -> int:
-    """The sandbox's memory: its memory cgroup's usage, else the sandbox process's RSS."""
-    candidates = [] if rootless else [Path("/sys/fs/cgroup/memory") / cgroups_path(name)[1:]]
-    delegated = delegated_cgroups() if rootless else {}
+def _memory_bytes(name: str, pid: int, uid: int | None) -> int:
+    """The sandbox's memory: its memory cgroup's usage, else the sandbox process's RSS.
+    ``uid``: a rootless sandbox's user (this process's, or another's for root's ``ps``),
+    whose delegated cgroup holds it; None: root's sandbox, in runsc's own cgroup."""
+    candidates = [] if uid is not None else [Path("/sys/fs/cgroup/memory") / cgroups_path(name)[1:]]
+    delegated = delegated_cgroups(uid) if uid is not None else {}
     if "memory" in delegated:
         candidates.append(delegated["memory"] / name)
     for d in candidates:
@@ -1137,19 +1032,30 @@ def sandbox_table() -> list[SandboxInfo]:
     except SandboxError:
         return []
     rootless = os.geteuid() != 0
-    found = [(base, c) for base in existing_bases() for c in _listed(runsc, base)]
-    before = {c["id"]: _proc_times(int(c.get("pid") or 0)) for _b, c in found}
+    found: list[tuple[Path, dict[str, Any], int | None]] = [
+        (base, c, None) for base in existing_bases() for c in _listed(runsc, base)
+    ]
+    if not rootless:  # root sees every user's sandboxes too (rootless ones, under a hub)
+        found += [
+            (base, c, uid)
+            for base, uid in state.users_bases("runsc")
+            for c in _listed(runsc, base, uid)
+        ]
+    before = {c["id"]: _proc_times(int(c.get("pid") or 0)) for _b, c, _u in found}
     t0 = time.monotonic()
     time.sleep(0.3)
     elapsed = time.monotonic() - t0
     with open("/proc/uptime") as f:
         uptime = float(f.read().split()[0])
     rows = []
-    for base, c in found:
+    for base, c, uid in found:
         if c.get("status") == "stopped":
             continue  # ended (its processes are gone); its server or gc removes it
         name, pid = c["id"], int(c.get("pid") or 0)
-        owner = Owner.from_labels(_annotations(Path(c.get("bundle") or base / "bundles" / name)))
+        bundle = Path(c.get("bundle") or base / "bundles" / name)
+        if uid is not None:
+            bundle = base / "bundles" / name  # never a path another user's state names
+        owner = Owner.from_labels(_annotations(bundle, uid))
         if owner is None:
             continue  # not a sandbox of ours
         cpu, started = _proc_times(pid)
@@ -1163,7 +1069,7 @@ def sandbox_table() -> list[SandboxInfo]:
                 user=owner.user,
                 server_pid=owner.server_pid,
                 uptime_s=uptime - started if started else 0.0,
-                memory_mib=_memory_bytes(name, pid, rootless) / 2**20,
+                memory_mib=_memory_bytes(name, pid, os.geteuid() if rootless else uid) / 2**20,
                 cpu_percent=100.0 * max(0.0, cpu - before[name][0]) / elapsed,
             )
         )

@@ -7,22 +7,24 @@ it), 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
-from .. import settings
 from ..backends.registry import BACKENDS, DEFAULT_BACKEND, default_kernel_name
 from ..errors import SandboxError
 from ..image.recipe import DEFAULT_IMAGE
+from .flags import add_flags, from_flags
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from ..kernelspec import build_kernelspec, install_kernelspec
+    from ..configured import configure
+    from ..kernelspec import beyond_host, build_kernelspec, install_kernelspec
 
-    config = settings.from_flags(args)  # only what was given: the rest keeps its default
+    config = from_flags(args)  # only what was given: the rest keeps its default
     spec = build_kernelspec(config, display_name=args.display_name)
     prefix = sys.prefix if args.sys_prefix else args.prefix
     name = args.name or default_kernel_name(config.get("backend", DEFAULT_BACKEND))
@@ -30,7 +32,22 @@ def cmd_install(args: argparse.Namespace) -> int:
         spec, name, user=args.user, prefix=prefix, replace=args.replace
     )
     print(f"{'installed' if changed else 'already installed'}: kernelspec {name!r} in {path}")
+    policy = configure(config).policy
+    for warning in beyond_host(policy.memory_bytes, policy.cpus, _host_memory(), _host_cpus()):
+        print(f"sandbox-kernel: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _host_memory() -> int:
+    """Bytes of memory this host has (0 if unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        return 0
+
+
+def _host_cpus() -> int:
+    return len(os.sched_getaffinity(0)) or (os.cpu_count() or 0)
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
@@ -102,16 +119,16 @@ def cmd_ps(args: argparse.Namespace) -> int:
         print(json.dumps([asdict(r) for r in rows], indent=2))
         return 0
     print(
-        f"{'NAME':<44} {'BACKEND':<11} {'KERNEL ID':<36} {'POOL':<4} {'UP':>8} {'MEMORY':>10}"
-        f" {'CPU':>6}"
+        f"{'NAME':<44} {'BACKEND':<11} {'USER':<12} {'KERNEL ID':<36} {'POOL':<4} {'UP':>8}"
+        f" {'MEMORY':>10} {'CPU':>6}"
     )
     for r in rows:
         if r.kind != "sandbox":
             continue
         cpu = f"{r.cpu_percent:>5.1f}%" if r.cpu_percent is not None else f"{'-':>6}"
         print(
-            f"{r.name:<44} {r.backend:<11} {r.kernel_id or '-':<36} {'yes' if r.pooled else '':<4}"
-            f" {r.uptime_s:>7.0f}s {r.memory_mib:>7.0f}MiB {cpu}"
+            f"{r.name:<44} {r.backend:<11} {r.user or '-':<12} {r.kernel_id or '-':<36}"
+            f" {'yes' if r.pooled else '':<4} {r.uptime_s:>7.0f}s {r.memory_mib:>7.0f}MiB {cpu}"
         )
     snapshots = [r for r in rows if r.kind == "snapshot"]
     if snapshots:
@@ -127,27 +144,38 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
+    """Exit 1 when a backend could not be looked at (a stopped daemon, a wrong DOCKER_HOST):
+    leftovers may remain. A user who may not use Docker has no Docker sandboxes: a note."""
     from ..backends.cgroups import remove_empty
+    from ..backends.docker import DockerForbidden
 
     removed: list[str] = []
+    unchecked = 0
     for backend, remove_orphans in _per_backend("remove_orphans"):
         try:
             removed += remove_orphans()
-        except SandboxError as exc:  # e.g. an ordinary user without the Docker socket
+        except DockerForbidden as exc:
             print(f"sandbox-kernel: note: {backend} sandboxes not checked: {exc}", file=sys.stderr)
+        except SandboxError as exc:
+            unchecked += 1
+            print(f"sandbox-kernel: error: {backend} sandboxes not checked: {exc}", file=sys.stderr)
     stale = remove_empty()
     if stale:
         print(f"removed the cgroups of {len(stale)} ended bwrap/firejail sandbox(es)")
     print(f"removed {len(removed)} sandbox(es) left by dead Jupyter processes" +
           (": " + ", ".join(removed) if removed else ""))  # fmt: skip
-    return 0
+    return 1 if unchecked else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .run import run_notebook
 
     return run_notebook(
-        args.notebook, kernel_name=args.kernel, output=args.output, timeout=args.timeout
+        args.notebook,
+        kernel_name=args.kernel,
+        output=args.output,
+        timeout=args.timeout,
+        allow_errors=args.allow_errors,
     )
 
 
@@ -174,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--replace", action="store_true", help="overwrite a different existing kernelspec"
     )
-    settings.add_flags(p)
+    add_flags(p)
     p.set_defaults(func=cmd_install)
 
     p = sub.add_parser("image", help="kernel images")
@@ -235,6 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", help="write the executed notebook here")
     p.add_argument("--timeout", type=float, default=600, help="seconds per cell")
+    p.add_argument(
+        "--allow-errors",
+        action="store_true",
+        help="keep running the cells after one fails (the exit code is still 1)",
+    )
+    p.epilog = (
+        "exit status: 0 every cell ran; 1 a cell failed (or the run could not start); "
+        "2 bad command line; 3 the kernel was stopped by a limit (e.g. its memory: the "
+        "reason is printed); 130 interrupted (the kernel is shut down first). The output "
+        "notebook is written in every case."
+    )
     p.set_defaults(func=cmd_run)
     return parser
 

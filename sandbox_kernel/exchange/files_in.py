@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from ..errors import PolicyError, SandboxError
 from ..inside import ops
 from ..inside.mux import send_file_data
-from ..policy import format_size
 from ..relay.session import AgentSession
-from .policy import inside_dest
+from ..settings import format_size
+from .policy import ExchangePolicy, inside_dest
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,37 @@ def plan_copy_in(
         else:
             raise PolicyError(f"copy_in: {entry!r} ({path}) is not a regular file or folder")
     return items
+
+
+def notebook_folder_entries(notebook_dir: str, exclude: str) -> tuple[str, ...]:
+    """``copy_in_notebook_folder``: the notebook folder's entries as ``copy_in`` entries
+    (each lands in the home under its own name, where the kernel starts), hidden ones
+    (``.ssh``, ``.jupyter``, ...: a notebook folder may be the user's home) and the export
+    folder left out. Blocking (a directory listing)."""
+    excluded = os.path.realpath(exclude) if exclude else ""
+    entries = []
+    for name in sorted(os.listdir(notebook_dir)):
+        path = os.path.join(notebook_dir, name)
+        if name.startswith(".") or os.path.realpath(path) == excluded:
+            continue
+        mode = os.lstat(path).st_mode
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):  # links and sockets stay out, silently
+            entries.append(path)
+    return tuple(entries)
+
+
+def plan_kernel_files(
+    exchange: ExchangePolicy, notebook_dir: str, log: logging.Logger | None = None
+) -> list[CopyItem]:
+    """Everything copied into a kernel's home at its start: ``copy_in`` and, with
+    ``copy_in_notebook_folder``, the notebook's folder, together within ``copy_in_limit``
+    (:func:`plan_copy_in`; the provisioner calls this in a worker thread). A name in both
+    is refused as a clash."""
+    export_folder = os.path.join(notebook_dir, exchange.export_dir)
+    entries = exchange.copy_in
+    if exchange.copy_in_notebook_folder:
+        entries += notebook_folder_entries(notebook_dir, export_folder)
+    return plan_copy_in(entries, notebook_dir, exchange.copy_in_bytes, log, export_folder)
 
 
 async def send_copy_in(session: AgentSession, items: list[CopyItem], home: str) -> int:

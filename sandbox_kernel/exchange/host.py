@@ -23,9 +23,9 @@ from typing import Any
 
 from ..errors import PolicyError
 from ..inside import ops
-from ..policy import format_size
 from ..relay.listeners import HOST, HostListeners
 from ..relay.session import AgentSession
+from ..settings import format_size
 from .policy import ExchangePolicy, check_port, export_name, numbered_name
 
 EXPOSED_PREFIX = "expose:"

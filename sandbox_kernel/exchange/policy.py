@@ -25,20 +25,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import PolicyError
-from ..policy import KERNEL_INSIDE_PORTS, parse_size
+from ..inside.protocol import KERNEL_INSIDE_PORTS
+from ..settings import BY_NAME, bounds, check, group
 
-MAX_EXPOSED_PORTS = 64
+MAX_EXPOSED_PORTS = int(bounds("max_runtime_ports")[1])
 MAX_EXPORT_FILES = 256
 MAX_EXPORT_FILES_PER_KERNEL = 100
 # The settings (settings.py) this module turns into an exchange policy.
-EXCHANGE_SETTINGS = (
-    "expose_ports",
-    "max_runtime_ports",
-    "copy_in",
-    "copy_in_limit",
-    "export_limit",
-    "export_dir",
-)
+EXCHANGE_SETTINGS = group("exchange")
 _NAME_CHARS = re.compile(r"^[\w .,()+=@~#%&!\[\]{}-]+$")
 _MAX_NAME = 200
 
@@ -59,6 +53,7 @@ class ExchangePolicy:
     max_runtime_ports: int
     copy_in: tuple[str, ...]
     copy_in_bytes: int
+    copy_in_notebook_folder: bool
     export_bytes: int  # 0: the kernel may not export files
     export_dir: str
     export_files: int = MAX_EXPORT_FILES_PER_KERNEL
@@ -98,8 +93,6 @@ def parse_port_mapping(value: object) -> PortMapping:
 def build_exchange_policy(**given: Any) -> ExchangePolicy:
     """The exchange policy from its settings (those not given take the settings table's
     defaults); raise :class:`PolicyError` naming the setting and the fix."""
-    from ..settings import BY_NAME
-
     unknown = sorted(set(given) - set(EXCHANGE_SETTINGS))
     if unknown:
         raise TypeError(f"not exchange settings: {', '.join(unknown)}")
@@ -114,21 +107,14 @@ def build_exchange_policy(**given: Any) -> ExchangePolicy:
         raise PolicyError("expose_ports: a host port is listed twice")
     if len(expose) > MAX_EXPOSED_PORTS:
         raise PolicyError(f"expose_ports: at most {MAX_EXPOSED_PORTS} ports")
-    if (
-        isinstance(max_runtime_ports, bool)
-        or not isinstance(max_runtime_ports, int)
-        or not 0 <= max_runtime_ports <= MAX_EXPOSED_PORTS
-    ):
-        raise PolicyError(
-            f"max_runtime_ports: {max_runtime_ports!r} must be a whole number from 0 to "
-            f"{MAX_EXPOSED_PORTS} (0: the kernel may not expose ports itself)"
-        )
+    check("max_runtime_ports", max_runtime_ports)
     entries = tuple(copy_in)
+    notebook_folder = bool(check("copy_in_notebook_folder", v["copy_in_notebook_folder"]))
     for entry in entries:
         if not isinstance(entry, str) or not entry.strip() or "\0" in entry:
             raise PolicyError(f"copy_in: {entry!r} is not a path")
-    copy_bytes = parse_size(copy_in_limit, "copy_in_limit")
-    export_bytes = 0 if export_limit in (0, "0") else parse_size(export_limit, "export_limit")
+    copy_bytes = check("copy_in_limit", copy_in_limit)
+    export_bytes = check("export_limit", export_limit)
     export_folder = export_dir if isinstance(export_dir, str) else ""
     if not _is_plain_name(export_folder):
         raise PolicyError(
@@ -140,6 +126,7 @@ def build_exchange_policy(**given: Any) -> ExchangePolicy:
         max_runtime_ports=max_runtime_ports,
         copy_in=entries,
         copy_in_bytes=copy_bytes,
+        copy_in_notebook_folder=notebook_folder,
         export_bytes=export_bytes,
         export_dir=export_folder,
     )

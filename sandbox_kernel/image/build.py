@@ -15,8 +15,10 @@ step, never called from the provisioner.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import platform
+import shlex
 import shutil
 import stat
 import subprocess
@@ -29,6 +31,7 @@ from pathlib import Path
 from ..errors import SandboxError
 from .recipe import (
     DEFAULT_IMAGE,
+    NO_PIP_MESSAGE,
     RECIPE_LABEL,
     SANDBOX_HOME,
     SANDBOX_UID,
@@ -142,6 +145,7 @@ def build_image(
         ("installing " + ", ".join(recipe.all_python_packages), builder.install_wheels),
         ("slimming the rootfs", builder.slim),
         ("creating the sandbox user", builder.add_user),
+        ("pip, python3 -m pip and %pip: explain that the sandbox has no network", builder.no_pip),
         ("pre-compiling bytecode (the rootfs is read-only at run time)", builder.compile_bytecode),
         ("pre-building matplotlib's font cache into /etc/skel", builder.font_cache),
     ]
@@ -292,6 +296,32 @@ class _RootfsBuilder:
             [self.chroot, str(self.rootfs), "python3", "-c", "import matplotlib.font_manager"],
             self.log,
             env={**self.chroot_env, "MPLCONFIGDIR": "/etc/skel/.cache/matplotlib"},
+        )
+
+    def no_pip(self) -> None:
+        """``pip``/``pip3`` on PATH, a ``pip`` module for ``python3 -m pip``, and IPython's
+        ``%pip``/``%conda`` magics in the home skeleton: each says why nothing installs
+        here (:data:`NO_PIP_MESSAGE`) and fails, instead of "No module named pip" and a
+        cell that succeeds."""
+        message = json.dumps(NO_PIP_MESSAGE)
+        for name in ("pip", "pip3"):
+            script = self.rootfs / "usr/local/bin" / name
+            script.parent.mkdir(parents=True, exist_ok=True)
+            script.write_text(f"#!/bin/sh\necho {shlex.quote(NO_PIP_MESSAGE)} >&2\nexit 1\n")
+            script.chmod(0o755)
+        module = self.site / "pip"
+        module.mkdir(exist_ok=True)
+        (module / "__init__.py").write_text(f'"""Not pip: {NO_PIP_MESSAGE}"""\n')
+        (module / "__main__.py").write_text(f"import sys\n\nsys.exit({message})\n")
+        startup = self.rootfs / "etc/skel/.ipython/profile_default/startup"
+        startup.mkdir(parents=True, exist_ok=True)
+        (startup / "00-sandbox-kernel-no-pip.py").write_text(
+            "def _no_pip(line):\n"
+            "    from IPython.core.error import UsageError  # shown without a traceback\n\n"
+            f"    raise UsageError({message})\n\n\n"
+            "for _name in ('pip', 'conda', 'mamba', 'micromamba'):\n"
+            "    get_ipython().register_magic_function(_no_pip, 'line', _name)\n"
+            "del _name, _no_pip\n"
         )
 
     def docker_import(self, image: str) -> None:

@@ -26,6 +26,14 @@ PYTHON_PACKAGES = (
     "matplotlib>=3.8,<4",
 )
 
+# What `pip`, `python3 -m pip` and `%pip` say inside a sandbox, which has no network: the
+# cell fails (an autograder notices) and the reader learns who adds packages, and how.
+NO_PIP_MESSAGE = (
+    "pip cannot install packages in this sandboxed kernel: it has no network, by design. "
+    "Whoever runs this Jupyter adds packages to the kernel image: "
+    "`sandbox-kernel image build --extra-package PACKAGE` (see docs/packages.md)."
+)
+
 _MACHINE_TO_WHEEL_ARCH = {
     "x86_64": "x86_64",
     "amd64": "x86_64",
@@ -50,7 +58,7 @@ class ImageRecipe:
     python_packages: tuple[str, ...] = PYTHON_PACKAGES
     extra_python_packages: tuple[str, ...] = field(default_factory=tuple)
     # Bump when build steps change in a way that alters the image.
-    revision: int = 6
+    revision: int = 7
 
     @property
     def all_python_packages(self) -> tuple[str, ...]:

@@ -509,8 +509,11 @@ def write_connection_file(path: str, connection: dict[str, Any]) -> None:
 
 
 def populate_home(home: str, skel: str = "/etc/skel") -> None:
-    """Copy the image's skeleton (e.g. matplotlib's font cache) into the tmpfs home."""
-    if not os.path.isdir(skel) or not os.access(home, os.W_OK):
+    """Copy the image's skeleton (e.g. matplotlib's font cache, IPython's startup files)
+    into the tmpfs home. Called as the kernel's user (``as_kernel``: the effective ids), so
+    the check is on those: a root agent without CAP_DAC_OVERRIDE (gVisor) fails the real
+    uid's check on the kernel's 0700 home, and nothing was ever copied."""
+    if not os.path.isdir(skel) or not os.access(home, os.W_OK, effective_ids=True):
         return
     for name in os.listdir(skel):
         src, dst = os.path.join(skel, name), os.path.join(home, name)

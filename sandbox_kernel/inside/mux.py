@@ -63,6 +63,9 @@ class Stream(asyncio.Protocol):
         # Host side: checks the peer's bytes before they are passed on (the kernel's
         # ZeroMQ framing); raising ValueError resets this stream only.
         self.inspect: Callable[[bytes], None] | None = None
+        # Host side: offered the local connection when the peer's end closes (EOF, RESET,
+        # the pipe gone); True means its owner took it over (it closes it later).
+        self.on_peer_end: Callable[[Stream], bool] | None = None
 
     # -- local side (asyncio callbacks) --------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -120,11 +123,15 @@ class Stream(asyncio.Protocol):
 
     def on_eof(self) -> None:
         self.remote_eof = True
+        if self._hand_over():
+            return
         if self.transport is not None:
             self._local_write_eof()
         self._maybe_finish()
 
     def on_reset(self) -> None:
+        if self._hand_over():
+            return
         self._forget()
         if self.transport is not None:
             abort_transport(self.transport)
@@ -196,9 +203,24 @@ class Stream(asyncio.Protocol):
             self._forget()
             self.transport.close()  # flushes what is buffered, then closes
 
+    def _hand_over(self) -> bool:
+        """The peer's end is gone: give the local connection to ``on_peer_end`` if it
+        takes it (this stream is then done with it)."""
+        take = self.on_peer_end
+        if take is None or self.transport is None or self.closed or not take(self):
+            return False
+        self._forget()
+        return True
+
     def _forget(self) -> None:
         self.closed = True
         self.mux.forget(self.sid)
+
+    def release(self, reason: str) -> None:
+        """Reset this stream from our side, leaving the local connection to the caller."""
+        if not self.closed:
+            self.mux.send(p.encode_reset(self.sid, reason))
+            self._forget()
 
     def abort(self, reason: str) -> None:
         """Reset this stream from our side."""
@@ -337,6 +359,8 @@ class Mux:
         if self._resumed is not None:
             self._resumed.set()
         for stream in list(self.streams.values()):
+            if stream._hand_over():
+                continue
             stream.closed = True
             if stream.transport is not None:
                 abort_transport(stream.transport)

@@ -49,6 +49,20 @@ FRAME_NAMES = {
 # Stream 0 carries CONTROL frames, and DATA/CREDIT for the kernel's console output.
 CONSOLE_STREAM = 0
 
+# Ports the kernel binds on the sandbox's own loopback, which OPEN frames name; each
+# sandbox has its own network namespace, so fixed numbers never collide. They lie below
+# every ephemeral port range (Linux 32768+, gVisor 16000+): the agent's connect retries
+# while the kernel starts could otherwise pick the port itself as source and
+# self-connect, taking the port from the kernel (seen under runc as EADDRINUSE).
+INSIDE_PORTS = {
+    "shell_port": 15001,
+    "iopub_port": 15002,
+    "stdin_port": 15003,
+    "control_port": 15004,
+    "hb_port": 15005,
+}
+KERNEL_INSIDE_PORTS = frozenset(INSIDE_PORTS.values())
+
 _PORT = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 

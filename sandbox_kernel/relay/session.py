@@ -14,6 +14,11 @@ own requests could otherwise grow without bound). The agent may report one ``err
 it is logged once, escaped and cut. Streams from the kernel's own ports pass through a
 ZMTP size check (``zmtp.py``): a ZeroMQ message over ``max_message`` resets that
 connection before its header reaches the client.
+
+The kernel's IOPub connections are also watched (``iopub.py``): when the kernel's end of
+one closes, the client's connection is held (at most HOLD_SECONDS, until the sandbox is
+removed) so that :meth:`AgentSession.explain` can still tell the client why the sandbox
+ended.
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import SandboxError
 from ..inside import ops
 from ..inside import protocol as p
 from ..inside.mux import PIPE_HIGH_WATER, PIPE_LOW_WATER, Mux, Requests, Stream, abort_transport
-from ..policy import KERNEL_INSIDE_PORTS
+from ..inside.protocol import INSIDE_PORTS, KERNEL_INSIDE_PORTS
 from .console import one_line
-from .zmtp import ZmtpError, ZmtpLimiter
+from .iopub import CAPTURE_BYTES, CAPTURE_FRAMES, IopubWatch, stopped_message
+from .zmtp import ZmtpError, ZmtpLimiter, encode_message
 
 # Bytes the host may hold for a sandbox that does not read its pipe. Relayed data stops at
 # PIPE_HIGH_WATER (1 MiB) and copy-in paces itself, so only a sandbox that stops reading
@@ -42,10 +49,26 @@ DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 # What the agent may ask of the host (for the kernel's ``sandboxed`` module); the
 # provisioner's exchange decides (see exchange/host.py).
 AGENT_REQUESTS = frozenset({ops.EXPOSE, ops.EXPORT_BEGIN, ops.EXPORT_DATA, ops.EXPORT_END})
+# How long a client's IOPub connection is held after the kernel's end closed, waiting
+# for why (jupyter_client's restarter looks every 3 s; the sandbox's removal ends it).
+HOLD_SECONDS = 10.0
+IOPUB_INSIDE_PORT = INSIDE_PORTS["iopub_port"]
 
 
-class SessionError(Exception):
-    pass
+class SessionError(SandboxError):
+    """The sandbox's pipe ended, or its agent failed or broke the protocol (the agent's
+    ProtocolError, which the inside code cannot make a SandboxError, ends up here)."""
+
+
+class _Iopub:
+    """One client's IOPub connection: its framing, the request it last saw answered."""
+
+    def __init__(self, max_message: int) -> None:
+        self.watch = IopubWatch()
+        self.limiter = ZmtpLimiter(
+            max_message, self.watch.on_message, CAPTURE_BYTES, CAPTURE_FRAMES
+        )
+        self.held = False
 
 
 class _PipeWriter(asyncio.Protocol):
@@ -110,6 +133,8 @@ class AgentSession(asyncio.Protocol):
         self.requests: Requests | None = None  # ours to the agent (created on the relay loop)
         # Handles AGENT_REQUESTS (on the relay loop); None refuses them.
         self.on_request: Callable[[dict[str, Any]], None] | None = None
+        self._iopub: dict[Stream, _Iopub] = {}  # the kernel's IOPub connections, or held
+        self._explained = False
 
     # -- opening -----------------------------------------------------------------
     async def attach_pipes(self, stdin_w: int, stdout_r: int) -> None:
@@ -172,14 +197,18 @@ class AgentSession(asyncio.Protocol):
         """A new local connection to relay to ``inside_port`` in the sandbox. On the
         kernel's own ports, what comes back is checked as ZeroMQ traffic (message size)."""
         stream = self.mux.new_stream()
-        if inside_port in KERNEL_INSIDE_PORTS:
-            stream.inspect = self._zmtp_check(inside_port)
+        if inside_port == IOPUB_INSIDE_PORT:
+            # Forget connections that ended without being held (clients reconnect).
+            self._iopub = {s: i for s, i in self._iopub.items() if i.held or not s.closed}
+            iopub = self._iopub[stream] = _Iopub(self.max_message)
+            stream.inspect = self._zmtp_check(iopub.limiter, inside_port)
+            stream.on_peer_end = self._hold
+        elif inside_port in KERNEL_INSIDE_PORTS:
+            stream.inspect = self._zmtp_check(ZmtpLimiter(self.max_message), inside_port)
         self.mux.send(p.encode_open(stream.sid, inside_port))
         return stream
 
-    def _zmtp_check(self, inside_port: int) -> Callable[[bytes], None]:
-        limiter = ZmtpLimiter(self.max_message)
-
+    def _zmtp_check(self, limiter: ZmtpLimiter, inside_port: int) -> Callable[[bytes], None]:
         def check(data: bytes) -> None:
             try:
                 limiter.feed(data)
@@ -193,6 +222,51 @@ class AgentSession(asyncio.Protocol):
                 raise
 
         return check
+
+    # -- why it ended, on the kernel's IOPub (see iopub.py) -------------------------------
+    def _hold(self, stream: Stream) -> bool:
+        """The kernel's end of an IOPub connection closed: keep the client's connection
+        (not read from) until :meth:`explain`, the session's end or HOLD_SECONDS, if a
+        message can still be written into it; else let the stream close it."""
+        iopub = self._iopub.get(stream)
+        t = stream.transport
+        if (
+            iopub is None
+            or self._explained
+            or not iopub.limiter.between_messages
+            or not isinstance(t, asyncio.Transport)
+            or t.is_closing()
+        ):
+            self._iopub.pop(stream, None)
+            return False
+        t.pause_reading()
+        iopub.held = True
+        asyncio.get_running_loop().call_later(HOLD_SECONDS, self._let_go, stream)
+        return True
+
+    def _let_go(self, stream: Stream) -> None:
+        iopub = self._iopub.pop(stream, None)
+        if iopub is not None and iopub.held and stream.transport is not None:
+            abort_transport(stream.transport)
+
+    def explain(self, reason: str, key: bytes, signature_scheme: str) -> None:
+        """On the relay loop, once: write into every IOPub client connection, between two
+        messages, an error saying ``reason`` (signed with ``key``, parented to the request
+        the kernel last answered there), then close those connections."""
+        if self._explained:
+            return
+        self._explained = True
+        iopubs, self._iopub = self._iopub, {}
+        for stream, iopub in iopubs.items():
+            stream.release("the sandbox ended")
+            t = stream.transport
+            if not isinstance(t, asyncio.WriteTransport) or t.is_closing():
+                continue
+            parent = iopub.watch.parent
+            if parent is not None and iopub.limiter.between_messages:
+                t.write(encode_message(stopped_message(reason, parent, key, signature_scheme)))
+            t.close()  # after what is buffered
+        self.log.info("%s: told its clients: %s", self.describe(), one_line(reason))
 
     def describe(self) -> str:
         """How log lines name this sandbox: its name and, once known, its kernel."""
@@ -318,3 +392,5 @@ class AgentSession(asyncio.Protocol):
         for transport in (self.transport, self._reader):
             if transport is not None and not transport.is_closing():
                 abort_transport(transport)
+        for stream in [s for s, iopub in self._iopub.items() if iopub.held]:
+            self._let_go(stream)

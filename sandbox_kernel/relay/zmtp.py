@@ -18,6 +18,8 @@ flag bits, a command with MORE) is refused: the kernel's own libzmq never sends 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 GREETING_SIZE = 64
 _MORE, _LONG, _COMMAND = 0x01, 0x02, 0x04
 
@@ -28,10 +30,27 @@ class ZmtpError(ValueError):
 
 class ZmtpLimiter:
     """Feed it the bytes of one direction of a ZMTP connection, in any split; it raises
-    :class:`ZmtpError` before a chunk that would carry a message over ``max_message``."""
+    :class:`ZmtpError` before a chunk that would carry a message over ``max_message``.
 
-    def __init__(self, max_message: int) -> None:
+    With ``on_message``, each whole message is also handed over as its frames' bodies:
+    the first ``capture_frames`` frames of at most ``capture`` bytes each, None for the
+    others (the IOPub watch reads message headers this way, at the cost of a small copy)."""
+
+    def __init__(
+        self,
+        max_message: int,
+        on_message: Callable[[list[bytes | None]], None] | None = None,
+        capture: int = 0,
+        capture_frames: int = 0,
+    ) -> None:
         self.max_message = max_message
+        self.on_message = on_message
+        self.capture = capture
+        self.capture_frames = capture_frames
+        self._frames: list[bytes | None] = []  # the current message's frames (on_message)
+        self._body: bytearray | None = None  # the current frame's body, if captured
+        self._command = False  # the current frame is a command (not part of a message)
+        self._handshaken = False  # the first command (the mechanism's READY) has passed
         self._greeting = bytearray()
         self._header = bytearray()  # a frame header being read
         self._body_left = 0  # body bytes of the current frame still to come
@@ -50,6 +69,8 @@ class ZmtpLimiter:
                 continue
             if self._body_left:
                 take = min(self._body_left, n - pos)
+                if self._body is not None:
+                    self._body += data[pos : pos + take]
                 self._body_left -= take
                 pos += take
                 if not self._body_left:
@@ -87,14 +108,60 @@ class ZmtpLimiter:
                 "a ZeroMQ %s of at least %d bytes exceeds max_message_size (%d bytes)"
                 % (what, total, self.max_message)
             )
-        if not flags & _COMMAND:
+        self._command = bool(flags & _COMMAND)
+        if not self._command:
             self._message = total
             self._more = bool(flags & _MORE)
+        keep = (
+            self.on_message is not None
+            and not self._command
+            and size <= self.capture
+            and len(self._frames) < self.capture_frames
+        )
+        self._body = bytearray() if keep else None
         self._body_left = size
         if not size:
             self._end_frame()
 
     def _end_frame(self) -> None:
+        if self.on_message is not None and not self._command:
+            self._frames.append(bytes(self._body) if self._body is not None else None)
+        self._body = None
+        if self._command:
+            self._command = False
+            self._handshaken = True
+            return
         if not self._more:
             self.largest = max(self.largest, self._message)
             self._message = 0
+            frames, self._frames = self._frames, []
+            if self.on_message is not None:
+                self.on_message(frames)
+
+    @property
+    def between_messages(self) -> bool:
+        """The stream is past its handshake and between two messages (a message may be
+        written into it here without breaking the framing)."""
+        return (
+            self._handshaken
+            and not self._header
+            and not self._body_left
+            and not self._frames
+            and not self._message
+            and not self._more
+        )
+
+
+def encode_message(frames: list[bytes]) -> bytes:
+    """One ZMTP message of ``frames`` as it goes on the wire (short or long frames)."""
+    out = bytearray()
+    for i, body in enumerate(frames):
+        flags = _MORE if i < len(frames) - 1 else 0
+        if len(body) > 255:
+            out.append(flags | _LONG)
+            out += len(body).to_bytes(8, "big")
+        else:
+            out.append(flags)
+            out.append(len(body))
+        out += body
+    return bytes(out)

@@ -49,7 +49,8 @@ from sandbox_kernel.backends import registry
 from sandbox_kernel.backends.base import Preflight, SandboxBackend
 from sandbox_kernel.backends.owner import Owner
 from sandbox_kernel.errors import SandboxError
-from sandbox_kernel.policy import INSIDE_PORTS, SandboxPolicy
+from sandbox_kernel.inside.protocol import INSIDE_PORTS
+from sandbox_kernel.policy import SandboxPolicy
 from sandbox_kernel.relay.session import AgentSession
 from sandbox_kernel.relay.thread import RelayThread
 

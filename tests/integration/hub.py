@@ -14,6 +14,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -26,14 +27,14 @@ from typing import Any
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
+from sandbox_kernel.backends.cgroups import DELEGATED_PARENT
+from sandbox_kernel.hub import RUNTIME_PARENT
 from tests.helpers import REPO
 from tests.integration.servers import free_port, ws_execute
 
 SHARED_VENV = Path(os.environ.get("SANDBOX_KERNEL_SHARED_VENV", "/opt/sandbox-kernel/venv"))
 SETUP = "run `sudo scripts/quickstart.sh` (it installs configurable-http-proxy and runs scripts/shared-venv.sh)"
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# The cgroup v1 folder an administrator delegates to each user (docs/backends.md, runsc).
-DELEGATED_PARENT = "sandbox-kernel-users"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -140,6 +141,15 @@ class SystemUser:
             input=input,
         )  # fmt: skip
 
+    def popen(self, argv: list[str]) -> subprocess.Popen[str]:
+        """``argv`` started as this user (as ``run``), left running; stdout and stderr piped."""
+        return subprocess.Popen(
+            ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--init-groups",
+             "--inh-caps=-all", "--", *argv],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env(),
+            cwd=self.home,
+        )  # fmt: skip
+
     def python(self, code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return self.run([str(SHARED_VENV / "bin" / "python"), "-c", code], timeout=timeout)
 
@@ -171,11 +181,20 @@ class SystemUser:
                 pass
         return left
 
+    def runtime_dir(self) -> Path:
+        """The user's runtime folder, made by UserCgroupSpawner for their server."""
+        return RUNTIME_PARENT / self.name
+
     def sandbox_state(self) -> list[str]:
-        """Sandboxes the runsc backend still has state or a bundle of (for this user)."""
-        base = Path(f"/tmp/sandbox-kernel-runsc-{self.uid}")
+        """Sandboxes the runsc backend still has state or a bundle of (for this user), in
+        the runtime folder or the /tmp folder used without one."""
+        bases = [
+            self.runtime_dir() / "sandbox-kernel" / "runsc",
+            Path(f"/tmp/sandbox-kernel-runsc-{self.uid}"),
+        ]
         return [
             str(p)
+            for base in bases
             for d in ("state", "bundles")
             if (base / d).is_dir()
             for p in (base / d).iterdir()
@@ -220,15 +239,40 @@ class HubError(Exception):
         self.code, self.reply = code, reply
 
 
+@contextmanager
+def loopback_subdomains() -> Iterator[None]:
+    """Resolve every ``*.localhost`` name to 127.0.0.1 in this process, as Chromium does
+    (RFC 6761) and glibc does not: the users' servers' own origins under a hub whose
+    ``subdomain_host`` is ``http://localhost:<port>``."""
+    original = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if isinstance(name, str) and name.lower().rstrip(".").endswith(".localhost"):
+            host = "127.0.0.1"
+        return original(host, *args, **kwargs)
+
+    socket.getaddrinfo = getaddrinfo
+    try:
+        yield
+    finally:
+        socket.getaddrinfo = original
+
+
 class Hub:
     """``jupyterhub -f CONFIG`` as root from the shared venv (as documented), its proxy and
     hub on 127.0.0.1, with a service
-    token (``self.token``) that may spawn, stop and make tokens for the test's users."""
+    token (``self.token``) that may spawn, stop and make tokens for the test's users.
+    A config that serves users' servers on subdomains (``subdomain_host``) gets
+    ``http://localhost:<port>``: the users' origins are ``http://<user>.localhost:<port>``
+    (``loopback_subdomains`` resolves them for the test's own clients)."""
 
-    def __init__(self, workdir: Path, config: str) -> None:
+    def __init__(self, workdir: Path, config: str, *, own_state: bool = True) -> None:
+        """``own_state``: the hub's database, cookie secret and pid file in ``workdir``;
+        False: where ``config`` puts them."""
         self.workdir = workdir
         self.port, self.hub_port, self.api_port = free_port(), free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://localhost:{self.port}"  # the proxy listens on 127.0.0.1 only
         self.token = secrets.token_hex(32)
         self.proxy_token = secrets.token_hex(32)
         self.log_path = workdir / "hub.log"
@@ -238,12 +282,12 @@ class Hub:
             + f"""
 # The test's own: loopback ports, private state, a service token.
 c.JupyterHub.bind_url = "http://127.0.0.1:{self.port}"
+if "subdomain_host" in c.JupyterHub:  # the recipe's per-user origins, on loopback
+    c.JupyterHub.subdomain_host = {self.url!r}
 c.JupyterHub.hub_bind_url = "http://127.0.0.1:{self.hub_port}"
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.api_port}"
 c.ConfigurableHTTPProxy.command = [{proxy_command()!r}]
-c.JupyterHub.db_url = "sqlite:///{workdir}/jupyterhub.sqlite"
-c.JupyterHub.cookie_secret_file = "{workdir}/cookie_secret"
-c.JupyterHub.pid_file = "{workdir}/jupyterhub.pid"
+{self._state(workdir) if own_state else ""}
 c.ConfigurableHTTPProxy.pid_file = "{workdir}/proxy.pid"
 c.JupyterHub.services = [{{"name": "sandbox-test", "api_token": {self.token!r}}}]
 c.JupyterHub.load_roles = [{{
@@ -254,6 +298,14 @@ c.JupyterHub.load_roles = [{{
 """
         )
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def _state(workdir: Path) -> str:
+        return (
+            f'c.JupyterHub.db_url = "sqlite:///{workdir}/jupyterhub.sqlite"\n'
+            f'c.JupyterHub.cookie_secret_file = "{workdir}/cookie_secret"\n'
+            f'c.JupyterHub.pid_file = "{workdir}/jupyterhub.pid"'
+        )
 
     def start(self, timeout: float = 120) -> None:
         log = self.log_path.open("ab")
@@ -316,12 +368,14 @@ c.JupyterHub.load_roles = [{{
         self, method: str, path: str, body: Any = None, token: str | None = None,
         timeout: float = 60,
     ) -> Any:  # fmt: skip
-        """A request through the proxy (``/hub/api/...`` or ``/user/<name>/api/...``)."""
+        """A request through the proxy: ``path`` on the hub's origin (``/hub/api/...``) or
+        a full URL (a user's server: ``UserClient.url``)."""
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Authorization": f"token {token or self.token}"}
         if data is not None:
             headers["Content-Type"] = "application/json"
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        url = path if "://" in path else self.url + path
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 raw = resp.read()
@@ -373,6 +427,15 @@ c.JupyterHub.load_roles = [{{
                 raise AssertionError(f"{name}'s server not {state}: {server}\n{self.log()}")
             time.sleep(0.5)
 
+    def server_url(self, name: str) -> str:
+        """The public URL of the user's server as the hub gives it, without the final "/":
+        on the hub's origin (``/user/<name>``) or on the user's own (``subdomain_host``)."""
+        model = self.api("GET", f"/hub/api/users/{name}?include_stopped_servers=1")
+        server = model["servers"].get("")
+        assert server, f"{name} has never had a server: spawn it first ({model})"
+        url = str(server["url"]).rstrip("/")
+        return url if "://" in url else self.url + url
+
     def user_token(self, name: str) -> str:
         reply = self.api("POST", f"/hub/api/users/{name}/tokens",
                          {"note": "sandbox-kernel hub test", "expires_in": 3600})  # fmt: skip
@@ -380,19 +443,19 @@ c.JupyterHub.load_roles = [{{
 
 
 class UserClient:
-    """One user's single-user server through the hub's proxy, with that user's token: REST
-    and the kernel websocket, as JupyterLab uses them."""
+    """One user's single-user server through the hub's proxy, at its public URL (``url``),
+    with that user's token: REST and the kernel websocket, as JupyterLab uses them."""
 
     def __init__(self, hub: Hub, user: SystemUser) -> None:
         self.hub, self.user = hub, user
         self.token = hub.user_token(user.name)
-        self.prefix = f"/user/{user.name}"
+        self.url = hub.server_url(user.name)
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
-        return self.hub.api(method, self.prefix + path, body, token=self.token)
+        return self.hub.api(method, self.url + path, body, token=self.token)
 
     def error(self, method: str, path: str, body: Any = None) -> HubError:
-        return self.hub.error(method, self.prefix + path, body, token=self.token)
+        return self.hub.error(method, self.url + path, body, token=self.token)
 
     def start_kernel(self) -> str:
         return str(self.api("POST", "/api/kernels", {"name": "sandbox-python"})["id"])
@@ -401,10 +464,7 @@ class UserClient:
         return asyncio.run(self._execute(kernel_id, code, timeout))
 
     async def _execute(self, kernel_id: str, code: str, timeout: float) -> str:
-        url = (
-            self.hub.url.replace("http", "ws", 1)
-            + f"{self.prefix}/api/kernels/{kernel_id}/channels"
-        )
+        url = self.url.replace("http", "ws", 1) + f"/api/kernels/{kernel_id}/channels"
         ws = await websocket_connect(
             HTTPRequest(url, headers={"Authorization": f"token {self.token}"}, connect_timeout=60)
         )
@@ -424,7 +484,7 @@ class UserClient:
             self.api("DELETE", f"/api/terminals/{name}")
 
     async def _terminal(self, name: str, command: str, expect: str, timeout: float) -> str:
-        url = self.hub.url.replace("http", "ws", 1) + f"{self.prefix}/terminals/websocket/{name}"
+        url = self.url.replace("http", "ws", 1) + f"/terminals/websocket/{name}"
         ws = await websocket_connect(
             HTTPRequest(url, headers={"Authorization": f"token {self.token}"}, connect_timeout=60)
         )

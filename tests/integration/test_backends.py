@@ -1,8 +1,9 @@
 """The daemon-less backends (bwrap, firejail) end to end with real tools and ipykernel
 (the runsc backend: test_runsc.py, test_runsc_rootless.py; its install here):
 a kernel runs code, is interrupted, restarted and shut down, its limits hold, and
-nothing is left behind (processes, cgroups, temporary folders, ports). Refusals fail
-closed and name what is missing. docker-runc shares the Docker code path (the attack
+nothing is left behind (processes, cgroups, temporary folders, ports); `ps` lists and
+`gc` removes the sandboxes of a killed Jupyter process. Refusals fail closed and name
+what is missing. docker-runc shares the Docker code path (the attack
 suite covers it in tests/security/test_backend_attacks.py).
 """
 
@@ -11,6 +12,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -219,7 +223,7 @@ def test_install_backend_runs_the_demo_notebook(backend: str, tmp_path: Path) ->
     name = f"sandbox-python-{backend}"
     spec = kernelspecs(tmp_path)[name]["spec"]
     assert spec["display_name"].startswith("Python 3 (sandboxed, ")
-    tier = "gVisor without Docker" if backend == "runsc" else "host kernel"
+    tier = "runsc" if backend == "runsc" else "host kernel"
     assert tier in spec["display_name"], spec["display_name"]
     out = tmp_path / "demo.out.ipynb"
     env = {"JUPYTER_PATH": str(tmp_path / "share" / "jupyter")}
@@ -364,3 +368,98 @@ def test_firejail_never_writes_into_the_tree_other_backends_use(
     # ...while firejail did write into its own copy (the reason it has one).
     own = (firejail_tree(shared) / "etc/resolv.conf").stat()
     assert own.st_ino != (shared / "etc/resolv.conf").stat().st_ino
+
+
+# A Jupyter process that starts a kernel on each pipe backend, prints
+# "<kernel id> <sandbox name> <sandbox tool pid>" for each, and waits to be killed.
+KILLED_SERVER = """
+import sys, time
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from sandbox_kernel.backends.pipe import PipeBackend
+ksm = KernelSpecManager(kernel_dirs=[sys.argv[1]])
+rows = []
+for name in sys.argv[2:]:
+    km = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
+    km.start_kernel()
+    kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=60)
+    sid = km.provisioner.sandbox_id
+    rows.append(f"{km.kernel_id} {sid} {PipeBackend._sandboxes[sid].proc.pid}")
+print(*rows, sep="\\n", flush=True)
+time.sleep(600)
+"""
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(
+        [sys.executable, "-m", "sandbox_kernel.cli.main", *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def freeze(cgroup: Path) -> set[int]:
+    """SIGSTOP every process of a sandbox (its pids cgroup) until none is left running."""
+    stopped: set[int] = set()
+    deadline = time.monotonic() + 10
+    while (pids := {int(p) for p in (cgroup / "cgroup.procs").read_text().split()}) - stopped:
+        assert time.monotonic() < deadline, "the sandbox's processes did not stop"
+        for pid in pids - stopped:
+            os.kill(pid, signal.SIGSTOP)
+        stopped |= pids
+    return stopped
+
+
+@pytest.mark.docker
+def test_ps_and_gc_see_sandboxes_of_a_killed_jupyter_process(kernel_dirs: Path) -> None:
+    """A Jupyter process killed with SIGKILL leaves a bubblewrap and a firejail sandbox that
+    do not end themselves (stopped, so they cannot see their pipe close): ``ps`` lists
+    both with their kernel ids, ``gc`` removes them, and nothing is left: no process, no
+    cgroup, no record in the state folder."""
+    from sandbox_kernel.backends.state import root_base
+
+    server = subprocess.Popen(
+        [sys.executable, "-c", KILLED_SERVER, str(kernel_dirs),
+         *(f"sandbox-{b}" for b in PIPE_BACKENDS)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    kernels: dict[str, str] = {}  # sandbox name -> kernel id
+    pids: set[int] = set()
+    try:
+        assert server.stdout is not None
+        started = [server.stdout.readline().split() for _ in PIPE_BACKENDS]
+        assert all(len(row) == 3 for row in started), started
+        kernels = {name: kernel_id for kernel_id, name, _pid in started}
+        for name in kernels:
+            pids |= freeze(Path(f"/sys/fs/cgroup/pids/sandbox-kernel/{name}"))
+        assert {int(pid) for *_, pid in started} <= pids
+        server.kill()
+        server.wait()
+
+        rows = {row["name"]: row for row in json.loads(cli("ps", "--json").stdout)}
+        for backend, name in zip(PIPE_BACKENDS, kernels, strict=True):
+            assert name in rows, f"ps does not list the {backend} sandbox of the killed process"
+            assert rows[name]["backend"] == backend and rows[name]["kernel_id"] == kernels[name]
+            assert rows[name]["server_pid"] == server.pid
+
+        removed = cli("gc").stdout
+        assert all(name in removed for name in kernels), removed
+        wait_until(lambda: all(gone(pid) for pid in pids), 10, "the orphaned sandboxes to end")
+        for name in kernels:
+            assert not glob.glob(f"/sys/fs/cgroup/*/sandbox-kernel/{name}"), "cgroups left"
+            assert not (root_base("pipe") / f"{name}.json").exists(), "its record was left"
+        assert not set(kernels) & {row["name"] for row in json.loads(cli("ps", "--json").stdout)}
+    finally:  # whatever failed above: nothing of this test stays behind
+        server.kill()
+        server.wait()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        wait_until(lambda: all(gone(pid) for pid in pids), 10, "the sandboxes to end")
+        for name in kernels:
+            for d in glob.glob(f"/sys/fs/cgroup/*/sandbox-kernel/{name}"):
+                os.rmdir(d)
+            (root_base("pipe") / f"{name}.json").unlink(missing_ok=True)

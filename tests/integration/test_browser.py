@@ -67,7 +67,10 @@ def require_browser() -> Any:
 def lab(
     tmp_path: Path, kernel_dirs: Path, docker_client: docker.DockerClient
 ) -> Iterator[JupyterServer]:
-    server = JupyterServer("jupyterlab", tmp_path, kernel_dirs.parent)
+    jupyter_path = tmp_path / "jupyter-path"  # JUPYTER_PATH/kernels: every test variant
+    jupyter_path.mkdir()
+    (jupyter_path / "kernels").symlink_to(kernel_dirs)
+    server = JupyterServer("jupyterlab", tmp_path, jupyter_path)
     # No "official Jupyter news?" toast, and no nbgrader panels in the screenshot.
     labconfig = tmp_path / "config" / "labconfig"
     labconfig.mkdir(parents=True)
@@ -221,3 +224,64 @@ def test_jupyterlab_notebook_in_chromium(
         finally:
             browser.close()
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+BOMB = "print('filling memory', flush=True)\nchunks = []\nwhile True:\n    chunks.append(bytearray(32 * 1024 * 1024))"
+MEMORY_SHOT = REPO / "test-artifacts" / "jupyterlab-memory-limit.png"
+
+
+def test_student_sees_why_the_kernel_died(
+    lab: JupyterServer, docker_client: docker.DockerClient
+) -> None:
+    """A memory bomb run in JupyterLab: under the cell the student reads that the sandboxed
+    kernel hit its memory limit (not only JupyterLab's "the kernel appears to have died"),
+    and the server's restarter brings the kernel back. Screenshot:
+    test-artifacts/jupyterlab-memory-limit.png."""
+    sync_playwright = require_browser()
+    MEMORY_SHOT.parent.mkdir(exist_ok=True)
+    MEMORY_SHOT.unlink(missing_ok=True)
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "sandbox-small", "display_name": "Python 3 (sandboxed, 512m)", "language": "python",
+    }  # fmt: skip
+    nb.cells = [nbformat.v4.new_code_cell(BOMB)]
+    nbformat.write(nb, lab.root / "bomb.ipynb")
+
+    def kernel() -> dict[str, Any]:
+        sessions = lab.api("GET", "/api/sessions")
+        return sessions[0]["kernel"] if sessions else {}
+
+    def idle() -> bool:
+        return kernel().get("execution_state") == "idle"
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            try:
+                page.set_default_timeout(WAIT_MS)
+                page.goto(f"{lab.url}/lab/tree/bomb.ipynb?token={lab.token}")
+                page.wait_for_selector(".jp-Notebook .jp-Cell")
+                wait_for(idle, "the sandboxed kernel to be idle")
+                first = running_ids(lab, docker_client)
+                cell = page.locator(".jp-Notebook .jp-Cell").first
+                cell.locator(".jp-InputPrompt").click()
+                page.keyboard.press("Control+Enter")
+                said = cell.locator(".jp-OutputArea-output", has_text="memory limit").first
+                said.wait_for()
+                text = cell.locator(".jp-OutputArea").inner_text()
+                assert "filling memory" in text, text
+                assert "The sandboxed kernel was stopped: it hit its memory limit (512m)" in text
+                page.screenshot(path=str(MEMORY_SHOT))
+                wait_for(
+                    lambda: idle() and bool(first - running_ids(lab, docker_client)),
+                    "the restarter's new kernel in a new sandbox",
+                )
+            except Exception:
+                page.screenshot(path=str(FAILURE_SHOT))
+                FAILURE_SHOT.with_suffix(".log").write_text(lab.log())
+                raise
+        finally:
+            browser.close()

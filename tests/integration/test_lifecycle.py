@@ -11,10 +11,13 @@ from collections.abc import Callable
 from typing import Any
 
 import docker
+import pytest
 from jupyter_client.ioloop.manager import AsyncIOLoopKernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
+from sandbox_kernel.provisioner import SandboxProvisioner
 from tests.helpers import BlockingCalls, Kernel, container_exists, listening_ports, sandbox_id
+from tests.integration.test_pool import wait_for_ready_pool
 
 
 def test_runs_real_work(shared_kernel: Kernel) -> None:
@@ -72,6 +75,36 @@ def test_interrupt_long_cell(shared_kernel: Kernel) -> None:
     assert reply["content"]["ename"] == "KeyboardInterrupt"
     # The kernel still works afterwards.
     assert shared_kernel.value("print(6 * 7)") == 42
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_busy_kernel_shuts_down_without_noise(
+    start_kernel: Callable[..., Kernel], warm: bool
+) -> None:
+    """Nothing but the kernel's own output on its console, whether it started cold or
+    from the warm pool: no "running over TCP without encryption" warning (untrue of the
+    sandbox's loopback), and no ZMQError traceback when a busy kernel is shut down
+    (jupyter_client interrupts it, then asks it to shut down; ipykernel 7 closed the
+    socket the interrupted cell's reply went through)."""
+    if warm:
+        wait_for_ready_pool(start_kernel())
+    kernel = start_kernel("sandbox-python" if warm else "sandbox-cold")
+    prov = kernel.km.provisioner
+    assert isinstance(prov, SandboxProvisioner) and prov.console is not None
+    assert prov.last_start_warm is warm
+    msg_id = kernel.kc.execute(
+        "import os, time\nos.write(2, b'on the console\\n')\n"
+        "print('running', flush=True)\ntime.sleep(600)"
+    )
+    while True:
+        msg = kernel.kc.get_iopub_msg(timeout=60)
+        if msg["parent_header"].get("msg_id") == msg_id and "running" in str(msg["content"]):
+            break
+    kernel.stop()
+    console = prov.console.tail
+    assert "on the console" in console  # what the kernel writes to its stderr is there
+    for noise in ("Traceback", "ZMQError", "running over TCP without encryption"):
+        assert noise not in console, console
 
 
 def test_restart_gives_fresh_kernel(start_kernel, docker_client: docker.DockerClient) -> None:  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ The limits come from the kernelspec variants in tests/conftest.py: ``sandbox-pyt
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -120,6 +121,37 @@ def test_memory_bomb_is_killed_and_restarted(start_kernel: Callable[..., Kernel]
     victim.kc.wait_for_ready(timeout=60)
     assert victim.container_id != first
     assert victim.value("print(1 + 1)") == 2
+
+
+def test_memory_bomb_is_explained_in_the_notebook(start_kernel: Callable[..., Kernel]) -> None:
+    """The notebook learns why its kernel died: before any restart, an error on the
+    kernel's IOPub, signed with the kernel's key (jupyter_client checks it, or the client
+    drops the message), parented to the cell that ran the bomb, names the memory limit."""
+    from sandbox_kernel.provisioner import SandboxProvisioner
+
+    victim = start_kernel("sandbox-small")
+    prov = victim.km.provisioner
+    assert isinstance(prov, SandboxProvisioner)
+    msg_id = victim.kc.execute(
+        "print('bombing', flush=True)\nchunks = []\n"
+        "while True:\n    chunks.append(bytearray(32 * 1024 * 1024))\n"
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        assert time.monotonic() < deadline, "no word on IOPub of why the kernel died"
+        try:
+            msg = victim.kc.get_iopub_msg(timeout=1)
+        except queue.Empty:
+            victim.km.is_alive()  # as the restarter (or nbclient) polls
+            continue
+        if msg["msg_type"] == "error" and msg["parent_header"].get("msg_id") == msg_id:
+            break
+    assert msg["content"]["ename"] == "SandboxKernelStopped", msg["content"]
+    assert msg["content"]["evalue"] == (
+        "The sandboxed kernel was stopped: it hit its memory limit (512m)"
+    )
+    wait_until(lambda: not victim.km.is_alive(), 120, "the memory-bombed kernel to die")
+    assert prov.end_reason == "it hit its memory limit (512m)"  # what `run` prints
 
 
 def test_disk_fill_stops_at_tmpfs_cap(start_kernel: Callable[..., Kernel]) -> None:

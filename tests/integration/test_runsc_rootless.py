@@ -17,13 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox_kernel.backends.runsc import (
-    DELEGATED_PARENT,
-    ROOTLESS_NO_SNAPSHOTS,
-    delegate_cgroups,
-    remove_delegation,
-    sandbox_table,
-)
+from sandbox_kernel.backends.cgroups import DELEGATED_PARENT, delegate_cgroups, remove_delegation
+from sandbox_kernel.backends.runsc import ROOTLESS_NO_SNAPSHOTS, sandbox_table
 from sandbox_kernel.security import ATTACKS
 from sandbox_kernel.security.expectations import GAPS
 from tests.rootless import UNENFORCED_WITHOUT_CGROUPS, Rootless, UserKernel
@@ -61,7 +56,7 @@ def test_install_as_an_ordinary_user(rootless: Rootless) -> None:
     spec_file = rootless.user.home / ".local/share/jupyter/kernels/sandbox-python-runsc/kernel.json"
     assert spec_file.stat().st_uid == rootless.user.uid
     spec = json.loads(spec_file.read_text())
-    assert spec["display_name"] == "Python 3 (sandboxed, gVisor without Docker)"
+    assert spec["display_name"] == "Python 3 (sandboxed, runsc)"
     assert spec["metadata"]["kernel_provisioner"]["config"]["backend"] == "runsc"
 
 
@@ -121,7 +116,10 @@ def test_accepted_gaps_run_in_gvisor_as_the_user(rootless: Rootless) -> None:
         rows = [r for r in json.loads(ps.stdout) if r["name"] == name]
         assert rows and rows[0]["backend"] == "runsc" and rows[0]["memory_mib"] > 10, ps.stdout
         assert "docker sandboxes not listed" in ps.stderr.lower(), "the user has no Docker socket"
-        assert name not in {r.name for r in sandbox_table()}, "root's ps lists root's only"
+        # Root's ps lists every user's sandboxes, rootless ones included, with their user.
+        listed = [r for r in sandbox_table() if r.name == name]
+        assert listed and listed[0].user == user.name, listed
+        assert listed[0].memory_mib > 10, listed
         denied = user.run("ls", "/run/sandbox-kernel/runsc/state")
         assert denied.returncode != 0, "the user can read root's runsc state"
     finally:

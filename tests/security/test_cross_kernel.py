@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import pytest
 
-from sandbox_kernel.policy import INSIDE_PORTS
+from sandbox_kernel.inside.protocol import INSIDE_PORTS
 from tests.helpers import Kernel, listening_ports, socket_inodes, tcp_listeners
 
 pytestmark = pytest.mark.docker

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sandbox_kernel.backends.runsc import delegate_cgroups, remove_delegation
+from sandbox_kernel.backends.cgroups import delegate_cgroups, remove_delegation
 from sandbox_kernel.security import ATTACKS, Attack
 from sandbox_kernel.security.expectations import GAPS, expected_blocked
 from tests.helpers import Kernel

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import itertools
+import json
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from sandbox_kernel.backends import pipe
+from sandbox_kernel.backends import state as state_folders
+from sandbox_kernel.backends.base import SandboxBackend
 from sandbox_kernel.backends.bpf import seccomp_bpf
 from sandbox_kernel.backends.bwrap import bwrap_argv, parse_version
 from sandbox_kernel.backends.capabilities import PROPERTIES, check_accepted, refuse_unenforced
 from sandbox_kernel.backends.cgroups import v1_mounts
 from sandbox_kernel.backends.firejail import chroot_enabled, firejail_argv
+from sandbox_kernel.backends.owner import Owner, process_start
 from sandbox_kernel.backends.registry import (
     BACKENDS,
+    backend_class,
     default_kernel_name,
     display_name,
     make_backend,
@@ -146,6 +155,15 @@ def test_names_and_tiers() -> None:
         make_backend("docker", __import__("logging").getLogger(), {"runtime": "runc"})
     with pytest.raises(PolicyError, match="backend"):
         display_name("lxc")
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("what", ["list_sandboxes", "remove_orphans"])
+def test_every_backend_lists_and_removes_its_orphans(name: str, what: str) -> None:
+    """`sandbox-kernel ps` and `gc` see a backend only through these two: the base class's
+    empty defaults would leave its sandboxes unlisted and a dead server's for good."""
+    found = getattr(backend_class(name), what).__func__
+    assert found is not getattr(SandboxBackend, what).__func__, f"{name} has no {what}"
 
 
 def test_kernelspec_per_backend() -> None:
@@ -327,3 +345,39 @@ def test_unreachable_docker_names_the_real_cause() -> None:
         assert state in stopped and "setup-host" in stopped and "permission" not in stopped
     other = unreachable_message("tcp://10.0.0.1:2375", None, "timed out", user="root (uid 0)")
     assert "timed out" in other and "setup-host" in other
+    # A DOCKER_HOST pointing nowhere looks like a stopped daemon: the message names it.
+    wrong = unreachable_message(
+        "/tmp/nothing.sock", errno.ENOENT, "x", user="root (uid 0)",
+        docker_host="unix:///tmp/nothing.sock",
+    )  # fmt: skip
+    assert "DOCKER_HOST='unix:///tmp/nothing.sock'" in wrong and "unset DOCKER_HOST" in wrong
+
+
+def test_pipe_records_name_a_process_by_pid_and_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gc kills a dead server's sandbox by its recorded pid only if that pid still is the
+    process it recorded (same start time): a reused pid is never signalled, and ps does not
+    list it; the record goes either way."""
+    monkeypatch.setattr(state_folders, "existing_bases", lambda kind: [tmp_path])
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = Owner(gone.pid, "1", socket.gethostname(), "u", "k1")
+    procs = [subprocess.Popen(["sleep", "60"], start_new_session=True) for _ in ("kept", "killed")]
+    kept, killed = procs
+    try:
+        for name, proc, start in (
+            ("reused", kept, "1"),
+            ("orphan", killed, process_start(killed.pid)),
+        ):
+            record = {"backend": "bwrap", "name": name, "pid": proc.pid, "pid_start": start,
+                      "started": 0, "labels": dead.labels(), "cgroups": []}  # fmt: skip
+            (tmp_path / f"{name}.json").write_text(json.dumps(record))
+        assert [r.name for r in pipe.PipeBackend.list_sandboxes()] == ["orphan"]
+        assert sorted(pipe.PipeBackend.remove_orphans()) == ["orphan", "reused"]
+        assert killed.wait(timeout=10) == -9 and kept.poll() is None
+        assert not list(tmp_path.iterdir())
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()

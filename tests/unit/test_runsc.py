@@ -9,18 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from sandbox_kernel.backends.cgroups import DELEGATED_PARENT, DelegatedCgroup, delegated_cgroups
 from sandbox_kernel.backends.docker import AGENT_CAPABILITIES, container_spec
 from sandbox_kernel.backends.registry import default_kernel_name, display_name, make_backend
 from sandbox_kernel.backends.runsc import (
     CGROUP_PREFIX,
-    DELEGATED_PARENT,
     ROOT_STATE,
     ROOTLESS_NO_SNAPSHOTS,
-    DelegatedCgroup,
     RunscBackend,
     _shape,
     cgroups_path,
-    delegated_cgroups,
     oci_config,
     oom_kills,
     platform_flags,
@@ -185,7 +183,7 @@ def test_oom_kills(tmp_path: Path) -> None:
 
 
 def test_registry_entry() -> None:
-    assert display_name("runsc") == "Python 3 (sandboxed, gVisor without Docker)"
+    assert display_name("runsc") == "Python 3 (sandboxed, runsc)"
     assert "host kernel" not in display_name("runsc") and "weaker" not in display_name("runsc")
     assert default_kernel_name("runsc") == "sandbox-python-runsc"
     backend = make_backend(

@@ -4,6 +4,7 @@ provisioner's traits, the install flags and the validation all come from it."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 from sandbox_kernel import settings
 from sandbox_kernel.backends.registry import BACKENDS, backend_settings, make_backend
+from sandbox_kernel.cli.flags import from_flags
 from sandbox_kernel.cli.main import build_parser
 from sandbox_kernel.configured import configure
 from sandbox_kernel.errors import PolicyError
@@ -40,7 +42,7 @@ def test_install_flags_become_exactly_the_given_settings() -> None:
         ["install", "--memory", "1g", "--env", "A=1", "--env", "B=x=y", "--expose", "8050",
          "--backend", "bwrap", "--accept-unenforced", "tmp_size"]
     )  # fmt: skip
-    given = settings.from_flags(args)
+    given = from_flags(args)
     assert given == {
         "memory_limit": "1g",
         "env": {"A": "1", "B": "x=y"},
@@ -56,10 +58,10 @@ def test_a_setting_on_by_default_has_a_no_flag() -> None:
     args = build_parser().parse_args(
         ["install", "--backend", "runsc", "--no-pool-snapshots", "--platform", "ptrace"]
     )
-    given = settings.from_flags(args)
+    given = from_flags(args)
     assert given == {"backend": "runsc", "pool_snapshots": False, "platform": "ptrace"}
-    assert configure(given).backend_settings["pool_snapshots"] is False
-    unset = settings.from_flags(build_parser().parse_args(["install", "--backend", "runsc"]))
+    assert configure(given).sandboxes.describe()["pool_snapshots"] is False
+    unset = from_flags(build_parser().parse_args(["install", "--backend", "runsc"]))
     assert unset == {"backend": "runsc"}, "not given: not written into the kernelspec"
 
 
@@ -83,13 +85,14 @@ settings.BY_NAME["memory_limit"] = new
 from sandbox_kernel.provisioner import SandboxProvisioner
 from sandbox_kernel.policy import build_policy
 from sandbox_kernel.configured import configure
+from sandbox_kernel.cli.flags import from_flags
 from sandbox_kernel.cli.main import build_parser
 install = build_parser()._subparsers._group_actions[0].choices["install"]
 print(json.dumps({
     "trait": SandboxProvisioner.class_own_traits()["memory_limit"].default(),
     "policy": build_policy().memory_bytes,
     "configure": configure({}).policy.memory_bytes,
-    "help": "(default: 3g)" in install.format_help(),
+    "help": "(default: 3g)" in " ".join(install.format_help().split()),
 }))
 """
     out = subprocess.run(
@@ -123,6 +126,46 @@ print(json.dumps({
 def test_configure_refuses_naming_the_setting(config: dict[str, Any], error: str) -> None:
     with pytest.raises(PolicyError, match=error):
         configure(config)
+
+
+def test_every_setting_has_a_group_and_the_readers_take_theirs_from_the_table() -> None:
+    from sandbox_kernel.exchange.policy import EXCHANGE_SETTINGS
+    from sandbox_kernel.policy import POLICY_SETTINGS
+
+    assert {s.group for s in settings.SETTINGS} == {"sandbox", "policy", "pool", "exchange", "host"}
+    assert POLICY_SETTINGS == settings.group("policy") and "memory_limit" in POLICY_SETTINGS
+    assert EXCHANGE_SETTINGS == settings.group("exchange") and "copy_in" in EXCHANGE_SETTINGS
+
+
+NUMBERS = [s for s in settings.SETTINGS if s.kind in ("int", "int?", "float", "size")]
+
+
+@pytest.mark.parametrize("s", NUMBERS, ids=[s.name for s in NUMBERS])
+def test_every_number_is_bounded_by_the_table_wherever_it_is_read(s: settings.Setting) -> None:
+    """The table's bounds are the ones enforced: configure (the provisioner's and install's
+    one validation) refuses a value just outside them naming the setting and its range, and
+    one of the wrong type naming the setting; the bounds themselves pass the check."""
+    assert s.bounds is not None, f"{s.name} declares no bounds"
+    lo, hi = s.bounds
+    backend = s.backends[0] if s.backends else "docker"
+    step = 0.001 if s.kind == "float" else 1
+    for bad in (lo - step, hi + step):
+        with pytest.raises(
+            PolicyError, match=f"^{s.name}: .*{re.escape(settings.range_text(s.name))}"
+        ):
+            configure({"backend": backend, s.name: bad})
+    for wrong in (True, "lots" if s.kind == "size" else str(s.default)):
+        with pytest.raises(PolicyError, match=f"^{s.name}: "):
+            configure({"backend": backend, s.name: wrong})
+    assert settings.check(s.name, lo) == lo and settings.check(s.name, hi) == hi
+    assert settings.range_text(s.name) in _install_help()
+
+
+def _install_help() -> str:
+    """Every flag's help text of ``sandbox-kernel install``."""
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert isinstance(sub.choices, dict)
+    return " ".join(a.help or "" for a in sub.choices["install"]._actions)
 
 
 def test_backend_settings_reach_only_their_backend() -> None:

@@ -1,0 +1,70 @@
+"""What the host writes on a kernel's IOPub when it knows why the sandbox ended (pure):
+a message jupyter_client accepts as the kernel's, parented to the running request, and
+written only between two of the kernel's messages."""
+
+from __future__ import annotations
+
+import json
+
+from jupyter_client.session import Session
+
+from sandbox_kernel.relay.iopub import DELIM, ENAME, IopubWatch, stopped_message
+from sandbox_kernel.relay.zmtp import GREETING_SIZE, ZmtpLimiter, encode_message
+
+KEY = b"k" * 64
+GREETING = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL" + b"\x00" * 16 + b"\x00" * 32
+READY = b"\x04\x19\x05READY\x0bSocket-Type\x00\x00\x00\x03PUB"  # a command frame
+
+
+def kernel_message(session: Session, msg_type: str, parent: dict) -> list[bytes]:  # type: ignore[type-arg]
+    msg = session.msg(msg_type, {"name": "stdout", "text": "x" * 1000}, parent=parent)
+    return [b"kernel.x.stream", *session.serialize(msg)]
+
+
+def test_the_message_passes_jupyter_clients_signature_check() -> None:
+    client = Session(key=KEY, signature_scheme="hmac-sha256")
+    request = client.msg("execute_request", {"code": "bomb()"})
+    parent = json.loads(client.pack(request["header"]))  # as read off the wire
+    frames = stopped_message("it hit its memory limit (1g)", parent, KEY, "hmac-sha256")
+    _, rest = client.feed_identities(frames)
+    msg = client.deserialize(rest)  # raises on a bad signature
+    assert msg["msg_type"] == "error" and msg["parent_header"]["msg_id"] == request["msg_id"]
+    assert msg["content"]["ename"] == ENAME
+    assert (
+        msg["content"]["evalue"] == "The sandboxed kernel was stopped: it hit its memory limit (1g)"
+    )
+    other = Session(key=b"other" * 8, signature_scheme="hmac-sha256")
+    try:
+        other.deserialize(other.feed_identities(frames)[1])
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a message signed with another key was accepted")
+
+
+def test_the_watch_keeps_the_running_request_and_the_message_boundary() -> None:
+    kernel = Session(key=KEY)
+    request = Session(key=KEY).msg("execute_request", {"code": "1"})
+    watch = IopubWatch()
+    limiter = ZmtpLimiter(1 << 20, watch.on_message, 8192, 5)
+    assert not limiter.between_messages
+    limiter.feed(GREETING + READY)
+    assert limiter.between_messages and watch.parent is None
+    wire = encode_message(kernel_message(kernel, "stream", request["header"]))
+    for i in range(len(wire)):  # byte by byte: never "between" inside a message
+        limiter.feed(wire[i : i + 1])
+        assert limiter.between_messages is (i == len(wire) - 1)
+    assert watch.parent is not None and watch.parent["msg_id"] == request["msg_id"]
+    # A message parented to something else (e.g. kernel_info) leaves the request as it was.
+    info = Session(key=KEY).msg("kernel_info_request", {})
+    limiter.feed(encode_message(kernel_message(kernel, "status", info["header"])))
+    assert watch.parent["msg_id"] == request["msg_id"]
+
+
+def test_encoded_frames_read_back_whole() -> None:
+    seen: list[list[bytes | None]] = []
+    limiter = ZmtpLimiter(1 << 20, seen.append, 1 << 20, 10)
+    limiter.feed(GREETING + READY)
+    frames = [b"t", DELIM, b"", b"h" * 300, json.dumps({"a": 1}).encode()]
+    limiter.feed(encode_message(frames))
+    assert seen == [frames] and len(GREETING) == GREETING_SIZE
