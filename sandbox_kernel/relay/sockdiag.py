@@ -17,6 +17,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from ..errors import SandboxError
+
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLMSG_ERROR = 2
@@ -41,8 +43,9 @@ MSG_TAIL = struct.Struct("=IIIII")
 SOCKID_SIZE = SOCKID.size + SOCKID_TAIL.size  # 48
 
 
-class DiagError(Exception):
-    """The kernel's answer could not be read, or the kernel refused the question."""
+class DiagError(SandboxError):
+    """The kernel's answer could not be read, or the kernel refused the question (the
+    peer check then refuses the connection and logs why, naming the fix)."""
 
 
 @dataclass(frozen=True)
