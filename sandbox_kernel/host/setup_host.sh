@@ -7,7 +7,8 @@
 # Opt-in, SANDBOX_KERNEL_RUNSC=current: also build a current gVisor from its Go module
 # (`go install`, pinned below, checked), kept apart from Debian's runsc and registered with
 # dockerd as a second runtime, runsc-current; the default runtime stays Debian's runsc.
-# Needs Go (https://go.dev/dl, the version gVisor's go.mod names) and the Go module proxy.
+# Needs Go (https://go.dev/dl, the version gVisor's go.mod names) and the Go module proxy;
+# what it changes and what was measured with it: docs/backends.md, "The current gVisor".
 set -euo pipefail
 
 log() { printf '[setup-host] %s\n' "$*" >&2; }
@@ -98,14 +99,14 @@ if [ -n "$want_current" ]; then
     # static (CGO_ENABLED=0); a module pin, so no VCS stamping is needed.
     if ! GOBIN=$build CGO_ENABLED=0 GOFLAGS=-buildvcs=false \
          "$go_bin" install "gvisor.dev/gvisor/runsc@$RUNSC_CURRENT_PIN"; then
-      rm -rf "$build"
-      log "go install gvisor.dev/gvisor/runsc@$RUNSC_CURRENT_PIN failed (see above): Go too old \
-for gVisor's go.mod, or no Go module proxy (GOPROXY)?"
+      rm -rf "$build"; rmdir "$RUNSC_CURRENT_DIR" 2>/dev/null || true
+      log "go install gvisor.dev/gvisor/runsc@$RUNSC_CURRENT_PIN failed (see above): is the pin a \
+published module version, Go as recent as gVisor's go.mod asks, the Go module proxy (GOPROXY) reachable?"
       exit 1
     fi
     got=$(built_version "$build/runsc")
     if [ "$got" != "$RUNSC_CURRENT_PIN" ]; then
-      rm -rf "$build"
+      rm -rf "$build"; rmdir "$RUNSC_CURRENT_DIR" 2>/dev/null || true
       log "the built runsc is gvisor.dev/gvisor ${got:-(no module version)}, not $RUNSC_CURRENT_PIN"
       exit 1
     fi
