@@ -55,6 +55,8 @@ CONFIGS = {
     "sandbox runc": {"backend": "docker-runc", "pool_size": 0},
     "sandbox runsc cold": {"pool_size": 0},
     "sandbox runsc warm": {"pool_size": 1},
+    # The current gVisor beside Debian's (setup-host with SANDBOX_KERNEL_RUNSC=current).
+    "sandbox runsc-current cold": {"runtime": "runsc-current", "pool_size": 0},
     "sandbox runsc-backend cold": {"backend": "runsc", "pool_size": 0},
     # A warm runsc-backend pool refills, and serves launches that find it empty, from a
     # snapshot (pool_snapshots, on by default, as root).

@@ -18,7 +18,10 @@ from .errors import PolicyError
 from .settings import BY_NAME, bounds, check, format_size, group
 from .settings import parse_size as parse_size  # where hub.py and the tests find it
 
-GVISOR_RUNTIMES = frozenset({"runsc"})
+# Docker runtimes that are gVisor: Debian's runsc, and the current gVisor that
+# `SANDBOX_KERNEL_RUNSC=current sandbox-kernel setup-host` builds and registers
+# (host/setup_host.sh). Both must carry REQUIRED_RUNSC_ARGS (checked at start).
+GVISOR_RUNTIMES = frozenset({"runsc", "runsc-current"})
 SANDBOX_USER = "1000:1000"
 SANDBOX_HOME = "/home/sandbox"
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"

@@ -77,7 +77,8 @@ SETTINGS: tuple[Setting, ...] = (
     S(
         "runtime",
         "runsc",
-        "Docker runtime (runsc = gVisor); anything else needs allow_weaker_runtime",
+        "Docker runtime: runsc = gVisor; runsc-current = the current gVisor that setup-host "
+        "builds with SANDBOX_KERNEL_RUNSC=current; anything else needs allow_weaker_runtime",
         "str",
         backends=("docker",),
         group="sandbox",

@@ -24,6 +24,7 @@ from sandbox_kernel.kernelspec import build_kernelspec
 from tests.helpers import (
     BACKEND_CONFIGS,
     SETUP,
+    TEST_RUNTIME,
     Kernel,
     NetnsHost,
     container_exists,
@@ -48,8 +49,8 @@ def docker_client() -> docker.DockerClient:
         info = client.info()
     except docker.errors.DockerException as exc:
         pytest.fail(f"no Docker daemon: {exc}; {SETUP}")
-    if "runsc" not in (info.get("Runtimes") or {}):
-        pytest.fail(f"dockerd has no runsc runtime; {SETUP}")
+    if TEST_RUNTIME not in (info.get("Runtimes") or {}):
+        pytest.fail(f"dockerd has no {TEST_RUNTIME} runtime; {SETUP}")
     try:
         client.images.get(DEFAULT_IMAGE)
     except docker.errors.ImageNotFound:
@@ -62,11 +63,16 @@ def kernel_dirs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A kernels folder with the sandboxed kernelspec and variants used by tests."""
     root = tmp_path_factory.mktemp("kernels")
     variants: dict[str, dict[str, Any]] = {
-        "sandbox-python": {},
+        "sandbox-python": {"runtime": TEST_RUNTIME},
         # Small caps for abuse tests: 512 MiB memory, 64 MiB tmpfs, derived nproc (32).
-        "sandbox-small": {"memory_limit": "512m", "tmp_size": "64m", "home_size": "64m"},
+        "sandbox-small": {
+            "runtime": TEST_RUNTIME,
+            "memory_limit": "512m",
+            "tmp_size": "64m",
+            "home_size": "64m",
+        },
         # Every start cold (no warm pool): the kernel's own launch path.
-        "sandbox-cold": {"pool_size": 0},
+        "sandbox-cold": {"runtime": TEST_RUNTIME, "pool_size": 0},
         # The weaker tiers (tests/integration/test_backends.py, tests/security/).
         **{f"sandbox-{b}": cfg for b, cfg in BACKEND_CONFIGS.items()},
     }

@@ -30,8 +30,14 @@ from sandbox_kernel.backends.owner import (
     LABEL_POOL,
     LABEL_SERVER_PID,
 )
+from sandbox_kernel.settings import BY_NAME
 
 REPO = Path(__file__).resolve().parents[1]
+# The Docker runtime the default kernelspecs (sandbox-python, sandbox-small) use:
+# SANDBOX_KERNEL_TEST_RUNTIME=runsc-current runs the integration and security suites on the
+# current gVisor that `SANDBOX_KERNEL_RUNSC=current setup-host` registers (docs/backends.md);
+# unset, the kernelspec's own default (runsc). Verdicts are still held to GAPS["docker"].
+TEST_RUNTIME = os.environ.get("SANDBOX_KERNEL_TEST_RUNTIME") or BY_NAME["runtime"].default
 # Kernelspec configs of the non-default backends, as `sandbox-kernel install --backend` writes
 # them; pool_size 0 so each test starts (and removes) exactly the sandboxes it counts. A
 # variant of a backend (its name: backend-variant) is held to its backend's gap table.

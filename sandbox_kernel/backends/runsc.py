@@ -132,7 +132,10 @@ def process_identity(policy: SandboxPolicy) -> dict[str, Any]:
     pipe or process. The one place that says who the agent is."""
     caps = [f"CAP_{c}" for c in AGENT_CAPABILITIES]
     return {
-        "user": {"uid": 0, "gid": 0, "additionalGids": []},
+        # No "additionalGids" (none is the same as []): a current runsc (2026) checks that a
+        # restore's spec equals the checkpointed one, which it saved without an empty list,
+        # so [] here made every snapshot restore fail ("User" does not match).
+        "user": {"uid": 0, "gid": 0},
         "capabilities": {
             "bounding": caps,
             "effective": caps,

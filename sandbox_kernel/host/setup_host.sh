@@ -3,10 +3,33 @@
 #   Docker engine + gVisor (runsc) registered with the daemon, dockerd running;
 #   bubblewrap and firejail for the daemon-less backends (see docs/backends.md).
 # Idempotent: safe to run again. Starts dockerd detached when no service manager does.
+#
+# Opt-in, SANDBOX_KERNEL_RUNSC=current: also build a current gVisor from its Go module
+# (`go install`, pinned below, checked), kept apart from Debian's runsc and registered with
+# dockerd as a second runtime, runsc-current; the default runtime stays Debian's runsc.
+# Needs Go (https://go.dev/dl, the version gVisor's go.mod names) and the Go module proxy;
+# what it changes and what was measured with it: docs/backends.md, "The current gVisor".
 set -euo pipefail
 
 log() { printf '[setup-host] %s\n' "$*" >&2; }
 [ "$(id -u)" = 0 ] || { log "run as root (apt-get and dockerd need it)"; exit 1; }
+
+# The current gVisor: the module version `go install gvisor.dev/gvisor/runsc@latest` resolved
+# to (the `go` branch, 2026-09-05); a pin, so every host runs the same, checked build.
+RUNSC_CURRENT_PIN=v0.0.0-20260905035102-160fafc42237
+RUNSC_CURRENT_RUNTIME=runsc-current  # policy.py's GVISOR_RUNTIMES names it too
+RUNSC_CURRENT_DIR=/usr/local/lib/sandbox-kernel/runsc-$RUNSC_CURRENT_PIN
+case "${SANDBOX_KERNEL_RUNSC:-}" in
+  ""|debian) want_current= ;;
+  current) want_current=1 ;;
+  *) log "SANDBOX_KERNEL_RUNSC=${SANDBOX_KERNEL_RUNSC}: expected 'current' (or unset)"; exit 1 ;;
+esac
+go_bin=
+if [ -n "$want_current" ]; then
+  go_bin=$(command -v go || { [ -x /usr/local/go/bin/go ] && echo /usr/local/go/bin/go; } || true)
+  [ -n "$go_bin" ] || { log "SANDBOX_KERNEL_RUNSC=current needs Go to build runsc: install it \
+(https://go.dev/doc/install, into /usr/local/go or on PATH) and run again"; exit 1; }
+fi
 
 . /etc/os-release
 codename=${VERSION_CODENAME:-bookworm}
@@ -60,11 +83,46 @@ fi
 runsc_path=$(command -v runsc)
 log "runsc: $("$runsc_path" --version 2>/dev/null | head -n1)"
 
+# The module version a Go-built binary carries ('' if none); `runsc --version` says
+# VERSION_MISSING for a `go install` build, so the build info is what we check.
+built_version() { "$go_bin" version -m "$1" 2>/dev/null | awk '$1 == "mod" && $2 == "gvisor.dev/gvisor" {print $3}'; }
+current_path=
+if [ -n "$want_current" ]; then
+  current_path=$RUNSC_CURRENT_DIR/runsc
+  if [ -x "$current_path" ] && [ "$(built_version "$current_path")" = "$RUNSC_CURRENT_PIN" ]; then
+    log "runsc $RUNSC_CURRENT_PIN already built: $current_path"
+  else
+    log "building runsc $RUNSC_CURRENT_PIN with $("$go_bin" version) (go install; minutes)"
+    mkdir -p "$RUNSC_CURRENT_DIR"
+    build=$(mktemp -d "$RUNSC_CURRENT_DIR/.build.XXXXXX")
+    # gVisor's documented way (gvisor.dev/docs/user_guide/install): its `go` branch,
+    # static (CGO_ENABLED=0); a module pin, so no VCS stamping is needed.
+    if ! GOBIN=$build CGO_ENABLED=0 GOFLAGS=-buildvcs=false \
+         "$go_bin" install "gvisor.dev/gvisor/runsc@$RUNSC_CURRENT_PIN"; then
+      rm -rf "$build"; rmdir "$RUNSC_CURRENT_DIR" 2>/dev/null || true
+      log "go install gvisor.dev/gvisor/runsc@$RUNSC_CURRENT_PIN failed (see above): is the pin a \
+published module version, Go as recent as gVisor's go.mod asks, the Go module proxy (GOPROXY) reachable?"
+      exit 1
+    fi
+    got=$(built_version "$build/runsc")
+    if [ "$got" != "$RUNSC_CURRENT_PIN" ]; then
+      rm -rf "$build"; rmdir "$RUNSC_CURRENT_DIR" 2>/dev/null || true
+      log "the built runsc is gvisor.dev/gvisor ${got:-(no module version)}, not $RUNSC_CURRENT_PIN"
+      exit 1
+    fi
+    chmod 0755 "$build/runsc"
+    mv -f "$build/runsc" "$current_path"
+    rm -rf "$build"
+    log "runsc $RUNSC_CURRENT_PIN installed: $current_path"
+  fi
+fi
+
 # runsc needs --network=none on this kernel ("cannot run with network enabled in root
 # network namespace", fixed upstream in release-20240807); it is also the isolation we want.
 # --oci-seccomp makes runsc enforce the container's seccomp profile inside gVisor; the
 # provisioner refuses to start without it.
-daemon_json_changed=$(python3 - "$runsc_path" <<'PY'
+# The opt-in runsc-current gets the same runtimeArgs; Docker's default runtime is untouched.
+daemon_json_changed=$(python3 - "$runsc_path" "$RUNSC_CURRENT_RUNTIME" "$current_path" <<'PY'
 import json, os, sys
 path = "/etc/docker/daemon.json"
 cfg = {}
@@ -72,9 +130,13 @@ if os.path.exists(path):
     with open(path) as f:
         text = f.read().strip()
     cfg = json.loads(text) if text else {}
-want = {"path": sys.argv[1], "runtimeArgs": ["--network=none", "--oci-seccomp"]}
-if cfg.get("runtimes", {}).get("runsc") != want:
-    cfg.setdefault("runtimes", {})["runsc"] = want
+args = ["--network=none", "--oci-seccomp"]
+want = {"runsc": {"path": sys.argv[1], "runtimeArgs": args}}
+if sys.argv[3]:
+    want[sys.argv[2]] = {"path": sys.argv[3], "runtimeArgs": list(args)}
+runtimes = cfg.get("runtimes", {})
+if any(runtimes.get(name) != spec for name, spec in want.items()):
+    cfg.setdefault("runtimes", {}).update(want)
     os.makedirs("/etc/docker", exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -86,6 +148,12 @@ PY
 
 daemon_up() { timeout 5 docker info >/dev/null 2>&1; }
 runtimes_json() { docker info --format '{{json .Runtimes}}' 2>/dev/null || true; }
+# Every runtime we registered is loaded, with its flags.
+runtimes_loaded() {
+  local json; json=$(runtimes_json)
+  [[ "$json" == *oci-seccomp* ]] || return 1
+  [ -z "$current_path" ] || [[ "$json" == *"\"$RUNSC_CURRENT_RUNTIME\""*"$current_path"* ]]
+}
 
 if daemon_up && [ -n "$daemon_json_changed" ]; then
   # dockerd reloads its runtimes on SIGHUP; running containers are not disturbed.
@@ -95,10 +163,10 @@ if daemon_up && [ -n "$daemon_json_changed" ]; then
   else
     pkill -HUP -x dockerd
   fi
-  for _ in $(seq 50); do [[ "$(runtimes_json)" == *oci-seccomp* ]] && break; sleep 0.2; done
+  for _ in $(seq 50); do runtimes_loaded && break; sleep 0.2; done
 fi
 
-if daemon_up && [[ "$(runtimes_json)" == *oci-seccomp* ]]; then
+if daemon_up && runtimes_loaded; then
   log "dockerd running with runsc registered"
 else
   if daemon_up; then
@@ -121,5 +189,5 @@ else
   for _ in $(seq 60); do daemon_up && break; sleep 1; done
   daemon_up || { log "dockerd did not come up; see /var/log/dockerd.log"; tail -n 20 /var/log/dockerd.log >&2 || true; exit 1; }
 fi
-[[ "$(runtimes_json)" == *oci-seccomp* ]] || { log "runsc (with --oci-seccomp) is not registered with dockerd"; exit 1; }
+runtimes_loaded || { log "runsc (with --oci-seccomp)${current_path:+ or $RUNSC_CURRENT_RUNTIME} is not registered with dockerd"; exit 1; }
 log "ok: dockerd $(docker version --format '{{.Server.Version}}'), runtimes: $(docker info --format '{{range $k, $v := .Runtimes}}{{$k}} {{end}}')"

@@ -37,7 +37,7 @@ import sandbox_kernel.bundle
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.kernelspec import build_kernelspec
 from sandbox_kernel.relay.thread import RelayThread
-from tests.helpers import BACKEND_CONFIGS, Kernel, socket_inodes, tcp_listeners
+from tests.helpers import BACKEND_CONFIGS, TEST_RUNTIME, Kernel, socket_inodes, tcp_listeners
 from tests.security.hostile import KERNEL_PRELUDE, backdoored_payload
 
 MiB = 2**20
@@ -176,7 +176,9 @@ def main(scenario: str, backend: str, out: str) -> None:
     logging.getLogger().addHandler(records)
     logging.getLogger().setLevel(logging.INFO)
     kernels = Path(tempfile.mkdtemp(prefix="sk-harness-"))
-    base = {"image": DEFAULT_IMAGE, "pool_size": 0, **BACKEND_CONFIGS.get(backend, {})}
+    # "docker" is the default kernelspec, on SANDBOX_KERNEL_TEST_RUNTIME's runtime as elsewhere.
+    config = BACKEND_CONFIGS.get(backend, {"runtime": TEST_RUNTIME} if backend == "docker" else {})
+    base = {"image": DEFAULT_IMAGE, "pool_size": 0, **config}
     for name, extra in (("victim", {}), ("attacker", ATTACKER_CONFIG[scenario])):
         (kernels / name).mkdir()
         spec = build_kernelspec({**base, **extra})

@@ -201,6 +201,39 @@ def test_non_gvisor_runtime_refused_without_opt_in(runtime: str) -> None:
     assert backend.runtime == runtime and backend.allow_weaker_runtime
 
 
+class _FakeDaemon:
+    """What DockerBackend._preflight asks of the Docker client: info() and images.get()."""
+
+    def __init__(self, runtimes: dict[str, Any]) -> None:
+        self.runtimes = runtimes
+        self.images = self
+
+    def info(self) -> dict[str, Any]:
+        return {"Runtimes": self.runtimes}
+
+    def get(self, image: str) -> object:
+        return object()
+
+
+def test_current_gvisor_runtime_is_gvisor() -> None:
+    """runsc-current (setup-host's SANDBOX_KERNEL_RUNSC=current) is gVisor: accepted without
+    the weaker-runtime opt-in, given exactly runsc's container, and held to runsc's flags."""
+    backend = _docker(runtime="runsc-current")
+    assert backend.runtime == "runsc-current" and not backend.allow_weaker_runtime
+    assert spec(runtime="runsc-current") == {**spec(runtime="runsc"), "runtime": "runsc-current"}
+    path = "/usr/local/lib/sandbox-kernel/runsc-v0/runsc"
+    flags = ["--network=none", "--oci-seccomp"]
+    backend._client = _FakeDaemon({"runsc-current": {"path": path, "runtimeArgs": flags}})
+    found = backend._preflight(policy())
+    assert found.runtime == "runsc-current" and found.warnings == ()
+    assert found.foreign_kernel and found.kernel_user_apart
+    for missing in flags:
+        args = [a for a in flags if a != missing]
+        backend._client = _FakeDaemon({"runsc-current": {"path": path, "runtimeArgs": args}})
+        with pytest.raises(SandboxError, match=f"without {missing}"):
+            backend._preflight(policy())
+
+
 @pytest.mark.parametrize("runtime", ["", "run sc", "runsc;rm -rf /", "../runsc", "runsc\n"])
 def test_malformed_runtime_refused_even_with_opt_in(runtime: str) -> None:
     with pytest.raises(PolicyError, match="runtime"):
