@@ -22,6 +22,7 @@ so any N consecutive days of CI runs try every weakening (``--share K/N`` picks 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import shutil
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 ATTACKS = "tests/security/test_attacks.py"
 BACKEND_ATTACKS = "tests/security/test_backend_attacks.py"
 
+BRIDGE = "sk-weaken-bridge"  # the Docker network of the network-bridge weakening
 PYTEST = (sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider")
 Run = tuple[str, ...]  # pytest arguments of one run: a file and optionally "-k", expression
 
@@ -60,6 +63,7 @@ class Weakening:
     new: str
     runs: tuple[Run, ...]
     also: tuple[tuple[str, str, str], ...] = ()  # more (path, old, new) edits, same rules
+    network: str = ""  # a Docker bridge network of that name exists while its tests run
 
     @property
     def edits(self) -> tuple[tuple[str, str, str], ...]:
@@ -205,12 +209,15 @@ WEAKENINGS: tuple[Weakening, ...] = (
         ),
     ),
     # -- the weakenings the suite already caught ---------------------------------------------
-    _docker(
+    Weakening(
         "network-bridge",
-        "Docker's bridge network instead of none",
+        "a Docker bridge network instead of none (one of the script's own: Docker's default "
+        "bridge needs docker0, which some hosts lack)",
+        "sandbox_kernel/backends/docker.py",
         '        "network_mode": "none",\n',
-        '        "network_mode": "bridge",\n',
-        "net-",
+        f'        "network_mode": "{BRIDGE}",\n',
+        (attacks("net-"), on("docker-runc", "net-")),
+        network=BRIDGE,
     ),
     _docker(
         "network-host",
@@ -660,6 +667,30 @@ def not_applicable(w: Weakening, root: Path = REPO) -> str:
     return ""
 
 
+@contextlib.contextmanager
+def docker_network(name: str) -> Iterator[None]:
+    """A Docker bridge network ``name`` while the block runs (none for ""), removed after."""
+    if not name:
+        yield
+        return
+    subprocess.run(["docker", "network", "create", name], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["docker", "network", "rm", name], check=False, capture_output=True)
+
+
+def restore_shared_venv() -> None:
+    """The hub tests install the code under test, here the weakened copy, into the shared
+    venv other users' servers run from: put this checkout back there."""
+    subprocess.run(
+        [sys.executable, "-c", "from tests.integration.hub import reinstall_shared_venv as r; r()"],
+        cwd=REPO,
+        check=True,
+        timeout=900,
+    )
+
+
 def weaken(w: Weakening, keep_logs: Path | None) -> Outcome:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"sk-weaken-{w.name}-") as tmp:
@@ -671,7 +702,12 @@ def weaken(w: Weakening, keep_logs: Path | None) -> Outcome:
             source = copy / path
             source.write_text(source.read_text().replace(old, new))
         log = Path(tmp) / "pytest.log"
-        ran, failed, errored, error = run_tests(copy, w.runs, log)
+        try:
+            with docker_network(w.network):
+                ran, failed, errored, error = run_tests(copy, w.runs, log)
+        finally:
+            if any(run[0].startswith("tests/integration/test_hub") for run in w.runs):
+                restore_shared_venv()
         if keep_logs is not None:
             shutil.copy(log, keep_logs / f"{w.name}.log")
     seconds = time.monotonic() - started
