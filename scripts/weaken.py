@@ -471,7 +471,6 @@ WEAKENINGS: tuple[Weakening, ...] = (
         "        if False:\n",
         (_bounds("message"),),
     ),
-    # -- snapshots (runsc backend's warm pool) ------------------------------------------------
     Weakening(
         "bound-streams",
         "a sandbox may hold any number of relayed connections (MAX_STREAMS raised)",
@@ -544,15 +543,6 @@ WEAKENINGS: tuple[Weakening, ...] = (
         "        if False:\n",
         (_snapshots("another_policy"),),
     ),
-    # -- the hub's per-user cgroups -----------------------------------------------------------
-    Weakening(
-        "hub-cpu-pids-totals",
-        "the hub writes a user's memory total into their cgroups, but not the CPU and pids totals",
-        "sandbox_kernel/hub.py",
-        "        _write_limits(d, limits[controller])\n",
-        '        if controller == "memory":\n            _write_limits(d, limits[controller])\n',
-        (("tests/integration/test_hub.py", "-k", "configured_totals"),),
-    ),
     Weakening(
         "snapshot-renewal",
         "a kernel restored from a warm pool's snapshot keeps the state every copy shares "
@@ -561,6 +551,15 @@ WEAKENINGS: tuple[Weakening, ...] = (
         "    renew(app)\n",
         "",
         (_snapshots("renew_what_they_share"),),
+    ),
+    # -- the hub's per-user cgroups -----------------------------------------------------------
+    Weakening(
+        "hub-cpu-pids-totals",
+        "the hub writes a user's memory total into their cgroups, but not the CPU and pids totals",
+        "sandbox_kernel/hub.py",
+        "        _write_limits(d, limits[controller])\n",
+        '        if controller == "memory":\n            _write_limits(d, limits[controller])\n',
+        (("tests/integration/test_hub.py", "-k", "configured_totals"),),
     ),
 )
 
