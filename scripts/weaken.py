@@ -4,7 +4,7 @@
     .venv/bin/python scripts/weaken.py --only env-secret-names --only mounts-bwrap
     .venv/bin/python scripts/weaken.py --list
     .venv/bin/python scripts/weaken.py --baseline      # first the same tests, unweakened
-    .venv/bin/python scripts/weaken.py --share 2       # CI: half of them, by the date
+    .venv/bin/python scripts/weaken.py --share 3       # CI: a third of them, by the date
 
 For each weakening: copy the checkout (its git-tracked and untracked, not ignored, files)
 to a temporary folder, replace one exact piece of source text there, and run the tests that
