@@ -4,6 +4,7 @@
     .venv/bin/python scripts/weaken.py --only env-secret-names --only mounts-bwrap
     .venv/bin/python scripts/weaken.py --list
     .venv/bin/python scripts/weaken.py --baseline      # first the same tests, unweakened
+    .venv/bin/python scripts/weaken.py --share 3       # CI: a third of them, by the date
 
 For each weakening: copy the checkout (its git-tracked and untracked, not ignored, files)
 to a temporary folder, replace one exact piece of source text there, and run the tests that
@@ -11,12 +12,18 @@ should notice, against real sandboxes, with the copy first on the import path (t
 provisioner, backends and agent all come from the copy). Reports, per weakening, the tests
 that failed. A weakening no test notices, or one whose text is no longer in the code, is a
 failure of this script (exit code 1). The copy is removed afterwards; the tests clean up
-their own sandboxes. Not run by CI (it takes long); docs/security.md shows its last table.
+their own sandboxes. docs/security.md shows its last table.
+
+CI runs a rotating share (``--share N``): the weakenings are dealt into N shares in list
+order (share K holds every Nth one, from the Kth), and the share is chosen by the UTC date,
+so any N consecutive days of CI runs try every weakening (``--share K/N`` picks one).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import os
 import shutil
 import subprocess
@@ -24,6 +31,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 ATTACKS = "tests/security/test_attacks.py"
 BACKEND_ATTACKS = "tests/security/test_backend_attacks.py"
 
+BRIDGE = "sk-weaken-bridge"  # the Docker network of the network-bridge weakening
 PYTEST = (sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider")
 Run = tuple[str, ...]  # pytest arguments of one run: a file and optionally "-k", expression
 
@@ -54,6 +63,7 @@ class Weakening:
     new: str
     runs: tuple[Run, ...]
     also: tuple[tuple[str, str, str], ...] = ()  # more (path, old, new) edits, same rules
+    network: str = ""  # a Docker bridge network of that name exists while its tests run
 
     @property
     def edits(self) -> tuple[tuple[str, str, str], ...]:
@@ -99,6 +109,14 @@ _ENV_TESTS: Run = ("tests/integration/test_environment.py",)
 _FORBIDDEN_ENV = (
     'r"^(JPY_|JUPYTERHUB_|JUPYTER_|DOCKER_|SANDBOX_KERNEL_)|TOKEN|SECRET|PASSW|CREDENTIAL|API_KEY|"'
 )
+
+
+_RUNSC = "sandbox_kernel/backends/runsc.py"
+
+
+def _snapshots(k: str) -> Run:
+    """The snapshot-backed warm pool's tests (runsc backend, root) matching ``k``."""
+    return ("tests/integration/test_runsc_snapshots.py", "-k", k)
 
 
 def _clone_flag(flag: str, value: str) -> Weakening:
@@ -191,12 +209,15 @@ WEAKENINGS: tuple[Weakening, ...] = (
         ),
     ),
     # -- the weakenings the suite already caught ---------------------------------------------
-    _docker(
+    Weakening(
         "network-bridge",
-        "Docker's bridge network instead of none",
+        "a Docker bridge network instead of none (one of the script's own: Docker's default "
+        "bridge needs docker0, which some hosts lack)",
+        "sandbox_kernel/backends/docker.py",
         '        "network_mode": "none",\n',
-        '        "network_mode": "bridge",\n',
-        "net-",
+        f'        "network_mode": "{BRIDGE}",\n',
+        (attacks("net-"), on("docker-runc", "net-")),
+        network=BRIDGE,
     ),
     _docker(
         "network-host",
@@ -446,11 +467,82 @@ WEAKENINGS: tuple[Weakening, ...] = (
         "bound-message-size",
         "the kernel's ZeroMQ traffic no longer checked for message size",
         "sandbox_kernel/relay/session.py",
-        "        if inside_port in KERNEL_INSIDE_PORTS:\n",
-        "        if False:\n",
+        "                limiter.feed(data)\n",
+        "                pass\n",
         (_bounds("message"),),
     ),
+    Weakening(
+        "bound-streams",
+        "a sandbox may hold any number of relayed connections (MAX_STREAMS raised)",
+        "sandbox_kernel/inside/mux.py",
+        "MAX_STREAMS = 64\n",
+        "MAX_STREAMS = 1_000_000\n",
+        (("tests/security/test_host_bounds.py", "-k", "relayed_connections"),),
+    ),
+    Weakening(
+        "bound-message-per-frame",
+        "the ZeroMQ size bound applied to each frame instead of the whole message",
+        "sandbox_kernel/relay/zmtp.py",
+        "        total = size if flags & _COMMAND else self._message + size\n",
+        "        total = size\n",
+        (_bounds("multipart"),),
+    ),
+    # -- the runsc backend's OCI spec --------------------------------------------------------
+    # Two one-line changes of it are not weakenings under this gVisor (runsc 20240729), so
+    # no test can notice them (docs/security.md): `noNewPrivileges: false` (runsc logs
+    # "noNewPrivileges ignored. PR_SET_NO_NEW_PRIVS is assumed to always be set", and the
+    # sandbox's first process reports no_new_privs 1 either way), and empty `maskedPaths`
+    # and `readonlyPaths` (runsc never reads them: the masked files do not exist in gVisor's
+    # /proc and /sys, and /proc/sys is writable to the root agent with or without them).
+    Weakening(
+        "root-writable-runsc",
+        "the runsc backend's root filesystem mounted writable",
+        _RUNSC,
+        '        "root": {"path": str(rootfs), "readonly": True},\n',
+        '        "root": {"path": str(rootfs), "readonly": False},\n',
+        (on("runsc", "fs-root-read-only or fs-write-outside-tmpfs or fs-mount-census"),),
+    ),
+    Weakening(
+        "root-writable-bwrap",
+        "bubblewrap's root filesystem bound writable",
+        "sandbox_kernel/backends/bwrap.py",
+        '        "--ro-bind", str(rootfs), "/",\n',
+        '        "--bind", str(rootfs), "/",\n',
+        (on("bwrap", "fs-root-read-only or fs-write-outside-tmpfs or fs-mount-census"),),
+    ),
+    Weakening(
+        "tun-uncovered-runsc",
+        "gVisor's /dev/net/tun no longer covered by an empty read-only tmpfs (runsc backend)",
+        _RUNSC,
+        '        _mount("/dev/net", "tmpfs", "ro", *safe, "size=4k", "mode=0755"),\n',
+        "",
+        (on("runsc", "net-interface-config or net-userns-tun"),),
+    ),
+    Weakening(
+        "tun-uncovered-docker",
+        "gVisor's /dev/net/tun no longer covered by an empty read-only tmpfs (Docker backend)",
+        "sandbox_kernel/backends/docker.py",
+        '            "/dev/net": "ro,nosuid,nodev,noexec,size=4k,mode=0755",\n',
+        "",
+        (attacks("net-interface-config or net-userns-tun"),),
+    ),
     # -- snapshots (runsc backend's warm pool) ------------------------------------------------
+    Weakening(
+        "snapshot-age",
+        "a warm pool's snapshot never renewed by age (pool_snapshot_age ignored)",
+        "sandbox_kernel/pool.py",
+        "or (snap is not made and loop.time() - snap.born >= self.snapshots.max_age)",
+        "or False",
+        (_snapshots("renewed_after_its_age"),),
+    ),
+    Weakening(
+        "snapshot-other-policy",
+        "the runsc backend restores a snapshot made under another policy",
+        _RUNSC,
+        "        if record.shape != _shape(self.describe(), policy):\n",
+        "        if False:\n",
+        (_snapshots("another_policy"),),
+    ),
     Weakening(
         "snapshot-renewal",
         "a kernel restored from a warm pool's snapshot keeps the state every copy shares "
@@ -458,7 +550,17 @@ WEAKENINGS: tuple[Weakening, ...] = (
         "sandbox_kernel/inside/prewarm_kernel.py",
         "    renew(app)\n",
         "",
-        (("tests/integration/test_runsc_snapshots.py", "-k", "renew"),),
+        (_snapshots("renew_what_they_share"),),
+    ),
+    # -- the hub's per-user cgroups -----------------------------------------------------------
+    Weakening(
+        "hub-cpu-pids-totals",
+        "the hub writes a user's memory total into their cgroups, but not the CPU and pids totals",
+        "sandbox_kernel/backends/cgroups.py",
+        "        write_limits(d, limits.get(controller, {}))\n",
+        '        if controller == "memory":\n'
+        "            write_limits(d, limits.get(controller, {}))\n",
+        (("tests/integration/test_hub.py", "-k", "configured_totals"),),
     ),
 )
 
@@ -565,6 +667,30 @@ def not_applicable(w: Weakening, root: Path = REPO) -> str:
     return ""
 
 
+@contextlib.contextmanager
+def docker_network(name: str) -> Iterator[None]:
+    """A Docker bridge network ``name`` while the block runs (none for ""), removed after."""
+    if not name:
+        yield
+        return
+    subprocess.run(["docker", "network", "create", name], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["docker", "network", "rm", name], check=False, capture_output=True)
+
+
+def restore_shared_venv() -> None:
+    """The hub tests install the code under test, here the weakened copy, into the shared
+    venv other users' servers run from: put this checkout back there."""
+    subprocess.run(
+        [sys.executable, "-c", "from tests.integration.hub import reinstall_shared_venv as r; r()"],
+        cwd=REPO,
+        check=True,
+        timeout=900,
+    )
+
+
 def weaken(w: Weakening, keep_logs: Path | None) -> Outcome:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"sk-weaken-{w.name}-") as tmp:
@@ -576,7 +702,12 @@ def weaken(w: Weakening, keep_logs: Path | None) -> Outcome:
             source = copy / path
             source.write_text(source.read_text().replace(old, new))
         log = Path(tmp) / "pytest.log"
-        ran, failed, errored, error = run_tests(copy, w.runs, log)
+        try:
+            with docker_network(w.network):
+                ran, failed, errored, error = run_tests(copy, w.runs, log)
+        finally:
+            if any(run[0].startswith("tests/integration/test_hub") for run in w.runs):
+                restore_shared_venv()
         if keep_logs is not None:
             shutil.copy(log, keep_logs / f"{w.name}.log")
     seconds = time.monotonic() - started
@@ -603,6 +734,27 @@ def table(outcomes: list[Outcome]) -> str:
     return "\n".join(rows)
 
 
+def parse_share(text: str, today: datetime.date) -> tuple[int, int]:
+    """``K/N`` or ``N`` (K then comes from ``today``: day after day, K runs through 1..N);
+    (K, N), or ValueError naming the fix (pure)."""
+    why = f"--share {text!r}: give N or K/N (whole numbers, 1 <= K <= N)"
+    k_text, _, n_text = text.rpartition("/")
+    try:
+        n = int(n_text)
+        k = int(k_text) if k_text else today.toordinal() % max(n, 1) + 1
+    except ValueError:
+        raise ValueError(why) from None
+    if not 1 <= k <= n:
+        raise ValueError(why)
+    return k, n
+
+
+def share_of(weakenings: tuple[Weakening, ...], k: int, n: int) -> list[Weakening]:
+    """Share ``k`` of ``n`` (pure): every nth weakening from the kth, so neighbours in the
+    list (often alike in cost) are spread over the shares, and the n shares cover all."""
+    return list(weakenings[k - 1 :: n])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", metavar="NAME", help="repeatable")
@@ -611,6 +763,12 @@ def main() -> int:
         "--baseline", action="store_true", help="first run the same tests unweakened"
     )
     parser.add_argument("--logs", type=Path, help="keep each weakening's pytest log here")
+    parser.add_argument(
+        "--share",
+        metavar="[K/]N",
+        help="run share K of N (K from the UTC date when omitted: N consecutive days cover "
+        "every weakening)",
+    )
     args = parser.parse_args()
     names = {w.name for w in WEAKENINGS}
     if args.list:
@@ -622,6 +780,19 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown weakening(s) {unknown}; see --list")
     chosen = [w for w in WEAKENINGS if not args.only or w.name in args.only]
+    if args.share:
+        if args.only:
+            parser.error("--share and --only exclude each other")
+        try:
+            k, n = parse_share(args.share, datetime.datetime.now(datetime.timezone.utc).date())
+        except ValueError as exc:
+            parser.error(str(exc))
+        chosen = share_of(WEAKENINGS, k, n)
+        print(
+            f"share {k}/{n}: {len(chosen)} of the {len(WEAKENINGS)} weakenings "
+            f"({', '.join(w.name for w in chosen)})",
+            flush=True,
+        )
     if args.logs:
         args.logs.mkdir(parents=True, exist_ok=True)
     if args.baseline:
@@ -636,9 +807,10 @@ def main() -> int:
     for w in chosen:
         outcome = weaken(w, args.logs)
         outcomes.append(outcome)
+        by = f"; noticed by {outcome.failed[0]}" if outcome.noticed else ""
         print(
             f"{w.name}: {outcome.verdict} ({len(outcome.failed)} of {outcome.ran} tests failed, "
-            f"{len(outcome.errored)} without a sandbox, {outcome.seconds:.0f}s)",
+            f"{len(outcome.errored)} without a sandbox, {outcome.seconds:.0f}s{by})",
             flush=True,
         )
     print()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -274,6 +275,15 @@ class NetnsHost:
             self.proc.wait()
         subprocess.run(["ip", "netns", "del", self.ns], check=False, capture_output=True)
         subprocess.run(["ip", "link", "del", self.veth], check=False, capture_output=True)
+
+
+def documented(doc: str, pattern: str) -> int:
+    """A number as docs/``doc`` states it (``pattern``'s first group): bounds are asserted
+    against what the user docs promise, never against the constant under test, which a
+    weakening would raise together with its own check."""
+    found = re.search(pattern, (REPO / "docs" / doc).read_text())
+    assert found, f"docs/{doc} no longer states {pattern!r}"
+    return int(found.group(1))
 
 
 def pool_of(km: Any) -> Any:

@@ -239,6 +239,12 @@ ATTACKS: tuple[Attack, ...] = (
         "'..' traversal from /tmp and the home folder stops at the sandbox's root",
     ),
     _attack(
+        "fs-root-read-only",
+        _FS,
+        "the image root is mounted read-only (/, /usr, /etc, /var, the standard library "
+        "and site-packages sit on read-only mounts)",
+    ),
+    _attack(
         "fs-write-outside-tmpfs",
         _FS,
         "nothing outside the tmpfs mounts is writable (/, /usr, /etc, /var, /opt, site-packages)",
@@ -280,7 +286,8 @@ ATTACKS: tuple[Attack, ...] = (
     _attack(
         "net-interface-config",
         _NET,
-        "no interface can be created or configured (TUN device, netlink RTM_NEWADDR)",
+        "no TUN device is there to open, and no interface can be created or configured "
+        "(TUNSETIFF, netlink RTM_NEWADDR)",
     ),
     _attack(
         "net-no-route-foreign",

@@ -93,6 +93,10 @@ GAPS: dict[str, dict[str, str]] = {
         "SIGSTOP: that stalls only its own sandbox, and the host's bounds hold whatever the "
         "sandbox sends (docs/security.md)",
         "fs-noexec-memory": _IN_MEMORY,
+        "fs-root-read-only": "firejail mounts its chroot, its own root-owned copy of the "
+        "kernel root filesystem (one per image, shared by its firejail sandboxes), read-write: "
+        "that nothing there is written rests on permissions, the sandbox's uid owns none of "
+        "it (fs-write-outside-tmpfs)",
         "fs-mount-census": "firejail binds its own helper folder of the host "
         "(/usr/lib/<arch>/firejail) read-only at /run/firejail/lib (it cannot run without "
         "it); its tmpfs mounts have no size cap (/tmp, the home, /dev/shm, /run/lock; "

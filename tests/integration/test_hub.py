@@ -66,6 +66,8 @@ SANDBOX_PROCESS = "runsc-sandbox"  # one per sandbox: gVisor's sentry (rootless:
 MAX_KERNELS = 2  # the example's 4, cheaper to reach
 USER_MEMORY = 1536 * 2**20  # everything of one user's server (the example has 4g)
 HUB_STATE = "/var/lib/sandbox-kernel-hub"  # the example's root-only folder for the hub's state
+USER_CPUS = 1.5  # the example (and the default) has 2
+USER_PIDS = 1536  # the example (and the default) has 2048
 
 
 @dataclass
@@ -110,6 +112,8 @@ def hub_config(admin: Path, venv: Path, users: list[str]) -> str:
         text
         + f"""
 c.UserCgroupSpawner.user_memory_limit = {USER_MEMORY}
+c.UserCgroupSpawner.user_cpu_limit = {USER_CPUS}
+c.UserCgroupSpawner.user_pids_limit = {USER_PIDS}
 c.JupyterHub.authenticator_class = "dummy"
 c.DummyAuthenticator.password = "sandbox-test-password"
 c.Authenticator.allowed_users = {set(users)!r}
@@ -236,16 +240,23 @@ print(json.dumps({
 """
 
 
+def plant_secret(user: SystemUser, who: str) -> Path:
+    """``~/secret.txt``, readable by its owner only (each test that looks for it plants
+    it: tests must pass alone)."""
+    secret = user.home / "secret.txt"
+    secret.write_text(f"{who}'s secret\n")
+    secret.chmod(0o600)
+    os.chown(secret, user.uid, user.gid)
+    return secret
+
+
 def test_each_users_kernel_runs_in_gvisor_as_1000_without_network_or_host_files(
     hub_setup: HubSetup,
 ) -> None:
     hub = hub_setup.hub
     users = hub_setup.users
     for who in ("alice", "bob"):
-        secret = users[who].home / "secret.txt"  # private to its owner
-        secret.write_text(f"{who}'s secret\n")
-        secret.chmod(0o600)
-        os.chown(secret, users[who].uid, users[who].gid)
+        plant_secret(users[who], who)
     for who, other in (("alice", "bob"), ("bob", "alice")):
         client = spawned(hub_setup, who)
         kernel = client.start_kernel()
@@ -557,15 +568,16 @@ def test_runsc_by_hand_gives_alice_nothing_beyond_her_own_uid(hub_setup: HubSetu
     of her own that reads no more of the host than she can (not /etc/shadow, not bob's
     home), runs as her uid, stays in her cgroups, and ends with her server."""
     alice, bob = hub_setup.users["alice"], hub_setup.users["bob"]
+    secret = plant_secret(bob, "bob")
     client = spawned(hub_setup, "alice")
     runsc = "runsc --rootless --network=none --root /tmp/byhand-$(id -u)"
     # The control: what she can read without runsc (bob's home is 0755 as Debian makes it;
     # his secret.txt is 0600).
-    for path in ("/etc/shadow", f"{bob.home}/secret.txt"):
+    for path in ("/etc/shadow", str(secret)):
         direct = alice.run(["cat", path])
         assert direct.returncode != 0 and "Permission denied" in direct.stderr, direct
     out = client.terminal(
-        f"{runsc} do cat /etc/shadow {bob.home}/secret.txt; echo RUNSC-EXIT=$?",
+        f"{runsc} do cat /etc/shadow {secret}; echo RUNSC-EXIT=$?",
         r"RUNSC-EXIT=\d+",
         120,
     )
@@ -639,6 +651,27 @@ def test_users_servers_hold_no_privilege_beyond_the_users_own(hub_setup: HubSetu
         )
         assert probe.stdout.strip() == "Permission denied", probe
         client.api("DELETE", f"/api/kernels/{kernel}")
+
+
+def test_a_users_cgroups_hold_the_configured_totals(hub_setup: HubSetup) -> None:
+    """Before her server starts, the spawner writes each of the hub's totals into alice's
+    cgroups (memory, CPU as a CFS quota, pids), and she cannot raise any of them."""
+    alice = hub_setup.users["alice"]
+    spawned(hub_setup, "alice")
+    folders = user_cgroups(alice)
+    limits = {
+        "memory": folders["memory"] / "memory.limit_in_bytes",
+        "cpu": folders["cpu"] / "cpu.cfs_quota_us",
+        "pids": folders["pids"] / "pids.max",
+    }
+    assert int(limits["memory"].read_text()) == USER_MEMORY
+    quota = int(limits["cpu"].read_text())
+    period = int((folders["cpu"] / "cpu.cfs_period_us").read_text())
+    assert quota > 0 and quota / period == USER_CPUS, f"CPU quota {quota} per {period} us"
+    assert limits["pids"].read_text().strip() == str(USER_PIDS)
+    for path in limits.values():
+        raised = alice.run(["sh", "-c", f"echo -1 > {path}"])
+        assert raised.returncode != 0 and "Permission denied" in raised.stderr, raised
 
 
 def test_python3_is_refused_with_a_4xx_that_says_why(hub_setup: HubSetup) -> None:

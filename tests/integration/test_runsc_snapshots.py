@@ -8,7 +8,9 @@ and the launches that find it empty from that snapshot.
   its own key, which the other copy cannot find; what is documented as shared (the hash
   seed, the address-space layout) is shared;
 * a burst through ``AsyncKernelManager``: every kernel is a restored sandbox;
-* the snapshot is renewed after ``pool_snapshot_restores`` restores, the old one deleted;
+* the snapshot is renewed after ``pool_snapshot_restores`` restores, and after
+  ``pool_snapshot_age`` seconds, the old one deleted;
+* a snapshot is never restored under a policy other than its own;
 * a restore that fails falls back to a fresh sandbox;
 * nothing is left (snapshot, bundles, state, cgroups) after a drain, after the Jupyter
   process exits, and after ``gc`` once it was killed.
@@ -19,12 +21,15 @@ The attack catalogue against a restored sandbox is in tests/security.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +38,9 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager, KernelManager
 
+from sandbox_kernel.backends.owner import Owner
 from sandbox_kernel.backends.runsc import CGROUP_PREFIX, ROOT_STATE, RunscBackend
+from sandbox_kernel.errors import SandboxError
 from sandbox_kernel.kernelspec import build_kernelspec
 from sandbox_kernel.pool import WarmPool
 from sandbox_kernel.relay.thread import RelayThread
@@ -334,6 +341,57 @@ def test_the_snapshot_is_renewed_after_its_restores(
     assert ready.restored and RunscBackend._sandboxes[ready.container_id].restored_from == second.id
     wait_until(lambda: first.id not in images(), 30, "the old snapshot to be deleted")
     assert second.id in images()
+
+
+@pytest.mark.docker
+def test_the_snapshot_is_renewed_after_its_age(
+    tmp_path: Path, kernels: Callable[..., Kernels]
+) -> None:
+    """pool_snapshot_age=5: the first restore after the snapshot is 5 s old reads a new
+    snapshot (the old one served one restore only), and the old one is deleted."""
+    age = 5.0
+    ks = kernels(kernelspecs(tmp_path, pool_snapshot_age=age))
+    ks.start()
+    pool = ks.wait_ready()  # restore 1 of the first snapshot (just made: never too old)
+    first = pool._snapshot
+    assert first is not None
+    # The pool's clock is the relay loop's, time.monotonic().
+    time.sleep(max(0.0, first.born + age - time.monotonic()) + 0.5)
+    a = ks.start()  # claims it; the refill finds the snapshot too old
+    pool = ks.wait_ready()
+    second = pool._snapshot
+    assert second is not None and second.id != first.id, "the snapshot outlived its age"
+    assert restored_from(a) == first.id and first.restores == 1
+    ready = pool.ready[0]
+    assert ready.restored and RunscBackend._sandboxes[ready.container_id].restored_from == second.id
+    wait_until(lambda: first.id not in images(), 30, "the old snapshot to be deleted")
+
+
+@pytest.mark.docker
+def test_a_snapshot_is_not_restored_under_another_policy(
+    tmp_path: Path, kernels: Callable[..., Kernels]
+) -> None:
+    """The backend refuses to restore a pool's snapshot under another policy (here a lower
+    RLIMIT_NPROC, which the snapshot's processes would not have: they keep the limits they
+    were started with), and leaves nothing of the attempt. Pools are keyed by policy, so
+    this is the lock behind them."""
+    ks = kernels(kernelspecs(tmp_path))
+    ks.start()
+    pool = ks.wait_ready()
+    snapshot = pool._snapshot
+    assert snapshot is not None
+    other = dataclasses.replace(pool.policy, nproc=pool.policy.nproc // 2)
+    name = f"sandbox-kernel-test-{secrets.token_hex(4)}"
+    attempt = pool.backend.restore(
+        snapshot.id, other, pool.preflight, owner=Owner.current(pooled=True), name=name
+    )
+    try:
+        with pytest.raises(SandboxError, match="another policy"):
+            RelayThread.get().submit(attempt).result(timeout=120)
+    finally:
+        RelayThread.get().submit(pool.backend.remove(name)).result(timeout=120)
+    assert not leftovers({name}, set()), leftovers({name}, set())
+    assert snapshot.id in images(), "the refusal left the pool's snapshot alone"
 
 
 @pytest.mark.docker

@@ -53,6 +53,7 @@ ATTACKER_CONFIG: dict[str, dict[str, Any]] = {
     "expose-burst": {"max_runtime_ports": 4},
     "console-flood": {"console_limit": "256k"},
     "big-message": {"max_message_size": "16m"},
+    "big-multipart": {"max_message_size": "16m"},
 }
 
 # The attack, run as one cell in the attacker's kernel (after KERNEL_PRELUDE).
@@ -109,6 +110,14 @@ k.session.send(k.iopub_socket, "stream", {"name": "stdout", "text": "x" * (128 *
                parent=k.get_parent("shell"))
 print("sent")
 """,
+    # One 48 MiB iopub message in four frames of 12 MiB (its buffers), each under the
+    # maximum: the bound is on the message, which the client allocates whole.
+    "big-multipart": """
+k = get_ipython().kernel
+k.session.send(k.iopub_socket, "stream", {"name": "stdout", "text": ""},
+               parent=k.get_parent("shell"), buffers=[b"x" * (12 * 2**20)] * 4)
+print("sent")
+""",
 }
 
 
@@ -145,7 +154,7 @@ def settled(scenario: str, attacker: Kernel, records: Records, attacker_id: str)
     if scenario == "console-flood":
         console = attacker.km.provisioner.console  # type: ignore[union-attr]
         return bool(console.stats()["received"] >= 64 * MiB)
-    if scenario == "big-message":
+    if scenario in ("big-message", "big-multipart"):
         return any(
             "exceeds max_message_size" in line and attacker_id in line for line in records.lines
         )

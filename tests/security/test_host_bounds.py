@@ -11,17 +11,21 @@ the attack is one the host ends, only the attacker's sandbox ends.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sandbox_kernel.inside.mux import MAX_STREAMS
-from tests.helpers import REPO
+from tests.helpers import REPO, Kernel, documented
 
 MiB = 2**20
+# docs/security.md, "Host-side bounds": relayed connections a sandbox may hold.
+MAX_RELAYED = documented("security.md", r"\| relayed connections \| at most (\d+) per sandbox")
 EVERY_BACKEND = ["docker", "runsc", "docker-runc", "bwrap", "firejail"]
 GVISOR_AND_PIPES = ["docker", "runsc", "bwrap"]
 
@@ -100,11 +104,63 @@ def test_a_burst_of_expose_requests_gets_at_most_max_runtime_ports(
     report, _ = harness("expose-burst", backend, tmp_path)
     opened = report["listeners_after"] - report["listeners_before"]
     assert 1 <= opened <= 4, report  # the first requests got ports; the limit held
-    # Beside those ports, a frozen sandbox holds at most MAX_STREAMS relayed connections
+    # Beside those ports, a frozen sandbox holds at most MAX_RELAYED relayed connections
     # (clients reconnecting to it), each one socket of ours and one of the client's.
-    assert report["fds_after"] <= report["fds_before"] + opened + 2 * MAX_STREAMS, report
+    assert report["fds_after"] <= report["fds_before"] + opened + 2 * MAX_RELAYED, report
     assert sum("exposed its port" in line for line in report["log"]) == opened, report["log"]
     assert_victim_fine(report)
+
+
+def _relayed(sock: socket.socket) -> bool | None:
+    """Whether the host relayed this connection into the sandbox (the kernel's ZeroMQ
+    greeting came back), refused it (reset or closed), or None: not yet known."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        return None
+    except OSError:
+        return False
+
+
+def _connect_all(port: int, n: int) -> tuple[list[socket.socket], list[bool | None]]:
+    """``n`` connections to the host's ``port``, and what became of each (at most two
+    minutes to tell)."""
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(n)]
+    states: list[bool | None] = [None] * n
+    deadline = time.monotonic() + 120
+    while None in states and time.monotonic() < deadline:
+        states = [s if s is not None else _relayed(c) for s, c in zip(states, socks, strict=True)]
+        time.sleep(0.1)
+    return socks, states
+
+
+@pytest.mark.docker
+def test_relayed_connections_stop_at_the_documented_bound(
+    start_kernel: Callable[..., Kernel],
+) -> None:
+    """A client of the host opens more connections to a kernel's port than docs/security.md
+    lets one sandbox hold: the host relays that many at most (the test's own client and
+    manager among them) and resets the others at once; closed, they free their slots."""
+    kernel = start_kernel()
+    socks, states = _connect_all(kernel.km.hb_port, MAX_RELAYED + 16)
+    try:
+        relayed = states.count(True)
+        assert None not in states, f"{states.count(None)} connections neither relayed nor reset"
+        assert relayed <= MAX_RELAYED, f"{relayed} connections relayed into one sandbox"
+        # The others are the test's: its client's five channels, its manager's control socket.
+        assert relayed >= MAX_RELAYED - 6, f"only {relayed} relayed: not the bound that refused"
+    finally:
+        for sock in socks:
+            sock.close()
+    deadline = time.monotonic() + 60
+    while True:  # the slots come back once the sandbox has closed its ends
+        more, again = _connect_all(kernel.km.hb_port, 1)
+        more[0].close()
+        if again == [True] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert again == [True], "closed connections did not free their slots"
+    assert kernel.value("print(6 * 7)") == 42
 
 
 def _console_lines(err: bytes, attacker_id: str) -> list[bytes]:
@@ -138,13 +194,16 @@ def test_a_stalled_server_stderr_blocks_no_kernel(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("backend", GVISOR_AND_PIPES)
+@pytest.mark.parametrize("scenario", ["big-message", "big-multipart"])
 def test_a_message_over_max_message_size_never_reaches_the_client(
-    backend: str, tmp_path: Path
+    scenario: str, backend: str, tmp_path: Path
 ) -> None:
-    report, _ = harness("big-message", backend, tmp_path)
+    """max_message_size 16m: a 128 MiB message (one frame), and a 48 MiB message of four
+    12 MiB frames (each under the maximum: the bound is per message, not per frame)."""
+    report, _ = harness(scenario, backend, tmp_path)
     assert any("exceeds max_message_size" in line for line in report["log"]), report["log"]
     assert report["attack"]["status"] == "ok", report
-    # A 128 MiB message, max_message_size 16m: the client never allocates it.
+    # The client never allocates the message.
     assert report["hwm_growth"] < 64 * MiB, report
     assert_victim_fine(report)
     assert_log_clean(report, 4)

@@ -10,6 +10,9 @@ try:
 except OSError as e:
     seen["open /dev/net/tun"] = _en(e.errno)
 else:
+    # gVisor makes /dev/net/tun in every sandbox; the backends cover it (seccomp refusing
+    # TUNSETIFF is the second lock), so a TUN device that opens at all is a weakening.
+    seen["open /dev/net/tun"] = "OPENED"
     try:
         ifr = struct.pack("16sH", b"sk-probe0", 0x0001 | 0x1000)  # IFF_TUN | IFF_NO_PI
         fcntl.ioctl(fd, 0x400454CA, ifr)  # TUNSETIFF
