@@ -23,6 +23,7 @@ in the gap table (``security/expectations.py``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -83,6 +84,10 @@ class SandboxInfo:
     # size in disk_mib), removed with its pool or by gc
     kind: str = "sandbox"
     disk_mib: float = 0.0
+
+
+# remove_orphans implementations already run at a first launch in this process.
+_REAPED: set[object] = set()
 
 
 class SandboxBackend(ABC):
@@ -186,6 +191,24 @@ class SandboxBackend(ABC):
         """Remove sandboxes (and what belongs to them) whose Jupyter process is gone;
         return their names."""
         return []
+
+    async def reap_orphans_once(self) -> None:
+        """Called by a backend's ``preflight``: once per process and implementation (docker
+        and docker-runc share one), at the first launch, :meth:`remove_orphans` in a worker
+        thread. A failure to look is logged; the launch goes on (``gc`` says it loudly)."""
+        key = getattr(type(self).remove_orphans, "__func__", type(self).remove_orphans)
+        if key in _REAPED:
+            return
+        _REAPED.add(key)
+        try:
+            removed = await asyncio.to_thread(self.remove_orphans)
+        except SandboxError as exc:
+            self.log.warning("could not look for leftover %s sandboxes: %s", self.name, exc)
+            return
+        if removed:
+            self.log.warning(
+                "removed %s sandboxes left by dead Jupyter processes: %s", self.name, removed
+            )
 
     def describe(self) -> dict[str, Any]:
         """The backend and its settings: sandboxes of equal descriptions (and policies) are

@@ -501,20 +501,8 @@ class DockerBackend(SandboxBackend):
     async def preflight(self, policy: SandboxPolicy) -> Preflight:
         preflight = await asyncio.to_thread(self._preflight, policy)
         OomWatcher.ensure_running(self.log)
-        if not DockerBackend._orphans_reaped:
-            DockerBackend._orphans_reaped = True
-            try:
-                removed = await asyncio.to_thread(self.remove_orphans)
-            except SandboxError as exc:  # the launch goes on; gc can be run by hand
-                self.log.warning("could not look for leftover sandboxes: %s", exc)
-            else:
-                if removed:
-                    self.log.warning(
-                        "removed sandboxes left by dead Jupyter processes: %s", removed
-                    )
+        await self.reap_orphans_once()
         return preflight
-
-    _orphans_reaped = False  # once per process, at the first launch
 
     @classmethod
     def remove_orphans(cls) -> list[str]:

@@ -160,16 +160,8 @@ class PipeBackend(SandboxBackend):
 
     async def preflight(self, policy: SandboxPolicy) -> Preflight:
         preflight = await asyncio.to_thread(self._preflight, policy)
-        if not PipeBackend._orphans_reaped:
-            PipeBackend._orphans_reaped = True
-            removed = await asyncio.to_thread(self.remove_orphans)
-            if removed:
-                self.log.warning(
-                    "removed bwrap/firejail sandboxes left by dead Jupyter processes: %s", removed
-                )
+        await self.reap_orphans_once()
         return preflight
-
-    _orphans_reaped = False  # once per process, at the first launch
 
     # -- lifecycle ------------------------------------------------------------------------
     def _spawn(self, policy: SandboxPolicy, command: list[str], name: str, owner: Owner) -> str:

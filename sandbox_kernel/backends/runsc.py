@@ -400,7 +400,6 @@ class RunscBackend(SandboxBackend):
     _sandboxes: ClassVar[dict[str, Running]] = {}
     _snapshots: ClassVar[dict[str, SnapshotRecord]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
-    _orphans_reaped: ClassVar[bool] = False
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -476,13 +475,7 @@ class RunscBackend(SandboxBackend):
     async def preflight(self, policy: SandboxPolicy) -> Preflight:
         preflight = await asyncio.to_thread(self._preflight, policy)
         OomWatcher.ensure_running(self.log)
-        if not RunscBackend._orphans_reaped:
-            RunscBackend._orphans_reaped = True
-            removed = await asyncio.to_thread(self.remove_orphans)
-            if removed:
-                self.log.warning(
-                    "removed runsc sandboxes left by dead Jupyter processes: %s", removed
-                )
+        await self.reap_orphans_once()
         return preflight
 
     # -- lifecycle ----------------------------------------------------------------------------
