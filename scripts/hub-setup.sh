@@ -116,8 +116,7 @@ EOF
 hub_pid() {  # the running hub's pid, from its own pid file (c.JupyterHub.pid_file)
   local pid
   pid=$(cat "$STATE/jupyterhub.pid" 2>/dev/null) || return 1
-  [[ $pid =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q jupyterhub \
-    && echo "$pid"
+  [[ $pid =~ ^[0-9]+$ ]] && grep -qa jupyterhub "/proc/$pid/cmdline" 2>/dev/null && echo "$pid"
 }
 
 start_service() {
@@ -145,7 +144,9 @@ start_service() {
   local from; from=$(wc -l <"$LOG")
   (cd "$STATE" && setsid "${hub[@]}" >>"$LOG" 2>&1 </dev/null &)
   for _ in $(seq 120); do
-    tail -n +"$((from + 1))" "$LOG" | grep -q "JupyterHub is now running" && hub_pid >/dev/null && return
+    # grep -c reads to the end (grep -q would end the pipe early: pipefail)
+    tail -n +"$((from + 1))" "$LOG" | grep -c "JupyterHub is now running" >/dev/null \
+      && hub_pid >/dev/null && return
     sleep 1
   done
   tail -n 30 "$LOG" >&2

@@ -63,4 +63,5 @@ c.ConfigurableHTTPProxy.pid_file = "/var/lib/sandbox-kernel-hub/jupyterhub-proxy
 # Last: this site's own values (c.JupyterHub.subdomain_host, c.JupyterHub.bind_url, ...)
 # from jupyterhub_site_config.py in this file's folder, if there is one (written by
 # scripts/hub-setup.sh from HUB_DOMAIN, HUB_BIND_URL; edited by the administrator).
-load_subconfig("jupyterhub_site_config.py")  # noqa: F821 (provided by traitlets)
+# (A name without a folder would be looked for in the folder the hub is started from.)
+load_subconfig(__file__.rpartition("/")[0] + "/jupyterhub_site_config.py")  # noqa: F821

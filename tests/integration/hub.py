@@ -297,6 +297,10 @@ class Hub:
         self.log_path = workdir / "hub.log"
         self.config_path = workdir / "jupyterhub_config.py"
         self.config_path.write_text(config)
+        # Not the config's folder: a file the config names without a folder would be found
+        # there only by chance (a service starts the hub elsewhere).
+        self.started_from = workdir / "started-from"
+        self.started_from.mkdir(mode=0o700, exist_ok=True)
         loaded = PyFileConfigLoader(self.config_path.name, str(workdir)).load_config()
         subdomains = "subdomain_host" in loaded.JupyterHub
         (workdir / self.SITE).write_text(
@@ -335,7 +339,7 @@ c.JupyterHub.load_roles = [{{
                "CONFIGPROXY_AUTH_TOKEN": self.proxy_token}  # fmt: skip
         self.proc = subprocess.Popen(
             [str(SHARED_VENV / "bin" / "jupyterhub"), "-f", str(self.config_path)],
-            cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=self.started_from, env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
         log.close()

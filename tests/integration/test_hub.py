@@ -1028,7 +1028,7 @@ def test_the_hubs_state_is_in_a_folder_only_root_can_enter(hub_setup: HubSetup) 
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o700), st
     files = ["jupyterhub.sqlite", "jupyterhub_cookie_secret", "jupyterhub.pid"]
     assert set(files) <= {p.name for p in state.iterdir()}, list(state.iterdir())
-    started_in = [n for n in (*files, "jupyterhub-proxy.pid") if (hub.workdir / n).exists()]
+    started_in = [n for n in (*files, "jupyterhub-proxy.pid") if (hub.started_from / n).exists()]
     assert not started_in, f"hub state in the folder it was started from: {started_in}"
     for name in files:
         read = alice.run(["cat", str(state / name)])

@@ -11,8 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from traitlets.config import Config
-from traitlets.config.loader import PyFileConfigLoader
+from traitlets.config import Application, Config
 
 from tests.helpers import REPO
 
@@ -31,8 +30,12 @@ def setup(root: Path, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def hub_config(root: Path) -> Config:
-    """The installed hub config as JupyterHub loads it (``-f``): the site file included."""
-    return PyFileConfigLoader("jupyterhub_config.py", str(root / HUB_ETC)).load_config()
+    """The installed hub config as JupyterHub loads it (``-f PATH``, from another folder:
+    the test's is the repository's), the site file included."""
+    assert Path.cwd() != root / HUB_ETC
+    app = Application()
+    app.load_config_file(str(root / HUB_ETC / "jupyterhub_config.py"))
+    return app.config
 
 
 def test_the_examples_are_installed_as_they_are_with_a_site_file(tmp_path: Path) -> None:
