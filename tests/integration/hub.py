@@ -286,9 +286,9 @@ class Hub:
     ) -> None:
         """``own_state``: the hub's database, cookie secret and pid file in ``workdir``;
         False: where ``config`` (or ``site``) puts them."""
+        from traitlets.config import Application
         from traitlets.config.loader import PyFileConfigLoader
 
-        assert f'load_subconfig("{self.SITE}")' in config, f"the config does not load {self.SITE}"
         self.workdir = workdir
         self.port, self.hub_port, self.api_port = free_port(), free_port(), free_port()
         self.url = f"http://localhost:{self.port}"  # the proxy listens on 127.0.0.1 only
@@ -322,6 +322,12 @@ c.JupyterHub.load_roles = [{{
                "read:users", "access:servers"],
 }}]
 """
+        )
+        # The site file counts only if the config loads it (as JupyterHub does: -f PATH).
+        app = Application()
+        app.load_config_file(str(self.config_path))
+        assert app.config.JupyterHub.bind_url == f"http://127.0.0.1:{self.port}", (
+            f"the config does not load {self.SITE} from its own folder"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
