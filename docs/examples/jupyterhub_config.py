@@ -3,7 +3,10 @@
 # holds no privilege beyond the user's own: no Docker socket, no root helper, so a bug in
 # Jupyter gives nobody root. The hub runs as root from the same venv:
 #   /opt/sandbox-kernel/venv/bin/jupyterhub -f /etc/jupyterhub/jupyterhub_config.py
-# Run for real by tests/integration/test_hub.py (paths, ports and limits: the test's own).
+# Installed by scripts/hub-setup.sh. Site-specific values (the hub's domain, its address)
+# go in jupyterhub_site_config.py beside this file, loaded last (the end of this file), so
+# this file stays as it is. Run for real by tests/integration/test_hub.py: this file as it
+# is, plus a site file of the test's own ports, paths and smaller sizes.
 c = get_config()  # noqa: F821 (provided by traitlets when the file is loaded)
 
 c.JupyterHub.bind_url = "http://127.0.0.1:8000"  # behind a TLS-terminating proxy
@@ -17,7 +20,10 @@ c.JupyterHub.subdomain_host = "https://hub.example.org"
 # those only if it sees https; served over https, this changes nothing).
 c.JupyterHub.cookie_host_prefix_enabled = True
 c.JupyterHub.tornado_settings = {"cookie_options": {"secure": True}}
-# Authentication: the default PAM authenticator (people log in as their Unix accounts).
+# Authentication: the default PAM authenticator (people log in as their Unix accounts),
+# open to the members of this group only (JupyterHub lets nobody in without an allow
+# config). Add a student: useradd --create-home --groups jupyterhub-users NAME && passwd NAME
+c.LocalAuthenticator.allowed_groups = {"jupyterhub-users"}
 
 # LocalProcessSpawner (each server runs as its user) that first puts the server in
 # cgroups delegated to the user, with these totals: the server, every sandbox of its
@@ -46,10 +52,16 @@ c.Spawner.args = [
 # marker), and a root-owned one fails every server start after the first.
 c.Spawner.environment = {"JUPYTER_PATH": "/usr/local/share/jupyter"}
 
-# The hub's own state in a folder only root can enter (made by the setup in
-# docs/jupyterhub.md: `install -d -m 700`), not the folder the hub was started from: its
+# The hub's own state in a folder only root can enter (made by
+# scripts/hub-setup.sh: `install -d -m 700`), not the folder the hub was started from: its
 # database (users, tokens), cookie secret and pid files.
 c.JupyterHub.db_url = "sqlite:////var/lib/sandbox-kernel-hub/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = "/var/lib/sandbox-kernel-hub/jupyterhub_cookie_secret"
 c.JupyterHub.pid_file = "/var/lib/sandbox-kernel-hub/jupyterhub.pid"
 c.ConfigurableHTTPProxy.pid_file = "/var/lib/sandbox-kernel-hub/jupyterhub-proxy.pid"
+
+# Last: this site's own values (c.JupyterHub.subdomain_host, c.JupyterHub.bind_url, ...)
+# from jupyterhub_site_config.py in this file's folder, if there is one (written by
+# scripts/hub-setup.sh from HUB_DOMAIN, HUB_BIND_URL; edited by the administrator).
+# (A name without a folder would be looked for in the folder the hub is started from.)
+load_subconfig(__file__.rpartition("/")[0] + "/jupyterhub_site_config.py")  # noqa: F821

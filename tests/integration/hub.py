@@ -33,7 +33,7 @@ from tests.helpers import REPO
 from tests.integration.servers import free_port, ws_execute
 
 SHARED_VENV = Path(os.environ.get("SANDBOX_KERNEL_SHARED_VENV", "/opt/sandbox-kernel/venv"))
-SETUP = "run `sudo scripts/quickstart.sh` (it installs configurable-http-proxy and runs scripts/shared-venv.sh)"
+SETUP = "run `scripts/quickstart.sh` as root (it installs configurable-http-proxy and runs scripts/shared-venv.sh)"
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -116,11 +116,19 @@ class SystemUser:
         self.name = f"{stem}-{secrets.token_hex(2)}"
         self.uid = self.gid = -1
         self.home = Path("/nonexistent")
+        self.password = secrets.token_urlsafe(16)  # the account's own: PAM checks it
 
-    def create(self) -> SystemUser:
+    def create(self, groups: tuple[str, ...] = ()) -> SystemUser:
+        """``useradd`` (also in ``groups``, which must exist) and ``chpasswd``."""
+        extra = ["--groups", ",".join(groups)] if groups else []
         subprocess.run(
-            ["useradd", "--create-home", "--shell", "/bin/bash", "--user-group", self.name],
+            ["useradd", "--create-home", "--shell", "/bin/bash", "--user-group", *extra,
+             self.name],
             check=True, capture_output=True,
+        )  # fmt: skip
+        subprocess.run(
+            ["chpasswd"], input=f"{self.name}:{self.password}\n", text=True, check=True,
+            capture_output=True,
         )  # fmt: skip
         entry = pwd.getpwnam(self.name)
         self.uid, self.gid, self.home = entry.pw_uid, entry.pw_gid, Path(entry.pw_dir)
@@ -263,13 +271,24 @@ class Hub:
     """``jupyterhub -f CONFIG`` as root from the shared venv (as documented), its proxy and
     hub on 127.0.0.1, with a service
     token (``self.token``) that may spawn, stop and make tokens for the test's users.
+    ``config`` is written as it is; the test's own values go in the site file beside it
+    (``jupyterhub_site_config.py``, which the config must load last, as the recipe's
+    example does): ``site``, then this class's loopback ports, service token and, unless
+    ``own_state`` is False, private state.
     A config that serves users' servers on subdomains (``subdomain_host``) gets
     ``http://localhost:<port>``: the users' origins are ``http://<user>.localhost:<port>``
     (``loopback_subdomains`` resolves them for the test's own clients)."""
 
-    def __init__(self, workdir: Path, config: str, *, own_state: bool = True) -> None:
+    SITE = "jupyterhub_site_config.py"
+
+    def __init__(
+        self, workdir: Path, config: str, site: str = "", *, own_state: bool = True
+    ) -> None:
         """``own_state``: the hub's database, cookie secret and pid file in ``workdir``;
-        False: where ``config`` puts them."""
+        False: where ``config`` (or ``site``) puts them."""
+        from traitlets.config import Application
+        from traitlets.config.loader import PyFileConfigLoader
+
         self.workdir = workdir
         self.port, self.hub_port, self.api_port = free_port(), free_port(), free_port()
         self.url = f"http://localhost:{self.port}"  # the proxy listens on 127.0.0.1 only
@@ -277,13 +296,20 @@ class Hub:
         self.proxy_token = secrets.token_hex(32)
         self.log_path = workdir / "hub.log"
         self.config_path = workdir / "jupyterhub_config.py"
-        self.config_path.write_text(
-            config
+        self.config_path.write_text(config)
+        # Not the config's folder: a file the config names without a folder would be found
+        # there only by chance (a service starts the hub elsewhere).
+        self.started_from = workdir / "started-from"
+        self.started_from.mkdir(mode=0o700, exist_ok=True)
+        loaded = PyFileConfigLoader(self.config_path.name, str(workdir)).load_config()
+        subdomains = "subdomain_host" in loaded.JupyterHub
+        (workdir / self.SITE).write_text(
+            "c = get_config()  # noqa: F821\n"
+            + site
             + f"""
 # The test's own: loopback ports, private state, a service token.
 c.JupyterHub.bind_url = "http://127.0.0.1:{self.port}"
-if "subdomain_host" in c.JupyterHub:  # the recipe's per-user origins, on loopback
-    c.JupyterHub.subdomain_host = {self.url!r}
+{f"c.JupyterHub.subdomain_host = {self.url!r}  # per-user origins, on loopback" if subdomains else ""}
 c.JupyterHub.hub_bind_url = "http://127.0.0.1:{self.hub_port}"
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.api_port}"
 c.ConfigurableHTTPProxy.command = [{proxy_command()!r}]
@@ -296,6 +322,12 @@ c.JupyterHub.load_roles = [{{
                "read:users", "access:servers"],
 }}]
 """
+        )
+        # The site file counts only if the config loads it (as JupyterHub does: -f PATH).
+        app = Application()
+        app.load_config_file(str(self.config_path))
+        assert app.config.JupyterHub.bind_url == f"http://127.0.0.1:{self.port}", (
+            f"the config does not load {self.SITE} from its own folder"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -313,7 +345,7 @@ c.JupyterHub.load_roles = [{{
                "CONFIGPROXY_AUTH_TOKEN": self.proxy_token}  # fmt: skip
         self.proc = subprocess.Popen(
             [str(SHARED_VENV / "bin" / "jupyterhub"), "-f", str(self.config_path)],
-            cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=self.started_from, env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
         log.close()
@@ -394,6 +426,11 @@ c.JupyterHub.load_roles = [{{
         except HubError as exc:
             return exc
         raise AssertionError(f"{method} {path} succeeded: {reply}")
+
+    def add_users(self, names: list[str]) -> None:
+        """Make the hub know these (existing Unix) accounts, as an administrator does on the
+        hub's admin page, so the service can spawn their servers before they log in."""
+        self.api("POST", "/hub/api/users", {"usernames": names})
 
     def user_model(self, name: str) -> dict[str, Any]:
         return self.api("GET", f"/hub/api/users/{name}")  # type: ignore[no-any-return]

@@ -21,6 +21,8 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +33,8 @@ from typing import TYPE_CHECKING
 import pytest
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
+from traitlets.config import Config
+from traitlets.config.loader import PyFileConfigLoader
 
 from sandbox_kernel.backends.cgroups import end_all
 from sandbox_kernel.hub import segments_of
@@ -61,11 +65,11 @@ KERNEL = "sandbox-python"
 # The kernelspec an administrator installs for recipe (a): no warm pool, so a server's
 # sandboxes are exactly its kernels (at most max_kernels), on gVisor's ptrace platform
 # (a class of idle kernels; docs/jupyterhub.md).
-INSTALL = ["--backend", "runsc", "--pool-size", "0", "--platform", "ptrace"]
+INSTALL = ["--backend", "runsc", "--pool-size", "0", "--platform", "ptrace",
+           "--copy-in-notebook-folder"]  # fmt: skip
 SANDBOX_PROCESS = "runsc-sandbox"  # one per sandbox: gVisor's sentry (rootless: as the user)
 MAX_KERNELS = 2  # the example's 4, cheaper to reach
 USER_MEMORY = 1536 * 2**20  # everything of one user's server (the example has 4g)
-HUB_STATE = "/var/lib/sandbox-kernel-hub"  # the example's root-only folder for the hub's state
 USER_CPUS = 1.5  # the example (and the default) has 2
 USER_PIDS = 1536  # the example (and the default) has 2048
 
@@ -83,40 +87,44 @@ class HubSetup:
         return self.clients[who]
 
 
-def server_config(admin: Path) -> str:
-    """docs/examples/jupyter_server_config.py as documented, with the test's admin folder
-    for the kernelspecs and a lower max_kernels."""
-    text = (EXAMPLES / "jupyter_server_config.py").read_text()
-    assert '"/usr/local/share/jupyter/kernels"' in text
-    text = text.replace(
-        '"/usr/local/share/jupyter/kernels"', repr(str(admin / "share/jupyter/kernels"))
-    )
-    return text + f"\nc.SandboxProvisioner.max_kernels = {MAX_KERNELS}\n"
+def example_hub_config() -> Config:
+    """docs/examples/jupyterhub_config.py as JupyterHub loads it (no site file beside it)."""
+    return PyFileConfigLoader("jupyterhub_config.py", str(EXAMPLES)).load_config()
 
 
-def hub_config(admin: Path, venv: Path, users: list[str]) -> str:
-    """docs/examples/jupyterhub_config.py as documented (paths replaced by the test's), the
-    dummy authenticator for the test's users, per-user extra server arguments the test
-    writes to ``extra-args-<user>.json`` before a (re)start, and a shorter poll interval
-    (a server that dies is noticed within seconds)."""
-    text = (EXAMPLES / "jupyterhub_config.py").read_text()
-    text = text.replace(HUB_STATE, str(admin / "hub-state"))
-    for old, new in (
-        ("/opt/sandbox-kernel/venv", str(venv)),
-        ("/etc/jupyter/sandbox", str(admin / "etc")),
-        ("/usr/local/share/jupyter", str(admin / "share/jupyter")),
-    ):
-        assert old in text, old
-        text = text.replace(old, new)
-    return (
-        text
-        + f"""
+def site_config(admin: Path, venv: Path) -> str:
+    """The test's site file (loaded last by docs/examples/jupyterhub_config.py, which the
+    test uses as it is): the example's paths moved to the test's private admin and state
+    folders and its shared venv, smaller sizes, and the test's machinery: longer start
+    timeouts (a loaded machine), a short poll interval (a server that dies is noticed
+    within seconds) and per-user extra server arguments the test writes to
+    ``extra-args-<user>.json`` before a (re)start. The hub's ports are ``Hub``'s."""
+    example = example_hub_config()
+    server_args = [a for a in example.Spawner.args if not a.startswith("--config=")]
+    assert len(server_args) == len(example.Spawner.args) - 1, example.Spawner.args
+    data = admin / "share/jupyter"
+    args = [
+        f"--config={admin / 'etc/jupyter_server_config.py'}",  # the example, as it is
+        *server_args,
+        # The server config's folder of admin kernelspecs and max_kernels, the test's.
+        f"--SandboxedOnlyKernelSpecManager.admin_kernel_dirs={data / 'kernels'}",
+        f"--SandboxProvisioner.max_kernels={MAX_KERNELS}",
+    ]
+    state = admin / "hub-state"
+    cmd = [str(venv / "bin/jupyterhub-singleuser")]
+    return f"""
+# Paths: the test's admin folder, hub state folder (and shared venv, if not the example's).
+{f"c.Spawner.cmd = {cmd!r}" if cmd != example.Spawner.cmd else ""}
+c.Spawner.args = {args!r}
+c.Spawner.environment = {{**{dict(example.Spawner.environment)!r}, "JUPYTER_PATH": {str(data)!r}}}
+c.JupyterHub.db_url = "sqlite:///{state}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "{state}/jupyterhub_cookie_secret"
+c.JupyterHub.pid_file = "{state}/jupyterhub.pid"
+# Sizes.
 c.UserCgroupSpawner.user_memory_limit = {USER_MEMORY}
 c.UserCgroupSpawner.user_cpu_limit = {USER_CPUS}
 c.UserCgroupSpawner.user_pids_limit = {USER_PIDS}
-c.JupyterHub.authenticator_class = "dummy"
-c.DummyAuthenticator.password = "sandbox-test-password"
-c.Authenticator.allowed_users = {set(users)!r}
+# The test's machinery.
 c.Spawner.start_timeout = 180
 c.Spawner.http_timeout = 180
 c.Spawner.poll_interval = 5
@@ -131,7 +139,6 @@ def _extra_args(spawner):
 
 c.Spawner.pre_spawn_hook = _extra_args
 """
-    )
 
 
 @pytest.fixture(scope="module")
@@ -141,11 +148,17 @@ def hub_setup() -> Iterator[HubSetup]:
         users = {who: SystemUser(who) for who in ("alice", "bob")}
         hub: Hub | None = None
         failures: list[str] = []
+        # Who may log in: the example's group, made as scripts/hub-setup.sh does (kept if it
+        # was there), the users in it as the recipe's useradd puts them.
+        (group,) = example_hub_config().LocalAuthenticator.allowed_groups
+        made_group = subprocess.run(["getent", "group", group], capture_output=True).returncode != 0
         try:
+            if made_group:
+                subprocess.run(["groupadd", group], check=True, capture_output=True)
             for user in users.values():
-                user.create()
+                user.create(groups=(group,))
             # What an administrator installs: the kernelspec (root's umask of 077 would
-            # hide a badly installed one from the users) and the server config.
+            # hide a badly installed one from the users) and the server config as it is.
             install = subprocess.run(
                 [sys.executable, "-m", "sandbox_kernel.cli.main", "install", "--prefix", str(admin),
                  "--name", KERNEL, *INSTALL],
@@ -153,14 +166,17 @@ def hub_setup() -> Iterator[HubSetup]:
             )  # fmt: skip
             assert install.returncode == 0, install.stderr
             (admin / "etc").mkdir(mode=0o755)
-            (admin / "etc" / "jupyter_server_config.py").write_text(server_config(admin))
+            shutil.copyfile(
+                EXAMPLES / "jupyter_server_config.py", admin / "etc/jupyter_server_config.py"
+            )
             (admin / "etc" / "jupyter_server_config.py").chmod(0o644)
             (admin / "hub").mkdir(mode=0o700)
-            # The hub's state folder, made as docs/jupyterhub.md says.
+            # The hub's state folder, made as scripts/hub-setup.sh does.
             subprocess.run(["install", "-d", "-m", "700", str(admin / "hub-state")], check=True)
-            config = hub_config(admin, venv, [u.name for u in users.values()])
-            hub = Hub(admin / "hub", config, own_state=False)
+            example = (EXAMPLES / "jupyterhub_config.py").read_text()
+            hub = Hub(admin / "hub", example, site_config(admin, venv), own_state=False)
             hub.start()
+            hub.add_users([u.name for u in users.values()])
             yield HubSetup(hub, admin, users, {})
         finally:
             if hub is not None:
@@ -192,6 +208,8 @@ def hub_setup() -> Iterator[HubSetup]:
                     failures.append(f"{who}'s cgroups were left: {stale}")
                 if Path(f"/home/{user.name}").exists():
                     failures.append(f"{who}'s home was not removed")
+            if made_group:
+                subprocess.run(["groupdel", group], check=False, capture_output=True)
             assert not failures, failures
 
 
@@ -613,7 +631,8 @@ def test_users_servers_hold_no_privilege_beyond_the_users_own(hub_setup: HubSetu
         assert client.execute(kernel, "print('up')").strip() == "up"
         # Recipe (a) allows terminals: a shell of the user's own, nothing more.
         shell = client.terminal("echo TERMINAL-UID $(id -u) $(id -G)", f"TERMINAL-UID {user.uid}")
-        assert f"TERMINAL-UID {user.uid} {user.gid}\r" in shell, shell
+        groups = " ".join(str(g) for g in os.getgrouplist(user.name, user.gid))  # the account's
+        assert f"TERMINAL-UID {user.uid} {groups}\r" in shell, shell
         # The server, what it started, and the sandboxes (detached: in the user's cgroups).
         tree = sorted(set(descendants(server_pid(user))) | in_user_cgroups(user))
         sandboxes = sandbox_pids(user)
@@ -766,6 +785,48 @@ def test_server_stop_removes_every_sandbox(hub_setup: HubSetup) -> None:
     wait_for(lambda: not alice.processes(), f"every process of {alice.name} to end", 60)
 
 
+def hub_login(hub: Hub, name: str, password: str) -> int:
+    """POST the hub's login form as a browser does (with its ``_xsrf`` cookie and field):
+    the status, 302 for a login, 403 for a refusal ("Invalid username or password")."""
+    with urllib.request.urlopen(f"{hub.url}/hub/login", timeout=60) as page:
+        form = page.read().decode()
+        cookies = "; ".join(c.split(";", 1)[0] for c in page.headers.get_all("Set-Cookie", []))
+    found = re.search(r'name="_xsrf" value="([^"]+)"', form)
+    assert found, form
+    body = urllib.parse.urlencode({"username": name, "password": password, "_xsrf": found[1]})
+
+    class Stay(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: object, **kwargs: object) -> None:
+            return None
+
+    request = urllib.request.Request(
+        f"{hub.url}/hub/login", data=body.encode(), headers={"Cookie": cookies}
+    )
+    try:
+        with urllib.request.build_opener(Stay).open(request, timeout=60) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_only_the_allowed_groups_accounts_log_in_with_their_passwords(
+    hub_setup: HubSetup,
+) -> None:
+    """Issue 20, 3: the example as it is lets people log in (JupyterHub 5 and later let
+    nobody in without an allow config): the example's PAM authenticator, an account of the
+    example's group with its own password. A wrong password, and an account outside the
+    group with its right password, are refused."""
+    hub, alice = hub_setup.hub, hub_setup.users["alice"]
+    outsider = SystemUser("carol").create()
+    try:
+        assert hub_login(hub, alice.name, alice.password) == 302, hub.log()
+        assert hub_login(hub, alice.name, alice.password + "x") == 403
+        assert hub_login(hub, outsider.name, outsider.password) == 403
+        assert f"User '{outsider.name}' not allowed." in hub.log()  # by the group, not PAM
+    finally:
+        outsider.remove()
+
+
 BROWSER_CELL = (
     "import os, platform, socket\n"
     "print('SANDBOX release', platform.release(), 'uid', os.getuid(), 'host', socket.gethostname(),\n"
@@ -798,17 +859,18 @@ def chromium_page(failure: Path) -> Iterator[Page]:
 
 
 def log_in(page: Page, hub: Hub, user: SystemUser) -> None:
-    """Log in on the hub's page (dummy authenticator); the hub spawns the user's server and
+    """Log in on the hub's page with the account's own password (the example's PAM
+    authenticator; the user is in its allowed group); the hub spawns the user's server and
     JupyterLab opens."""
     page.goto(f"{hub.url}/hub/login")
     page.fill("#username_input", user.name)
-    page.fill("#password_input", "sandbox-test-password")
+    page.fill("#password_input", user.password)
     page.click("#login_submit")
     page.wait_for_url(f"**/user/{user.name}/lab**")
 
 
 def test_a_user_in_a_browser_through_the_hub(hub_setup: HubSetup) -> None:
-    """Log in on the hub's page (dummy authenticator), let it spawn the server, open a
+    """Log in on the hub's page (PAM, the account's password), let it spawn the server, open a
     notebook on the sandboxed kernel in JupyterLab, run a cell; screenshot saved as
     test-artifacts/jupyterhub-sandboxed.png."""
     hub, bob = hub_setup.hub, hub_setup.users["bob"]
@@ -1178,7 +1240,7 @@ def test_the_hubs_state_is_in_a_folder_only_root_can_enter(hub_setup: HubSetup) 
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o700), st
     files = ["jupyterhub.sqlite", "jupyterhub_cookie_secret", "jupyterhub.pid"]
     assert set(files) <= {p.name for p in state.iterdir()}, list(state.iterdir())
-    started_in = [n for n in (*files, "jupyterhub-proxy.pid") if (hub.workdir / n).exists()]
+    started_in = [n for n in (*files, "jupyterhub-proxy.pid") if (hub.started_from / n).exists()]
     assert not started_in, f"hub state in the folder it was started from: {started_in}"
     for name in files:
         read = alice.run(["cat", str(state / name)])
