@@ -229,7 +229,8 @@ try:
     try:
         km.start_kernel()
     except Exception as exc:
-        print(type(exc).__name__, exc)
+        from sandbox_kernel.errors import SandboxError
+        print("SandboxError" if isinstance(exc, SandboxError) else type(exc).__name__, exc)
     else:
         km.shutdown_kernel(now=True)
         print("STARTED")
