@@ -15,6 +15,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +146,19 @@ class JupyterServer:
     def sandboxes(self, client: docker.DockerClient) -> list[Any]:
         assert self.proc is not None
         return sandboxes_of(client, self.proc.pid)
+
+    @contextmanager
+    def running(self, client: docker.DockerClient) -> Iterator[JupyterServer]:
+        """Started; on leaving, stopped as a user would, and (even if it did not exit
+        cleanly) none of its sandboxes may outlive it."""
+        self.start()
+        try:
+            yield self
+        finally:
+            try:
+                self.stop()
+            finally:
+                self.assert_no_sandboxes_left(client)
 
     def assert_no_sandboxes_left(self, client: docker.DockerClient) -> None:
         assert self.proc is not None

@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,11 @@ import nbformat
 import pytest
 
 from tests.helpers import REPO
+from tests.integration.browser import chromium_page, wait_for
 from tests.integration.servers import JupyterServer
 
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = REPO / "test-artifacts" / "jupyterlab-sandboxed.png"
 FAILURE_SHOT = REPO / "test-artifacts" / "jupyterlab-failure.png"
-WAIT_MS = 120_000  # generous: other suites share the machine's two cores
 
 CELLS = [
     # 0: where am I? gVisor's kernel release, the sandbox user, its own hostname.
@@ -50,19 +48,6 @@ CELLS = [
 ]
 
 
-def require_browser() -> Any:
-    """Playwright (pip, test extra) and Debian's chromium (apt, quickstart): fail, don't skip."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright is missing: run `.venv/bin/pip install -e '.[test]'`")
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(
-            f"{CHROMIUM} is missing: run `apt-get install chromium` (scripts/quickstart.sh)"
-        )
-    return sync_playwright
-
-
 @pytest.fixture
 def lab(
     tmp_path: Path, kernel_dirs: Path, docker_client: docker.DockerClient
@@ -82,16 +67,9 @@ def lab(
     }  # fmt: skip
     nb.cells = [nbformat.v4.new_code_cell(src) for src in CELLS]
     nbformat.write(nb, server.root / "untrusted.ipynb")
-    server.start()
-    try:
+    # The server runs as another process: its kernels and warm pool must go with it.
+    with server.running(docker_client):
         yield server
-    finally:
-        try:
-            server.stop()
-        finally:
-            # The server ran as another process: its kernels and warm pool must be gone too,
-            # even if it did not exit cleanly.
-            server.assert_no_sandboxes_left(docker_client)
 
 
 def running_ids(server: JupyterServer, client: docker.DockerClient) -> set[str]:
@@ -100,21 +78,11 @@ def running_ids(server: JupyterServer, client: docker.DockerClient) -> set[str]:
     return {c.id for c in server.sandboxes(client) if c.status == "running"}
 
 
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = WAIT_MS / 1000) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
-
-
 def test_jupyterlab_notebook_in_chromium(
     lab: JupyterServer, docker_client: docker.DockerClient
 ) -> None:
-    sync_playwright = require_browser()
     SCREENSHOT.parent.mkdir(exist_ok=True)
     SCREENSHOT.unlink(missing_ok=True)
-    FAILURE_SHOT.unlink(missing_ok=True)
-    FAILURE_SHOT.with_suffix(".log").unlink(missing_ok=True)
 
     def kernel() -> dict[str, Any]:
         """The notebook's kernel as the server reports it ({} until the session exists)."""
@@ -125,104 +93,82 @@ def test_jupyterlab_notebook_in_chromium(
     def idle() -> bool:
         return kernel().get("execution_state") == "idle"
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            # As root (CI) Chromium's own sandbox cannot start; this is the test browser.
-            args=["--no-sandbox", "--disable-dev-shm-usage"],
+    with chromium_page(FAILURE_SHOT, 1200, lab.log) as page:
+        page.goto(f"{lab.url}/lab/tree/untrusted.ipynb?token={lab.token}")
+        page.wait_for_selector(".jp-Notebook .jp-Cell")
+        # The notebook's own kernel, launched by the server through the provisioner.
+        wait_for(idle, "the sandboxed kernel to be idle")
+        info = kernel()
+        assert info["name"] == "sandbox-python"
+        before_restart = running_ids(lab, docker_client)
+        assert before_restart, "no running sandbox for the notebook's kernel"
+        toolbar_kernel = page.locator(".jp-NotebookPanel-toolbar .jp-KernelName")
+        assert toolbar_kernel.inner_text().strip() == "Python 3 (sandboxed)"
+        page.keyboard.press("Control+b")  # hide the file browser: a wider screenshot
+
+        def cell(i: int) -> Any:
+            return page.locator(".jp-Notebook .jp-Cell").nth(i)
+
+        def run(i: int) -> None:
+            cell(i).locator(".jp-InputPrompt").click()  # select (command mode)
+            page.keyboard.press("Control+Enter")  # run in place
+
+        def output(i: int, needle: str) -> str:
+            out = cell(i).locator(".jp-OutputArea-output", has_text=needle).first
+            out.wait_for()
+            return str(cell(i).locator(".jp-OutputArea").inner_text())
+
+        # 0: output from inside the sandbox.
+        run(0)
+        words = output(0, "SANDBOX release").split()
+        release, uid, host, sock = words[2], words[4], words[6], words[8]
+        assert release != os.uname().release, "kernel ran on the host kernel, not gVisor"
+        assert (uid, sock) == ("1000", "False") and host != socket.gethostname(), words
+
+        # 1: a matplotlib figure arrives as an <img> in the page.
+        run(1)
+        img = cell(1).locator(".jp-OutputArea-output img")
+        img.wait_for()
+        assert img.evaluate("e => e.naturalWidth") > 100
+
+        # 2: input() answered in the browser.
+        run(2)
+        box = cell(2).locator(".jp-Stdin-input")
+        box.wait_for()
+        box.fill("sandbox tester")
+        box.press("Enter")
+        assert f"hello sandbox tester from {release}" in output(2, "hello")
+
+        page.screenshot(path=str(SCREENSHOT))  # replaced at the end; kept if later steps fail
+
+        # 3: interrupt a long sleep from the toolbar.
+        run(3)
+        output(3, "sleeping")
+        wait_for(lambda: kernel().get("execution_state") == "busy", "the sleep to run")
+        page.locator('.jp-NotebookPanel-toolbar [data-command="notebook:interrupt-kernel"]').click()
+        text = output(3, "KeyboardInterrupt")
+        assert "NOT INTERRUPTED" not in text
+        wait_for(idle, "idle after the interrupt")
+
+        # Restart from the toolbar, confirm the dialog: a new sandbox, a fresh kernel.
+        page.locator('.jp-NotebookPanel-toolbar [data-command="notebook:restart-kernel"]').click()
+        page.locator(".jp-Dialog .jp-mod-accept").click()
+        page.locator(".jp-Dialog").wait_for(state="detached")
+        wait_for(
+            lambda: idle() and bool(before_restart - running_ids(lab, docker_client)),
+            "the restarted kernel in a new sandbox (the old one removed)",
         )
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1200})
-            try:
-                page.set_default_timeout(WAIT_MS)
-                page.goto(f"{lab.url}/lab/tree/untrusted.ipynb?token={lab.token}")
-                page.wait_for_selector(".jp-Notebook .jp-Cell")
-                # The notebook's own kernel, launched by the server through the provisioner.
-                wait_for(idle, "the sandboxed kernel to be idle")
-                info = kernel()
-                assert info["name"] == "sandbox-python"
-                before_restart = running_ids(lab, docker_client)
-                assert before_restart, "no running sandbox for the notebook's kernel"
-                toolbar_kernel = page.locator(".jp-NotebookPanel-toolbar .jp-KernelName")
-                assert toolbar_kernel.inner_text().strip() == "Python 3 (sandboxed)"
-                page.keyboard.press("Control+b")  # hide the file browser: a wider screenshot
-
-                def cell(i: int) -> Any:
-                    return page.locator(".jp-Notebook .jp-Cell").nth(i)
-
-                def run(i: int) -> None:
-                    cell(i).locator(".jp-InputPrompt").click()  # select (command mode)
-                    page.keyboard.press("Control+Enter")  # run in place
-
-                def output(i: int, needle: str) -> str:
-                    out = cell(i).locator(".jp-OutputArea-output", has_text=needle).first
-                    out.wait_for()
-                    return str(cell(i).locator(".jp-OutputArea").inner_text())
-
-                # 0: output from inside the sandbox.
-                run(0)
-                words = output(0, "SANDBOX release").split()
-                release, uid, host, sock = words[2], words[4], words[6], words[8]
-                assert release != os.uname().release, "kernel ran on the host kernel, not gVisor"
-                assert (uid, sock) == ("1000", "False") and host != socket.gethostname(), words
-
-                # 1: a matplotlib figure arrives as an <img> in the page.
-                run(1)
-                img = cell(1).locator(".jp-OutputArea-output img")
-                img.wait_for()
-                assert img.evaluate("e => e.naturalWidth") > 100
-
-                # 2: input() answered in the browser.
-                run(2)
-                box = cell(2).locator(".jp-Stdin-input")
-                box.wait_for()
-                box.fill("sandbox tester")
-                box.press("Enter")
-                assert f"hello sandbox tester from {release}" in output(2, "hello")
-
-                page.screenshot(
-                    path=str(SCREENSHOT)
-                )  # replaced at the end; kept if later steps fail
-
-                # 3: interrupt a long sleep from the toolbar.
-                run(3)
-                output(3, "sleeping")
-                wait_for(lambda: kernel().get("execution_state") == "busy", "the sleep to run")
-                page.locator(
-                    '.jp-NotebookPanel-toolbar [data-command="notebook:interrupt-kernel"]'
-                ).click()
-                text = output(3, "KeyboardInterrupt")
-                assert "NOT INTERRUPTED" not in text
-                wait_for(idle, "idle after the interrupt")
-
-                # Restart from the toolbar, confirm the dialog: a new sandbox, a fresh kernel.
-                page.locator(
-                    '.jp-NotebookPanel-toolbar [data-command="notebook:restart-kernel"]'
-                ).click()
-                page.locator(".jp-Dialog .jp-mod-accept").click()
-                page.locator(".jp-Dialog").wait_for(state="detached")
-                wait_for(
-                    lambda: idle() and bool(before_restart - running_ids(lab, docker_client)),
-                    "the restarted kernel in a new sandbox (the old one removed)",
-                )
-                run(4)
-                assert f"RESTARTED False {release} 1000" in output(4, "RESTARTED")
-                run(5)
-                readout = cell(5).locator(".widget-slider .widget-readout")
-                readout.wait_for()
-                assert readout.inner_text().strip() == "7"
-                cell(5).locator(".noUi-handle").first.press("ArrowRight")  # keyboard, like a user
-                wait_for(lambda: readout.inner_text().strip() == "8", "the slider to move")
-                run(6)
-                assert "SLIDER 8" in output(6, "SLIDER")
-                page.screenshot(path=str(SCREENSHOT))
-            except Exception:
-                # For whoever reads a failed CI run: what the page showed, what the server said.
-                page.screenshot(path=str(FAILURE_SHOT))
-                FAILURE_SHOT.with_suffix(".log").write_text(lab.log())
-                raise
-        finally:
-            browser.close()
+        run(4)
+        assert f"RESTARTED False {release} 1000" in output(4, "RESTARTED")
+        run(5)
+        readout = cell(5).locator(".widget-slider .widget-readout")
+        readout.wait_for()
+        assert readout.inner_text().strip() == "7"
+        cell(5).locator(".noUi-handle").first.press("ArrowRight")  # keyboard, like a user
+        wait_for(lambda: readout.inner_text().strip() == "8", "the slider to move")
+        run(6)
+        assert "SLIDER 8" in output(6, "SLIDER")
+        page.screenshot(path=str(SCREENSHOT))
     assert SCREENSHOT.stat().st_size > 10_000
 
 
@@ -237,7 +183,6 @@ def test_student_sees_why_the_kernel_died(
     kernel hit its memory limit (not only JupyterLab's "the kernel appears to have died"),
     and the server's restarter brings the kernel back. Screenshot:
     test-artifacts/jupyterlab-memory-limit.png."""
-    sync_playwright = require_browser()
     MEMORY_SHOT.parent.mkdir(exist_ok=True)
     MEMORY_SHOT.unlink(missing_ok=True)
     nb = nbformat.v4.new_notebook()
@@ -254,34 +199,21 @@ def test_student_sees_why_the_kernel_died(
     def idle() -> bool:
         return kernel().get("execution_state") == "idle"
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
+    with chromium_page(FAILURE_SHOT, 800, lab.log) as page:
+        page.goto(f"{lab.url}/lab/tree/bomb.ipynb?token={lab.token}")
+        page.wait_for_selector(".jp-Notebook .jp-Cell")
+        wait_for(idle, "the sandboxed kernel to be idle")
+        first = running_ids(lab, docker_client)
+        cell = page.locator(".jp-Notebook .jp-Cell").first
+        cell.locator(".jp-InputPrompt").click()
+        page.keyboard.press("Control+Enter")
+        said = cell.locator(".jp-OutputArea-output", has_text="memory limit").first
+        said.wait_for()
+        text = cell.locator(".jp-OutputArea").inner_text()
+        assert "filling memory" in text, text
+        assert "The sandboxed kernel was stopped: it hit its memory limit (512m)" in text
+        page.screenshot(path=str(MEMORY_SHOT))
+        wait_for(
+            lambda: idle() and bool(first - running_ids(lab, docker_client)),
+            "the restarter's new kernel in a new sandbox",
         )
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            try:
-                page.set_default_timeout(WAIT_MS)
-                page.goto(f"{lab.url}/lab/tree/bomb.ipynb?token={lab.token}")
-                page.wait_for_selector(".jp-Notebook .jp-Cell")
-                wait_for(idle, "the sandboxed kernel to be idle")
-                first = running_ids(lab, docker_client)
-                cell = page.locator(".jp-Notebook .jp-Cell").first
-                cell.locator(".jp-InputPrompt").click()
-                page.keyboard.press("Control+Enter")
-                said = cell.locator(".jp-OutputArea-output", has_text="memory limit").first
-                said.wait_for()
-                text = cell.locator(".jp-OutputArea").inner_text()
-                assert "filling memory" in text, text
-                assert "The sandboxed kernel was stopped: it hit its memory limit (512m)" in text
-                page.screenshot(path=str(MEMORY_SHOT))
-                wait_for(
-                    lambda: idle() and bool(first - running_ids(lab, docker_client)),
-                    "the restarter's new kernel in a new sandbox",
-                )
-            except Exception:
-                page.screenshot(path=str(FAILURE_SHOT))
-                FAILURE_SHOT.with_suffix(".log").write_text(lab.log())
-                raise
-        finally:
-            browser.close()

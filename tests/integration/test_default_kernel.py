@@ -24,6 +24,7 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 from sandbox_kernel.kernelspec import NOTEBOOK_DEFAULT_NAME, PROVISIONER_NAME
+from tests.integration.browser import chromium_page, wait_for
 from tests.integration.servers import JupyterServer, ws_execute
 
 BIN = Path(sys.executable).parent
@@ -117,14 +118,8 @@ def server(
         "jupyterlab", tmp_path, Path(as_installed["JUPYTER_PATH"]), env=as_installed
     )
     downloaded_notebook(srv.root)
-    srv.start()
-    try:
+    with srv.running(docker_client):
         yield srv
-    finally:
-        try:
-            srv.stop()
-        finally:
-            srv.assert_no_sandboxes_left(docker_client)
 
 
 def test_rest_api_session_for_python3_is_sandboxed(server: JupyterServer) -> None:
@@ -148,34 +143,19 @@ def test_rest_api_session_for_python3_is_sandboxed(server: JupyterServer) -> Non
 
 
 def test_jupyterlab_opens_python3_notebook_in_the_sandbox(server: JupyterServer) -> None:
-    from tests.integration.test_browser import CHROMIUM, WAIT_MS, require_browser, wait_for
-
     def idle() -> bool:
         sessions = server.api("GET", "/api/sessions")
         return bool(sessions) and sessions[0]["kernel"]["execution_state"] == "idle"
 
-    sync_playwright = require_browser()
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
-        )
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(WAIT_MS)
-            page.goto(f"{server.url}/lab/tree/assignment.ipynb?token={server.token}")
-            cell = page.locator(".jp-Notebook .jp-Cell").first
-            cell.wait_for()
-            wait_for(idle, "the notebook's kernel to be idle")
-            toolbar_kernel = page.locator(".jp-NotebookPanel-toolbar .jp-KernelName")
-            assert "sandboxed" in toolbar_kernel.inner_text(), toolbar_kernel.inner_text()
-            cell.locator(".jp-InputPrompt").click()
-            page.keyboard.press("Control+Enter")
-            out = cell.locator(".jp-OutputArea-output", has_text="PROBE").first
-            try:
-                out.wait_for()
-            except Exception:
-                page.screenshot(path=str(server.workdir / "failure.png"))
-                raise AssertionError(f"no output; see {server.workdir}/failure.png") from None
-            assert_sandboxed(out.inner_text())
-        finally:
-            browser.close()
+    with chromium_page(server.workdir / "failure.png", log=server.log) as page:
+        page.goto(f"{server.url}/lab/tree/assignment.ipynb?token={server.token}")
+        cell = page.locator(".jp-Notebook .jp-Cell").first
+        cell.wait_for()
+        wait_for(idle, "the notebook's kernel to be idle")
+        toolbar_kernel = page.locator(".jp-NotebookPanel-toolbar .jp-KernelName")
+        assert "sandboxed" in toolbar_kernel.inner_text(), toolbar_kernel.inner_text()
+        cell.locator(".jp-InputPrompt").click()
+        page.keyboard.press("Control+Enter")
+        out = cell.locator(".jp-OutputArea-output", has_text="PROBE").first
+        out.wait_for()
+        assert_sandboxed(out.inner_text())

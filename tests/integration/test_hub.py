@@ -25,7 +25,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +39,7 @@ from sandbox_kernel.backends.cgroups import end_all
 from sandbox_kernel.hub import segments_of
 from sandbox_kernel.relay.peers import MAX_PENDING_CHECKS
 from tests.helpers import REPO, ForeignClient, ending
+from tests.integration.browser import chromium_page
 from tests.integration.hub import (
     SHARED_VENV,
     Hub,
@@ -832,30 +832,6 @@ BROWSER_CELL = (
     "print('SANDBOX release', platform.release(), 'uid', os.getuid(), 'host', socket.gethostname(),\n"
     "      'home', os.path.exists(%r))"
 )
-
-
-@contextmanager
-def chromium_page(failure: Path) -> Iterator[Page]:
-    """A page in headless Chromium (Debian's, driven by Playwright); a screenshot of it is
-    saved to ``failure`` if the block fails."""
-    from tests.integration.test_browser import CHROMIUM, WAIT_MS, require_browser
-
-    failure.parent.mkdir(exist_ok=True)
-    failure.unlink(missing_ok=True)
-    with require_browser()() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(WAIT_MS)
-            try:
-                yield page
-            except Exception:
-                page.screenshot(path=str(failure))
-                raise
-        finally:
-            browser.close()
 
 
 def log_in(page: Page, hub: Hub, user: SystemUser) -> None:

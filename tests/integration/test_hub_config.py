@@ -49,14 +49,8 @@ def server(tmp_path: Path, kernel_dirs: Path, docker_client: docker.DockerClient
         extra_args=[f"--config={config}"],
         env={"JUPYTER_PREFER_ENV_PATH": "0"},
     )
-    srv.start()
-    try:
+    with srv.running(docker_client):
         yield srv
-    finally:
-        try:
-            srv.stop()
-        finally:  # even if it did not exit cleanly, its sandboxes must not outlive it
-            srv.assert_no_sandboxes_left(docker_client)
 
 
 async def execute(srv: JupyterServer, kernel_id: str, code: str, timeout: float = 120) -> str:
