@@ -181,6 +181,16 @@ class JupyterServer:
             raw = resp.read()
         return json.loads(raw) if raw else None
 
+    def session_kernel(self) -> dict[str, Any]:
+        """The kernel of the server's one notebook session, as the server reports it ({}
+        until the session exists)."""
+        sessions = self.api("GET", "/api/sessions")
+        assert len(sessions) <= 1, sessions
+        return sessions[0]["kernel"] if sessions else {}
+
+    def kernel_idle(self) -> bool:
+        return bool(self.session_kernel().get("execution_state") == "idle")
+
     def error(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
         """(HTTP status, JSON reply) of a request that must fail."""
         try:

@@ -84,14 +84,7 @@ def test_jupyterlab_notebook_in_chromium(
     SCREENSHOT.parent.mkdir(exist_ok=True)
     SCREENSHOT.unlink(missing_ok=True)
 
-    def kernel() -> dict[str, Any]:
-        """The notebook's kernel as the server reports it ({} until the session exists)."""
-        sessions = lab.api("GET", "/api/sessions")
-        assert len(sessions) <= 1, sessions
-        return sessions[0]["kernel"] if sessions else {}
-
-    def idle() -> bool:
-        return kernel().get("execution_state") == "idle"
+    kernel, idle = lab.session_kernel, lab.kernel_idle
 
     with chromium_page(FAILURE_SHOT, 1200, lab.log) as page:
         page.goto(f"{lab.url}/lab/tree/untrusted.ipynb?token={lab.token}")
@@ -192,12 +185,7 @@ def test_student_sees_why_the_kernel_died(
     nb.cells = [nbformat.v4.new_code_cell(BOMB)]
     nbformat.write(nb, lab.root / "bomb.ipynb")
 
-    def kernel() -> dict[str, Any]:
-        sessions = lab.api("GET", "/api/sessions")
-        return sessions[0]["kernel"] if sessions else {}
-
-    def idle() -> bool:
-        return kernel().get("execution_state") == "idle"
+    idle = lab.kernel_idle
 
     with chromium_page(FAILURE_SHOT, 800, lab.log) as page:
         page.goto(f"{lab.url}/lab/tree/bomb.ipynb?token={lab.token}")

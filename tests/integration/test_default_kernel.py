@@ -143,15 +143,11 @@ def test_rest_api_session_for_python3_is_sandboxed(server: JupyterServer) -> Non
 
 
 def test_jupyterlab_opens_python3_notebook_in_the_sandbox(server: JupyterServer) -> None:
-    def idle() -> bool:
-        sessions = server.api("GET", "/api/sessions")
-        return bool(sessions) and sessions[0]["kernel"]["execution_state"] == "idle"
-
     with chromium_page(server.workdir / "failure.png", log=server.log) as page:
         page.goto(f"{server.url}/lab/tree/assignment.ipynb?token={server.token}")
         cell = page.locator(".jp-Notebook .jp-Cell").first
         cell.wait_for()
-        wait_for(idle, "the notebook's kernel to be idle")
+        wait_for(server.kernel_idle, "the notebook's kernel to be idle")
         toolbar_kernel = page.locator(".jp-NotebookPanel-toolbar .jp-KernelName")
         assert "sandboxed" in toolbar_kernel.inner_text(), toolbar_kernel.inner_text()
         cell.locator(".jp-InputPrompt").click()
