@@ -81,7 +81,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sandbox_kernel.backends.runsc import RUNSC_FLAGS, oci_config  # noqa: E402
+from sandbox_kernel.backends.runsc_oci import oci_config  # noqa: E402
+from sandbox_kernel.backends.runsc_tool import RUNSC_FLAGS  # noqa: E402
 from sandbox_kernel.bundle import agent_payload, bootstrap_command  # noqa: E402
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE  # noqa: E402
 from sandbox_kernel.image.rootfs import check_rootfs, rootfs_for  # noqa: E402
@@ -129,7 +130,7 @@ RESEEDING_PREWARM_CODE = PREWARM_CODE.replace(_CLAIM_LINE, _CLAIM_LINE + RESEED)
 def bundle_config(
     policy: SandboxPolicy, rootfs: Path, command: list[str], cgroup: str
 ) -> dict[str, Any]:
-    """The runsc backend's own bundle (root mode): ``backends.runsc.oci_config``."""
+    """The runsc backend's own bundle (root mode): ``backends.runsc_oci.oci_config``."""
     return oci_config(policy, rootfs=rootfs, command=command, annotations={}, cgroups_path=cgroup)
 
 

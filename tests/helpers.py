@@ -76,7 +76,7 @@ def our_containers(
 
 def our_runsc_sandboxes() -> list[str]:
     """Bundles of runsc sandboxes this test process created (as root) that still exist."""
-    from sandbox_kernel.backends.runsc import ROOT_STATE
+    from sandbox_kernel.backends.runsc_inventory import ROOT_STATE
 
     found = []
     try:

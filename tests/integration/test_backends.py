@@ -65,7 +65,8 @@ def runsc_leftovers() -> set[str]:
     import socket
 
     from sandbox_kernel.backends.owner import Owner
-    from sandbox_kernel.backends.runsc import CGROUP_PREFIX, ROOT_STATE
+    from sandbox_kernel.backends.runsc_inventory import ROOT_STATE
+    from sandbox_kernel.backends.runsc_oci import CGROUP_PREFIX
 
     found = set()
     for bundle in (ROOT_STATE / "bundles").glob("*"):

@@ -21,14 +21,10 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.backends.owner import Owner
-from sandbox_kernel.backends.runsc import (
-    CGROUP_PREFIX,
-    ROOT_STATE,
-    RunscBackend,
-    find_runsc,
-    oci_config,
-    runsc_argv,
-)
+from sandbox_kernel.backends.runsc import RunscBackend
+from sandbox_kernel.backends.runsc_inventory import ROOT_STATE
+from sandbox_kernel.backends.runsc_oci import CGROUP_PREFIX, oci_config
+from sandbox_kernel.backends.runsc_tool import find_runsc, runsc_argv
 from sandbox_kernel.image.rootfs import rootfs_for
 from sandbox_kernel.kernelspec import build_kernelspec
 from sandbox_kernel.policy import build_policy

@@ -39,7 +39,9 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager, KernelManager
 
 from sandbox_kernel.backends.owner import Owner
-from sandbox_kernel.backends.runsc import CGROUP_PREFIX, ROOT_STATE, RunscBackend
+from sandbox_kernel.backends.runsc import RunscBackend
+from sandbox_kernel.backends.runsc_inventory import ROOT_STATE
+from sandbox_kernel.backends.runsc_oci import CGROUP_PREFIX
 from sandbox_kernel.errors import SandboxError
 from sandbox_kernel.kernelspec import build_kernelspec
 from sandbox_kernel.pool import WarmPool
