@@ -531,8 +531,8 @@ WEAKENINGS: tuple[Weakening, ...] = (
     Weakening(
         "snapshot-age",
         "a warm pool's snapshot never renewed by age (pool_snapshot_age ignored)",
-        "sandbox_kernel/pool.py",
-        "or (snap is not made and loop.time() - snap.born >= self.snapshots.max_age)",
+        "sandbox_kernel/pool_snapshots.py",
+        "or (snap is not made and loop.time() - snap.born >= self.offer.max_age)",
         "or False",
         (_snapshots("renewed_after_its_age"),),
     ),
