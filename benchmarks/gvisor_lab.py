@@ -1264,7 +1264,7 @@ def cmd_relay_profile(args: argparse.Namespace) -> dict[str, Any]:
         wait_ready(kc)
         try:
             provisioner: Any = km.provisioner
-            cid = provisioner._container_id
+            cid = provisioner.sandbox_id
             _, pids = docker_pids(cid)
 
             def who(pid: int) -> str:
@@ -1445,7 +1445,7 @@ def cmd_docker(args: argparse.Namespace) -> dict[str, Any]:
             kc.stop_channels()
 
     def measure() -> dict[str, Any]:
-        found = [docker_pids(km.provisioner._container_id) for km in kms]
+        found = [docker_pids(km.provisioner.sandbox_id) for km in kms]
         outside = [[p for p in pids if p not in cgroup_pids(d)] for d, pids in found]
         return {
             **cgroup_summary([d for d, _ in found]),
@@ -1470,7 +1470,7 @@ def cmd_docker(args: argparse.Namespace) -> dict[str, Any]:
         def cpu() -> float:
             total = 0.0
             for km in kms:
-                cid = km.provisioner._container_id
+                cid = km.provisioner.sandbox_id
                 total += cgroup_cpu(Path("/sys/fs/cgroup/cpuacct/docker") / cid)
                 total += sum(proc_cpu(p) for p in docker_pids(cid)[1])
             return total

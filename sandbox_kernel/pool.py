@@ -51,7 +51,7 @@ __all__ = ["PooledSandbox", "WarmPool"]
 
 @dataclass
 class PooledSandbox:
-    container_id: str
+    sandbox_id: str
     name: str
     session: AgentSession
     restored: bool = False  # restored from the pool's snapshot (else started afresh)
@@ -161,7 +161,7 @@ class WarmPool:
         name = f"sandbox-kernel-pool-{secrets.token_hex(6)}"
         owner = Owner.current(pooled=True)
         session = AgentSession(name, console=_discard_console, log=self.log)
-        cid = await asyncio.wait_for(
+        sandbox_id = await asyncio.wait_for(
             boot(self.backend, self.policy, self.preflight, session, name=name, owner=owner),
             timeout=self.policy.launch_timeout,
         )
@@ -181,9 +181,9 @@ class WarmPool:
             check_kernel(facts, session.hello_info, self.preflight)
         except BaseException:
             session.close()
-            await asyncio.shield(self.backend.remove(cid))
+            await asyncio.shield(self.backend.remove(sandbox_id))
             raise
-        return PooledSandbox(cid, name, session)
+        return PooledSandbox(sandbox_id, name, session)
 
     # -- snapshots (which one, when: pool_snapshots.py) -------------------------------------
     async def _restore_one(self) -> PooledSandbox | None:
@@ -195,7 +195,7 @@ class WarmPool:
         name = f"sandbox-kernel-pool-{secrets.token_hex(6)}"
         session = AgentSession(name, console=_discard_console, log=self.log)
         try:
-            cid = await asyncio.wait_for(
+            sandbox_id = await asyncio.wait_for(
                 restore(
                     self.backend, snap.id, self.policy, self.preflight, session,
                     name=name, owner=Owner.current(pooled=True),
@@ -211,7 +211,7 @@ class WarmPool:
             self.snapshots.done_reading(snap)
         self.snapshots.restored()
         self.restores += 1
-        return PooledSandbox(cid, name, session, restored=True)
+        return PooledSandbox(sandbox_id, name, session, restored=True)
 
     async def _checkpoint_fresh(self) -> str:
         """Pre-initialise a fresh sandbox, checkpoint it into a snapshot, remove it; the
@@ -222,7 +222,7 @@ class WarmPool:
             # Everything sent to the agent is consumed: no frame is cut by the snapshot.
             await asyncio.wait_for(source.session.resume(), self.policy.launch_timeout)
             owner = Owner.current(pooled=True)
-            checkpoint = asyncio.ensure_future(self.backend.checkpoint(source.container_id, owner))
+            checkpoint = asyncio.ensure_future(self.backend.checkpoint(source.sandbox_id, owner))
             return await asyncio.wait_for(asyncio.shield(checkpoint), self.policy.launch_timeout)
         except asyncio.CancelledError:
             if checkpoint is not None:  # it runs on in its thread: delete what it makes
@@ -238,7 +238,7 @@ class WarmPool:
     async def _remove(self, sandbox: PooledSandbox) -> None:
         sandbox.session.close()
         try:
-            await self.backend.remove(sandbox.container_id)
+            await self.backend.remove(sandbox.sandbox_id)
         except Exception as exc:
             self.log.warning("warm pool: could not remove %s: %s", sandbox.name, exc)
 

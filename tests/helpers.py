@@ -292,7 +292,7 @@ def pool_of(km: Any) -> Any:
     from sandbox_kernel.pool import WarmPool
 
     prov = km.provisioner
-    backend = prov.sandboxes.describe()
+    backend = prov.sandbox_backend.describe()
     pools = list(WarmPool._pools.values())
     return next(
         (p for p in pools if p.policy == prov.policy and p.backend.describe() == backend), None

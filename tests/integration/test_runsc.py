@@ -444,7 +444,7 @@ def test_warm_pool_claims_and_drains(tmp_path: Path) -> None:
         assert not kernels[0].km.provisioner.last_start_warm  # type: ignore[union-attr]
         assert kernels[1].km.provisioner.last_start_warm  # type: ignore[union-attr]
         assert kernels[1].value("import os; print(os.getuid())") == 1000
-        pooled = [s.container_id for s in pool.ready]
+        pooled = [s.sandbox_id for s in pool.ready]
         assert pooled and set(pooled) <= runsc_ids()
     finally:
         for kernel in kernels:

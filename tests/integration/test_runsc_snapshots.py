@@ -249,7 +249,7 @@ def test_restored_copies_renew_what_they_share(
 
     # Drained: the pool's sandboxes and its snapshot go, with their state and cgroups.
     pool = ks.pool()
-    names = {s.container_id for s in pool.ready}
+    names = {s.sandbox_id for s in pool.ready}
     snapshots = {s.id for s in pool.snapshots.kept}
     assert snapshots == {restored_from(a)}
     RelayThread.get().submit(pool.drain()).result(timeout=120)
@@ -340,7 +340,7 @@ def test_the_snapshot_is_renewed_after_its_restores(
     assert second is not None and second.id != first.id
     assert restored_from(a) == restored_from(b) == first.id
     ready = pool.ready[0]
-    assert ready.restored and RunscBackend._sandboxes[ready.container_id].restored_from == second.id
+    assert ready.restored and RunscBackend._sandboxes[ready.sandbox_id].restored_from == second.id
     wait_until(lambda: first.id not in images(), 30, "the old snapshot to be deleted")
     assert second.id in images()
 
@@ -365,7 +365,7 @@ def test_the_snapshot_is_renewed_after_its_age(
     assert second is not None and second.id != first.id, "the snapshot outlived its age"
     assert restored_from(a) == first.id and first.restores == 1
     ready = pool.ready[0]
-    assert ready.restored and RunscBackend._sandboxes[ready.container_id].restored_from == second.id
+    assert ready.restored and RunscBackend._sandboxes[ready.sandbox_id].restored_from == second.id
     wait_until(lambda: first.id not in images(), 30, "the old snapshot to be deleted")
 
 
@@ -440,7 +440,7 @@ km = KernelManager(kernel_name="snap", kernel_spec_manager=KernelSpecManager(ker
 km.start_kernel(); kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=60)
 pool = next(iter(WarmPool._pools.values()))
 while not pool.ready: time.sleep(0.1)
-print(json.dumps({"kernel": km.provisioner.sandbox_id, "pooled": [s.container_id for s in pool.ready],
+print(json.dumps({"kernel": km.provisioner.sandbox_id, "pooled": [s.sandbox_id for s in pool.ready],
                   "restored": [s.restored for s in pool.ready],
                   "snapshots": [s.id for s in pool.snapshots.kept]}), flush=True)
 if sys.argv[2] == "exit":
