@@ -81,7 +81,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sandbox_kernel.backends.runsc import RUNSC_FLAGS, oci_config  # noqa: E402
+from sandbox_kernel.backends.runsc_oci import oci_config  # noqa: E402
+from sandbox_kernel.backends.runsc_tool import RUNSC_FLAGS  # noqa: E402
 from sandbox_kernel.bundle import agent_payload, bootstrap_command  # noqa: E402
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE  # noqa: E402
 from sandbox_kernel.image.rootfs import check_rootfs, rootfs_for  # noqa: E402
@@ -129,7 +130,7 @@ RESEEDING_PREWARM_CODE = PREWARM_CODE.replace(_CLAIM_LINE, _CLAIM_LINE + RESEED)
 def bundle_config(
     policy: SandboxPolicy, rootfs: Path, command: list[str], cgroup: str
 ) -> dict[str, Any]:
-    """The runsc backend's own bundle (root mode): ``backends.runsc.oci_config``."""
+    """The runsc backend's own bundle (root mode): ``backends.runsc_oci.oci_config``."""
     return oci_config(policy, rootfs=rootfs, command=command, annotations={}, cgroups_path=cgroup)
 
 
@@ -1263,7 +1264,7 @@ def cmd_relay_profile(args: argparse.Namespace) -> dict[str, Any]:
         wait_ready(kc)
         try:
             provisioner: Any = km.provisioner
-            cid = provisioner._container_id
+            cid = provisioner.sandbox_id
             _, pids = docker_pids(cid)
 
             def who(pid: int) -> str:
@@ -1444,7 +1445,7 @@ def cmd_docker(args: argparse.Namespace) -> dict[str, Any]:
             kc.stop_channels()
 
     def measure() -> dict[str, Any]:
-        found = [docker_pids(km.provisioner._container_id) for km in kms]
+        found = [docker_pids(km.provisioner.sandbox_id) for km in kms]
         outside = [[p for p in pids if p not in cgroup_pids(d)] for d, pids in found]
         return {
             **cgroup_summary([d for d, _ in found]),
@@ -1469,7 +1470,7 @@ def cmd_docker(args: argparse.Namespace) -> dict[str, Any]:
         def cpu() -> float:
             total = 0.0
             for km in kms:
-                cid = km.provisioner._container_id
+                cid = km.provisioner.sandbox_id
                 total += cgroup_cpu(Path("/sys/fs/cgroup/cpuacct/docker") / cid)
                 total += sum(proc_cpu(p) for p in docker_pids(cid)[1])
             return total

@@ -30,7 +30,7 @@ from jupyter_client.manager import AsyncKernelManager, KernelManager
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sandbox_kernel.backends.runsc import RunscBackend  # noqa: E402
+from sandbox_kernel.backends.runsc_snapshots import SNAPSHOTS  # noqa: E402
 from sandbox_kernel.kernelspec import build_kernelspec  # noqa: E402
 from sandbox_kernel.pool import WarmPool  # noqa: E402
 
@@ -79,7 +79,7 @@ def measure(n: int, snapshots: bool, platform: str) -> dict[str, Any]:
         first = KernelManager(kernel_name="k", kernel_spec_manager=ksm)
         first.start_kernel()
         _wait_pool_ready()
-        folders = [r.folder for r in RunscBackend._snapshots.values()]  # this process's
+        folders = [r.folder for r in SNAPSHOTS.values()]  # this process's
         images = sum(f.stat().st_size for d in folders for f in d.rglob("*") if f.is_file())
         load_before = os.getloadavg()
         times, kms = asyncio.run(_burst(ksm, n))

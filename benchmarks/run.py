@@ -144,7 +144,8 @@ def kernel_pids(km: KernelManager | AsyncKernelManager) -> list[int]:
         return [pid, *map(int, kids.split())]
     pids: set[int] = set()
     from sandbox_kernel.backends.pipe import PipeBackend
-    from sandbox_kernel.backends.runsc import RunscBackend, cgroups_path
+    from sandbox_kernel.backends.runsc import RunscBackend
+    from sandbox_kernel.backends.runsc_oci import cgroups_path
 
     running = RunscBackend._sandboxes.get(cid)
     if running is not None:  # detached: every process of the sandbox is in its cgroup

@@ -6,7 +6,8 @@ Folders and modules, by job:
   sandbox.py      one running sandbox of a kernel: boot or claim, start, signal, remove
   settings.py     every setting, declared once; configured.py validates them all
   policy.py       the isolation policy as data (pure)
-  boot.py, pool.py, prewarm.py, bundle.py   bringing a sandbox up; the warm pool
+  boot.py, pool.py, pool_snapshots.py, prewarm.py, bundle.py   bringing a sandbox up;
+                  the warm pool and its snapshots
   backends/       one module per backend behind base.py's interface; registry.py names them
   inside/         what is shipped into the sandbox (stdlib only, Python >= 3.8): the agent
   relay/          the host's side of a sandbox's pipe and of its 127.0.0.1 ports

@@ -34,12 +34,12 @@ async def boot(
 ) -> str:
     """Return the id of a started sandbox whose agent said a valid hello to ``session``."""
     relay = RelayThread.get()
-    cid = await backend.create(
+    sandbox_id = await backend.create(
         policy, preflight, command=bootstrap_command(), owner=owner, name=name
     )
     try:
-        await backend.attach(cid, session)
-        await backend.start(cid)
+        await backend.attach(sandbox_id, session)
+        await backend.start(sandbox_id)
         kernel_user = policy.user if preflight.kernel_user_apart else None
         hello = await relay.run(_send_agent(session, kernel_user))
         check_hello(hello, preflight)
@@ -51,9 +51,9 @@ async def boot(
         session.hello_info = hello
     except BaseException:
         relay.loop.call_soon_threadsafe(session.close)
-        await asyncio.shield(backend.remove(cid))
+        await asyncio.shield(backend.remove(sandbox_id))
         raise
-    return cid
+    return sandbox_id
 
 
 async def restore(
@@ -70,10 +70,10 @@ async def restore(
     ``resume`` with the facts a hello must have, and whose pre-initialised kernel runs
     under a uid the policy allows."""
     relay = RelayThread.get()
-    cid = await backend.restore(snapshot, policy, preflight, owner=owner, name=name)
+    sandbox_id = await backend.restore(snapshot, policy, preflight, owner=owner, name=name)
     try:
-        await backend.attach(cid, session)
-        await backend.start(cid)
+        await backend.attach(sandbox_id, session)
+        await backend.start(sandbox_id)
         facts = await relay.run(session.resume())
         check_hello(facts, preflight)
         if not facts["prewarmed"]:
@@ -83,9 +83,9 @@ async def restore(
         session.hello_info = facts
     except BaseException:
         relay.loop.call_soon_threadsafe(session.close)
-        await asyncio.shield(backend.remove(cid))
+        await asyncio.shield(backend.remove(sandbox_id))
         raise
-    return cid
+    return sandbox_id
 
 
 async def _send_agent(session: AgentSession, kernel_user: str | None) -> dict[str, Any]:

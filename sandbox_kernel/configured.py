@@ -26,7 +26,7 @@ class Configured:
     backend: str
     # The backend object, built once from its settings (its own checks ran; no host check
     # until its preflight): the provisioner's for this kernel.
-    sandboxes: SandboxBackend
+    sandbox_backend: SandboxBackend
     policy: SandboxPolicy
     exchange: ExchangePolicy
     pool_size: int
@@ -44,7 +44,7 @@ def configure(config: Mapping[str, Any], log: logging.Logger | None = None) -> C
     backend = check_backend(values["backend"])
     return Configured(
         backend=backend,
-        sandboxes=make_backend(backend, log or logging.getLogger(__name__), values),
+        sandbox_backend=make_backend(backend, log or logging.getLogger(__name__), values),
         policy=build_policy(**{k: values[k] for k in POLICY_SETTINGS}),
         exchange=build_exchange_policy(**{k: values[k] for k in EXCHANGE_SETTINGS}),
         pool_size=check("pool_size", values["pool_size"]),

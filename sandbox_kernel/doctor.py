@@ -95,7 +95,7 @@ def _host_checks(report: Report, image: str, backend: str) -> tuple[dict[str, An
     conf = configure(config, log)
     policy = conf.policy
     try:
-        gaps = dict(conf.sandboxes.gaps(policy))
+        gaps = dict(conf.sandbox_backend.gaps(policy))
     except SandboxError as exc:
         report.add(f"{backend}: host ready", False, str(exc), SETUP)
         return None
@@ -111,12 +111,12 @@ def _host_checks(report: Report, image: str, backend: str) -> tuple[dict[str, An
     if gaps:
         config["accept_unenforced"] = sorted(gaps)
     try:
-        sandboxes = configure(config, log).sandboxes
-        preflight = asyncio.run(sandboxes.preflight(policy))
+        chosen = configure(config, log).sandbox_backend
+        preflight = asyncio.run(chosen.preflight(policy))
     except SandboxError as exc:
         report.add(f"{backend}: host ready", False, str(exc), "see the error; then re-run doctor")
         return None
-    snapshots = sandboxes.snapshots()
+    snapshots = chosen.snapshots()
     pool = (
         "; the warm pool restores its sandboxes from a snapshot"
         if snapshots.available
@@ -205,9 +205,9 @@ def run_doctor(
             return report
         try:
             report.add("sandboxed kernel starts", True, f"ready in {time.monotonic() - t0:.1f} s")
-            sandboxes = km.provisioner.sandboxes  # type: ignore[union-attr]
+            chosen = km.provisioner.sandbox_backend  # type: ignore[union-attr]
             sandbox_id = km.provisioner.sandbox_id  # type: ignore[union-attr]
-            seen = sandboxes.inspect(sandbox_id) if sandboxes and sandbox_id else {}
+            seen = chosen.inspect(sandbox_id) if chosen and sandbox_id else {}
             if "runtime" in seen:
                 report.add(
                     "seen from outside", seen["runtime"] == preflight.runtime,

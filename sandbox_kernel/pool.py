@@ -12,12 +12,11 @@ backend as root), the pool's first sandbox is pre-initialised as above, then che
 into a snapshot, and every refill restores a new sandbox from it (``boot.restore``): a
 sandbox of its own, with its own name, cgroup and pipes, whose kernel renews at its claim
 what copies of one snapshot share (inside/prewarm_kernel.py). A claim that finds the pool
-empty restores one on the spot, so a burst of launches is served by restores too. After
-``max_restores`` restores or ``max_age`` seconds the pool makes a new snapshot (bounding
-what copies share: docs/security.md) and deletes the old one once no restore reads it. A
-restore that fails falls back to a fresh sandbox (logged); three in a row, or a
-checkpoint that fails, turn snapshots off for the pool. Never anything weaker: a restored
-sandbox and a fresh one are made from the same policy by the same backend.
+empty restores one on the spot, so a burst of launches is served by restores too. Which
+snapshot a restore reads, its renewal and deletion, and when snapshots are given up, are
+``pool_snapshots.py``'s. A restore that fails falls back to a fresh sandbox (logged).
+Never anything weaker: a restored sandbox and a fresh one are made from the same policy
+by the same backend.
 
 One pool per (backend, policy, runtime, kernel command, kernelspec env) per process; all
 pool work runs on the relay loop. ``drain_all`` removes every unclaimed sandbox and every
@@ -41,8 +40,8 @@ from typing import Any, ClassVar
 from .backends.base import Preflight, SandboxBackend
 from .backends.owner import Owner
 from .boot import boot, check_kernel, restore
-from .errors import SandboxError
 from .policy import INSIDE_CONNECTION_FILE, SandboxPolicy
+from .pool_snapshots import CheckpointFailed, SnapshotCycle
 from .prewarm import placeholder_connection
 from .relay.session import AgentSession
 from .relay.thread import RelayThread
@@ -52,30 +51,10 @@ __all__ = ["PooledSandbox", "WarmPool"]
 
 @dataclass
 class PooledSandbox:
-    container_id: str
+    sandbox_id: str
     name: str
     session: AgentSession
     restored: bool = False  # restored from the pool's snapshot (else started afresh)
-
-
-@dataclass
-class _Snapshot:
-    """One snapshot of the pool's pre-initialised sandbox and its use so far."""
-
-    id: str
-    born: float  # the relay loop's time
-    restores: int = 0  # handed out so far
-    reading: int = 0  # restores under way
-    retired: bool = False  # no new restore; deleted once ``reading`` is 0
-    deleted: bool = False
-
-
-class _CheckpointFailed(Exception):
-    pass
-
-
-# Restore failures in a row after which a pool stops using snapshots.
-MAX_RESTORE_FAILURES = 3
 
 
 def _discard_console(_data: bytes) -> None:
@@ -107,16 +86,7 @@ class WarmPool:
         self.filling = 0
         self.closed = False
         self._tasks: set[asyncio.Task[Any]] = set()  # keep references until done
-        self._deleting: set[asyncio.Task[None]] = set()  # snapshot deletions (drain awaits)
-        self.snapshots = backend.snapshots()
-        # Why this pool stopped using snapshots ('' while it may).
-        self.snapshots_off = "" if self.snapshots.available else "not available"
-        if self.snapshots.note:
-            log.warning("warm pool: no snapshots: %s", self.snapshots.note)
-        self._snapshot: _Snapshot | None = None  # the one new restores read
-        self._snapshots: list[_Snapshot] = []  # every one not yet deleted
-        self._making: asyncio.Task[_Snapshot] | None = None
-        self._restore_failures = 0
+        self.snapshots = SnapshotCycle(backend, log, self._checkpoint_fresh, self._track)
         self.restores = 0  # sandboxes this pool restored (stats, tests)
 
     @classmethod
@@ -156,7 +126,7 @@ class WarmPool:
                 claimed = candidate
                 break
             self._spawn(self._remove(candidate))
-        if claimed is None and self._may_restore() and self._snapshot_known():
+        if claimed is None and self.snapshots.may_restore() and self.snapshots.known():
             claimed = await self._restore_one()
         return claimed
 
@@ -174,7 +144,7 @@ class WarmPool:
 
     async def _fill_one(self) -> None:
         try:
-            sandbox = await self._restore_one() if self._may_restore() else None
+            sandbox = await self._restore_one() if self.snapshots.may_restore() else None
             if sandbox is None:
                 sandbox = await self._fresh()
             if self.closed:
@@ -191,7 +161,7 @@ class WarmPool:
         name = f"sandbox-kernel-pool-{secrets.token_hex(6)}"
         owner = Owner.current(pooled=True)
         session = AgentSession(name, console=_discard_console, log=self.log)
-        cid = await asyncio.wait_for(
+        sandbox_id = await asyncio.wait_for(
             boot(self.backend, self.policy, self.preflight, session, name=name, owner=owner),
             timeout=self.policy.launch_timeout,
         )
@@ -211,35 +181,21 @@ class WarmPool:
             check_kernel(facts, session.hello_info, self.preflight)
         except BaseException:
             session.close()
-            await asyncio.shield(self.backend.remove(cid))
+            await asyncio.shield(self.backend.remove(sandbox_id))
             raise
-        return PooledSandbox(cid, name, session)
+        return PooledSandbox(sandbox_id, name, session)
 
-    # -- snapshots ---------------------------------------------------------------------------
-    def _may_restore(self) -> bool:
-        return not self.snapshots_off and not self.closed
-
-    def _snapshot_known(self) -> bool:
-        """A snapshot exists or is being made (a claim waits for it rather than start cold:
-        the burst after the first launch)."""
-        return self._snapshot is not None or self._making is not None
-
+    # -- snapshots (which one, when: pool_snapshots.py) -------------------------------------
     async def _restore_one(self) -> PooledSandbox | None:
         """A sandbox restored from the current snapshot (made first if there is none, or if
         it is due for renewal); None, logged, if that fails: the caller starts a fresh one."""
-        try:
-            snap = await self._take_snapshot()
-        except _CheckpointFailed as exc:
-            self._stop_snapshots(f"the checkpoint failed: {exc}")
+        snap = await self.snapshots.take()
+        if snap is None:
             return None
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            return None  # the fresh sandbox for the snapshot failed: so would a fresh one
         name = f"sandbox-kernel-pool-{secrets.token_hex(6)}"
         session = AgentSession(name, console=_discard_console, log=self.log)
         try:
-            cid = await asyncio.wait_for(
+            sandbox_id = await asyncio.wait_for(
                 restore(
                     self.backend, snap.id, self.policy, self.preflight, session,
                     name=name, owner=Owner.current(pooled=True),
@@ -249,144 +205,53 @@ class WarmPool:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._restore_failures += 1
-            self.log.warning(
-                "warm pool: restoring a sandbox from snapshot %s failed (%r); starting a fresh "
-                "one instead",
-                snap.id,
-                exc,
-            )
-            if self._restore_failures >= MAX_RESTORE_FAILURES:
-                self._stop_snapshots(f"{self._restore_failures} restores failed in a row")
-            else:
-                self._retire(snap)  # the next restore reads a new snapshot
+            self.snapshots.restore_failed(snap, exc)
             return None
         finally:
-            snap.reading -= 1
-            self._delete_if_done(snap)
-        self._restore_failures = 0
+            self.snapshots.done_reading(snap)
+        self.snapshots.restored()
         self.restores += 1
-        return PooledSandbox(cid, name, session, restored=True)
+        return PooledSandbox(sandbox_id, name, session, restored=True)
 
-    async def _take_snapshot(self) -> _Snapshot:
-        """The snapshot the next restore reads, counted as read: the current one, or a new
-        one once it is due (made by one caller while the others wait for it). Counted with
-        no await after the check, so no snapshot serves more than ``max_restores``."""
-        loop = asyncio.get_running_loop()
-        made: _Snapshot | None = None  # the one just waited for: never too old to use once
-        while True:
-            snap = self._snapshot
-            if snap is not None and (
-                snap.restores >= self.snapshots.max_restores
-                or (snap is not made and loop.time() - snap.born >= self.snapshots.max_age)
-            ):
-                self._retire(snap)
-                snap = None
-            if snap is not None:
-                snap.restores += 1
-                snap.reading += 1
-                return snap
-            if self._making is None:
-                self._making = loop.create_task(self._make_snapshot())
-                self._track(self._making)
-            made = await asyncio.shield(self._making)
-
-    async def _make_snapshot(self) -> _Snapshot:
-        """Pre-initialise a fresh sandbox, checkpoint it into a snapshot, remove it."""
+    async def _checkpoint_fresh(self) -> str:
+        """Pre-initialise a fresh sandbox, checkpoint it into a snapshot, remove it; the
+        snapshot's id."""
+        source = await self._fresh()
+        checkpoint: asyncio.Future[str] | None = None
         try:
-            source = await self._fresh()
-            checkpoint: asyncio.Future[str] | None = None
-            try:
-                # Everything sent to the agent is consumed: no frame is cut by the snapshot.
-                await asyncio.wait_for(source.session.resume(), self.policy.launch_timeout)
-                owner = Owner.current(pooled=True)
-                checkpoint = asyncio.ensure_future(
-                    self.backend.checkpoint(source.container_id, owner)
-                )
-                sid = await asyncio.wait_for(asyncio.shield(checkpoint), self.policy.launch_timeout)
-            except asyncio.CancelledError:
-                if checkpoint is not None:  # it runs on in its thread: delete what it makes
-                    checkpoint.add_done_callback(self._delete_late)
-                raise
-            except Exception as exc:
-                if checkpoint is not None:
-                    checkpoint.add_done_callback(self._delete_late)
-                raise _CheckpointFailed(repr(exc)) from exc
-            finally:
-                await asyncio.shield(self._remove(source))
-            snap = _Snapshot(sid, asyncio.get_running_loop().time())
-            self._snapshots.append(snap)
-            if self.closed:
-                self._retire(snap)
-                raise SandboxError("the warm pool was drained")
-            self._snapshot = snap
-            self.log.info("warm pool: snapshot %s made; new sandboxes are restored from it", sid)
-            return snap
-        finally:
-            self._making = None
-
-    def _retire(self, snap: _Snapshot) -> None:
-        snap.retired = True
-        if self._snapshot is snap:
-            self._snapshot = None
-        self._delete_if_done(snap)
-
-    def _delete_if_done(self, snap: _Snapshot) -> None:
-        if snap.retired and snap.reading == 0 and not snap.deleted:
-            snap.deleted = True
-            if snap in self._snapshots:
-                self._snapshots.remove(snap)
-            self._delete_soon(snap.id)
-
-    def _delete_late(self, checkpoint: asyncio.Future[str]) -> None:
-        if not checkpoint.cancelled() and checkpoint.exception() is None:
-            self._delete_soon(checkpoint.result())
-
-    def _delete_soon(self, snapshot: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._delete(snapshot))
-        self._deleting.add(task)
-        task.add_done_callback(self._deleting.discard)
-
-    async def _delete(self, snapshot: str) -> None:
-        try:
-            await asyncio.shield(self.backend.remove_snapshot(snapshot))
+            # Everything sent to the agent is consumed: no frame is cut by the snapshot.
+            await asyncio.wait_for(source.session.resume(), self.policy.launch_timeout)
+            owner = Owner.current(pooled=True)
+            checkpoint = asyncio.ensure_future(self.backend.checkpoint(source.sandbox_id, owner))
+            return await asyncio.wait_for(asyncio.shield(checkpoint), self.policy.launch_timeout)
+        except asyncio.CancelledError:
+            if checkpoint is not None:  # it runs on in its thread: delete what it makes
+                checkpoint.add_done_callback(self.snapshots.delete_late)
+            raise
         except Exception as exc:
-            self.log.warning("warm pool: could not delete snapshot %s: %s", snapshot, exc)
-
-    def _stop_snapshots(self, why: str) -> None:
-        if not self.snapshots_off:
-            self.snapshots_off = why
-            self.log.error(
-                "warm pool: snapshots turned off for this pool (%s); it starts fresh sandboxes",
-                why,
-            )
-        if self._snapshot is not None:
-            self._retire(self._snapshot)
+            if checkpoint is not None:
+                checkpoint.add_done_callback(self.snapshots.delete_late)
+            raise CheckpointFailed(repr(exc)) from exc
+        finally:
+            await asyncio.shield(self._remove(source))
 
     async def _remove(self, sandbox: PooledSandbox) -> None:
         sandbox.session.close()
         try:
-            await self.backend.remove(sandbox.container_id)
+            await self.backend.remove(sandbox.sandbox_id)
         except Exception as exc:
             self.log.warning("warm pool: could not remove %s: %s", sandbox.name, exc)
 
     async def drain(self) -> None:
         """Remove every unclaimed sandbox, including those still starting, and every
         snapshot."""
-        self.closed = True
+        self.closed = self.snapshots.closed = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()  # a sandbox still starting removes itself on cancellation
         await asyncio.gather(*tasks, return_exceptions=True)
         sandboxes, self.ready = list(self.ready), deque()
-        snapshots, self._snapshots, self._snapshot = list(self._snapshots), [], None
-        for snap in snapshots:
-            snap.deleted = True
-        await asyncio.gather(
-            *(self._remove(s) for s in sandboxes),
-            *(self._delete(s.id) for s in snapshots),
-            *list(self._deleting),
-        )
+        await asyncio.gather(*(self._remove(s) for s in sandboxes), *self.snapshots.drain())
 
     # -- from any thread --------------------------------------------------------------------
     @classmethod
@@ -410,7 +275,7 @@ class WarmPool:
             "pools": len(pools),
             "ready": sum(len(p.ready) for p in pools),
             "filling": sum(p.filling for p in pools),
-            "snapshots": sum(p._snapshot is not None for p in pools),
+            "snapshots": sum(p.snapshots.current is not None for p in pools),
             "restores": sum(p.restores for p in pools),
         }
 

@@ -109,12 +109,12 @@ class SandboxProvisioner(KernelProvisionerBase):
         super().__init__(**kwargs)
         self.relay = RelayThread.get()
         self.configured: Configured | None = None
-        self.sandboxes: SandboxBackend | None = None
+        self.sandbox_backend: SandboxBackend | None = None
         self._preflight: Preflight | None = None
         self._listeners: HostListeners | None = None
         self._link: KernelLink | None = None  # what each sandbox of this kernel is given
         self._running: RunningSandbox | None = None
-        self._container_id: str | None = None  # only from saved state (load_provisioner_info)
+        self._saved_sandbox_id: str | None = None  # only from saved state (load_provisioner_info)
         self._key: bytes | None = None
         self._launch_count = 0
         self._slot: int | None = None  # a max_kernels slot, held from launch to cleanup
@@ -143,7 +143,7 @@ class SandboxProvisioner(KernelProvisionerBase):
     @property
     def sandbox_id(self) -> str | None:
         """The running sandbox's id in its backend (a container id, a runsc name...)."""
-        return self._running.id if self._running is not None else self._container_id
+        return self._running.id if self._running is not None else self._saved_sandbox_id
 
     # -- KernelProvisionerBase: launch --------------------------------------------------
     @property
@@ -155,13 +155,13 @@ class SandboxProvisioner(KernelProvisionerBase):
         # environment (kwargs["env"]). Here the kernel's environment is built from the
         # policy alone (policy.kernel_env); nothing else of the server's reaches it.
         conf = self.configured = configure(self.values(), self.log)
-        if self.sandboxes is None:  # the settings of one kernel do not change: one backend
-            self.sandboxes = conf.sandboxes
+        if self.sandbox_backend is None:  # the settings of one kernel do not change: one backend
+            self.sandbox_backend = conf.sandbox_backend
         if self.console is None:
             self.console = ConsoleSink(
                 str(self.kernel_id or ""), conf.console_output, conf.console_limit, self.log
             )
-        self._preflight = await self.sandboxes.preflight(conf.policy)
+        self._preflight = await self.sandbox_backend.preflight(conf.policy)
         argv = self._inside_argv(kwargs.pop("extra_arguments", []))
         spec_env = dict(getattr(self.kernel_spec, "env", None) or {})
         kernel_env = conf.policy.kernel_env(os.environ, spec_env)
@@ -247,7 +247,7 @@ class SandboxProvisioner(KernelProvisionerBase):
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         conf, preflight, link = self.configured, self._preflight, self._link
         assert conf is not None and preflight is not None and link is not None
-        assert self.sandboxes is not None and self._listeners is not None
+        assert self.sandbox_backend is not None and self._listeners is not None
         env: dict[str, str] = kwargs.get("sandbox_env") or {}
         self.end_reason = None  # a new sandbox: the last one's end is told
         for warning in preflight.warnings:
@@ -300,7 +300,7 @@ class SandboxProvisioner(KernelProvisionerBase):
 
     async def _start(self, pool: WarmPool | None, start: dict[str, Any]) -> dict[str, Any]:
         """A sandbox from the pool, else a new one; then its kernel."""
-        conf, link, backend = self.configured, self._link, self.sandboxes
+        conf, link, backend = self.configured, self._link, self.sandbox_backend
         assert conf is not None and link is not None and backend is not None
         assert self._preflight is not None
         running = await RunningSandbox.claim(pool, backend, link) if pool is not None else None
@@ -318,12 +318,18 @@ class SandboxProvisioner(KernelProvisionerBase):
         """The warm pool for this kernel; None when disabled or when the kernel command is
         not ipykernel_launcher (the pool pre-initialises exactly that command)."""
         conf = self.configured
-        assert conf is not None and self.sandboxes is not None and self._preflight is not None
+        assert conf is not None and self.sandbox_backend is not None and self._preflight is not None
         prewarm_cmd = prewarm_command(cmd)
         if conf.pool_size <= 0 or prewarm_cmd is None:
             return None
         return WarmPool.get(
-            self.sandboxes, conf.policy, self._preflight, prewarm_cmd, env, conf.pool_size, self.log
+            self.sandbox_backend,
+            conf.policy,
+            self._preflight,
+            prewarm_cmd,
+            env,
+            conf.pool_size,
+            self.log,
         )
 
     def _launch_error(self, exc: BaseException) -> SandboxError:
@@ -348,7 +354,7 @@ class SandboxProvisioner(KernelProvisionerBase):
     # -- KernelProvisionerBase: running kernel ----------------------------------------------
     async def poll(self) -> int | None:
         if self._running is None:
-            return 1 if self._container_id is not None else 0  # saved state: not ours now
+            return 1 if self._saved_sandbox_id is not None else 0  # saved state: not ours now
         status = self._running.poll()
         if status is not None:
             self._note_end(self._running)
@@ -404,7 +410,7 @@ class SandboxProvisioner(KernelProvisionerBase):
         """Remove the sandbox and end its session; unless restarting, free the ports and
         the kernel's max_kernels slot."""
         running, self._running = self._running, None
-        self._container_id = None
+        self._saved_sandbox_id = None
         if self._listeners is not None:
             self._listeners.session = None
         if running is not None:
@@ -437,7 +443,7 @@ class SandboxProvisioner(KernelProvisionerBase):
     async def get_provisioner_info(self) -> dict[str, Any]:
         info: dict[str, Any] = await super().get_provisioner_info()
         info.update(
-            container_id=self.sandbox_id,
+            sandbox_id=self.sandbox_id,
             host_ports=dict(self._listeners.ports) if self._listeners else {},
             exposed_ports=self.exposed_ports(),
             runtime=self._preflight.runtime if self._preflight else None,
@@ -448,4 +454,4 @@ class SandboxProvisioner(KernelProvisionerBase):
 
     async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
         await super().load_provisioner_info(provisioner_info)
-        self._container_id = provisioner_info.get("container_id")
+        self._saved_sandbox_id = provisioner_info.get("sandbox_id")

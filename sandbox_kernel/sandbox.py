@@ -77,9 +77,9 @@ class RunningSandbox:
         if pooled is None:
             return None
         _own(pooled.session, link)
-        running = cls(backend, pooled.container_id, pooled.session)
+        running = cls(backend, pooled.sandbox_id, pooled.session)
         running.restored = pooled.restored
-        await backend.claimed(pooled.container_id, Owner.current(kernel_id=link.kernel_id))
+        await backend.claimed(pooled.sandbox_id, Owner.current(kernel_id=link.kernel_id))
         return running
 
     # -- starting its kernel -------------------------------------------------------------------

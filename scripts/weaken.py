@@ -112,6 +112,7 @@ _FORBIDDEN_ENV = (
 
 
 _RUNSC = "sandbox_kernel/backends/runsc.py"
+_RUNSC_OCI = "sandbox_kernel/backends/runsc_oci.py"
 
 
 def _snapshots(k: str) -> Run:
@@ -497,7 +498,7 @@ WEAKENINGS: tuple[Weakening, ...] = (
     Weakening(
         "root-writable-runsc",
         "the runsc backend's root filesystem mounted writable",
-        _RUNSC,
+        _RUNSC_OCI,
         '        "root": {"path": str(rootfs), "readonly": True},\n',
         '        "root": {"path": str(rootfs), "readonly": False},\n',
         (on("runsc", "fs-root-read-only or fs-write-outside-tmpfs or fs-mount-census"),),
@@ -513,7 +514,7 @@ WEAKENINGS: tuple[Weakening, ...] = (
     Weakening(
         "tun-uncovered-runsc",
         "gVisor's /dev/net/tun no longer covered by an empty read-only tmpfs (runsc backend)",
-        _RUNSC,
+        _RUNSC_OCI,
         '        _mount("/dev/net", "tmpfs", "ro", *safe, "size=4k", "mode=0755"),\n',
         "",
         (on("runsc", "net-interface-config or net-userns-tun"),),
@@ -530,8 +531,8 @@ WEAKENINGS: tuple[Weakening, ...] = (
     Weakening(
         "snapshot-age",
         "a warm pool's snapshot never renewed by age (pool_snapshot_age ignored)",
-        "sandbox_kernel/pool.py",
-        "or (snap is not made and loop.time() - snap.born >= self.snapshots.max_age)",
+        "sandbox_kernel/pool_snapshots.py",
+        "or (snap is not made and loop.time() - snap.born >= self.offer.max_age)",
         "or False",
         (_snapshots("renewed_after_its_age"),),
     ),
@@ -539,7 +540,7 @@ WEAKENINGS: tuple[Weakening, ...] = (
         "snapshot-other-policy",
         "the runsc backend restores a snapshot made under another policy",
         _RUNSC,
-        "        if record.shape != _shape(self.describe(), policy):\n",
+        "        if record.shape != shape(self.describe(), policy):\n",
         "        if False:\n",
         (_snapshots("another_policy"),),
     ),

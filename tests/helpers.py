@@ -76,7 +76,7 @@ def our_containers(
 
 def our_runsc_sandboxes() -> list[str]:
     """Bundles of runsc sandboxes this test process created (as root) that still exist."""
-    from sandbox_kernel.backends.runsc import ROOT_STATE
+    from sandbox_kernel.backends.runsc_inventory import ROOT_STATE
 
     found = []
     try:
@@ -292,7 +292,7 @@ def pool_of(km: Any) -> Any:
     from sandbox_kernel.pool import WarmPool
 
     prov = km.provisioner
-    backend = prov.sandboxes.describe()
+    backend = prov.sandbox_backend.describe()
     pools = list(WarmPool._pools.values())
     return next(
         (p for p in pools if p.policy == prov.policy and p.backend.describe() == backend), None

@@ -340,12 +340,16 @@ class OomWatcher:
                 client = docker.from_env(timeout=3600)
                 for event in client.api.events(since=since, filters=filters, decode=True):
                     since = int(event.get("time", since))
-                    cid = event.get("id", "")
-                    name = (event.get("Actor") or {}).get("Attributes", {}).get("name", cid[:12])
+                    sandbox_id = event.get("id", "")
+                    name = (
+                        (event.get("Actor") or {})
+                        .get("Attributes", {})
+                        .get("name", sandbox_id[:12])
+                    )
                     log.warning("sandbox %s hit its memory limit: ending it", name)
-                    endings.report(cid, endings.MEMORY_LIMIT)
+                    endings.report(sandbox_id, endings.MEMORY_LIMIT)
                     try:
-                        client.api.kill(cid)
+                        client.api.kill(sandbox_id)
                     except docker.errors.APIError:
                         pass  # already gone
             except Exception as exc:  # daemon restarted or unreachable: retry quietly
@@ -464,38 +468,38 @@ class DockerBackend(SandboxBackend):
             ) from None
         return str(container.id)
 
-    def _start(self, cid: str) -> None:
+    def _start(self, sandbox_id: str) -> None:
         import docker
 
         try:
-            self._docker().api.start(cid)
+            self._docker().api.start(sandbox_id)
         except docker.errors.APIError as exc:
             raise SandboxError(
                 f"Docker could not start the sandbox: {exc.explanation or exc}"
             ) from None
 
-    def _rename(self, cid: str, kernel_id: str) -> None:
+    def _rename(self, sandbox_id: str, kernel_id: str) -> None:
         import docker
 
         try:
-            container = self._docker().containers.get(cid)
+            container = self._docker().containers.get(sandbox_id)
             container.rename(claimed_name(container.name, kernel_id))
         except docker.errors.DockerException as exc:  # ps shows it as pooled: cosmetic
-            self.log.debug("could not rename %s for ps: %s", cid[:12], exc)
+            self.log.debug("could not rename %s for ps: %s", sandbox_id[:12], exc)
 
-    def _kill(self, cid: str) -> None:
+    def _kill(self, sandbox_id: str) -> None:
         import docker
 
         try:
-            self._docker().api.kill(cid)
+            self._docker().api.kill(sandbox_id)
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as exc:
             if exc.status_code != 409:  # 409: not running
                 raise
 
-    def _remove(self, cid: str) -> None:
-        _remove(self._docker(), cid)
+    def _remove(self, sandbox_id: str) -> None:
+        _remove(self._docker(), sandbox_id)
 
     # -- SandboxBackend -------------------------------------------------------------
     async def preflight(self, policy: SandboxPolicy) -> Preflight:
@@ -594,11 +598,11 @@ def docker_client(timeout: int) -> Any:
         raise daemon_error(exc) from None
 
 
-def _remove(client: Any, cid: str) -> None:
+def _remove(client: Any, sandbox_id: str) -> None:
     import docker
 
     try:
-        client.api.remove_container(cid, force=True)
+        client.api.remove_container(sandbox_id, force=True)
     except docker.errors.NotFound:
         pass
     except docker.errors.APIError as exc:

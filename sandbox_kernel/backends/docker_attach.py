@@ -125,9 +125,9 @@ class _Attach(asyncio.Protocol):
 
 
 async def attach_stream(
-    session: AgentSession, endpoint: tuple[str, Any], api_version: str, container_id: str
+    session: AgentSession, endpoint: tuple[str, Any], api_version: str, sandbox_id: str
 ) -> None:
-    """On the relay loop: open the attach stream (stdin + stdout) of ``container_id``
+    """On the relay loop: open the attach stream (stdin + stdout) of ``sandbox_id``
     and connect ``session`` to it."""
     loop = asyncio.get_running_loop()
     session.prepare()
@@ -140,7 +140,7 @@ async def attach_stream(
         transport, _ = await loop.create_connection(
             lambda: _Attach(session, upgraded), where[0], where[1]
         )
-    path = f"/v{api_version}/containers/{quote(container_id)}/attach"
+    path = f"/v{api_version}/containers/{quote(sandbox_id)}/attach"
     transport.write(
         (
             f"POST {path}?stream=1&stdin=1&stdout=1&stderr=0"

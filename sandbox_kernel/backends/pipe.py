@@ -1,9 +1,9 @@
 """Backends whose sandbox is a host process tree: the agent on its stdin/stdout pipes.
 
-Who calls what: see ``base.py``. ``create`` spawns the sandbox process with pipes as
-its stdin and stdout (the agent's stage 1 waits there for the bundle), ``attach`` hands
-our ends to the session (raw bytes, on the relay loop), ``start`` has nothing left to
-do. Subclasses give the command line (``sandbox_argv``, pure) and what their tool cannot
+Who calls what: see ``base.py``, and ``spawned.py`` for what these backends share with
+the runsc backend (``attach``, ``kill``, ``remove``). ``create`` spawns the sandbox process
+with pipes as its stdin and stdout (the agent's stage 1 waits there for the bundle).
+Subclasses give the command line (``sandbox_argv``, pure) and what their tool cannot
 enforce here (``tool_gaps``).
 
 Before the sandbox tool runs, it joins the sandbox's cgroups, gets its rlimits and, when
@@ -21,17 +21,14 @@ from __future__ import annotations
 import asyncio
 import atexit
 import json
-import logging
 import os
 import resource
 import secrets
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from abc import abstractmethod
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,19 +36,17 @@ from typing import Any, ClassVar
 from ..errors import SandboxError
 from ..image.rootfs import check_rootfs, rootfs_for
 from ..policy import SandboxPolicy
-from ..relay.session import AgentSession
-from ..relay.thread import RelayThread
 from . import state
-from .base import Preflight, SandboxBackend, SandboxInfo
+from .base import Preflight, SandboxInfo
 from .bpf import seccomp_bpf, seccomp_fd
-from .capabilities import check_accepted, refuse_unenforced
+from .capabilities import refuse_unenforced
 from .cgroups import CONTROLLERS, Cgroup, cgroup_gaps, v1_mounts
 from .launcher import launcher_argv
 from .owner import Owner, process_start
+from .spawned import TOOL_ENV, Sandboxes, SpawnedBackend, tail
 
 HOST_UID_BASE = 1_900_000_000
 HOST_UID_SPAN = 1 << 24
-STDERR_TAIL = 4000
 
 
 def host_uid() -> int:
@@ -72,36 +67,12 @@ class Spawned:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-class PipeBackend(SandboxBackend):
-    tool: str  # the executable, e.g. "bwrap"
-    package: str  # the Debian package that has it
+class PipeBackend(SpawnedBackend[Spawned]):
+    package: str  # the Debian package that has the tool
     # True: a fresh host uid per sandbox (as root), so RLIMIT_NPROC is per sandbox. False:
     # a shared uid (``sandbox_uid``), so the pids cgroup carries the process limit instead.
     per_sandbox_uid = True
-
-    def __init__(
-        self,
-        log: logging.Logger | None = None,
-        *,
-        accept_unenforced: Iterable[str] = (),
-        rootfs: str = "",
-        **_other: Any,
-    ) -> None:
-        super().__init__(log)
-        self.accept_unenforced = check_accepted(accept_unenforced)
-        self.rootfs_override = rootfs
-
-    # Shared by every instance: a warm pool's sandbox is removed by the claiming
-    # provisioner's backend object, not the pool's.
-    _sandboxes: ClassVar[dict[str, Spawned]] = {}
-    _lock: ClassVar[threading.Lock] = threading.Lock()
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "backend": self.name,
-            "rootfs": self.rootfs_override,
-            "accept_unenforced": sorted(self.accept_unenforced),
-        }
+    _sandboxes: ClassVar[Sandboxes[Spawned]] = Sandboxes()
 
     # -- what subclasses provide -------------------------------------------------------
     @abstractmethod
@@ -122,9 +93,6 @@ class PipeBackend(SandboxBackend):
         """Properties the tool itself cannot enforce here (may run a probe; blocking)."""
 
     # -- preflight ------------------------------------------------------------------------
-    def gaps(self, policy: SandboxPolicy) -> dict[str, str]:
-        return self.host_gaps(policy)[1]
-
     def host_gaps(self, policy: SandboxPolicy) -> tuple[Path, dict[str, str]]:
         """(rootfs, every property this host cannot enforce for ``policy``); blocking."""
         if shutil.which(self.tool) is None:
@@ -195,7 +163,7 @@ class PipeBackend(SandboxBackend):
                 stderr=stderr,
                 pass_fds=[filter_fd] if filter_fd >= 0 else [],
                 cwd="/",
-                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
+                env=TOOL_ENV,
                 start_new_session=True,
             )
         except BaseException:
@@ -211,75 +179,29 @@ class PipeBackend(SandboxBackend):
             if filter_fd >= 0:
                 os.close(filter_fd)
         record = _write_record(self.name, name, owner, proc.pid, cgroup)
-        with self._lock:
-            self._sandboxes[name] = Spawned(
-                proc, (stdin_w, stdout_r), stderr, cgroup, ids, record=record
-            )
+        self._sandboxes.add(name, Spawned(proc, (stdin_w, stdout_r), stderr, cgroup, ids, record))
         return name
 
-    async def create(
-        self,
-        policy: SandboxPolicy,
-        preflight: Preflight,
-        *,
-        command: list[str],
-        owner: Owner,
-        name: str,
-    ) -> str:
-        return await asyncio.to_thread(self._spawn, policy, command, name, owner)
+    def _claim(self, sandbox: Spawned, owner: Owner) -> None:
+        if sandbox.record is not None:
+            _update_record(sandbox.record, owner)
 
-    async def claimed(self, sandbox_id: str, owner: Owner) -> None:
-        with self._lock:
-            spawned = self._sandboxes.get(sandbox_id)
-        if spawned is not None and spawned.record is not None:
-            await asyncio.to_thread(_update_record, spawned.record, owner)
-
-    async def attach(self, sandbox_id: str, session: AgentSession) -> None:
-        with self._lock:
-            spawned = self._sandboxes.get(sandbox_id)
-            pipes = spawned.pipes if spawned else None
-            if spawned:
-                spawned.pipes = None
-        if pipes is None:
-            raise SandboxError(f"sandbox {sandbox_id} is gone or already attached")
-        await RelayThread.get().run(session.attach_pipes(*pipes))
-
-    async def start(self, sandbox_id: str) -> None:
-        """Nothing to do: the process runs since ``create`` and waits for the agent."""
-
-    def _kill(self, sandbox_id: str) -> None:
-        with self._lock:
-            spawned = self._sandboxes.get(sandbox_id)
-        if spawned is None:
-            return
+    def _kill_one(self, sandbox_id: str, sandbox: Spawned) -> None:
         try:
-            os.killpg(spawned.proc.pid, signal.SIGKILL)
+            os.killpg(sandbox.proc.pid, signal.SIGKILL)
         except OSError:
             pass
-        if spawned.cgroup is not None:
-            for pid in spawned.cgroup.pids():
+        if sandbox.cgroup is not None:
+            for pid in sandbox.cgroup.pids():
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
 
-    def _remove(self, sandbox_id: str) -> None:
-        with self._lock:
-            spawned = self._sandboxes.pop(sandbox_id, None)
-        if spawned is None:
-            return
-        code, err = _end(spawned)
-        if err and code not in (0, -signal.SIGKILL):
-            self.log.warning("sandbox %s: %s said: %s", sandbox_id, self.tool, err)
-
-    async def kill(self, sandbox_id: str) -> None:
-        await asyncio.to_thread(self._kill, sandbox_id)
-
-    async def remove(self, sandbox_id: str) -> None:
-        try:
-            await asyncio.to_thread(self._remove, sandbox_id)
-        except RuntimeError:  # interpreter shutdown: no new worker threads, so block instead
-            self._remove(sandbox_id)
+    @classmethod
+    def _end_one(cls, sandbox_id: str, sandbox: Spawned) -> str:
+        code, err = _end(sandbox)
+        return err if code not in (0, -signal.SIGKILL) else ""
 
     # -- the CLI: every pipe backend's sandboxes (bwrap and firejail keep their records in
     # one state folder, as docker and docker-runc share one daemon) ----------------------
@@ -290,20 +212,6 @@ class PipeBackend(SandboxBackend):
     @classmethod
     def remove_orphans(cls) -> list[str]:
         return remove_orphan_records()
-
-    @classmethod
-    def remove_all(cls) -> None:
-        """At exit: remove every sandbox of this process still running (warm-pool sandboxes,
-        kernels nobody shut down). Their agents would end on their own when our pipe ends;
-        this also removes their cgroups and folders. Registered with ``atexit``."""
-        with cls._lock:
-            spawned = list(cls._sandboxes.values())
-            cls._sandboxes.clear()
-        for one in spawned:
-            try:
-                _end(one)
-            except Exception:
-                pass
 
 
 atexit.register(PipeBackend.remove_all)
@@ -325,7 +233,7 @@ def _end(spawned: Spawned) -> tuple[int, str]:
         spawned.cgroup.remove()
     if spawned.record is not None:
         spawned.record.unlink(missing_ok=True)
-    err = _tail(spawned.stderr)
+    err = tail(spawned.stderr)
     return code, err
 
 
@@ -446,14 +354,3 @@ def _running(record: dict[str, Any]) -> bool:
         return False
     start = process_start(pid) if pid > 0 else ""
     return bool(start) and start == record.get("pid_start")
-
-
-def _tail(fd: int) -> str:
-    """The last STDERR_TAIL bytes of the memfd ``fd`` (closed here), as text."""
-    try:
-        start = max(0, os.fstat(fd).st_size - STDERR_TAIL)
-        return os.pread(fd, STDERR_TAIL, start).decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
-    finally:
-        os.close(fd)

@@ -5,8 +5,8 @@ that folder for each server), else, without XDG_RUNTIME_DIR, a 0700 folder under
 named by uid. Each must be a folder of the server's own uid that nobody else can enter:
 another user could otherwise plant or read a sandbox's state. A folder that is not is
 refused with its owner and the fix, never passed over for another (a predictable /tmp
-name can be taken first by another user). Used by ``runsc.py`` (``runsc --root`` and its
-bundles) and ``pipe.py`` (a record per sandbox, for ``ps`` and ``gc``).
+name can be taken first by another user). Used by ``runsc_inventory.py`` (``runsc --root``,
+its bundles and snapshots) and ``pipe.py`` (a record per sandbox, for ``ps`` and ``gc``).
 """
 
 from __future__ import annotations

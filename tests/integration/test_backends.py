@@ -65,7 +65,8 @@ def runsc_leftovers() -> set[str]:
     import socket
 
     from sandbox_kernel.backends.owner import Owner
-    from sandbox_kernel.backends.runsc import CGROUP_PREFIX, ROOT_STATE
+    from sandbox_kernel.backends.runsc_inventory import ROOT_STATE
+    from sandbox_kernel.backends.runsc_oci import CGROUP_PREFIX
 
     found = set()
     for bundle in (ROOT_STATE / "bundles").glob("*"):
@@ -266,7 +267,7 @@ def test_bwrap_warm_pool(tmp_path: Path) -> None:
         assert not kernels[0].km.provisioner.last_start_warm  # type: ignore[union-attr]
         assert kernels[1].km.provisioner.last_start_warm  # type: ignore[union-attr]
         assert kernels[1].value("import os; print(os.getuid())") == 1000
-        pooled = [s.container_id for s in pool.ready]
+        pooled = [s.sandbox_id for s in pool.ready]
         assert pooled and all(name in PipeBackend._sandboxes for name in pooled)
         states = [PipeBackend._sandboxes[name] for name in pooled]
     finally:

@@ -21,14 +21,10 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.backends.owner import Owner
-from sandbox_kernel.backends.runsc import (
-    CGROUP_PREFIX,
-    ROOT_STATE,
-    RunscBackend,
-    find_runsc,
-    oci_config,
-    runsc_argv,
-)
+from sandbox_kernel.backends.runsc import RunscBackend
+from sandbox_kernel.backends.runsc_inventory import ROOT_STATE
+from sandbox_kernel.backends.runsc_oci import CGROUP_PREFIX, oci_config
+from sandbox_kernel.backends.runsc_tool import find_runsc, runsc_argv
 from sandbox_kernel.image.rootfs import rootfs_for
 from sandbox_kernel.kernelspec import build_kernelspec
 from sandbox_kernel.policy import build_policy
@@ -448,7 +444,7 @@ def test_warm_pool_claims_and_drains(tmp_path: Path) -> None:
         assert not kernels[0].km.provisioner.last_start_warm  # type: ignore[union-attr]
         assert kernels[1].km.provisioner.last_start_warm  # type: ignore[union-attr]
         assert kernels[1].value("import os; print(os.getuid())") == 1000
-        pooled = [s.container_id for s in pool.ready]
+        pooled = [s.sandbox_id for s in pool.ready]
         assert pooled and set(pooled) <= runsc_ids()
     finally:
         for kernel in kernels:

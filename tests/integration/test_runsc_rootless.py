@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from sandbox_kernel.backends.cgroups import DELEGATED_PARENT, delegate_cgroups, remove_delegation
-from sandbox_kernel.backends.runsc import ROOTLESS_NO_SNAPSHOTS, sandbox_table
+from sandbox_kernel.backends.runsc_inventory import sandbox_table
+from sandbox_kernel.backends.runsc_snapshots import ROOTLESS_NO_SNAPSHOTS
 from sandbox_kernel.security import ATTACKS
 from sandbox_kernel.security.expectations import GAPS
 from tests.rootless import UNENFORCED_WITHOUT_CGROUPS, Rootless, UserKernel

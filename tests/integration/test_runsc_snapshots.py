@@ -39,7 +39,9 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager, KernelManager
 
 from sandbox_kernel.backends.owner import Owner
-from sandbox_kernel.backends.runsc import CGROUP_PREFIX, ROOT_STATE, RunscBackend
+from sandbox_kernel.backends.runsc import RunscBackend
+from sandbox_kernel.backends.runsc_inventory import ROOT_STATE
+from sandbox_kernel.backends.runsc_oci import CGROUP_PREFIX
 from sandbox_kernel.errors import SandboxError
 from sandbox_kernel.kernelspec import build_kernelspec
 from sandbox_kernel.pool import WarmPool
@@ -247,8 +249,8 @@ def test_restored_copies_renew_what_they_share(
 
     # Drained: the pool's sandboxes and its snapshot go, with their state and cgroups.
     pool = ks.pool()
-    names = {s.container_id for s in pool.ready}
-    snapshots = {s.id for s in pool._snapshots}
+    names = {s.sandbox_id for s in pool.ready}
+    snapshots = {s.id for s in pool.snapshots.kept}
     assert snapshots == {restored_from(a)}
     RelayThread.get().submit(pool.drain()).result(timeout=120)
     assert not leftovers(names, snapshots), leftovers(names, snapshots)
@@ -289,7 +291,7 @@ def test_a_burst_is_served_by_restores(tmp_path: Path, kernels: Callable[..., Ke
     ks = kernels(kernelspecs(tmp_path))
     ks.start()
     pool = ks.wait_ready()
-    snapshot = pool._snapshot
+    snapshot = pool.snapshots.current
     assert snapshot is not None
 
     async def burst() -> list[AsyncKernelManager]:
@@ -328,17 +330,17 @@ def test_the_snapshot_is_renewed_after_its_restores(
     ks = kernels(kernelspecs(tmp_path, pool_snapshot_restores=2))
     ks.start()
     pool = ks.wait_ready()  # restore 1 of the first snapshot
-    first = pool._snapshot
+    first = pool.snapshots.current
     assert first is not None
     a = ks.start()  # claims it; the refill is restore 2
     pool = ks.wait_ready()
     b = ks.start()  # claims that; the refill needs a new snapshot
     pool = ks.wait_ready()
-    second = pool._snapshot
+    second = pool.snapshots.current
     assert second is not None and second.id != first.id
     assert restored_from(a) == restored_from(b) == first.id
     ready = pool.ready[0]
-    assert ready.restored and RunscBackend._sandboxes[ready.container_id].restored_from == second.id
+    assert ready.restored and RunscBackend._sandboxes[ready.sandbox_id].restored_from == second.id
     wait_until(lambda: first.id not in images(), 30, "the old snapshot to be deleted")
     assert second.id in images()
 
@@ -353,17 +355,17 @@ def test_the_snapshot_is_renewed_after_its_age(
     ks = kernels(kernelspecs(tmp_path, pool_snapshot_age=age))
     ks.start()
     pool = ks.wait_ready()  # restore 1 of the first snapshot (just made: never too old)
-    first = pool._snapshot
+    first = pool.snapshots.current
     assert first is not None
     # The pool's clock is the relay loop's, time.monotonic().
     time.sleep(max(0.0, first.born + age - time.monotonic()) + 0.5)
     a = ks.start()  # claims it; the refill finds the snapshot too old
     pool = ks.wait_ready()
-    second = pool._snapshot
+    second = pool.snapshots.current
     assert second is not None and second.id != first.id, "the snapshot outlived its age"
     assert restored_from(a) == first.id and first.restores == 1
     ready = pool.ready[0]
-    assert ready.restored and RunscBackend._sandboxes[ready.container_id].restored_from == second.id
+    assert ready.restored and RunscBackend._sandboxes[ready.sandbox_id].restored_from == second.id
     wait_until(lambda: first.id not in images(), 30, "the old snapshot to be deleted")
 
 
@@ -378,7 +380,7 @@ def test_a_snapshot_is_not_restored_under_another_policy(
     ks = kernels(kernelspecs(tmp_path))
     ks.start()
     pool = ks.wait_ready()
-    snapshot = pool._snapshot
+    snapshot = pool.snapshots.current
     assert snapshot is not None
     other = dataclasses.replace(pool.policy, nproc=pool.policy.nproc // 2)
     name = f"sandbox-kernel-test-{secrets.token_hex(4)}"
@@ -406,7 +408,7 @@ def test_a_failed_restore_falls_back_to_a_fresh_sandbox(
     ks = kernels(kernelspecs(tmp_path))
     ks.start()
     pool = ks.wait_ready()
-    broken = pool._snapshot
+    broken = pool.snapshots.current
     assert broken is not None
     for f in (ROOT_STATE / "images" / broken.id / "image").iterdir():
         f.unlink()
@@ -415,7 +417,7 @@ def test_a_failed_restore_falls_back_to_a_fresh_sandbox(
         pool = ks.wait_ready()
     assert any("restoring a sandbox from snapshot" in r.getMessage() for r in caplog.records)
     assert not pool.ready[0].restored, "the refill is a fresh sandbox"
-    assert not pool.snapshots_off, "one failure retires the snapshot, not the feature"
+    assert not pool.snapshots.off, "one failure retires the snapshot, not the feature"
     fresh = ks.start()
     assert fresh.km.provisioner.last_start_warm  # type: ignore[union-attr]
     assert not fresh.km.provisioner.last_start_restored  # type: ignore[union-attr]
@@ -438,9 +440,9 @@ km = KernelManager(kernel_name="snap", kernel_spec_manager=KernelSpecManager(ker
 km.start_kernel(); kc = km.client(); kc.start_channels(); kc.wait_for_ready(timeout=60)
 pool = next(iter(WarmPool._pools.values()))
 while not pool.ready: time.sleep(0.1)
-print(json.dumps({"kernel": km.provisioner.sandbox_id, "pooled": [s.container_id for s in pool.ready],
+print(json.dumps({"kernel": km.provisioner.sandbox_id, "pooled": [s.sandbox_id for s in pool.ready],
                   "restored": [s.restored for s in pool.ready],
-                  "snapshots": [s.id for s in pool._snapshots]}), flush=True)
+                  "snapshots": [s.id for s in pool.snapshots.kept]}), flush=True)
 if sys.argv[2] == "exit":
     kc.stop_channels()
     sys.exit(0)  # no shutdown_kernel: atexit removes the kernel's sandbox, the pool and its snapshot

@@ -19,6 +19,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.backends.runsc import RunscBackend
+from sandbox_kernel.backends.runsc_snapshots import SNAPSHOTS
 from sandbox_kernel.kernelspec import build_kernelspec
 from sandbox_kernel.pool import WarmPool
 from sandbox_kernel.security import ATTACKS, Attack
@@ -113,7 +114,7 @@ def test_attack_on_a_restored_sandbox(
 @pytest.mark.docker
 def test_the_snapshot_is_the_pools_only_copy_on_disk(restored_kernel: Kernel) -> None:
     """The snapshot sits in root's private state folder (0700), nowhere a user can read."""
-    record = next(iter(RunscBackend._snapshots.values()))
+    record = next(iter(SNAPSHOTS.values()))
     folder = record.folder
     for d in (folder.parent.parent, folder.parent, folder):
         assert d.stat().st_uid == 0 and d.stat().st_mode & 0o077 == 0, d

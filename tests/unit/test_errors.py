@@ -15,7 +15,7 @@ from sandbox_kernel.inside import protocol
 
 # Raised and caught inside one module or package, never to a caller of the package.
 INTERNAL = {
-    "sandbox_kernel.pool._CheckpointFailed",  # the warm pool's own fallback to a fresh sandbox
+    "sandbox_kernel.pool_snapshots.CheckpointFailed",  # the warm pool's own fallback to a fresh sandbox
     "sandbox_kernel.relay.zmtp.ZmtpError",  # resets one relayed connection, in the relay
 }
 # Shipped into the sandbox (bundle.py) or run there: standard library only.

@@ -472,7 +472,7 @@ def test_saved_state_names_the_sandbox_and_a_reloaded_one_is_not_ours(
     try:
         prov = provisioner(kernel.km)
         info = asyncio.run(prov.get_provisioner_info())
-        assert info["container_id"] == prov.sandbox_id and info["backend"] == "local-test"
+        assert info["sandbox_id"] == prov.sandbox_id and info["backend"] == "local-test"
         assert set(info["host_ports"].values()) == {
             kernel.km.get_connection_info()[k]
             for k in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")

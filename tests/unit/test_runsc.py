@@ -12,20 +12,17 @@ import pytest
 from sandbox_kernel.backends.cgroups import DELEGATED_PARENT, DelegatedCgroup, delegated_cgroups
 from sandbox_kernel.backends.docker import AGENT_CAPABILITIES, container_spec
 from sandbox_kernel.backends.registry import default_kernel_name, display_name, make_backend
-from sandbox_kernel.backends.runsc import (
+from sandbox_kernel.backends.runsc import RunscBackend, oom_kills
+from sandbox_kernel.backends.runsc_inventory import ROOT_STATE, state_bases
+from sandbox_kernel.backends.runsc_oci import (
     CGROUP_PREFIX,
-    ROOT_STATE,
-    ROOTLESS_NO_SNAPSHOTS,
-    RunscBackend,
-    _shape,
     cgroups_path,
     oci_config,
-    oom_kills,
-    platform_flags,
     process_identity,
-    runsc_argv,
-    state_bases,
 )
+from sandbox_kernel.backends.runsc_snapshots import ROOTLESS_NO_SNAPSHOTS
+from sandbox_kernel.backends.runsc_snapshots import shape as _shape
+from sandbox_kernel.backends.runsc_tool import platform_flags, runsc_argv
 from sandbox_kernel.backends.seccomp import seccomp_profile
 from sandbox_kernel.policy import build_policy
 

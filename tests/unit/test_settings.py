@@ -60,7 +60,7 @@ def test_a_setting_on_by_default_has_a_no_flag() -> None:
     )
     given = from_flags(args)
     assert given == {"backend": "runsc", "pool_snapshots": False, "platform": "ptrace"}
-    assert configure(given).sandboxes.describe()["pool_snapshots"] is False
+    assert configure(given).sandbox_backend.describe()["pool_snapshots"] is False
     unset = from_flags(build_parser().parse_args(["install", "--backend", "runsc"]))
     assert unset == {"backend": "runsc"}, "not given: not written into the kernelspec"
 
