@@ -80,7 +80,7 @@ def inside_counters(kc: Any) -> dict[str, dict[str, float]]:
     return json.loads("".join(out).strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def host_groups(km: Any) -> dict[int, str]:
+def host_groups(km: Any, args_backend: str) -> dict[int, str]:
     """Host thread id -> the part of the path it belongs to."""
     groups: dict[int, str] = {}
     relay_tid = RelayThread.get().submit(_native_id()).result()
@@ -91,7 +91,13 @@ def host_groups(km: Any) -> dict[int, str]:
         )
     for pid in kernel_pids(km):
         comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        part = "containerd shim" if comm.startswith("containerd-shim") else f"gVisor ({comm})"
+        if comm.startswith("containerd-shim"):
+            part = "containerd shim"
+        elif args_backend == "docker-runc":  # no gVisor: the agent and kernel are host processes
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            part = "kernel" if b"ipykernel" in b" ".join(argv) else f"agent ({comm}, pid {pid})"
+        else:
+            part = f"gVisor ({comm})"
         for task in Path(f"/proc/{pid}/task").iterdir():
             groups[int(task.name)] = part
     dockerd = subprocess.run(["pidof", "dockerd"], capture_output=True, text=True).stdout.split()
@@ -159,7 +165,7 @@ def diff(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backend", default="docker", choices=["docker", "runsc"])
+    parser.add_argument("--backend", default="docker", choices=["docker", "runsc", "docker-runc"])
     parser.add_argument("--cells", type=int, default=200)
     parser.add_argument("--out", help="also write the tables here")
     args = parser.parse_args()
@@ -175,7 +181,7 @@ def main() -> None:
     ]
     try:
         cell_rtts(kc, 5)
-        groups = host_groups(km)
+        groups = host_groups(km, args.backend)
         before = inside_counters(kc)
         host = counted(groups, lambda: cell_rtts(kc, args.cells))
         after = inside_counters(kc)

@@ -70,6 +70,9 @@ class _PipeIn(asyncio.Protocol):
         self.agent = agent
         self.unescape = p.StdinUnescaper() if agent.escaped_stdin else None
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.max_size = m.PIPE_READ  # type: ignore[attr-defined]  # asyncio's read size
+
     def data_received(self, data: bytes) -> None:
         try:
             if self.unescape is not None:
