@@ -58,7 +58,7 @@ class FakeTransport(asyncio.Transport):
     def __init__(
         self,
         loop: Loop,
-        protocol: asyncio.Protocol,
+        protocol: asyncio.Protocol | Stream,
         *,
         auto_drain: bool = True,
         read_chunk: int = 65536,
