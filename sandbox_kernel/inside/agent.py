@@ -93,6 +93,13 @@ class _PipeOut(asyncio.Protocol):
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The host's bounds for the same pipe. asyncio's default (64 KiB) is one frame:
+        # every 256 KiB read from the kernel paused and resumed all local sockets (two
+        # epoll_ctl each), most of the agent's syscalls while output streams.
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.set_write_buffer_limits(high=m.PIPE_HIGH_WATER, low=m.PIPE_LOW_WATER)
+
     def pause_writing(self) -> None:
         self.agent.mux.pipe_pause()
 

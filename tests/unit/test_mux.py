@@ -957,3 +957,26 @@ def test_streams_read_their_sockets_into_the_muxs_one_reused_buffer() -> None:
     assert got[4] == b"".join(b"B" * (1000 + i) for i in range(20))
     assert set(reads) == {2, 4} and len(reads) >= 2
     assert all(s.get_buffer(-1) is mux.read_buffer for s in streams)
+
+
+def test_the_agents_pipe_to_the_host_has_the_hosts_buffer_bounds() -> None:
+    """The agent's stdout pauses its streams at the same marks as the host's end of the
+    pipe (not asyncio's 64 KiB, one frame: that paused and resumed every local socket per
+    read while output streamed)."""
+    import os
+
+    from sandbox_kernel.inside import agent
+
+    async def run() -> tuple[int, int]:
+        r, w = os.pipe()
+        os.close(r)  # nothing is written: only the transport's limits are read
+        transport, _ = await asyncio.get_running_loop().connect_write_pipe(
+            lambda: agent._PipeOut(None),  # type: ignore[arg-type]
+            os.fdopen(w, "wb", buffering=0),
+        )
+        try:
+            return transport.get_write_buffer_limits()
+        finally:
+            transport.abort()
+
+    assert asyncio.run(run()) == (m.PIPE_LOW_WATER, m.PIPE_HIGH_WATER)
