@@ -17,8 +17,10 @@ the host set up by scripts/quickstart.sh.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -170,6 +172,7 @@ def main() -> None:
     parser.add_argument("--out", help="also write the tables here")
     args = parser.parse_args()
     specs = Path(tempfile.mkdtemp(prefix="sk-hops-"))
+    atexit.register(shutil.rmtree, specs, ignore_errors=True)  # the temporary kernelspec
     (specs / "k").mkdir()
     spec = build_kernelspec({"image": DEFAULT_IMAGE, "backend": args.backend, "pool_size": 0})
     (specs / "k" / "kernel.json").write_text(json.dumps(spec))
