@@ -1,6 +1,7 @@
 """Where a sandboxed kernel's extra time goes, per hop and per process, counted.
 
-    .venv/bin/python benchmarks/hops.py [--backend docker|runsc] [--cells 200] [--out FILE]
+    .venv/bin/python benchmarks/hops.py [--backend docker|runsc|docker-runc] [--cells 200]
+                                        [--strace-agent] [--out FILE]
 
 Counters, not wall time (they survive a loaded machine): for N trivial cells and for a
 20 MB print (``kernel_timing.py``'s, the benchmark's own), each process on the path is
@@ -10,8 +11,10 @@ wake-ups) on the host, and inside the sandbox by the kernel reading gVisor's
 of the agent (PID 1). The hops: kernel -> agent inside (gVisor's loopback TCP), agent ->
 pipe (its stdout), pipe -> host relay (Docker's attach stream through dockerd and the
 containerd shim, or runsc's pipe directly), relay -> client (127.0.0.1 TCP in this
-process). Prints a markdown table per workload. Needs root (perf on other processes) and
-the host set up by scripts/quickstart.sh.
+process). With ``--backend docker-runc`` the agent and the kernel are host processes,
+counted one by one, and ``--strace-agent`` adds the agent's syscalls by name (``strace
+-c``, a pass of its own). Prints a markdown table per workload. Needs root (perf on other
+processes) and the host set up by scripts/quickstart.sh.
 """
 
 from __future__ import annotations
@@ -138,6 +141,18 @@ def counted(groups: dict[int, str], work: Callable[[], Any]) -> dict[str, dict[s
     return sums
 
 
+def straced(pid: int, work: Callable[[], Any]) -> str:
+    """``strace -c`` of one process (the agent, when it runs on the host) during ``work``."""
+    with tempfile.NamedTemporaryFile("r", suffix=".strace") as out:
+        st = subprocess.Popen(["strace", "-f", "-c", "-S", "calls", "-p", str(pid), "-o", out.name],
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+        time.sleep(0.5)  # attached
+        work()
+        st.send_signal(signal.SIGINT)
+        st.wait(timeout=30)
+        return Path(out.name).read_text()
+
+
 def table(
     title: str, n: int, host: dict[str, dict[str, float]], inside: dict[str, dict[str, float]]
 ) -> list[str]:
@@ -170,7 +185,13 @@ def main() -> None:
     parser.add_argument("--backend", default="docker", choices=["docker", "runsc", "docker-runc"])
     parser.add_argument("--cells", type=int, default=200)
     parser.add_argument("--out", help="also write the tables here")
+    parser.add_argument(
+        "--strace-agent", action="store_true",
+        help="docker-runc only: also the agent's syscalls by name (strace -c), another pass",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.strace_agent and args.backend != "docker-runc":
+        parser.error("--strace-agent needs --backend docker-runc (the agent as a host process)")
     specs = Path(tempfile.mkdtemp(prefix="sk-hops-"))
     atexit.register(shutil.rmtree, specs, ignore_errors=True)  # the temporary kernelspec
     (specs / "k").mkdir()
@@ -194,6 +215,16 @@ def main() -> None:
         host = counted(groups, lambda: print_throughput(kc))
         after = inside_counters(kc)
         lines += table(f"a {PRINT_MB} MB print", 1, host, diff(before, after))
+        if args.strace_agent:
+            agent = next(int(g.split("pid ")[1].rstrip(")")) for g in set(groups.values())
+                         if g.startswith("agent ("))  # fmt: skip
+            passes: list[tuple[str, Callable[[], Any]]] = [
+                (f"{n} trivial cells", lambda: cell_rtts(kc, args.cells)),
+                (f"a {PRINT_MB} MB print", lambda: print_throughput(kc)),
+            ]
+            for title, work in passes:
+                text = straced(agent, work).strip()
+                lines += [f"### The agent's syscalls: {title}", "", "```", text, "```", ""]
     finally:
         stop(km, kc)
     text = "\n".join(lines)
