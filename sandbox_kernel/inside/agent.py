@@ -70,6 +70,9 @@ class _PipeIn(asyncio.Protocol):
         self.agent = agent
         self.unescape = p.StdinUnescaper() if agent.escaped_stdin else None
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.max_size = m.PIPE_READ  # type: ignore[attr-defined]  # asyncio's read size
+
     def data_received(self, data: bytes) -> None:
         try:
             if self.unescape is not None:
@@ -89,6 +92,13 @@ class _PipeIn(asyncio.Protocol):
 class _PipeOut(asyncio.Protocol):
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The host's bounds for the same pipe. asyncio's default (64 KiB) is one frame:
+        # every 256 KiB read from the kernel paused and resumed all local sockets (two
+        # epoll_ctl each), most of the agent's syscalls while output streams.
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.set_write_buffer_limits(high=m.PIPE_HIGH_WATER, low=m.PIPE_LOW_WATER)
 
     def pause_writing(self) -> None:
         self.agent.mux.pipe_pause()

@@ -29,6 +29,15 @@ LOCAL_HIGH_WATER = 256 * 1024
 LOCAL_LOW_WATER = 64 * 1024
 PIPE_HIGH_WATER = 1024 * 1024
 PIPE_LOW_WATER = 256 * 1024
+# What one read of a local socket can take (asyncio's own read size). Streams read into
+# one buffer per Mux, reused: a fresh 256 KiB bytes object per read costs glibc an mmap,
+# an mremap and a munmap, which gVisor's sentry handles (half the agent's syscalls per
+# cell; docs/performance.md).
+READ_BUFFER = 256 * 1024
+# What one read of the pipe takes. asyncio's pipe transport allocates a bytes object per
+# read; below glibc's mmap threshold (128 KiB) it comes from the heap, without that mmap,
+# mremap and munmap. A pipe holds 64 KiB, so reads are no smaller for it.
+PIPE_READ = 64 * 1024
 # Relayed connections open at once per pipe: a client's five channels, reconnects and an
 # exposed server's browser connections fit; each holds a socket on the host.
 MAX_STREAMS = 64
@@ -43,8 +52,10 @@ def abort_transport(transport: asyncio.BaseTransport) -> None:
         transport.close()
 
 
-class Stream(asyncio.Protocol):
-    """One relayed connection on this side of the pipe (an asyncio protocol)."""
+class Stream(asyncio.BufferedProtocol):
+    """One relayed connection on this side of the pipe (an asyncio protocol). Socket
+    transports read into the Mux's reused buffer (``get_buffer``, ``buffer_updated``);
+    a pipe (the kernel's console output) calls ``data_received``."""
 
     def __init__(self, mux: Mux, sid: int) -> None:
         self.mux = mux
@@ -82,7 +93,14 @@ class Stream(asyncio.Protocol):
             self._local_write_eof()
         self.pump()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.mux.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # Copied out at once: the next read of any stream of this Mux reuses the buffer.
+        self.data_received(self.mux.read_buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         self.pending_out += data
         self.pump()
 
@@ -255,6 +273,9 @@ class Mux:
         self._on_console = on_console
         self._console_window = p.RecvWindow()
         self.decoder = p.FrameDecoder()
+        # Shared by this Mux's streams: the loop calls get_buffer, reads, then
+        # buffer_updated, with nothing in between.
+        self.read_buffer = memoryview(bytearray(READ_BUFFER))
         self.streams: dict[int, Stream] = {}
         self.max_streams = max_streams
         self.pipe_paused = False

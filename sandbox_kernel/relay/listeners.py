@@ -89,7 +89,7 @@ class HostListeners:
 
         return connected
 
-    def _accept(self, inside_port: int) -> asyncio.Protocol:
+    def _accept(self, inside_port: int) -> asyncio.BaseProtocol:
         session = self.session
         if session is None or not session.ready or session.dead.is_set():
             return _Refuse()

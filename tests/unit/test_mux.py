@@ -58,7 +58,7 @@ class FakeTransport(asyncio.Transport):
     def __init__(
         self,
         loop: Loop,
-        protocol: asyncio.Protocol,
+        protocol: asyncio.Protocol | Stream,
         *,
         auto_drain: bool = True,
         read_chunk: int = 65536,
@@ -913,3 +913,70 @@ def test_eof_to_a_vanished_local_peer_resets_only_that_stream() -> None:
     w.run()
     _, other_at = w.agent_side(other.sid)
     assert bytes(other_at.consumed) == b"still fine"
+
+
+def test_streams_read_their_sockets_into_the_muxs_one_reused_buffer() -> None:
+    """Real sockets, a real loop: two streams' local reads go into the Mux's one buffer
+    (no fresh 256 KiB object per read: under gVisor each costs an mmap, an mremap and a
+    munmap in the sentry), and each stream's bytes still reach the pipe whole and in order."""
+    import socket
+
+    frames: list[bytes] = []
+    mux = Mux(frames.append, on_control=lambda msg: None)
+    reads: list[int] = []
+
+    class Counted(Stream):
+        def get_buffer(self, sizehint: int) -> memoryview:
+            reads.append(self.sid)
+            return super().get_buffer(sizehint)
+
+    streams = [Counted(mux, sid) for sid in (2, 4)]
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        pairs = [socket.socketpair() for _ in range(2)]
+        for stream, (inner, _) in zip(streams, pairs, strict=True):
+            mux.register(stream)
+            await loop.connect_accepted_socket(lambda s=stream: s, inner)  # type: ignore[misc]
+        for i in range(20):
+            for n, (_, outer) in enumerate(pairs):
+                outer.sendall(bytes([65 + n]) * (1000 + i))
+                await asyncio.sleep(0.001)
+        await asyncio.sleep(0.05)
+        for inner, outer in pairs:
+            outer.close()
+            inner.close()
+
+    asyncio.run(run())
+    got: dict[int, bytes] = {2: b"", 4: b""}
+    decoder = p.FrameDecoder()
+    for frame in decoder.feed(b"".join(frames)):
+        if frame.type == p.DATA:
+            got[frame.stream] += frame.payload
+    assert got[2] == b"".join(b"A" * (1000 + i) for i in range(20))
+    assert got[4] == b"".join(b"B" * (1000 + i) for i in range(20))
+    assert set(reads) == {2, 4} and len(reads) >= 2
+    assert all(s.get_buffer(-1) is mux.read_buffer for s in streams)
+
+
+def test_the_agents_pipe_to_the_host_has_the_hosts_buffer_bounds() -> None:
+    """The agent's stdout pauses its streams at the same marks as the host's end of the
+    pipe (not asyncio's 64 KiB, one frame: that paused and resumed every local socket per
+    read while output streamed)."""
+    import os
+
+    from sandbox_kernel.inside import agent
+
+    async def run() -> tuple[int, int]:
+        r, w = os.pipe()
+        os.close(r)  # nothing is written: only the transport's limits are read
+        transport, _ = await asyncio.get_running_loop().connect_write_pipe(
+            lambda: agent._PipeOut(None),  # type: ignore[arg-type]
+            os.fdopen(w, "wb", buffering=0),
+        )
+        try:
+            return transport.get_write_buffer_limits()
+        finally:
+            transport.abort()
+
+    assert asyncio.run(run()) == (m.PIPE_LOW_WATER, m.PIPE_HIGH_WATER)
