@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .. import endings
-from ..errors import SandboxError
+from ..errors import PolicyError, SandboxError
 from ..image.rootfs import check_rootfs, rootfs_for
 from ..policy import SANDBOX_PATH, SandboxPolicy, build_policy
 from ..relay.session import AgentSession
@@ -89,7 +89,13 @@ from .cgroups import (
     user_name,
     v1_mounts,
 )
-from .gvisor import AGENT_CAPABILITIES, REQUIRED_RUNSC_ARGS
+from .gvisor import (
+    AGENT_CAPABILITIES,
+    CURRENT_RUNSC,
+    CURRENT_RUNTIME,
+    CURRENT_SETUP,
+    REQUIRED_RUNSC_ARGS,
+)
 from .launcher import launcher_argv
 from .owner import Owner
 from .seccomp import seccomp_profile
@@ -280,7 +286,16 @@ def root_cgroup_dirs(name: str) -> list[Path]:
 
 
 # -- the backend --------------------------------------------------------------------------------
-def find_runsc() -> str:
+def find_runsc(runtime: str = "runsc") -> str:
+    """The runsc binary of ``runtime`` (the setting): ``runsc``, the first on PATH (Debian's);
+    ``runsc-current``, setup-host's build of the current gVisor, never another in its place."""
+    if runtime == CURRENT_RUNTIME:
+        if not os.access(CURRENT_RUNSC, os.X_OK):
+            raise SandboxError(
+                f"runtime {runtime}: {CURRENT_RUNSC} is not installed: build it with "
+                f"`{CURRENT_SETUP}`, or use runtime 'runsc'"
+            )
+        return CURRENT_RUNSC
     found = shutil.which("runsc") or next((p for p in RUNSC_PATHS if os.access(p, os.X_OK)), "")
     if not found:
         raise SandboxError(f"`runsc` (gVisor) is not installed: {SETUP_HINT}")
@@ -381,6 +396,7 @@ class RunscBackend(SandboxBackend):
         accept_unenforced: Iterable[str] = (),
         rootfs: str = "",
         platform: str = BY_NAME["platform"].default,
+        runtime: str = BY_NAME["runtime"].default,
         pool_snapshots: bool = BY_NAME["pool_snapshots"].default,
         pool_snapshot_restores: int = BY_NAME["pool_snapshot_restores"].default,
         pool_snapshot_age: float = BY_NAME["pool_snapshot_age"].default,
@@ -391,6 +407,10 @@ class RunscBackend(SandboxBackend):
         self.rootfs_override = rootfs
         self.platform: str = check("platform", platform)
         self.flags = platform_flags(platform)
+        if runtime not in ("runsc", CURRENT_RUNTIME):
+            raise PolicyError(f"runtime: the runsc backend runs 'runsc' or {CURRENT_RUNTIME!r}, "
+                              f"not {runtime!r}")  # fmt: skip
+        self.runtime = runtime
         self.pool_snapshots: bool = check("pool_snapshots", pool_snapshots)
         self.pool_snapshot_restores: int = check("pool_snapshot_restores", pool_snapshot_restores)
         self.pool_snapshot_age: float = check("pool_snapshot_age", pool_snapshot_age)
@@ -407,6 +427,7 @@ class RunscBackend(SandboxBackend):
             "rootfs": self.rootfs_override,
             "accept_unenforced": sorted(self.accept_unenforced),
             "platform": self.platform,
+            "runtime": self.runtime,
             "pool_snapshots": self.pool_snapshots,
         }
 
@@ -420,7 +441,7 @@ class RunscBackend(SandboxBackend):
 
     def host_gaps(self, policy: SandboxPolicy) -> tuple[Path, dict[str, str]]:
         """(rootfs, every property this host cannot enforce for ``policy``); blocking."""
-        runsc = find_runsc()
+        runsc = find_runsc(self.runtime)
         rootfs = check_rootfs(rootfs_for(policy.image, self.rootfs_override))
         rootless = self.rootless()
         gaps: dict[str, str] = {}
@@ -469,7 +490,7 @@ class RunscBackend(SandboxBackend):
                 ) from None
             raise
         return Preflight(
-            runtime="runsc", warnings=warnings, foreign_kernel=True, kernel_user_apart=True
+            runtime=self.runtime, warnings=warnings, foreign_kernel=True, kernel_user_apart=True
         )
 
     async def preflight(self, policy: SandboxPolicy) -> Preflight:
@@ -491,7 +512,7 @@ class RunscBackend(SandboxBackend):
         its stdin and stdout our pipes; returns once runsc has the sandbox running."""
         rootfs, gaps = self.host_gaps(policy)
         refuse_unenforced(self.name, gaps, self.accept_unenforced)
-        runsc, rootless = find_runsc(), self.rootless()
+        runsc, rootless = find_runsc(self.runtime), self.rootless()
         base = state_base()
         bundle = base / "bundles" / name
         bundle.mkdir(mode=0o700)
