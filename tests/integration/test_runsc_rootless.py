@@ -20,7 +20,8 @@ import pytest
 from sandbox_kernel.backends.cgroups import DELEGATED_PARENT, delegate_cgroups, remove_delegation
 from sandbox_kernel.backends.runsc import ROOTLESS_NO_SNAPSHOTS, sandbox_table
 from sandbox_kernel.security import ATTACKS
-from sandbox_kernel.security.expectations import GAPS
+from sandbox_kernel.security.expectations import gaps_of
+from tests.helpers import gvisor_release
 from tests.rootless import UNENFORCED_WITHOUT_CGROUPS, Rootless, UserKernel
 
 SELF_CONTAINED = {a.id for a in ATTACKS if not a.needs}  # what doctor runs
@@ -220,7 +221,10 @@ def test_doctor_as_an_ordinary_user(rootless: Rootless, delegated: dict[str, Pat
     attacks = checks["attack subset as documented"]
     assert attacks["ok"] is True and r.returncode == 0, attacks
     documented = attacks["detail"].split("documented gaps of runsc: ")[1]
-    assert set(documented.split(", ")) == set(GAPS["runsc"]) & SELF_CONTAINED, attacks
+    assert (
+        set(documented.split(", "))
+        == set(gaps_of("runsc", gvisor_release("runsc", "runsc"))) & SELF_CONTAINED
+    ), attacks
     assert f"note: {ROOTLESS_NO_SNAPSHOTS}" in checks["runsc: host ready"]["detail"]
     assert not rootless.leftovers()
 
