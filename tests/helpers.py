@@ -43,16 +43,18 @@ REPO = Path(__file__).resolve().parents[1]
 # current gVisor that `SANDBOX_KERNEL_RUNSC=current setup-host` registers (docs/backends.md),
 # and the runsc backend's kernelspecs on its binary; unset, the kernelspec's own default
 # (runsc). Verdicts follow the gap table of the release that runs (gvisor_release).
-TEST_RUNTIME = os.environ.get("SANDBOX_KERNEL_TEST_RUNTIME") or BY_NAME["runtime"].default
-_RUNSC_RUNTIME = {"runtime": TEST_RUNTIME} if TEST_RUNTIME in GVISOR_RUNTIMES else {}
+DEFAULT_RUNTIME: str = BY_NAME["runtime"].default
+TEST_RUNTIME = os.environ.get("SANDBOX_KERNEL_TEST_RUNTIME") or DEFAULT_RUNTIME
+# The runsc backend on the same gVisor (root and rootless kernelspecs).
+RUNSC_RUNTIME = {"runtime": TEST_RUNTIME} if TEST_RUNTIME in GVISOR_RUNTIMES else {}
 # Kernelspec configs of the non-default backends, as `sandbox-kernel install --backend` writes
 # them; pool_size 0 so each test starts (and removes) exactly the sandboxes it counts. A
 # variant of a backend (its name: backend-variant) is held to its backend's gap table.
 BACKEND_CONFIGS: dict[str, dict[str, Any]] = {
-    "runsc": {"backend": "runsc", "pool_size": 0, **_RUNSC_RUNTIME},
+    "runsc": {"backend": "runsc", "pool_size": 0, **RUNSC_RUNTIME},
     # gVisor's ptrace platform (the runsc backend's `platform` setting): same sentry, other
     # syscall interception; the whole catalogue runs with it too.
-    "runsc-ptrace": {"backend": "runsc", "platform": "ptrace", "pool_size": 0, **_RUNSC_RUNTIME},
+    "runsc-ptrace": {"backend": "runsc", "platform": "ptrace", "pool_size": 0, **RUNSC_RUNTIME},
     "docker-runc": {"backend": "docker-runc", "pool_size": 0},
     "bwrap": {"backend": "bwrap", "pool_size": 0},
     "firejail": {"backend": "firejail", "pool_size": 0, "accept_unenforced": ["tmp_size"]},
