@@ -34,7 +34,14 @@ from sandbox_kernel.kernelspec import build_kernelspec
 from sandbox_kernel.policy import build_policy
 from sandbox_kernel.security import ATTACKS
 from sandbox_kernel.security.expectations import gaps_of
-from tests.helpers import BACKEND_CONFIGS, Kernel, gvisor_release, listening_ports, pool_of
+from tests.helpers import (
+    BACKEND_CONFIGS,
+    DEFAULT_RUNTIME,
+    Kernel,
+    gvisor_release,
+    listening_ports,
+    pool_of,
+)
 
 RUNSC = "sandbox-runsc"
 SELF_CONTAINED = {a.id for a in ATTACKS if not a.needs}  # what doctor runs
@@ -548,7 +555,7 @@ def test_doctor_checks_the_runsc_backend() -> None:
     documented = attacks["detail"].split("documented gaps of runsc: ")[1]
     assert (
         set(documented.split(", "))
-        == set(gaps_of("runsc", gvisor_release("runsc", "runsc"))) & SELF_CONTAINED
+        == set(gaps_of("runsc", gvisor_release("runsc", DEFAULT_RUNTIME))) & SELF_CONTAINED
     ), attacks
     assert (
         "the warm pool restores its sandboxes from a snapshot"

@@ -21,7 +21,7 @@ from sandbox_kernel.backends.cgroups import DELEGATED_PARENT, delegate_cgroups, 
 from sandbox_kernel.backends.runsc import ROOTLESS_NO_SNAPSHOTS, sandbox_table
 from sandbox_kernel.security import ATTACKS
 from sandbox_kernel.security.expectations import gaps_of
-from tests.helpers import gvisor_release
+from tests.helpers import DEFAULT_RUNTIME, gvisor_release
 from tests.rootless import UNENFORCED_WITHOUT_CGROUPS, Rootless, UserKernel
 
 SELF_CONTAINED = {a.id for a in ATTACKS if not a.needs}  # what doctor runs
@@ -223,7 +223,7 @@ def test_doctor_as_an_ordinary_user(rootless: Rootless, delegated: dict[str, Pat
     documented = attacks["detail"].split("documented gaps of runsc: ")[1]
     assert (
         set(documented.split(", "))
-        == set(gaps_of("runsc", gvisor_release("runsc", "runsc"))) & SELF_CONTAINED
+        == set(gaps_of("runsc", gvisor_release("runsc", DEFAULT_RUNTIME))) & SELF_CONTAINED
     ), attacks
     assert f"note: {ROOTLESS_NO_SNAPSHOTS}" in checks["runsc: host ready"]["detail"]
     assert not rootless.leftovers()
