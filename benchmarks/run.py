@@ -74,6 +74,11 @@ CONFIGS = {
     # The current gVisor beside Debian's (setup-host with SANDBOX_KERNEL_RUNSC=current).
     "sandbox runsc-current cold": {"runtime": "runsc-current", "pool_size": 0},
     "sandbox runsc-backend cold": {"backend": "runsc", "pool_size": 0},
+    "sandbox runsc-backend current cold": {
+        "backend": "runsc",
+        "runtime": "runsc-current",
+        "pool_size": 0,
+    },
     # A warm runsc-backend pool refills, and serves launches that find it empty, from a
     # snapshot (pool_snapshots, on by default, as root).
     "sandbox runsc-backend warm": {"backend": "runsc", "pool_size": 1},
@@ -110,7 +115,9 @@ SCALED = (
     "sandbox runc",
     "sandbox runsc cold",
     "sandbox runsc warm",
+    "sandbox runsc-current cold",
     "sandbox runsc-backend cold",
+    "sandbox runsc-backend current cold",
     "sandbox runsc-backend warm",
     "sandbox runsc-backend warm, no snapshots",
     "sandbox runsc-backend ptrace warm",

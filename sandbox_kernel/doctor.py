@@ -165,8 +165,10 @@ def run_doctor(
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
 
+    from .backends.releases import runtime_release
     from .kernelspec import build_kernelspec
-    from .security.expectations import GAPS
+    from .policy import GVISOR_RUNTIMES
+    from .security.expectations import GVISOR_BACKENDS, gaps_of
 
     say = progress or (lambda _msg: None)
     report = Report()
@@ -227,8 +229,19 @@ def run_doctor(
                     "seen from inside", True,
                     f"the host's kernel ({inside}): a weaker tier, as chosen",
                 )  # fmt: skip
+            # gVisor's gaps are those of the release the kernel runs on; docker without
+            # gVisor (allow_weaker_runtime, no runsc registered) is docker-runc's table.
+            table, release = backend, None
+            if backend in GVISOR_BACKENDS and preflight.runtime in GVISOR_RUNTIMES:
+                try:
+                    release = runtime_release(backend, preflight.runtime)
+                except SandboxError as exc:
+                    report.add("attack subset as documented", False, str(exc), SETUP)
+                    return report
+            elif backend == "docker":
+                table = "docker-runc"
             _judge_attacks(
-                report, kc, backend, GAPS[backend], say,
+                report, kc, backend, gaps_of(table, release), say,
                 fix="update the sandbox (runsc, the tool) and re-run setup-host; report the attack"
                 if preflight.foreign_kernel
                 else "compare with docs/security.md (weaker backends); report the attack",

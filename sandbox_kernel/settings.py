@@ -77,10 +77,11 @@ SETTINGS: tuple[Setting, ...] = (
     S(
         "runtime",
         "runsc",
-        "Docker runtime: runsc = gVisor; runsc-current = the current gVisor that setup-host "
-        "builds with SANDBOX_KERNEL_RUNSC=current; anything else needs allow_weaker_runtime",
+        "which gVisor: runsc (Debian's), runsc-current (the current gVisor setup-host builds "
+        "with SANDBOX_KERNEL_RUNSC=current); the docker backend takes any Docker runtime "
+        "with allow_weaker_runtime",
         "str",
-        backends=("docker",),
+        backends=("docker", "runsc"),
         group="sandbox",
     ),
     S(

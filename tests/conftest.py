@@ -19,10 +19,12 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
+from sandbox_kernel.backends.runsc_tool import find_runsc
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.kernelspec import build_kernelspec
 from tests.helpers import (
     BACKEND_CONFIGS,
+    DEFAULT_RUNTIME,
     SETUP,
     TEST_RUNTIME,
     Kernel,
@@ -187,18 +189,20 @@ def daemon_without_runsc() -> Iterator[str]:
 
 @pytest.fixture
 def daemon_with_unfiltered_runsc() -> Iterator[str]:
-    """runsc registered without --oci-seccomp: the seccomp profile would be ignored."""
-    runsc = shutil.which("runsc") or "/usr/bin/runsc"
-    config = {"runtimes": {"runsc": {"path": runsc, "runtimeArgs": ["--network=none"]}}}
+    """The default gVisor runtime registered without --oci-seccomp: the seccomp profile
+    would be ignored."""
+    runsc = find_runsc(DEFAULT_RUNTIME)
+    config = {"runtimes": {DEFAULT_RUNTIME: {"path": runsc, "runtimeArgs": ["--network=none"]}}}
     with second_dockerd(config) as sock:
         yield sock
 
 
 @pytest.fixture
 def daemon_with_networked_runsc() -> Iterator[str]:
-    """runsc registered without --network=none (with --oci-seccomp): gVisor would serve the
-    network of the container's namespace; only Docker's network mode would stop it."""
-    runsc = shutil.which("runsc") or "/usr/bin/runsc"
-    config = {"runtimes": {"runsc": {"path": runsc, "runtimeArgs": ["--oci-seccomp"]}}}
+    """The default gVisor runtime registered without --network=none (with --oci-seccomp):
+    gVisor would serve the network of the container's namespace; only Docker's network mode
+    would stop it."""
+    runsc = find_runsc(DEFAULT_RUNTIME)
+    config = {"runtimes": {DEFAULT_RUNTIME: {"path": runsc, "runtimeArgs": ["--oci-seccomp"]}}}
     with second_dockerd(config) as sock:
         yield sock

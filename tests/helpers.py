@@ -3,6 +3,7 @@ network namespaces, host-side observations (listening ports, our containers)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -31,22 +32,29 @@ from sandbox_kernel.backends.owner import (
     LABEL_POOL,
     LABEL_SERVER_PID,
 )
+from sandbox_kernel.backends.releases import runtime_release
+from sandbox_kernel.policy import GVISOR_RUNTIMES
+from sandbox_kernel.security.expectations import GVISOR_BACKENDS
 from sandbox_kernel.settings import BY_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 # The Docker runtime the default kernelspecs (sandbox-python, sandbox-small) use:
 # SANDBOX_KERNEL_TEST_RUNTIME=runsc-current runs the integration and security suites on the
-# current gVisor that `SANDBOX_KERNEL_RUNSC=current setup-host` registers (docs/backends.md);
-# unset, the kernelspec's own default (runsc). Verdicts are still held to GAPS["docker"].
-TEST_RUNTIME = os.environ.get("SANDBOX_KERNEL_TEST_RUNTIME") or BY_NAME["runtime"].default
+# current gVisor that `SANDBOX_KERNEL_RUNSC=current setup-host` registers (docs/backends.md),
+# and the runsc backend's kernelspecs on its binary; unset, the kernelspec's own default
+# (runsc). Verdicts follow the gap table of the release that runs (gvisor_release).
+DEFAULT_RUNTIME: str = BY_NAME["runtime"].default
+TEST_RUNTIME = os.environ.get("SANDBOX_KERNEL_TEST_RUNTIME") or DEFAULT_RUNTIME
+# The runsc backend on the same gVisor (root and rootless kernelspecs).
+RUNSC_RUNTIME = {"runtime": TEST_RUNTIME} if TEST_RUNTIME in GVISOR_RUNTIMES else {}
 # Kernelspec configs of the non-default backends, as `sandbox-kernel install --backend` writes
 # them; pool_size 0 so each test starts (and removes) exactly the sandboxes it counts. A
 # variant of a backend (its name: backend-variant) is held to its backend's gap table.
 BACKEND_CONFIGS: dict[str, dict[str, Any]] = {
-    "runsc": {"backend": "runsc", "pool_size": 0},
+    "runsc": {"backend": "runsc", "pool_size": 0, **RUNSC_RUNTIME},
     # gVisor's ptrace platform (the runsc backend's `platform` setting): same sentry, other
     # syscall interception; the whole catalogue runs with it too.
-    "runsc-ptrace": {"backend": "runsc", "platform": "ptrace", "pool_size": 0},
+    "runsc-ptrace": {"backend": "runsc", "platform": "ptrace", "pool_size": 0, **RUNSC_RUNTIME},
     "docker-runc": {"backend": "docker-runc", "pool_size": 0},
     "bwrap": {"backend": "bwrap", "pool_size": 0},
     "firejail": {"backend": "firejail", "pool_size": 0, "accept_unenforced": ["tmp_size"]},
@@ -56,6 +64,21 @@ BACKEND_CONFIGS: dict[str, dict[str, Any]] = {
 def backend_of(variant: str) -> str:
     """The backend a BACKEND_CONFIGS entry runs (its gap table's key)."""
     return str(BACKEND_CONFIGS[variant]["backend"])
+
+
+@functools.cache
+def gvisor_release(backend: str, runtime: str = TEST_RUNTIME) -> int | None:
+    """The runsc release a ``backend`` kernel of the tests runs on (None: not gVisor), to
+    hold it to that release's gaps (``security.expectations.gaps_of``)."""
+    if backend not in GVISOR_BACKENDS:
+        return None
+    return runtime_release(backend, runtime if runtime in GVISOR_RUNTIMES else "runsc")
+
+
+def variant_release(variant: str) -> int | None:
+    """:func:`gvisor_release` of a BACKEND_CONFIGS entry."""
+    config = BACKEND_CONFIGS[variant]
+    return gvisor_release(backend_of(variant), config.get("runtime", BY_NAME["runtime"].default))
 
 
 SETUP = "run `sudo scripts/quickstart.sh` (or `sandbox-kernel setup-host && sandbox-kernel image build`)"

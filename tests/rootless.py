@@ -26,7 +26,7 @@ from typing import Any
 
 from jupyter_client.blocking.client import BlockingKernelClient
 
-from tests.helpers import REPO, Kernel
+from tests.helpers import REPO, RUNSC_RUNTIME, Kernel
 
 SHARED_VENV = Path("/opt/sandbox-kernel/venv")
 
@@ -172,7 +172,7 @@ def shared_python(root: Path) -> str:
 # enforce without a delegated cgroup.
 UNENFORCED_WITHOUT_CGROUPS = ["cpu_limit", "memory_limit", "pids_limit"]
 ROOTLESS_SPECS: dict[str, dict[str, Any]] = {
-    "rl": {"backend": "runsc", "pool_size": 0},
+    "rl": {"backend": "runsc", "pool_size": 0, **RUNSC_RUNTIME},
     "rl-small": {"backend": "runsc", "pool_size": 0, "memory_limit": "1g", "cpu_limit": 0.5,
                  "nproc_limit": 16, "pids_limit": 1000},
     "rl-accepted": {"backend": "runsc", "pool_size": 0,
@@ -200,8 +200,15 @@ class Rootless:
 
     def leftovers(self) -> list[str]:
         """Anything of the user's sandboxes still on the host: runsc state, bundles,
-        per-sandbox cgroups under the user's delegation."""
-        found = [str(p) for d in ("state", "bundles") for p in (self.state() / d).glob("*")]
+        per-sandbox cgroups under the user's delegation. Not state/null-netns: a current
+        runsc's one empty network namespace for every gofer of that state folder (created
+        once, reused; runsc/specutils/namespace.go), nothing of a sandbox."""
+        found = [
+            str(p)
+            for d in ("state", "bundles")
+            for p in (self.state() / d).glob("*")
+            if p.name != "null-netns"
+        ]
         found += [str(p) for p in Path("/sys/fs/cgroup").glob(
             f"*/sandbox-kernel-users/{self.user.name}/*/")]  # fmt: skip
         return found

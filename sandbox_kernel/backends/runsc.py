@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .. import endings
-from ..errors import SandboxError
+from ..errors import PolicyError, SandboxError
 from ..image.rootfs import check_rootfs, rootfs_for
 from ..policy import SandboxPolicy, build_policy
 from ..settings import BY_NAME, check
@@ -70,6 +70,7 @@ from .cgroups import (
     user_name,
     v1_mounts,
 )
+from .gvisor import CURRENT_RUNTIME
 from .launcher import launcher_argv
 from .owner import Owner
 from .runsc_inventory import set_annotations, state_base
@@ -147,6 +148,7 @@ class RunscBackend(SpawnedBackend[Running]):
         accept_unenforced: Iterable[str] = (),
         rootfs: str = "",
         platform: str = BY_NAME["platform"].default,
+        runtime: str = BY_NAME["runtime"].default,
         pool_snapshots: bool = BY_NAME["pool_snapshots"].default,
         pool_snapshot_restores: int = BY_NAME["pool_snapshot_restores"].default,
         pool_snapshot_age: float = BY_NAME["pool_snapshot_age"].default,
@@ -155,6 +157,10 @@ class RunscBackend(SpawnedBackend[Running]):
         super().__init__(log, accept_unenforced=accept_unenforced, rootfs=rootfs)
         self.platform: str = check("platform", platform)
         self.flags = platform_flags(platform)
+        if runtime not in ("runsc", CURRENT_RUNTIME):
+            raise PolicyError(f"runtime: the runsc backend runs 'runsc' or {CURRENT_RUNTIME!r}, "
+                              f"not {runtime!r}")  # fmt: skip
+        self.runtime = runtime
         self.pool_snapshots: bool = check("pool_snapshots", pool_snapshots)
         self.pool_snapshot_restores: int = check("pool_snapshot_restores", pool_snapshot_restores)
         self.pool_snapshot_age: float = check("pool_snapshot_age", pool_snapshot_age)
@@ -163,6 +169,7 @@ class RunscBackend(SpawnedBackend[Running]):
         return {
             **super().describe(),
             "platform": self.platform,
+            "runtime": self.runtime,
             "pool_snapshots": self.pool_snapshots,
         }
 
@@ -173,7 +180,7 @@ class RunscBackend(SpawnedBackend[Running]):
     # -- preflight ----------------------------------------------------------------------------
     def host_gaps(self, policy: SandboxPolicy) -> tuple[Path, dict[str, str]]:
         """(rootfs, every property this host cannot enforce for ``policy``); blocking."""
-        runsc = find_runsc()
+        runsc = find_runsc(self.runtime)
         rootfs = check_rootfs(rootfs_for(policy.image, self.rootfs_override))
         rootless = self.rootless()
         gaps: dict[str, str] = {}
@@ -222,7 +229,7 @@ class RunscBackend(SpawnedBackend[Running]):
                 ) from None
             raise
         return Preflight(
-            runtime="runsc", warnings=warnings, foreign_kernel=True, kernel_user_apart=True
+            runtime=self.runtime, warnings=warnings, foreign_kernel=True, kernel_user_apart=True
         )
 
     async def preflight(self, policy: SandboxPolicy) -> Preflight:
@@ -244,7 +251,7 @@ class RunscBackend(SpawnedBackend[Running]):
         its stdin and stdout our pipes; returns once runsc has the sandbox running."""
         rootfs, gaps = self.host_gaps(policy)
         refuse_unenforced(self.name, gaps, self.accept_unenforced)
-        runsc, rootless = find_runsc(), self.rootless()
+        runsc, rootless = find_runsc(self.runtime), self.rootless()
         base = state_base()
         bundle = base / "bundles" / name
         bundle.mkdir(mode=0o700)

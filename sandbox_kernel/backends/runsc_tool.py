@@ -19,7 +19,7 @@ from pathlib import Path
 from ..errors import SandboxError
 from ..settings import BY_NAME
 from .cgroups import Cgroup, end_all
-from .gvisor import REQUIRED_RUNSC_ARGS
+from .gvisor import CURRENT_RUNSC, CURRENT_RUNTIME, CURRENT_SETUP, REQUIRED_RUNSC_ARGS
 from .runsc_oci import cgroups_path
 from .spawned import STDERR_TAIL, TOOL_ENV, tail
 
@@ -57,7 +57,16 @@ def root_cgroup_dirs(name: str) -> list[Path]:
     return [d / cgroups_path(name).lstrip("/") for d in hierarchies]
 
 
-def find_runsc() -> str:
+def find_runsc(runtime: str = "runsc") -> str:
+    """The runsc binary of ``runtime`` (the setting): ``runsc``, the first on PATH (Debian's);
+    ``runsc-current``, setup-host's build of the current gVisor, never another in its place."""
+    if runtime == CURRENT_RUNTIME:
+        if not os.access(CURRENT_RUNSC, os.X_OK):
+            raise SandboxError(
+                f"runtime {runtime}: {CURRENT_RUNSC} is not installed: build it with "
+                f"`{CURRENT_SETUP}`, or use runtime 'runsc'"
+            )
+        return CURRENT_RUNSC
     found = shutil.which("runsc") or next((p for p in RUNSC_PATHS if os.access(p, os.X_OK)), "")
     if not found:
         raise SandboxError(f"`runsc` (gVisor) is not installed: {SETUP_HINT}")

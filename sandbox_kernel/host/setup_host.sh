@@ -14,11 +14,9 @@ set -euo pipefail
 log() { printf '[setup-host] %s\n' "$*" >&2; }
 [ "$(id -u)" = 0 ] || { log "run as root (apt-get and dockerd need it)"; exit 1; }
 
-# The current gVisor: the module version `go install gvisor.dev/gvisor/runsc@latest` resolved
-# to (the `go` branch, 2026-09-05); a pin, so every host runs the same, checked build.
-RUNSC_CURRENT_PIN=v0.0.0-20260905035102-160fafc42237
-RUNSC_CURRENT_RUNTIME=runsc-current  # policy.py's GVISOR_RUNTIMES names it too
-RUNSC_CURRENT_DIR=/usr/local/lib/sandbox-kernel/runsc-$RUNSC_CURRENT_PIN
+# The current gVisor: a pin, so every host runs the same, checked build (RUNSC_CURRENT_PIN,
+# _RUNTIME and _DIR, shared with the Python side).
+. "$(dirname "${BASH_SOURCE[0]}")/runsc_current.env"
 case "${SANDBOX_KERNEL_RUNSC:-}" in
   ""|debian) want_current= ;;
   current) want_current=1 ;;
@@ -83,37 +81,56 @@ fi
 runsc_path=$(command -v runsc)
 log "runsc: $("$runsc_path" --version 2>/dev/null | head -n1)"
 
-# The module version a Go-built binary carries ('' if none); `runsc --version` says
-# VERSION_MISSING for a `go install` build, so the build info is what we check.
+# The module version a Go-built binary carries ('' if none): what we check a build against.
 built_version() { "$go_bin" version -m "$1" 2>/dev/null | awk '$1 == "mod" && $2 == "gvisor.dev/gvisor" {print $3}'; }
+# `runsc --version`'s first line for our build: `go install` leaves it VERSION_MISSING, so the
+# pin is stamped in; the tests and `doctor` read the release (its date) from there.
+stamped() { [ "$("$1" --version 2>/dev/null | head -n1)" = "runsc version $RUNSC_CURRENT_PIN" ]; }
+# build_pinned PACKAGE NAME [GO FLAGS...]: `go install` of PACKAGE at the pin into
+# $RUNSC_CURRENT_DIR/NAME (a failed or foreign build leaves nothing behind).
+build_pinned() {
+  local pkg=$1 name=$2 build got; shift 2
+  log "building $name ($pkg@$RUNSC_CURRENT_PIN) with $("$go_bin" version) (go install; minutes)"
+  mkdir -p "$RUNSC_CURRENT_DIR"
+  build=$(mktemp -d "$RUNSC_CURRENT_DIR/.build.XXXXXX")
+  # gVisor's documented way (gvisor.dev/docs/user_guide/install): its `go` branch, static
+  # (CGO_ENABLED=0); a module pin, so no VCS stamping is needed. nice: hosts are shared.
+  if ! GOBIN=$build CGO_ENABLED=0 GOFLAGS=-buildvcs=false \
+       nice -n 19 "$go_bin" install "$@" "$pkg@$RUNSC_CURRENT_PIN"; then
+    rm -rf "$build"; rmdir "$RUNSC_CURRENT_DIR" 2>/dev/null || true
+    log "go install $pkg@$RUNSC_CURRENT_PIN failed (see above): is the pin a published module \
+version, Go as recent as gVisor's go.mod asks, the Go module proxy (GOPROXY) reachable?"
+    exit 1
+  fi
+  got=$(built_version "$build/${pkg##*/}")
+  if [ "$got" != "$RUNSC_CURRENT_PIN" ]; then
+    rm -rf "$build"; rmdir "$RUNSC_CURRENT_DIR" 2>/dev/null || true
+    log "the built $name is gvisor.dev/gvisor ${got:-(no module version)}, not $RUNSC_CURRENT_PIN"
+    exit 1
+  fi
+  chmod 0755 "$build/${pkg##*/}"
+  mv -f "$build/${pkg##*/}" "$RUNSC_CURRENT_DIR/$name"
+  rm -rf "$build"
+  log "$name $RUNSC_CURRENT_PIN installed: $RUNSC_CURRENT_DIR/$name"
+}
 current_path=
 if [ -n "$want_current" ]; then
   current_path=$RUNSC_CURRENT_DIR/runsc
-  if [ -x "$current_path" ] && [ "$(built_version "$current_path")" = "$RUNSC_CURRENT_PIN" ]; then
+  if [ -x "$current_path" ] && [ "$(built_version "$current_path")" = "$RUNSC_CURRENT_PIN" ] \
+     && stamped "$current_path"; then
     log "runsc $RUNSC_CURRENT_PIN already built: $current_path"
   else
-    log "building runsc $RUNSC_CURRENT_PIN with $("$go_bin" version) (go install; minutes)"
-    mkdir -p "$RUNSC_CURRENT_DIR"
-    build=$(mktemp -d "$RUNSC_CURRENT_DIR/.build.XXXXXX")
-    # gVisor's documented way (gvisor.dev/docs/user_guide/install): its `go` branch,
-    # static (CGO_ENABLED=0); a module pin, so no VCS stamping is needed.
-    if ! GOBIN=$build CGO_ENABLED=0 GOFLAGS=-buildvcs=false \
-         "$go_bin" install "gvisor.dev/gvisor/runsc@$RUNSC_CURRENT_PIN"; then
-      rm -rf "$build"; rmdir "$RUNSC_CURRENT_DIR" 2>/dev/null || true
-      log "go install gvisor.dev/gvisor/runsc@$RUNSC_CURRENT_PIN failed (see above): is the pin a \
-published module version, Go as recent as gVisor's go.mod asks, the Go module proxy (GOPROXY) reachable?"
-      exit 1
-    fi
-    got=$(built_version "$build/runsc")
-    if [ "$got" != "$RUNSC_CURRENT_PIN" ]; then
-      rm -rf "$build"; rmdir "$RUNSC_CURRENT_DIR" 2>/dev/null || true
-      log "the built runsc is gvisor.dev/gvisor ${got:-(no module version)}, not $RUNSC_CURRENT_PIN"
-      exit 1
-    fi
-    chmod 0755 "$build/runsc"
-    mv -f "$build/runsc" "$current_path"
-    rm -rf "$build"
-    log "runsc $RUNSC_CURRENT_PIN installed: $current_path"
+    build_pinned gvisor.dev/gvisor/runsc runsc \
+      "-ldflags=-X gvisor.dev/gvisor/runsc/version.version=$RUNSC_CURRENT_PIN"
+    stamped "$current_path" || { log "$current_path does not report version $RUNSC_CURRENT_PIN"; exit 1; }
+  fi
+  # containerd's shim for the same gVisor (Kubernetes, RuntimeClass runsc): the module's
+  # shim/ package; containerd finds it by this name on its PATH (docs/backends.md).
+  shim_path=$RUNSC_CURRENT_DIR/containerd-shim-runsc-v1
+  if [ -x "$shim_path" ] && [ "$(built_version "$shim_path")" = "$RUNSC_CURRENT_PIN" ]; then
+    log "containerd-shim-runsc-v1 $RUNSC_CURRENT_PIN already built: $shim_path"
+  else
+    build_pinned gvisor.dev/gvisor/shim containerd-shim-runsc-v1
   fi
 fi
 

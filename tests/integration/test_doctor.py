@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+from tests.helpers import DEFAULT_RUNTIME
+
 
 def doctor(env: dict[str, str] | None = None) -> tuple[int, dict]:  # type: ignore[type-arg]
     proc = subprocess.run(
@@ -40,7 +42,7 @@ def test_doctor_fails_without_runsc_and_names_the_fix(daemon_without_runsc: str)
     checks = {c["name"]: c for c in report["checks"]}
     assert code == 1 and not report["ok"]
     ready = checks["docker: host ready"]
-    assert ready["ok"] is False and "no 'runsc' runtime" in ready["detail"], ready
+    assert ready["ok"] is False and f"no {DEFAULT_RUNTIME!r} runtime" in ready["detail"], ready
     assert "setup-host" in ready["detail"]
     assert checks["sandboxed kernel starts"]["ok"] is None  # not attempted
 

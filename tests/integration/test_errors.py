@@ -24,6 +24,7 @@ from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.kernelspec import build_kernelspec
 from tests.helpers import (
     BACKEND_CONFIGS,
+    DEFAULT_RUNTIME,
     Kernel,
     container_exists,
     listening_ports,
@@ -168,7 +169,11 @@ def test_missing_runsc_runtime_refuses(
     err = _start_fails(_ksm_with(tmp_path, {"image": DEFAULT_IMAGE}), docker_client)
     assert isinstance(err, SandboxError)
     msg = str(err)
-    assert "no 'runsc' runtime" in msg and "setup-host" in msg and "allow_weaker_runtime" in msg
+    assert (
+        f"no {DEFAULT_RUNTIME!r} runtime" in msg
+        and "setup-host" in msg
+        and "allow_weaker_runtime" in msg
+    )
     other = docker.DockerClient(base_url=daemon_without_runsc)
     assert other.containers.list(all=True) == []
 
@@ -389,7 +394,7 @@ def test_runsc_without_network_none_refuses(
     err = _start_fails(_ksm_with(tmp_path, {"image": image, "pool_size": 0}), docker_client)
     assert isinstance(err, SandboxError)
     msg = str(err)
-    assert "runs 'runsc' without --network=none" in msg, msg
+    assert f"runs {DEFAULT_RUNTIME!r} without --network=none" in msg, msg
     assert "--oci-seccomp" not in msg.split("(runtimeArgs")[0], "only the missing flag is named"
     assert "setup-host" in msg and "runtimeArgs" in msg, msg
     assert "root network namespace" not in msg, f"runsc failed, the preflight did not: {msg}"

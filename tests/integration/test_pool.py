@@ -13,7 +13,7 @@ import docker
 
 from sandbox_kernel.backends.owner import LABEL_POOL, LABEL_SERVER_PID
 from sandbox_kernel.pool import WarmPool
-from tests.helpers import Kernel, container_exists, pool_of
+from tests.helpers import TEST_RUNTIME, Kernel, container_exists, pool_of
 
 
 def wait_for_ready_pool(kernel: Kernel, timeout: float = 60) -> None:
@@ -36,7 +36,7 @@ def test_warm_start_claims_a_pooled_sandbox_once(
     assert warm.container_id != first.container_id
     # The same isolation as a cold sandbox, from outside and from inside.
     host = container.attrs["HostConfig"]
-    assert host["Runtime"] == "runsc"
+    assert host["Runtime"] == TEST_RUNTIME
     assert host["NetworkMode"] == "none"
     assert host["ReadonlyRootfs"] is True
     assert host["CapDrop"] == ["ALL"]

@@ -29,8 +29,15 @@ from sandbox_kernel.image.rootfs import rootfs_for
 from sandbox_kernel.kernelspec import build_kernelspec
 from sandbox_kernel.policy import build_policy
 from sandbox_kernel.security import ATTACKS
-from sandbox_kernel.security.expectations import GAPS
-from tests.helpers import BACKEND_CONFIGS, Kernel, listening_ports, pool_of
+from sandbox_kernel.security.expectations import gaps_of
+from tests.helpers import (
+    BACKEND_CONFIGS,
+    DEFAULT_RUNTIME,
+    Kernel,
+    gvisor_release,
+    listening_ports,
+    pool_of,
+)
 
 RUNSC = "sandbox-runsc"
 SELF_CONTAINED = {a.id for a in ATTACKS if not a.needs}  # what doctor runs
@@ -103,6 +110,13 @@ def mounts_inside(kernel: Kernel) -> dict[str, list[str]]:
     return table
 
 
+def tmpfs_size(options: str) -> int:
+    """A tmpfs mount's size= in bytes: 20240729 shows bytes, the current gVisor KiB ('262144k')."""
+    value = next(o[5:] for o in options.split(",") if o.startswith("size="))
+    scale = {"k": 2**10, "m": 2**20, "g": 2**30}.get(value[-1:].lower(), 1)
+    return int(value.rstrip("kKmMgG")) * scale
+
+
 @pytest.mark.docker
 def test_kernel_lifecycle_mounts_and_cleanup(start_kernel: Callable[..., Kernel]) -> None:
     before_ports = listening_ports(own_only=True)
@@ -135,7 +149,7 @@ def test_kernel_lifecycle_mounts_and_cleanup(start_kernel: Callable[..., Kernel]
                         ("/dev/shm", 64 * 2**20)):  # fmt: skip
         kind, _source, options = mounts[where]
         assert kind == "tmpfs" and "noexec" in options.split(","), (where, options)
-        assert f"size={size}" in options.split(","), (where, options)
+        assert tmpfs_size(options) == size, (where, options)
 
     # ps lists it with its kernel id.
     r = subprocess.run(
@@ -484,11 +498,41 @@ def test_the_platform_setting_reaches_the_sandbox(tmp_path: Path) -> None:
 
 
 @pytest.mark.docker
+def test_the_runtime_setting_picks_the_binary(tmp_path: Path) -> None:
+    """runtime (runsc, or runsc-current: SANDBOX_KERNEL_TEST_RUNTIME) picks the runsc binary
+    the sandbox's own processes (sentry, gofer) run, and the kernel works there."""
+    runtime = str(BACKEND_CONFIGS["runsc"].get("runtime", "runsc"))
+    expected = os.path.realpath(find_runsc(runtime))
+    km = KernelManager(kernel_name="rs", kernel_spec_manager=small_kernelspec(tmp_path))
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    kernel = Kernel(km, kc)
+    try:
+        kc.wait_for_ready(timeout=60)
+        exes = set()
+        for pid in processes_naming(str(kernel.container_id)):
+            try:
+                exes.add(os.readlink(f"/proc/{pid}/exe"))
+            except OSError:
+                continue
+        assert exes == {expected}, (runtime, exes)
+        assert kernel.value("import os; print(os.getuid())") == 1000
+    finally:
+        kernel.stop()
+
+
+@pytest.mark.docker
 def test_other_runtime_is_refused(tmp_path: Path) -> None:
-    """The runsc backend always runs gVisor: a runtime setting (Docker's) is refused, naming
-    it, already when the kernelspec is written."""
-    with pytest.raises(Exception, match="runtime: applies to the docker backend"):
-        small_kernelspec(tmp_path, runtime="runc", allow_weaker_runtime=True)
+    """The runsc backend always runs gVisor: runtime names one of its two binaries, anything
+    else (runc) is refused, naming it, already when the kernelspec is written; so is Docker's
+    allow_weaker_runtime."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    with pytest.raises(Exception, match="runtime: the runsc backend runs 'runsc' or"):
+        small_kernelspec(tmp_path / "a", runtime="runc")
+    with pytest.raises(Exception, match="allow_weaker_runtime: applies to the docker backend"):
+        small_kernelspec(tmp_path / "b", allow_weaker_runtime=True)
 
 
 @pytest.mark.docker
@@ -505,7 +549,10 @@ def test_doctor_checks_the_runsc_backend() -> None:
     attacks = checks["attack subset as documented"]
     assert attacks["ok"] is True and r.returncode == 0, attacks
     documented = attacks["detail"].split("documented gaps of runsc: ")[1]
-    assert set(documented.split(", ")) == set(GAPS["runsc"]) & SELF_CONTAINED, attacks
+    assert (
+        set(documented.split(", "))
+        == set(gaps_of("runsc", gvisor_release("runsc", DEFAULT_RUNTIME))) & SELF_CONTAINED
+    ), attacks
     assert (
         "the warm pool restores its sandboxes from a snapshot"
         in (checks["runsc: host ready"]["detail"])

@@ -21,7 +21,8 @@ from sandbox_kernel.backends.cgroups import DELEGATED_PARENT, delegate_cgroups, 
 from sandbox_kernel.backends.runsc_inventory import sandbox_table
 from sandbox_kernel.backends.runsc_snapshots import ROOTLESS_NO_SNAPSHOTS
 from sandbox_kernel.security import ATTACKS
-from sandbox_kernel.security.expectations import GAPS
+from sandbox_kernel.security.expectations import gaps_of
+from tests.helpers import DEFAULT_RUNTIME, gvisor_release
 from tests.rootless import UNENFORCED_WITHOUT_CGROUPS, Rootless, UserKernel
 
 SELF_CONTAINED = {a.id for a in ATTACKS if not a.needs}  # what doctor runs
@@ -221,7 +222,10 @@ def test_doctor_as_an_ordinary_user(rootless: Rootless, delegated: dict[str, Pat
     attacks = checks["attack subset as documented"]
     assert attacks["ok"] is True and r.returncode == 0, attacks
     documented = attacks["detail"].split("documented gaps of runsc: ")[1]
-    assert set(documented.split(", ")) == set(GAPS["runsc"]) & SELF_CONTAINED, attacks
+    assert (
+        set(documented.split(", "))
+        == set(gaps_of("runsc", gvisor_release("runsc", DEFAULT_RUNTIME))) & SELF_CONTAINED
+    ), attacks
     assert f"note: {ROOTLESS_NO_SNAPSHOTS}" in checks["runsc: host ready"]["detail"]
     assert not rootless.leftovers()
 

@@ -31,7 +31,7 @@ from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.policy import build_policy
 from sandbox_kernel.security import ATTACKS, PROTECTS, Attack, attacks, by_id, render
 from sandbox_kernel.security.expectations import GAP_DETAILS, GAPS, expected_blocked
-from tests.helpers import REPO, Kernel
+from tests.helpers import REPO, Kernel, gvisor_release
 from tests.security.conftest import AcceptCounter, LanHost, Listener, host_addresses
 
 
@@ -312,17 +312,19 @@ def attempt(attack: Attack, request: pytest.FixtureRequest, kernel: Kernel) -> d
 @pytest.mark.docker
 @pytest.mark.parametrize("attack", ATTACKS, ids=[a.id for a in ATTACKS])
 def test_attack(attack: Attack, request: pytest.FixtureRequest, shared_kernel: Kernel) -> None:
-    """Blocked, unless GAPS["docker"] documents it as a gap: then it must succeed."""
+    """Blocked, unless GAPS["docker"] documents it as a gap of the runsc release the kernel
+    runs on (TEST_RUNTIME's binary): then it must succeed."""
     result = attempt(attack, request, shared_kernel)
-    if expected_blocked("docker", attack.id):
+    release = gvisor_release("docker")
+    if expected_blocked("docker", attack.id, release):
         assert result["blocked"] is True, (
             f"ISOLATION GAP ({attack.protects}) {attack.id}: {attack.title}. "
             f"Observed inside the sandbox: {result['detail']}"
         )
     else:
         assert result["blocked"] is False, (
-            f"the default backend now blocks {attack.id}, documented as a gap "
-            f"({GAPS['docker'][attack.id]}): update sandbox_kernel/security/expectations.py "
+            f"the default backend (runsc {release}) now blocks {attack.id}, documented as a "
+            f"gap ({GAPS['docker'][attack.id]}): update sandbox_kernel/security/expectations.py "
             f"and docs/security.md. Observed: {result['detail']}"
         )
         check_gap_detail("docker", attack.id, result["detail"])

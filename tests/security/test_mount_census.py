@@ -33,6 +33,7 @@ from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.image.rootfs import check_rootfs, rootfs_for
 from sandbox_kernel.policy import SANDBOX_HOME, build_policy
 from sandbox_kernel.security import by_id
+from tests.helpers import TEST_RUNTIME
 
 CENSUS = by_id("fs-mount-census").code
 Change = Callable[[Any], None]
@@ -129,7 +130,7 @@ def _unsized_tmp_argv(argv: Any) -> None:
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize("runtime", ["runsc", "runc"])
+@pytest.mark.parametrize("runtime", [TEST_RUNTIME, "runc"])
 def test_census_in_docker(
     runtime: str, host_folder: str, docker_client: docker.DockerClient
 ) -> None:

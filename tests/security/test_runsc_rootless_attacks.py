@@ -16,8 +16,8 @@ import pytest
 from sandbox_kernel.backends.cgroups import delegate_cgroups, remove_delegation
 from sandbox_kernel.security import ATTACKS, Attack
 from sandbox_kernel.security.expectations import GAPS, expected_blocked
-from tests.helpers import Kernel
-from tests.rootless import Rootless, UserKernel
+from tests.helpers import Kernel, gvisor_release
+from tests.rootless import ROOTLESS_SPECS, Rootless, UserKernel
 from tests.security.test_attacks import attempt, check_gap_detail
 
 
@@ -62,7 +62,9 @@ def test_attack_on_rootless_runsc(
     attack: Attack, request: pytest.FixtureRequest, user_kernel: UserKernel
 ) -> None:
     result = attempt(attack, request, user_kernel)
-    if expected_blocked("runsc", attack.id):
+    if expected_blocked(
+        "runsc", attack.id, gvisor_release("runsc", ROOTLESS_SPECS["rl"].get("runtime", "runsc"))
+    ):
         assert result["blocked"] is True, (
             f"ISOLATION GAP under rootless runsc ({attack.protects}) {attack.id}: "
             f"{attack.title}. Observed inside the sandbox: {result['detail']}"

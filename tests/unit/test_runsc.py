@@ -24,6 +24,7 @@ from sandbox_kernel.backends.runsc_snapshots import ROOTLESS_NO_SNAPSHOTS
 from sandbox_kernel.backends.runsc_snapshots import shape as _shape
 from sandbox_kernel.backends.runsc_tool import platform_flags, runsc_argv
 from sandbox_kernel.backends.seccomp import seccomp_profile
+from sandbox_kernel.errors import PolicyError, SandboxError
 from sandbox_kernel.policy import build_policy
 
 POLICY = build_policy(
@@ -234,3 +235,30 @@ def test_a_snapshot_restores_only_under_its_own_settings_and_policy() -> None:
     assert shape != _shape(backend.describe(), other_policy)
     ptrace = make_backend("runsc", log, {"platform": "ptrace"})
     assert shape != _shape(ptrace.describe(), POLICY)
+
+
+def test_release_from_runsc_version() -> None:
+    from sandbox_kernel.backends.gvisor import CURRENT
+    from sandbox_kernel.backends.releases import parse_release
+
+    assert parse_release("runsc version 0.0~20240729.0\nspec: 1.0.2-dev\n") == 20240729
+    assert parse_release("runsc version release-20251215.0\n") == 20251215
+    current = f"runsc version {CURRENT['RUNSC_CURRENT_PIN']}\nspec: 1.2.1\n"
+    assert parse_release(current) == 20260905
+    for unknown in ("runsc version VERSION_MISSING\n", ""):
+        with pytest.raises(SandboxError, match="SANDBOX_KERNEL_RUNSC=current"):
+            parse_release(unknown)
+
+
+def test_runtime_names_the_binary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """runsc-current is setup-host's build and never another runsc in its place."""
+    from sandbox_kernel.backends import runsc, runsc_tool
+    from sandbox_kernel.backends.gvisor import CURRENT_RUNSC
+
+    assert CURRENT_RUNSC.startswith("/usr/local/lib/sandbox-kernel/runsc-v0.0.0-2026")
+    monkeypatch.setattr(runsc_tool, "CURRENT_RUNSC", "/nonexistent/runsc")
+    with pytest.raises(SandboxError, match="SANDBOX_KERNEL_RUNSC=current sandbox-kernel setup"):
+        runsc_tool.find_runsc("runsc-current")
+    assert runsc.RunscBackend(runtime="runsc-current").describe()["runtime"] == "runsc-current"
+    with pytest.raises(PolicyError, match="runtime: the runsc backend runs"):
+        runsc.RunscBackend(runtime="runc")

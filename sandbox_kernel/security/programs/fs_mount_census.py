@@ -7,7 +7,8 @@ from ._prelude import _err, _os, _read, _report  # inlined
 # the image root (9p under gVisor, overlay under runc, else a folder of the host that
 # is not a whole filesystem) and parts of it bound elsewhere; virtual filesystems;
 # device nodes bound from devtmpfs (bwrap); tmpfs, whole or part of one mounted here,
-# size-capped if the sandbox can write into it, holding no files if it cannot; and
+# size-capped if the sandbox can write into it, holding no files if it cannot (so is
+# /dev when it is gVisor's own "dev" filesystem, a tmpfs in the sentry since 2025); and
 # Docker's /etc/hosts, /etc/hostname, /etc/resolv.conf. Anything else is reported: a
 # host folder (bound read-only or not, anywhere), part of a host tmpfs, the host's /dev.
 # Not visible here: a whole host tmpfs the sandbox may write, mounted with a size cap
@@ -136,7 +137,7 @@ def census():
             else:
                 bad.append("%s: the host's devtmpfs (%s)" % (at, m["root"]))
                 continue
-        elif fs == "tmpfs":
+        elif fs == "tmpfs" or (fs == "dev" and at == "/dev"):
             if m["root"] != "/" and not any(x["dev"] == m["dev"] and x is not m for x in mounts):
                 bad.append("%s: part of a tmpfs from outside (%s)" % (at, m["root"]))
                 continue
