@@ -36,6 +36,11 @@ configurable-http-proxy --version >/dev/null  # fail here if the install did
 say "Python environment: .venv"
 bash scripts/venv.sh
 
+say "the sandbox-kernel command on PATH: /usr/local/bin/sandbox-kernel -> $PWD/.venv/bin/sandbox-kernel"
+# A link, not a copy: the command runs from .venv (where jupyter and the kernelspecs are);
+# `jupyter` and the rest stay in .venv (`. .venv/bin/activate`, README "Using it").
+ln -sfn "$PWD/.venv/bin/sandbox-kernel" /usr/local/bin/sandbox-kernel
+
 say "a venv every user can run: /opt/sandbox-kernel/venv (users' Jupyter servers, rootless runsc)"
 bash scripts/shared-venv.sh >/dev/null
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import docker
 import nbformat
+
+from tests.helpers import REPO
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -303,3 +306,17 @@ def test_gc_fails_when_it_cannot_look() -> None:
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert "docker sandboxes not checked" in r.stderr
     assert "DOCKER_HOST='unix:///nonexistent/docker.sock'" in r.stderr, r.stderr
+
+
+def test_quickstart_puts_the_command_on_path() -> None:
+    """After the README's first command, `sandbox-kernel` is found on a fresh shell's PATH
+    (not only inside the activated venv) and it is this checkout's .venv."""
+    venv_bin = Path(sys.prefix) / "bin"
+    path = os.pathsep.join(
+        d
+        for d in os.environ.get("PATH", "").split(os.pathsep)
+        if d and Path(d).resolve() != venv_bin.resolve()
+    )
+    found = shutil.which("sandbox-kernel", path=path)
+    assert found is not None, "sandbox-kernel is not on PATH: run scripts/quickstart.sh as root"
+    assert Path(found).resolve() == (REPO / ".venv" / "bin" / "sandbox-kernel").resolve(), found
