@@ -27,6 +27,7 @@ from typing import Any
 from .backends.registry import display_name as tier_display_name
 from .configured import configure
 from .errors import SandboxError
+from .settings import resolve
 
 PROVISIONER_NAME = "sandbox-provisioner"
 DEFAULT_KERNEL_NAME = "sandbox-python"
@@ -154,15 +155,18 @@ def _spec_dir_in(kernel_dir: str, name: str) -> str | None:
     return None
 
 
-def effective_kernelspecs(names: Sequence[str]) -> dict[str, tuple[str, dict[str, Any] | None]]:
+def effective_kernelspecs(
+    names: Sequence[str] | None = None,
+) -> dict[str, tuple[str, dict[str, Any] | None]]:
     """name -> (the folder Jupyter resolves it to, or "" if none; the sandbox settings of
     that spec, or None when it does not use the sandbox provisioner): what ``doctor``
-    reports. ``python3`` with no spec file falls back to ipykernel's own (unsandboxed)."""
+    and ``ps`` report. ``names`` None: every kernelspec Jupyter finds here. ``python3``
+    with no spec file falls back to ipykernel's own (unsandboxed)."""
     from jupyter_client.kernelspec import KernelSpecManager
 
     specs = KernelSpecManager().find_kernel_specs()
     found: dict[str, tuple[str, dict[str, Any] | None]] = {}
-    for name in names:
+    for name in sorted(specs) if names is None else names:
         folder = specs.get(name.lower(), "")
         found[name] = (folder, _sandbox_config(folder) if folder else None)
     return found
@@ -179,6 +183,29 @@ def _sandbox_config(folder: str) -> dict[str, Any] | None:
         return None
     config = provisioner.get("config")
     return dict(config) if isinstance(config, dict) else {}
+
+
+# The limits ``ps`` shows per kernelspec, in this order, with their column headings.
+LIMIT_COLUMNS = (
+    ("backend", "BACKEND"),
+    ("memory_limit", "MEMORY"),
+    ("cpu_limit", "CPUS"),
+    ("pids_limit", "PIDS"),
+    ("nproc_limit", "NPROC"),
+    ("tmp_size", "TMP"),
+    ("home_size", "HOME"),
+)
+
+
+def effective_limits(config: Mapping[str, Any]) -> dict[str, str]:
+    """A sandboxed kernelspec's ``config`` with the defaults of what it leaves out, as the
+    LIMIT_COLUMNS ``ps`` prints (pure; Jupyter config files may still override a default)."""
+    resolved = resolve(config)
+    return {
+        name: "-" if resolved[name] is None else f"{resolved[name]:g}"
+        if isinstance(resolved[name], float) else str(resolved[name])
+        for name, _ in LIMIT_COLUMNS
+    }  # fmt: skip
 
 
 def beyond_host(memory_bytes: int, cpus: float, host_memory: int, host_cpus: int) -> list[str]:

@@ -130,6 +130,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
             f"{r.name:<44} {r.backend:<11} {r.user or '-':<12} {r.kernel_id or '-':<36}"
             f" {'yes' if r.pooled else '':<4} {r.uptime_s:>7.0f}s {r.memory_mib:>7.0f}MiB {cpu}"
         )
+    _print_kernelspecs()
     snapshots = [r for r in rows if r.kind == "snapshot"]
     if snapshots:
         print(
@@ -141,6 +142,25 @@ def cmd_ps(args: argparse.Namespace) -> int:
                 f" {r.disk_mib:>7.0f}MiB"
             )
     return 0
+
+
+def _print_kernelspecs() -> None:
+    """The limits each kernelspec Jupyter here resolves a name to applies (what a new
+    kernel of that name gets; doctor says the same of python3 and sandbox-python)."""
+    from ..kernelspec import LIMIT_COLUMNS, effective_kernelspecs, effective_limits
+
+    width = 9 * len(LIMIT_COLUMNS) - 1
+    print(f"\n{'KERNELSPEC':<24} " + " ".join(f"{h:<8}" for _, h in LIMIT_COLUMNS) + " FOLDER")
+    for name, (folder, config) in effective_kernelspecs().items():
+        if config is None:
+            print(f"{name:<24} {'NOT SANDBOXED: the host kernel':<{width}} {folder}")
+            continue
+        try:
+            limits = effective_limits(config)
+        except SandboxError as exc:  # a malformed spec: its kernels would be refused
+            print(f"{name:<24} {f'REFUSED AT LAUNCH: {exc}':<{width}} {folder}")
+            continue
+        print(f"{name:<24} " + " ".join(f"{limits[k]:<8}" for k, _ in LIMIT_COLUMNS) + f" {folder}")
 
 
 def cmd_gc(args: argparse.Namespace) -> int:

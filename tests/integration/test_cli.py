@@ -320,3 +320,23 @@ def test_quickstart_puts_the_command_on_path() -> None:
     found = shutil.which("sandbox-kernel", path=path)
     assert found is not None, "sandbox-kernel is not on PATH: run scripts/quickstart.sh as root"
     assert Path(found).resolve() == (REPO / ".venv" / "bin" / "sandbox-kernel").resolve(), found
+
+
+def test_ps_shows_each_kernelspecs_effective_limits(tmp_path: Path) -> None:
+    """Issue 20: an administrator sees from ``ps`` which limits a new kernel of each name
+    gets, as Jupyter resolves the name (the kernelspec's settings over the defaults)."""
+    r = cli("install", "--prefix", str(tmp_path), "--name", "ps-limits", "--memory", "1g",
+            "--cpus", "0.5")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    host = tmp_path / "share" / "jupyter" / "kernels" / "ps-host"
+    host.mkdir()
+    (host / "kernel.json").write_text(json.dumps({"argv": ["python3"], "display_name": "h"}))
+    ps = cli("ps", env={"JUPYTER_PATH": str(tmp_path / "share" / "jupyter")})
+    assert ps.returncode == 0, ps.stderr
+    lines = {line.split()[0]: line for line in ps.stdout.splitlines() if line.strip()}
+    assert "KERNELSPEC" in lines, ps.stdout
+    assert lines["ps-limits"].split()[1:4] == ["docker", "1g", "0.5"], lines["ps-limits"]
+    assert lines["ps-limits"].endswith(
+        str(tmp_path / "share" / "jupyter" / "kernels" / "ps-limits")
+    )
+    assert "NOT SANDBOXED" in lines["ps-host"], lines["ps-host"]
