@@ -31,6 +31,8 @@ from sandbox_kernel.backends.owner import (
     LABEL_POOL,
     LABEL_SERVER_PID,
 )
+from sandbox_kernel.image.recipe import DEFAULT_IMAGE
+from sandbox_kernel.policy import SandboxPolicy, build_policy
 from sandbox_kernel.settings import BY_NAME
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,12 +55,47 @@ BACKEND_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+def policy(**overrides: Any) -> SandboxPolicy:
+    """A validated policy for the default image, with ``overrides``: the unit tests'."""
+    return build_policy(**{"image": DEFAULT_IMAGE, **overrides})
+
+
 def backend_of(variant: str) -> str:
     """The backend a BACKEND_CONFIGS entry runs (its gap table's key)."""
     return str(BACKEND_CONFIGS[variant]["backend"])
 
 
 SETUP = "run `sudo scripts/quickstart.sh` (or `sandbox-kernel setup-host && sandbox-kernel image build`)"
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """`sandbox-kernel ARGS` of this checkout, with ``env`` over the test's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "sandbox_kernel.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def listed() -> list[dict[str, Any]]:
+    """The rows of `sandbox-kernel ps --json`."""
+    r = cli("ps", "--json", timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+
+def kernelspecs(prefix: Path) -> dict[str, Any]:
+    """What `jupyter kernelspec list --json` finds under an install's ``--prefix``."""
+    env = {**os.environ, "JUPYTER_PATH": str(prefix / "share" / "jupyter")}
+    out = subprocess.run(
+        [sys.executable, "-m", "jupyter", "kernelspec", "list", "--json"],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout)["kernelspecs"]  # type: ignore[no-any-return]
 
 
 def our_containers(
@@ -91,6 +128,56 @@ def our_runsc_sandboxes() -> list[str]:
         if labels.get(LABEL_SERVER_PID) == str(os.getpid()):
             found.append(bundle.name)
     return found
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+# -- what the runsc backend run by root leaves on the host (its state, bundles, cgroups) ------
+
+
+def runsc_ids() -> set[str]:
+    """Containers in root's runsc state (every process of this host running as root)."""
+    from sandbox_kernel.backends.runsc import ROOT_STATE, find_runsc, runsc_argv
+
+    out = subprocess.run(
+        runsc_argv(find_runsc(), ROOT_STATE / "state", "list", "--format", "json", rootless=False),
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return {c["id"] for c in json.loads(out.stdout or "[]") or []}
+
+
+def runsc_cgroup_dirs(name: str = "") -> set[str]:
+    """Folders of runsc-made cgroups (of one sandbox) in every v1 hierarchy."""
+    from sandbox_kernel.backends.runsc import CGROUP_PREFIX
+
+    return {str(p) for p in Path("/sys/fs/cgroup").glob(f"*/{CGROUP_PREFIX}{name or '*'}")}
+
+
+def runsc_bundles() -> set[str]:
+    from sandbox_kernel.backends.runsc import ROOT_STATE
+
+    return {p.name for p in (ROOT_STATE / "bundles").iterdir()}
+
+
+def runsc_images() -> set[str]:
+    """The warm pools' snapshots on disk."""
+    from sandbox_kernel.backends.runsc import ROOT_STATE
+
+    return {p.name for p in (ROOT_STATE / "images").iterdir()}
 
 
 def container_exists(client: docker.DockerClient, cid: str | None, settle: float = 10.0) -> bool:
@@ -297,6 +384,16 @@ def pool_of(km: Any) -> Any:
     return next(
         (p for p in pools if p.policy == prov.policy and p.backend.describe() == backend), None
     )
+
+
+def wait_for_ready_pool(kernel: Kernel, timeout: float = 60) -> None:
+    """Until the pool ``kernel`` draws from has a sandbox ready."""
+    from sandbox_kernel.pool import WarmPool
+
+    deadline = time.monotonic() + timeout
+    while not getattr(pool_of(kernel.km), "ready", None):
+        assert time.monotonic() < deadline, f"the warm pool did not fill: {WarmPool.stats()}"
+        time.sleep(0.1)
 
 
 @contextmanager

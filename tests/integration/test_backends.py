@@ -26,7 +26,18 @@ from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.backends.pipe import PipeBackend
 from sandbox_kernel.kernelspec import build_kernelspec
-from tests.helpers import BACKEND_CONFIGS, Kernel, listening_ports, pool_of
+from tests.helpers import (
+    BACKEND_CONFIGS,
+    REPO,
+    Kernel,
+    alive,
+    cli,
+    kernelspecs,
+    listed,
+    listening_ports,
+    pool_of,
+    wait_until,
+)
 
 PIPE_BACKENDS = ["bwrap", "firejail"]
 
@@ -38,21 +49,6 @@ def sandbox_state(kernel: Kernel) -> tuple[int, list[Path]]:
     spawned = PipeBackend._sandboxes[name]
     assert spawned.cgroup is not None, "running as root: cgroups must be in use"
     return spawned.proc.pid, list(spawned.cgroup.dirs.values())
-
-
-def gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def cgroup_dirs() -> set[str]:
@@ -119,7 +115,7 @@ def test_kernel_lifecycle_and_cleanup(backend: str, start_kernel: Callable[..., 
     # Restart: a new sandbox replaces the old one, which is gone with its cgroups.
     kernel.km.restart_kernel(now=False)
     kernel.kc.wait_for_ready(timeout=60)
-    wait_until(lambda: gone(pid), 10, "the old sandbox to end after restart")
+    wait_until(lambda: not alive(pid), 10, "the old sandbox to end after restart")
     assert not any(d.exists() for d in cgroups), "the old sandbox's cgroups were not removed"
     new_pid, new_cgroups = sandbox_state(kernel)
     assert new_pid != pid
@@ -127,7 +123,7 @@ def test_kernel_lifecycle_and_cleanup(backend: str, start_kernel: Callable[..., 
 
     # Shutdown: nothing left.
     kernel.stop()
-    wait_until(lambda: gone(new_pid), 10, "the sandbox to end at shutdown")
+    wait_until(lambda: not alive(new_pid), 10, "the sandbox to end at shutdown")
     assert not any(d.exists() for d in new_cgroups), "cgroups left behind"
     assert stderr_memfds(backend) <= before_fds, "stderr memfds left open"
     assert not PipeBackend._sandboxes.get(str(kernel.container_id)), "backend still tracks it"
@@ -214,9 +210,6 @@ def test_install_backend_runs_the_demo_notebook(backend: str, tmp_path: Path) ->
     socket)."""
     import nbformat
 
-    from tests.helpers import REPO
-    from tests.integration.test_cli import cli, kernelspecs
-
     extra = ["--accept-unenforced", "tmp_size"] if backend == "firejail" else []
     r = cli("install", "--prefix", str(tmp_path), "--backend", backend, *extra)
     assert r.returncode == 0, r.stderr
@@ -275,7 +268,7 @@ def test_bwrap_warm_pool(tmp_path: Path) -> None:
     RelayThread.get().submit(pool.drain()).result(timeout=60)
     for name, state in zip(pooled, states, strict=True):
         assert name not in PipeBackend._sandboxes
-        wait_until(lambda s=state: gone(s.proc.pid), 10, "the pooled sandbox to end")  # type: ignore[misc]
+        wait_until(lambda s=state: not alive(s.proc.pid), 10, "the pooled sandbox to end")  # type: ignore[misc]
         assert state.cgroup is not None and not any(d.exists() for d in state.cgroup.dirs.values())
 
 
@@ -335,7 +328,6 @@ def test_doctor_checks_a_backend(backend: str) -> None:
     """`sandbox-kernel doctor --backend X`: the backend's host checks, what it cannot enforce
     here, a real kernel, and the self-contained attacks judged against its gap table."""
     from sandbox_kernel.security.expectations import GAPS
-    from tests.integration.test_cli import cli
 
     r = cli("doctor", "--backend", backend, "--json")
     report = json.loads(r.stdout)
@@ -390,15 +382,6 @@ time.sleep(600)
 """
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(
-        [sys.executable, "-m", "sandbox_kernel.cli.main", *args],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    return r
-
-
 def freeze(cgroup: Path) -> set[int]:
     """SIGSTOP every process of a sandbox (its pids cgroup) until none is left running."""
     stopped: set[int] = set()
@@ -437,19 +420,21 @@ def test_ps_and_gc_see_sandboxes_of_a_killed_jupyter_process(kernel_dirs: Path) 
         server.kill()
         server.wait()
 
-        rows = {row["name"]: row for row in json.loads(cli("ps", "--json").stdout)}
+        rows = {row["name"]: row for row in listed()}
         for backend, name in zip(PIPE_BACKENDS, kernels, strict=True):
             assert name in rows, f"ps does not list the {backend} sandbox of the killed process"
             assert rows[name]["backend"] == backend and rows[name]["kernel_id"] == kernels[name]
             assert rows[name]["server_pid"] == server.pid
 
-        removed = cli("gc").stdout
+        gc = cli("gc", timeout=120)
+        assert gc.returncode == 0, gc.stderr
+        removed = gc.stdout
         assert all(name in removed for name in kernels), removed
-        wait_until(lambda: all(gone(pid) for pid in pids), 10, "the orphaned sandboxes to end")
+        wait_until(lambda: all(not alive(pid) for pid in pids), 10, "the orphaned sandboxes to end")
         for name in kernels:
             assert not glob.glob(f"/sys/fs/cgroup/*/sandbox-kernel/{name}"), "cgroups left"
             assert not (root_base("pipe") / f"{name}.json").exists(), "its record was left"
-        assert not set(kernels) & {row["name"] for row in json.loads(cli("ps", "--json").stdout)}
+        assert not set(kernels) & {row["name"] for row in listed()}
     finally:  # whatever failed above: nothing of this test stays behind
         server.kill()
         server.wait()
@@ -458,7 +443,7 @@ def test_ps_and_gc_see_sandboxes_of_a_killed_jupyter_process(kernel_dirs: Path) 
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        wait_until(lambda: all(gone(pid) for pid in pids), 10, "the sandboxes to end")
+        wait_until(lambda: all(not alive(pid) for pid in pids), 10, "the sandboxes to end")
         for name in kernels:
             for d in glob.glob(f"/sys/fs/cgroup/*/sandbox-kernel/{name}"):
                 os.rmdir(d)

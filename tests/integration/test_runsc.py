@@ -34,48 +34,23 @@ from sandbox_kernel.kernelspec import build_kernelspec
 from sandbox_kernel.policy import build_policy
 from sandbox_kernel.security import ATTACKS
 from sandbox_kernel.security.expectations import GAPS
-from tests.helpers import BACKEND_CONFIGS, Kernel, listening_ports, pool_of
+from tests.helpers import (
+    BACKEND_CONFIGS,
+    Kernel,
+    alive,
+    cli,
+    listed,
+    listening_ports,
+    pool_of,
+    runsc_bundles,
+    runsc_cgroup_dirs,
+    runsc_ids,
+    runsc_images,
+    wait_until,
+)
 
 RUNSC = "sandbox-runsc"
 SELF_CONTAINED = {a.id for a in ATTACKS if not a.needs}  # what doctor runs
-
-
-def runsc_ids() -> set[str]:
-    """Containers in root's runsc state (every process of this host running as root)."""
-    out = subprocess.run(
-        runsc_argv(find_runsc(), ROOT_STATE / "state", "list", "--format", "json", rootless=False),
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return {c["id"] for c in json.loads(out.stdout or "[]") or []}
-
-
-def cgroup_dirs(name: str = "") -> set[str]:
-    """Folders of runsc-made cgroups (of one sandbox) in every v1 hierarchy."""
-    return {str(p) for p in Path("/sys/fs/cgroup").glob(f"*/{CGROUP_PREFIX}{name or '*'}")}
-
-
-def bundles() -> set[str]:
-    return {p.name for p in (ROOT_STATE / "bundles").iterdir()}
-
-
-def images() -> set[str]:
-    """The warm pools' snapshots on disk."""
-    return {p.name for p in (ROOT_STATE / "images").iterdir()}
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def sandbox_pids(name: str) -> set[int]:
@@ -112,7 +87,7 @@ def test_kernel_lifecycle_mounts_and_cleanup(start_kernel: Callable[..., Kernel]
     before_ports = listening_ports(own_only=True)
     kernel = start_kernel(RUNSC)
     name = kernel.container_id
-    assert name is not None and name in runsc_ids() and name in bundles()
+    assert name is not None and name in runsc_ids() and name in runsc_bundles()
     pids = sandbox_pids(name)
     assert len(pids) >= 2, f"its sandbox and gofer: {pids}"
     # Run detached: no runsc process waits beside the sandbox (each would hold ~3.5 MiB);
@@ -142,12 +117,7 @@ def test_kernel_lifecycle_mounts_and_cleanup(start_kernel: Callable[..., Kernel]
         assert f"size={size}" in options.split(","), (where, options)
 
     # ps lists it with its kernel id.
-    r = subprocess.run(
-        [sys.executable, "-m", "sandbox_kernel.cli.main", "ps", "--json"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    row = next(row for row in json.loads(r.stdout) if row["name"] == name)
+    row = next(row for row in listed() if row["name"] == name)
     assert row["backend"] == "runsc" and row["kernel_id"] == kernel.km.kernel_id
     assert row["memory_mib"] > 10 and row["uptime_s"] >= 0 and not row["pooled"]
 
@@ -160,7 +130,7 @@ def test_kernel_lifecycle_mounts_and_cleanup(start_kernel: Callable[..., Kernel]
     kernel.km.restart_kernel(now=False)
     kernel.kc.wait_for_ready(timeout=60)
     wait_until(lambda: not any(alive(p) for p in pids), 10, "the old sandbox's processes to end")
-    assert name not in runsc_ids() and name not in bundles() and not cgroup_dirs(name)
+    assert name not in runsc_ids() and name not in runsc_bundles() and not runsc_cgroup_dirs(name)
     new = kernel.container_id
     assert new is not None and new != name and new in runsc_ids()
     new_pids = sandbox_pids(new)
@@ -169,9 +139,9 @@ def test_kernel_lifecycle_mounts_and_cleanup(start_kernel: Callable[..., Kernel]
     # Shutdown: nothing left, including the parent cgroup folders runsc would leave.
     kernel.stop()
     wait_until(lambda: not any(alive(p) for p in new_pids), 10, "the sandbox to end")
-    assert new not in runsc_ids() and new not in bundles()
+    assert new not in runsc_ids() and new not in runsc_bundles()
     assert not list((ROOT_STATE / "state").glob(f"{new}_*")), "runsc state files left behind"
-    assert not cgroup_dirs(new), "cgroups left behind"
+    assert not runsc_cgroup_dirs(new), "cgroups left behind"
     assert new not in RunscBackend._sandboxes
     assert set(listening_ports(own_only=True)) <= set(before_ports), "host ports left open"
 
@@ -266,7 +236,7 @@ def test_caps_hold(tmp_path: Path) -> None:
         assert 512 < reached <= 1024, f"{reached} MiB allocated in a 1 GiB sandbox"
     finally:
         kernel.stop()
-    assert not cgroup_dirs(str(name))
+    assert not runsc_cgroup_dirs(str(name))
 
 
 @pytest.mark.docker
@@ -341,16 +311,17 @@ def test_gc_removes_sandboxes_of_dead_processes_only(tmp_path: Path) -> None:
                 check=True, timeout=60, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip
-            assert cgroup_dirs(name)
+            assert runsc_cgroup_dirs(name)
         orphan, live = created
-        r = subprocess.run(
-            [sys.executable, "-m", "sandbox_kernel.cli.main", "gc"],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        r = cli("gc", timeout=120)
         assert r.returncode == 0, r.stderr
         assert orphan in r.stdout and live not in r.stdout
-        assert orphan not in runsc_ids() and orphan not in bundles() and not cgroup_dirs(orphan)
-        assert live in runsc_ids() and live in bundles() and cgroup_dirs(live)
+        assert (
+            orphan not in runsc_ids()
+            and orphan not in runsc_bundles()
+            and not runsc_cgroup_dirs(orphan)
+        )
+        assert live in runsc_ids() and live in runsc_bundles() and runsc_cgroup_dirs(live)
     finally:
         for name in created:
             subprocess.run(
@@ -358,7 +329,7 @@ def test_gc_removes_sandboxes_of_dead_processes_only(tmp_path: Path) -> None:
                 capture_output=True, timeout=60,
             )  # fmt: skip
             subprocess.run(["rm", "-rf", str(ROOT_STATE / "bundles" / name)], check=True)
-            for d in cgroup_dirs(name):
+            for d in runsc_cgroup_dirs(name):
                 os.rmdir(d)
 
 
@@ -386,25 +357,22 @@ def test_server_killed_leaves_nothing_after_gc(tmp_path: Path) -> None:
     )  # fmt: skip
     assert server.stdout is not None
     name = server.stdout.readline().strip()
-    mine = {b for b in bundles() if b.startswith("sandbox-kernel-")}
+    mine = {b for b in runsc_bundles() if b.startswith("sandbox-kernel-")}
     assert name in runsc_ids() and len(mine & runsc_ids()) >= 2, "the kernel and a pooled one"
     theirs = {b for b in mine if _server_pid(b) == server.pid}
     assert name in theirs and len(theirs) == 2
     pids = set().union(*(sandbox_pids(n) for n in theirs))
-    snapshots = {s for s in images() if _server_pid(s, "images") == server.pid}
+    snapshots = {s for s in runsc_images() if _server_pid(s, "images") == server.pid}
     assert len(snapshots) == 1, "its warm pool fills from a snapshot (root: pool_snapshots)"
     server.kill()
     server.wait()
     wait_until(lambda: not any(alive(p) for p in pids), 30, "the orphaned sandboxes to end")
-    r = subprocess.run(
-        [sys.executable, "-m", "sandbox_kernel.cli.main", "gc"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    r = cli("gc", timeout=120)
     assert r.returncode == 0, r.stderr
     assert not theirs & runsc_ids(), "runsc state of the dead server's sandboxes left behind"
-    assert not any(cgroup_dirs(n) for n in theirs), "cgroups left behind"
-    assert not theirs & bundles(), "bundles of the dead server left behind"
-    assert not snapshots & images(), "the dead server's warm pool snapshot left behind"
+    assert not any(runsc_cgroup_dirs(n) for n in theirs), "cgroups left behind"
+    assert not theirs & runsc_bundles(), "bundles of the dead server left behind"
+    assert not snapshots & runsc_images(), "the dead server's warm pool snapshot left behind"
 
 
 def _throttled(cpu: Path) -> int:
@@ -456,7 +424,7 @@ def test_warm_pool_claims_and_drains(tmp_path: Path) -> None:
     RelayThread.get().submit(pool.drain()).result(timeout=60)
     for name in pooled:
         assert name not in RunscBackend._sandboxes and name not in runsc_ids()
-        assert name not in bundles() and not cgroup_dirs(name)
+        assert name not in runsc_bundles() and not runsc_cgroup_dirs(name)
 
 
 @pytest.mark.docker
@@ -500,8 +468,6 @@ def test_doctor_checks_the_runsc_backend() -> None:
     """`sandbox-kernel doctor --backend runsc` as root: every property enforced, a kernel
     starts, and every self-contained attack ends as documented: blocked, but for gVisor's own
     documented gaps (the Docker backend's)."""
-    from tests.integration.test_cli import cli
-
     r = cli("doctor", "--backend", "runsc", "--json")
     checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
     enforced = checks["runsc enforces the policy here"]

@@ -12,7 +12,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,16 +21,10 @@ from sandbox_kernel.backends.cgroups import DELEGATED_PARENT, delegate_cgroups, 
 from sandbox_kernel.backends.runsc import ROOTLESS_NO_SNAPSHOTS, sandbox_table
 from sandbox_kernel.security import ATTACKS
 from sandbox_kernel.security.expectations import GAPS
+from tests.helpers import wait_until
 from tests.rootless import UNENFORCED_WITHOUT_CGROUPS, Rootless, UserKernel
 
 SELF_CONTAINED = {a.id for a in ATTACKS if not a.needs}  # what doctor runs
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from sandbox_kernel.security import ATTACKS, Attack
 from sandbox_kernel.security.expectations import GAPS, expected_blocked
 from tests.helpers import Kernel
 from tests.rootless import Rootless, UserKernel
-from tests.security.test_attacks import attempt, check_gap_detail
+from tests.security.attempts import attempt, check_gap_detail
 
 
 @pytest.fixture(scope="module")

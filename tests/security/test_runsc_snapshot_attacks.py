@@ -24,7 +24,7 @@ from sandbox_kernel.pool import WarmPool
 from sandbox_kernel.security import ATTACKS, Attack
 from sandbox_kernel.security.expectations import GAPS, expected_blocked
 from tests.helpers import BACKEND_CONFIGS, Kernel
-from tests.security.test_attacks import attempt, check_gap_detail
+from tests.security.attempts import attempt, check_gap_detail
 
 
 @pytest.fixture(scope="module")

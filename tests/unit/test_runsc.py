@@ -1,5 +1,5 @@
 """Pure parts of the runsc backend: the OCI bundle, runsc's command lines, cgroup and state
-paths (the policy in OCI terms, as test_policy.py checks ``container_spec``)."""
+paths (the policy in OCI terms, as test_docker_backend.py checks ``container_spec``)."""
 
 from __future__ import annotations
 
