@@ -88,7 +88,6 @@ def stderr_memfds(backend: str) -> set[str]:
     return found
 
 
-@pytest.mark.docker
 @pytest.mark.parametrize("backend", PIPE_BACKENDS)
 def test_kernel_lifecycle_and_cleanup(backend: str, start_kernel: Callable[..., Kernel]) -> None:
     before_fds = stderr_memfds(backend)
@@ -130,7 +129,6 @@ def test_kernel_lifecycle_and_cleanup(backend: str, start_kernel: Callable[..., 
     assert set(listening_ports(own_only=True)) <= set(before_ports), "host ports left open"
 
 
-@pytest.mark.docker
 @pytest.mark.parametrize("backend", PIPE_BACKENDS)
 def test_limits_hold(backend: str, start_kernel: Callable[..., Kernel]) -> None:
     """The cgroup caps are the policy's; a fork loop meets EAGAIN at the process limit, and
@@ -171,7 +169,6 @@ def test_limits_hold(backend: str, start_kernel: Callable[..., Kernel]) -> None:
     assert failcnt > 0 or "oom_kill 0" not in oom, f"the memory cgroup never hit its cap: {oom}"
 
 
-@pytest.mark.docker
 def test_unaccepted_gap_refuses_and_leaves_nothing(tmp_path: Path) -> None:
     """firejail cannot cap tmpfs sizes: without accept_unenforced=['tmp_size'] it refuses,
     naming the property, and leaves no port, process or folder behind."""
@@ -189,7 +186,6 @@ def test_unaccepted_gap_refuses_and_leaves_nothing(tmp_path: Path) -> None:
     assert stderr_memfds("firejail") <= before_fds and set(PipeBackend._sandboxes) <= running
 
 
-@pytest.mark.docker
 def test_missing_rootfs_names_the_fix(tmp_path: Path) -> None:
     config = {**BACKEND_CONFIGS["bwrap"], "rootfs": str(tmp_path / "absent")}
     (tmp_path / "k").mkdir()
@@ -201,7 +197,6 @@ def test_missing_rootfs_names_the_fix(tmp_path: Path) -> None:
         km.start_kernel()
 
 
-@pytest.mark.docker
 @pytest.mark.parametrize("backend", ["runsc", "bwrap", "firejail", "docker-runc"])
 def test_install_backend_runs_the_demo_notebook(backend: str, tmp_path: Path) -> None:
     """`sandbox-kernel install --backend X` writes a kernelspec named for the backend, whose
@@ -235,7 +230,6 @@ def test_install_backend_runs_the_demo_notebook(backend: str, tmp_path: Path) ->
     assert not errors, errors
 
 
-@pytest.mark.docker
 def test_bwrap_warm_pool(tmp_path: Path) -> None:
     """The warm pool works for a pipe backend: a launch claims a pre-started bwrap sandbox,
     and draining the pool leaves no sandbox, process or cgroup behind."""
@@ -286,7 +280,6 @@ except SandboxError as exc:
 """
 
 
-@pytest.mark.docker
 def test_bwrap_without_root_refuses_the_limits_it_cannot_enforce() -> None:
     """A server that is not root (e.g. a laptop) has no writable cgroups and cannot give
     each sandbox its own uid: the real preflight, run as an unprivileged user, refuses and
@@ -322,7 +315,6 @@ def test_bwrap_without_root_refuses_the_limits_it_cannot_enforce() -> None:
         assert enforced not in refused, refused
 
 
-@pytest.mark.docker
 @pytest.mark.parametrize("backend", ["bwrap", "firejail"])
 def test_doctor_checks_a_backend(backend: str) -> None:
     """`sandbox-kernel doctor --backend X`: the backend's host checks, what it cannot enforce
@@ -340,7 +332,6 @@ def test_doctor_checks_a_backend(backend: str) -> None:
     assert "fs-mountinfo" in attacks["detail"] and "fs-mountinfo" in GAPS[backend]
 
 
-@pytest.mark.docker
 def test_firejail_never_writes_into_the_tree_other_backends_use(
     start_kernel: Callable[..., Kernel],
 ) -> None:
@@ -394,7 +385,6 @@ def freeze(cgroup: Path) -> set[int]:
     return stopped
 
 
-@pytest.mark.docker
 def test_ps_and_gc_see_sandboxes_of_a_killed_jupyter_process(kernel_dirs: Path) -> None:
     """A Jupyter process killed with SIGKILL leaves a bubblewrap and a firejail sandbox that
     do not end themselves (stopped, so they cannot see their pipe close): ``ps`` lists

@@ -32,8 +32,6 @@ from tests.helpers import (
     sandbox_id,
 )
 
-pytestmark = pytest.mark.docker
-
 LOOPBACK_HEX = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it
 
 SERVE = """

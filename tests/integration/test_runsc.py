@@ -82,7 +82,6 @@ def mounts_inside(kernel: Kernel) -> dict[str, list[str]]:
     return table
 
 
-@pytest.mark.docker
 def test_kernel_lifecycle_mounts_and_cleanup(start_kernel: Callable[..., Kernel]) -> None:
     before_ports = listening_ports(own_only=True)
     kernel = start_kernel(RUNSC)
@@ -153,7 +152,6 @@ def small_kernelspec(tmp_path: Path, **config: object) -> KernelSpecManager:
     return KernelSpecManager(kernel_dirs=[str(tmp_path)])
 
 
-@pytest.mark.docker
 def test_caps_hold(tmp_path: Path) -> None:
     """The cgroup runsc made has the policy's caps, and each holds from inside: a fork loop
     meets EAGAIN (RLIMIT_NPROC), spinning processes are throttled to the CPU quota, and an
@@ -239,7 +237,6 @@ def test_caps_hold(tmp_path: Path) -> None:
     assert not runsc_cgroup_dirs(str(name))
 
 
-@pytest.mark.docker
 def test_host_pids_cap_ends_a_sandbox_that_reaches_it(tmp_path: Path) -> None:
     """The pids cgroup is the host's backstop: with RLIMIT_NPROC as high as pids_limit, a
     fork loop inside reaches the host limit first (each process inside costs several host
@@ -279,7 +276,6 @@ def test_host_pids_cap_ends_a_sandbox_that_reaches_it(tmp_path: Path) -> None:
         kernel.stop()
 
 
-@pytest.mark.docker
 def test_gc_removes_sandboxes_of_dead_processes_only(tmp_path: Path) -> None:
     """A runsc sandbox whose Jupyter process died before its agent ran ('created', never
     started) cannot end itself: gc removes its state, bundle and cgroups; a live one stays."""
@@ -333,7 +329,6 @@ def test_gc_removes_sandboxes_of_dead_processes_only(tmp_path: Path) -> None:
                 os.rmdir(d)
 
 
-@pytest.mark.docker
 def test_server_killed_leaves_nothing_after_gc(tmp_path: Path) -> None:
     """A Jupyter process killed with SIGKILL: its sandboxes see their pipe close and end
     themselves (no process is left); gc then removes what a detached sandbox leaves (runsc's
@@ -395,7 +390,6 @@ def _server_pid(name: str, kind: str = "bundles") -> int:
     return int(labels.get(LABEL_SERVER_PID, 0))
 
 
-@pytest.mark.docker
 def test_warm_pool_claims_and_drains(tmp_path: Path) -> None:
     """The warm pool works for runsc: a launch claims a pre-started sandbox, and draining the
     pool leaves no state, bundle, cgroup or process behind."""
@@ -427,7 +421,6 @@ def test_warm_pool_claims_and_drains(tmp_path: Path) -> None:
         assert name not in runsc_bundles() and not runsc_cgroup_dirs(name)
 
 
-@pytest.mark.docker
 def test_the_platform_setting_reaches_the_sandbox(tmp_path: Path) -> None:
     """platform=ptrace: the sandbox's own processes (sentry, gofer) run with
     --platform=ptrace, and the kernel works there; the attack catalogue runs under it in
@@ -455,7 +448,6 @@ def test_the_platform_setting_reaches_the_sandbox(tmp_path: Path) -> None:
         kernel.stop()
 
 
-@pytest.mark.docker
 def test_other_runtime_is_refused(tmp_path: Path) -> None:
     """The runsc backend always runs gVisor: a runtime setting (Docker's) is refused, naming
     it, already when the kernelspec is written."""
@@ -463,7 +455,6 @@ def test_other_runtime_is_refused(tmp_path: Path) -> None:
         small_kernelspec(tmp_path, runtime="runc", allow_weaker_runtime=True)
 
 
-@pytest.mark.docker
 def test_doctor_checks_the_runsc_backend() -> None:
     """`sandbox-kernel doctor --backend runsc` as root: every property enforced, a kernel
     starts, and every self-contained attack ends as documented: blocked, but for gVisor's own
@@ -482,7 +473,6 @@ def test_doctor_checks_the_runsc_backend() -> None:
     )
 
 
-@pytest.mark.docker
 def test_warm_pools_are_per_backend(tmp_path: Path) -> None:
     """A Docker kernelspec and a runsc one with the same policy, in one process: each launch
     claims only its own backend's warm sandboxes (the pool key names the backend)."""

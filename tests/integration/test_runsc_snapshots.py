@@ -206,7 +206,6 @@ def finds(kernel: Kernel, needle: str) -> list[str]:
     return found
 
 
-@pytest.mark.docker
 def test_restored_copies_renew_what_they_share(
     tmp_path: Path, kernels: Callable[..., Kernels]
 ) -> None:
@@ -265,7 +264,6 @@ def test_restored_copies_renew_what_they_share(
     assert not leftovers(names, snapshots), leftovers(names, snapshots)
 
 
-@pytest.mark.docker
 def test_a_restored_kernel_has_its_exchanges(
     tmp_path: Path, kernels: Callable[..., Kernels]
 ) -> None:
@@ -291,7 +289,6 @@ def test_a_restored_kernel_has_its_exchanges(
     assert (notebook / path).read_text() == "restored"
 
 
-@pytest.mark.docker
 def test_a_burst_is_served_by_restores(tmp_path: Path, kernels: Callable[..., Kernels]) -> None:
     """N kernels requested at once through AsyncKernelManager, after the pool has its
     snapshot: every one is a sandbox restored from it (one was ready, the others restored on
@@ -330,7 +327,6 @@ def test_a_burst_is_served_by_restores(tmp_path: Path, kernels: Callable[..., Ke
     assert not leftovers({str(x) for x in names}, set()), "the burst's sandboxes left behind"
 
 
-@pytest.mark.docker
 def test_the_snapshot_is_renewed_after_its_restores(
     tmp_path: Path, kernels: Callable[..., Kernels]
 ) -> None:
@@ -354,7 +350,6 @@ def test_the_snapshot_is_renewed_after_its_restores(
     assert second.id in runsc_images()
 
 
-@pytest.mark.docker
 def test_the_snapshot_is_renewed_after_its_age(
     tmp_path: Path, kernels: Callable[..., Kernels]
 ) -> None:
@@ -378,7 +373,6 @@ def test_the_snapshot_is_renewed_after_its_age(
     wait_until(lambda: first.id not in runsc_images(), 30, "the old snapshot to be deleted")
 
 
-@pytest.mark.docker
 def test_a_snapshot_is_not_restored_under_another_policy(
     tmp_path: Path, kernels: Callable[..., Kernels]
 ) -> None:
@@ -405,7 +399,6 @@ def test_a_snapshot_is_not_restored_under_another_policy(
     assert snapshot.id in runsc_images(), "the refusal left the pool's snapshot alone"
 
 
-@pytest.mark.docker
 def test_a_failed_restore_falls_back_to_a_fresh_sandbox(
     tmp_path: Path,
     kernels: Callable[..., Kernels],
@@ -472,7 +465,6 @@ def server(tmp_path: Path, how: str) -> tuple[subprocess.Popen[str], dict[str, A
     return proc, found
 
 
-@pytest.mark.docker
 def test_nothing_is_left_after_the_server_exits(tmp_path: Path) -> None:
     """A Jupyter process that exits without shutting anything down: its atexit handlers
     remove the kernel's sandbox, the pool's restored sandbox and the snapshot."""
@@ -482,7 +474,6 @@ def test_nothing_is_left_after_the_server_exits(tmp_path: Path) -> None:
     assert not leftovers(names, set(found["snapshots"])), leftovers(names, set(found["snapshots"]))
 
 
-@pytest.mark.docker
 def test_gc_removes_a_killed_servers_snapshot_and_sandboxes(tmp_path: Path) -> None:
     """A Jupyter process killed with SIGKILL: its sandboxes end themselves (their pipe
     closes), and `sandbox-kernel gc` removes their state, cgroups and bundles and the warm

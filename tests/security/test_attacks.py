@@ -21,7 +21,6 @@ from tests.helpers import Kernel
 from tests.security.attempts import PROVIDERS, attempt, check_gap_detail
 
 
-@pytest.mark.docker
 @pytest.mark.parametrize("attack", ATTACKS, ids=[a.id for a in ATTACKS])
 def test_attack(attack: Attack, request: pytest.FixtureRequest, shared_kernel: Kernel) -> None:
     """Blocked, unless GAPS["docker"] documents it as a gap: then it must succeed."""
@@ -89,7 +88,6 @@ def test_userns_attempts_work_where_the_privilege_is_real(attack_id: str) -> Non
         assert expected in result["detail"], (expected, result["detail"])
 
 
-@pytest.mark.docker
 def test_tmpfs_caps_follow_the_kernelspec(
     start_kernel: Callable[..., Kernel], shared_kernel: Kernel
 ) -> None:

@@ -56,7 +56,6 @@ def start_kernel(start_kernel: Callable[..., Kernel], backend: str) -> Callable[
     return start
 
 
-@pytest.mark.docker
 @pytest.mark.parametrize("attack", ATTACKS, ids=[a.id for a in ATTACKS])
 def test_attack_on_backend(
     attack: Attack, backend: str, request: pytest.FixtureRequest, backend_kernel: Kernel
@@ -101,7 +100,6 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.docker
 def test_clone3_is_answered_enosys(backend: str, backend_kernel: Kernel) -> None:
     """On the host's kernel, ``clone3`` must fail with ENOSYS, exactly: seccomp cannot read
     clone3's flags (they are in memory), so the filter answers every clone3 with ENOSYS and

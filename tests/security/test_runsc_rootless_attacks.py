@@ -56,7 +56,6 @@ def start_kernel(rootless: Rootless, delegated: None) -> Iterator[Callable[..., 
         kernel.stop()
 
 
-@pytest.mark.docker
 @pytest.mark.parametrize("attack", ATTACKS, ids=[a.id for a in ATTACKS])
 def test_attack_on_rootless_runsc(
     attack: Attack, request: pytest.FixtureRequest, user_kernel: UserKernel

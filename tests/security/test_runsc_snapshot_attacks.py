@@ -90,7 +90,6 @@ def start_kernel(snapshot_ksm: KernelSpecManager) -> Iterator[Callable[..., Kern
         kernel.stop()
 
 
-@pytest.mark.docker
 @pytest.mark.parametrize("attack", ATTACKS, ids=[a.id for a in ATTACKS])
 def test_attack_on_a_restored_sandbox(
     attack: Attack, request: pytest.FixtureRequest, restored_kernel: Kernel
@@ -110,7 +109,6 @@ def test_attack_on_a_restored_sandbox(
         check_gap_detail("runsc", attack.id, result["detail"])
 
 
-@pytest.mark.docker
 def test_the_snapshot_is_the_pools_only_copy_on_disk(restored_kernel: Kernel) -> None:
     """The snapshot sits in root's private state folder (0700), nowhere a user can read."""
     record = next(iter(RunscBackend._snapshots.values()))
