@@ -23,6 +23,7 @@ from typing import Any
 
 import docker
 from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.backends.owner import (
@@ -307,6 +308,42 @@ class Kernel:
         self.kc.stop_channels()
         if self.km.has_kernel:
             self.km.shutdown_kernel(now=False)
+
+
+def ready_kernel(
+    ksm: KernelSpecManager,
+    name: str = "sandbox-python",
+    *,
+    cwd: Path | None = None,
+    timeout: float = 60,
+    **km_kwargs: Any,
+) -> Kernel:
+    """Kernelspec ``name`` of ``ksm`` started, its client's channels open and ready; shut
+    down at once if it does not become ready. The caller stops it (or use
+    :func:`running_kernel`; the ``start_kernel`` fixture stops its kernels at teardown)."""
+    km = KernelManager(kernel_name=name, kernel_spec_manager=ksm, **km_kwargs)
+    km.start_kernel(**({"cwd": str(cwd)} if cwd else {}))
+    kernel = Kernel(km, km.client())
+    kernel.kc.start_channels()
+    try:
+        kernel.kc.wait_for_ready(timeout=timeout)
+    except BaseException:
+        kernel.kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        raise
+    return kernel
+
+
+@contextmanager
+def running_kernel(
+    ksm: KernelSpecManager, name: str = "sandbox-python", **kwargs: Any
+) -> Iterator[Kernel]:
+    """:func:`ready_kernel` for the ``with`` block, shut down after it whatever happened."""
+    kernel = ready_kernel(ksm, name, **kwargs)
+    try:
+        yield kernel
+    finally:
+        kernel.stop()
 
 
 class NetnsHost:

@@ -36,6 +36,7 @@ from tests.helpers import (
     listed,
     listening_ports,
     pool_of,
+    ready_kernel,
     wait_until,
 )
 
@@ -242,13 +243,8 @@ def test_bwrap_warm_pool(tmp_path: Path) -> None:
     kernels: list[Kernel] = []
     try:
         for _ in range(2):
-            km = KernelManager(kernel_name="bw-pool", kernel_spec_manager=ksm)
-            km.start_kernel()
-            kc = km.client()
-            kc.start_channels()
-            kernels.append(Kernel(km, kc))
-            kc.wait_for_ready(timeout=60)
-            pool = pool_of(km)
+            kernels.append(ready_kernel(ksm, "bw-pool"))
+            pool = pool_of(kernels[-1].km)
             wait_until(lambda p=pool: bool(p.ready), 60, "the bwrap warm pool to fill")  # type: ignore[misc]
         assert not kernels[0].km.provisioner.last_start_warm  # type: ignore[union-attr]
         assert kernels[1].km.provisioner.last_start_warm  # type: ignore[union-attr]

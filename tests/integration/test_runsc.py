@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.backends.owner import Owner
 from sandbox_kernel.backends.runsc import (
@@ -42,6 +41,8 @@ from tests.helpers import (
     listed,
     listening_ports,
     pool_of,
+    ready_kernel,
+    running_kernel,
     runsc_bundles,
     runsc_cgroup_dirs,
     runsc_ids,
@@ -159,13 +160,9 @@ def test_caps_hold(tmp_path: Path) -> None:
     # nproc 16: forks of a kernel cost ~27 MiB each under gVisor, so 16 of them fit in 1 GiB.
     ksm = small_kernelspec(tmp_path, memory_limit="1g", cpu_limit=0.5, nproc_limit=16,
                            pids_limit=1000)  # fmt: skip
-    km = KernelManager(kernel_name="rs", kernel_spec_manager=ksm)
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    kernel = Kernel(km, kc)
-    try:
-        kc.wait_for_ready(timeout=60)
+    with running_kernel(ksm, "rs") as kernel:
+        km = kernel.km
+        kc = kernel.kc
         name = kernel.container_id
         cg = {
             c: Path(f"/sys/fs/cgroup/{c}/{CGROUP_PREFIX}{name}") for c in ("memory", "cpu", "pids")
@@ -232,8 +229,6 @@ def test_caps_hold(tmp_path: Path) -> None:
                     [reached, *(int(x) for x in msg["content"]["text"].split() if x.isdigit())]
                 )
         assert 512 < reached <= 1024, f"{reached} MiB allocated in a 1 GiB sandbox"
-    finally:
-        kernel.stop()
     assert not runsc_cgroup_dirs(str(name))
 
 
@@ -242,13 +237,9 @@ def test_host_pids_cap_ends_a_sandbox_that_reaches_it(tmp_path: Path) -> None:
     fork loop inside reaches the host limit first (each process inside costs several host
     tasks: stub process, sentry threads) and the whole sandbox ends there, never past it."""
     ksm = small_kernelspec(tmp_path, nproc_limit=200, pids_limit=200)
-    km = KernelManager(kernel_name="rs", kernel_spec_manager=ksm)
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    kernel = Kernel(km, kc)
-    try:
-        kc.wait_for_ready(timeout=60)
+    with running_kernel(ksm, "rs") as kernel:
+        km = kernel.km
+        kc = kernel.kc
         pids = Path(f"/sys/fs/cgroup/pids/{CGROUP_PREFIX}{kernel.container_id}")
         assert (pids / "pids.max").read_text().strip() == "200"
         kc.execute(
@@ -272,8 +263,6 @@ def test_host_pids_cap_ends_a_sandbox_that_reaches_it(tmp_path: Path) -> None:
                 )
         assert 0 < forks < 200, f"{forks} forks: the in-sandbox limit, not the host's, stopped it"
         assert highest <= 200, f"{highest} host tasks with pids_limit 200"
-    finally:
-        kernel.stop()
 
 
 def test_gc_removes_sandboxes_of_dead_processes_only(tmp_path: Path) -> None:
@@ -399,13 +388,8 @@ def test_warm_pool_claims_and_drains(tmp_path: Path) -> None:
     kernels: list[Kernel] = []
     try:
         for _ in range(2):
-            km = KernelManager(kernel_name="rs", kernel_spec_manager=ksm)
-            km.start_kernel()
-            kc = km.client()
-            kc.start_channels()
-            kernels.append(Kernel(km, kc))
-            kc.wait_for_ready(timeout=60)
-            pool = pool_of(km)
+            kernels.append(ready_kernel(ksm, "rs"))
+            pool = pool_of(kernels[-1].km)
             wait_until(lambda p=pool: bool(p.ready), 60, "the runsc warm pool to fill")  # type: ignore[misc]
         assert not kernels[0].km.provisioner.last_start_warm  # type: ignore[union-attr]
         assert kernels[1].km.provisioner.last_start_warm  # type: ignore[union-attr]
@@ -425,15 +409,7 @@ def test_the_platform_setting_reaches_the_sandbox(tmp_path: Path) -> None:
     """platform=ptrace: the sandbox's own processes (sentry, gofer) run with
     --platform=ptrace, and the kernel works there; the attack catalogue runs under it in
     tests/security (runsc-ptrace)."""
-    km = KernelManager(
-        kernel_name="rs", kernel_spec_manager=small_kernelspec(tmp_path, platform="ptrace")
-    )
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    kernel = Kernel(km, kc)
-    try:
-        kc.wait_for_ready(timeout=60)
+    with running_kernel(small_kernelspec(tmp_path, platform="ptrace"), "rs") as kernel:
         name = str(kernel.container_id)
         flags = set()
         for pid in processes_naming(name):
@@ -444,8 +420,6 @@ def test_the_platform_setting_reaches_the_sandbox(tmp_path: Path) -> None:
             flags |= {a.decode() for a in argv if a.startswith(b"--platform")}
         assert flags == {"--platform=ptrace"}, flags
         assert kernel.value("import os; print(os.getuid())") == 1000
-    finally:
-        kernel.stop()
 
 
 def test_other_runtime_is_refused(tmp_path: Path) -> None:
@@ -488,12 +462,7 @@ def test_warm_pools_are_per_backend(tmp_path: Path) -> None:
     kernels: list[Kernel] = []
     try:
         for name in ("dk", "dk", "rs"):
-            km = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
-            km.start_kernel()
-            kc = km.client()
-            kc.start_channels()
-            kernels.append(Kernel(km, kc))
-            kc.wait_for_ready(timeout=60)
+            kernels.append(ready_kernel(ksm, name))
             wait_until(lambda: all(p.ready for p in WarmPool._pools.values() if not p.closed),
                        60, "the warm pools to fill")  # fmt: skip
         docker_warm, runsc_first = kernels[1], kernels[2]

@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import AsyncKernelManager, KernelManager
+from jupyter_client.manager import AsyncKernelManager
 
 from sandbox_kernel.backends.owner import Owner
 from sandbox_kernel.backends.runsc import CGROUP_PREFIX, ROOT_STATE, RunscBackend
@@ -51,6 +51,7 @@ from tests.helpers import (
     cli,
     listed,
     pool_of,
+    ready_kernel,
     runsc_bundles,
     runsc_cgroup_dirs,
     runsc_ids,
@@ -83,13 +84,8 @@ class Kernels:
         self.started: list[Kernel] = []
 
     def start(self) -> Kernel:
-        km = KernelManager(kernel_name="snap", kernel_spec_manager=self.ksm)
-        km.start_kernel(**({"cwd": self.cwd} if self.cwd else {}))
-        kc = km.client()
-        kc.start_channels()
-        kernel = Kernel(km, kc)
+        kernel = ready_kernel(self.ksm, "snap", cwd=Path(self.cwd) if self.cwd else None)
         self.started.append(kernel)
-        kc.wait_for_ready(timeout=60)
         return kernel
 
     def pool(self) -> WarmPool:

@@ -19,7 +19,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 from sandbox_kernel.security import ATTACKS, Attack
 from sandbox_kernel.security.expectations import GAPS, expected_blocked
-from tests.helpers import BACKEND_CONFIGS, Kernel, backend_of
+from tests.helpers import BACKEND_CONFIGS, Kernel, backend_of, running_kernel
 from tests.security.attempts import attempt, check_gap_detail
 
 BACKENDS = list(BACKEND_CONFIGS)
@@ -32,18 +32,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def backend_kernel(backend: str, ksm: KernelSpecManager, docker_client: Any) -> Iterator[Kernel]:
-    from jupyter_client.manager import KernelManager
-
-    km = KernelManager(kernel_name=f"sandbox-{backend}", kernel_spec_manager=ksm)
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    kernel = Kernel(km, kc)
-    try:
-        kc.wait_for_ready(timeout=60)
+    with running_kernel(ksm, f"sandbox-{backend}") as kernel:
         yield kernel
-    finally:
-        kernel.stop()
 
 
 @pytest.fixture

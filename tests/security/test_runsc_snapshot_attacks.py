@@ -16,14 +16,13 @@ from typing import Any
 
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.backends.runsc import RunscBackend
 from sandbox_kernel.kernelspec import build_kernelspec
 from sandbox_kernel.pool import WarmPool
 from sandbox_kernel.security import ATTACKS, Attack
 from sandbox_kernel.security.expectations import GAPS, expected_blocked
-from tests.helpers import BACKEND_CONFIGS, Kernel
+from tests.helpers import BACKEND_CONFIGS, Kernel, ready_kernel
 from tests.security.attempts import attempt, check_gap_detail
 
 
@@ -36,23 +35,9 @@ def snapshot_ksm(tmp_path_factory: pytest.TempPathFactory) -> KernelSpecManager:
     return KernelSpecManager(kernel_dirs=[str(root)])
 
 
-def _start(ksm: KernelSpecManager) -> Kernel:
-    km = KernelManager(kernel_name="snap", kernel_spec_manager=ksm)
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    kernel = Kernel(km, kc)
-    try:
-        kc.wait_for_ready(timeout=60)
-    except BaseException:
-        kernel.stop()
-        raise
-    return kernel
-
-
 def _restored(ksm: KernelSpecManager) -> Kernel:
     """A kernel whose sandbox was restored from the pool's snapshot (checked)."""
-    kernel = _start(ksm)
+    kernel = ready_kernel(ksm, "snap")
     restored = kernel.km.provisioner.last_start_restored  # type: ignore[union-attr]
     name = str(kernel.container_id)
     if not restored or not RunscBackend._sandboxes[name].restored_from:
@@ -63,7 +48,7 @@ def _restored(ksm: KernelSpecManager) -> Kernel:
 
 @pytest.fixture(scope="module")
 def restored_kernel(snapshot_ksm: KernelSpecManager, docker_client: Any) -> Iterator[Kernel]:
-    first = _start(snapshot_ksm)  # cold; its pool then checkpoints and restores
+    first = ready_kernel(snapshot_ksm, "snap")  # cold; its pool then checkpoints and restores
     try:
         kernel = _restored(snapshot_ksm)
     finally:
