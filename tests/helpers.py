@@ -37,6 +37,7 @@ from sandbox_kernel.policy import SandboxPolicy, build_policy
 from sandbox_kernel.settings import BY_NAME
 
 REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "docs" / "examples"  # the configs docs/*.md tell operators to use
 # The Docker runtime the default kernelspecs (sandbox-python, sandbox-small) use:
 # SANDBOX_KERNEL_TEST_RUNTIME=runsc-current runs the integration and security suites on the
 # current gVisor that `SANDBOX_KERNEL_RUNSC=current setup-host` registers (docs/backends.md);

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 
 from sandbox_kernel.backends.owner import Owner
@@ -420,13 +419,6 @@ def test_the_platform_setting_reaches_the_sandbox(tmp_path: Path) -> None:
             flags |= {a.decode() for a in argv if a.startswith(b"--platform")}
         assert flags == {"--platform=ptrace"}, flags
         assert kernel.value("import os; print(os.getuid())") == 1000
-
-
-def test_other_runtime_is_refused(tmp_path: Path) -> None:
-    """The runsc backend always runs gVisor: a runtime setting (Docker's) is refused, naming
-    it, already when the kernelspec is written."""
-    with pytest.raises(Exception, match="runtime: applies to the docker backend"):
-        small_kernelspec(tmp_path, runtime="runc", allow_weaker_runtime=True)
 
 
 def test_doctor_checks_the_runsc_backend() -> None:

@@ -27,7 +27,9 @@ from sandbox_kernel.backends.runsc import (
     state_bases,
 )
 from sandbox_kernel.backends.seccomp import seccomp_profile
+from sandbox_kernel.kernelspec import build_kernelspec
 from sandbox_kernel.policy import build_policy
+from tests.helpers import BACKEND_CONFIGS
 
 POLICY = build_policy(
     image="sandbox-kernel/python:latest", memory_limit="1g", cpu_limit=0.5, nproc_limit=40,
@@ -193,6 +195,14 @@ def test_registry_entry() -> None:
     assert backend.name == "runsc"
     with pytest.raises(Exception, match="unknown"):
         make_backend("runsc", __import__("logging").getLogger(), {"accept_unenforced": ["all"]})
+
+
+def test_other_runtime_is_refused() -> None:
+    """The runsc backend always runs gVisor: a runtime setting (Docker's) is refused, naming
+    it, already when the kernelspec is written."""
+    config = {**BACKEND_CONFIGS["runsc"], "runtime": "runc", "allow_weaker_runtime": True}
+    with pytest.raises(Exception, match="runtime: applies to the docker backend"):
+        build_kernelspec(config)
 
 
 def test_platform_reaches_every_runsc_call() -> None:
