@@ -24,7 +24,7 @@ host mount, size-capped tmpfs, our seccomp profile, a memory/CPU/pids cgroup of 
 the agent root of the sandbox's kernel, the kernel under uid 1000), the agent delivered
 over stdin and driven with the real ``AgentSession``.
 Each sandbox then holds a pre-initialised ipykernel exactly as the warm pool does
-(``agent/prewarm.py``); ``--claim`` also hands it a key, opens the host listeners and
+(``sandbox_kernel/prewarm.py``); ``--claim`` also hands it a key, opens the host listeners and
 waits for a ``kernel_info_reply`` (a claimed, idle kernel).
 
 Memory is reported three ways, since PSS alone divides shared pages between sandboxes
@@ -82,7 +82,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sandbox_kernel.backends.runsc_oci import oci_config  # noqa: E402
-from sandbox_kernel.backends.runsc_tool import RUNSC_FLAGS  # noqa: E402
+from sandbox_kernel.backends.runsc_tool import RUNSC_FLAGS, find_runsc, runsc_argv  # noqa: E402
 from sandbox_kernel.bundle import agent_payload, bootstrap_command  # noqa: E402
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE  # noqa: E402
 from sandbox_kernel.image.rootfs import check_rootfs, rootfs_for  # noqa: E402
@@ -102,8 +102,6 @@ from sandbox_kernel.relay.listeners import HostListeners  # noqa: E402
 from sandbox_kernel.relay.session import AgentSession  # noqa: E402
 from sandbox_kernel.relay.thread import RelayThread  # noqa: E402
 
-RUNSC = shutil.which("runsc") or "/usr/bin/runsc"
-BASE_FLAGS = RUNSC_FLAGS  # the runsc backend's: --network=none --oci-seccomp --overlay2=none
 CGROUP_PREFIX = "sk-lab-"
 MiB = 2**20
 LOG = logging.getLogger("gvisor-lab")
@@ -353,8 +351,11 @@ class Lab:
         self.relay = RelayThread.get()
 
     def runsc(self, *args: str, flags: Iterable[str] | None = None) -> list[str]:
+        """The runsc backend's own command line (root mode) on the lab's state, with
+        ``flags`` (default: the lab's) after the backend's, so they override them."""
         extra = self.flags if flags is None else tuple(flags)
-        return [RUNSC, "--root", str(self.dir / "state"), *BASE_FLAGS, *extra, *args]
+        state = self.dir / "state"
+        return runsc_argv(find_runsc(), state, *args, rootless=False, flags=(*RUNSC_FLAGS, *extra))
 
     def env(self) -> dict[str, str]:
         return {**self.policy.kernel_env({}, {}), **self.kernel_env}
@@ -1222,7 +1223,7 @@ def cmd_profile(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         lab.remove_all()
     top = subprocess.run(
-        ["go", "tool", "pprof", "-top", "-nodecount=45", RUNSC, str(prof)],
+        ["go", "tool", "pprof", "-top", "-nodecount=45", find_runsc(), str(prof)],
         capture_output=True,
         text=True,
         timeout=300,

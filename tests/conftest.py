@@ -17,7 +17,6 @@ from typing import Any
 import docker
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.backends.runsc_tool import find_runsc
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
@@ -32,6 +31,8 @@ from tests.helpers import (
     container_exists,
     our_containers,
     our_runsc_sandboxes,
+    ready_kernel,
+    running_kernel,
     second_dockerd,
 )
 from tests.rootless import (
@@ -96,18 +97,8 @@ def start_kernel(
 ) -> Iterator[Callable[..., Kernel]]:
     started: list[Kernel] = []
 
-    def start(name: str = "sandbox-python", **km_kwargs: Any) -> Kernel:
-        km = KernelManager(kernel_name=name, kernel_spec_manager=ksm, **km_kwargs)
-        km.start_kernel()
-        kc = km.client()
-        kc.start_channels()
-        try:
-            kc.wait_for_ready(timeout=60)
-        except Exception:
-            kc.stop_channels()
-            km.shutdown_kernel(now=True)
-            raise
-        kernel = Kernel(km, kc)
+    def start(name: str = "sandbox-python", **kwargs: Any) -> Kernel:
+        kernel = ready_kernel(ksm, name, **kwargs)
         started.append(kernel)
         return kernel
 
@@ -119,14 +110,8 @@ def start_kernel(
 @pytest.fixture(scope="module")
 def shared_kernel(ksm: KernelSpecManager, docker_client: docker.DockerClient) -> Iterator[Kernel]:
     """One kernel for read-only checks, to keep the suite quick."""
-    km = KernelManager(kernel_name="sandbox-python", kernel_spec_manager=ksm)
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    kc.wait_for_ready(timeout=60)
-    kernel = Kernel(km, kc)
-    yield kernel
-    kernel.stop()
+    with running_kernel(ksm) as kernel:
+        yield kernel
 
 
 @pytest.fixture(scope="session", autouse=True)

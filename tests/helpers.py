@@ -24,6 +24,7 @@ from typing import Any
 
 import docker
 from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.backends.owner import (
@@ -33,11 +34,13 @@ from sandbox_kernel.backends.owner import (
     LABEL_SERVER_PID,
 )
 from sandbox_kernel.backends.releases import runtime_release
-from sandbox_kernel.policy import GVISOR_RUNTIMES
+from sandbox_kernel.image.recipe import DEFAULT_IMAGE
+from sandbox_kernel.policy import GVISOR_RUNTIMES, SandboxPolicy, build_policy
 from sandbox_kernel.security.expectations import GVISOR_BACKENDS
 from sandbox_kernel.settings import BY_NAME
 
 REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "docs" / "examples"  # the configs docs/*.md tell operators to use
 # The Docker runtime the default kernelspecs (sandbox-python, sandbox-small) use:
 # SANDBOX_KERNEL_TEST_RUNTIME=runsc-current runs the integration and security suites on the
 # current gVisor that `SANDBOX_KERNEL_RUNSC=current setup-host` registers (docs/backends.md),
@@ -61,6 +64,11 @@ BACKEND_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+def policy(**overrides: Any) -> SandboxPolicy:
+    """A validated policy for the default image, with ``overrides``: the unit tests'."""
+    return build_policy(**{"image": DEFAULT_IMAGE, **overrides})
+
+
 def backend_of(variant: str) -> str:
     """The backend a BACKEND_CONFIGS entry runs (its gap table's key)."""
     return str(BACKEND_CONFIGS[variant]["backend"])
@@ -82,6 +90,36 @@ def variant_release(variant: str) -> int | None:
 
 
 SETUP = "run `sudo scripts/quickstart.sh` (or `sandbox-kernel setup-host && sandbox-kernel image build`)"
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """`sandbox-kernel ARGS` of this checkout, with ``env`` over the test's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "sandbox_kernel.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def listed() -> list[dict[str, Any]]:
+    """The rows of `sandbox-kernel ps --json`."""
+    r = cli("ps", "--json", timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+
+def kernelspecs(prefix: Path) -> dict[str, Any]:
+    """What `jupyter kernelspec list --json` finds under an install's ``--prefix``."""
+    env = {**os.environ, "JUPYTER_PATH": str(prefix / "share" / "jupyter")}
+    out = subprocess.run(
+        [sys.executable, "-m", "jupyter", "kernelspec", "list", "--json"],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout)["kernelspecs"]  # type: ignore[no-any-return]
 
 
 def our_containers(
@@ -114,6 +152,57 @@ def our_runsc_sandboxes() -> list[str]:
         if labels.get(LABEL_SERVER_PID) == str(os.getpid()):
             found.append(bundle.name)
     return found
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+# -- what the runsc backend run by root leaves on the host (its state, bundles, cgroups) ------
+
+
+def runsc_ids() -> set[str]:
+    """Containers in root's runsc state (every process of this host running as root)."""
+    from sandbox_kernel.backends.runsc_inventory import ROOT_STATE
+    from sandbox_kernel.backends.runsc_tool import find_runsc, runsc_argv
+
+    out = subprocess.run(
+        runsc_argv(find_runsc(), ROOT_STATE / "state", "list", "--format", "json", rootless=False),
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return {c["id"] for c in json.loads(out.stdout or "[]") or []}
+
+
+def runsc_cgroup_dirs(name: str = "") -> set[str]:
+    """Folders of runsc-made cgroups (of one sandbox) in every v1 hierarchy."""
+    from sandbox_kernel.backends.runsc_oci import CGROUP_PREFIX
+
+    return {str(p) for p in Path("/sys/fs/cgroup").glob(f"*/{CGROUP_PREFIX}{name or '*'}")}
+
+
+def runsc_bundles() -> set[str]:
+    from sandbox_kernel.backends.runsc_inventory import ROOT_STATE
+
+    return {p.name for p in (ROOT_STATE / "bundles").iterdir()}
+
+
+def runsc_images() -> set[str]:
+    """The warm pools' snapshots on disk."""
+    from sandbox_kernel.backends.runsc_inventory import ROOT_STATE
+
+    return {p.name for p in (ROOT_STATE / "images").iterdir()}
 
 
 def container_exists(client: docker.DockerClient, cid: str | None, settle: float = 10.0) -> bool:
@@ -245,6 +334,42 @@ class Kernel:
             self.km.shutdown_kernel(now=False)
 
 
+def ready_kernel(
+    ksm: KernelSpecManager,
+    name: str = "sandbox-python",
+    *,
+    cwd: Path | None = None,
+    timeout: float = 60,
+    **km_kwargs: Any,
+) -> Kernel:
+    """Kernelspec ``name`` of ``ksm`` started, its client's channels open and ready; shut
+    down at once if it does not become ready. The caller stops it (or use
+    :func:`running_kernel`; the ``start_kernel`` fixture stops its kernels at teardown)."""
+    km = KernelManager(kernel_name=name, kernel_spec_manager=ksm, **km_kwargs)
+    km.start_kernel(**({"cwd": str(cwd)} if cwd else {}))
+    kernel = Kernel(km, km.client())
+    kernel.kc.start_channels()
+    try:
+        kernel.kc.wait_for_ready(timeout=timeout)
+    except BaseException:
+        kernel.kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        raise
+    return kernel
+
+
+@contextmanager
+def running_kernel(
+    ksm: KernelSpecManager, name: str = "sandbox-python", **kwargs: Any
+) -> Iterator[Kernel]:
+    """:func:`ready_kernel` for the ``with`` block, shut down after it whatever happened."""
+    kernel = ready_kernel(ksm, name, **kwargs)
+    try:
+        yield kernel
+    finally:
+        kernel.stop()
+
+
 class NetnsHost:
     """A TCP+UDP server in a network namespace of our own: a stand-in for the LAN/internet."""
 
@@ -320,6 +445,16 @@ def pool_of(km: Any) -> Any:
     return next(
         (p for p in pools if p.policy == prov.policy and p.backend.describe() == backend), None
     )
+
+
+def wait_for_ready_pool(kernel: Kernel, timeout: float = 60) -> None:
+    """Until the pool ``kernel`` draws from has a sandbox ready."""
+    from sandbox_kernel.pool import WarmPool
+
+    deadline = time.monotonic() + timeout
+    while not getattr(pool_of(kernel.km), "ready", None):
+        assert time.monotonic() < deadline, f"the warm pool did not fill: {WarmPool.stats()}"
+        time.sleep(0.1)
 
 
 @contextmanager

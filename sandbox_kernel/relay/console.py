@@ -28,11 +28,12 @@ import time
 import unicodedata
 from typing import BinaryIO
 
+from ..settings import check
+
 TAIL_BYTES = 8192
 RATE = 16 * 1024  # bytes per second passed on once the burst is spent
 BURST = 64 * 1024
 QUEUE_BYTES = 256 * 1024  # across all kernels of the process, waiting for stderr
-MODES = ("stderr", "discard")
 
 
 def printable(text: str, limit: int | None = None) -> str:
@@ -106,11 +107,10 @@ class ConsoleSink:
     def __init__(
         self, label: str, mode: str, limit: int, log: logging.Logger | None = None
     ) -> None:
-        """``label``: the kernel id (its first 8 characters prefix each line)."""
-        if mode not in MODES:
-            raise ValueError(f"console_output: {mode!r} is not one of {', '.join(MODES)}")
+        """``label``: the kernel id (its first 8 characters prefix each line); ``mode``: a
+        ``console_output`` choice (settings.py declares them; PolicyError otherwise)."""
         self.label = label
-        self.mode = mode
+        self.mode = check("console_output", mode)
         self.limit = limit
         self.log = log or logging.getLogger(__name__)
         self._tail: collections.deque[bytes] = collections.deque()

@@ -26,7 +26,19 @@ from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.backends.pipe import PipeBackend
 from sandbox_kernel.kernelspec import build_kernelspec
-from tests.helpers import BACKEND_CONFIGS, Kernel, listening_ports, pool_of
+from tests.helpers import (
+    BACKEND_CONFIGS,
+    REPO,
+    Kernel,
+    alive,
+    cli,
+    kernelspecs,
+    listed,
+    listening_ports,
+    pool_of,
+    ready_kernel,
+    wait_until,
+)
 
 PIPE_BACKENDS = ["bwrap", "firejail"]
 
@@ -38,21 +50,6 @@ def sandbox_state(kernel: Kernel) -> tuple[int, list[Path]]:
     spawned = PipeBackend._sandboxes[name]
     assert spawned.cgroup is not None, "running as root: cgroups must be in use"
     return spawned.proc.pid, list(spawned.cgroup.dirs.values())
-
-
-def gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def cgroup_dirs() -> set[str]:
@@ -93,7 +90,6 @@ def stderr_memfds(backend: str) -> set[str]:
     return found
 
 
-@pytest.mark.docker
 @pytest.mark.parametrize("backend", PIPE_BACKENDS)
 def test_kernel_lifecycle_and_cleanup(backend: str, start_kernel: Callable[..., Kernel]) -> None:
     before_fds = stderr_memfds(backend)
@@ -120,7 +116,7 @@ def test_kernel_lifecycle_and_cleanup(backend: str, start_kernel: Callable[..., 
     # Restart: a new sandbox replaces the old one, which is gone with its cgroups.
     kernel.km.restart_kernel(now=False)
     kernel.kc.wait_for_ready(timeout=60)
-    wait_until(lambda: gone(pid), 10, "the old sandbox to end after restart")
+    wait_until(lambda: not alive(pid), 10, "the old sandbox to end after restart")
     assert not any(d.exists() for d in cgroups), "the old sandbox's cgroups were not removed"
     new_pid, new_cgroups = sandbox_state(kernel)
     assert new_pid != pid
@@ -128,14 +124,13 @@ def test_kernel_lifecycle_and_cleanup(backend: str, start_kernel: Callable[..., 
 
     # Shutdown: nothing left.
     kernel.stop()
-    wait_until(lambda: gone(new_pid), 10, "the sandbox to end at shutdown")
+    wait_until(lambda: not alive(new_pid), 10, "the sandbox to end at shutdown")
     assert not any(d.exists() for d in new_cgroups), "cgroups left behind"
     assert stderr_memfds(backend) <= before_fds, "stderr memfds left open"
     assert not PipeBackend._sandboxes.get(str(kernel.container_id)), "backend still tracks it"
     assert set(listening_ports(own_only=True)) <= set(before_ports), "host ports left open"
 
 
-@pytest.mark.docker
 @pytest.mark.parametrize("backend", PIPE_BACKENDS)
 def test_limits_hold(backend: str, start_kernel: Callable[..., Kernel]) -> None:
     """The cgroup caps are the policy's; a fork loop meets EAGAIN at the process limit, and
@@ -176,7 +171,6 @@ def test_limits_hold(backend: str, start_kernel: Callable[..., Kernel]) -> None:
     assert failcnt > 0 or "oom_kill 0" not in oom, f"the memory cgroup never hit its cap: {oom}"
 
 
-@pytest.mark.docker
 def test_unaccepted_gap_refuses_and_leaves_nothing(tmp_path: Path) -> None:
     """firejail cannot cap tmpfs sizes: without accept_unenforced=['tmp_size'] it refuses,
     naming the property, and leaves no port, process or folder behind."""
@@ -194,7 +188,6 @@ def test_unaccepted_gap_refuses_and_leaves_nothing(tmp_path: Path) -> None:
     assert stderr_memfds("firejail") <= before_fds and set(PipeBackend._sandboxes) <= running
 
 
-@pytest.mark.docker
 def test_missing_rootfs_names_the_fix(tmp_path: Path) -> None:
     config = {**BACKEND_CONFIGS["bwrap"], "rootfs": str(tmp_path / "absent")}
     (tmp_path / "k").mkdir()
@@ -206,7 +199,6 @@ def test_missing_rootfs_names_the_fix(tmp_path: Path) -> None:
         km.start_kernel()
 
 
-@pytest.mark.docker
 @pytest.mark.parametrize("backend", ["runsc", "bwrap", "firejail", "docker-runc"])
 def test_install_backend_runs_the_demo_notebook(backend: str, tmp_path: Path) -> None:
     """`sandbox-kernel install --backend X` writes a kernelspec named for the backend, whose
@@ -214,9 +206,6 @@ def test_install_backend_runs_the_demo_notebook(backend: str, tmp_path: Path) ->
     (numpy, a figure, and the sandbox refusing network, Docker socket, rootfs write, raw
     socket)."""
     import nbformat
-
-    from tests.helpers import REPO
-    from tests.integration.test_cli import cli, kernelspecs
 
     extra = ["--accept-unenforced", "tmp_size"] if backend == "firejail" else []
     r = cli("install", "--prefix", str(tmp_path), "--backend", backend, *extra)
@@ -243,7 +232,6 @@ def test_install_backend_runs_the_demo_notebook(backend: str, tmp_path: Path) ->
     assert not errors, errors
 
 
-@pytest.mark.docker
 def test_bwrap_warm_pool(tmp_path: Path) -> None:
     """The warm pool works for a pipe backend: a launch claims a pre-started bwrap sandbox,
     and draining the pool leaves no sandbox, process or cgroup behind."""
@@ -256,13 +244,8 @@ def test_bwrap_warm_pool(tmp_path: Path) -> None:
     kernels: list[Kernel] = []
     try:
         for _ in range(2):
-            km = KernelManager(kernel_name="bw-pool", kernel_spec_manager=ksm)
-            km.start_kernel()
-            kc = km.client()
-            kc.start_channels()
-            kernels.append(Kernel(km, kc))
-            kc.wait_for_ready(timeout=60)
-            pool = pool_of(km)
+            kernels.append(ready_kernel(ksm, "bw-pool"))
+            pool = pool_of(kernels[-1].km)
             wait_until(lambda p=pool: bool(p.ready), 60, "the bwrap warm pool to fill")  # type: ignore[misc]
         assert not kernels[0].km.provisioner.last_start_warm  # type: ignore[union-attr]
         assert kernels[1].km.provisioner.last_start_warm  # type: ignore[union-attr]
@@ -276,7 +259,7 @@ def test_bwrap_warm_pool(tmp_path: Path) -> None:
     RelayThread.get().submit(pool.drain()).result(timeout=60)
     for name, state in zip(pooled, states, strict=True):
         assert name not in PipeBackend._sandboxes
-        wait_until(lambda s=state: gone(s.proc.pid), 10, "the pooled sandbox to end")  # type: ignore[misc]
+        wait_until(lambda s=state: not alive(s.proc.pid), 10, "the pooled sandbox to end")  # type: ignore[misc]
         assert state.cgroup is not None and not any(d.exists() for d in state.cgroup.dirs.values())
 
 
@@ -294,7 +277,6 @@ except SandboxError as exc:
 """
 
 
-@pytest.mark.docker
 def test_bwrap_without_root_refuses_the_limits_it_cannot_enforce() -> None:
     """A server that is not root (e.g. a laptop) has no writable cgroups and cannot give
     each sandbox its own uid: the real preflight, run as an unprivileged user, refuses and
@@ -330,13 +312,11 @@ def test_bwrap_without_root_refuses_the_limits_it_cannot_enforce() -> None:
         assert enforced not in refused, refused
 
 
-@pytest.mark.docker
 @pytest.mark.parametrize("backend", ["bwrap", "firejail"])
 def test_doctor_checks_a_backend(backend: str) -> None:
     """`sandbox-kernel doctor --backend X`: the backend's host checks, what it cannot enforce
     here, a real kernel, and the self-contained attacks judged against its gap table."""
     from sandbox_kernel.security.expectations import GAPS
-    from tests.integration.test_cli import cli
 
     r = cli("doctor", "--backend", backend, "--json")
     report = json.loads(r.stdout)
@@ -349,7 +329,6 @@ def test_doctor_checks_a_backend(backend: str) -> None:
     assert "fs-mountinfo" in attacks["detail"] and "fs-mountinfo" in GAPS[backend]
 
 
-@pytest.mark.docker
 def test_firejail_never_writes_into_the_tree_other_backends_use(
     start_kernel: Callable[..., Kernel],
 ) -> None:
@@ -391,15 +370,6 @@ time.sleep(600)
 """
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(
-        [sys.executable, "-m", "sandbox_kernel.cli.main", *args],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    return r
-
-
 def freeze(cgroup: Path) -> set[int]:
     """SIGSTOP every process of a sandbox (its pids cgroup) until none is left running."""
     stopped: set[int] = set()
@@ -412,7 +382,6 @@ def freeze(cgroup: Path) -> set[int]:
     return stopped
 
 
-@pytest.mark.docker
 def test_ps_and_gc_see_sandboxes_of_a_killed_jupyter_process(kernel_dirs: Path) -> None:
     """A Jupyter process killed with SIGKILL leaves a bubblewrap and a firejail sandbox that
     do not end themselves (stopped, so they cannot see their pipe close): ``ps`` lists
@@ -438,19 +407,21 @@ def test_ps_and_gc_see_sandboxes_of_a_killed_jupyter_process(kernel_dirs: Path) 
         server.kill()
         server.wait()
 
-        rows = {row["name"]: row for row in json.loads(cli("ps", "--json").stdout)}
+        rows = {row["name"]: row for row in listed()}
         for backend, name in zip(PIPE_BACKENDS, kernels, strict=True):
             assert name in rows, f"ps does not list the {backend} sandbox of the killed process"
             assert rows[name]["backend"] == backend and rows[name]["kernel_id"] == kernels[name]
             assert rows[name]["server_pid"] == server.pid
 
-        removed = cli("gc").stdout
+        gc = cli("gc", timeout=120)
+        assert gc.returncode == 0, gc.stderr
+        removed = gc.stdout
         assert all(name in removed for name in kernels), removed
-        wait_until(lambda: all(gone(pid) for pid in pids), 10, "the orphaned sandboxes to end")
+        wait_until(lambda: all(not alive(pid) for pid in pids), 10, "the orphaned sandboxes to end")
         for name in kernels:
             assert not glob.glob(f"/sys/fs/cgroup/*/sandbox-kernel/{name}"), "cgroups left"
             assert not (root_base("pipe") / f"{name}.json").exists(), "its record was left"
-        assert not set(kernels) & {row["name"] for row in json.loads(cli("ps", "--json").stdout)}
+        assert not set(kernels) & {row["name"] for row in listed()}
     finally:  # whatever failed above: nothing of this test stays behind
         server.kill()
         server.wait()
@@ -459,7 +430,7 @@ def test_ps_and_gc_see_sandboxes_of_a_killed_jupyter_process(kernel_dirs: Path) 
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        wait_until(lambda: all(gone(pid) for pid in pids), 10, "the sandboxes to end")
+        wait_until(lambda: all(not alive(pid) for pid in pids), 10, "the sandboxes to end")
         for name in kernels:
             for d in glob.glob(f"/sys/fs/cgroup/*/sandbox-kernel/{name}"):
                 os.rmdir(d)

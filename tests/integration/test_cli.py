@@ -13,98 +13,7 @@ from pathlib import Path
 import docker
 import nbformat
 
-from tests.helpers import REPO
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sandbox_kernel.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def kernelspecs(prefix: Path) -> dict:  # type: ignore[type-arg]
-    env = {**os.environ, "JUPYTER_PATH": str(prefix / "share" / "jupyter")}
-    out = subprocess.run(
-        [sys.executable, "-m", "jupyter", "kernelspec", "list", "--json"],
-        capture_output=True, text=True, env=env, check=True,
-    )  # fmt: skip
-    return json.loads(out.stdout)["kernelspecs"]  # type: ignore[no-any-return]
-
-
-def test_install_shows_in_jupyter_kernelspec_list(tmp_path: Path) -> None:
-    r = cli("install", "--prefix", str(tmp_path), "--name", "sandbox-test", "--memory", "1g")
-    assert r.returncode == 0, r.stderr
-    spec = kernelspecs(tmp_path)["sandbox-test"]["spec"]
-    assert spec["display_name"] == "Python 3 (sandboxed)"
-    provisioner = spec["metadata"]["kernel_provisioner"]
-    assert provisioner["provisioner_name"] == "sandbox-provisioner"
-    assert provisioner["config"]["memory_limit"] == "1g"
-    # Idempotent: the same install again changes nothing.
-    again = cli("install", "--prefix", str(tmp_path), "--name", "sandbox-test", "--memory", "1g")
-    assert again.returncode == 0 and "already installed" in again.stdout
-    # A different one needs --replace.
-    other = cli("install", "--prefix", str(tmp_path), "--name", "sandbox-test", "--memory", "2g")
-    assert other.returncode == 1 and "--replace" in other.stderr
-    replaced = cli(
-        "install",
-        "--prefix",
-        str(tmp_path),
-        "--name",
-        "sandbox-test",
-        "--memory",
-        "2g",
-        "--replace",
-    )
-    assert replaced.returncode == 0
-    assert (
-        kernelspecs(tmp_path)["sandbox-test"]["spec"]["metadata"]["kernel_provisioner"]["config"][
-            "memory_limit"
-        ]
-        == "2g"
-    )
-
-
-def test_install_by_root_is_readable_by_every_user(tmp_path: Path) -> None:
-    """A kernelspec installed for all users (--prefix, --sys-prefix) must be readable by
-    other users' Jupyter servers, whatever the installing shell's umask (root's is often
-    077): its folder 0755, kernel.json 0644, and the folders it created 0755."""
-    r = subprocess.run(
-        [sys.executable, "-m", "sandbox_kernel.cli.main", "install", "--prefix", str(tmp_path),
-         "--name", "sandbox-shared"],
-        capture_output=True, text=True, timeout=120, preexec_fn=lambda: os.umask(0o077),
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    kernels = tmp_path / "share" / "jupyter" / "kernels"
-    modes = {
-        str(path.relative_to(tmp_path)): oct(path.stat().st_mode & 0o777)
-        for path in (kernels.parent.parent, kernels.parent, kernels, kernels / "sandbox-shared",
-                     kernels / "sandbox-shared" / "kernel.json")
-    }  # fmt: skip
-    assert modes == {
-        "share": "0o755", "share/jupyter": "0o755", "share/jupyter/kernels": "0o755",
-        "share/jupyter/kernels/sandbox-shared": "0o755",
-        "share/jupyter/kernels/sandbox-shared/kernel.json": "0o644",
-    }, modes  # fmt: skip
-
-
-def test_install_with_a_malformed_limit_writes_nothing(tmp_path: Path) -> None:
-    r = cli("install", "--prefix", str(tmp_path), "--name", "bad", "--memory", "lots")
-    assert r.returncode == 1
-    assert "memory_limit" in r.stderr
-    assert not (tmp_path / "share").exists()
-
-
-def test_repo_kernelspec_matches_what_install_writes() -> None:
-    from sandbox_kernel.image.recipe import DEFAULT_IMAGE
-    from sandbox_kernel.kernelspec import build_kernelspec
-
-    repo = Path(__file__).resolve().parents[2]
-    checked_in = json.loads((repo / "kernelspecs" / "sandbox-python" / "kernel.json").read_text())
-    assert checked_in == build_kernelspec({"image": DEFAULT_IMAGE})
+from tests.helpers import REPO, cli
 
 
 def test_run_executes_a_notebook_in_the_sandbox(tmp_path: Path, docker_client) -> None:  # type: ignore[no-untyped-def]
@@ -265,47 +174,6 @@ def test_gc_removes_sandboxes_of_dead_processes_only(docker_client) -> None:  # 
                 c.remove(force=True)
             except docker.errors.NotFound:
                 pass
-
-
-def test_install_with_exposed_ports_and_files(tmp_path: Path) -> None:
-    r = cli(
-        "install", "--prefix", str(tmp_path), "--name", "sk-app",
-        "--expose", "8050", "--expose", "18050:8051", "--max-runtime-ports", "0",
-        "--copy-in", "data.csv", "--copy-in-limit", "10m", "--export-limit", "0",
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    config = kernelspecs(tmp_path)["sk-app"]["spec"]["metadata"]["kernel_provisioner"]["config"]
-    assert config["expose_ports"] == ["8050", "18050:8051"]
-    assert config["max_runtime_ports"] == 0 and config["export_limit"] == "0"
-    assert config["copy_in"] == ["data.csv"] and config["copy_in_limit"] == "10m"
-    for bad, named in (("15001", "ZeroMQ"), ("80:8050", "1024-65535"), ("web", "not a port")):
-        r = cli("install", "--prefix", str(tmp_path / "bad"), "--expose", bad)
-        assert r.returncode == 1 and "expose_ports" in r.stderr and named in r.stderr, r.stderr
-    assert not (tmp_path / "bad").exists()
-
-
-def test_every_command_has_help_and_one_exit_code_convention(tmp_path: Path) -> None:
-    top = cli("--help")
-    assert top.returncode == 0 and "exit status" in top.stdout
-    commands = ["install", "image", "setup-host", "doctor", "ps", "gc", "run"]
-    for command in commands:
-        assert command in top.stdout
-        r = cli(*command.split(), "--help")
-        assert r.returncode == 0 and "usage: sandbox-kernel" in r.stdout, (command, r.stderr)
-    assert cli("image", "build", "--help").returncode == 0
-    assert cli("no-such-command").returncode == 2  # argparse: bad command line
-    assert cli("install", "--cpus", "many").returncode == 2
-    failed = cli("run", str(tmp_path / "missing.ipynb"))
-    assert failed.returncode == 1 and failed.stderr.startswith("sandbox-kernel: error:"), failed
-
-
-def test_gc_fails_when_it_cannot_look() -> None:
-    """A wrong DOCKER_HOST: gc could not look for leftovers, so it says so, naming
-    DOCKER_HOST, and exits 1 (it used to print a warning and exit 0)."""
-    r = cli("gc", env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
-    assert r.returncode == 1, (r.stdout, r.stderr)
-    assert "docker sandboxes not checked" in r.stderr
-    assert "DOCKER_HOST='unix:///nonexistent/docker.sock'" in r.stderr, r.stderr
 
 
 def test_quickstart_puts_the_command_on_path() -> None:

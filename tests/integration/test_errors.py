@@ -29,6 +29,7 @@ from tests.helpers import (
     container_exists,
     listening_ports,
     our_containers,
+    running_kernel,
 )
 from tests.security.hostile import KERNEL_PRELUDE, backdoored_payload
 
@@ -193,24 +194,16 @@ def test_max_kernels_refuses_past_the_limit_and_frees_slots(
     """max_kernels counts this process's kernels: past it a launch is refused (nothing left
     behind), a restart keeps its kernel's slot, a shutdown frees it."""
     from sandbox_kernel.kernel_slots import SLOTS, KernelLimitReached
-    from tests.helpers import Kernel
 
     limit = SLOTS.in_use() + 1  # kernels of other tests in this process count too
     ksm = _ksm_with(tmp_path, {"image": DEFAULT_IMAGE, "pool_size": 0, "max_kernels": limit})
-    km = KernelManager(kernel_name="k", kernel_spec_manager=ksm)
-    km.start_kernel()
-    kernel = Kernel(km, km.client())
-    kernel.kc.start_channels()
-    try:
-        kernel.kc.wait_for_ready(timeout=60)
+    with running_kernel(ksm, "k") as kernel:
         err = _start_fails(ksm, docker_client)
         assert isinstance(err, KernelLimitReached), err
         assert f"max_kernels={limit}" in str(err), err
-        km.restart_kernel(now=True)  # keeps its slot: no refusal
+        kernel.km.restart_kernel(now=True)  # keeps its slot: no refusal
         kernel.kc.wait_for_ready(timeout=60)
         assert kernel.value("print(6 * 7)") == 42
-    finally:
-        kernel.stop()
     assert SLOTS.in_use() == limit - 1, "the shut-down kernel's slot was not freed"
     again = KernelManager(kernel_name="k", kernel_spec_manager=ksm)
     again.start_kernel()

@@ -29,10 +29,10 @@ from tests.helpers import (
     NetnsHost,
     container_exists,
     listening_ports,
+    ready_kernel,
+    running_kernel,
     sandbox_id,
 )
-
-pytestmark = pytest.mark.docker
 
 LOOPBACK_HEX = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it
 
@@ -81,13 +81,8 @@ def start(
     started: list[Kernel] = []
 
     def start_kernel(name: str, cwd: Path | None = None) -> Kernel:
-        km = KernelManager(kernel_name=name, kernel_spec_manager=exchange_ksm)
-        km.start_kernel(**({"cwd": str(cwd)} if cwd else {}))
-        kc = km.client()
-        kc.start_channels()
-        kernel = Kernel(km, kc)
+        kernel = ready_kernel(exchange_ksm, name, cwd=cwd)
         started.append(kernel)
-        kc.wait_for_ready(timeout=60)
         return kernel
 
     yield start_kernel
@@ -344,15 +339,10 @@ def test_ports_and_files_on_every_backend(
     (root / "k").mkdir()
     config = {**BACKEND_CONFIGS[backend], "copy_in": ["data.csv"], "expose_ports": ["8070"]}
     (root / "k" / "kernel.json").write_text(json.dumps(build_kernelspec(config)))
-    km = KernelManager(
-        kernel_name="k", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(root)])
-    )
-    km.start_kernel(cwd=str(notebook_dir))
-    kc = km.client()
-    kc.start_channels()
-    kernel = Kernel(km, kc)
-    try:
-        kc.wait_for_ready(timeout=60)
+    with running_kernel(
+        KernelSpecManager(kernel_dirs=[str(root)]), "k", cwd=notebook_dir
+    ) as kernel:
+        km = kernel.km
         kernel.run(SERVE.format(marker=f"served under {backend}", port=8070))
         host_port = km.provisioner.exposed_ports()[8070]  # type: ignore[union-attr]
         assert http_get(f"http://127.0.0.1:{host_port}/") == f"served under {backend}"
@@ -362,8 +352,6 @@ def test_ports_and_files_on_every_backend(
         kernel.run("open('result.txt', 'w').write('from ' + 'inside')")
         path = kernel.value("import sandboxed\nprint(json.dumps(sandboxed.export('result.txt')))")
         assert (notebook_dir / path).read_text() == "from inside"
-    finally:
-        kernel.stop()
 
 
 def test_copy_in_never_brings_back_what_the_sandbox_exported(

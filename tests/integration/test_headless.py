@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,6 +11,8 @@ from pathlib import Path
 import docker
 import nbformat
 import pytest
+
+from tests.helpers import listed
 
 
 @pytest.fixture
@@ -94,11 +95,6 @@ def test_nbclient_in_process(notebook: Path, ksm, docker_client) -> None:  # typ
 
 def test_ps_lists_a_running_kernel(start_kernel) -> None:  # type: ignore[no-untyped-def]
     kernel = start_kernel()
-    r = subprocess.run(
-        [sys.executable, "-m", "sandbox_kernel.cli.main", "ps", "--json"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    rows = {row["id"]: row for row in json.loads(r.stdout)}
+    rows = {row["id"]: row for row in listed()}
     row = rows[kernel.container_id[:12]]
     assert row["memory_mib"] > 10 and row["uptime_s"] >= 0

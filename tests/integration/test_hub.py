@@ -38,7 +38,7 @@ from traitlets.config.loader import PyFileConfigLoader
 from sandbox_kernel.backends.cgroups import end_all
 from sandbox_kernel.hub import segments_of
 from sandbox_kernel.relay.peers import MAX_PENDING_CHECKS
-from tests.helpers import REPO, ForeignClient, ending
+from tests.helpers import EXAMPLES, REPO, ForeignClient, ending
 from tests.integration.browser import chromium_page
 from tests.integration.hub import (
     SHARED_VENV,
@@ -60,7 +60,6 @@ from tests.integration.servers import ws_execute
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
-EXAMPLES = REPO / "docs" / "examples"
 KERNEL = "sandbox-python"
 # The kernelspec an administrator installs for recipe (a): no warm pool, so a server's
 # sandboxes are exactly its kernels (at most max_kernels), on gVisor's ptrace platform

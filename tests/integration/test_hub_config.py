@@ -1,13 +1,12 @@
 """docs/examples: the single-user server config for untrusted users, run for real in
-`jupyter server` (REST and the kernel websocket), and both recipes' JupyterHub configs
-loaded by traitlets and applied to their spawner classes. Recipe (a) also runs in a real
-JupyterHub: tests/integration/test_hub.py."""
+`jupyter server` (REST and the kernel websocket). Both recipes' JupyterHub configs are
+loaded into their spawner classes in tests/unit/test_hub_setup.py; recipe (a) also runs
+in a real JupyterHub: tests/integration/test_hub.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,10 @@ from typing import Any
 import docker
 import pytest
 from tornado.websocket import websocket_connect
-from traitlets.config.loader import PyFileConfigLoader
 
 from sandbox_kernel.kernelspec import build_kernelspec
-from tests.helpers import REPO
+from tests.helpers import EXAMPLES
 from tests.integration.servers import JupyterServer, ws_execute
-
-EXAMPLES = REPO / "docs" / "examples"
 
 
 @pytest.fixture
@@ -136,38 +132,6 @@ def test_single_user_config_allows_only_sandboxed_kernels(server: JupyterServer)
     # Left running: after the refused starts, the server must still shut down cleanly with a
     # live kernel (the fixture checks it exits 0 and leaves no sandbox).
     assert [k["id"] for k in server.api("GET", "/api/kernels")] == [kernel["id"]]
-
-
-@pytest.mark.parametrize("example", ["jupyterhub_config.py", "jupyterhub_config_docker.py"])
-def test_hub_config_examples_load(example: str, caplog: pytest.LogCaptureFixture) -> None:
-    """Both recipes' hub configs, loaded by traitlets and applied to JupyterHub's
-    LocalProcessSpawner, whose traitlets warn about any option it does not know (recipe (a)
-    also runs in a real hub: tests/integration/test_hub.py)."""
-    from jupyterhub.spawner import LocalProcessSpawner
-
-    from sandbox_kernel.hub import UserCgroupSpawner
-
-    path = EXAMPLES / example
-    config = PyFileConfigLoader(path.name, str(path.parent)).load_config()
-    spawner_class = {
-        "sandbox_kernel.hub.UserCgroupSpawner": UserCgroupSpawner,
-        "jupyterhub.spawner.LocalProcessSpawner": LocalProcessSpawner,
-    }[config.JupyterHub.spawner_class]
-    with caplog.at_level(logging.WARNING):
-        spawner = spawner_class(config=config)
-    assert not [r for r in caplog.records if "not recognized" in r.getMessage()], caplog.text
-    # Recipe (a) bounds each user's processes (sandboxes, terminals) in cgroups of their own.
-    assert (spawner_class is UserCgroupSpawner) == (example == "jupyterhub_config.py")
-    assert config.JupyterHub.bind_url.startswith("http://127.0.0.1:")
-    assert spawner.cmd == ["/opt/sandbox-kernel/venv/bin/jupyterhub-singleuser"]
-    assert spawner.disable_user_config is True
-    assert "--config=/etc/jupyter/sandbox/jupyter_server_config.py" in spawner.args
-    # A root-owned JUPYTER_CONFIG_DIR fails every start after the first (jupyter_core
-    # writes its migration marker there): tests/integration/test_hub.py restarts servers.
-    assert "JUPYTER_CONFIG_DIR" not in spawner.environment
-    terminals = "--ServerApp.terminals_enabled=True" in spawner.args
-    # Real Unix users get their shell; Docker accounts never (root-equivalent).
-    assert terminals == (example == "jupyterhub_config.py")
 
 
 # Sends one request to the server's port, prints what came back: the status line, or how

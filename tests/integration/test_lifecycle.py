@@ -16,8 +16,14 @@ from jupyter_client.ioloop.manager import AsyncIOLoopKernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
 from sandbox_kernel.provisioner import SandboxProvisioner
-from tests.helpers import BlockingCalls, Kernel, container_exists, listening_ports, sandbox_id
-from tests.integration.test_pool import wait_for_ready_pool
+from tests.helpers import (
+    BlockingCalls,
+    Kernel,
+    container_exists,
+    listening_ports,
+    sandbox_id,
+    wait_for_ready_pool,
+)
 
 
 def test_runs_real_work(shared_kernel: Kernel) -> None:

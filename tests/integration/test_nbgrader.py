@@ -13,10 +13,10 @@ import docker
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from tests.helpers import REPO
+from tests.helpers import EXAMPLES
 from tests.integration.servers import assert_none_left
 
-RECIPE = REPO / "docs" / "examples" / "nbgrader_config.py"
+RECIPE = EXAMPLES / "nbgrader_config.py"
 
 
 def nbgrader_cell(source: str, grade_id: str, *, solution: bool, points: int = 0) -> object:

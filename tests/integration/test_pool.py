@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 
 import docker
 
 from sandbox_kernel.backends.owner import LABEL_POOL, LABEL_SERVER_PID
 from sandbox_kernel.pool import WarmPool
-from tests.helpers import TEST_RUNTIME, Kernel, container_exists, pool_of
-
-
-def wait_for_ready_pool(kernel: Kernel, timeout: float = 60) -> None:
-    """Until the pool ``kernel`` draws from has a sandbox ready."""
-    deadline = time.monotonic() + timeout
-    while not getattr(pool_of(kernel.km), "ready", None):
-        assert time.monotonic() < deadline, f"the warm pool did not fill: {WarmPool.stats()}"
-        time.sleep(0.1)
+from tests.helpers import TEST_RUNTIME, Kernel, container_exists, listed, wait_for_ready_pool
 
 
 def test_warm_start_claims_a_pooled_sandbox_once(
@@ -58,12 +46,8 @@ def test_warm_start_claims_a_pooled_sandbox_once(
     assert key == warm.km.session.key.decode()
     # `sandbox-kernel ps` names the kernel a claimed sandbox serves (its labels cannot
     # change: the backend renamed it at the claim).
-    listed = subprocess.run(
-        [sys.executable, "-m", "sandbox_kernel.cli.main", "ps", "--json"],
-        capture_output=True, text=True, timeout=120, check=True,
-    ).stdout  # fmt: skip
     assert warm.container_id is not None
-    row = next(r for r in json.loads(listed) if r["id"] == warm.container_id[:12])
+    row = next(r for r in listed() if r["id"] == warm.container_id[:12])
     assert row["kernel_id"] == warm.km.kernel_id and row["pooled"] is False, row
     # A restart takes another sandbox and removes the old one: never reused.
     old = warm.container_id

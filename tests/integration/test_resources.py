@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 import docker
 
-from tests.helpers import Kernel
+from tests.helpers import Kernel, wait_until
 
 # A probe unanswered this long means the second kernel is stuck, not slow.
 PROBE_TIMEOUT = 30.0
@@ -58,13 +58,6 @@ def assert_responsive(latencies: list[float]) -> None:
     """Every probe of the second kernel was answered (none stuck for PROBE_TIMEOUT)."""
     stuck = [t for t in latencies if t == float("inf")]
     assert not stuck, f"the second kernel stopped answering ({len(stuck)} of {len(latencies)})"
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def wait_for_output(kernel: Kernel, msg_id: str, text: str, timeout: float = 60) -> None:

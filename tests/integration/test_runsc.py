@@ -16,9 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.backends.owner import Owner
 from sandbox_kernel.backends.runsc import RunscBackend
@@ -34,51 +32,23 @@ from tests.helpers import (
     BACKEND_CONFIGS,
     DEFAULT_RUNTIME,
     Kernel,
+    alive,
+    cli,
     gvisor_release,
+    listed,
     listening_ports,
     pool_of,
+    ready_kernel,
+    running_kernel,
+    runsc_bundles,
+    runsc_cgroup_dirs,
+    runsc_ids,
+    runsc_images,
+    wait_until,
 )
 
 RUNSC = "sandbox-runsc"
 SELF_CONTAINED = {a.id for a in ATTACKS if not a.needs}  # what doctor runs
-
-
-def runsc_ids() -> set[str]:
-    """Containers in root's runsc state (every process of this host running as root)."""
-    out = subprocess.run(
-        runsc_argv(find_runsc(), ROOT_STATE / "state", "list", "--format", "json", rootless=False),
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return {c["id"] for c in json.loads(out.stdout or "[]") or []}
-
-
-def cgroup_dirs(name: str = "") -> set[str]:
-    """Folders of runsc-made cgroups (of one sandbox) in every v1 hierarchy."""
-    return {str(p) for p in Path("/sys/fs/cgroup").glob(f"*/{CGROUP_PREFIX}{name or '*'}")}
-
-
-def bundles() -> set[str]:
-    return {p.name for p in (ROOT_STATE / "bundles").iterdir()}
-
-
-def images() -> set[str]:
-    """The warm pools' snapshots on disk."""
-    return {p.name for p in (ROOT_STATE / "images").iterdir()}
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def sandbox_pids(name: str) -> set[int]:
@@ -117,12 +87,11 @@ def tmpfs_size(options: str) -> int:
     return int(value.rstrip("kKmMgG")) * scale
 
 
-@pytest.mark.docker
 def test_kernel_lifecycle_mounts_and_cleanup(start_kernel: Callable[..., Kernel]) -> None:
     before_ports = listening_ports(own_only=True)
     kernel = start_kernel(RUNSC)
     name = kernel.container_id
-    assert name is not None and name in runsc_ids() and name in bundles()
+    assert name is not None and name in runsc_ids() and name in runsc_bundles()
     pids = sandbox_pids(name)
     assert len(pids) >= 2, f"its sandbox and gofer: {pids}"
     # Run detached: no runsc process waits beside the sandbox (each would hold ~3.5 MiB);
@@ -152,12 +121,7 @@ def test_kernel_lifecycle_mounts_and_cleanup(start_kernel: Callable[..., Kernel]
         assert tmpfs_size(options) == size, (where, options)
 
     # ps lists it with its kernel id.
-    r = subprocess.run(
-        [sys.executable, "-m", "sandbox_kernel.cli.main", "ps", "--json"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    row = next(row for row in json.loads(r.stdout) if row["name"] == name)
+    row = next(row for row in listed() if row["name"] == name)
     assert row["backend"] == "runsc" and row["kernel_id"] == kernel.km.kernel_id
     assert row["memory_mib"] > 10 and row["uptime_s"] >= 0 and not row["pooled"]
 
@@ -170,7 +134,7 @@ def test_kernel_lifecycle_mounts_and_cleanup(start_kernel: Callable[..., Kernel]
     kernel.km.restart_kernel(now=False)
     kernel.kc.wait_for_ready(timeout=60)
     wait_until(lambda: not any(alive(p) for p in pids), 10, "the old sandbox's processes to end")
-    assert name not in runsc_ids() and name not in bundles() and not cgroup_dirs(name)
+    assert name not in runsc_ids() and name not in runsc_bundles() and not runsc_cgroup_dirs(name)
     new = kernel.container_id
     assert new is not None and new != name and new in runsc_ids()
     new_pids = sandbox_pids(new)
@@ -179,9 +143,9 @@ def test_kernel_lifecycle_mounts_and_cleanup(start_kernel: Callable[..., Kernel]
     # Shutdown: nothing left, including the parent cgroup folders runsc would leave.
     kernel.stop()
     wait_until(lambda: not any(alive(p) for p in new_pids), 10, "the sandbox to end")
-    assert new not in runsc_ids() and new not in bundles()
+    assert new not in runsc_ids() and new not in runsc_bundles()
     assert not list((ROOT_STATE / "state").glob(f"{new}_*")), "runsc state files left behind"
-    assert not cgroup_dirs(new), "cgroups left behind"
+    assert not runsc_cgroup_dirs(new), "cgroups left behind"
     assert new not in RunscBackend._sandboxes
     assert set(listening_ports(own_only=True)) <= set(before_ports), "host ports left open"
 
@@ -193,7 +157,6 @@ def small_kernelspec(tmp_path: Path, **config: object) -> KernelSpecManager:
     return KernelSpecManager(kernel_dirs=[str(tmp_path)])
 
 
-@pytest.mark.docker
 def test_caps_hold(tmp_path: Path) -> None:
     """The cgroup runsc made has the policy's caps, and each holds from inside: a fork loop
     meets EAGAIN (RLIMIT_NPROC), spinning processes are throttled to the CPU quota, and an
@@ -201,13 +164,9 @@ def test_caps_hold(tmp_path: Path) -> None:
     # nproc 16: forks of a kernel cost ~27 MiB each under gVisor, so 16 of them fit in 1 GiB.
     ksm = small_kernelspec(tmp_path, memory_limit="1g", cpu_limit=0.5, nproc_limit=16,
                            pids_limit=1000)  # fmt: skip
-    km = KernelManager(kernel_name="rs", kernel_spec_manager=ksm)
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    kernel = Kernel(km, kc)
-    try:
-        kc.wait_for_ready(timeout=60)
+    with running_kernel(ksm, "rs") as kernel:
+        km = kernel.km
+        kc = kernel.kc
         name = kernel.container_id
         cg = {
             c: Path(f"/sys/fs/cgroup/{c}/{CGROUP_PREFIX}{name}") for c in ("memory", "cpu", "pids")
@@ -274,24 +233,17 @@ def test_caps_hold(tmp_path: Path) -> None:
                     [reached, *(int(x) for x in msg["content"]["text"].split() if x.isdigit())]
                 )
         assert 512 < reached <= 1024, f"{reached} MiB allocated in a 1 GiB sandbox"
-    finally:
-        kernel.stop()
-    assert not cgroup_dirs(str(name))
+    assert not runsc_cgroup_dirs(str(name))
 
 
-@pytest.mark.docker
 def test_host_pids_cap_ends_a_sandbox_that_reaches_it(tmp_path: Path) -> None:
     """The pids cgroup is the host's backstop: with RLIMIT_NPROC as high as pids_limit, a
     fork loop inside reaches the host limit first (each process inside costs several host
     tasks: stub process, sentry threads) and the whole sandbox ends there, never past it."""
     ksm = small_kernelspec(tmp_path, nproc_limit=200, pids_limit=200)
-    km = KernelManager(kernel_name="rs", kernel_spec_manager=ksm)
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    kernel = Kernel(km, kc)
-    try:
-        kc.wait_for_ready(timeout=60)
+    with running_kernel(ksm, "rs") as kernel:
+        km = kernel.km
+        kc = kernel.kc
         pids = Path(f"/sys/fs/cgroup/pids/{CGROUP_PREFIX}{kernel.container_id}")
         assert (pids / "pids.max").read_text().strip() == "200"
         kc.execute(
@@ -315,11 +267,8 @@ def test_host_pids_cap_ends_a_sandbox_that_reaches_it(tmp_path: Path) -> None:
                 )
         assert 0 < forks < 200, f"{forks} forks: the in-sandbox limit, not the host's, stopped it"
         assert highest <= 200, f"{highest} host tasks with pids_limit 200"
-    finally:
-        kernel.stop()
 
 
-@pytest.mark.docker
 def test_gc_removes_sandboxes_of_dead_processes_only(tmp_path: Path) -> None:
     """A runsc sandbox whose Jupyter process died before its agent ran ('created', never
     started) cannot end itself: gc removes its state, bundle and cgroups; a live one stays."""
@@ -351,16 +300,17 @@ def test_gc_removes_sandboxes_of_dead_processes_only(tmp_path: Path) -> None:
                 check=True, timeout=60, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip
-            assert cgroup_dirs(name)
+            assert runsc_cgroup_dirs(name)
         orphan, live = created
-        r = subprocess.run(
-            [sys.executable, "-m", "sandbox_kernel.cli.main", "gc"],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        r = cli("gc", timeout=120)
         assert r.returncode == 0, r.stderr
         assert orphan in r.stdout and live not in r.stdout
-        assert orphan not in runsc_ids() and orphan not in bundles() and not cgroup_dirs(orphan)
-        assert live in runsc_ids() and live in bundles() and cgroup_dirs(live)
+        assert (
+            orphan not in runsc_ids()
+            and orphan not in runsc_bundles()
+            and not runsc_cgroup_dirs(orphan)
+        )
+        assert live in runsc_ids() and live in runsc_bundles() and runsc_cgroup_dirs(live)
     finally:
         for name in created:
             subprocess.run(
@@ -368,11 +318,10 @@ def test_gc_removes_sandboxes_of_dead_processes_only(tmp_path: Path) -> None:
                 capture_output=True, timeout=60,
             )  # fmt: skip
             subprocess.run(["rm", "-rf", str(ROOT_STATE / "bundles" / name)], check=True)
-            for d in cgroup_dirs(name):
+            for d in runsc_cgroup_dirs(name):
                 os.rmdir(d)
 
 
-@pytest.mark.docker
 def test_server_killed_leaves_nothing_after_gc(tmp_path: Path) -> None:
     """A Jupyter process killed with SIGKILL: its sandboxes see their pipe close and end
     themselves (no process is left); gc then removes what a detached sandbox leaves (runsc's
@@ -396,25 +345,22 @@ def test_server_killed_leaves_nothing_after_gc(tmp_path: Path) -> None:
     )  # fmt: skip
     assert server.stdout is not None
     name = server.stdout.readline().strip()
-    mine = {b for b in bundles() if b.startswith("sandbox-kernel-")}
+    mine = {b for b in runsc_bundles() if b.startswith("sandbox-kernel-")}
     assert name in runsc_ids() and len(mine & runsc_ids()) >= 2, "the kernel and a pooled one"
     theirs = {b for b in mine if _server_pid(b) == server.pid}
     assert name in theirs and len(theirs) == 2
     pids = set().union(*(sandbox_pids(n) for n in theirs))
-    snapshots = {s for s in images() if _server_pid(s, "images") == server.pid}
+    snapshots = {s for s in runsc_images() if _server_pid(s, "images") == server.pid}
     assert len(snapshots) == 1, "its warm pool fills from a snapshot (root: pool_snapshots)"
     server.kill()
     server.wait()
     wait_until(lambda: not any(alive(p) for p in pids), 30, "the orphaned sandboxes to end")
-    r = subprocess.run(
-        [sys.executable, "-m", "sandbox_kernel.cli.main", "gc"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    r = cli("gc", timeout=120)
     assert r.returncode == 0, r.stderr
     assert not theirs & runsc_ids(), "runsc state of the dead server's sandboxes left behind"
-    assert not any(cgroup_dirs(n) for n in theirs), "cgroups left behind"
-    assert not theirs & bundles(), "bundles of the dead server left behind"
-    assert not snapshots & images(), "the dead server's warm pool snapshot left behind"
+    assert not any(runsc_cgroup_dirs(n) for n in theirs), "cgroups left behind"
+    assert not theirs & runsc_bundles(), "bundles of the dead server left behind"
+    assert not snapshots & runsc_images(), "the dead server's warm pool snapshot left behind"
 
 
 def _throttled(cpu: Path) -> int:
@@ -437,7 +383,6 @@ def _server_pid(name: str, kind: str = "bundles") -> int:
     return int(labels.get(LABEL_SERVER_PID, 0))
 
 
-@pytest.mark.docker
 def test_warm_pool_claims_and_drains(tmp_path: Path) -> None:
     """The warm pool works for runsc: a launch claims a pre-started sandbox, and draining the
     pool leaves no state, bundle, cgroup or process behind."""
@@ -447,13 +392,8 @@ def test_warm_pool_claims_and_drains(tmp_path: Path) -> None:
     kernels: list[Kernel] = []
     try:
         for _ in range(2):
-            km = KernelManager(kernel_name="rs", kernel_spec_manager=ksm)
-            km.start_kernel()
-            kc = km.client()
-            kc.start_channels()
-            kernels.append(Kernel(km, kc))
-            kc.wait_for_ready(timeout=60)
-            pool = pool_of(km)
+            kernels.append(ready_kernel(ksm, "rs"))
+            pool = pool_of(kernels[-1].km)
             wait_until(lambda p=pool: bool(p.ready), 60, "the runsc warm pool to fill")  # type: ignore[misc]
         assert not kernels[0].km.provisioner.last_start_warm  # type: ignore[union-attr]
         assert kernels[1].km.provisioner.last_start_warm  # type: ignore[union-attr]
@@ -466,23 +406,14 @@ def test_warm_pool_claims_and_drains(tmp_path: Path) -> None:
     RelayThread.get().submit(pool.drain()).result(timeout=60)
     for name in pooled:
         assert name not in RunscBackend._sandboxes and name not in runsc_ids()
-        assert name not in bundles() and not cgroup_dirs(name)
+        assert name not in runsc_bundles() and not runsc_cgroup_dirs(name)
 
 
-@pytest.mark.docker
 def test_the_platform_setting_reaches_the_sandbox(tmp_path: Path) -> None:
     """platform=ptrace: the sandbox's own processes (sentry, gofer) run with
     --platform=ptrace, and the kernel works there; the attack catalogue runs under it in
     tests/security (runsc-ptrace)."""
-    km = KernelManager(
-        kernel_name="rs", kernel_spec_manager=small_kernelspec(tmp_path, platform="ptrace")
-    )
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    kernel = Kernel(km, kc)
-    try:
-        kc.wait_for_ready(timeout=60)
+    with running_kernel(small_kernelspec(tmp_path, platform="ptrace"), "rs") as kernel:
         name = str(kernel.container_id)
         flags = set()
         for pid in processes_naming(name):
@@ -493,23 +424,14 @@ def test_the_platform_setting_reaches_the_sandbox(tmp_path: Path) -> None:
             flags |= {a.decode() for a in argv if a.startswith(b"--platform")}
         assert flags == {"--platform=ptrace"}, flags
         assert kernel.value("import os; print(os.getuid())") == 1000
-    finally:
-        kernel.stop()
 
 
-@pytest.mark.docker
 def test_the_runtime_setting_picks_the_binary(tmp_path: Path) -> None:
     """runtime (runsc, or runsc-current: SANDBOX_KERNEL_TEST_RUNTIME) picks the runsc binary
     the sandbox's own processes (sentry, gofer) run, and the kernel works there."""
     runtime = str(BACKEND_CONFIGS["runsc"].get("runtime", "runsc"))
     expected = os.path.realpath(find_runsc(runtime))
-    km = KernelManager(kernel_name="rs", kernel_spec_manager=small_kernelspec(tmp_path))
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    kernel = Kernel(km, kc)
-    try:
-        kc.wait_for_ready(timeout=60)
+    with running_kernel(small_kernelspec(tmp_path), "rs") as kernel:
         exes = set()
         for pid in processes_naming(str(kernel.container_id)):
             try:
@@ -518,30 +440,12 @@ def test_the_runtime_setting_picks_the_binary(tmp_path: Path) -> None:
                 continue
         assert exes == {expected}, (runtime, exes)
         assert kernel.value("import os; print(os.getuid())") == 1000
-    finally:
-        kernel.stop()
 
 
-@pytest.mark.docker
-def test_other_runtime_is_refused(tmp_path: Path) -> None:
-    """The runsc backend always runs gVisor: runtime names one of its two binaries, anything
-    else (runc) is refused, naming it, already when the kernelspec is written; so is Docker's
-    allow_weaker_runtime."""
-    for folder in ("a", "b"):
-        (tmp_path / folder).mkdir()
-    with pytest.raises(Exception, match="runtime: the runsc backend runs 'runsc' or"):
-        small_kernelspec(tmp_path / "a", runtime="runc")
-    with pytest.raises(Exception, match="allow_weaker_runtime: applies to the docker backend"):
-        small_kernelspec(tmp_path / "b", allow_weaker_runtime=True)
-
-
-@pytest.mark.docker
 def test_doctor_checks_the_runsc_backend() -> None:
     """`sandbox-kernel doctor --backend runsc` as root: every property enforced, a kernel
     starts, and every self-contained attack ends as documented: blocked, but for gVisor's own
     documented gaps (the Docker backend's)."""
-    from tests.integration.test_cli import cli
-
     r = cli("doctor", "--backend", "runsc", "--json")
     checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
     enforced = checks["runsc enforces the policy here"]
@@ -559,7 +463,6 @@ def test_doctor_checks_the_runsc_backend() -> None:
     )
 
 
-@pytest.mark.docker
 def test_warm_pools_are_per_backend(tmp_path: Path) -> None:
     """A Docker kernelspec and a runsc one with the same policy, in one process: each launch
     claims only its own backend's warm sandboxes (the pool key names the backend)."""
@@ -575,12 +478,7 @@ def test_warm_pools_are_per_backend(tmp_path: Path) -> None:
     kernels: list[Kernel] = []
     try:
         for name in ("dk", "dk", "rs"):
-            km = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
-            km.start_kernel()
-            kc = km.client()
-            kc.start_channels()
-            kernels.append(Kernel(km, kc))
-            kc.wait_for_ready(timeout=60)
+            kernels.append(ready_kernel(ksm, name))
             wait_until(lambda: all(p.ready for p in WarmPool._pools.values() if not p.closed),
                        60, "the warm pools to fill")  # fmt: skip
         docker_warm, runsc_first = kernels[1], kernels[2]

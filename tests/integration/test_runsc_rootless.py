@@ -12,7 +12,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,17 +22,10 @@ from sandbox_kernel.backends.runsc_inventory import sandbox_table
 from sandbox_kernel.backends.runsc_snapshots import ROOTLESS_NO_SNAPSHOTS
 from sandbox_kernel.security import ATTACKS
 from sandbox_kernel.security.expectations import gaps_of
-from tests.helpers import DEFAULT_RUNTIME, gvisor_release
+from tests.helpers import DEFAULT_RUNTIME, gvisor_release, wait_until
 from tests.rootless import UNENFORCED_WITHOUT_CGROUPS, Rootless, UserKernel
 
 SELF_CONTAINED = {a.id for a in ATTACKS if not a.needs}  # what doctor runs
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -51,7 +44,6 @@ def refusal(rootless: Rootless, name: str = "rl") -> str:
     return str(err.value)
 
 
-@pytest.mark.docker
 def test_install_as_an_ordinary_user(rootless: Rootless) -> None:
     r = rootless.user.cli("install", "--user", "--backend", "runsc")
     assert r.returncode == 0, r.stderr
@@ -62,7 +54,6 @@ def test_install_as_an_ordinary_user(rootless: Rootless) -> None:
     assert spec["metadata"]["kernel_provisioner"]["config"]["backend"] == "runsc"
 
 
-@pytest.mark.docker
 def test_without_a_delegated_cgroup_the_limits_are_refused(rootless: Rootless) -> None:
     """Rootless runsc ignores cgroup limits: the default kernelspec refuses (fail closed),
     naming memory_limit, cpu_limit and pids_limit and how to delegate a cgroup, and nothing
@@ -77,7 +68,6 @@ def test_without_a_delegated_cgroup_the_limits_are_refused(rootless: Rootless) -
     assert not rootless.leftovers() and not rootless.user.processes()
 
 
-@pytest.mark.docker
 def test_accepted_gaps_run_in_gvisor_as_the_user(rootless: Rootless) -> None:
     """With the cgroup gaps accepted: the kernel runs in gVisor as uid 1000 inside; each
     process is held to memory_limit of address space (an allocation past it fails inside,
@@ -129,7 +119,6 @@ def test_accepted_gaps_run_in_gvisor_as_the_user(rootless: Rootless) -> None:
     assert not rootless.leftovers() and not user.processes()
 
 
-@pytest.mark.docker
 def test_delegated_cgroup_caps_each_sandbox(rootless: Rootless, delegated: dict[str, Path]) -> None:
     """With a cgroup delegated to the user, nothing needs accepting: each sandbox runs in a
     child of the user's folders with the policy's caps (fork loop: EAGAIN; spinning:
@@ -190,7 +179,6 @@ def test_delegated_cgroup_caps_each_sandbox(rootless: Rootless, delegated: dict[
     assert not rootless.leftovers() and not user.processes()
 
 
-@pytest.mark.docker
 def test_the_users_total_bounds_their_sandboxes(rootless: Rootless) -> None:
     """The delegated folder's limit (root's) holds below a sandbox's own: a kernel with
     memory_limit 2 GiB under a user total of 1 GiB stops at the total and ends there."""
@@ -211,7 +199,6 @@ def test_the_users_total_bounds_their_sandboxes(rootless: Rootless) -> None:
     assert not rootless.leftovers() and not user.processes()
 
 
-@pytest.mark.docker
 def test_doctor_as_an_ordinary_user(rootless: Rootless, delegated: dict[str, Path]) -> None:
     """`sandbox-kernel doctor --backend runsc` as the user passes: with a delegated cgroup
     every property is enforced and every self-contained attack ends as documented."""
@@ -259,7 +246,6 @@ for km in kms:
 """
 
 
-@pytest.mark.docker
 def test_a_rootless_warm_pool_starts_fresh_sandboxes_and_says_why(rootless: Rootless) -> None:
     """Rootless runsc cannot restore a checkpoint: with pool_snapshots at its default, the
     pool starts its sandboxes afresh (the second kernel is warm, not restored), logs why
@@ -275,7 +261,6 @@ def test_a_rootless_warm_pool_starts_fresh_sandboxes_and_says_why(rootless: Root
     wait_until(lambda: not rootless.leftovers(), 30, "the user's sandboxes to be removed")
 
 
-@pytest.mark.docker
 def test_doctor_without_delegation_reports_the_gaps(rootless: Rootless) -> None:
     r = rootless.user.cli("doctor", "--backend", "runsc", "--json", timeout=600)
     checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
@@ -286,7 +271,6 @@ def test_doctor_without_delegation_reports_the_gaps(rootless: Rootless) -> None:
     assert not rootless.leftovers()
 
 
-@pytest.mark.docker
 def test_gc_as_the_user_removes_what_a_dead_server_left(rootless: Rootless) -> None:
     """The user's Jupyter process is killed: its sandbox ends itself (its pipe closed) and
     the user's `sandbox-kernel gc` removes the bundle left behind."""

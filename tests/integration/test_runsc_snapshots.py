@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import AsyncKernelManager, KernelManager
+from jupyter_client.manager import AsyncKernelManager
 
 from sandbox_kernel.backends.owner import Owner
 from sandbox_kernel.backends.runsc import RunscBackend
@@ -46,8 +46,20 @@ from sandbox_kernel.errors import SandboxError
 from sandbox_kernel.kernelspec import build_kernelspec
 from sandbox_kernel.pool import WarmPool
 from sandbox_kernel.relay.thread import RelayThread
-from tests.helpers import BACKEND_CONFIGS, Kernel, pool_of
-from tests.integration.test_runsc import alive, bundles, cgroup_dirs, images, runsc_ids, wait_until
+from tests.helpers import (
+    BACKEND_CONFIGS,
+    Kernel,
+    alive,
+    cli,
+    listed,
+    pool_of,
+    ready_kernel,
+    runsc_bundles,
+    runsc_cgroup_dirs,
+    runsc_ids,
+    runsc_images,
+    wait_until,
+)
 
 # numpy's random module imported while the pooled kernel initialises, so its global
 # generator is in the snapshot too (the pool kernel imports nothing of the kind by itself;
@@ -74,13 +86,8 @@ class Kernels:
         self.started: list[Kernel] = []
 
     def start(self) -> Kernel:
-        km = KernelManager(kernel_name="snap", kernel_spec_manager=self.ksm)
-        km.start_kernel(**({"cwd": self.cwd} if self.cwd else {}))
-        kc = km.client()
-        kc.start_channels()
-        kernel = Kernel(km, kc)
+        kernel = ready_kernel(self.ksm, "snap", cwd=Path(self.cwd) if self.cwd else None)
         self.started.append(kernel)
-        kc.wait_for_ready(timeout=60)
         return kernel
 
     def pool(self) -> WarmPool:
@@ -122,10 +129,10 @@ def restored_from(kernel: Kernel) -> str:
 def leftovers(names: set[str], snapshots: set[str]) -> list[str]:
     """What is left of these sandboxes and snapshots on the host."""
     found = [f"state {n}" for n in names & runsc_ids()]
-    found += [f"bundle {n}" for n in names & bundles()]
-    found += [f"cgroup {d}" for n in names for d in cgroup_dirs(n)]
+    found += [f"bundle {n}" for n in names & runsc_bundles()]
+    found += [f"cgroup {d}" for n in names for d in runsc_cgroup_dirs(n)]
     found += [f"state file {p.name}" for n in names for p in (ROOT_STATE / "state").glob(f"{n}_*")]
-    found += [f"snapshot {s}" for s in snapshots & images()]
+    found += [f"snapshot {s}" for s in snapshots & runsc_images()]
     return found
 
 
@@ -197,7 +204,6 @@ def finds(kernel: Kernel, needle: str) -> list[str]:
     return found
 
 
-@pytest.mark.docker
 def test_restored_copies_renew_what_they_share(
     tmp_path: Path, kernels: Callable[..., Kernels]
 ) -> None:
@@ -256,7 +262,6 @@ def test_restored_copies_renew_what_they_share(
     assert not leftovers(names, snapshots), leftovers(names, snapshots)
 
 
-@pytest.mark.docker
 def test_a_restored_kernel_has_its_exchanges(
     tmp_path: Path, kernels: Callable[..., Kernels]
 ) -> None:
@@ -282,7 +287,6 @@ def test_a_restored_kernel_has_its_exchanges(
     assert (notebook / path).read_text() == "restored"
 
 
-@pytest.mark.docker
 def test_a_burst_is_served_by_restores(tmp_path: Path, kernels: Callable[..., Kernels]) -> None:
     """N kernels requested at once through AsyncKernelManager, after the pool has its
     snapshot: every one is a sandbox restored from it (one was ready, the others restored on
@@ -321,7 +325,6 @@ def test_a_burst_is_served_by_restores(tmp_path: Path, kernels: Callable[..., Ke
     assert not leftovers({str(x) for x in names}, set()), "the burst's sandboxes left behind"
 
 
-@pytest.mark.docker
 def test_the_snapshot_is_renewed_after_its_restores(
     tmp_path: Path, kernels: Callable[..., Kernels]
 ) -> None:
@@ -341,11 +344,10 @@ def test_the_snapshot_is_renewed_after_its_restores(
     assert restored_from(a) == restored_from(b) == first.id
     ready = pool.ready[0]
     assert ready.restored and RunscBackend._sandboxes[ready.sandbox_id].restored_from == second.id
-    wait_until(lambda: first.id not in images(), 30, "the old snapshot to be deleted")
-    assert second.id in images()
+    wait_until(lambda: first.id not in runsc_images(), 30, "the old snapshot to be deleted")
+    assert second.id in runsc_images()
 
 
-@pytest.mark.docker
 def test_the_snapshot_is_renewed_after_its_age(
     tmp_path: Path, kernels: Callable[..., Kernels]
 ) -> None:
@@ -366,10 +368,9 @@ def test_the_snapshot_is_renewed_after_its_age(
     assert restored_from(a) == first.id and first.restores == 1
     ready = pool.ready[0]
     assert ready.restored and RunscBackend._sandboxes[ready.sandbox_id].restored_from == second.id
-    wait_until(lambda: first.id not in images(), 30, "the old snapshot to be deleted")
+    wait_until(lambda: first.id not in runsc_images(), 30, "the old snapshot to be deleted")
 
 
-@pytest.mark.docker
 def test_a_snapshot_is_not_restored_under_another_policy(
     tmp_path: Path, kernels: Callable[..., Kernels]
 ) -> None:
@@ -393,10 +394,9 @@ def test_a_snapshot_is_not_restored_under_another_policy(
     finally:
         RelayThread.get().submit(pool.backend.remove(name)).result(timeout=120)
     assert not leftovers({name}, set()), leftovers({name}, set())
-    assert snapshot.id in images(), "the refusal left the pool's snapshot alone"
+    assert snapshot.id in runsc_images(), "the refusal left the pool's snapshot alone"
 
 
-@pytest.mark.docker
 def test_a_failed_restore_falls_back_to_a_fresh_sandbox(
     tmp_path: Path,
     kernels: Callable[..., Kernels],
@@ -425,7 +425,7 @@ def test_a_failed_restore_falls_back_to_a_fresh_sandbox(
         "import json, os, platform\nprint(json.dumps([os.getuid(), platform.release()]))"
     )
     assert facts[0] == 1000 and facts[1] != os.uname().release
-    wait_until(lambda: broken.id not in images(), 30, "the broken snapshot to be deleted")
+    wait_until(lambda: broken.id not in runsc_images(), 30, "the broken snapshot to be deleted")
 
 
 # Runs as a Jupyter process of its own: one kernel from the snapshot kernelspec, then waits
@@ -463,7 +463,6 @@ def server(tmp_path: Path, how: str) -> tuple[subprocess.Popen[str], dict[str, A
     return proc, found
 
 
-@pytest.mark.docker
 def test_nothing_is_left_after_the_server_exits(tmp_path: Path) -> None:
     """A Jupyter process that exits without shutting anything down: its atexit handlers
     remove the kernel's sandbox, the pool's restored sandbox and the snapshot."""
@@ -473,7 +472,6 @@ def test_nothing_is_left_after_the_server_exits(tmp_path: Path) -> None:
     assert not leftovers(names, set(found["snapshots"])), leftovers(names, set(found["snapshots"]))
 
 
-@pytest.mark.docker
 def test_gc_removes_a_killed_servers_snapshot_and_sandboxes(tmp_path: Path) -> None:
     """A Jupyter process killed with SIGKILL: its sandboxes end themselves (their pipe
     closes), and `sandbox-kernel gc` removes their state, cgroups and bundles and the warm
@@ -481,24 +479,17 @@ def test_gc_removes_a_killed_servers_snapshot_and_sandboxes(tmp_path: Path) -> N
     proc, found = server(tmp_path, "kill")
     names = {found["kernel"], *found["pooled"]}
     snapshots = set(found["snapshots"])
-    listed = subprocess.run(
-        [sys.executable, "-m", "sandbox_kernel.cli.main", "ps", "--json"],
-        capture_output=True, text=True, timeout=120, check=True,
-    ).stdout  # fmt: skip
-    rows = [r for r in json.loads(listed) if r["name"] in snapshots]
+    rows = [r for r in listed() if r["name"] in snapshots]
     assert len(rows) == 1 and rows[0]["kind"] == "snapshot" and rows[0]["server_pid"] == proc.pid
     assert 20 < rows[0]["disk_mib"] < 200, rows[0]
-    pids = {int(p) for n in names for d in cgroup_dirs(n) if "/memory/" in d
+    pids = {int(p) for n in names for d in runsc_cgroup_dirs(n) if "/memory/" in d
             for p in Path(d, "cgroup.procs").read_text().split()}  # fmt: skip
     assert pids
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     wait_until(lambda: not any(alive(p) for p in pids), 30, "the orphaned sandboxes to end")
-    assert snapshots <= images(), "nothing removes it but gc"
-    r = subprocess.run(
-        [sys.executable, "-m", "sandbox_kernel.cli.main", "gc"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    assert snapshots <= runsc_images(), "nothing removes it but gc"
+    r = cli("gc", timeout=120)
     assert r.returncode == 0, r.stderr
     assert all(s in r.stdout for s in snapshots), r.stdout
     assert not leftovers(names, snapshots), leftovers(names, snapshots)

@@ -30,14 +30,20 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import KernelManager
 
 import sandbox_kernel.boot
 import sandbox_kernel.bundle
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.kernelspec import build_kernelspec
 from sandbox_kernel.relay.thread import RelayThread
-from tests.helpers import BACKEND_CONFIGS, TEST_RUNTIME, Kernel, socket_inodes, tcp_listeners
+from tests.helpers import (
+    BACKEND_CONFIGS,
+    TEST_RUNTIME,
+    Kernel,
+    ready_kernel,
+    socket_inodes,
+    tcp_listeners,
+)
 from tests.security.hostile import KERNEL_PRELUDE, backdoored_payload
 
 MiB = 2**20
@@ -172,14 +178,6 @@ def settle(scenario: str, attacker: Kernel, records: Records, attacker_id: str) 
         RelayThread.get().submit(asyncio.sleep(0)).result(timeout=60)
 
 
-def start(km: KernelManager) -> Kernel:
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    kc.wait_for_ready(timeout=120)
-    return Kernel(km, kc)
-
-
 def main(scenario: str, backend: str, out: str) -> None:
     records = Records()
     logging.getLogger().addHandler(records)
@@ -203,9 +201,9 @@ def main(scenario: str, backend: str, out: str) -> None:
         return real_payload(escaped_stdin, kernel_user)
 
     sandbox_kernel.boot.agent_payload = payload  # type: ignore[attr-defined,assignment]
-    attacker = start(KernelManager(kernel_name="attacker", kernel_spec_manager=ksm))
+    attacker = ready_kernel(ksm, "attacker", timeout=120)
     armed[0] = False
-    victim = start(KernelManager(kernel_name="victim", kernel_spec_manager=ksm))
+    victim = ready_kernel(ksm, "victim", timeout=120)
     report: dict[str, Any] = {"scenario": scenario, "backend": backend}
     try:
         attacker_id = str(attacker.km.kernel_id)

@@ -20,8 +20,6 @@ import pytest
 from sandbox_kernel.inside.protocol import INSIDE_PORTS
 from tests.helpers import Kernel, listening_ports, socket_inodes, tcp_listeners
 
-pytestmark = pytest.mark.docker
-
 LOOPBACK_HEX = "0100007F"
 ZMQ_PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 

@@ -134,7 +134,6 @@ def _connect_all(port: int, n: int) -> tuple[list[socket.socket], list[bool | No
     return socks, states
 
 
-@pytest.mark.docker
 def test_relayed_connections_stop_at_the_documented_bound(
     start_kernel: Callable[..., Kernel],
 ) -> None:

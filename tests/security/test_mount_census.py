@@ -129,7 +129,6 @@ def _unsized_tmp_argv(argv: Any) -> None:
     del argv[at : at + 2]
 
 
-@pytest.mark.docker
 @pytest.mark.parametrize("runtime", [TEST_RUNTIME, "runc"])
 def test_census_in_docker(
     runtime: str, host_folder: str, docker_client: docker.DockerClient

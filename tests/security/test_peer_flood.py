@@ -24,8 +24,6 @@ import pytest
 from tests.helpers import Kernel
 from tests.rootless import HostUser, create_user, remove_user
 
-pytestmark = pytest.mark.docker
-
 HOLD = 8000  # listening sockets the attacker holds (lines of /proc/net/tcp)
 RATE = 160  # connections a second
 SECONDS = 12

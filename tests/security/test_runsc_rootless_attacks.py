@@ -18,7 +18,7 @@ from sandbox_kernel.security import ATTACKS, Attack
 from sandbox_kernel.security.expectations import GAPS, expected_blocked
 from tests.helpers import Kernel, gvisor_release
 from tests.rootless import ROOTLESS_SPECS, Rootless, UserKernel
-from tests.security.test_attacks import attempt, check_gap_detail
+from tests.security.attempts import attempt, check_gap_detail
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,6 @@ def start_kernel(rootless: Rootless, delegated: None) -> Iterator[Callable[..., 
         kernel.stop()
 
 
-@pytest.mark.docker
 @pytest.mark.parametrize("attack", ATTACKS, ids=[a.id for a in ATTACKS])
 def test_attack_on_rootless_runsc(
     attack: Attack, request: pytest.FixtureRequest, user_kernel: UserKernel

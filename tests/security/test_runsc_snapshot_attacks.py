@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import KernelManager
 
 from sandbox_kernel.backends.runsc import RunscBackend
 from sandbox_kernel.backends.runsc_snapshots import SNAPSHOTS
@@ -24,8 +23,8 @@ from sandbox_kernel.kernelspec import build_kernelspec
 from sandbox_kernel.pool import WarmPool
 from sandbox_kernel.security import ATTACKS, Attack
 from sandbox_kernel.security.expectations import GAPS, expected_blocked
-from tests.helpers import BACKEND_CONFIGS, Kernel, variant_release
-from tests.security.test_attacks import attempt, check_gap_detail
+from tests.helpers import BACKEND_CONFIGS, Kernel, ready_kernel, variant_release
+from tests.security.attempts import attempt, check_gap_detail
 
 
 @pytest.fixture(scope="module")
@@ -37,23 +36,9 @@ def snapshot_ksm(tmp_path_factory: pytest.TempPathFactory) -> KernelSpecManager:
     return KernelSpecManager(kernel_dirs=[str(root)])
 
 
-def _start(ksm: KernelSpecManager) -> Kernel:
-    km = KernelManager(kernel_name="snap", kernel_spec_manager=ksm)
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    kernel = Kernel(km, kc)
-    try:
-        kc.wait_for_ready(timeout=60)
-    except BaseException:
-        kernel.stop()
-        raise
-    return kernel
-
-
 def _restored(ksm: KernelSpecManager) -> Kernel:
     """A kernel whose sandbox was restored from the pool's snapshot (checked)."""
-    kernel = _start(ksm)
+    kernel = ready_kernel(ksm, "snap")
     restored = kernel.km.provisioner.last_start_restored  # type: ignore[union-attr]
     name = str(kernel.container_id)
     if not restored or not RunscBackend._sandboxes[name].restored_from:
@@ -64,7 +49,7 @@ def _restored(ksm: KernelSpecManager) -> Kernel:
 
 @pytest.fixture(scope="module")
 def restored_kernel(snapshot_ksm: KernelSpecManager, docker_client: Any) -> Iterator[Kernel]:
-    first = _start(snapshot_ksm)  # cold; its pool then checkpoints and restores
+    first = ready_kernel(snapshot_ksm, "snap")  # cold; its pool then checkpoints and restores
     try:
         kernel = _restored(snapshot_ksm)
     finally:
@@ -91,7 +76,6 @@ def start_kernel(snapshot_ksm: KernelSpecManager) -> Iterator[Callable[..., Kern
         kernel.stop()
 
 
-@pytest.mark.docker
 @pytest.mark.parametrize("attack", ATTACKS, ids=[a.id for a in ATTACKS])
 def test_attack_on_a_restored_sandbox(
     attack: Attack, request: pytest.FixtureRequest, restored_kernel: Kernel
@@ -111,7 +95,6 @@ def test_attack_on_a_restored_sandbox(
         check_gap_detail("runsc", attack.id, result["detail"])
 
 
-@pytest.mark.docker
 def test_the_snapshot_is_the_pools_only_copy_on_disk(restored_kernel: Kernel) -> None:
     """The snapshot sits in root's private state folder (0700), nowhere a user can read."""
     record = next(iter(SNAPSHOTS.values()))

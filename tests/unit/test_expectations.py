@@ -1,8 +1,18 @@
-"""docs/security.md shows the backend gap table exactly as the code defines it."""
+"""The gap table (security/expectations.py): it names real attacks, never a way out of the
+sandbox, and docs/security.md shows it exactly as the code defines it."""
 
 from __future__ import annotations
 
-from sandbox_kernel.security.expectations import GAPS, TABLE_END, TABLE_START, markdown_table
+import re
+
+from sandbox_kernel.security import ATTACKS
+from sandbox_kernel.security.expectations import (
+    GAP_DETAILS,
+    GAPS,
+    TABLE_END,
+    TABLE_START,
+    markdown_table,
+)
 from tests.helpers import REPO
 
 
@@ -40,3 +50,29 @@ def test_gvisor_gaps_follow_the_runsc_release() -> None:
             gaps_of(backend)
     assert gaps_of("bwrap") == GAPS["bwrap"]
     assert "runsc 20260905 and later: blocked" in markdown_table()
+
+
+def test_gap_table_names_real_attacks() -> None:
+    ids = {a.id for a in ATTACKS}
+    for backend, gaps in GAPS.items():
+        assert set(gaps) <= ids, f"{backend}: unknown attack ids {set(gaps) - ids}"
+        assert all(why.strip() for why in gaps.values()), f"{backend}: every gap says why"
+    # What must hold everywhere, whatever else a backend lets through: nothing outside the
+    # sandbox is reached (network) or read (host files).
+    never = {
+        "net-userns-egress",
+        "net-lan-host",
+        "net-host-loopback",
+        "net-host-addresses",
+        "net-dns-query",
+        "net-icmp-echo",
+        "fs-host-markers",
+        "fs-proc-root",
+        "fs-proc-links",
+    }
+    for backend, gaps in GAPS.items():
+        assert not never & set(gaps), f"{backend} may not document {never & set(gaps)} as gaps"
+    for backend, details in GAP_DETAILS.items():
+        assert set(details) <= set(GAPS[backend]), f"{backend}: details of undocumented gaps"
+        for pattern in details.values():
+            re.compile(pattern)

@@ -29,6 +29,7 @@ from sandbox_kernel.inside import protocol as p
 from sandbox_kernel.relay import console as c
 from sandbox_kernel.relay.session import MAX_PIPE_BACKLOG, AgentSession
 from sandbox_kernel.relay.zmtp import GREETING_SIZE, ZmtpError, ZmtpLimiter
+from sandbox_kernel.settings import BY_NAME
 
 MiB = 2**20
 
@@ -160,6 +161,15 @@ def test_console_discard_keeps_only_the_tail(captured: list[bytes]) -> None:
     sink(b"x" * (3 * c.TAIL_BYTES) + b"\x1b[0mlast words")
     assert captured == []
     assert sink.tail.endswith("\\x1b[0mlast words") and len(sink.tail) <= 2000
+
+
+def test_console_modes_are_the_settings_choices() -> None:
+    """The sink takes exactly console_output's choices (declared once, in settings.py) and
+    refuses anything else as a PolicyError naming the setting."""
+    for mode in BY_NAME["console_output"].choices:
+        assert c.ConsoleSink("k", mode, MiB).mode == mode
+    with pytest.raises(PolicyError, match="console_output: 'syslog' is not one of stderr"):
+        c.ConsoleSink("k", "syslog", MiB)
 
 
 def test_a_stalled_stderr_drops_instead_of_blocking(monkeypatch: pytest.MonkeyPatch) -> None:

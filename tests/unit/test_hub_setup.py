@@ -1,10 +1,12 @@
 """scripts/hub-setup.sh's files (``--configs-only ROOT``: everything it writes, under a
 temporary root): the example configs as they are, the site file from HUB_DOMAIN that
 the example loads last, an allow config JupyterHub's PAM authenticator counts, the
-root-only state folder and the systemd unit; an administrator's site file is kept."""
+root-only state folder and the systemd unit; an administrator's site file is kept. Both
+recipes' hub configs load into their spawner classes."""
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import subprocess
@@ -12,11 +14,11 @@ from pathlib import Path
 
 import pytest
 from traitlets.config import Application, Config
+from traitlets.config.loader import PyFileConfigLoader
 
-from tests.helpers import REPO
+from tests.helpers import EXAMPLES, REPO
 
 SCRIPT = REPO / "scripts" / "hub-setup.sh"
-EXAMPLES = REPO / "docs" / "examples"
 HUB_ETC = Path("etc/jupyterhub")
 SERVER_CONFIG = Path("etc/jupyter/sandbox/jupyter_server_config.py")
 
@@ -105,3 +107,35 @@ def test_a_missing_or_bad_site_value_is_refused_before_anything_is_written(
     assert done.returncode != 0
     assert named in done.stderr, done.stderr
     assert not (tmp_path / "root").exists() or not any((tmp_path / "root").iterdir())
+
+
+@pytest.mark.parametrize("example", ["jupyterhub_config.py", "jupyterhub_config_docker.py"])
+def test_hub_config_examples_load(example: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Both recipes' hub configs, loaded by traitlets and applied to JupyterHub's
+    LocalProcessSpawner, whose traitlets warn about any option it does not know (recipe (a)
+    also runs in a real hub: tests/integration/test_hub.py)."""
+    from jupyterhub.spawner import LocalProcessSpawner
+
+    from sandbox_kernel.hub import UserCgroupSpawner
+
+    path = EXAMPLES / example
+    config = PyFileConfigLoader(path.name, str(path.parent)).load_config()
+    spawner_class = {
+        "sandbox_kernel.hub.UserCgroupSpawner": UserCgroupSpawner,
+        "jupyterhub.spawner.LocalProcessSpawner": LocalProcessSpawner,
+    }[config.JupyterHub.spawner_class]
+    with caplog.at_level(logging.WARNING):
+        spawner = spawner_class(config=config)
+    assert not [r for r in caplog.records if "not recognized" in r.getMessage()], caplog.text
+    # Recipe (a) bounds each user's processes (sandboxes, terminals) in cgroups of their own.
+    assert (spawner_class is UserCgroupSpawner) == (example == "jupyterhub_config.py")
+    assert config.JupyterHub.bind_url.startswith("http://127.0.0.1:")
+    assert spawner.cmd == ["/opt/sandbox-kernel/venv/bin/jupyterhub-singleuser"]
+    assert spawner.disable_user_config is True
+    assert "--config=/etc/jupyter/sandbox/jupyter_server_config.py" in spawner.args
+    # A root-owned JUPYTER_CONFIG_DIR fails every start after the first (jupyter_core
+    # writes its migration marker there): tests/integration/test_hub.py restarts servers.
+    assert "JUPYTER_CONFIG_DIR" not in spawner.environment
+    terminals = "--ServerApp.terminals_enabled=True" in spawner.args
+    # Real Unix users get their shell; Docker accounts never (root-equivalent).
+    assert terminals == (example == "jupyterhub_config.py")

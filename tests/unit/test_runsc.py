@@ -1,5 +1,5 @@
 """Pure parts of the runsc backend: the OCI bundle, runsc's command lines, cgroup and state
-paths (the policy in OCI terms, as test_policy.py checks ``container_spec``)."""
+paths (the policy in OCI terms, as test_docker_backend.py checks ``container_spec``)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ from sandbox_kernel.backends.runsc_snapshots import shape as _shape
 from sandbox_kernel.backends.runsc_tool import platform_flags, runsc_argv
 from sandbox_kernel.backends.seccomp import seccomp_profile
 from sandbox_kernel.errors import PolicyError, SandboxError
+from sandbox_kernel.kernelspec import build_kernelspec
 from sandbox_kernel.policy import build_policy
+from tests.helpers import BACKEND_CONFIGS
 
 POLICY = build_policy(
     image="sandbox-kernel/python:latest", memory_limit="1g", cpu_limit=0.5, nproc_limit=40,
@@ -191,6 +193,16 @@ def test_registry_entry() -> None:
     assert backend.name == "runsc"
     with pytest.raises(Exception, match="unknown"):
         make_backend("runsc", __import__("logging").getLogger(), {"accept_unenforced": ["all"]})
+
+
+def test_other_runtime_is_refused() -> None:
+    """The runsc backend always runs gVisor: runtime names one of its two binaries, anything
+    else (runc) is refused, naming it, already when the kernelspec is written; so is Docker's
+    allow_weaker_runtime."""
+    with pytest.raises(Exception, match="runtime: the runsc backend runs 'runsc' or"):
+        build_kernelspec({**BACKEND_CONFIGS["runsc"], "runtime": "runc"})
+    with pytest.raises(Exception, match="allow_weaker_runtime: applies to the docker backend"):
+        build_kernelspec({**BACKEND_CONFIGS["runsc"], "allow_weaker_runtime": True})
 
 
 def test_platform_reaches_every_runsc_call() -> None:
