@@ -6,15 +6,17 @@
 #   scripts/dev-cluster.sh down    # stop what `up` started, remove the node's pods and state
 #
 # Real components, built from their Go modules (no registry ships Kubernetes): etcd,
-# kube-apiserver, kube-controller-manager, kube-scheduler, kubelet (and kubectl for this
-# script), the CNI plugins the CRI needs, gVisor's containerd shim. The node's runtime is
-# Debian's containerd (CRI plugin) as an instance of its own: own config, root, state and
-# socket under $STATE, so Docker's containerd is never touched. gVisor is the RuntimeClass
-# `gvisor` (handler `runsc`), whose runsc configuration says `network = "none"`: a pod of
-# that class has only loopback, whatever the CNI gives it.
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, the CNI plugins the CRI
+# needs, a pause image. The node's runtime is Debian's containerd (CRI plugin) as an
+# instance of its own: own config, root, state and socket under $STATE, so Docker's
+# containerd is never touched. gVisor is the RuntimeClass `gvisor` (handler `runsc`): the
+# runc shim runs runsc with --network=none, as Docker runs it, so a pod of that class has
+# only loopback, whatever the CNI gives it. (Not gVisor's containerd-shim-runsc-v1: it sets
+# its own oom_score_adj to -999, which needs CAP_SYS_RESOURCE, and root on these machines
+# lacks it; the shim then refuses to start.)
 #
-# Why these versions: this machine kind has cgroup v1, and kubelet refuses it from 1.35 on
-# (failCgroupV1 defaults to true there); 1.34 is the newest release that still runs on it.
+# Why these versions: this machine kind has cgroup v1; kubelet 1.34 is the last whose
+# failCgroupV1 defaults to false (1.35 needs it turned off, which kubelet.yaml does anyway).
 # Debian 12's containerd is 1.6 (CRI v1), which kubelet 1.34 still accepts.
 # Idempotent; as root. Everything it starts or writes is under $STATE, $CACHE, the cgroup
 # $CGROUP_PARENT and the bridge $BRIDGE: `down` removes exactly those (the cache stays).
@@ -24,7 +26,7 @@ K8S_VERSION=v1.34.4          # k8s.io/kubernetes; its staging modules are v0.34.
 ETCD_VERSION=v3.6.16         # the etcd minor that Kubernetes 1.34 is tested with
 CNI_VERSION=v1.9.1           # github.com/containernetworking/plugins
 # gvisor.dev/gvisor's `go` branch: the pin of sandbox_kernel/host/setup_host.sh, read from
-# there so the shim and runsc-current are the same gVisor
+# there so the node runs the same gVisor as runsc-current
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 GVISOR_PIN=$(sed -n 's/^RUNSC_CURRENT_PIN=\([^ ]*\).*/\1/p' "$HERE/../sandbox_kernel/host/setup_host.sh")
 
@@ -99,7 +101,7 @@ build_k8s() {
   done
   k8s_module
   local name
-  for name in kube-apiserver kubelet kube-controller-manager kube-scheduler kubectl; do
+  for name in kube-apiserver kube-scheduler kube-controller-manager kubelet; do
     time_build "$name" in_dir "$dir" gobuild build -ldflags "$ld" -o "$BIN/$name" \
       "k8s.io/kubernetes/cmd/$name"
   done
@@ -137,19 +139,8 @@ build_cni() {
   done
 }
 
-build_shim() {
-  [ -n "$GVISOR_PIN" ] || die "no RUNSC_CURRENT_PIN in sandbox_kernel/host/setup_host.sh"
-  # gVisor's shim is the package gvisor.dev/gvisor/shim; its binary must be named
-  # containerd-shim-runsc-v1 for containerd to find it by runtime type io.containerd.runsc.v1
-  time_build containerd-shim-runsc-v1 shim_bin
-}
-shim_bin() {
-  gobin "$BIN/shim.tmp" "gvisor.dev/gvisor/shim@$GVISOR_PIN" &&
-    mv "$BIN/shim.tmp/shim" "$BIN/containerd-shim-runsc-v1" && rmdir "$BIN/shim.tmp"
-}
-
 # runsc: the one setup_host.sh installs for SANDBOX_KERNEL_RUNSC=current if there, else the
-# same pin built here; the shim and runsc must be the same gVisor.
+# same pin built here.
 RUNSC=/usr/local/lib/sandbox-kernel/runsc-$GVISOR_PIN/runsc
 build_runsc() {
   [ -x "$RUNSC" ] && return 0
@@ -213,7 +204,6 @@ build_all() {
   mkdir -p "$BIN"
   build_etcd
   build_cni
-  build_shim
   build_runsc
   build_pause
   build_k8s
@@ -289,16 +279,14 @@ pki() {
 # ---------------------------------------------------------------------------- configs
 configs() {
   mkdir -p "$STATE/etc" "$STATE/cni/net.d" "$STATE/log" "$STATE/pid"
-  cat >"$STATE/etc/runsc.toml" <<EOF
-# gVisor shim options (containerd runtime handler "runsc"): every pod of the RuntimeClass
-# gvisor gets runsc --network=none (only loopback, whatever the CNI set up) and the OCI
-# seccomp profile enforced inside the sandbox, as the Docker backend's runtimeArgs.
-binary_name = "$RUNSC"
-root = "$STATE/run/runsc"
-[runsc_config]
-  network = "none"
-  oci-seccomp = "true"
+  # The runtime handler "runsc": runsc with the flags the Docker backend requires
+  # (backends/gvisor.py REQUIRED_RUNSC_ARGS): no network, the OCI seccomp profile enforced
+  # inside gVisor. Docker passes runtimeArgs through a wrapper like this one too.
+  cat >"$STATE/etc/runsc" <<EOF
+#!/bin/sh
+exec $RUNSC --network=none --oci-seccomp "\$@"
 EOF
+  chmod 755 "$STATE/etc/runsc"
   cat >"$STATE/etc/containerd.toml" <<EOF
 # The node's own containerd: nothing shared with Docker's (/run/containerd, /var/lib/containerd).
 version = 2
@@ -323,6 +311,8 @@ state = "$STATE/run/containerd"
   # profile loaded into the host's kernel (gVisor pods do not use it)
   netns_mounts_under_state_dir = true
   disable_apparmor = true
+  # no oom_score_adj below containerd's own: lowering needs CAP_SYS_RESOURCE (see above)
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -332,10 +322,11 @@ state = "$STATE/run/containerd"
         SystemdCgroup = false
         Root = "$STATE/run/runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runsc]
-      runtime_type = "io.containerd.runsc.v1"
+      runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runsc.options]
-        TypeUrl = "io.containerd.runsc.v1.options"
-        ConfigPath = "$STATE/etc/runsc.toml"
+        BinaryName = "$STATE/etc/runsc"
+        SystemdCgroup = false
+        Root = "$STATE/run/runsc"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "$BIN/cni"
     conf_dir = "$STATE/cni/net.d"
@@ -416,7 +407,20 @@ wait_for() { # wait_for WHAT SECONDS CMD...
     sleep 1
   done
 }
-kc() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
+# The API as the admin, with curl (no kubectl: one binary fewer to build): kapi METHOD PATH [JSON]
+kapi() {
+  curl -sSf --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" -X "$1" \
+    -H 'Content-Type: application/json' "https://127.0.0.1:$API_PORT$2" ${3:+--data "$3"}
+}
+node_ready() {
+  kapi GET "/api/v1/nodes/$NODE" | python3 -c 'import json, sys
+conditions = json.load(sys.stdin).get("status", {}).get("conditions", [])
+sys.exit(0 if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions) else 1)'
+}
+namespaces_with_pods() {
+  kapi GET /api/v1/pods | python3 -c 'import json, sys
+print("\n".join(sorted({p["metadata"]["namespace"] for p in json.load(sys.stdin)["items"]})))'
+}
 ctr_() { ctr -a "$CTR_SOCK" -n k8s.io "$@"; }
 
 # kubelet writes kernel tunables it wants (vm.overcommit_memory, kernel.panic,
@@ -481,7 +485,7 @@ up() {
     --service-cluster-ip-range "$SERVICE_SUBNET" --endpoint-reconciler-type none \
     --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
     --anonymous-auth=false --allow-privileged=false --profiling=false
-  wait_for kube-apiserver 120 kc get --raw /readyz
+  wait_for kube-apiserver 120 kapi GET /readyz
   mkdir -p "$STATE/run/containerd"
   start containerd "$(command -v containerd)" --config "$STATE/etc/containerd.toml"
   wait_for containerd 60 ctr -a "$CTR_SOCK" version
@@ -491,8 +495,7 @@ up() {
     --authentication-kubeconfig "$PKI/controller-manager.kubeconfig" \
     --authorization-kubeconfig "$PKI/controller-manager.kubeconfig" \
     --service-account-private-key-file "$e/sa.key" --root-ca-file "$e/ca.crt" \
-    --use-service-account-credentials --leader-elect=false --profiling=false \
-    --controllers '*,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller'
+    --use-service-account-credentials --leader-elect=false --profiling=false
   start kube-scheduler "$BIN/kube-scheduler" --kubeconfig "$PKI/scheduler.kubeconfig" \
     --authentication-kubeconfig "$PKI/scheduler.kubeconfig" \
     --authorization-kubeconfig "$PKI/scheduler.kubeconfig" \
@@ -501,15 +504,11 @@ up() {
   start kubelet "$BIN/kubelet" --config "$STATE/etc/kubelet.yaml" \
     --kubeconfig "$PKI/node.kubeconfig" --hostname-override "$NODE" \
     --root-dir "$STATE/kubelet" --cert-dir "$PKI"
-  wait_for "node $NODE" 180 kc wait --for=condition=Ready "node/$NODE" --timeout=2s
+  wait_for "node $NODE" 180 node_ready
   restore_sysctls
-  kc apply -f - >/dev/null <<EOF
-apiVersion: node.k8s.io/v1
-kind: RuntimeClass
-metadata:
-  name: gvisor
-handler: runsc
-EOF
+  kapi GET /apis/node.k8s.io/v1/runtimeclasses/gvisor >/dev/null 2>&1 ||
+    kapi POST /apis/node.k8s.io/v1/runtimeclasses >/dev/null \
+      '{"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "gvisor"}, "handler": "runsc"}'
   log "up: node $NODE Ready, RuntimeClass gvisor (handler runsc, runsc --network=none)"
   echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
 }
@@ -534,9 +533,11 @@ down() {
   [ -d "$STATE" ] || { log "down: nothing to do"; return 0; }
   # pods first, through the kubelet, so the CRI tears down their network namespaces
   if alive kube-apiserver && alive kubelet; then
-    kc delete pods --all --all-namespaces --force --grace-period=0 --wait=false >/dev/null 2>&1 || true
-    local t0=$SECONDS
-    while ((SECONDS - t0 < 60)) && [ -n "$(kc get pods -A -o name 2>/dev/null)" ]; do sleep 1; done
+    local ns t0=$SECONDS
+    for ns in $(namespaces_with_pods 2>/dev/null); do
+      kapi DELETE "/api/v1/namespaces/$ns/pods?gracePeriodSeconds=0" >/dev/null 2>&1 || true
+    done
+    while ((SECONDS - t0 < 60)) && [ -n "$(namespaces_with_pods 2>/dev/null)" ]; do sleep 1; done
   fi
   stop kubelet
   stop kube-scheduler
@@ -550,7 +551,7 @@ down() {
     for c in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers delete "$c" >/dev/null 2>&1 || true; done
   fi
   stop containerd
-  # shims (and their runsc sandboxes) outlive containerd: only those of this node's socket
+  # shims (and their sandboxes) outlive containerd: only those of this node's socket
   local p
   for p in /proc/[0-9]*; do
     tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "$CTR_SOCK" && kill -9 "${p#/proc/}" 2>/dev/null || true
@@ -571,11 +572,11 @@ down() {
   rm -rf "$STATE"
   log "down: stopped, node state removed (cached builds stay in $CACHE)"
 }
-# runsc sandbox processes whose --root is this node's (a shim killed with -9 leaves them)
+# runsc processes whose state (--root) is this node's (a shim killed with -9 leaves them)
 pkill_runsc_of() {
   local p
   for p in /proc/[0-9]*; do
-    tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "--root=$1" && kill -9 "${p#/proc/}" 2>/dev/null || true
+    tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "$1" && kill -9 "${p#/proc/}" 2>/dev/null || true
   done
 }
 
