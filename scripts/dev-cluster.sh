@@ -100,11 +100,18 @@ build_k8s() {
     ld="$ld -X $p.gitVersion=$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
   done
   k8s_module
-  local name
+  local name missing=() pkgs=()
   for name in kube-apiserver kube-scheduler kube-controller-manager kubelet; do
-    time_build "$name" in_dir "$dir" gobuild build -ldflags "$ld" -o "$BIN/$name" \
-      "k8s.io/kubernetes/cmd/$name"
+    [ -x "$BIN/$name" ] || { missing+=("$name"); pkgs+=("k8s.io/kubernetes/cmd/$name"); }
   done
+  [ ${#missing[@]} = 0 ] && return 0
+  # one go build for them all: it shares their packages and keeps both cores busy
+  local t0=$SECONDS
+  log "building ${missing[*]} (once; cached in $BIN)"
+  in_dir "$dir" gobuild build -ldflags "$ld" -o "$BIN/" "${pkgs[@]}" ||
+    die "building ${missing[*]} failed (see above); the Go module proxy must serve $K8S_VERSION"
+  log "built ${missing[*]} in $((SECONDS - t0)) s"
+  echo "$(IFS=+; echo "${missing[*]}") $((SECONDS - t0))s $(date -u +%FT%TZ)" >>"$CACHE/$K8S_VERSION/build-times"
 }
 
 build_etcd() {
@@ -551,12 +558,10 @@ down() {
     for c in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers delete "$c" >/dev/null 2>&1 || true; done
   fi
   stop containerd
-  # shims (and their sandboxes) outlive containerd: only those of this node's socket
-  local p
-  for p in /proc/[0-9]*; do
-    tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "$CTR_SOCK" && kill -9 "${p#/proc/}" 2>/dev/null || true
-  done
-  pkill_runsc_of "$STATE/run/runsc"
+  # shims and their runsc sandboxes outlive containerd: those of this node's socket and
+  # runsc state (a shim killed with -9 leaves its sandbox)
+  kill_naming "$CTR_SOCK"
+  kill_naming "$STATE/run/runsc"
   stop kube-apiserver
   stop etcd
   restore_sysctls
@@ -572,11 +577,13 @@ down() {
   rm -rf "$STATE"
   log "down: stopped, node state removed (cached builds stay in $CACHE)"
 }
-# runsc processes whose state (--root) is this node's (a shim killed with -9 leaves them)
-pkill_runsc_of() {
-  local p
-  for p in /proc/[0-9]*; do
-    tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "$1" && kill -9 "${p#/proc/}" 2>/dev/null || true
+# kill_naming TEXT: SIGKILL every process whose command line contains TEXT (a path of
+# this node's), in one pass over /proc
+kill_naming() {
+  local f pid
+  for f in $(grep -lsaF -- "$1" /proc/[0-9]*/cmdline); do
+    pid=${f#/proc/}
+    kill -9 "${pid%/cmdline}" 2>/dev/null || true
   done
 }
 
