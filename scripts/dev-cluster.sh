@@ -486,7 +486,7 @@ up() {
     --client-ca-file "$e/ca.crt" --tls-cert-file "$e/apiserver.crt" --tls-private-key-file "$e/apiserver.key" \
     --kubelet-client-certificate "$e/apiserver-kubelet-client.crt" \
     --kubelet-client-key "$e/apiserver-kubelet-client.key" --kubelet-certificate-authority "$e/ca.crt" \
-    --kubelet-preferred-address-types Hostname,InternalIP \
+    --kubelet-preferred-address-types InternalIP \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$e/sa.pub" --service-account-signing-key-file "$e/sa.key" \
     --service-cluster-ip-range "$SERVICE_SUBNET" --endpoint-reconciler-type none \
@@ -510,7 +510,7 @@ up() {
   save_sysctls
   start kubelet "$BIN/kubelet" --config "$STATE/etc/kubelet.yaml" \
     --kubeconfig "$PKI/node.kubeconfig" --hostname-override "$NODE" \
-    --root-dir "$STATE/kubelet" --cert-dir "$PKI"
+    --root-dir "$STATE/kubelet" --cert-dir "$PKI" --node-ip 127.0.0.1
   wait_for "node $NODE" 180 node_ready
   restore_sysctls
   kapi GET /apis/node.k8s.io/v1/runtimeclasses/gvisor >/dev/null 2>&1 ||
