@@ -1,0 +1,243 @@
+"""Kernel pods on a real Kubernetes (issue 23): the cluster's part of the isolation.
+
+Needs a cluster with a gVisor RuntimeClass and the kernel image on its node:
+``scripts/dev-cluster.sh up`` makes one on this machine and prints the KUBECONFIG to
+export. Without KUBECONFIG the module is skipped, saying so; with it, nothing here skips.
+Each test creates its pods in a namespace of its own, deleted at the end (and asserted
+gone), and tries from inside the pod what kernel code would try.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any, cast
+
+import pytest
+
+from sandbox_kernel.backends.gvisor import AGENT_CAPABILITIES
+from sandbox_kernel.bundle import agent_payload, bootstrap_command
+from sandbox_kernel.image.recipe import DEFAULT_IMAGE
+from sandbox_kernel.inside import ops, protocol
+from sandbox_kernel.policy import SANDBOX_HOME, SANDBOX_USER
+from tests.helpers import NetnsHost
+
+if not os.environ.get("KUBECONFIG"):
+    pytest.skip(
+        "no Kubernetes cluster: KUBECONFIG is unset (scripts/dev-cluster.sh up starts one "
+        "and prints the export)",
+        allow_module_level=True,
+    )
+
+from kubernetes import client, config
+from kubernetes.stream import stream
+
+RUNTIME_CLASS = os.environ.get("SANDBOX_KERNEL_K8S_RUNTIME_CLASS", "gvisor")
+POD_TIMEOUT = 120  # a cold gVisor pod on a loaded 2-core machine
+
+
+@pytest.fixture(scope="module")
+def core() -> client.CoreV1Api:
+    config.load_kube_config()
+    api = client.CoreV1Api()
+    node_api = client.NodeV1Api()
+    try:
+        node_api.read_runtime_class(RUNTIME_CLASS)
+    except client.ApiException as exc:
+        pytest.fail(f"the cluster has no RuntimeClass {RUNTIME_CLASS!r} ({exc.reason})")
+    return api
+
+
+@pytest.fixture
+def namespace(core: client.CoreV1Api) -> Iterator[str]:
+    name = f"skt-{uuid.uuid4().hex[:8]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    try:
+        # pods are admitted once the controller manager made the namespace's service account
+        deadline = time.monotonic() + POD_TIMEOUT
+        while not core.list_namespaced_service_account(name).items:
+            assert time.monotonic() < deadline, f"no service account in {name}: controllers?"
+            time.sleep(0.5)
+        yield name
+    finally:
+        core.delete_namespace(name, grace_period_seconds=0)
+        deadline = time.monotonic() + POD_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                core.read_namespace(name)
+            except client.ApiException as exc:
+                if exc.status == 404:
+                    break
+                raise
+            time.sleep(1)
+        else:
+            pytest.fail(f"namespace {name} (and its pods) still there after {POD_TIMEOUT} s")
+
+
+def kernel_pod(name: str, command: list[str], *, agent: bool) -> dict[str, Any]:
+    """The issue's pod settings: gVisor, no volumes but capped memory emptyDirs, no
+    service account token, no service links, no DNS, read-only root, RuntimeDefault
+    seccomp, every capability dropped. ``agent``: run as the Docker backend runs the
+    agent under gVisor (root of gVisor's kernel with the capabilities it needs to start
+    the kernel as the policy's uid), else as that uid."""
+    uid, gid = (int(x) for x in SANDBOX_USER.split(":"))
+    security: dict[str, Any] = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"], "add": list(AGENT_CAPABILITIES) if agent else []},
+        "runAsUser": 0 if agent else uid,
+        "runAsGroup": 0 if agent else gid,
+        "runAsNonRoot": not agent,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"sandbox-kernel.test": "1"}},
+        "spec": {
+            "runtimeClassName": RUNTIME_CLASS,
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "dnsPolicy": "None",
+            "dnsConfig": {"nameservers": ["127.0.0.1"]},  # the pod's own loopback
+            "hostname": "sandbox",
+            "terminationGracePeriodSeconds": 0,
+            "volumes": [
+                {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+                {"name": "home", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+            ],
+            "containers": [
+                {
+                    "name": "kernel",
+                    "image": DEFAULT_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": command,
+                    "stdin": agent,
+                    "stdinOnce": agent,
+                    "tty": False,
+                    "env": [{"name": "HOME", "value": SANDBOX_HOME}],
+                    "securityContext": security,
+                    "resources": {
+                        "limits": {"memory": "512Mi", "cpu": "1", "ephemeral-storage": "64Mi"},
+                        "requests": {"memory": "512Mi", "cpu": "100m"},
+                    },
+                    "volumeMounts": [
+                        {"name": "tmp", "mountPath": "/tmp"},
+                        {"name": "home", "mountPath": SANDBOX_HOME},
+                    ],
+                }
+            ],
+        },
+    }
+
+
+def create_pod(core: client.CoreV1Api, ns: str, manifest: dict[str, Any]) -> None:
+    # the client takes a manifest as a dict as well as a V1Pod (its types say V1Pod only)
+    core.create_namespaced_pod(ns, cast(client.V1Pod, manifest))
+
+
+def wait_phase(core: client.CoreV1Api, ns: str, name: str, phases: set[str]) -> str:
+    deadline = time.monotonic() + POD_TIMEOUT
+    phase = "?"
+    while time.monotonic() < deadline:
+        status = core.read_namespaced_pod(name, ns).status
+        phase = str(status.phase) if status else "?"
+        if phase in phases:
+            return phase
+        if phase == "Failed":
+            break
+        time.sleep(0.5)
+    log = core.read_namespaced_pod_log(name, ns) if phase in {"Failed", "Succeeded"} else ""
+    events = core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}")
+    pytest.fail(
+        f"pod {name} is {phase}, not {phases}; log: {log!r}; events: "
+        f"{[e.message for e in events.items]}"
+    )
+
+
+def run_inside(core: client.CoreV1Api, ns: str, code: str) -> Any:
+    """Run Python ``code`` in a fresh kernel pod as the policy's uid; its JSON output."""
+    name = f"probe-{uuid.uuid4().hex[:6]}"
+    create_pod(core, ns, kernel_pod(name, ["python3", "-c", code], agent=False))
+    wait_phase(core, ns, name, {"Succeeded"})
+    return json.loads(core.read_namespaced_pod_log(name, ns).strip().splitlines()[-1])
+
+
+def test_pod_runs_in_gvisor_with_only_loopback(
+    core: client.CoreV1Api, namespace: str, test_host: NetnsHost
+) -> None:
+    found = run_inside(
+        core,
+        namespace,
+        "import json, os, platform, socket, subprocess\n"
+        "out = {'release': platform.release(), 'ifaces': [n for _, n in socket.if_nameindex()],\n"
+        "       'uid': os.getuid(),\n"
+        "       'dmesg': subprocess.run(['dmesg'], capture_output=True, text=True).stdout,\n"
+        "       'token': os.path.exists('/var/run/secrets/kubernetes.io'),\n"
+        "       'env': sorted(k for k in os.environ if k.endswith('_SERVICE_HOST'))}\n"
+        "try:\n"
+        f"    socket.create_connection(('{test_host.addr}', {test_host.port}), timeout=3)\n"
+        "    out['lan'] = 'connected'\n"
+        "except OSError as e:\n"
+        "    out['lan'] = 'blocked: %s' % e\n"
+        "try:\n"
+        "    open('/escape', 'w')\n"
+        "    out['rootfs'] = 'written'\n"
+        "except OSError as e:\n"
+        "    out['rootfs'] = 'blocked: %s' % e\n"
+        "print(json.dumps(out))",
+    )
+    assert found["release"] != os.uname().release, "the pod sees the host's kernel: not gVisor"
+    assert "gVisor" in found["dmesg"], found["dmesg"]
+    assert found["ifaces"] == ["lo"], found["ifaces"]  # runsc network=none, whatever the CNI
+    assert found["lan"].startswith("blocked"), found["lan"]
+    assert found["rootfs"].startswith("blocked"), found["rootfs"]
+    assert found["uid"] == int(SANDBOX_USER.split(":")[0])
+    assert found["token"] is False and found["env"] == []
+
+
+def test_agent_answers_over_the_attach_stream(core: client.CoreV1Api, namespace: str) -> None:
+    """The relay's channel: the agent goes in over the pod's stdin through the official
+    client's attach stream (no port-forward, no pod IP) and its frames come out on stdout."""
+    name = "kernel-agent"
+    create_pod(core, namespace, kernel_pod(name, bootstrap_command(), agent=True))
+    wait_phase(core, namespace, name, {"Running"})
+    ws = stream(
+        core.connect_get_namespaced_pod_attach,
+        name,
+        namespace,
+        container="kernel",
+        stdin=True,
+        stdout=True,
+        stderr=False,
+        tty=False,
+        binary=True,
+        _preload_content=False,
+    )
+    try:
+        ws.write_stdin(agent_payload(escaped_stdin=False, kernel_user=SANDBOX_USER))
+        decoder = protocol.FrameDecoder()
+        hello: dict[str, Any] | None = None
+        deadline = time.monotonic() + POD_TIMEOUT
+        while hello is None and ws.is_open() and time.monotonic() < deadline:
+            ws.update(timeout=1)
+            for frame in decoder.feed(ws.read_stdout(timeout=0) or b""):
+                if frame.type == protocol.CONTROL:
+                    message = protocol.decode_control(frame.payload)
+                    if message.get("op") == ops.HELLO:
+                        hello = message
+        assert hello is not None, "no hello from the agent over the attach stream"
+    finally:
+        ws.close()
+    assert hello["version"] == protocol.VERSION
+    assert hello["release"] != os.uname().release  # gVisor's kernel, not the host's
+    assert hello["uid"] == 0 and hello["kernel_uid"] == int(SANDBOX_USER.split(":")[0])
+    assert hello["undumpable"] is True
+    # stdinOnce: closing the attach stream closes the agent's stdin, and the agent ends
+    # the pod, as a dead Jupyter server's sandbox ends on one host.
+    assert wait_phase(core, namespace, name, {"Succeeded", "Failed"}) in {"Succeeded", "Failed"}
