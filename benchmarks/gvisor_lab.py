@@ -80,6 +80,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from kernel_timing import cell_rtts  # noqa: E402
 
 from sandbox_kernel.backends.runsc_oci import oci_config  # noqa: E402
 from sandbox_kernel.backends.runsc_tool import RUNSC_FLAGS, find_runsc, runsc_argv  # noqa: E402
@@ -1079,20 +1082,6 @@ def cmd_snapshot(args: argparse.Namespace) -> dict[str, Any]:
         for kc in clients:
             kc.stop_channels()
         lab.remove_all()
-
-
-def cell_rtts(kc: Any, n: int) -> list[float]:
-    """Round trips of a trivial cell (execute "pass" until its shell reply), seconds."""
-    for _ in range(20):  # warm up
-        kc.execute("pass")
-        kc.get_shell_msg(timeout=30)
-    rtts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        kc.execute("pass")
-        kc.get_shell_msg(timeout=30)
-        rtts.append(time.perf_counter() - t0)
-    return rtts
 
 
 def print_throughput(kc: Any, mib: int = 50) -> float:
