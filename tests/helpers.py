@@ -283,7 +283,7 @@ class Kernel:
         self.kc = kc
 
     @property
-    def container_id(self) -> str | None:
+    def sandbox_id(self) -> str | None:
         return sandbox_id(self.km)
 
     def run(self, code: str, timeout: float = 60) -> tuple[dict[str, Any], str]:

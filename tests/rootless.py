@@ -255,7 +255,7 @@ class UserKernel(Kernel):
                 assert time.monotonic() < deadline, "the user's kernel never answered"
 
     @property
-    def container_id(self) -> str | None:
+    def sandbox_id(self) -> str | None:
         return self.sandbox
 
     def alive(self) -> bool:

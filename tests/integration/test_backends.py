@@ -45,7 +45,7 @@ PIPE_BACKENDS = ["bwrap", "firejail"]
 
 def sandbox_state(kernel: Kernel) -> tuple[int, list[Path]]:
     """(pid of the sandbox tool, its cgroup folders) of a running kernel."""
-    name = kernel.container_id
+    name = kernel.sandbox_id
     assert name is not None
     spawned = PipeBackend._sandboxes[name]
     assert spawned.cgroup is not None, "running as root: cgroups must be in use"
@@ -127,7 +127,7 @@ def test_kernel_lifecycle_and_cleanup(backend: str, start_kernel: Callable[..., 
     wait_until(lambda: not alive(new_pid), 10, "the sandbox to end at shutdown")
     assert not any(d.exists() for d in new_cgroups), "cgroups left behind"
     assert stderr_memfds(backend) <= before_fds, "stderr memfds left open"
-    assert not PipeBackend._sandboxes.get(str(kernel.container_id)), "backend still tracks it"
+    assert not PipeBackend._sandboxes.get(str(kernel.sandbox_id)), "backend still tracks it"
     assert set(listening_ports(own_only=True)) <= set(before_ports), "host ports left open"
 
 

@@ -96,5 +96,5 @@ def test_nbclient_in_process(notebook: Path, ksm, docker_client) -> None:  # typ
 def test_ps_lists_a_running_kernel(start_kernel) -> None:  # type: ignore[no-untyped-def]
     kernel = start_kernel()
     rows = {row["id"]: row for row in listed()}
-    row = rows[kernel.container_id[:12]]
+    row = rows[kernel.sandbox_id[:12]]
     assert row["memory_mib"] > 10 and row["uptime_s"] >= 0

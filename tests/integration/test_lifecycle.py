@@ -116,11 +116,11 @@ def test_busy_kernel_shuts_down_without_noise(
 def test_restart_gives_fresh_kernel(start_kernel, docker_client: docker.DockerClient) -> None:  # type: ignore[no-untyped-def]
     kernel: Kernel = start_kernel()
     kernel.run("secret_state = 123; open('/tmp/left-by-old-kernel', 'w').write('x')")
-    old_container = kernel.container_id
+    old_sandbox = kernel.sandbox_id
     ports_before = dict(kernel.km.get_connection_info())
     kernel.km.restart_kernel(now=False)
     kernel.kc.wait_for_ready(timeout=60)
-    assert kernel.container_id != old_container
+    assert kernel.sandbox_id != old_sandbox
     state = kernel.value(
         "import os, json\n"
         "print(json.dumps(['secret_state' in globals(), os.path.exists('/tmp/left-by-old-kernel')]))"
@@ -130,7 +130,7 @@ def test_restart_gives_fresh_kernel(start_kernel, docker_client: docker.DockerCl
     assert {k: after[k] for k in ("shell_port", "iopub_port")} == {
         k: ports_before[k] for k in ("shell_port", "iopub_port")
     }
-    assert not docker_client.containers.list(all=True, filters={"id": old_container})
+    assert not docker_client.containers.list(all=True, filters={"id": old_sandbox})
 
 
 def test_ports_on_loopback_only_and_gone_after_shutdown(
@@ -143,7 +143,7 @@ def test_ports_on_loopback_only_and_gone_after_shutdown(
     listening = listening_ports()
     for port in ports:
         assert listening.get(port) == "0100007F", f"port {port} listens on {listening.get(port)}"
-    cid = kernel.container_id
+    cid = kernel.sandbox_id
     assert container_exists(docker_client, cid)
     kernel.stop()
     assert not container_exists(docker_client, cid)
@@ -154,7 +154,7 @@ def test_ports_on_loopback_only_and_gone_after_shutdown(
 def test_killed_container_is_restarted_by_jupyter(
     ksm: KernelSpecManager, docker_client: docker.DockerClient
 ) -> None:
-    container_ids: list[str | None] = []
+    sandbox_ids: list[str | None] = []
 
     async def scenario() -> None:
         km = AsyncIOLoopKernelManager(kernel_name="sandbox-python", kernel_spec_manager=ksm)
@@ -164,7 +164,7 @@ def test_killed_container_is_restarted_by_jupyter(
         km.add_restart_callback(lambda: restarts.append("restart"), "restart")
         try:
             first = sandbox_id(km)
-            container_ids.append(first)
+            sandbox_ids.append(first)
             docker_client.containers.get(first).kill()
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -180,12 +180,12 @@ def test_killed_container_is_restarted_by_jupyter(
             assert reply["content"]["status"] == "ok"
             kc.stop_channels()
         finally:
-            container_ids.append(sandbox_id(km))
+            sandbox_ids.append(sandbox_id(km))
             km.stop_restarter()
             await km.shutdown_kernel(now=True)
 
     asyncio.run(scenario())
-    assert not [c for c in container_ids if container_exists(docker_client, c)]
+    assert not [c for c in sandbox_ids if container_exists(docker_client, c)]
 
 
 def test_server_crash_leaves_no_container(kernel_dirs, docker_client: docker.DockerClient) -> None:  # type: ignore[no-untyped-def]

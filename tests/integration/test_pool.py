@@ -19,9 +19,9 @@ def test_warm_start_claims_a_pooled_sandbox_once(
     wait_for_ready_pool(first)
     warm = start_kernel()
     assert warm.km.provisioner.last_start_warm  # type: ignore[union-attr]
-    container = docker_client.containers.get(warm.container_id)
+    container = docker_client.containers.get(warm.sandbox_id)
     assert container.labels.get(LABEL_POOL) == "1"
-    assert warm.container_id != first.container_id
+    assert warm.sandbox_id != first.sandbox_id
     # The same isolation as a cold sandbox, from outside and from inside.
     host = container.attrs["HostConfig"]
     assert host["Runtime"] == TEST_RUNTIME
@@ -46,15 +46,15 @@ def test_warm_start_claims_a_pooled_sandbox_once(
     assert key == warm.km.session.key.decode()
     # `sandbox-kernel ps` names the kernel a claimed sandbox serves (its labels cannot
     # change: the backend renamed it at the claim).
-    assert warm.container_id is not None
-    row = next(r for r in listed() if r["id"] == warm.container_id[:12])
+    assert warm.sandbox_id is not None
+    row = next(r for r in listed() if r["id"] == warm.sandbox_id[:12])
     assert row["kernel_id"] == warm.km.kernel_id and row["pooled"] is False, row
     # A restart takes another sandbox and removes the old one: never reused.
-    old = warm.container_id
+    old = warm.sandbox_id
     wait_for_ready_pool(warm)
     warm.km.restart_kernel(now=True)
     warm.kc.wait_for_ready(timeout=60)
-    assert warm.container_id != old
+    assert warm.sandbox_id != old
     assert not container_exists(docker_client, old)
     assert warm.value("print(2 + 3)") == 5
 
@@ -66,7 +66,7 @@ def test_drain_removes_unclaimed_sandboxes(
     wait_for_ready_pool(kernel)
     mine = {"label": [f"{LABEL_POOL}=1", f"{LABEL_SERVER_PID}={os.getpid()}"]}
     pooled = [
-        c.id for c in docker_client.containers.list(filters=mine) if c.id != kernel.container_id
+        c.id for c in docker_client.containers.list(filters=mine) if c.id != kernel.sandbox_id
     ]
     assert pooled
     WarmPool.drain_all()

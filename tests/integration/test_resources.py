@@ -102,7 +102,7 @@ def test_fork_bomb_gets_eagain(start_kernel: Callable[..., Kernel]) -> None:
 def test_memory_bomb_is_killed_and_restarted(start_kernel: Callable[..., Kernel]) -> None:
     victim = start_kernel("sandbox-small")
     other = start_kernel()
-    first = victim.container_id
+    first = victim.sandbox_id
     with watch_responsiveness(other) as latencies:
         victim.kc.execute(
             "chunks = []\nwhile True:\n    chunks.append(bytearray(32 * 1024 * 1024))\n"
@@ -112,7 +112,7 @@ def test_memory_bomb_is_killed_and_restarted(start_kernel: Callable[..., Kernel]
     # A blocking KernelManager has no restarter loop: restart as the restarter would.
     victim.km.restart_kernel(now=True)
     victim.kc.wait_for_ready(timeout=60)
-    assert victim.container_id != first
+    assert victim.sandbox_id != first
     assert victim.value("print(1 + 1)") == 2
 
 
@@ -173,8 +173,8 @@ def test_cpu_spin_bounded_by_cpu_limit(
     start_kernel: Callable[..., Kernel], docker_client: docker.DockerClient
 ) -> None:
     victim, other = start_kernel(), start_kernel()
-    assert victim.container_id is not None
-    container = docker_client.containers.get(victim.container_id)
+    assert victim.sandbox_id is not None
+    container = docker_client.containers.get(victim.sandbox_id)
     spin = (
         "import multiprocessing as mp, time\n"
         "def burn(seconds):\n"

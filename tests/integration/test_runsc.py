@@ -90,7 +90,7 @@ def tmpfs_size(options: str) -> int:
 def test_kernel_lifecycle_mounts_and_cleanup(start_kernel: Callable[..., Kernel]) -> None:
     before_ports = listening_ports(own_only=True)
     kernel = start_kernel(RUNSC)
-    name = kernel.container_id
+    name = kernel.sandbox_id
     assert name is not None and name in runsc_ids() and name in runsc_bundles()
     pids = sandbox_pids(name)
     assert len(pids) >= 2, f"its sandbox and gofer: {pids}"
@@ -135,7 +135,7 @@ def test_kernel_lifecycle_mounts_and_cleanup(start_kernel: Callable[..., Kernel]
     kernel.kc.wait_for_ready(timeout=60)
     wait_until(lambda: not any(alive(p) for p in pids), 10, "the old sandbox's processes to end")
     assert name not in runsc_ids() and name not in runsc_bundles() and not runsc_cgroup_dirs(name)
-    new = kernel.container_id
+    new = kernel.sandbox_id
     assert new is not None and new != name and new in runsc_ids()
     new_pids = sandbox_pids(new)
     assert kernel.value("print(6 * 7)") == 42
@@ -167,7 +167,7 @@ def test_caps_hold(tmp_path: Path) -> None:
     with running_kernel(ksm, "rs") as kernel:
         km = kernel.km
         kc = kernel.kc
-        name = kernel.container_id
+        name = kernel.sandbox_id
         cg = {
             c: Path(f"/sys/fs/cgroup/{c}/{CGROUP_PREFIX}{name}") for c in ("memory", "cpu", "pids")
         }
@@ -244,7 +244,7 @@ def test_host_pids_cap_ends_a_sandbox_that_reaches_it(tmp_path: Path) -> None:
     with running_kernel(ksm, "rs") as kernel:
         km = kernel.km
         kc = kernel.kc
-        pids = Path(f"/sys/fs/cgroup/pids/{CGROUP_PREFIX}{kernel.container_id}")
+        pids = Path(f"/sys/fs/cgroup/pids/{CGROUP_PREFIX}{kernel.sandbox_id}")
         assert (pids / "pids.max").read_text().strip() == "200"
         kc.execute(
             "import os, time\nn = 0\nwhile True:\n    if os.fork() == 0:\n"
@@ -414,7 +414,7 @@ def test_the_platform_setting_reaches_the_sandbox(tmp_path: Path) -> None:
     --platform=ptrace, and the kernel works there; the attack catalogue runs under it in
     tests/security (runsc-ptrace)."""
     with running_kernel(small_kernelspec(tmp_path, platform="ptrace"), "rs") as kernel:
-        name = str(kernel.container_id)
+        name = str(kernel.sandbox_id)
         flags = set()
         for pid in processes_naming(name):
             try:
@@ -433,7 +433,7 @@ def test_the_runtime_setting_picks_the_binary(tmp_path: Path) -> None:
     expected = os.path.realpath(find_runsc(runtime))
     with running_kernel(small_kernelspec(tmp_path), "rs") as kernel:
         exes = set()
-        for pid in processes_naming(str(kernel.container_id)):
+        for pid in processes_naming(str(kernel.sandbox_id)):
             try:
                 exes.add(os.readlink(f"/proc/{pid}/exe"))
             except OSError:
@@ -484,7 +484,7 @@ def test_warm_pools_are_per_backend(tmp_path: Path) -> None:
         docker_warm, runsc_first = kernels[1], kernels[2]
         assert docker_warm.km.provisioner.last_start_warm  # type: ignore[union-attr]
         assert not runsc_first.km.provisioner.last_start_warm, "claimed another backend's sandbox"  # type: ignore[union-attr]
-        assert runsc_first.container_id in runsc_ids()
+        assert runsc_first.sandbox_id in runsc_ids()
     finally:
         for kernel in kernels:
             kernel.stop()

@@ -78,7 +78,7 @@ def test_accepted_gaps_run_in_gvisor_as_the_user(rootless: Rootless) -> None:
     (user.home / "my-secret.txt").write_text("the user's own file")
     kernel = rootless.kernel("rl-accepted")
     try:
-        name = str(kernel.container_id)
+        name = str(kernel.sandbox_id)
         inside = kernel.value(
             "import os, json, platform, resource\n"
             "try:\n    b = bytearray(3 * 2**30); big = 'allocated'\n"
@@ -127,7 +127,7 @@ def test_delegated_cgroup_caps_each_sandbox(rootless: Rootless, delegated: dict[
     user = rootless.user
     kernel = rootless.kernel("rl-small")
     try:
-        name = str(kernel.container_id)
+        name = str(kernel.sandbox_id)
         cg = {c: d / name for c, d in delegated.items()}
         assert int((cg["memory"] / "memory.limit_in_bytes").read_text()) == 2**30
         assert int((cg["cpu"] / "cpu.cfs_quota_us").read_text()) == 50_000
@@ -187,7 +187,7 @@ def test_the_users_total_bounds_their_sandboxes(rootless: Rootless) -> None:
     try:
         kernel = rootless.kernel("rl")  # memory_limit 2g
         try:
-            name = str(kernel.container_id)
+            name = str(kernel.sandbox_id)
             assert int((made["memory"] / name / "memory.limit_in_bytes").read_text()) == 2 << 30
             reached = allocate_until_the_end(kernel)
             assert 512 < reached <= 1024, f"{reached} MiB allocated under a 1 GiB user total"
@@ -277,7 +277,7 @@ def test_gc_as_the_user_removes_what_a_dead_server_left(rootless: Rootless) -> N
     import signal
 
     kernel = rootless.kernel("rl-accepted")
-    name = str(kernel.container_id)
+    name = str(kernel.sandbox_id)
     bundle = rootless.state() / "bundles" / name
     assert bundle.is_dir()
     os.killpg(kernel.server.pid, signal.SIGKILL)

@@ -121,7 +121,7 @@ def kernels() -> Iterator[Callable[..., Kernels]]:
 
 def restored_from(kernel: Kernel) -> str:
     """The snapshot a kernel's sandbox was restored from ('' : it was started afresh)."""
-    name = kernel.container_id
+    name = kernel.sandbox_id
     assert name is not None
     return RunscBackend._sandboxes[name].restored_from
 
@@ -222,14 +222,14 @@ def test_restored_copies_renew_what_they_share(
     for kernel in (a, b):
         assert kernel.km.provisioner.last_start_restored  # type: ignore[union-attr]
     assert restored_from(a) == restored_from(b) != "", "copies of one snapshot"
-    assert a.container_id != b.container_id
+    assert a.sandbox_id != b.sandbox_id
     for kernel in (a, b):  # each a sandbox of its own: its cgroup has the policy's caps
-        memory = Path(f"/sys/fs/cgroup/memory/{CGROUP_PREFIX}{kernel.container_id}")
+        memory = Path(f"/sys/fs/cgroup/memory/{CGROUP_PREFIX}{kernel.sandbox_id}")
         assert int((memory / "memory.limit_in_bytes").read_text()) == 2 * 2**30
         config = json.loads(
-            (ROOT_STATE / "bundles" / str(kernel.container_id) / "config.json").read_text()
+            (ROOT_STATE / "bundles" / str(kernel.sandbox_id) / "config.json").read_text()
         )
-        assert config["linux"]["cgroupsPath"] == f"/{CGROUP_PREFIX}{kernel.container_id}"
+        assert config["linux"]["cgroupsPath"] == f"/{CGROUP_PREFIX}{kernel.sandbox_id}"
 
     one, two = probe(a), probe(b)
     assert one["numpy in the snapshot"] and two["numpy in the snapshot"]

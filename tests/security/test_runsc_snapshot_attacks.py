@@ -40,7 +40,7 @@ def _restored(ksm: KernelSpecManager) -> Kernel:
     """A kernel whose sandbox was restored from the pool's snapshot (checked)."""
     kernel = ready_kernel(ksm, "snap")
     restored = kernel.km.provisioner.last_start_restored  # type: ignore[union-attr]
-    name = str(kernel.container_id)
+    name = str(kernel.sandbox_id)
     if not restored or not RunscBackend._sandboxes[name].restored_from:
         kernel.stop()
         pytest.fail(f"the kernel's sandbox {name} was not restored from a snapshot")
