@@ -20,7 +20,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 # The checkout's own requirements plus the servers; then the package itself, not editable
 # (other users must not need to read this checkout).
-"$venv/bin/python" -m pip install -q '.[server]' 'jupyterhub>=4' 'jupyterlab>=4.2,<5' 'ipykernel>=6.20' \
+"$venv/bin/python" -m pip install -q '.[server]' 'jupyterhub>=4' 'jupyterlab>=4.2,<5' \
+  'jupyter-resource-usage>=1.0' 'ipykernel>=6.20' \
   2>&1 | grep -v '^WARNING: Location' || true
 "$venv/bin/python" -m pip install -q --no-deps --force-reinstall . 2>&1 | grep -v '^WARNING: Location' || true
 chmod -R a+rX "$(dirname "$venv")"
