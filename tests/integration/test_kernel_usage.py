@@ -4,8 +4,9 @@ quickstart) shows a sandboxed kernel's memory and CPU: the extension's server ha
 from inside the sandbox with psutil. The figures are the sandbox's own view: its memory
 total is the kernelspec's ``memory_limit`` (gVisor's /proc/meminfo), not the host's.
 
-A real JupyterLab server, real sandboxes (the Docker backend and the runsc backend), and
-the extension's own REST route, which is what the panel polls."""
+A real JupyterLab server, real sandboxes (the Docker backend and the runsc backend), the
+extension's own REST route, which is what the panel polls, and the panel itself in
+headless Chromium."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import docker
+import nbformat
 import pytest
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
@@ -25,12 +27,14 @@ from tornado.websocket import websocket_connect
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.kernelspec import build_kernelspec
 from sandbox_kernel.settings import parse_size
-from tests.helpers import BACKEND_CONFIGS, TEST_RUNTIME
+from tests.helpers import BACKEND_CONFIGS, REPO, TEST_RUNTIME
+from tests.integration.browser import chromium_page, wait_for
 from tests.integration.servers import JupyterServer, ws_execute
 
 # Neither the default 2g nor the host's size: the total must be this kernelspec's.
 MEMORY_LIMIT = "640m"
 ALLOC = 200 * 2**20
+SCREENSHOT = REPO / "test-artifacts" / "jupyterlab-kernel-usage.png"
 SPECS: dict[str, dict[str, Any]] = {
     "usage-docker": {"runtime": TEST_RUNTIME, "pool_size": 0},
     "usage-runsc": BACKEND_CONFIGS["runsc"],
@@ -48,6 +52,12 @@ def lab(
         spec = build_kernelspec({"image": DEFAULT_IMAGE, **config, "memory_limit": MEMORY_LIMIT})
         (kernels / name / "kernel.json").write_text(json.dumps(spec))
     server = JupyterServer("jupyterlab", workdir, kernels.parent)
+    # No "official Jupyter news?" toast over the panel in the screenshot.
+    (workdir / "config" / "labconfig").mkdir(parents=True)
+    disabled = {"@jupyterlab/apputils-extension:announcements": True}
+    (workdir / "config" / "labconfig" / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": disabled})
+    )
     with server.running(docker_client):
         yield server
 
@@ -107,3 +117,31 @@ def test_kernel_usage_is_the_sandboxs(lab: JupyterServer, name: str) -> None:
         assert after["host_virtual_memory"]["used"] > before["host_virtual_memory"]["used"]
     finally:
         lab.api("DELETE", f"/api/kernels/{kernel_id}", timeout=90)
+
+
+def test_kernel_usage_panel_in_jupyterlab(lab: JupyterServer) -> None:
+    """The panel a user opens (the gauge in the right sidebar) in a real browser: it shows
+    the notebook's sandboxed kernel with the sandbox's memory as the total. Screenshot:
+    test-artifacts/jupyterlab-kernel-usage.png."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "usage-docker",
+        "display_name": "usage",
+        "language": "python",
+    }
+    nb.cells = [nbformat.v4.new_code_cell("print('ready')")]
+    nbformat.write(nb, lab.root / "usage.ipynb")
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    SCREENSHOT.unlink(missing_ok=True)
+    with chromium_page(lab.workdir / "failure.png", 1100, lab.log) as page:
+        page.goto(f"{lab.url}/lab/tree/usage.ipynb?token={lab.token}")
+        page.wait_for_selector(".jp-Notebook .jp-Cell")
+        wait_for(lab.kernel_idle, "the sandboxed kernel to be idle")
+        page.keyboard.press("Control+b")  # hide the file browser: a wider screenshot
+        page.locator(
+            '.jp-SideBar.jp-mod-right .lm-TabBar-tab[data-id="kernelusage-panel-id"]'
+        ).click()
+        panel = page.locator(".jp-KernelUsage-view")
+        total = format(parse_size(MEMORY_LIMIT, "memory_limit") / 2**20, ".2f")
+        panel.get_by_text(f"Total: {total} MB").wait_for()
+        page.screenshot(path=str(SCREENSHOT))
