@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A Python environment that every user of this host can run (as root): the system's
 # /usr/bin/python3 (a venv of a Python under /root would not run for other users), with
-# sandbox-kernel, Jupyter Server, JupyterLab and JupyterHub, world-readable.
+# sandbox-kernel, Jupyter Server, JupyterLab (and its kernel usage panel, jupyter-resource-usage)
+# and JupyterHub, world-readable.
 # Used by shared-host deployments (docs/jupyterhub.md) and by the tests that run Jupyter
 # as ordinary users (rootless runsc, the real JupyterHub).
 #   scripts/shared-venv.sh [VENV]   default /opt/sandbox-kernel/venv
