@@ -82,7 +82,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from kernel_timing import cell_rtts  # noqa: E402
+import kernel_timing  # noqa: E402
+from kernel_timing import cell_rtts, drain  # noqa: E402
 
 from sandbox_kernel.backends.runsc_oci import oci_config  # noqa: E402
 from sandbox_kernel.backends.runsc_tool import RUNSC_FLAGS, find_runsc, runsc_argv  # noqa: E402
@@ -1085,27 +1086,10 @@ def cmd_snapshot(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_throughput(kc: Any, mib: int = 50) -> float:
-    """MiB/s of a ``mib`` MiB print reaching the client (as benchmarks/run.py)."""
-    while True:  # drain iopub
-        try:
-            kc.get_iopub_msg(timeout=0.2)
-        except Exception:
-            break
-    received = 0
-    t0 = time.perf_counter()
-    msg_id = kc.execute(
-        "import sys\nchunk = 'x' * (1 << 20)\n"
-        f"for _ in range({mib}):\n    sys.stdout.write(chunk)\nsys.stdout.flush()"
-    )
-    while True:
-        msg = kc.get_iopub_msg(timeout=120)
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        if msg["msg_type"] == "stream":
-            received += len(msg["content"]["text"])
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            break
-    return received / MiB / (time.perf_counter() - t0)
+    """MiB/s of a ``mib`` MiB print reaching the client (as benchmarks/run.py), after what
+    earlier requests left on IOPub."""
+    drain(kc)
+    return kernel_timing.print_throughput(kc, mib)[0]
 
 
 TIMINGS_INSIDE = """

@@ -86,21 +86,26 @@ def cell_rtts(kc: Any, n: int) -> list[float]:
         kc.execute("pass")
         kc.get_shell_msg(timeout=30)
         times.append(time.perf_counter() - t0)
-    while True:  # drain iopub
+    drain(kc)
+    return times
+
+
+def drain(kc: Any) -> None:
+    """Read IOPub until it has been quiet for 0.2 s (what earlier requests left there)."""
+    while True:
         try:
             kc.get_iopub_msg(timeout=0.2)
         except Empty:
             break
-    return times
 
 
-def print_throughput(kc: Any) -> tuple[float, float]:
-    """MB/s of a ``PRINT_MB`` MB print that reached the client, and the MB that arrived."""
+def print_throughput(kc: Any, mb: int = PRINT_MB) -> tuple[float, float]:
+    """MB/s of an ``mb`` MB print that reached the client, and the MB that arrived."""
     received = 0
     t0 = time.perf_counter()
     msg_id = kc.execute(
         "import sys\nchunk = 'x' * (1 << 20)\n"
-        f"for _ in range({PRINT_MB}):\n    sys.stdout.write(chunk)\n"
+        f"for _ in range({mb}):\n    sys.stdout.write(chunk)\n"
         "sys.stdout.flush()"
     )
     while True:
@@ -112,7 +117,7 @@ def print_throughput(kc: Any) -> tuple[float, float]:
         if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
             break
     elapsed = time.perf_counter() - t0
-    assert received <= PRINT_MB * 2**20
+    assert received <= mb * 2**20
     return received / 2**20 / elapsed, received / 2**20
 
 
