@@ -102,10 +102,12 @@ def test_busy_kernel_shuts_down_without_noise(
         "import os, time\nos.write(2, b'on the console\\n')\n"
         "print('running', flush=True)\ntime.sleep(600)"
     )
-    while True:
+    while True:  # the cell's own print (its execute_input, sent first, quotes it too)
         msg = kernel.kc.get_iopub_msg(timeout=60)
-        if msg["parent_header"].get("msg_id") == msg_id and "running" in str(msg["content"]):
-            break
+        content = msg["content"]
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+            if content["name"] == "stdout" and "running" in content["text"]:
+                break
     kernel.stop()
     console = prov.console.tail
     assert "on the console" in console  # what the kernel writes to its stderr is there
