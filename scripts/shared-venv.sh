@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A Python environment that every user of this host can run (as root): the system's
 # /usr/bin/python3 (a venv of a Python under /root would not run for other users), with
-# sandbox-kernel, Jupyter Server, JupyterLab and JupyterHub, world-readable.
+# sandbox-kernel, Jupyter Server, JupyterLab (and its kernel usage panel, jupyter-resource-usage)
+# and JupyterHub, world-readable.
 # Used by shared-host deployments (docs/jupyterhub.md) and by the tests that run Jupyter
 # as ordinary users (rootless runsc, the real JupyterHub).
 #   scripts/shared-venv.sh [VENV]   default /opt/sandbox-kernel/venv
@@ -20,7 +21,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 # The checkout's own requirements plus the servers; then the package itself, not editable
 # (other users must not need to read this checkout).
-"$venv/bin/python" -m pip install -q '.[server]' 'jupyterhub>=4' 'jupyterlab>=4.2,<5' 'ipykernel>=6.20' \
+"$venv/bin/python" -m pip install -q '.[server]' 'jupyterhub>=4' 'jupyterlab>=4.2,<5' \
+  'jupyter-resource-usage>=1.0' 'ipykernel>=6.20' \
   2>&1 | grep -v '^WARNING: Location' || true
 "$venv/bin/python" -m pip install -q --no-deps --force-reinstall . 2>&1 | grep -v '^WARNING: Location' || true
 chmod -R a+rX "$(dirname "$venv")"

@@ -21,6 +21,9 @@ SANDBOX_HOME = "/home/sandbox"
 DEBIAN_PACKAGES = ("python3",)
 PYTHON_PACKAGES = (
     "ipykernel>=6.29,<8",
+    # ipykernel answers a usage_request (JupyterLab's kernel usage panel) with the kernel's
+    # memory and CPU only when psutil is there; ipykernel 7 no longer requires it.
+    "psutil>=5.9,<8",
     "ipywidgets>=8,<9",
     "numpy>=1.26,<3",
     "matplotlib>=3.8,<4",
