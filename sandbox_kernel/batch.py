@@ -28,6 +28,7 @@ from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.manager import AsyncKernelManager
 
 from .errors import SandboxError
+from .kernelspec import make_readable_dirs
 from .relay.iopub import stopped_text
 
 CONFIG_FILE = "jupyter_nbconvert_config.json"
@@ -111,10 +112,13 @@ def install_nbconvert_config(user: bool, prefix: str | None) -> str | None:
         )
         return None
     section[KEY] = CLIENT
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    if user:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    else:  # other users' nbconvert reads it too, whatever the installing shell's umask
+        make_readable_dirs(os.path.dirname(path))
     with open(path + ".tmp", "w") as f:
         json.dump(config, f, indent=2)
         f.write("\n")
-    os.chmod(path + ".tmp", 0o644)  # other users' nbconvert reads it too
+    os.chmod(path + ".tmp", 0o644)
     os.replace(path + ".tmp", path)
     return path
