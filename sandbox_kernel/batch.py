@@ -19,9 +19,11 @@ its client of that class and nbclient asks it ``is_alive``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from jupyter_client.asynchronous.client import AsyncKernelClient
@@ -39,17 +41,31 @@ CLIENT = f"{__name__}.RestartingClient"
 
 class RestartingClient(AsyncKernelClient):
     """nbclient's client: a kernel its sandbox's host stopped, for a reason it told this
-    client, is restarted where nbclient would give up."""
+    client, is restarted where nbclient would give up, and before this client sends it
+    another request.
+
+    Why before: the relay's reply to the running request comes on the old shell
+    connection, which the relay then closes; nbclient sends the next cell's request as
+    soon as it has that reply, and a request that ZeroMQ writes into that connection
+    before it sees it closed is lost (a DEALER does not resend), so nbclient, without a
+    timeout, would wait for its reply forever. A request sent after the restart waits in
+    ZeroMQ's queue until the new sandbox's kernel is connected."""
 
     # Requests sent, newest last: one of them answered by the relay is what allows a
     # restart (nbclient has that reply; without it, it would wait for one forever).
     KEPT = 16
+    # How long to wait for the relay to have told the clients, and for the stopped
+    # sandbox to be seen gone, once the host knows why it ended (both take milliseconds).
+    SETTLE_SECONDS = 10.0
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.sent: list[str] = []
 
-    def execute(self, *args: Any, **kwargs: Any) -> str:
+    async def execute(self, *args: Any, **kwargs: Any) -> str:  # type: ignore[override]
+        """As jupyter_client's, after restarting a stopped sandbox's kernel (nbclient
+        awaits what ``execute`` returns)."""
+        await self._restart_if_stopped()
         msg_id = str(super().execute(*args, **kwargs))
         self.sent = [*self.sent[-(self.KEPT - 1) :], msg_id]
         return msg_id
@@ -57,22 +73,55 @@ class RestartingClient(AsyncKernelClient):
     async def _async_is_alive(self) -> bool:
         if await super()._async_is_alive():
             return True
-        km = self.parent
-        provisioner = getattr(km, "provisioner", None)
-        reason = getattr(provisioner, "end_reason", None)
-        session = getattr(provisioner, "session", None)
-        if (
-            not isinstance(km, AsyncKernelManager)
-            or km.shutting_down
-            or reason is None
-            or not set(self.sent) & getattr(session, "answered", set())
-        ):
-            return False
-        km.log.warning("%s; restarting it for the cells that follow", stopped_text(reason))
-        await km.restart_kernel(now=True)
-        return bool(await super()._async_is_alive())
+        return await self._restart_if_stopped() and bool(await super()._async_is_alive())
 
     is_alive = _async_is_alive
+
+    async def _restart_if_stopped(self) -> bool:
+        """Restart the kernel if the relay answered one of this client's requests with why
+        its sandbox was stopped (it ends then, if it has not yet); True if restarted."""
+        km = self.parent
+        provisioner = getattr(km, "provisioner", None)
+        session = getattr(provisioner, "session", None)
+        if not isinstance(km, AsyncKernelManager) or km.shutting_down or session is None:
+            return False
+        if not session.explained.is_set():
+            if getattr(provisioner, "end_reason", None) is None or await km.is_alive():
+                return False  # running, or ended for no reason the host knows
+            # Ended for a known reason: the relay is writing it (explain, on its thread).
+            if not await _within(self.SETTLE_SECONDS, _now(session.explained.is_set)):
+                return False
+        if not set(self.sent) & session.answered:
+            return False
+        # Told (possibly by a container event before the pipe closed): wait for its end.
+        if not await _within(self.SETTLE_SECONDS, lambda: _not(km.is_alive())):
+            return False
+        reason = getattr(provisioner, "end_reason", None) or "its host stopped it"
+        km.log.warning("%s; restarting it for the cells that follow", stopped_text(reason))
+        await km.restart_kernel(now=True)
+        return True
+
+
+async def _not(alive: Awaitable[bool]) -> bool:
+    return not await alive
+
+
+def _now(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def checked() -> bool:
+        return check()
+
+    return checked
+
+
+async def _within(seconds: float, done: Callable[[], Awaitable[bool]]) -> bool:
+    """Poll ``done`` (without blocking the loop) until it is True; False after ``seconds``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not await done():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 def config_dir(user: bool, prefix: str | None) -> str:

@@ -155,8 +155,10 @@ class AgentSession(asyncio.Protocol):
         self.on_request: Callable[[dict[str, Any]], None] | None = None
         # The kernel's IOPub and shell connections, or held (see explain).
         self._watched: dict[Stream, _Iopub | _Shell] = {}
-        # The requests explain answered on shell (their msg_ids; read from any thread).
+        # The requests explain answered on shell (their msg_ids; read from any thread once
+        # ``explained`` is set, which explain does when it has written everything).
         self.answered: set[str] = set()
+        self.explained = threading.Event()
         self._explained = False
 
     # -- opening -----------------------------------------------------------------
@@ -291,14 +293,21 @@ class AgentSession(asyncio.Protocol):
         self._explained = True
         running = self._running()
         watched, self._watched = self._watched, {}
+        writes: list[tuple[asyncio.WriteTransport, list[list[bytes]]]] = []
         for stream, w in watched.items():
             stream.release("the sandbox ended")
             t = stream.transport
             if not isinstance(t, asyncio.WriteTransport) or t.is_closing():
                 continue
-            if w.limiter.between_messages:
-                for message in self._stopped(w, running, reason, key, signature_scheme):
-                    t.write(encode_message(message))
+            told = w.limiter.between_messages
+            writes.append(
+                (t, self._stopped(w, running, reason, key, signature_scheme) if told else [])
+            )
+        # Known as answered before any client can read a reply (batch.py waits for this).
+        self.explained.set()
+        for t, messages in writes:
+            for message in messages:
+                t.write(encode_message(message))
             t.close()  # after what is buffered
         self.log.info("%s: told its clients: %s", self.describe(), one_line(reason))
 
