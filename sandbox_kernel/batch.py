@@ -5,16 +5,17 @@ not, it raises DeadKernelError and nbconvert writes no output notebook at all. W
 host stopped a sandbox for a reason it knows (its memory limit: ``endings.py``), the
 relay has already answered the running request with that reason (``relay/iopub.py``), so
 the cell records it as an error. :class:`RestartingClient` then restarts the kernel where
-nbclient finds it dead, as JupyterLab's restarter would: the later cells run in a fresh
-kernel (what they need from earlier cells fails, as after a restart in JupyterLab) and
-the notebook is written. A kernel that ended for a reason the host does not know, or is
+nbclient finds it dead, or before nbclient sends it the next cell, whichever comes
+first, as JupyterLab's restarter would: the later cells run in a fresh kernel (what they
+need from earlier cells fails, as after a restart in JupyterLab) and the notebook is
+written. A kernel that ended for a reason the host does not know, or is
 being shut down, is reported dead as before.
 
 Who calls what: ``sandbox-kernel install`` calls :func:`install_nbconvert_config`, which
 names :class:`RestartingClient` as ``AsyncKernelManager.client_factory`` (nbclient's
 default manager) in the ``jupyter_nbconvert_config.json`` of the same scope as the
 kernelspec (user, prefix or system); nbconvert loads that file, nbclient's manager makes
-its client of that class and nbclient asks it ``is_alive``.
+its client of that class, and nbclient asks it ``is_alive`` and awaits its ``execute``.
 """
 
 from __future__ import annotations

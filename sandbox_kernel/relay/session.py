@@ -155,7 +155,7 @@ class AgentSession(asyncio.Protocol):
         # The kernel's IOPub and shell connections, or held (see explain).
         self._watched: dict[Stream, _Iopub | _Shell] = {}
         # The requests explain answered on shell (their msg_ids; read from any thread once
-        # ``explained`` is set, which explain does when it has written everything).
+        # ``explained`` is set, which explain does before it writes a reply).
         self.answered: set[str] = set()
         self.explained = threading.Event()
         self._explained = False
@@ -283,8 +283,8 @@ class AgentSession(asyncio.Protocol):
 
     def explain(self, reason: str, key: bytes, signature_scheme: str) -> None:
         """On the relay loop, once: write into every IOPub client connection, between two
-        messages, an error saying ``reason`` (signed with ``key``,
-        parented to the request the kernel last answered there); into the shell
+        messages, an error saying ``reason`` (signed with ``key``, parented to the
+        request the kernel last answered there); into the shell
         connection of the client that sent the latest of those requests, if it has no
         reply yet, that reply with the same error; then close those connections."""
         if self._explained:
