@@ -101,7 +101,7 @@ def install_kernelspec(
                 "pass --replace to overwrite it"
             )
     if not user:
-        _make_readable_dirs(os.path.dirname(destination))
+        make_readable_dirs(os.path.dirname(destination))
     with tempfile.TemporaryDirectory(prefix="sandbox-kernelspec-") as tmp:
         with open(os.path.join(tmp, "kernel.json"), "w") as f:
             json.dump(spec, f, indent=2)
@@ -114,7 +114,7 @@ def install_kernelspec(
     return str(path), True
 
 
-def _make_readable_dirs(path: str) -> None:
+def make_readable_dirs(path: str) -> None:
     """Create ``path`` and its missing parents with mode 0755 whatever the umask (folders
     that already exist are left as they are)."""
     missing: list[str] = []

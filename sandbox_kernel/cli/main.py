@@ -21,6 +21,7 @@ from .flags import add_flags, from_flags
 
 
 def cmd_install(args: argparse.Namespace) -> int:
+    from ..batch import install_nbconvert_config
     from ..configured import configure
     from ..kernelspec import beyond_host, build_kernelspec, install_kernelspec
 
@@ -32,6 +33,10 @@ def cmd_install(args: argparse.Namespace) -> int:
         spec, name, user=args.user, prefix=prefix, replace=args.replace
     )
     print(f"{'installed' if changed else 'already installed'}: kernelspec {name!r} in {path}")
+    # nbconvert --execute --allow-errors then keeps going after a limit stops a kernel.
+    config_path = install_nbconvert_config(args.user, prefix)
+    if config_path is not None:
+        print(f"nbconvert: a kernel stopped by its limits is restarted ({config_path})")
     policy = configure(config).policy
     for warning in beyond_host(policy.memory_bytes, policy.cpus, _host_memory(), _host_cpus()):
         print(f"sandbox-kernel: warning: {warning}", file=sys.stderr)

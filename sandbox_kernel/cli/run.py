@@ -70,12 +70,13 @@ def plain(output: Any) -> Any:
     return output
 
 
-def tell_stopped(cell: Any, reason: str) -> None:
-    """Unless the kernel's IOPub said it already (relay/iopub.py), add to the cell that was
+def tell_stopped(nb: Any, cell: Any, reason: str) -> None:
+    """Unless the relay said it already (relay/iopub.py: in the cell that was running, to
+    which nbclient then had a reply and went on to the next), add to the cell that was
     running the error output that says why the kernel stopped."""
     from nbformat.v4 import new_output
 
-    if any(o.get("ename") == ENAME for o in cell.get("outputs", [])):
+    if any(o.get("ename") == ENAME for c in nb.cells for o in c.get("outputs", [])):
         return
     text = stopped_text(reason)
     cell.outputs.append(new_output("error", ename=ENAME, evalue=text, traceback=[text]))
@@ -191,7 +192,7 @@ def run_notebook(
         elif reason is None:
             raise SandboxError(f"could not run {path} in kernel {kernel_name!r}: {exc}") from None
         elif client.running_cell is not None:  # the graded notebook says why it stops there
-            tell_stopped(client.running_cell, reason)
+            tell_stopped(nb, client.running_cell, reason)
     except Exception as exc:
         raise SandboxError(f"could not run {path} in kernel {kernel_name!r}: {exc}") from exc
     finally:

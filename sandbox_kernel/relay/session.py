@@ -15,10 +15,10 @@ it is logged once, escaped and cut. Streams from the kernel's own ports pass thr
 ZMTP size check (``zmtp.py``): a ZeroMQ message over ``max_message`` resets that
 connection before its header reaches the client.
 
-The kernel's IOPub connections are also watched (``iopub.py``): when the kernel's end of
-one closes, the client's connection is held (at most HOLD_SECONDS, until the sandbox is
-removed) so that :meth:`AgentSession.explain` can still tell the client why the sandbox
-ended.
+The kernel's IOPub and shell connections are also watched (``iopub.py``): when the
+kernel's end of one closes, the client's connection is held (at most HOLD_SECONDS, until
+the sandbox is removed) so that :meth:`AgentSession.explain` can still tell the client
+why the sandbox ended (an error on IOPub, the running request's reply on shell).
 """
 
 from __future__ import annotations
@@ -36,7 +36,14 @@ from ..inside import protocol as p
 from ..inside.mux import PIPE_HIGH_WATER, PIPE_LOW_WATER, Mux, Requests, Stream, abort_transport
 from ..inside.protocol import INSIDE_PORTS, KERNEL_INSIDE_PORTS
 from .console import one_line
-from .iopub import CAPTURE_BYTES, CAPTURE_FRAMES, IopubWatch, stopped_message
+from .iopub import (
+    CAPTURE_BYTES,
+    CAPTURE_FRAMES,
+    IopubWatch,
+    ShellWatch,
+    stopped_message,
+    stopped_reply,
+)
 from .zmtp import ZmtpError, ZmtpLimiter, encode_message
 
 # Bytes the host may hold for a sandbox that does not read its pipe. Relayed data stops at
@@ -53,6 +60,7 @@ AGENT_REQUESTS = frozenset({ops.EXPOSE, ops.EXPORT_BEGIN, ops.EXPORT_DATA, ops.E
 # for why (jupyter_client's restarter looks every 3 s; the sandbox's removal ends it).
 HOLD_SECONDS = 10.0
 IOPUB_INSIDE_PORT = INSIDE_PORTS["iopub_port"]
+SHELL_INSIDE_PORT = INSIDE_PORTS["shell_port"]
 
 
 class SessionError(SandboxError):
@@ -65,6 +73,17 @@ class _Iopub:
 
     def __init__(self, max_message: int) -> None:
         self.watch = IopubWatch()
+        self.limiter = ZmtpLimiter(
+            max_message, self.watch.on_message, CAPTURE_BYTES, CAPTURE_FRAMES
+        )
+        self.held = False
+
+
+class _Shell:
+    """One client's shell connection: its framing, whose requests it carries."""
+
+    def __init__(self, max_message: int) -> None:
+        self.watch = ShellWatch()
         self.limiter = ZmtpLimiter(
             max_message, self.watch.on_message, CAPTURE_BYTES, CAPTURE_FRAMES
         )
@@ -133,7 +152,12 @@ class AgentSession(asyncio.Protocol):
         self.requests: Requests | None = None  # ours to the agent (created on the relay loop)
         # Handles AGENT_REQUESTS (on the relay loop); None refuses them.
         self.on_request: Callable[[dict[str, Any]], None] | None = None
-        self._iopub: dict[Stream, _Iopub] = {}  # the kernel's IOPub connections, or held
+        # The kernel's IOPub and shell connections, or held (see explain).
+        self._watched: dict[Stream, _Iopub | _Shell] = {}
+        # The requests explain answered on shell (their msg_ids; read from any thread once
+        # ``explained`` is set, which explain does before it writes a reply).
+        self.answered: set[str] = set()
+        self.explained = threading.Event()
         self._explained = False
 
     # -- opening -----------------------------------------------------------------
@@ -197,11 +221,12 @@ class AgentSession(asyncio.Protocol):
         """A new local connection to relay to ``inside_port`` in the sandbox. On the
         kernel's own ports, what comes back is checked as ZeroMQ traffic (message size)."""
         stream = self.mux.new_stream()
-        if inside_port == IOPUB_INSIDE_PORT:
+        if inside_port in (IOPUB_INSIDE_PORT, SHELL_INSIDE_PORT):
             # Forget connections that ended without being held (clients reconnect).
-            self._iopub = {s: i for s, i in self._iopub.items() if i.held or not s.closed}
-            iopub = self._iopub[stream] = _Iopub(self.max_message)
-            stream.inspect = self._zmtp_check(iopub.limiter, inside_port)
+            self._watched = {s: w for s, w in self._watched.items() if w.held or not s.closed}
+            kind = _Iopub if inside_port == IOPUB_INSIDE_PORT else _Shell
+            watched = self._watched[stream] = kind(self.max_message)
+            stream.inspect = self._zmtp_check(watched.limiter, inside_port)
             stream.on_peer_end = self._hold
         elif inside_port in KERNEL_INSIDE_PORTS:
             stream.inspect = self._zmtp_check(ZmtpLimiter(self.max_message), inside_port)
@@ -223,50 +248,90 @@ class AgentSession(asyncio.Protocol):
 
         return check
 
-    # -- why it ended, on the kernel's IOPub (see iopub.py) -------------------------------
+    # -- why it ended, on the kernel's IOPub and shell (see iopub.py) ----------------------
     def _hold(self, stream: Stream) -> bool:
-        """The kernel's end of an IOPub connection closed: keep the client's connection
-        (not read from) until :meth:`explain`, the session's end or HOLD_SECONDS, if a
-        message can still be written into it; else let the stream close it."""
-        iopub = self._iopub.get(stream)
+        """The kernel's end of an IOPub or shell connection closed: keep the client's
+        connection (not read from) until :meth:`explain`, the session's end or
+        HOLD_SECONDS, if a message can still be written into it; else let the stream
+        close it."""
+        watched = self._watched.get(stream)
         t = stream.transport
         if (
-            iopub is None
+            watched is None
             or self._explained
-            or not iopub.limiter.between_messages
+            or not watched.limiter.between_messages
+            # A shell connection only while its client waits for a reply: held, what the
+            # client sends is lost, where a closed one has ZeroMQ keep it for the restart.
+            or (
+                isinstance(watched, _Shell)
+                and not any(map(watched.watch.waits_for, self._running()))
+            )
             or not isinstance(t, asyncio.Transport)
             or t.is_closing()
         ):
-            self._iopub.pop(stream, None)
+            self._watched.pop(stream, None)
             return False
         t.pause_reading()
-        iopub.held = True
+        watched.held = True
         asyncio.get_running_loop().call_later(HOLD_SECONDS, self._let_go, stream)
         return True
 
     def _let_go(self, stream: Stream) -> None:
-        iopub = self._iopub.pop(stream, None)
-        if iopub is not None and iopub.held and stream.transport is not None:
+        watched = self._watched.pop(stream, None)
+        if watched is not None and watched.held and stream.transport is not None:
             abort_transport(stream.transport)
 
     def explain(self, reason: str, key: bytes, signature_scheme: str) -> None:
         """On the relay loop, once: write into every IOPub client connection, between two
-        messages, an error saying ``reason`` (signed with ``key``, parented to the request
-        the kernel last answered there), then close those connections."""
+        messages, an error saying ``reason`` (signed with ``key``, parented to the
+        request the kernel last answered there); into the shell
+        connection of the client that sent the latest of those requests, if it has no
+        reply yet, that reply with the same error; then close those connections."""
         if self._explained:
             return
         self._explained = True
-        iopubs, self._iopub = self._iopub, {}
-        for stream, iopub in iopubs.items():
+        running = self._running()
+        watched, self._watched = self._watched, {}
+        writes: list[tuple[asyncio.WriteTransport, list[list[bytes]]]] = []
+        for stream, w in watched.items():
             stream.release("the sandbox ended")
             t = stream.transport
             if not isinstance(t, asyncio.WriteTransport) or t.is_closing():
                 continue
-            parent = iopub.watch.parent
-            if parent is not None and iopub.limiter.between_messages:
-                t.write(encode_message(stopped_message(reason, parent, key, signature_scheme)))
+            told = w.limiter.between_messages
+            writes.append(
+                (t, self._stopped(w, running, reason, key, signature_scheme) if told else [])
+            )
+        # Known as answered before any client can read a reply (batch.py waits for this).
+        self.explained.set()
+        for t, messages in writes:
+            for message in messages:
+                t.write(encode_message(message))
             t.close()  # after what is buffered
         self.log.info("%s: told its clients: %s", self.describe(), one_line(reason))
+
+    def _running(self) -> list[dict[str, Any]]:
+        """The requests the kernel last answered on each IOPub connection (one each)."""
+        found = (w.watch.parent for w in self._watched.values() if isinstance(w, _Iopub))
+        return list({str(p.get("msg_id")): p for p in found if p is not None}.values())
+
+    def _stopped(
+        self,
+        w: _Iopub | _Shell,
+        running: list[dict[str, Any]],
+        reason: str,
+        key: bytes,
+        scheme: str,
+    ) -> list[list[bytes]]:
+        """What explain writes into one client connection (noting the requests answered)."""
+        if isinstance(w, _Iopub):
+            parent = w.watch.parent
+            if parent is None:
+                return []
+            return [stopped_message(reason, parent, key, scheme)]
+        waiting = [p for p in running if w.watch.waits_for(p)]
+        self.answered.update(str(p.get("msg_id")) for p in waiting)
+        return [stopped_reply(reason, p, key, scheme) for p in waiting]
 
     def describe(self) -> str:
         """How log lines name this sandbox: its name and, once known, its kernel."""
@@ -392,5 +457,5 @@ class AgentSession(asyncio.Protocol):
         for transport in (self.transport, self._reader):
             if transport is not None and not transport.is_closing():
                 abort_transport(transport)
-        for stream in [s for s, iopub in self._iopub.items() if iopub.held]:
+        for stream in [s for s, w in self._watched.items() if w.held]:
             self._let_go(stream)

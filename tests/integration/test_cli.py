@@ -138,6 +138,42 @@ def test_run_says_the_kernel_hit_its_memory_limit(tmp_path: Path, docker_client)
     ]
 
 
+def test_nbconvert_allow_errors_keeps_a_memory_bomb_notebook(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    """Issue 20: the documented nbconvert command, after `install`, on a memory bomb writes
+    the notebook: the bomb's cell says the kernel hit its memory limit and the later cells
+    ran (in the restarted kernel)."""
+    limits = ["--memory", "512m", "--tmp-size", "64m", "--home-size", "64m"]
+    assert cli("install", "--prefix", str(tmp_path), "--pool-size", "0", *limits).returncode == 0
+    path = notebook(
+        tmp_path,
+        "print('before')",
+        "chunks = []\nwhile True:\n    chunks.append(bytearray(32 * 1024 * 1024))",
+        "print('after')",
+    )
+    out = tmp_path / "out.ipynb"
+    # What `install --prefix` wrote, found as `--sys-prefix`'s is inside the venv.
+    env = {
+        **os.environ,
+        "JUPYTER_PATH": str(tmp_path / "share" / "jupyter"),
+        "JUPYTER_CONFIG_PATH": str(tmp_path / "etc" / "jupyter"),
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+         "--allow-errors", "--ExecutePreprocessor.kernel_name=sandbox-python",
+         "--output", str(out), str(path)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert r.returncode == 0 and out.exists(), r.stderr[-3000:]
+    before, bomb, after = outputs(out)
+    assert before[0]["text"] == "before\n"
+    assert [o["evalue"] for o in bomb if o.get("ename") == "SandboxKernelStopped"] == [
+        "The sandboxed kernel was stopped: it hit its memory limit (512m)"
+    ], bomb
+    assert [o.get("text") for o in after] == ["after\n"], after
+
+
 def test_gc_removes_sandboxes_of_dead_processes_only(docker_client) -> None:  # type: ignore[no-untyped-def]
     """A sandbox whose Jupyter process died before its agent ran (still 'created') cannot
     end itself: gc (also run at a process's first launch) removes it; live ones stay."""

@@ -67,6 +67,12 @@ def test_install_by_root_is_readable_by_every_user(tmp_path: Path) -> None:
         "share/jupyter/kernels/sandbox-shared": "0o755",
         "share/jupyter/kernels/sandbox-shared/kernel.json": "0o644",
     }, modes  # fmt: skip
+    # The nbconvert config install writes beside it (sandbox_kernel/batch.py).
+    config = tmp_path / "etc" / "jupyter" / "jupyter_nbconvert_config.json"
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777)
+             for p in (config.parent.parent, config.parent, config)}  # fmt: skip
+    assert modes == {"etc": "0o755", "etc/jupyter": "0o755",
+                     "etc/jupyter/jupyter_nbconvert_config.json": "0o644"}, modes  # fmt: skip
 
 
 def test_install_with_a_malformed_limit_writes_nothing(tmp_path: Path) -> None:

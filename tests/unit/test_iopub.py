@@ -8,7 +8,14 @@ import json
 
 from jupyter_client.session import Session
 
-from sandbox_kernel.relay.iopub import DELIM, ENAME, IopubWatch, stopped_message
+from sandbox_kernel.relay.iopub import (
+    DELIM,
+    ENAME,
+    IopubWatch,
+    ShellWatch,
+    stopped_message,
+    stopped_reply,
+)
 from sandbox_kernel.relay.zmtp import GREETING_SIZE, ZmtpLimiter, encode_message
 
 KEY = b"k" * 64
@@ -68,3 +75,37 @@ def test_encoded_frames_read_back_whole() -> None:
     frames = [b"t", DELIM, b"", b"h" * 300, json.dumps({"a": 1}).encode()]
     limiter.feed(encode_message(frames))
     assert seen == [frames] and len(GREETING) == GREETING_SIZE
+
+
+def test_the_shell_reply_ends_the_request_for_its_client() -> None:
+    """The execute_reply on shell (what nbclient waits for) is signed, parented to the
+    running request, and says why."""
+    client = Session(key=KEY, signature_scheme="hmac-sha256")
+    request = client.msg("execute_request", {"code": "bomb()"})
+    parent = json.loads(client.pack(request["header"]))
+    reply = client.deserialize(
+        client.feed_identities(stopped_reply("why", parent, KEY, "hmac-sha256"))[1]
+    )
+    assert reply["msg_type"] == "execute_reply"
+    assert reply["parent_header"]["msg_id"] == request["msg_id"]
+    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == ENAME
+    assert reply["content"]["evalue"] == "The sandboxed kernel was stopped: why"
+
+
+def test_the_shell_watch_knows_its_client_and_what_was_answered() -> None:
+    """Only the connection of the client that sent the request, and only while it has no
+    reply, gets the host's reply (another client, or a finished cell, gets nothing)."""
+    kernel = Session(key=KEY)
+    mine, other = Session(key=KEY), Session(key=KEY)
+    watch = ShellWatch()
+    limiter = ZmtpLimiter(1 << 20, watch.on_message, 8192, 5)
+    limiter.feed(GREETING + READY)
+    info = mine.msg("kernel_info_request", {})
+    limiter.feed(
+        encode_message(kernel.serialize(kernel.msg("kernel_info_reply", {}, parent=info["header"])))
+    )
+    running = json.loads(mine.pack(mine.msg("execute_request", {"code": "1"})["header"]))
+    elsewhere = json.loads(other.pack(other.msg("execute_request", {"code": "1"})["header"]))
+    assert watch.waits_for(running) and not watch.waits_for(elsewhere)
+    limiter.feed(encode_message(kernel.serialize(kernel.msg("execute_reply", {}, parent=running))))
+    assert not watch.waits_for(running)
