@@ -57,6 +57,12 @@ class PooledSandbox:
     restored: bool = False  # restored from the pool's snapshot (else started afresh)
 
 
+# A fill that fails (a busy daemon, a sandbox killed while booting) is retried after 1, 2
+# and 4 s; after that the pool waits for the next launch. Only a policy that has started a
+# kernel is pooled at all (``refill``), so a retry is never a policy that cannot start.
+FILL_RETRIES = 3
+
+
 def _discard_console(_data: bytes) -> None:
     pass
 
@@ -88,6 +94,7 @@ class WarmPool:
         self._tasks: set[asyncio.Task[Any]] = set()  # keep references until done
         self.snapshots = SnapshotCycle(backend, log, self._checkpoint_fresh, self._track)
         self.restores = 0  # sandboxes this pool restored (stats, tests)
+        self.failed_fills = 0  # in a row; a fill that succeeds resets it
 
     @classmethod
     def get(
@@ -151,10 +158,22 @@ class WarmPool:
                 await self._remove(sandbox)
             else:
                 self.ready.append(sandbox)
+            self.failed_fills = 0
         except Exception as exc:
-            self.log.warning("warm pool: could not start a sandbox: %r", exc)
+            self.failed_fills += 1
+            retry = self.failed_fills <= FILL_RETRIES
+            self.log.warning(
+                "warm pool: could not start a sandbox: %r%s",
+                exc,
+                f" (retrying in {2 ** (self.failed_fills - 1)} s)" if retry else "",
+            )
+        else:
+            retry = False
         finally:
             self.filling -= 1
+        if retry:
+            await asyncio.sleep(2 ** (self.failed_fills - 1))  # drain cancels it
+            self.refill()
 
     async def _fresh(self) -> PooledSandbox:
         """A new sandbox whose agent has pre-initialised a kernel (removed on failure)."""

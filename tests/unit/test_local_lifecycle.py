@@ -242,6 +242,32 @@ def test_a_dead_pooled_sandbox_is_skipped_and_removed(specs: KernelSpecManager) 
             kernel.stop()
 
 
+def test_a_failed_fill_is_retried(
+    specs: KernelSpecManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool's first sandbox fails to start (as one killed while booting did, once, in
+    CI): the pool tries again after a second instead of staying empty until the next
+    launch."""
+    create = LocalBackend.create
+    failed: list[str] = []
+
+    async def fails_once(self: LocalBackend, *args: object, **kwargs: object) -> str:
+        owner = kwargs["owner"]
+        if getattr(owner, "pooled", False) and not failed:
+            failed.append(str(kwargs["name"]))
+            raise SandboxError("the sandbox's pipe closed")
+        return await create(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LocalBackend, "create", fails_once)
+    first = start(specs, "pooled")
+    try:
+        policy = provisioner(first.km).policy
+        wait_until(lambda: pool_ready(policy), "the warm pool to fill after a failed fill")
+        assert failed and failed[0] not in LocalBackend.sandboxes
+    finally:
+        first.stop()
+
+
 # -- failures ------------------------------------------------------------------------------
 
 
