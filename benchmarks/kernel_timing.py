@@ -129,6 +129,10 @@ def local_spec_dir() -> Path:
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "local",
         "language": "python",
+        # Named, not left to the default: where sandbox-kernel installed python3, a spec
+        # naming no provisioner runs sandboxed (kernelspec.host_kernelspec; this script
+        # also runs where sandbox_kernel is not installed).
+        "metadata": {"kernel_provisioner": {"provisioner_name": "local-provisioner"}},
     }
     (root / "local" / "kernel.json").write_text(json.dumps(spec))
     return root

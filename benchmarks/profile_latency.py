@@ -42,7 +42,7 @@ from sandbox_kernel import boot as boot_module  # noqa: E402
 from sandbox_kernel import provisioner as provisioner_module  # noqa: E402
 from sandbox_kernel.backends.docker import DockerBackend  # noqa: E402
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE  # noqa: E402
-from sandbox_kernel.kernelspec import build_kernelspec  # noqa: E402
+from sandbox_kernel.kernelspec import build_kernelspec, host_kernelspec  # noqa: E402
 
 CONFIGS: dict[str, dict[str, Any] | None] = {
     "local": None,
@@ -139,7 +139,7 @@ def kernel_dirs() -> KernelSpecManager:
         (root / name).mkdir()
         if config is None:
             argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-            spec: dict[str, Any] = {"argv": argv, "display_name": name, "language": "python"}
+            spec: dict[str, Any] = host_kernelspec(argv, name)
         else:
             spec = build_kernelspec({"image": DEFAULT_IMAGE, **config})
         (root / name / "kernel.json").write_text(json.dumps(spec))

@@ -63,7 +63,7 @@ from kernel_timing import (  # noqa: E402
 )
 
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE  # noqa: E402
-from sandbox_kernel.kernelspec import build_kernelspec  # noqa: E402
+from sandbox_kernel.kernelspec import build_kernelspec, host_kernelspec  # noqa: E402
 from sandbox_kernel.pool import WarmPool  # noqa: E402
 
 CONFIGS = {
@@ -138,11 +138,8 @@ def kernel_dirs() -> Path:
         d = root / slug(name)
         d.mkdir()
         if config is None:
-            spec = {
-                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                "display_name": "local",
-                "language": "python",
-            }
+            argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+            spec = host_kernelspec(argv, "local")
         else:
             spec = build_kernelspec({"image": DEFAULT_IMAGE, **config})
         (d / "kernel.json").write_text(json.dumps(spec))

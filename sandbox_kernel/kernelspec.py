@@ -14,12 +14,23 @@ behind another of the same name would never apply, so ``install`` refuses it, na
 default: installed under that name too (``install --name python3``, as quickstart.sh does),
 no notebook opens outside the sandbox (:func:`effective_kernelspecs` lets ``doctor`` say
 which spec each name reaches).
+
+That file can be replaced behind our back: ipykernel's wheel carries its own
+``share/jupyter/kernels/python3/kernel.json``, so ``pip install -U ipykernel`` (or an
+upgrade of anything that pulls it in) rewrites the environment's ``python3`` with a spec
+that names no provisioner. So installing ``python3`` into an environment also makes the
+sandbox the provisioner of every kernelspec there that names none: a ``.pth`` file in the
+environment's site-packages sets jupyter_client's ``JUPYTER_DEFAULT_PROVISIONER_NAME``
+(unless it is already set) in each of its Python processes, whichever tool starts the
+kernel (:func:`install_sandbox_default`). A kernel meant for the host names
+``local-provisioner`` itself (:func:`host_kernelspec`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sysconfig
 import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -35,6 +46,11 @@ DEFAULT_KERNEL_NAME = "sandbox-python"
 NOTEBOOK_DEFAULT_NAME = "python3"
 DEFAULT_DISPLAY_NAME = "Python 3 (sandboxed)"
 KERNEL_ARGV = ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+# jupyter_client reads this variable (KernelProvisionerFactory.default_provisioner_name_env)
+# for kernelspecs that name no provisioner; its own default is LOCAL_PROVISIONER.
+DEFAULT_PROVISIONER_ENV = "JUPYTER_DEFAULT_PROVISIONER_NAME"
+LOCAL_PROVISIONER = "local-provisioner"
+DEFAULT_PTH = "sandbox_kernel_default.pth"
 
 
 def build_kernelspec(config: Mapping[str, Any], display_name: str | None = None) -> dict[str, Any]:
@@ -54,6 +70,68 @@ def build_kernelspec(config: Mapping[str, Any], display_name: str | None = None)
             "kernel_provisioner": {"provisioner_name": PROVISIONER_NAME, "config": dict(config)},
         },
     }
+
+
+def host_kernelspec(argv: Sequence[str], display_name: str) -> dict[str, Any]:
+    """A kernelspec that runs ``argv`` on the host, unsandboxed, naming jupyter_client's
+    local provisioner itself (where the sandbox is the default, a spec naming none runs
+    in the sandbox)."""
+    return {
+        "argv": list(argv),
+        "display_name": display_name,
+        "language": "python",
+        "metadata": {"kernel_provisioner": {"provisioner_name": LOCAL_PROVISIONER}},
+    }
+
+
+def sandboxed_by_default(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether a kernelspec that names no provisioner runs in the sandbox here."""
+    return environ.get(DEFAULT_PROVISIONER_ENV) == PROVISIONER_NAME
+
+
+def default_pth_text() -> str:
+    """The ``.pth`` line (run by Python's ``site`` at every start of the environment's
+    interpreter): the sandbox as the default provisioner, unless the variable is set."""
+    return f"import os; os.environ.setdefault({DEFAULT_PROVISIONER_ENV!r}, {PROVISIONER_NAME!r})\n"
+
+
+def host_spec_argv(argv: Sequence[str], name: str) -> list[str]:
+    """The command a kernelspec that names no provisioner (written for the host, e.g. by
+    ipykernel's wheel or ``ipykernel install``) runs in the sandbox where the sandbox is
+    the default (pure): an ipykernel command runs with the image's ``python3`` (the host's
+    interpreter path means nothing inside); any other kernel is refused, naming the way
+    to run it on the host."""
+    if len(argv) >= 3 and list(argv[1:3]) == ["-m", "ipykernel_launcher"]:
+        return [KERNEL_ARGV[0], *argv[1:]]
+    program = argv[0] if argv else ""
+    raise SandboxError(
+        f"kernelspec {name!r} names no provisioner, and here the sandbox is the default "
+        f"({DEFAULT_PROVISIONER_ENV}={PROVISIONER_NAME}, set by {DEFAULT_PTH}); the "
+        f"sandbox's image runs Python kernels (ipykernel), not {program!r}. "
+        "To run this kernel on the host, unsandboxed, name the provisioner in its kernel.json: "
+        f'"metadata": {{"kernel_provisioner": {{"provisioner_name": "{LOCAL_PROVISIONER}"}}}}'
+    )
+
+
+def install_sandbox_default(prefix: str) -> tuple[str, bool]:
+    """Write :data:`DEFAULT_PTH` into the site-packages of the environment at ``prefix``;
+    return (its path, whether anything changed)."""
+    site = sysconfig.get_paths(vars={"base": prefix, "platbase": prefix})["purelib"]
+    path = os.path.join(site, DEFAULT_PTH)
+    text = default_pth_text()
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return path, False
+    except OSError:
+        pass
+    make_readable_dirs(site)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)  # never a half-written file that site would run
+    return path, True
 
 
 def install_kernelspec(
@@ -161,7 +239,8 @@ def effective_kernelspecs(
     """name -> (the folder Jupyter resolves it to, or "" if none; the sandbox settings of
     that spec, or None when it does not use the sandbox provisioner): what ``doctor``
     and ``ps`` report. ``names`` None: every kernelspec Jupyter finds here. ``python3``
-    with no spec file falls back to ipykernel's own (unsandboxed)."""
+    with no spec file falls back to ipykernel's own (sandboxed only where the sandbox is
+    the default provisioner, like every spec that names none)."""
     from jupyter_client.kernelspec import KernelSpecManager
 
     specs = KernelSpecManager().find_kernel_specs()
@@ -179,6 +258,8 @@ def _sandbox_config(folder: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     provisioner = (spec.get("metadata") or {}).get("kernel_provisioner") or {}
+    if "provisioner_name" not in provisioner and sandboxed_by_default():
+        return {}  # jupyter_client hands it to the sandbox, with the default settings
     if provisioner.get("provisioner_name") != PROVISIONER_NAME:
         return None
     config = provisioner.get("config")

@@ -23,7 +23,13 @@ from .flags import add_flags, from_flags
 def cmd_install(args: argparse.Namespace) -> int:
     from ..batch import install_nbconvert_config
     from ..configured import configure
-    from ..kernelspec import beyond_host, build_kernelspec, install_kernelspec
+    from ..kernelspec import (
+        NOTEBOOK_DEFAULT_NAME,
+        beyond_host,
+        build_kernelspec,
+        install_kernelspec,
+        install_sandbox_default,
+    )
 
     config = from_flags(args)  # only what was given: the rest keeps its default
     spec = build_kernelspec(config, display_name=args.display_name)
@@ -33,6 +39,10 @@ def cmd_install(args: argparse.Namespace) -> int:
         spec, name, user=args.user, prefix=prefix, replace=args.replace
     )
     print(f"{'installed' if changed else 'already installed'}: kernelspec {name!r} in {path}")
+    if name == NOTEBOOK_DEFAULT_NAME and prefix is not None:
+        # ipykernel's wheel rewrites python3 on upgrade: the sandbox stays the default.
+        pth, _ = install_sandbox_default(prefix)
+        print(f"kernelspecs that name no provisioner run sandboxed in this environment ({pth})")
     # nbconvert --execute --allow-errors then keeps going after a limit stops a kernel.
     config_path = install_nbconvert_config(args.user, prefix)
     if config_path is not None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import docker
 import nbformat
 
+from sandbox_kernel.kernelspec import DEFAULT_PROVISIONER_ENV, PROVISIONER_NAME, host_kernelspec
 from tests.helpers import REPO, cli
 
 
@@ -232,10 +233,16 @@ def test_ps_shows_each_kernelspecs_effective_limits(tmp_path: Path) -> None:
     r = cli("install", "--prefix", str(tmp_path), "--name", "ps-limits", "--memory", "1g",
             "--cpus", "0.5")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    host = tmp_path / "share" / "jupyter" / "kernels" / "ps-host"
-    host.mkdir()
-    (host / "kernel.json").write_text(json.dumps({"argv": ["python3"], "display_name": "h"}))
-    ps = cli("ps", env={"JUPYTER_PATH": str(tmp_path / "share" / "jupyter")})
+    kernels = tmp_path / "share" / "jupyter" / "kernels"
+    for name, spec in (
+        ("ps-host", host_kernelspec(["python3"], "h")),
+        ("ps-unnamed", {"argv": ["python3"], "display_name": "u"}),  # names no provisioner
+    ):
+        (kernels / name).mkdir()
+        (kernels / name / "kernel.json").write_text(json.dumps(spec))
+    # As .venv's .pth sets it after the quickstart (the test's own process has it too).
+    default = {DEFAULT_PROVISIONER_ENV: PROVISIONER_NAME}
+    ps = cli("ps", env={"JUPYTER_PATH": str(tmp_path / "share" / "jupyter"), **default})
     assert ps.returncode == 0, ps.stderr
     lines = {line.split()[0]: line for line in ps.stdout.splitlines() if line.strip()}
     assert "KERNELSPEC" in lines, ps.stdout
@@ -244,3 +251,4 @@ def test_ps_shows_each_kernelspecs_effective_limits(tmp_path: Path) -> None:
         str(tmp_path / "share" / "jupyter" / "kernels" / "ps-limits")
     )
     assert "NOT SANDBOXED" in lines["ps-host"], lines["ps-host"]
+    assert lines["ps-unnamed"].split()[1:3] == ["docker", "2g"], lines["ps-unnamed"]

@@ -23,11 +23,23 @@ import pytest
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from sandbox_kernel.kernelspec import NOTEBOOK_DEFAULT_NAME, PROVISIONER_NAME
+from sandbox_kernel.kernelspec import (
+    DEFAULT_PROVISIONER_ENV,
+    NOTEBOOK_DEFAULT_NAME,
+    PROVISIONER_NAME,
+)
 from tests.integration.browser import chromium_page, wait_for
 from tests.integration.servers import JupyterServer, ws_execute
 
 BIN = Path(sys.executable).parent
+# What ipykernel 7.4.0's wheel carries as share/jupyter/kernels/python3/kernel.json.
+IPYKERNEL_WHEEL_SPEC = {
+    "argv": ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+    "display_name": "Python 3 (ipykernel)",
+    "language": "python",
+    "metadata": {"debugger": True, "supported_encryption": ["curve"]},
+    "kernel_protocol_version": "5.5",
+}
 SECRET = "ANSWER-KEY-4242"
 # Prints gVisor's kernel release and whether the file next to the notebook is readable.
 PROBE = (
@@ -85,10 +97,28 @@ def test_python3_resolves_to_the_sandbox(as_installed: dict[str, str]) -> None:
     assert provisioner.get("provisioner_name") == PROVISIONER_NAME, spec
 
 
+@pytest.fixture
+def after_ipykernel_upgrade(tmp_path: Path, as_installed: dict[str, str]) -> dict[str, str]:
+    """As installed, then ``pip install -U ipykernel``: its wheel's own python3 spec (no
+    provisioner, ``python`` on PATH) is what Jupyter resolves ``python3`` to. Placed first
+    in JUPYTER_PATH rather than over the venv's file, which other tests use; resolved the
+    same way. The variable the venv's ``.pth`` sets is removed from the environment, so
+    only that file can set it."""
+    kernels = Path(as_installed["JUPYTER_PATH"]) / "kernels" / "python3"
+    kernels.mkdir(parents=True)
+    (kernels / "kernel.json").write_text(json.dumps(IPYKERNEL_WHEEL_SPEC))
+    return {k: v for k, v in as_installed.items() if k != DEFAULT_PROVISIONER_ENV}
+
+
 @pytest.mark.parametrize("tool", ["nbconvert", "papermill", "nbclient"])
+@pytest.mark.parametrize("setup", ["as_installed", "after_ipykernel_upgrade"])
 def test_downloaded_notebook_runs_sandboxed(
-    tool: str, tmp_path: Path, as_installed: dict[str, str]
+    tool: str, setup: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    """Also after ipykernel's wheel rewrote python3 (an upgrade of ipykernel, or of
+    JupyterLab pulling a new one): the spec names no provisioner, and in this
+    environment that means the sandbox (kernelspec.install_sandbox_default)."""
+    env: dict[str, str] = request.getfixturevalue(setup)
     notebook = downloaded_notebook(tmp_path)
     out = tmp_path / "out.ipynb"
     commands = {
@@ -103,7 +133,7 @@ def test_downloaded_notebook_runs_sandboxed(
                      str(notebook), str(out), str(tmp_path)],
     }  # fmt: skip
     r = subprocess.run(
-        commands[tool], cwd=tmp_path, env=as_installed, capture_output=True, text=True,
+        commands[tool], cwd=tmp_path, env=env, capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]

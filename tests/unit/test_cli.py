@@ -46,6 +46,20 @@ def test_install_shows_in_jupyter_kernelspec_list(tmp_path: Path) -> None:
     )
 
 
+def test_installing_python3_makes_the_sandbox_the_environments_default(tmp_path: Path) -> None:
+    """``install --name python3`` into an environment also writes the ``.pth`` that keeps
+    the sandbox the default when ipykernel's wheel rewrites python3; other names do not."""
+    from sandbox_kernel.kernelspec import DEFAULT_PTH
+
+    other = cli("install", "--prefix", str(tmp_path), "--name", "sandbox-test")
+    assert other.returncode == 0, other.stderr
+    assert not list(tmp_path.rglob(DEFAULT_PTH))
+    r = cli("install", "--prefix", str(tmp_path), "--name", "python3")
+    assert r.returncode == 0, r.stderr
+    [pth] = list(tmp_path.rglob(DEFAULT_PTH))
+    assert "site-packages" in pth.parts and str(pth) in r.stdout
+
+
 def test_install_by_root_is_readable_by_every_user(tmp_path: Path) -> None:
     """A kernelspec installed for all users (--prefix, --sys-prefix) must be readable by
     other users' Jupyter servers, whatever the installing shell's umask (root's is often
