@@ -32,6 +32,8 @@ def cmd_install(args: argparse.Namespace) -> int:
     )
 
     config = from_flags(args)  # only what was given: the rest keeps its default
+    if args.host:
+        return _install_host_kernel(args, config)
     spec = build_kernelspec(config, display_name=args.display_name)
     prefix = sys.prefix if args.sys_prefix else args.prefix
     name = args.name or default_kernel_name(config.get("backend", DEFAULT_BACKEND))
@@ -50,6 +52,36 @@ def cmd_install(args: argparse.Namespace) -> int:
     policy = configure(config).policy
     for warning in beyond_host(policy.memory_bytes, policy.cpus, _host_memory(), _host_cpus()):
         print(f"sandbox-kernel: warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _install_host_kernel(args: argparse.Namespace, config: dict[str, object]) -> int:
+    """``install --host``: the explicit opt-out, a kernelspec that runs this Python's
+    ipykernel on the host and names the local provisioner (where the sandbox is the
+    default, one naming none would run sandboxed). Never under a name notebooks ask for."""
+    from ..errors import SandboxError
+    from ..kernelspec import (
+        DEFAULT_KERNEL_NAME,
+        NOTEBOOK_DEFAULT_NAME,
+        host_kernelspec,
+        install_kernelspec,
+    )
+
+    if config:
+        raise SandboxError(f"--host runs no sandbox: drop {', '.join(sorted(config))}")
+    if not args.name or args.name.lower() in (NOTEBOOK_DEFAULT_NAME, DEFAULT_KERNEL_NAME):
+        raise SandboxError(
+            "--host needs a --name of its own (e.g. python3-host): not "
+            f"{NOTEBOOK_DEFAULT_NAME} or {DEFAULT_KERNEL_NAME}, which notebooks ask for"
+        )
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    spec = host_kernelspec(argv, args.display_name or "Python 3 (HOST, NOT sandboxed)")
+    prefix = sys.prefix if args.sys_prefix else args.prefix
+    path, changed = install_kernelspec(
+        spec, args.name, user=args.user, prefix=prefix, replace=args.replace
+    )
+    done = "installed" if changed else "already installed"
+    print(f"{done}: kernelspec {args.name!r} in {path}: the host's ipykernel, NOT sandboxed")
     return 0
 
 
@@ -236,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--replace", action="store_true", help="overwrite a different existing kernelspec"
+    )
+    p.add_argument(
+        "--host",
+        action="store_true",
+        help="instead: this Python's ipykernel on the host, NOT sandboxed (needs its own --name)",
     )
     add_flags(p)
     p.set_defaults(func=cmd_install)

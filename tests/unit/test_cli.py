@@ -60,6 +60,24 @@ def test_installing_python3_makes_the_sandbox_the_environments_default(tmp_path:
     assert "site-packages" in pth.parts and str(pth) in r.stdout
 
 
+def test_install_host_is_the_explicit_named_opt_out(tmp_path: Path) -> None:
+    """``install --host``: the host's ipykernel naming the local provisioner (so it stays on
+    the host where the sandbox is the default), never as python3, with no sandbox setting."""
+    r = cli("install", "--prefix", str(tmp_path), "--host", "--name", "python3-host")
+    assert r.returncode == 0 and "NOT sandboxed" in r.stdout, r.stderr
+    spec = kernelspecs(tmp_path)["python3-host"]["spec"]
+    assert spec["metadata"]["kernel_provisioner"]["provisioner_name"] == "local-provisioner"
+    assert spec["argv"][0] == sys.executable and "HOST" in spec["display_name"]
+    for refused, needle in (
+        (["--name", "python3"], "--name of its own"),
+        (["--name", "x-host", "--memory", "1g"], "drop memory_limit"),
+    ):
+        bad = cli("install", "--prefix", str(tmp_path), "--host", *refused)
+        assert bad.returncode == 1 and needle in bad.stderr, bad.stderr
+    written = tmp_path / "share" / "jupyter" / "kernels"
+    assert [d.name for d in written.iterdir()] == ["python3-host"]  # nothing else written
+
+
 def test_install_by_root_is_readable_by_every_user(tmp_path: Path) -> None:
     """A kernelspec installed for all users (--prefix, --sys-prefix) must be readable by
     other users' Jupyter servers, whatever the installing shell's umask (root's is often
