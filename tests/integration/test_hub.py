@@ -164,7 +164,7 @@ def hub_setup() -> Iterator[HubSetup]:
                 capture_output=True, text=True, timeout=120, preexec_fn=lambda: os.umask(0o077),
             )  # fmt: skip
             assert install.returncode == 0, install.stderr
-            (admin / "etc").mkdir(mode=0o755)
+            (admin / "etc").mkdir(mode=0o755, exist_ok=True)  # install wrote etc/jupyter
             shutil.copyfile(
                 EXAMPLES / "jupyter_server_config.py", admin / "etc/jupyter_server_config.py"
             )
