@@ -76,10 +76,10 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     S(
         "runtime",
-        "runsc",
-        "which gVisor: runsc (Debian's), runsc-current (the current gVisor setup-host builds "
-        "with SANDBOX_KERNEL_RUNSC=current); the docker backend takes any Docker runtime "
-        "with allow_weaker_runtime",
+        "runsc-current",
+        "which gVisor: runsc-current (the current gVisor setup-host builds), runsc (Debian's "
+        "2024 release, more gaps: docs/security.md); the docker backend takes any Docker "
+        "runtime with allow_weaker_runtime",
         "str",
         backends=("docker", "runsc"),
         group="sandbox",
@@ -105,9 +105,9 @@ SETTINGS: tuple[Setting, ...] = (
     S(
         "platform",
         "systrap",
-        "how gVisor intercepts the kernel's system calls: systrap (fastest per call; this "
-        "runsc's idle sandbox costs ~2 % of a core) or ptrace (slower per call, ~0.3 % of a "
-        "core idle: for many idle kernels); docs/backends.md",
+        "how gVisor intercepts the kernel's system calls: systrap (fastest per call; an idle "
+        "sandbox costs ~2 % of a core on Debian's runsc, ~0.02 % on runsc-current) or ptrace "
+        "(slower per call, ~0.3 % of a core idle on Debian's runsc); docs/backends.md",
         "enum",
         choices=("systrap", "ptrace"),
         backends=("runsc",),

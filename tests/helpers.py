@@ -41,11 +41,11 @@ from sandbox_kernel.settings import BY_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "docs" / "examples"  # the configs docs/*.md tell operators to use
-# The Docker runtime the default kernelspecs (sandbox-python, sandbox-small) use:
-# SANDBOX_KERNEL_TEST_RUNTIME=runsc-current runs the integration and security suites on the
-# current gVisor that `SANDBOX_KERNEL_RUNSC=current setup-host` registers (docs/backends.md),
-# and the runsc backend's kernelspecs on its binary; unset, the kernelspec's own default
-# (runsc). Verdicts follow the gap table of the release that runs (gvisor_release).
+# The Docker runtime the default kernelspecs (sandbox-python, sandbox-small) use, and the
+# runsc backend's kernelspecs' binary: unset, the kernelspec's own default (runsc-current,
+# the current gVisor setup-host builds); SANDBOX_KERNEL_TEST_RUNTIME=runsc runs the
+# integration and security suites on Debian's runsc (docs/backends.md). Verdicts follow
+# the gap table of the release that runs (gvisor_release).
 DEFAULT_RUNTIME: str = BY_NAME["runtime"].default
 TEST_RUNTIME = os.environ.get("SANDBOX_KERNEL_TEST_RUNTIME") or DEFAULT_RUNTIME
 # The runsc backend on the same gVisor (root and rootless kernelspecs).

@@ -4,11 +4,12 @@
 #   bubblewrap and firejail for the daemon-less backends (see docs/backends.md).
 # Idempotent: safe to run again. Starts dockerd detached when no service manager does.
 #
-# Opt-in, SANDBOX_KERNEL_RUNSC=current: also build a current gVisor from its Go module
-# (`go install`, pinned below, checked), kept apart from Debian's runsc and registered with
-# dockerd as a second runtime, runsc-current; the default runtime stays Debian's runsc.
-# Needs Go (https://go.dev/dl, the version gVisor's go.mod names) and the Go module proxy;
-# what it changes and what was measured with it: docs/backends.md, "The current gVisor".
+# gVisor: the current one, built from its Go module (`go install`, pinned in
+# runsc_current.env, checked) and registered with dockerd as runsc-current, the kernelspecs'
+# default runtime; Debian's runsc (2024) is installed and registered as runsc beside it.
+# Needs Go (https://go.dev/dl, the version gVisor's go.mod names) and the Go module proxy.
+# SANDBOX_KERNEL_RUNSC=debian: no build, Debian's runsc only (its wider gap table); the
+# kernelspecs must then name runtime runsc. Why: docs/backends.md, "The current gVisor".
 set -euo pipefail
 
 log() { printf '[setup-host] %s\n' "$*" >&2; }
@@ -17,16 +18,18 @@ log() { printf '[setup-host] %s\n' "$*" >&2; }
 # The current gVisor: a pin, so every host runs the same, checked build (RUNSC_CURRENT_PIN,
 # _RUNTIME and _DIR, shared with the Python side).
 . "$(dirname "${BASH_SOURCE[0]}")/runsc_current.env"
-case "${SANDBOX_KERNEL_RUNSC:-}" in
-  ""|debian) want_current= ;;
+case "${SANDBOX_KERNEL_RUNSC:-current}" in
   current) want_current=1 ;;
-  *) log "SANDBOX_KERNEL_RUNSC=${SANDBOX_KERNEL_RUNSC}: expected 'current' (or unset)"; exit 1 ;;
+  debian) want_current=
+    log "SANDBOX_KERNEL_RUNSC=debian: Debian's runsc only; kernelspecs need --runtime runsc" ;;
+  *) log "SANDBOX_KERNEL_RUNSC=${SANDBOX_KERNEL_RUNSC}: expected 'current' (the default) or 'debian'"; exit 1 ;;
 esac
 go_bin=
 if [ -n "$want_current" ]; then
   go_bin=$(command -v go || { [ -x /usr/local/go/bin/go ] && echo /usr/local/go/bin/go; } || true)
-  [ -n "$go_bin" ] || { log "SANDBOX_KERNEL_RUNSC=current needs Go to build runsc: install it \
-(https://go.dev/doc/install, into /usr/local/go or on PATH) and run again"; exit 1; }
+  [ -n "$go_bin" ] || { log "building the current gVisor needs Go: install it \
+(https://go.dev/doc/install, into /usr/local/go or on PATH) and run again; or, knowingly, \
+SANDBOX_KERNEL_RUNSC=debian for Debian's older runsc (docs/security.md lists its extra gaps)"; exit 1; }
 fi
 
 . /etc/os-release
@@ -99,7 +102,8 @@ build_pinned() {
        nice -n 19 "$go_bin" install "$@" "$pkg@$RUNSC_CURRENT_PIN"; then
     rm -rf "$build"; rmdir "$RUNSC_CURRENT_DIR" 2>/dev/null || true
     log "go install $pkg@$RUNSC_CURRENT_PIN failed (see above): is the pin a published module \
-version, Go as recent as gVisor's go.mod asks, the Go module proxy (GOPROXY) reachable?"
+version, Go as recent as gVisor's go.mod asks, the Go module proxy (GOPROXY) reachable? \
+(Debian's older runsc instead, knowingly: SANDBOX_KERNEL_RUNSC=debian)"
     exit 1
   fi
   got=$(built_version "$build/${pkg##*/}")
