@@ -27,7 +27,7 @@ from sandbox_kernel.errors import PolicyError
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.kernelspec import build_kernelspec
 from sandbox_kernel.security.expectations import expected_blocked
-from tests.helpers import Kernel, gvisor_release, listening_ports, our_containers
+from tests.helpers import DEFAULT_RUNTIME, Kernel, gvisor_release, listening_ports, our_containers
 
 NEVER = [
     "GITHUB_TOKEN",
@@ -153,7 +153,8 @@ def test_listed_harmless_variables_do_get_in(
     # os.environ and the kernel's own /proc/<pid>/environ; the agent's too on a gVisor
     # release with the info-agent-proc gap (it holds no secret either way: the readout of
     # the test above would see one that got through wherever the kernel can read it).
-    agent_readable = not expected_blocked("docker", "info-agent-proc", gvisor_release("docker"))
+    release = gvisor_release("docker", DEFAULT_RUNTIME)  # the spec names no runtime
+    agent_readable = not expected_blocked("docker", "info-agent-proc", release)
     assert len(seen) >= (3 if agent_readable else 2), f"the readout saw: {list(seen)}"
 
 
