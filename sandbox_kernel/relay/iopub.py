@@ -8,13 +8,15 @@ ended (its memory limit, a protocol error), the session writes one more message 
 client's IOPub connection, between two of the kernel's messages: an ``error`` signed with
 the kernel's key and parented to that request (:func:`stopped_message`), so the cell that
 was running shows the reason (JupyterLab, nbclient) before jupyter_client restarts the
-kernel. No ``status: idle`` follows it: the kernel is not idle but gone, and Jupyter
-Server would report it idle until the restart is over (its restarter does not reset
-that state); nbclient, which waits for one, gives up after its ``iopub_timeout``. On
-each shell connection of the client that sent that request (:class:`ShellWatch`: the
-client sessions its replies went to) and that has no reply to it yet, it writes the
-request's ``execute_reply``, status ``error`` with the same reason (:func:`stopped_reply`):
-a client waiting for the reply (nbclient, so ``nbconvert --execute --allow-errors``)
+kernel, and a ``status: idle`` after it (the request is over: without it Jupyter Server
+keeps the bomb's "busy" as the kernel's state, and on the browser's reconnect after the
+restart it then skips its "nudge", which is what waits until the reconnected IOPub
+subscription receives: the page could stay at kernel status "Unknown", the next cell's
+output lost). Until the restart is over the server reports the kernel idle. On each shell connection
+of the client that sent that request (:class:`ShellWatch`: the client sessions its
+replies went to) and that has no reply to it yet, it writes the request's
+``execute_reply``, status ``error`` with the same reason (:func:`stopped_reply`): a
+client waiting for the reply (nbclient, so ``nbconvert --execute --allow-errors``)
 records the error and goes on instead of finding the kernel dead. The parent header comes
 from the kernel, which holds the key anyway: copying it gives the kernel nothing it could
 not sign itself.
@@ -136,6 +138,15 @@ def stopped_message(
 ) -> list[bytes]:
     """The frames of an IOPub ``error`` saying why the kernel was stopped."""
     return [TOPIC, *_signed("error", _error_content(reason), parent, key, signature_scheme)]
+
+
+def idle_message(parent: dict[str, Any], key: bytes, signature_scheme: str) -> list[bytes]:
+    """The IOPub ``status: idle`` that ends the request ``parent`` for its client."""
+    content = {"execution_state": "idle"}
+    return [
+        b"kernel.sandbox-kernel.status",
+        *_signed("status", content, parent, key, signature_scheme),
+    ]
 
 
 def stopped_reply(

@@ -41,6 +41,7 @@ from .iopub import (
     CAPTURE_FRAMES,
     IopubWatch,
     ShellWatch,
+    idle_message,
     stopped_message,
     stopped_reply,
 )
@@ -283,8 +284,8 @@ class AgentSession(asyncio.Protocol):
 
     def explain(self, reason: str, key: bytes, signature_scheme: str) -> None:
         """On the relay loop, once: write into every IOPub client connection, between two
-        messages, an error saying ``reason`` (signed with ``key``, parented to the
-        request the kernel last answered there); into the shell
+        messages, an error saying ``reason`` and an idle status (signed with ``key``,
+        parented to the request the kernel last answered there); into the shell
         connection of the client that sent the latest of those requests, if it has no
         reply yet, that reply with the same error; then close those connections."""
         if self._explained:
@@ -328,7 +329,7 @@ class AgentSession(asyncio.Protocol):
             parent = w.watch.parent
             if parent is None:
                 return []
-            return [stopped_message(reason, parent, key, scheme)]
+            return [stopped_message(reason, parent, key, scheme), idle_message(parent, key, scheme)]
         waiting = [p for p in running if w.watch.waits_for(p)]
         self.answered.update(str(p.get("msg_id")) for p in waiting)
         return [stopped_reply(reason, p, key, scheme) for p in waiting]

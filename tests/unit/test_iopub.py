@@ -13,6 +13,7 @@ from sandbox_kernel.relay.iopub import (
     ENAME,
     IopubWatch,
     ShellWatch,
+    idle_message,
     stopped_message,
     stopped_reply,
 )
@@ -77,9 +78,9 @@ def test_encoded_frames_read_back_whole() -> None:
     assert seen == [frames] and len(GREETING) == GREETING_SIZE
 
 
-def test_the_shell_reply_ends_the_request_for_its_client() -> None:
-    """The execute_reply on shell (what nbclient waits for) is signed, parented to the
-    running request, and says why."""
+def test_the_shell_reply_and_idle_end_the_request_for_its_client() -> None:
+    """The execute_reply on shell (what nbclient waits for) and the idle on IOPub are
+    signed, parented to the running request, and say why."""
     client = Session(key=KEY, signature_scheme="hmac-sha256")
     request = client.msg("execute_request", {"code": "bomb()"})
     parent = json.loads(client.pack(request["header"]))
@@ -90,6 +91,9 @@ def test_the_shell_reply_ends_the_request_for_its_client() -> None:
     assert reply["parent_header"]["msg_id"] == request["msg_id"]
     assert reply["content"]["status"] == "error" and reply["content"]["ename"] == ENAME
     assert reply["content"]["evalue"] == "The sandboxed kernel was stopped: why"
+    idle = client.deserialize(client.feed_identities(idle_message(parent, KEY, "hmac-sha256"))[1])
+    assert idle["content"] == {"execution_state": "idle"}
+    assert idle["parent_header"]["msg_id"] == request["msg_id"]
 
 
 def test_the_shell_watch_knows_its_client_and_what_was_answered() -> None:
