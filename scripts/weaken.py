@@ -400,6 +400,8 @@ WEAKENINGS: tuple[Weakening, ...] = (
             attacks("priv-mknod or priv-userns"),
             on("docker-runc", "priv-mknod or priv-userns"),
             on("bwrap", "priv-mknod or priv-userns"),
+            # The current gVisor refuses device nodes by itself; Debian's runsc does not.
+            on("debian-runsc", "priv-mknod or priv-userns"),
         ),
     ),
     Weakening(
@@ -412,6 +414,7 @@ WEAKENINGS: tuple[Weakening, ...] = (
             attacks("priv-mknod or priv-userns"),
             on("docker-runc", "priv-mknod or priv-userns"),
             on("bwrap", "priv-mknod or priv-userns"),
+            on("debian-runsc", "priv-mknod or priv-userns"),
         ),
     ),
     Weakening(

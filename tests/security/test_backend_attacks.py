@@ -18,7 +18,7 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 
 from sandbox_kernel.security import ATTACKS, Attack
-from sandbox_kernel.security.expectations import GAPS, expected_blocked
+from sandbox_kernel.security.expectations import GAPS, GVISOR_BACKENDS, expected_blocked
 from tests.helpers import BACKEND_CONFIGS, Kernel, backend_of, running_kernel, variant_release
 from tests.security.attempts import attempt, check_gap_detail
 
@@ -113,8 +113,8 @@ def test_clone3_is_answered_enosys(backend: str, backend_kernel: Kernel) -> None
         "json.dumps({'no output': r.stderr[-500:]}))\n"
     )
     seen = backend_kernel.value(code)
-    if backend_of(backend) == "runsc":
-        # gVisor: this runsc ignores errnoRet, so clone3 cannot be answered ENOSYS without
+    if backend_of(backend) in GVISOR_BACKENDS:
+        # gVisor (runsc, or docker on runsc): runsc ignores errnoRet, so clone3 cannot be answered ENOSYS without
         # breaking threads; it stays allowed, as under the docker backend, and what its user
         # namespace can do is the catalogue's (priv-userns-*, net-userns-*; gap table).
         assert seen == dict.fromkeys(
