@@ -138,8 +138,7 @@ def kernel_dirs() -> KernelSpecManager:
     for name, config in CONFIGS.items():
         (root / name).mkdir()
         if config is None:
-            argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-            spec: dict[str, Any] = host_kernelspec(argv, name)
+            spec: dict[str, Any] = host_kernelspec(name)
         else:
             spec = build_kernelspec({"image": DEFAULT_IMAGE, **config})
         (root / name / "kernel.json").write_text(json.dumps(spec))

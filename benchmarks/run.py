@@ -138,8 +138,7 @@ def kernel_dirs() -> Path:
         d = root / slug(name)
         d.mkdir()
         if config is None:
-            argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-            spec = host_kernelspec(argv, "local")
+            spec = host_kernelspec("local")
         else:
             spec = build_kernelspec({"image": DEFAULT_IMAGE, **config})
         (d / "kernel.json").write_text(json.dumps(spec))

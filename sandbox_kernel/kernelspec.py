@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import sysconfig
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -72,16 +73,22 @@ def build_kernelspec(config: Mapping[str, Any], display_name: str | None = None)
     }
 
 
-def host_kernelspec(argv: Sequence[str], display_name: str) -> dict[str, Any]:
-    """A kernelspec that runs ``argv`` on the host, unsandboxed, naming jupyter_client's
-    local provisioner itself (where the sandbox is the default, a spec naming none runs
-    in the sandbox)."""
+def host_kernelspec(display_name: str, argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """A kernelspec that runs ``argv`` (default: this interpreter's ipykernel) on the host,
+    unsandboxed, naming jupyter_client's local provisioner itself (where the sandbox is
+    the default, a spec naming none runs in the sandbox)."""
     return {
-        "argv": list(argv),
+        "argv": list(argv) if argv is not None else [sys.executable, *KERNEL_ARGV[1:]],
         "display_name": display_name,
         "language": "python",
         "metadata": {"kernel_provisioner": {"provisioner_name": LOCAL_PROVISIONER}},
     }
+
+
+def names_provisioner(spec_metadata: Mapping[str, Any] | None) -> bool:
+    """Whether a kernelspec's metadata names its provisioner (as jupyter_client decides
+    whether the default provisioner applies)."""
+    return "provisioner_name" in ((spec_metadata or {}).get("kernel_provisioner") or {})
 
 
 def sandboxed_by_default(environ: Mapping[str, str] = os.environ) -> bool:
@@ -257,9 +264,9 @@ def _sandbox_config(folder: str) -> dict[str, Any] | None:
             spec = json.load(f)
     except (OSError, ValueError):
         return None
-    provisioner = (spec.get("metadata") or {}).get("kernel_provisioner") or {}
-    if "provisioner_name" not in provisioner and sandboxed_by_default():
+    if not names_provisioner(spec.get("metadata")) and sandboxed_by_default():
         return {}  # jupyter_client hands it to the sandbox, with the default settings
+    provisioner = (spec.get("metadata") or {}).get("kernel_provisioner") or {}
     if provisioner.get("provisioner_name") != PROVISIONER_NAME:
         return None
     config = provisioner.get("config")

@@ -46,7 +46,7 @@ from .exchange.host import HostExchange
 from .inside import ops
 from .inside.protocol import INSIDE_PORTS
 from .kernel_slots import SLOTS, KernelLimitReached
-from .kernelspec import host_spec_argv
+from .kernelspec import host_spec_argv, names_provisioner
 from .policy import INSIDE_CONNECTION_FILE, SandboxPolicy
 from .pool import WarmPool
 from .prewarm import prewarm_command
@@ -199,8 +199,7 @@ class SandboxProvisioner(KernelProvisionerBase):
         argv = list(self.kernel_spec.argv) + list(extra)
         if not argv:
             raise SandboxError("the kernelspec has an empty argv")
-        named = (getattr(self.kernel_spec, "metadata", None) or {}).get("kernel_provisioner")
-        if not (named or {}).get("provisioner_name"):  # we are the environment's default
+        if not names_provisioner(getattr(self.kernel_spec, "metadata", None)):  # the default
             argv = host_spec_argv(argv, str(getattr(self.kernel_spec, "name", "") or "?"))
 
         def sub(m: re.Match[str]) -> str:

@@ -32,10 +32,10 @@ def cmd_install(args: argparse.Namespace) -> int:
     )
 
     config = from_flags(args)  # only what was given: the rest keeps its default
-    if args.host:
-        return _install_host_kernel(args, config)
-    spec = build_kernelspec(config, display_name=args.display_name)
     prefix = sys.prefix if args.sys_prefix else args.prefix
+    if args.host:
+        return _install_host_kernel(args, config, prefix)
+    spec = build_kernelspec(config, display_name=args.display_name)
     name = args.name or default_kernel_name(config.get("backend", DEFAULT_BACKEND))
     path, changed = install_kernelspec(
         spec, name, user=args.user, prefix=prefix, replace=args.replace
@@ -55,7 +55,9 @@ def cmd_install(args: argparse.Namespace) -> int:
     return 0
 
 
-def _install_host_kernel(args: argparse.Namespace, config: dict[str, object]) -> int:
+def _install_host_kernel(
+    args: argparse.Namespace, config: dict[str, object], prefix: str | None
+) -> int:
     """``install --host``: the explicit opt-out, a kernelspec that runs this Python's
     ipykernel on the host and names the local provisioner (where the sandbox is the
     default, one naming none would run sandboxed). Never under a name notebooks ask for."""
@@ -74,9 +76,7 @@ def _install_host_kernel(args: argparse.Namespace, config: dict[str, object]) ->
             "--host needs a --name of its own (e.g. python3-host): not "
             f"{NOTEBOOK_DEFAULT_NAME} or {DEFAULT_KERNEL_NAME}, which notebooks ask for"
         )
-    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    spec = host_kernelspec(argv, args.display_name or "Python 3 (HOST, NOT sandboxed)")
-    prefix = sys.prefix if args.sys_prefix else args.prefix
+    spec = host_kernelspec(args.display_name or "Python 3 (HOST, NOT sandboxed)")
     path, changed = install_kernelspec(
         spec, args.name, user=args.user, prefix=prefix, replace=args.replace
     )

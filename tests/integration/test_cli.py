@@ -235,7 +235,7 @@ def test_ps_shows_each_kernelspecs_effective_limits(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     kernels = tmp_path / "share" / "jupyter" / "kernels"
     for name, spec in (
-        ("ps-host", host_kernelspec(["python3"], "h")),
+        ("ps-host", host_kernelspec("h", ["python3"])),
         ("ps-unnamed", {"argv": ["python3"], "display_name": "u"}),  # names no provisioner
     ):
         (kernels / name).mkdir()

@@ -91,7 +91,7 @@ def test_effective_kernelspecs_tells_sandboxed_from_host(
     earlier_dir, _ = search_path
     make_spec(earlier_dir, "python3", IPYKERNEL_WHEEL_SPEC)
     make_spec(earlier_dir, "sandbox-python", build_kernelspec({"memory_limit": "1g"}))
-    make_spec(earlier_dir, "host", host_kernelspec(["python3"], "Python 3 (HOST)"))
+    make_spec(earlier_dir, "host", host_kernelspec("Python 3 (HOST)", ["python3"]))
     names = ["python3", "sandbox-python", "host", "absent"]
     monkeypatch.delenv(DEFAULT_PROVISIONER_ENV, raising=False)  # jupyter_client's default
     found = effective_kernelspecs(names)
