@@ -62,21 +62,24 @@ from kernel_timing import (  # noqa: E402
     stop,
 )
 
+from sandbox_kernel.backends.runsc_tool import find_runsc  # noqa: E402
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE  # noqa: E402
 from sandbox_kernel.kernelspec import build_kernelspec, host_kernelspec  # noqa: E402
 from sandbox_kernel.pool import WarmPool  # noqa: E402
+from sandbox_kernel.settings import BY_NAME  # noqa: E402
 
 CONFIGS = {
     "local": None,  # jupyter_client's LocalProvisioner, the host's ipykernel
     "sandbox runc": {"backend": "docker-runc", "pool_size": 0},
+    # The default runtime (runsc-current, the current gVisor setup-host builds) unless a
+    # row names Debian's 2024 runsc ("runtime": "runsc"), measured beside it in one run.
     "sandbox runsc cold": {"pool_size": 0},
     "sandbox runsc warm": {"pool_size": 1},
-    # The current gVisor beside Debian's (setup-host with SANDBOX_KERNEL_RUNSC=current).
-    "sandbox runsc-current cold": {"runtime": "runsc-current", "pool_size": 0},
+    "sandbox runsc debian cold": {"runtime": "runsc", "pool_size": 0},
     "sandbox runsc-backend cold": {"backend": "runsc", "pool_size": 0},
-    "sandbox runsc-backend current cold": {
+    "sandbox runsc-backend debian cold": {
         "backend": "runsc",
-        "runtime": "runsc-current",
+        "runtime": "runsc",
         "pool_size": 0,
     },
     # A warm runsc-backend pool refills, and serves launches that find it empty, from a
@@ -99,11 +102,12 @@ CONFIGS = {
         "accept_unenforced": ["tmp_size"],
     },
 }
+DEFAULT_RUNTIME: str = BY_NAME["runtime"].default
 # gVisor's floor (issue 22): a kernel and its client in one sandbox of the same image,
 # through Docker, with the runtime named; measured by ``measure_floor``.
 FLOORS = {
-    "floor runsc": "runsc",
-    "floor runsc-current": "runsc-current",
+    "floor runsc": DEFAULT_RUNTIME,
+    "floor runsc debian": "runsc",
     "floor runc": "runc",
 }
 # Measured by a worker process running as an ordinary user (runsc --rootless).
@@ -115,9 +119,9 @@ SCALED = (
     "sandbox runc",
     "sandbox runsc cold",
     "sandbox runsc warm",
-    "sandbox runsc-current cold",
+    "sandbox runsc debian cold",
     "sandbox runsc-backend cold",
-    "sandbox runsc-backend current cold",
+    "sandbox runsc-backend debian cold",
     "sandbox runsc-backend warm",
     "sandbox runsc-backend warm, no snapshots",
     "sandbox runsc-backend ptrace warm",
@@ -467,7 +471,8 @@ def versions() -> dict[str, str]:
     return {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {int(mem) / 2**20:.0f} GiB",
         "host kernel": platform.release(),
-        "runsc": out("runsc", "--version"),
+        "runsc (default)": out(find_runsc(DEFAULT_RUNTIME), "--version"),
+        "runsc debian": out("runsc", "--version"),
         "dockerd": out("docker", "version", "--format", "{{.Server.Version}}"),
         "bwrap": out("bwrap", "--version"),
         "firejail": out("firejail", "--version"),
@@ -485,7 +490,8 @@ def is_gvisor(label: str) -> bool:
 
 def floor_of(label: str, results: dict[str, Result]) -> Result | None:
     """The floor a gVisor row is compared with: the same runsc release's, when measured."""
-    floor = "floor runsc-current" if "runsc-current" in label else "floor runsc"
+    runtime = (CONFIGS.get(label) or {}).get("runtime", DEFAULT_RUNTIME)
+    floor = next(f for f, r in FLOORS.items() if r == runtime)
     return results.get(floor)
 
 
