@@ -18,11 +18,10 @@ from typing import Any, cast
 
 import pytest
 
-from sandbox_kernel.backends.gvisor import AGENT_CAPABILITIES
+from sandbox_kernel.backends.kubernetes_pod import CONTAINER, kernel_pod
 from sandbox_kernel.bundle import agent_payload, bootstrap_command
-from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.inside import ops, protocol
-from sandbox_kernel.policy import SANDBOX_HOME, SANDBOX_USER
+from sandbox_kernel.policy import SANDBOX_USER, build_policy
 from tests.helpers import NetnsHost
 
 if not os.environ.get("KUBECONFIG"):
@@ -77,63 +76,18 @@ def namespace(core: client.CoreV1Api) -> Iterator[str]:
             pytest.fail(f"namespace {name} (and its pods) still there after {POD_TIMEOUT} s")
 
 
-def kernel_pod(name: str, command: list[str], *, agent: bool) -> dict[str, Any]:
-    """The issue's pod settings: gVisor, no volumes but capped memory emptyDirs, no
-    service account token, no service links, no DNS, read-only root, RuntimeDefault
-    seccomp, every capability dropped. ``agent``: run as the Docker backend runs the
-    agent under gVisor (root of gVisor's kernel with the capabilities it needs to start
-    the kernel as the policy's uid), else as that uid."""
-    uid, gid = (int(x) for x in SANDBOX_USER.split(":"))
-    security: dict[str, Any] = {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "privileged": False,
-        "capabilities": {"drop": ["ALL"], "add": list(AGENT_CAPABILITIES) if agent else []},
-        "runAsUser": 0 if agent else uid,
-        "runAsGroup": 0 if agent else gid,
-        "runAsNonRoot": not agent,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"sandbox-kernel.test": "1"}},
-        "spec": {
-            "runtimeClassName": RUNTIME_CLASS,
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": False,
-            "enableServiceLinks": False,
-            "dnsPolicy": "None",
-            "dnsConfig": {"nameservers": ["127.0.0.1"]},  # the pod's own loopback
-            "hostname": "sandbox",
-            "terminationGracePeriodSeconds": 0,
-            "volumes": [
-                {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
-                {"name": "home", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
-            ],
-            "containers": [
-                {
-                    "name": "kernel",
-                    "image": DEFAULT_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": command,
-                    "stdin": agent,
-                    "stdinOnce": agent,
-                    "tty": False,
-                    "env": [{"name": "HOME", "value": SANDBOX_HOME}],
-                    "securityContext": security,
-                    "resources": {
-                        "limits": {"memory": "512Mi", "cpu": "1", "ephemeral-storage": "64Mi"},
-                        "requests": {"memory": "512Mi", "cpu": "100m"},
-                    },
-                    "volumeMounts": [
-                        {"name": "tmp", "mountPath": "/tmp"},
-                        {"name": "home", "mountPath": SANDBOX_HOME},
-                    ],
-                }
-            ],
-        },
-    }
+# the test pods' own policy: the defaults with a smaller memory cap (a loaded 2-core node)
+POLICY = build_policy(memory_limit="512m", tmp_size="64m", home_size="64m")
+LABELS = {"sandbox-kernel.test": "1"}
+
+
+def pod(name: str, command: list[str], *, agent: bool) -> dict[str, Any]:
+    """The backend's pod (``kubernetes_pod.kernel_pod``); the image the node has imported."""
+    manifest = kernel_pod(
+        name, POLICY, runtime_class=RUNTIME_CLASS, command=command, labels=LABELS, agent=agent
+    )
+    manifest["spec"]["containers"][0]["imagePullPolicy"] = "Never"
+    return manifest
 
 
 def create_pod(core: client.CoreV1Api, ns: str, manifest: dict[str, Any]) -> None:
@@ -163,7 +117,7 @@ def wait_phase(core: client.CoreV1Api, ns: str, name: str, phases: set[str]) -> 
 def run_inside(core: client.CoreV1Api, ns: str, code: str) -> Any:
     """Run Python ``code`` in a fresh kernel pod as the policy's uid; its JSON output."""
     name = f"probe-{uuid.uuid4().hex[:6]}"
-    create_pod(core, ns, kernel_pod(name, ["python3", "-c", code], agent=False))
+    create_pod(core, ns, pod(name, ["python3", "-c", code], agent=False))
     wait_phase(core, ns, name, {"Succeeded"})
     return json.loads(core.read_namespaced_pod_log(name, ns).strip().splitlines()[-1])
 
@@ -171,13 +125,20 @@ def run_inside(core: client.CoreV1Api, ns: str, code: str) -> Any:
 def test_pod_runs_in_gvisor_with_only_loopback(
     core: client.CoreV1Api, namespace: str, test_host: NetnsHost
 ) -> None:
+    # a service in the pod's namespace, which service links would announce in its env
+    core.create_namespaced_service(
+        namespace,
+        cast(
+            client.V1Service, {"metadata": {"name": "neighbour"}, "spec": {"ports": [{"port": 80}]}}
+        ),
+    )
     found = run_inside(
         core,
         namespace,
-        "import json, os, platform, socket, subprocess\n"
+        "import json, os, platform, socket\n"
         "out = {'release': platform.release(), 'ifaces': [n for _, n in socket.if_nameindex()],\n"
         "       'uid': os.getuid(),\n"
-        "       'dmesg': subprocess.run(['dmesg'], capture_output=True, text=True).stdout,\n"
+        "       'version': open('/proc/version').read(),\n"
         "       'token': os.path.exists('/var/run/secrets/kubernetes.io'),\n"
         "       'env': sorted(k for k in os.environ if k.endswith('_SERVICE_HOST'))}\n"
         "try:\n"
@@ -193,25 +154,29 @@ def test_pod_runs_in_gvisor_with_only_loopback(
         "print(json.dumps(out))",
     )
     assert found["release"] != os.uname().release, "the pod sees the host's kernel: not gVisor"
-    assert "gVisor" in found["dmesg"], found["dmesg"]
+    # gVisor's own kernel names itself (dmesg needs CAP_SYSLOG, which the probe lacks)
+    assert "gvisor" in found["version"], found["version"]
     assert found["ifaces"] == ["lo"], found["ifaces"]  # runsc network=none, whatever the CNI
     assert found["lan"].startswith("blocked"), found["lan"]
     assert found["rootfs"].startswith("blocked"), found["rootfs"]
     assert found["uid"] == int(SANDBOX_USER.split(":")[0])
-    assert found["token"] is False and found["env"] == []
+    # no service links (enableServiceLinks: false): not the namespace's services; only the
+    # API server's KUBERNETES_SERVICE_HOST, which the kubelet sets in every pod whatever
+    # the spec says (docs/kubernetes.md), an address the pod has no network to reach
+    assert found["token"] is False and found["env"] == ["KUBERNETES_SERVICE_HOST"]
 
 
 def test_agent_answers_over_the_attach_stream(core: client.CoreV1Api, namespace: str) -> None:
     """The relay's channel: the agent goes in over the pod's stdin through the official
     client's attach stream (no port-forward, no pod IP) and its frames come out on stdout."""
     name = "kernel-agent"
-    create_pod(core, namespace, kernel_pod(name, bootstrap_command(), agent=True))
+    create_pod(core, namespace, pod(name, bootstrap_command(), agent=True))
     wait_phase(core, namespace, name, {"Running"})
     ws = stream(
         core.connect_get_namespaced_pod_attach,
         name,
         namespace,
-        container="kernel",
+        container=CONTAINER,
         stdin=True,
         stdout=True,
         stderr=False,

@@ -1,0 +1,97 @@
+"""A kernel's pod (backends/kubernetes_pod.py): issue 23's pod settings from the policy,
+and the names and labels the API would refuse, refused here first with the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sandbox_kernel.backends.gvisor import AGENT_CAPABILITIES
+from sandbox_kernel.backends.kubernetes_pod import CONTAINER, check_pod_name, kernel_pod
+from sandbox_kernel.errors import PolicyError
+from sandbox_kernel.policy import SANDBOX_HOME, build_policy
+
+MiB = 2**20
+POLICY = build_policy(memory_limit="1g", cpu_limit=0.5, tmp_size="64m", home_size="32m")
+
+
+def manifest(agent: bool = True, **kw: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {"runtime_class": "gvisor", "command": ["python3"], "labels": {}}
+    return kernel_pod("kernel-1", POLICY, **{**args, **kw}, agent=agent)
+
+
+def container(m: dict[str, Any]) -> dict[str, Any]:
+    (only,) = m["spec"]["containers"]
+    assert only["name"] == CONTAINER
+    return dict(only)
+
+
+def test_pod_has_no_way_out_but_stdio() -> None:
+    """No token, no service links, no DNS but loopback, no volume but the two memory ones,
+    no host namespace: nothing that reaches the cluster or the node."""
+    spec = manifest()["spec"]
+    assert spec["runtimeClassName"] == "gvisor"
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["enableServiceLinks"] is False
+    assert spec["dnsPolicy"] == "None" and spec["dnsConfig"] == {"nameservers": ["127.0.0.1"]}
+    assert spec["restartPolicy"] == "Never"
+    assert [v["emptyDir"] for v in spec["volumes"]] == [
+        {"medium": "Memory", "sizeLimit": str(64 * MiB)},
+        {"medium": "Memory", "sizeLimit": str(32 * MiB)},
+    ]
+    assert not {"hostNetwork", "hostPID", "hostIPC", "nodeName"} & set(spec)
+    c = container(manifest())
+    assert [(m["name"], m["mountPath"]) for m in c["volumeMounts"]] == [
+        ("tmp", "/tmp"),
+        ("home", SANDBOX_HOME),
+    ]
+    assert [e["name"] for e in c["env"]] == ["HOME", "LANG"]
+
+
+def test_agent_container_is_gvisor_root_with_only_its_capabilities() -> None:
+    c = container(manifest(agent=True))
+    sc = c["securityContext"]
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": list(AGENT_CAPABILITIES)}
+    assert (sc["runAsUser"], sc["runAsNonRoot"]) == (0, False)
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["privileged"] is False and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    # stdin once: the attach stream's end is the pod's end
+    assert (c["stdin"], c["stdinOnce"], c["tty"]) == (True, True, False)
+
+
+def test_probe_container_is_the_kernel_uid_with_nothing() -> None:
+    sc = container(manifest(agent=False))["securityContext"]
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": []}
+    assert (sc["runAsUser"], sc["runAsGroup"], sc["runAsNonRoot"]) == (1000, 1000, True)
+    assert container(manifest(agent=False))["stdin"] is False
+
+
+def test_policy_limits_are_requests_and_limits() -> None:
+    resources = container(manifest())["resources"]
+    assert resources["limits"] == {"memory": str(2**30), "cpu": "500m"}
+    # memory is held, so reserved whole; CPU is reserved only a little (idle kernels)
+    assert resources["requests"]["memory"] == str(2**30)
+
+
+@pytest.mark.parametrize("name", ["", "Kernel", "k_1", "-k", "k-", "k" * 64, "k.1"])
+def test_invalid_pod_name_refused(name: str) -> None:
+    with pytest.raises(PolicyError, match="not a valid pod name"):
+        check_pod_name(name)
+    with pytest.raises(PolicyError, match="not a valid pod name"):
+        kernel_pod(name, POLICY, runtime_class="gvisor", command=[], labels={})
+
+
+def test_valid_pod_name_kept() -> None:
+    assert check_pod_name("sk-" + "0" * 60) == "sk-" + "0" * 60
+
+
+@pytest.mark.parametrize("value", ["a b", "x" * 64, "-a", "a/b"])
+def test_invalid_label_value_refused(value: str) -> None:
+    with pytest.raises(PolicyError, match="not a valid Kubernetes label value"):
+        manifest(labels={"org.sandbox-kernel.owner": value})
+
+
+def test_labels_kept() -> None:
+    labels = {"org.sandbox-kernel.managed": "1", "org.sandbox-kernel.host": "", "k": "a.b_c-1"}
+    assert manifest(labels=labels)["metadata"]["labels"] == labels
