@@ -9,7 +9,9 @@ gone), and tries from inside the pod what kernel code would try.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import time
 import uuid
@@ -18,10 +20,12 @@ from typing import Any, cast
 
 import pytest
 
+from sandbox_kernel.backends.kubernetes_attach import attach_pod
 from sandbox_kernel.backends.kubernetes_pod import CONTAINER, kernel_pod
 from sandbox_kernel.bundle import agent_payload, bootstrap_command
 from sandbox_kernel.inside import ops, protocol
 from sandbox_kernel.policy import SANDBOX_USER, build_policy
+from sandbox_kernel.relay.session import AgentSession
 from tests.helpers import NetnsHost
 
 if not os.environ.get("KUBECONFIG"):
@@ -205,4 +209,31 @@ def test_agent_answers_over_the_attach_stream(core: client.CoreV1Api, namespace:
     assert hello["undumpable"] is True
     # stdinOnce: closing the attach stream closes the agent's stdin, and the agent ends
     # the pod, as a dead Jupyter server's sandbox ends on one host.
+    assert wait_phase(core, namespace, name, {"Succeeded", "Failed"}) in {"Succeeded", "Failed"}
+
+
+def test_relay_session_over_the_pod_stream(core: client.CoreV1Api, namespace: str) -> None:
+    """The relay's own session (``AgentSession``) over ``kubernetes_attach.PodStream``: the
+    agent's bundle in, its hello and a control round trip out, then the session's close
+    ends the pod."""
+    name = "kernel-session"
+    create_pod(core, namespace, pod(name, bootstrap_command(), agent=True))
+    wait_phase(core, namespace, name, {"Running"})
+    console: list[bytes] = []
+
+    async def run() -> tuple[dict[str, Any], bool]:
+        session = AgentSession(name, console=console.append, log=logging.getLogger("test"))
+        await attach_pod(session, core, namespace, name, CONTAINER)
+        assert session.escape_stdin is False and session.hello is not None
+        session.send_agent(agent_payload(escaped_stdin=False, kernel_user=SANDBOX_USER))
+        hello = await asyncio.wait_for(session.hello, POD_TIMEOUT)
+        session.close()
+        await asyncio.wait_for(asyncio.to_thread(session.dead.wait, POD_TIMEOUT), POD_TIMEOUT)
+        return hello, session.dead.is_set()
+
+    hello, dead = asyncio.run(run())
+    assert hello["release"] != os.uname().release  # gVisor's kernel, not the host's
+    assert hello["uid"] == 0 and hello["kernel_uid"] == int(SANDBOX_USER.split(":")[0])
+    assert dead, "the session did not see its stream end"
+    # the stream's end closed the agent's stdin: the pod ends
     assert wait_phase(core, namespace, name, {"Succeeded", "Failed"}) in {"Succeeded", "Failed"}
