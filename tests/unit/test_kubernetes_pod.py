@@ -1,5 +1,6 @@
 """A kernel's pod (backends/kubernetes_pod.py): issue 23's pod settings from the policy,
-and the names and labels the API would refuse, refused here first with the fix."""
+and the names and labels the API would refuse, refused here first with the fix; the
+attach stream's message framing (backends/kubernetes_attach.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,13 @@ from typing import Any
 import pytest
 
 from sandbox_kernel.backends.gvisor import AGENT_CAPABILITIES
+from sandbox_kernel.backends.kubernetes_attach import (
+    STDIN,
+    STDOUT,
+    PodStreamError,
+    split_message,
+    stdin_message,
+)
 from sandbox_kernel.backends.kubernetes_pod import CONTAINER, check_pod_name, kernel_pod
 from sandbox_kernel.errors import PolicyError
 from sandbox_kernel.policy import SANDBOX_HOME, build_policy
@@ -95,3 +103,18 @@ def test_invalid_label_value_refused(value: str) -> None:
 def test_labels_kept() -> None:
     labels = {"org.sandbox-kernel.managed": "1", "org.sandbox-kernel.host": "", "k": "a.b_c-1"}
     assert manifest(labels=labels)["metadata"]["labels"] == labels
+
+
+# -- the attach stream's messages (backends/kubernetes_attach.py) -------------------------
+
+
+def test_stream_message_is_channel_then_payload() -> None:
+    assert split_message(b"\x01frame") == (STDOUT, b"frame")
+    assert split_message(b"\x03") == (3, b"")
+    assert stdin_message(b"\x00\x10data") == b"\x00\x00\x10data"  # stdin: channel 0, raw
+    assert split_message(stdin_message(b"x")) == (STDIN, b"x")
+
+
+def test_empty_stream_message_refused() -> None:
+    with pytest.raises(PodStreamError, match="no channel byte"):
+        split_message(b"")
