@@ -192,7 +192,8 @@ def open_attach(core: Any, namespace: str, pod: str, container: str) -> Any:
     except ApiException as exc:
         raise SandboxError(
             f"the API server refused to attach to pod {namespace}/{pod}: {exc.reason} (the "
-            "server's service account needs create on pods/attach in that namespace)"
+            "server's service account needs get and create on pods/attach in that namespace: "
+            "kubernetes_pod.SERVER_RULES)"
         ) from None
     return ws.sock
 

@@ -30,11 +30,12 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
 
 
-def check_pod_name(name: str) -> str:
-    """``name`` if the API accepts it as a pod's name, else a PolicyError saying so."""
+def check_name(name: str, what: str = "pod name") -> str:
+    """``name`` if the API accepts it as a pod's (or a namespace's, a Role's) name, else a
+    PolicyError saying so."""
     if not _DNS_LABEL.fullmatch(name):
         raise PolicyError(
-            f"{name!r} is not a valid pod name: lower-case letters, digits and '-', "
+            f"{name!r} is not a valid {what}: lower-case letters, digits and '-', "
             "at most 63 characters, starting and ending with a letter or digit"
         )
     return name
@@ -91,7 +92,7 @@ def kernel_pod(
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": check_pod_name(name), "labels": check_labels(labels)},
+        "metadata": {"name": check_name(name), "labels": check_labels(labels)},
         "spec": {
             "runtimeClassName": runtime_class,
             "restartPolicy": "Never",
@@ -131,4 +132,33 @@ def kernel_pod(
                 }
             ],
         },
+    }
+
+
+# What the Jupyter server's service account may do in the kernels' namespace: make, watch
+# and remove kernel pods and attach to them (the relay). Nothing else: no secrets, no
+# exec, no logs, no other namespace.
+SERVER_RULES: tuple[dict[str, Any], ...] = (
+    {
+        "apiGroups": [""],
+        "resources": ["pods"],
+        "verbs": ["create", "get", "list", "watch", "delete"],
+    },
+    # the attach websocket is a GET upgrade: authorized as get and as create (1.34)
+    {"apiGroups": [""], "resources": ["pods/attach"], "verbs": ["get", "create"]},
+)
+
+
+def server_role(name: str, namespace: str) -> dict[str, Any]:
+    """The Role a Jupyter server's service account is bound to in the kernels' namespace
+    (docs/kubernetes.md shows it; the tests bind a service account to it and run the
+    relay as that account)."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {
+            "name": check_name(name, "Role name"),
+            "namespace": check_name(namespace, "namespace"),
+        },
+        "rules": [dict(rule) for rule in SERVER_RULES],
     }

@@ -21,7 +21,7 @@ from typing import Any, cast
 import pytest
 
 from sandbox_kernel.backends.kubernetes_attach import attach_pod
-from sandbox_kernel.backends.kubernetes_pod import CONTAINER, kernel_pod
+from sandbox_kernel.backends.kubernetes_pod import CONTAINER, kernel_pod, server_role
 from sandbox_kernel.bundle import agent_payload, bootstrap_command
 from sandbox_kernel.inside import ops, protocol
 from sandbox_kernel.policy import SANDBOX_USER, build_policy
@@ -237,3 +237,84 @@ def test_relay_session_over_the_pod_stream(core: client.CoreV1Api, namespace: st
     assert dead, "the session did not see its stream end"
     # the stream's end closed the agent's stdin: the pod ends
     assert wait_phase(core, namespace, name, {"Succeeded", "Failed"}) in {"Succeeded", "Failed"}
+
+
+def service_account_api(core: client.CoreV1Api, namespace: str) -> client.ApiClient:
+    """A client that is a new service account of ``namespace`` bound to the backend's
+    Role (``kubernetes_pod.server_role``), with a short-lived token: what a Jupyter
+    server's pod holds."""
+    rbac = client.RbacAuthorizationV1Api()
+    core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="jupyter"))
+    )
+    rbac.create_namespaced_role(
+        namespace, cast(client.V1Role, server_role("sandbox-kernel-server", namespace))
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        cast(
+            client.V1RoleBinding,
+            {
+                "metadata": {"name": "jupyter"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "sandbox-kernel-server",
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": "jupyter", "namespace": namespace}],
+            },
+        ),
+    )
+    token = core.create_namespaced_service_account_token(
+        "jupyter",
+        namespace,
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
+        ),
+    ).status.token
+    conf = client.Configuration.get_default_copy()
+    conf.cert_file = conf.key_file = None  # not the admin's certificate: the token only
+    conf.api_key = {"authorization": f"Bearer {token}"}
+    return client.ApiClient(conf)
+
+
+def test_server_role_is_enough_for_the_relay_and_no_more(
+    core: client.CoreV1Api, namespace: str
+) -> None:
+    """As a service account bound to the backend's Role: a kernel pod is created, attached
+    (the agent's hello through the relay's session) and deleted; secrets, exec, another
+    namespace and the node stay refused."""
+    sa = client.CoreV1Api(service_account_api(core, namespace))
+    name = "kernel-as-server"
+    create_pod(sa, namespace, pod(name, bootstrap_command(), agent=True))
+    wait_phase(sa, namespace, name, {"Running"})
+
+    async def hello() -> dict[str, Any]:
+        session = AgentSession(name, console=lambda _: None, log=logging.getLogger("test"))
+        await attach_pod(session, sa, namespace, name, CONTAINER)
+        session.send_agent(agent_payload(escaped_stdin=False, kernel_user=SANDBOX_USER))
+        assert session.hello is not None
+        found = await asyncio.wait_for(session.hello, POD_TIMEOUT)
+        session.close()
+        return found
+
+    assert asyncio.run(hello())["kernel_uid"] == int(SANDBOX_USER.split(":")[0])
+    refused = {
+        "secrets": lambda: sa.list_namespaced_secret(namespace),
+        "another namespace": lambda: sa.list_namespaced_pod("default"),
+        "nodes": lambda: sa.list_node(),
+        "pod logs": lambda: sa.read_namespaced_pod_log(name, namespace),
+        "exec": lambda: stream(
+            sa.connect_get_namespaced_pod_exec, name, namespace, command=["id"], stdout=True
+        ),
+    }
+    allowed = []
+    for what, call in refused.items():
+        try:
+            call()
+            allowed.append(what)
+        except client.ApiException as exc:
+            # exec's refusal arrives as the websocket handshake's failure (status 0)
+            assert exc.status == 403 or "403" in str(exc.reason), (what, exc.status, exc.reason)
+    assert allowed == [], f"the server's Role allows {allowed}"
+    sa.delete_namespaced_pod(name, namespace, grace_period_seconds=0)

@@ -16,7 +16,12 @@ from sandbox_kernel.backends.kubernetes_attach import (
     split_message,
     stdin_message,
 )
-from sandbox_kernel.backends.kubernetes_pod import CONTAINER, check_pod_name, kernel_pod
+from sandbox_kernel.backends.kubernetes_pod import (
+    CONTAINER,
+    check_name,
+    kernel_pod,
+    server_role,
+)
 from sandbox_kernel.errors import PolicyError
 from sandbox_kernel.policy import SANDBOX_HOME, build_policy
 
@@ -85,13 +90,13 @@ def test_policy_limits_are_requests_and_limits() -> None:
 @pytest.mark.parametrize("name", ["", "Kernel", "k_1", "-k", "k-", "k" * 64, "k.1"])
 def test_invalid_pod_name_refused(name: str) -> None:
     with pytest.raises(PolicyError, match="not a valid pod name"):
-        check_pod_name(name)
+        check_name(name)
     with pytest.raises(PolicyError, match="not a valid pod name"):
         kernel_pod(name, POLICY, runtime_class="gvisor", command=[], labels={})
 
 
 def test_valid_pod_name_kept() -> None:
-    assert check_pod_name("sk-" + "0" * 60) == "sk-" + "0" * 60
+    assert check_name("sk-" + "0" * 60) == "sk-" + "0" * 60
 
 
 @pytest.mark.parametrize("value", ["a b", "x" * 64, "-a", "a/b"])
@@ -118,3 +123,14 @@ def test_stream_message_is_channel_then_payload() -> None:
 def test_empty_stream_message_refused() -> None:
     with pytest.raises(PodStreamError, match="no channel byte"):
         split_message(b"")
+
+
+def test_server_role_is_pods_and_attach_in_one_namespace() -> None:
+    role = server_role("sandbox-kernel-server", "kernels")
+    assert role["kind"] == "Role" and role["metadata"]["namespace"] == "kernels"
+    granted = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
+    assert {r for r, _ in granted} == {"pods", "pods/attach"}
+    assert ("pods/attach", "get") in granted and ("pods/attach", "create") in granted
+    assert not {v for _, v in granted} & {"*", "update", "patch", "escalate", "bind"}
+    with pytest.raises(PolicyError, match="not a valid namespace"):
+        server_role("r", "Kernels")
