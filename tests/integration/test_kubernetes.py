@@ -15,7 +15,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import pytest
@@ -265,13 +265,15 @@ def service_account_api(core: client.CoreV1Api, namespace: str) -> client.ApiCli
             },
         ),
     )
-    token = core.create_namespaced_service_account_token(
+    status = core.create_namespaced_service_account_token(
         "jupyter",
         namespace,
         client.AuthenticationV1TokenRequest(
             spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
         ),
-    ).status.token
+    ).status
+    assert status is not None and status.token, "the API server gave no token"
+    token = status.token
     conf = client.Configuration.get_default_copy()
     conf.cert_file = conf.key_file = None  # not the admin's certificate: the token only
     conf.api_key = {"authorization": f"Bearer {token}"}
@@ -299,7 +301,7 @@ def test_server_role_is_enough_for_the_relay_and_no_more(
         return found
 
     assert asyncio.run(hello())["kernel_uid"] == int(SANDBOX_USER.split(":")[0])
-    refused = {
+    refused: dict[str, Callable[[], object]] = {
         "secrets": lambda: sa.list_namespaced_secret(namespace),
         "another namespace": lambda: sa.list_namespaced_pod("default"),
         "nodes": lambda: sa.list_node(),
