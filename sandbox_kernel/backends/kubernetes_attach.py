@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import SandboxError
@@ -121,15 +122,15 @@ class PodStream(asyncio.WriteTransport):
                     continue  # ping, pong
                 channel, payload = split_message(bytes(frame.data))
                 if channel == STDOUT and payload:
-                    self._loop.call_soon_threadsafe(self._session.data_received, payload)
+                    self._post(self._session.data_received, payload)
                 # stderr is not part of the pipe (the agent writes nothing there); ERROR
                 # carries the container's end status, CLOSE (v5) a channel's end
         except PodStreamError as exc:
-            self._loop.call_soon_threadsafe(self._session.fail, str(exc))
+            self._post(self._session.fail, str(exc))
         except Exception as exc:  # the socket closed under us (abort) or the server went
             error = None if self._closing else exc
         self._sock.shutdown()
-        self._loop.call_soon_threadsafe(self._connection_lost, error)
+        self._post(self._connection_lost, error)
 
     def _send(self) -> None:
         while True:
@@ -150,11 +151,19 @@ class PodStream(asyncio.WriteTransport):
                 self._size = max(0, self._size - len(chunk))
                 size = self._size
             if size <= self._low:
-                self._loop.call_soon_threadsafe(self._maybe_resume)
+                self._post(self._maybe_resume)
         try:  # the server answers with its own close, which the reader sees
             self._sock.send_close()
         except Exception:
             self._sock.abort()
+
+    def _post(self, callback: Callable[..., object], *args: Any) -> None:
+        """From a thread: ``callback`` on the loop, unless the loop is gone (its owner
+        closed it: nothing there waits for this stream any more)."""
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            pass
 
     def _maybe_resume(self) -> None:
         if self._paused and self._size <= self._low:

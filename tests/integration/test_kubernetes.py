@@ -298,6 +298,7 @@ def test_server_role_is_enough_for_the_relay_and_no_more(
         assert session.hello is not None
         found = await asyncio.wait_for(session.hello, POD_TIMEOUT)
         session.close()
+        await asyncio.wait_for(asyncio.to_thread(session.dead.wait, POD_TIMEOUT), POD_TIMEOUT)
         return found
 
     assert asyncio.run(hello())["kernel_uid"] == int(SANDBOX_USER.split(":")[0])
