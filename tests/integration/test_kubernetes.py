@@ -13,6 +13,8 @@ import asyncio
 import json
 import logging
 import os
+import socket
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,7 +23,9 @@ from typing import Any, cast
 import pytest
 
 from sandbox_kernel.backends.kubernetes_attach import attach_pod
+from sandbox_kernel.backends.kubernetes_inventory import pod_labels, remove_orphan_pods
 from sandbox_kernel.backends.kubernetes_pod import CONTAINER, kernel_pod, server_role
+from sandbox_kernel.backends.owner import Owner
 from sandbox_kernel.bundle import agent_payload, bootstrap_command
 from sandbox_kernel.inside import ops, protocol
 from sandbox_kernel.policy import SANDBOX_USER, build_policy
@@ -321,3 +325,29 @@ def test_server_role_is_enough_for_the_relay_and_no_more(
             assert exc.status == 403 or "403" in str(exc.reason), (what, exc.status, exc.reason)
     assert allowed == [], f"the server's Role allows {allowed}"
     sa.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+
+
+def test_gc_removes_pods_whose_server_is_gone(core: client.CoreV1Api, namespace: str) -> None:
+    """``kubernetes_inventory.remove_orphan_pods`` (the backend's gc): a pod whose
+    Jupyter process on this host has died is deleted; a live server's pod and another
+    host's stay."""
+    child = subprocess.Popen(["true"])
+    child.wait()  # its pid: a server that has died
+    owners = {
+        "gone": Owner(child.pid, "1", socket.gethostname(), "jo", "k-gone"),
+        "alive": Owner.current(kernel_id="k-alive"),
+        "elsewhere": Owner(child.pid, "1", "another-host", "jo", "k-elsewhere"),
+    }
+    for name, owner in owners.items():
+        manifest = pod(name, ["sleep", "600"], agent=False)
+        manifest["metadata"]["labels"] = pod_labels(owner)
+        create_pod(core, namespace, manifest)
+    assert remove_orphan_pods(core, namespace) == ["gone"]
+    deadline = time.monotonic() + POD_TIMEOUT
+    while True:
+        left = {p.metadata.name for p in core.list_namespaced_pod(namespace).items if p.metadata}
+        if left == {"alive", "elsewhere"} or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert left == {"alive", "elsewhere"}
+    assert remove_orphan_pods(core, namespace) == []  # nothing more to remove

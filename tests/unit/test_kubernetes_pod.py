@@ -1,9 +1,12 @@
 """A kernel's pod (backends/kubernetes_pod.py): issue 23's pod settings from the policy,
 and the names and labels the API would refuse, refused here first with the fix; the
-attach stream's message framing (backends/kubernetes_attach.py)."""
+attach stream's message framing (backends/kubernetes_attach.py); the owner's labels and
+the orphans gc removes (backends/kubernetes_inventory.py)."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
 from typing import Any
 
 import pytest
@@ -16,12 +19,14 @@ from sandbox_kernel.backends.kubernetes_attach import (
     split_message,
     stdin_message,
 )
+from sandbox_kernel.backends.kubernetes_inventory import orphans, pod_labels
 from sandbox_kernel.backends.kubernetes_pod import (
     CONTAINER,
     check_name,
     kernel_pod,
     server_role,
 )
+from sandbox_kernel.backends.owner import Owner
 from sandbox_kernel.errors import PolicyError
 from sandbox_kernel.policy import SANDBOX_HOME, build_policy
 
@@ -134,3 +139,34 @@ def test_server_role_is_pods_and_attach_in_one_namespace() -> None:
     assert not {v for _, v in granted} & {"*", "update", "patch", "escalate", "bind"}
     with pytest.raises(PolicyError, match="not a valid namespace"):
         server_role("r", "Kernels")
+
+
+# -- whose pods, and which are orphans (backends/kubernetes_inventory.py) -----------------
+
+
+def dead_pid() -> int:
+    """A pid that just ended (not reused within a test)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_pod_labels_are_the_owner_and_valid() -> None:
+    owner = Owner.current(kernel_id="0f0e3c2a-1b2c-4d5e-8f90-123456789abc")
+    labels = pod_labels(owner)
+    assert Owner.from_labels(labels) == owner
+    assert manifest(labels=labels)["metadata"]["labels"] == labels  # the API takes them
+
+
+def test_orphans_are_this_hosts_pods_whose_server_is_gone() -> None:
+    host = socket.gethostname()
+    gone = Owner(dead_pid(), "1", host, "jo", "k-gone")
+    alive = Owner.current(kernel_id="k-alive")
+    elsewhere = Owner(dead_pid(), "1", "another-host", "jo", "k-elsewhere")
+    pods = [
+        ("gone", pod_labels(gone)),
+        ("alive", pod_labels(alive)),
+        ("elsewhere", pod_labels(elsewhere)),
+        ("not-ours", {"app": "x"}),
+    ]
+    assert orphans(pods, host) == ["gone"]
