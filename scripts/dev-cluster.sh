@@ -7,17 +7,18 @@
 #
 # Real components, built from their Go modules (no registry ships Kubernetes): etcd,
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, the CNI plugins the CRI
-# needs, a pause image. The node's runtime is Debian's containerd (CRI plugin) as an
+# needs, a pause image, and the node's runtime, containerd 1.7 (CRI plugin), as an
 # instance of its own: own config, root, state and socket under $STATE, so Docker's
-# containerd is never touched. gVisor is the RuntimeClass `gvisor` (handler `runsc`): the
-# runc shim runs runsc with --network=none, as Docker runs it, so a pod of that class has
-# only loopback, whatever the CNI gives it. (Not gVisor's containerd-shim-runsc-v1: it sets
-# its own oom_score_adj to -999, which needs CAP_SYS_RESOURCE, and root on these machines
-# lacks it; the shim then refuses to start.)
+# containerd is never touched. gVisor is the RuntimeClass `gvisor` (handler `runsc`):
+# gVisor's own containerd shim (one sandbox per pod) runs runsc with network none, so a pod
+# of that class has only loopback, whatever the CNI gives it. Where root lacks
+# CAP_SYS_RESOURCE (these machines), the shim is built with one fatal error ignored
+# (build_shim says which and why); elsewhere it is gVisor's, unmodified.
 #
 # Why these versions: this machine kind has cgroup v1; kubelet 1.34 is the last whose
 # failCgroupV1 defaults to false (1.35 needs it turned off, which kubelet.yaml does anyway).
-# Debian 12's containerd is 1.6 (CRI v1), which kubelet 1.34 still accepts.
+# containerd 1.7: the oldest that starts gVisor's current shim (build_containerd); it
+# speaks CRI v1, as kubelet 1.34 wants, and runs on cgroup v1.
 # Idempotent; as root. Everything it starts or writes is under $STATE, $CACHE, the cgroup
 # $CGROUP_PARENT and the bridge $BRIDGE: `down` removes exactly those (the cache stays).
 set -euo pipefail
@@ -25,10 +26,14 @@ set -euo pipefail
 K8S_VERSION=v1.34.4          # k8s.io/kubernetes; its staging modules are v0.34.4
 ETCD_VERSION=v3.6.16         # the etcd minor that Kubernetes 1.34 is tested with
 CNI_VERSION=v1.9.1           # github.com/containernetworking/plugins
-# gvisor.dev/gvisor's `go` branch: the pin of sandbox_kernel/host/setup_host.sh, read from
-# there so the node runs the same gVisor as runsc-current
+CONTAINERD_VERSION=v1.7.35   # the node's runtime: see build_containerd
+# gvisor.dev/gvisor's `go` branch: the pin setup_host.sh builds runsc-current at
+# (RUNSC_CURRENT_PIN, RUNSC_CURRENT_DIR), so the node runs the same gVisor
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-GVISOR_PIN=$(sed -n 's/^RUNSC_CURRENT_PIN=\([^ ]*\).*/\1/p' "$HERE/../sandbox_kernel/host/setup_host.sh")
+# shellcheck source=../sandbox_kernel/host/runsc_current.env
+. "$HERE/../sandbox_kernel/host/runsc_current.env"
+GVISOR_PIN=$RUNSC_CURRENT_PIN
+[ -n "$GVISOR_PIN" ] || { echo "[dev-cluster] no RUNSC_CURRENT_PIN in runsc_current.env" >&2; exit 1; }
 
 CACHE=${SANDBOX_KERNEL_K8S_CACHE:-/var/cache/sandbox-kernel/k8s}
 STATE=${SANDBOX_KERNEL_K8S_STATE:-/var/lib/sandbox-kernel-k8s}
@@ -41,6 +46,11 @@ API_PORT=16443                    # apiserver on 127.0.0.1 only
 ETCD_CLIENT_PORT=12379
 ETCD_PEER_PORT=12380
 KUBELET_PORT=10250
+# The node's address (the kubelet's, which the API server dials for logs and attach): the
+# kubelet refuses a loopback node IP, and without an address the API server cannot reach
+# it. A /32 of its own on the bridge, outside the pod subnet: pods have no route to it
+# (and gVisor pods no interface), and nothing routes it here from outside this host.
+NODE_IP=10.213.2.1
 NODE=sandbox-kernel-node
 KERNEL_IMAGE=${SANDBOX_KERNEL_IMAGE:-sandbox-kernel/python:latest}
 CTR_SOCK=$STATE/run/containerd/containerd.sock
@@ -138,6 +148,24 @@ EOF
   time_build etcd in_dir "$dir" gobuild build -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3
 }
 
+# containerd 1.7 from its module, not Debian 12's 1.6: gVisor's shim at the pin is built on
+# containerd 2's shim library, whose `start` answers with bootstrap parameters (JSON) that
+# containerd 1.6 takes for a socket address; 1.7 is the oldest that reads them, and it
+# still speaks config version 2, cgroup v1 and CRI v1. Debian's runc shim and `ctr` serve
+# it unchanged.
+build_containerd() {
+  local dir=$CACHE/$K8S_VERSION/src/containerd
+  if [ ! -f "$dir/go.mod" ]; then
+    mkdir -p "$dir"
+    printf 'module sandbox-kernel.local/containerd-build\n\ngo 1.25.0\n\nrequire github.com/containerd/containerd %s\n' \
+      "$CONTAINERD_VERSION" >"$dir/go.mod"
+  fi
+  # static, without the cgo-only snapshotters (btrfs, devmapper, zfs): overlayfs is used
+  time_build containerd in_dir "$dir" gobuild build -tags "no_btrfs no_devmapper no_zfs" \
+    -ldflags "-s -w -X github.com/containerd/containerd/version.Version=$CONTAINERD_VERSION" \
+    -o "$BIN/containerd" github.com/containerd/containerd/cmd/containerd
+}
+
 build_cni() {
   local p
   for p in main/loopback main/bridge ipam/host-local; do
@@ -148,11 +176,76 @@ build_cni() {
 
 # runsc: the one setup_host.sh installs for SANDBOX_KERNEL_RUNSC=current if there, else the
 # same pin built here.
-RUNSC=/usr/local/lib/sandbox-kernel/runsc-$GVISOR_PIN/runsc
+RUNSC=$RUNSC_CURRENT_DIR/runsc
 build_runsc() {
   [ -x "$RUNSC" ] && return 0
   RUNSC=$BIN/runsc
   time_build runsc gobin "$BIN" "gvisor.dev/gvisor/runsc@$GVISOR_PIN"
+}
+
+# gVisor's containerd shim (runtime type io.containerd.runsc.v1: one gVisor sandbox per pod,
+# every container of the pod inside it), the package gvisor.dev/gvisor/shim at the same pin.
+# Its start lowers its own oom_score_adj to -999 and fails when it cannot; lowering needs
+# CAP_SYS_RESOURCE, which root on these machines lacks (CapBnd 000001fffeffffff), and then
+# no pod of the class starts. So, where the capability is missing, the dev cluster builds
+# it with `go build -overlay`: the module cache's own manager.go, copied at build time with
+# that one failure (a permission error only) logged and ignored; the binary's name says so.
+# Where CapEff has it, the unmodified shim (a real cluster's node runs the unmodified one).
+SHIM_PATCHED_NAME=containerd-shim-runsc-v1.oom-score-nonfatal
+has_cap_sys_resource() { # bit 24 of this process's effective capabilities
+  local eff
+  eff=$(awk '$1 == "CapEff:" {print $2}' /proc/self/status)
+  (((16#$eff >> 24) & 1))
+}
+build_shim() {
+  if has_cap_sys_resource; then
+    SHIM=$RUNSC_CURRENT_DIR/containerd-shim-runsc-v1  # setup_host.sh builds it at the pin
+    [ -x "$SHIM" ] && return 0
+    SHIM=$BIN/containerd-shim-runsc-v1
+    time_build containerd-shim-runsc-v1 shim_unmodified
+  else
+    SHIM=$BIN/$SHIM_PATCHED_NAME
+    time_build "$SHIM_PATCHED_NAME" shim_patched
+  fi
+}
+shim_unmodified() {
+  gobin "$BIN/shim.tmp" "gvisor.dev/gvisor/shim@$GVISOR_PIN" &&
+    mv "$BIN/shim.tmp/shim" "$BIN/containerd-shim-runsc-v1" && rmdir "$BIN/shim.tmp"
+}
+shim_patched() {
+  local dir=$CACHE/$K8S_VERSION/src/gvisor-shim src
+  mkdir -p "$dir"
+  src=$("$GO" mod download -json "gvisor.dev/gvisor@$GVISOR_PIN" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  [ -f "$src/pkg/shim/v1/manager.go" ] || die "no gvisor.dev/gvisor@$GVISOR_PIN in the module cache"
+  # go refuses to overlay files beneath GOMODCACHE: the build reads the module through a
+  # link to its module cache directory (a `replace` to a directory), unchanged, and the
+  # overlay replaces the one file there
+  ln -sfn "$src" "$dir/gvisor"
+  printf 'module sandbox-kernel.local/gvisor-shim\n\n%s\n\nrequire gvisor.dev/gvisor %s\n\nreplace gvisor.dev/gvisor => ./gvisor\n' \
+    "$(sed -n '/^go /p' "$src/go.mod")" "$GVISOR_PIN" >"$dir/go.mod"
+  # The one change, checked: for a permission error (EPERM/EACCES) exactly that return
+  # becomes a log line. At debug level, as the rest of Start logs: containerd reads the
+  # start command's whole output (stdout and stderr) as its reply, so anything printed
+  # there breaks the shim's start; `up` says it instead.
+  python3 - "$src/pkg/shim/v1/manager.go" "$dir/manager.go" <<'PY' || die "gVisor's manager.go at $GVISOR_PIN is not the one this patch was written for: look at its SetOOMScore call"
+import sys
+src = open(sys.argv[1]).read()
+old = ('\t\treturn shim.BootstrapParams{}, fmt.Errorf("failed to set OOM Score on shim: %w", err)\n')
+call = "\tif err := sys.SetOOMScore(cmd.Process.Pid, oomScoreMax); err != nil {\n"
+if src.count(call + old) != 1:
+    sys.exit(1)
+new = (
+    "\t\tif !os.IsPermission(err) {\n\t" + old + "\t\t}\n"
+    '\t\tlog.L.WithError(err).Debug("sandbox-kernel dev cluster: shim oom_score_adj not '
+    'lowered (no CAP_SYS_RESOURCE), continuing")\n'
+)
+open(sys.argv[2], "w").write("// Generated by sandbox-kernel's scripts/dev-cluster.sh from the module's own file:\n"
+    "// SetOOMScore's permission error is logged, not fatal (no CAP_SYS_RESOURCE here).\n"
+    + src.replace(call + old, call + new))
+PY
+  printf '{"Replace": {"%s": "%s"}}\n' "$dir/gvisor/pkg/shim/v1/manager.go" "$dir/manager.go" >"$dir/overlay.json"
+  in_dir "$dir" gobuild build -overlay "$dir/overlay.json" -ldflags "-s -w" \
+    -o "$BIN/$SHIM_PATCHED_NAME" gvisor.dev/gvisor/shim
 }
 
 # The pod sandbox ("pause") image: the CRI needs one for every pod, and no registry
@@ -211,7 +304,9 @@ build_all() {
   mkdir -p "$BIN"
   build_etcd
   build_cni
+  build_containerd
   build_runsc
+  build_shim
   build_pause
   build_k8s
 }
@@ -270,7 +365,7 @@ pki() {
   cert apiserver "/CN=kube-apiserver" serverAuth \
     "IP:127.0.0.1,IP:$svc_ip,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
   cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
-  cert kubelet "/CN=$NODE" serverAuth "IP:127.0.0.1,DNS:$NODE,DNS:localhost"
+  cert kubelet "/CN=$NODE" serverAuth "IP:$NODE_IP,IP:127.0.0.1,DNS:$NODE,DNS:localhost"
   cert node "/O=system:nodes/CN=system:node:$NODE" clientAuth
   cert admin "/O=system:masters/CN=sandbox-kernel-admin" clientAuth
   cert controller-manager "/CN=system:kube-controller-manager" clientAuth
@@ -286,14 +381,19 @@ pki() {
 # ---------------------------------------------------------------------------- configs
 configs() {
   mkdir -p "$STATE/etc" "$STATE/cni/net.d" "$STATE/log" "$STATE/pid"
-  # The runtime handler "runsc": runsc with the flags the Docker backend requires
-  # (backends/gvisor.py REQUIRED_RUNSC_ARGS): no network, the OCI seccomp profile enforced
-  # inside gVisor. Docker passes runtimeArgs through a wrapper like this one too.
-  cat >"$STATE/etc/runsc" <<EOF
-#!/bin/sh
-exec $RUNSC --network=none --oci-seccomp "\$@"
+  # The runtime handler "runsc": gVisor's shim, one sandbox per pod, running runsc with
+  # the flags the Docker backend requires (backends/gvisor.py REQUIRED_RUNSC_ARGS): no
+  # network (a pod has only loopback, whatever the CNI set up) and the OCI seccomp
+  # profile enforced inside gVisor. The shim reads this file (ConfigPath below).
+  mkdir -p "$STATE/bin"
+  ln -sfn "$SHIM" "$STATE/bin/containerd-shim-runsc-v1"
+  cat >"$STATE/etc/runsc.toml" <<EOF
+binary_name = "$RUNSC"
+root = "$STATE/run/runsc"
+[runsc_config]
+  network = "none"
+  oci-seccomp = "true"
 EOF
-  chmod 755 "$STATE/etc/runsc"
   cat >"$STATE/etc/containerd.toml" <<EOF
 # The node's own containerd: nothing shared with Docker's (/run/containerd, /var/lib/containerd).
 version = 2
@@ -329,16 +429,17 @@ state = "$STATE/run/containerd"
         SystemdCgroup = false
         Root = "$STATE/run/runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runsc]
-      runtime_type = "io.containerd.runc.v2"
+      # containerd finds the shim by its type's name on its PATH: $STATE/bin has a link
+      # of that name to the one build_shim chose
+      runtime_type = "io.containerd.runsc.v1"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runsc.options]
-        BinaryName = "$STATE/etc/runsc"
-        SystemdCgroup = false
-        Root = "$STATE/run/runsc"
+        TypeUrl = "io.containerd.runsc.v1.options"
+        ConfigPath = "$STATE/etc/runsc.toml"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "$BIN/cni"
     conf_dir = "$STATE/cni/net.d"
 EOF
-  # The CRI of containerd 1.6 wants an address on eth0 for every pod: a bridge with no
+  # The CRI of containerd 1.6 and 1.7 wants an address on eth0 for every pod: a bridge with no
   # gateway, no masquerade and no route, so the address leads nowhere but the bridge.
   cat >"$STATE/cni/net.d/10-sandbox-kernel.conflist" <<EOF
 {
@@ -355,7 +456,7 @@ EOF
   cat >"$STATE/etc/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: 127.0.0.1
+address: $NODE_IP
 port: $KUBELET_PORT
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
@@ -394,7 +495,7 @@ start() { # start NAME BINARY ARGS...: in the background, detached, logged, pid 
   local name=$1 bin=$2; shift 2
   alive "$name" && return 0
   log "starting $name (log: $STATE/log/$name.log)"
-  PATH="$BIN:$PATH" setsid "$bin" "$@" >>"$STATE/log/$name.log" 2>&1 </dev/null &
+  PATH="$STATE/bin:$BIN:$PATH" setsid "$bin" "$@" >>"$STATE/log/$name.log" 2>&1 </dev/null &
   echo $! >"$STATE/pid/$name.pid"
   readlink -f "$bin" >"$STATE/pid/$name.exe"
 }
@@ -445,6 +546,12 @@ restore_sysctls() {
   while read -r kv; do sysctl -qw "$kv" || true; done <"$STATE/sysctl.orig"
 }
 
+node_address() { # the bridge, made before the CNI would, with the node's address
+  ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
+  ip -br addr show dev "$BRIDGE" | grep -qF " $NODE_IP/32" || ip addr add "$NODE_IP/32" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+}
+
 cgroups_up() {
   local h
   for h in /sys/fs/cgroup/*/; do
@@ -460,12 +567,14 @@ cgroups_up() {
 up() {
   [ "$(id -u)" = 0 ] || die "run as root (containerd, kubelet and cgroups need it)"
   [ -d /sys/fs/cgroup/memory ] || die "expected cgroup v1 hierarchies under /sys/fs/cgroup (kubelet $K8S_VERSION runs on v1 with failCgroupV1: false); this host differs: check, then adapt kubelet.yaml"
-  command -v containerd >/dev/null || die "no containerd: apt-get install containerd (Debian's, with the CRI plugin)"
+  # containerd itself is built (build_containerd); Debian's package gives its runc shim and ctr
   command -v containerd-shim-runc-v2 >/dev/null || die "no containerd-shim-runc-v2: apt-get install containerd"
+  command -v ctr >/dev/null || die "no ctr: apt-get install containerd"
   build_all
   pki
   configs
   cgroups_up
+  node_address
   local e=$PKI
   start etcd "$BIN/etcd" --name "$NODE" --data-dir "$STATE/etcd" \
     --listen-client-urls "https://127.0.0.1:$ETCD_CLIENT_PORT" \
@@ -494,7 +603,7 @@ up() {
     --anonymous-auth=false --allow-privileged=false --profiling=false
   wait_for kube-apiserver 120 kapi GET /readyz
   mkdir -p "$STATE/run/containerd"
-  start containerd "$(command -v containerd)" --config "$STATE/etc/containerd.toml"
+  start containerd "$BIN/containerd" --config "$STATE/etc/containerd.toml"
   wait_for containerd 60 ctr -a "$CTR_SOCK" version
   import_images
   start kube-controller-manager "$BIN/kube-controller-manager" \
@@ -510,13 +619,15 @@ up() {
   save_sysctls
   start kubelet "$BIN/kubelet" --config "$STATE/etc/kubelet.yaml" \
     --kubeconfig "$PKI/node.kubeconfig" --hostname-override "$NODE" \
-    --root-dir "$STATE/kubelet" --cert-dir "$PKI" --node-ip 127.0.0.1
+    --root-dir "$STATE/kubelet" --cert-dir "$PKI" --node-ip "$NODE_IP"
   wait_for "node $NODE" 180 node_ready
   restore_sysctls
   kapi GET /apis/node.k8s.io/v1/runtimeclasses/gvisor >/dev/null 2>&1 ||
     kapi POST /apis/node.k8s.io/v1/runtimeclasses >/dev/null \
       '{"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "gvisor"}, "handler": "runsc"}'
-  log "up: node $NODE Ready, RuntimeClass gvisor (handler runsc, runsc --network=none)"
+  log "up: node $NODE Ready, RuntimeClass gvisor (handler runsc: ${SHIM##*/}, runsc network none)"
+  [ "${SHIM##*/}" != "$SHIM_PATCHED_NAME" ] ||
+    log "gVisor's shim does not lower its oom_score_adj here (no CAP_SYS_RESOURCE): dev cluster only"
   echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
 }
 

@@ -32,12 +32,11 @@ from ..relay.thread import RelayThread
 from .base import Preflight, SandboxBackend, SandboxInfo
 from .docker_attach import attach_stream
 from .gvisor import AGENT_CAPABILITIES, REQUIRED_RUNSC_ARGS
-from .owner import LABEL_HOST, LABEL_MANAGED, LABEL_SERVER_PID, Owner
+from .owner import LABEL_BACKEND, LABEL_HOST, LABEL_MANAGED, LABEL_SERVER_PID, Owner
 from .seccomp import seccomp_security_opt
 
 __all__ = ["AGENT_CAPABILITIES", "REQUIRED_RUNSC_ARGS", "DockerBackend", "DockerRuncBackend"]
 
-LABEL_BACKEND = "org.sandbox-kernel.backend"  # docker or docker-runc
 
 _WITHOUT_RUNSC_ARG = {
     "--network=none": "gVisor would serve the network of the container's namespace, and "

@@ -23,6 +23,8 @@ LABEL_SERVER_PID = "org.sandbox-kernel.server-pid"
 LABEL_HOST = "org.sandbox-kernel.host"
 LABEL_SERVER_START = "org.sandbox-kernel.server-start"
 LABEL_POOL = "org.sandbox-kernel.pool"  # a warm-pool sandbox (no kernel id until claimed)
+# which backend made it, where one store serves several (docker, docker-runc; kubernetes)
+LABEL_BACKEND = "org.sandbox-kernel.backend"
 
 
 def process_start(pid: int) -> str:

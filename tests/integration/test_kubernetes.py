@@ -9,20 +9,27 @@ gone), and tries from inside the pod what kernel code would try.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
+import socket
+import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import pytest
 
-from sandbox_kernel.backends.gvisor import AGENT_CAPABILITIES
+from sandbox_kernel.backends.kubernetes_attach import attach_pod
+from sandbox_kernel.backends.kubernetes_inventory import pod_labels, remove_orphan_pods
+from sandbox_kernel.backends.kubernetes_pod import CONTAINER, kernel_pod, server_role
+from sandbox_kernel.backends.owner import Owner
 from sandbox_kernel.bundle import agent_payload, bootstrap_command
-from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.inside import ops, protocol
-from sandbox_kernel.policy import SANDBOX_HOME, SANDBOX_USER
+from sandbox_kernel.policy import SANDBOX_USER, build_policy
+from sandbox_kernel.relay.session import AgentSession
 from tests.helpers import NetnsHost
 
 if not os.environ.get("KUBECONFIG"):
@@ -77,63 +84,18 @@ def namespace(core: client.CoreV1Api) -> Iterator[str]:
             pytest.fail(f"namespace {name} (and its pods) still there after {POD_TIMEOUT} s")
 
 
-def kernel_pod(name: str, command: list[str], *, agent: bool) -> dict[str, Any]:
-    """The issue's pod settings: gVisor, no volumes but capped memory emptyDirs, no
-    service account token, no service links, no DNS, read-only root, RuntimeDefault
-    seccomp, every capability dropped. ``agent``: run as the Docker backend runs the
-    agent under gVisor (root of gVisor's kernel with the capabilities it needs to start
-    the kernel as the policy's uid), else as that uid."""
-    uid, gid = (int(x) for x in SANDBOX_USER.split(":"))
-    security: dict[str, Any] = {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "privileged": False,
-        "capabilities": {"drop": ["ALL"], "add": list(AGENT_CAPABILITIES) if agent else []},
-        "runAsUser": 0 if agent else uid,
-        "runAsGroup": 0 if agent else gid,
-        "runAsNonRoot": not agent,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"sandbox-kernel.test": "1"}},
-        "spec": {
-            "runtimeClassName": RUNTIME_CLASS,
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": False,
-            "enableServiceLinks": False,
-            "dnsPolicy": "None",
-            "dnsConfig": {"nameservers": ["127.0.0.1"]},  # the pod's own loopback
-            "hostname": "sandbox",
-            "terminationGracePeriodSeconds": 0,
-            "volumes": [
-                {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
-                {"name": "home", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
-            ],
-            "containers": [
-                {
-                    "name": "kernel",
-                    "image": DEFAULT_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": command,
-                    "stdin": agent,
-                    "stdinOnce": agent,
-                    "tty": False,
-                    "env": [{"name": "HOME", "value": SANDBOX_HOME}],
-                    "securityContext": security,
-                    "resources": {
-                        "limits": {"memory": "512Mi", "cpu": "1", "ephemeral-storage": "64Mi"},
-                        "requests": {"memory": "512Mi", "cpu": "100m"},
-                    },
-                    "volumeMounts": [
-                        {"name": "tmp", "mountPath": "/tmp"},
-                        {"name": "home", "mountPath": SANDBOX_HOME},
-                    ],
-                }
-            ],
-        },
-    }
+# the test pods' own policy: the defaults with a smaller memory cap (a loaded 2-core node)
+POLICY = build_policy(memory_limit="512m", tmp_size="64m", home_size="64m")
+LABELS = {"sandbox-kernel.test": "1"}
+
+
+def pod(name: str, command: list[str], *, agent: bool) -> dict[str, Any]:
+    """The backend's pod (``kubernetes_pod.kernel_pod``); the image the node has imported."""
+    manifest = kernel_pod(
+        name, POLICY, runtime_class=RUNTIME_CLASS, command=command, labels=LABELS, agent=agent
+    )
+    manifest["spec"]["containers"][0]["imagePullPolicy"] = "Never"
+    return manifest
 
 
 def create_pod(core: client.CoreV1Api, ns: str, manifest: dict[str, Any]) -> None:
@@ -163,7 +125,7 @@ def wait_phase(core: client.CoreV1Api, ns: str, name: str, phases: set[str]) -> 
 def run_inside(core: client.CoreV1Api, ns: str, code: str) -> Any:
     """Run Python ``code`` in a fresh kernel pod as the policy's uid; its JSON output."""
     name = f"probe-{uuid.uuid4().hex[:6]}"
-    create_pod(core, ns, kernel_pod(name, ["python3", "-c", code], agent=False))
+    create_pod(core, ns, pod(name, ["python3", "-c", code], agent=False))
     wait_phase(core, ns, name, {"Succeeded"})
     return json.loads(core.read_namespaced_pod_log(name, ns).strip().splitlines()[-1])
 
@@ -171,13 +133,20 @@ def run_inside(core: client.CoreV1Api, ns: str, code: str) -> Any:
 def test_pod_runs_in_gvisor_with_only_loopback(
     core: client.CoreV1Api, namespace: str, test_host: NetnsHost
 ) -> None:
+    # a service in the pod's namespace, which service links would announce in its env
+    core.create_namespaced_service(
+        namespace,
+        cast(
+            client.V1Service, {"metadata": {"name": "neighbour"}, "spec": {"ports": [{"port": 80}]}}
+        ),
+    )
     found = run_inside(
         core,
         namespace,
-        "import json, os, platform, socket, subprocess\n"
+        "import json, os, platform, socket\n"
         "out = {'release': platform.release(), 'ifaces': [n for _, n in socket.if_nameindex()],\n"
         "       'uid': os.getuid(),\n"
-        "       'dmesg': subprocess.run(['dmesg'], capture_output=True, text=True).stdout,\n"
+        "       'version': open('/proc/version').read(),\n"
         "       'token': os.path.exists('/var/run/secrets/kubernetes.io'),\n"
         "       'env': sorted(k for k in os.environ if k.endswith('_SERVICE_HOST'))}\n"
         "try:\n"
@@ -193,25 +162,29 @@ def test_pod_runs_in_gvisor_with_only_loopback(
         "print(json.dumps(out))",
     )
     assert found["release"] != os.uname().release, "the pod sees the host's kernel: not gVisor"
-    assert "gVisor" in found["dmesg"], found["dmesg"]
+    # gVisor's own kernel names itself (dmesg needs CAP_SYSLOG, which the probe lacks)
+    assert "gvisor" in found["version"], found["version"]
     assert found["ifaces"] == ["lo"], found["ifaces"]  # runsc network=none, whatever the CNI
     assert found["lan"].startswith("blocked"), found["lan"]
     assert found["rootfs"].startswith("blocked"), found["rootfs"]
     assert found["uid"] == int(SANDBOX_USER.split(":")[0])
-    assert found["token"] is False and found["env"] == []
+    # no service links (enableServiceLinks: false): not the namespace's services; only the
+    # API server's KUBERNETES_SERVICE_HOST, which the kubelet sets in every pod whatever
+    # the spec says (docs/kubernetes.md), an address the pod has no network to reach
+    assert found["token"] is False and found["env"] == ["KUBERNETES_SERVICE_HOST"]
 
 
 def test_agent_answers_over_the_attach_stream(core: client.CoreV1Api, namespace: str) -> None:
     """The relay's channel: the agent goes in over the pod's stdin through the official
     client's attach stream (no port-forward, no pod IP) and its frames come out on stdout."""
     name = "kernel-agent"
-    create_pod(core, namespace, kernel_pod(name, bootstrap_command(), agent=True))
+    create_pod(core, namespace, pod(name, bootstrap_command(), agent=True))
     wait_phase(core, namespace, name, {"Running"})
     ws = stream(
         core.connect_get_namespaced_pod_attach,
         name,
         namespace,
-        container="kernel",
+        container=CONTAINER,
         stdin=True,
         stdout=True,
         stderr=False,
@@ -241,3 +214,140 @@ def test_agent_answers_over_the_attach_stream(core: client.CoreV1Api, namespace:
     # stdinOnce: closing the attach stream closes the agent's stdin, and the agent ends
     # the pod, as a dead Jupyter server's sandbox ends on one host.
     assert wait_phase(core, namespace, name, {"Succeeded", "Failed"}) in {"Succeeded", "Failed"}
+
+
+def test_relay_session_over_the_pod_stream(core: client.CoreV1Api, namespace: str) -> None:
+    """The relay's own session (``AgentSession``) over ``kubernetes_attach.PodStream``: the
+    agent's bundle in, its hello and a control round trip out, then the session's close
+    ends the pod."""
+    name = "kernel-session"
+    create_pod(core, namespace, pod(name, bootstrap_command(), agent=True))
+    wait_phase(core, namespace, name, {"Running"})
+    console: list[bytes] = []
+
+    async def run() -> tuple[dict[str, Any], bool]:
+        session = AgentSession(name, console=console.append, log=logging.getLogger("test"))
+        await attach_pod(session, core, namespace, name, CONTAINER)
+        assert session.escape_stdin is False and session.hello is not None
+        session.send_agent(agent_payload(escaped_stdin=False, kernel_user=SANDBOX_USER))
+        hello = await asyncio.wait_for(session.hello, POD_TIMEOUT)
+        session.close()
+        await asyncio.wait_for(asyncio.to_thread(session.dead.wait, POD_TIMEOUT), POD_TIMEOUT)
+        return hello, session.dead.is_set()
+
+    hello, dead = asyncio.run(run())
+    assert hello["release"] != os.uname().release  # gVisor's kernel, not the host's
+    assert hello["uid"] == 0 and hello["kernel_uid"] == int(SANDBOX_USER.split(":")[0])
+    assert dead, "the session did not see its stream end"
+    # the stream's end closed the agent's stdin: the pod ends
+    assert wait_phase(core, namespace, name, {"Succeeded", "Failed"}) in {"Succeeded", "Failed"}
+
+
+def service_account_api(core: client.CoreV1Api, namespace: str) -> client.ApiClient:
+    """A client that is a new service account of ``namespace`` bound to the backend's
+    Role (``kubernetes_pod.server_role``), with a short-lived token: what a Jupyter
+    server's pod holds."""
+    rbac = client.RbacAuthorizationV1Api()
+    core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="jupyter"))
+    )
+    rbac.create_namespaced_role(
+        namespace, cast(client.V1Role, server_role("sandbox-kernel-server", namespace))
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        cast(
+            client.V1RoleBinding,
+            {
+                "metadata": {"name": "jupyter"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "sandbox-kernel-server",
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": "jupyter", "namespace": namespace}],
+            },
+        ),
+    )
+    status = core.create_namespaced_service_account_token(
+        "jupyter",
+        namespace,
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
+        ),
+    ).status
+    assert status is not None and status.token, "the API server gave no token"
+    token = status.token
+    conf = client.Configuration.get_default_copy()
+    conf.cert_file = conf.key_file = None  # not the admin's certificate: the token only
+    conf.api_key = {"authorization": f"Bearer {token}"}
+    return client.ApiClient(conf)
+
+
+def test_server_role_is_enough_for_the_relay_and_no_more(
+    core: client.CoreV1Api, namespace: str
+) -> None:
+    """As a service account bound to the backend's Role: a kernel pod is created, attached
+    (the agent's hello through the relay's session) and deleted; secrets, exec, another
+    namespace and the node stay refused."""
+    sa = client.CoreV1Api(service_account_api(core, namespace))
+    name = "kernel-as-server"
+    create_pod(sa, namespace, pod(name, bootstrap_command(), agent=True))
+    wait_phase(sa, namespace, name, {"Running"})
+
+    async def hello() -> dict[str, Any]:
+        session = AgentSession(name, console=lambda _: None, log=logging.getLogger("test"))
+        await attach_pod(session, sa, namespace, name, CONTAINER)
+        session.send_agent(agent_payload(escaped_stdin=False, kernel_user=SANDBOX_USER))
+        assert session.hello is not None
+        found = await asyncio.wait_for(session.hello, POD_TIMEOUT)
+        session.close()
+        await asyncio.wait_for(asyncio.to_thread(session.dead.wait, POD_TIMEOUT), POD_TIMEOUT)
+        return found
+
+    assert asyncio.run(hello())["kernel_uid"] == int(SANDBOX_USER.split(":")[0])
+    refused: dict[str, Callable[[], object]] = {
+        "secrets": lambda: sa.list_namespaced_secret(namespace),
+        "another namespace": lambda: sa.list_namespaced_pod("default"),
+        "nodes": lambda: sa.list_node(),
+        "pod logs": lambda: sa.read_namespaced_pod_log(name, namespace),
+        "exec": lambda: stream(
+            sa.connect_get_namespaced_pod_exec, name, namespace, command=["id"], stdout=True
+        ),
+    }
+    allowed = []
+    for what, call in refused.items():
+        try:
+            call()
+            allowed.append(what)
+        except client.ApiException as exc:
+            # exec's refusal arrives as the websocket handshake's failure (status 0)
+            assert exc.status == 403 or "403" in str(exc.reason), (what, exc.status, exc.reason)
+    assert allowed == [], f"the server's Role allows {allowed}"
+    sa.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+
+
+def test_gc_removes_pods_whose_server_is_gone(core: client.CoreV1Api, namespace: str) -> None:
+    """``kubernetes_inventory.remove_orphan_pods`` (the backend's gc): a pod whose
+    Jupyter process on this host has died is deleted; a live server's pod and another
+    host's stay."""
+    child = subprocess.Popen(["true"])
+    child.wait()  # its pid: a server that has died
+    owners = {
+        "gone": Owner(child.pid, "1", socket.gethostname(), "jo", "k-gone"),
+        "alive": Owner.current(kernel_id="k-alive"),
+        "elsewhere": Owner(child.pid, "1", "another-host", "jo", "k-elsewhere"),
+    }
+    for name, owner in owners.items():
+        manifest = pod(name, ["sleep", "600"], agent=False)
+        manifest["metadata"]["labels"] = pod_labels(owner)
+        create_pod(core, namespace, manifest)
+    assert remove_orphan_pods(core, namespace) == ["gone"]
+    deadline = time.monotonic() + POD_TIMEOUT
+    while True:
+        left = {p.metadata.name for p in core.list_namespaced_pod(namespace).items if p.metadata}
+        if left == {"alive", "elsewhere"} or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert left == {"alive", "elsewhere"}
+    assert remove_orphan_pods(core, namespace) == []  # nothing more to remove
