@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sandbox_kernel import boot as boot_module  # noqa: E402
-from sandbox_kernel import provisioner as provisioner_module  # noqa: E402
+from sandbox_kernel import sandbox as sandbox_module  # noqa: E402
 from sandbox_kernel.backends.docker import DockerBackend  # noqa: E402
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE  # noqa: E402
 from sandbox_kernel.kernelspec import build_kernelspec, host_kernelspec  # noqa: E402
@@ -212,7 +212,7 @@ def cold_phases(ksm: KernelSpecManager, name: str, n: int) -> dict[str, list[flo
         timed(DockerBackend, "create", "container create"),
         timed(DockerBackend, "start", "container start (runsc boots the sandbox)"),
         timed(boot_module, "_send_agent", "agent sent, hello back"),
-        timed(provisioner_module, "start_kernel", "kernel process started"),
+        timed(sandbox_module, "start_kernel", "kernel process started"),
     ]
     try:
         for _ in range(n):

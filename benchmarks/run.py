@@ -9,7 +9,8 @@ One process, one run, the same machine. For each configuration: launch (from
 ``start_kernel``, or the pool claim, to the first kernel_info_reply; median and p95 of N),
 a warm start as users see it (``start_kernel`` to the reply of one kernel_info request),
 execute_request round trip of a trivial cell (p50/p99 of M), output throughput of a 20 MB
-print (MB/s, bytes that reached the client; the timing code is ``kernel_timing.py``),
+print (MB/s, bytes that reached the client, the median of three after a warm-up print; the
+timing code is ``kernel_timing.py``),
 idle PSS per kernel (every host process of the kernel, each address space once: for
 Docker the processes in the container's cgroup plus its containerd shim, for the other
 backends the processes in the sandbox's cgroup).
@@ -57,7 +58,7 @@ from kernel_timing import (  # noqa: E402
     PRINT_MB,
     cell_rtts,
     pct,
-    print_throughput,
+    print_rate,
     start,
     stop,
 )
@@ -287,7 +288,7 @@ def measure(
         wait_pool()
     try:
         res.rtt = cell_rtts(kc, n_rtt)
-        res.mbps, res.received_mb = print_throughput(kc)
+        res.mbps, res.received_mb = print_rate(kc)
         time.sleep(3)
         res.idle_pss = kernel_pss_mib(km)
         res.echo = echo_rtts(km, kc, n_rtt)
@@ -664,7 +665,8 @@ def report(results: dict[str, Result], info: dict[str, str], args: argparse.Name
         "server in one gVisor sandbox gets. A launch is timed from `start_kernel` (for a warm",
         "configuration: the pool claim) to the kernel's first `kernel_info_reply`, the request",
         "repeated every 0.25 s; a warm start as users see it, from `start_kernel` to the reply",
-        "of a single `kernel_info` request.",
+        "of a single `kernel_info` request. Output: the median of three 20 MB prints after a",
+        "first one (a kernel's first large output is slower everywhere).",
         "",
         "| | " + " | ".join(f"{k}: {v}" for k, v in info.items()) + " |",
         "|" + "---|" * (len(info) + 1),

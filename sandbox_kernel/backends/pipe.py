@@ -43,7 +43,7 @@ from .capabilities import refuse_unenforced
 from .cgroups import CONTROLLERS, Cgroup, cgroup_gaps, v1_mounts
 from .launcher import launcher_argv
 from .owner import Owner, process_start
-from .spawned import TOOL_ENV, Sandboxes, SpawnedBackend, tail
+from .spawned import TOOL_ENV, Sandboxes, SpawnedBackend, output_pipe, tail
 
 HOST_UID_BASE = 1_900_000_000
 HOST_UID_SPAN = 1 << 24
@@ -139,7 +139,7 @@ class PipeBackend(SpawnedBackend[Spawned]):
         stderr = os.memfd_create(f"sandbox-kernel-{self.name}-stderr", os.MFD_CLOEXEC)
         cgroup: Cgroup | None = None
         stdin_r, stdin_w = os.pipe()
-        stdout_r, stdout_w = os.pipe()
+        stdout_r, stdout_w = output_pipe()
         filter_fd = -1
         try:
             usable = {c: m for c, m in v1_mounts().items() if CONTROLLERS[c] not in gaps}

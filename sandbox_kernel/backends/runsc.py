@@ -85,7 +85,7 @@ from .runsc_tool import (
     runsc_argv,
     runsc_kill,
 )
-from .spawned import TOOL_ENV, Sandboxes, SpawnedBackend, read_tail
+from .spawned import TOOL_ENV, Sandboxes, SpawnedBackend, output_pipe, read_tail
 
 
 @functools.lru_cache(maxsize=8)
@@ -260,7 +260,7 @@ class RunscBackend(SpawnedBackend[Running]):
         # through /proc/<pid>/fd/2 inside. A memfd has no path.
         stderr = os.memfd_create(f"sandbox-kernel-runsc-stderr-{name}", os.MFD_CLOEXEC)
         stdin_r, stdin_w = os.pipe()
-        stdout_r, stdout_w = os.pipe()
+        stdout_r, stdout_w = output_pipe()
         running = Running(
             (stdin_w, stdout_r), runsc, base / "state", bundle, rootless, None, stderr,
             self.flags, tuple(command), shape(self.describe(), policy),
