@@ -249,12 +249,11 @@ class Agent:
         pass_fds: tuple[int, ...] = (),
     ) -> None:
         """Start the kernel process (or its pre-warmed stand-in) in its own session,
-        its stdout and stderr forwarded to the host on stream 0."""
-        full_env = dict(os.environ)
-        full_env.update(x.with_helper_path(env))
+        its stdout and stderr forwarded to the host on stream 0. Its environment is the
+        host's ``env`` alone (:func:`kernel_environment`)."""
         self.kernel = subprocess.Popen(
             argv,
-            env=full_env,
+            env=kernel_environment(env),
             stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -325,10 +324,8 @@ class Agent:
             assert kernel is not None and kernel.stdin is not None
             if self.status is not None:
                 raise RuntimeError("the pre-warmed interpreter has exited")
-            full_env = dict(os.environ)
-            full_env.update(x.with_helper_path(env))
             spec = {
-                "env": full_env,
+                "env": kernel_environment(env),
                 "cwd": cwd,
                 "key": connection["key"],
                 "signature_scheme": connection.get("signature_scheme", "hmac-sha256"),
@@ -461,6 +458,14 @@ class Agent:
     def fatal(self, message: str) -> None:
         self.mux.send_control({"op": o.ERROR, "message": message})
         self.finish(125, message)
+
+
+def kernel_environment(env: dict[str, str]) -> dict[str, str]:
+    """The kernel's whole environment: what the host sent (the policy's, policy.kernel_env)
+    and the helper's path and socket. Not the agent's own: that is the container runtime's
+    (Docker's HOSTNAME, the kubelet's KUBERNETES_SERVICE_* naming the API server, a
+    tool's), which the policy never chose, so one rule holds under every backend."""
+    return x.with_helper_path(env)
 
 
 def parse_user(user: str | None) -> tuple[int, int] | None:

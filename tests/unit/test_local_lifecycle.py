@@ -111,6 +111,34 @@ def test_start_runs_the_kernel_through_the_agent_and_shutdown_leaves_nothing(
     assert set(listening_ports(own_only=True)) <= ports_before
 
 
+def test_the_kernel_gets_the_policys_environment_not_the_agents(
+    specs: KernelSpecManager, kernels: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the container runtime puts in the agent's environment (the kubelet's
+    KUBERNETES_SERVICE_HOST in every pod, Docker's HOSTNAME) does not reach the kernel,
+    cold or claimed from the warm pool; the policy's ``env`` does."""
+    monkeypatch.setattr(LocalBackend, "agent_env", {"KUBERNETES_SERVICE_HOST": "10.0.0.1"})
+    write_spec(kernels, "env-pooled", {"pool_size": 1, "env": {"SK_POLICY": "yes"}})
+    code = (
+        "import os, json\n"
+        "print(json.dumps([os.environ.get(n) for n in ('KUBERNETES_SERVICE_HOST', 'SK_POLICY')]))"
+    )
+    first = start(specs, "env-pooled")
+    kernels_started = [first]
+    try:
+        assert not provisioner(first.km).last_start_warm
+        assert first.value(code) == [None, "yes"]
+        wait_until(lambda: pool_ready(provisioner(first.km).policy), "the warm pool to fill")
+        warm = start(specs, "env-pooled")
+        kernels_started.append(warm)
+        assert provisioner(warm.km).last_start_warm
+        assert warm.value(code) == [None, "yes"]
+    finally:
+        for kernel in kernels_started:
+            kernel.stop()
+        WarmPool.drain_all()
+
+
 def test_shutdown_now_kills_the_sandbox(specs: KernelSpecManager) -> None:
     kernel = start(specs, "local")
     sandbox = sandbox_of(kernel.km)
