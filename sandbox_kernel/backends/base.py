@@ -78,7 +78,7 @@ class SandboxInfo:
     user: str
     server_pid: int
     uptime_s: float
-    memory_mib: float
+    memory_mib: float | None  # None where the backend cannot tell
     cpu_percent: float | None = None  # None where the backend cannot tell
     # "sandbox", or "snapshot": a warm pool's checkpoint image on disk (no process; its
     # size in disk_mib), removed with its pool or by gc

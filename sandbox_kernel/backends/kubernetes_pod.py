@@ -26,6 +26,10 @@ CONTAINER = "kernel"  # the pod's one container: the attach stream names it
 CPU_REQUEST = "100m"
 # RFC 1123 label: what a pod's name must be (the API refuses anything else).
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# RFC 1123 subdomain: what a RuntimeClass's name must be.
+_DNS_SUBDOMAIN = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
 # A label value: at most 63 characters, alphanumeric at both ends.
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
 
@@ -37,6 +41,17 @@ def check_name(name: str, what: str = "pod name") -> str:
         raise PolicyError(
             f"{name!r} is not a valid {what}: lower-case letters, digits and '-', "
             "at most 63 characters, starting and ending with a letter or digit"
+        )
+    return name
+
+
+def check_subdomain(name: str, what: str) -> str:
+    """``name`` if the API accepts it as the name of a cluster object such as a
+    RuntimeClass (an RFC 1123 subdomain), else a PolicyError saying so."""
+    if not _DNS_SUBDOMAIN.fullmatch(name):
+        raise PolicyError(
+            f"{what}: {name!r} is not a valid name: lower-case letters, digits, '-' and '.', "
+            "at most 253 characters, each part starting and ending with a letter or digit"
         )
     return name
 
@@ -60,6 +75,7 @@ def kernel_pod(
     command: Sequence[str],
     labels: Mapping[str, str],
     agent: bool = True,
+    image_pull_policy: str = "IfNotPresent",
 ) -> dict[str, Any]:
     """The pod manifest of one kernel (``agent``) or of a probe.
 
@@ -110,7 +126,7 @@ def kernel_pod(
                 {
                     "name": CONTAINER,
                     "image": policy.image,
-                    "imagePullPolicy": "IfNotPresent",
+                    "imagePullPolicy": image_pull_policy,
                     "command": list(command),
                     "stdin": agent,
                     "stdinOnce": agent,
