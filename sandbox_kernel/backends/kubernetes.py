@@ -62,14 +62,13 @@ STUCK = {
     "RuntimeClass's handler installed on the node?)",
 }
 
-# What a pod spec cannot say: per-container rlimits (gVisor counts RLIMIT_NPROC per
-# sandbox: what makes a fork bomb meet EAGAIN), a pids cap of its own (the kubelet's
-# podPidsLimit is the node's setting). Refused unless accepted, as the pipe backends do.
+# What a pod spec cannot say and nothing else sets: a pids cap of the pod's own (the
+# kubelet's podPidsLimit is the node's setting). Refused unless accepted, as the pipe
+# backends do. (Per-container rlimits, which a pod spec cannot say either, the agent
+# sets on the kernel: Preflight.agent_rlimits.)
 UNENFORCED = {
-    "nproc_limit": "a pod spec sets no RLIMIT_NPROC, and the agent does not set it yet",
-    "nofile_limit": "a pod spec sets no RLIMIT_NOFILE, and the agent does not set it yet",
     "pids_limit": "a pod has no pids cap of its own (the node's podPidsLimit, if set, is "
-    "the kubelet's)",
+    "the kubelet's); nproc_limit bounds the kernel's processes inside gVisor",
 }
 
 
@@ -209,6 +208,7 @@ class KubernetesBackend(SandboxBackend):
             warnings=warnings,
             foreign_kernel=True,  # the RuntimeClass must be gVisor: the hello's release says
             kernel_user_apart=True,  # the agent is root of gVisor's kernel, as under docker
+            agent_rlimits=True,  # a pod spec has no rlimits
         )
 
     def _create(self, manifest: dict[str, Any]) -> str:

@@ -98,6 +98,8 @@ class LocalBackend(SandboxBackend):
     # Variables a test puts in the agent's own environment, as a container runtime does
     # (Docker's HOSTNAME, the kubelet's KUBERNETES_SERVICE_HOST).
     agent_env: ClassVar[dict[str, str]] = {}
+    # Whether the preflight asks the agent to set the kernel's rlimits (as a pod's must).
+    agent_rlimits: ClassVar[bool] = False
     # Shared by every instance: a pooled sandbox is removed by its claimer's backend.
     sandboxes: ClassVar[dict[str, LocalSandbox]] = {}
     created: ClassVar[dict[str, Path]] = {}  # name -> root of every one ever created here
@@ -110,6 +112,7 @@ class LocalBackend(SandboxBackend):
         return Preflight(
             runtime=NAME,
             warnings=("the local test backend isolates nothing",),
+            agent_rlimits=self.agent_rlimits,
         )
 
     async def create(

@@ -70,12 +70,13 @@ def test_settings_are_checked_with_the_fix() -> None:
 
 
 def test_what_a_pod_cannot_enforce_refuses_the_launch_unless_accepted() -> None:
-    """A pod spec has no rlimits and no pids cap: preflight refuses (fail closed) before
-    it connects to anything, naming them and accept_unenforced."""
+    """A pod has no pids cap of its own: preflight refuses (fail closed) before it connects
+    to anything, naming it and accept_unenforced. The rlimits a pod spec cannot say either
+    are the agent's to set (boot.kernel_rlimits)."""
     import asyncio
 
     assert set(backend().gaps(policy())) == set(UNENFORCED)
-    with pytest.raises(SandboxError, match=r"nofile_limit.*nproc_limit.*pids_limit.*accept_unenf"):
+    with pytest.raises(SandboxError, match=r"cannot enforce this policy.*pids_limit.*accept_unenf"):
         asyncio.run(backend().preflight(policy()))
 
 

@@ -139,6 +139,25 @@ def test_the_kernel_gets_the_policys_environment_not_the_agents(
         WarmPool.drain_all()
 
 
+def test_the_agent_sets_the_policys_rlimits_where_the_sandbox_cannot(
+    specs: KernelSpecManager, kernels: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend whose sandboxes have no rlimits of their own (a pod) has the agent set
+    the policy's on the kernel, soft and hard, so kernel code cannot raise them."""
+    monkeypatch.setattr(LocalBackend, "agent_rlimits", True)
+    write_spec(kernels, "limited", {"nofile_limit": 256, "nproc_limit": 65536, "pids_limit": 65536})
+    kernel = start(specs, "limited")
+    try:
+        found = kernel.value(
+            "import json, resource\n"
+            "print(json.dumps([resource.getrlimit(getattr(resource, 'RLIMIT_' + n))\n"
+            "                  for n in ('NOFILE', 'NPROC', 'CORE')]))"
+        )
+    finally:
+        kernel.stop()
+    assert found == [[256, 256], [65536, 65536], [0, 0]]
+
+
 def test_shutdown_now_kills_the_sandbox(specs: KernelSpecManager) -> None:
     kernel = start(specs, "local")
     sandbox = sandbox_of(kernel.km)
