@@ -168,7 +168,7 @@ def run_doctor(
     from .backends.releases import runtime_release
     from .kernelspec import build_kernelspec
     from .policy import GVISOR_RUNTIMES
-    from .security.expectations import GVISOR_BACKENDS, gaps_of, undecided
+    from .security.expectations import GVISOR_BACKENDS, RELEASE_UNKNOWN, gaps_of, undecided
 
     say = progress or (lambda _msg: None)
     report = Report()
@@ -232,7 +232,8 @@ def run_doctor(
             # gVisor's gaps are those of the release the kernel runs on; docker without
             # gVisor (allow_weaker_runtime, no runsc registered) is docker-runc's table.
             table, release = backend, None
-            if backend in GVISOR_BACKENDS and preflight.runtime in GVISOR_RUNTIMES:
+            known = backend in GVISOR_BACKENDS and backend not in RELEASE_UNKNOWN
+            if known and preflight.runtime in GVISOR_RUNTIMES:
                 try:
                     release = runtime_release(backend, preflight.runtime)
                 except SandboxError as exc:

@@ -149,7 +149,7 @@ GAP_DETAILS["runsc"] = dict(GAP_DETAILS["docker"])
 # --version`) seen blocking it: setup-host's current build (host/runsc_current.env; the
 # attack suite on runsc-current, docs/backends.md). Older releases are held to the gap, so
 # a release in between that closes it fails the suite until this table says so.
-GVISOR_BACKENDS = ("docker", "runsc")
+GVISOR_BACKENDS = ("docker", "runsc", "kubernetes")
 CLOSED_IN: dict[str, int] = {
     "fs-noexec-loader": 20260905,  # ld.so: "failed to map segment"; mmap(PROT_EXEC) EPERM
     "net-userns-address": 20260905,  # RTM_NEWADDR/RTM_NEWROUTE EPERM in the clone3 namespace
@@ -159,11 +159,13 @@ CLOSED_IN: dict[str, int] = {
 
 # The kubernetes backend's pods run the gVisor of their node, whose release the Jupyter
 # server cannot learn (no API names it; gVisor's kernel reports a fixed Linux version).
-# Its gaps are gVisor's of any release (the docker column), and those a later release
-# closes may be blocked or not: doctor reports them as seen (undecided). No column in
-# docs/security.md: the attack catalogue has not been run in a pod by the test suite yet.
+# Its gaps are gVisor's, of the node's release where that is known (the tests know the
+# dev cluster's); without it, of any release (the docker column), and those a later
+# release closes may be blocked or not: doctor reports them as seen (undecided). No
+# column in docs/security.md (BACKEND_ORDER): its rows are the docker column's.
 RELEASE_UNKNOWN = ("kubernetes",)
 GAPS["kubernetes"] = dict(GAPS["docker"])
+GAP_DETAILS["kubernetes"] = dict(GAP_DETAILS["docker"])
 
 
 def undecided(backend: str) -> frozenset[str]:
@@ -174,10 +176,11 @@ def undecided(backend: str) -> frozenset[str]:
 
 def gaps_of(backend: str, release: int | None = None) -> dict[str, str]:
     """The attacks ``backend`` does not block (and why). Under gVisor (``docker``,
-    ``runsc``) they depend on the runsc ``release`` the sandbox runs on
-    (:func:`sandbox_kernel.backends.gvisor.release_of`), which is then required."""
+    ``runsc``, ``kubernetes``) they depend on the runsc ``release`` the sandbox runs on
+    (:func:`sandbox_kernel.backends.gvisor.release_of`), which is then required, except
+    where the backend cannot know it (RELEASE_UNKNOWN: every release's gaps)."""
     gaps = GAPS[backend]
-    if backend not in GVISOR_BACKENDS:
+    if backend not in GVISOR_BACKENDS or (release is None and backend in RELEASE_UNKNOWN):
         return dict(gaps)
     if release is None:
         raise ValueError(f"{backend}: the gaps depend on the runsc release; name it")
