@@ -206,3 +206,19 @@ def test_doctor_reports_release_dependent_attacks_as_seen(
     report = doctor.Report()
     doctor._judge_attacks(report, None, *args, either=undecided("kubernetes"))
     assert not report.checks[0].ok and "net-lan-host (connected)" in report.checks[0].detail
+
+
+def test_ps_and_gc_look_where_the_kubernetes_kernelspecs_put_their_pods(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sandbox_kernel import kernelspec
+    from sandbox_kernel.backends.kubernetes import namespaces
+
+    found = {
+        "a": ("/k/a", {"backend": "kubernetes", "namespace": "kernels"}),
+        "b": ("/k/b", {"backend": "kubernetes"}),  # the configuration's namespace
+        "c": ("/k/c", {"backend": "docker"}),
+        "d": ("/k/d", None),  # not sandboxed
+    }
+    monkeypatch.setattr(kernelspec, "effective_kernelspecs", lambda: found)
+    assert namespaces("team") == ["kernels", "team"]
