@@ -294,7 +294,21 @@ class KubernetesBackend(SandboxBackend):
             labels=pod_labels(owner),
             image_pull_policy=self.image_pull_policy,
         )
-        return await asyncio.to_thread(self._create, manifest)
+        made = asyncio.ensure_future(asyncio.to_thread(self._create, manifest))
+        try:
+            return await asyncio.shield(made)
+        except asyncio.CancelledError:
+            # A launch timeout while the API call is under way: the pod may be made after
+            # all, and boot() has no id to remove yet.
+            await asyncio.shield(self._remove_when_made(made, name))
+            raise
+
+    async def _remove_when_made(self, made: asyncio.Future[str], name: str) -> None:
+        try:
+            await made
+        except SandboxError:
+            return  # the API server refused it: nothing to remove
+        await self.remove(name)
 
     async def attach(self, sandbox_id: str, session: AgentSession) -> None:
         """Wait until the pod's container runs (or cannot), then open its attach stream

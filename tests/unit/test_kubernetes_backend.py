@@ -222,3 +222,46 @@ def test_ps_and_gc_look_where_the_kubernetes_kernelspecs_put_their_pods(
     }
     monkeypatch.setattr(kernelspec, "effective_kernelspecs", lambda: found)
     assert namespaces("team") == ["kernels", "team"]
+
+
+def test_a_launch_cancelled_while_the_pod_is_created_removes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """boot() removes a sandbox only once create() has returned its id: a cancellation
+    (the launch timeout) during the API call must not leave the pod behind."""
+    import asyncio
+    import threading
+    import time
+
+    from sandbox_kernel.backends.base import Preflight
+    from sandbox_kernel.backends.owner import Owner
+
+    made, removed = threading.Event(), list[str]()
+    made_backend = backend()
+
+    def slow_create(manifest: dict[str, Any]) -> str:
+        time.sleep(0.3)  # the API call, still under way when the launch is cancelled
+        made.set()
+        return str(manifest["metadata"]["name"])
+
+    monkeypatch.setattr(made_backend, "_create", slow_create)
+    monkeypatch.setattr(made_backend, "_remove", removed.append)
+
+    async def launch() -> None:
+        task = asyncio.ensure_future(
+            made_backend.create(
+                policy(),
+                Preflight(runtime="gvisor"),
+                command=["python3"],
+                owner=Owner.current(kernel_id="k"),
+                name="kernel-x",
+            )
+        )
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.6)  # the shielded removal finishes
+
+    asyncio.run(launch())
+    assert made.is_set() and removed == ["kernel-x"]
