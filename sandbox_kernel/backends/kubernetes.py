@@ -103,8 +103,8 @@ def is_running(pod: Any) -> bool:
 class KubernetesBackend(SandboxBackend):
     name = "kubernetes"
     label = "sandboxed, Kubernetes pod"
-    # (namespace, host) pairs whose orphans this process has removed (once each, at a
-    # first launch, as the other backends' reap_orphans_once)
+    # namespaces whose orphans this process has removed (once each, at a first launch
+    # there, as the other backends' reap_orphans_once)
     _reaped: ClassVar[set[str]] = set()
 
     def __init__(
@@ -253,7 +253,8 @@ class KubernetesBackend(SandboxBackend):
             time.sleep(POLL)
         raise SandboxError(
             f"kernel pod {self.namespace}/{name} was deleted but is still there after "
-            f"{REMOVE_TIMEOUT:.0f} s (its node may be down); `sandbox-kernel gc` removes it later"
+            f"{REMOVE_TIMEOUT:.0f} s (its node may be unreachable: the cluster removes it "
+            "once the node answers or is gone)"
         )
 
     # -- SandboxBackend --------------------------------------------------------------------
