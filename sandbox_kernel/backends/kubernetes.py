@@ -43,7 +43,7 @@ from .kubernetes_cluster import (
     connect,
 )
 from .kubernetes_inventory import BACKEND, pod_labels, remove_orphan_pods
-from .kubernetes_pod import CONTAINER, check_name, check_subdomain, kernel_pod
+from .kubernetes_pod import CONTAINER, SECCOMP_PROFILE, check_name, check_subdomain, kernel_pod
 from .owner import LABEL_BACKEND, LABEL_MANAGED, Owner
 
 POLL = 0.25  # seconds between looks at a starting pod
@@ -56,8 +56,10 @@ STUCK = {
     "ErrImagePull": "the node cannot pull the image: push it to a registry the node reaches",
     "ImagePullBackOff": "the node cannot pull the image: push it to a registry the node reaches",
     "InvalidImageName": "fix the image setting",
-    "CreateContainerConfigError": "the pod's configuration is refused by the node",
-    "CreateContainerError": "the node's runtime could not create the container",
+    "CreateContainerConfigError": "the pod's configuration is refused by the node (does "
+    f"its kubelet's seccomp folder hold {SECCOMP_PROFILE}? docs/kubernetes.md)",
+    "CreateContainerError": "the node's runtime could not create the container (does its "
+    f"kubelet's seccomp folder hold {SECCOMP_PROFILE}? docs/kubernetes.md)",
     "RunContainerError": "the node's runtime could not start the container (is the "
     "RuntimeClass's handler installed on the node?)",
 }

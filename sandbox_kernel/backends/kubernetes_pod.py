@@ -21,6 +21,12 @@ from ..policy import SandboxPolicy
 from .gvisor import AGENT_CAPABILITIES
 
 CONTAINER = "kernel"  # the pod's one container: the attach stream names it
+# The pod's seccomp profile: the one the Docker backend enforces inside gVisor
+# (seccomp.seccomp_profile), as a Localhost profile the node holds under this name in its
+# kubelet's seccomp folder (<kubelet root>/seccomp/; dev-cluster.sh writes it). Not
+# RuntimeDefault: containerd's default answers clone3 with errnoRet ENOSYS, which runsc
+# ignores, so every clone3 fails EPERM and no thread can start in the pod (seen).
+SECCOMP_PROFILE = "sandbox-kernel-gvisor.json"
 # The scheduler's reservation of CPU per kernel; the limit is the policy's. Idle kernels
 # use next to none, so a node is not full after a few of them.
 CPU_REQUEST = "100m"
@@ -82,9 +88,9 @@ def kernel_pod(
     Issue 23's settings: the gVisor RuntimeClass, no volumes but size-capped memory
     emptyDirs for ``/tmp`` and the home, no service account token, no service links, no
     DNS but the pod's own loopback (``dnsPolicy: None`` needs a nameserver), read-only
-    root, ``RuntimeDefault`` seccomp (enforced inside gVisor: the handler's
-    ``oci-seccomp``), every capability dropped, no privilege escalation, the policy's
-    memory as request and limit, its CPUs as limit.
+    root, the Docker backend's seccomp profile (:data:`SECCOMP_PROFILE`; enforced inside
+    gVisor: the handler's ``oci-seccomp``), every capability dropped, no privilege
+    escalation, the policy's memory as request and limit, its CPUs as limit.
 
     ``agent``: the container runs the agent as it runs under Docker with gVisor, as root
     of gVisor's kernel with only :data:`AGENT_CAPABILITIES` (to start the kernel as the
@@ -102,7 +108,7 @@ def kernel_pod(
         "runAsUser": 0 if agent else uid,
         "runAsGroup": 0 if agent else gid,
         "runAsNonRoot": not agent,
-        "seccompProfile": {"type": "RuntimeDefault"},
+        "seccompProfile": {"type": "Localhost", "localhostProfile": SECCOMP_PROFILE},
     }
     memory, tmp, home = (str(b) for b in (policy.memory_bytes, policy.tmp_bytes, policy.home_bytes))
     return {
