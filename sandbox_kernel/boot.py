@@ -41,7 +41,8 @@ async def boot(
         await backend.attach(sandbox_id, session)
         await backend.start(sandbox_id)
         kernel_user = policy.user if preflight.kernel_user_apart else None
-        hello = await relay.run(_send_agent(session, kernel_user))
+        rlimits = kernel_rlimits(policy) if preflight.agent_rlimits else {}
+        hello = await relay.run(_send_agent(session, kernel_user, rlimits))
         check_hello(hello, preflight)
         if not hello.get("helpers"):
             session.log.warning(
@@ -88,10 +89,25 @@ async def restore(
     return sandbox_id
 
 
-async def _send_agent(session: AgentSession, kernel_user: str | None) -> dict[str, Any]:
+def kernel_rlimits(policy: SandboxPolicy) -> dict[str, int]:
+    """The resource limits the agent sets on the kernel where the sandbox sets none
+    (``Preflight.agent_rlimits``): the policy's, as the Docker backend's ulimits under
+    gVisor (which counts RLIMIT_NPROC per sandbox), and no core files."""
+    return {"nproc": policy.nproc, "nofile": policy.nofile, "core": 0}
+
+
+async def _send_agent(
+    session: AgentSession, kernel_user: str | None, rlimits: dict[str, int]
+) -> dict[str, Any]:
     """On the relay loop: send the agent over stdin and wait for its hello."""
     assert session.hello is not None
-    session.send_agent(agent_payload(escaped_stdin=session.escape_stdin, kernel_user=kernel_user))
+    session.send_agent(
+        agent_payload(
+            escaped_stdin=session.escape_stdin,
+            kernel_user=kernel_user,
+            kernel_rlimits=tuple(sorted(rlimits.items())),
+        )
+    )
     return await session.hello
 
 

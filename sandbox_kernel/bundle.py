@@ -70,17 +70,28 @@ def _module_source(name: str) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def agent_payload(escaped_stdin: bool = True, kernel_user: str | None = None) -> bytes:
+def agent_payload(
+    escaped_stdin: bool = True,
+    kernel_user: str | None = None,
+    kernel_rlimits: tuple[tuple[str, int], ...] = (),
+) -> bytes:
     """Stage 2 with the agent's sources, prefixed by its 10-digit length.
 
     ``escaped_stdin``: frames after this payload carry the stdin escaping of
     ``protocol.escape_stdin`` (Docker's attach); the payload itself has no ctrl-p
     byte, since ``repr`` escapes control characters. ``kernel_user``: ``uid:gid`` the
     agent runs the kernel as when it starts as root (backends that keep the two apart).
+    ``kernel_rlimits``: (name, value) of the resource limits the agent sets on the kernel,
+    where the sandbox sets none itself (``Preflight.agent_rlimits``).
     """
     modules = [(name, _module_source(name)) for name in AGENT_MODULES]
     helpers = {name.rpartition(".")[2] + ".py": _module_source(name) for name in KERNEL_HELPERS}
-    main_kwargs = {"escaped_stdin": escaped_stdin, "helpers": helpers, "kernel_user": kernel_user}
+    main_kwargs = {
+        "escaped_stdin": escaped_stdin,
+        "helpers": helpers,
+        "kernel_user": kernel_user,
+        "kernel_rlimits": dict(kernel_rlimits) or None,
+    }
     code = ("MODULES = %r\nMAIN_KWARGS = %r\n" % (modules, main_kwargs) + _STAGE2).encode()
     assert b"\x10" not in code
     return b"%010d" % len(code) + code

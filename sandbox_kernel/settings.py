@@ -62,7 +62,8 @@ SETTINGS: tuple[Setting, ...] = (
         "backend",
         "docker",
         "isolation backend: docker (gVisor, the default); runsc (gVisor without Docker, as "
-        "root or rootless); the weaker tiers docker-runc, bwrap and firejail share the "
+        "root or rootless); kubernetes (one gVisor pod per kernel on a cluster: "
+        "docs/kubernetes.md); the weaker tiers docker-runc, bwrap and firejail share the "
         "host's kernel with the sandbox (docs/backends.md)",
         "backend",  # one of backends/registry.py's names (checked there)
         group="sandbox",
@@ -94,6 +95,34 @@ SETTINGS: tuple[Setting, ...] = (
         group="sandbox",
     ),
     S(
+        "namespace",
+        "",
+        "the Kubernetes namespace of the kernel pods (a DNS label); empty: the kubeconfig "
+        "context's namespace, or in a pod the server's own, else 'default'",
+        "str",
+        backends=("kubernetes",),
+        group="sandbox",
+    ),
+    S(
+        "runtime_class",
+        "gvisor",
+        "the RuntimeClass of the kernel pods: one whose handler runs gVisor with no network "
+        "and oci-seccomp (GKE Sandbox's and the dev cluster's: gvisor)",
+        "str",
+        backends=("kubernetes",),
+        group="sandbox",
+    ),
+    S(
+        "image_pull_policy",
+        "IfNotPresent",
+        "the kernel pods' imagePullPolicy (Never: the image must already be on the node, as "
+        "on the dev cluster)",
+        "enum",
+        choices=("IfNotPresent", "Always", "Never"),
+        backends=("kubernetes",),
+        group="sandbox",
+    ),
+    S(
         "rootfs",
         "",
         "the kernel root filesystem directory (default: the export of `image` by "
@@ -119,7 +148,7 @@ SETTINGS: tuple[Setting, ...] = (
         "DANGEROUS: policy properties the backend may leave unenforced on this host (e.g. "
         "memory_limit); anything else it cannot enforce refuses the launch",
         "list",
-        backends=_PIPE,
+        backends=(*_PIPE, "kubernetes"),
         metavar="PROPERTY",
         group="sandbox",
     ),

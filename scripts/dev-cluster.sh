@@ -617,6 +617,7 @@ up() {
     --authorization-kubeconfig "$PKI/scheduler.kubeconfig" \
     --bind-address 127.0.0.1 --leader-elect=false --profiling=false
   save_sysctls
+  write_seccomp_profile
   start kubelet "$BIN/kubelet" --config "$STATE/etc/kubelet.yaml" \
     --kubeconfig "$PKI/node.kubeconfig" --hostname-override "$NODE" \
     --root-dir "$STATE/kubelet" --cert-dir "$PKI" --node-ip "$NODE_IP"
@@ -629,6 +630,17 @@ up() {
   [ "${SHIM##*/}" != "$SHIM_PATCHED_NAME" ] ||
     log "gVisor's shim does not lower its oom_score_adj here (no CAP_SYS_RESOURCE): dev cluster only"
   echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
+}
+
+# The kernel pods' seccomp profile (kubernetes_pod.SECCOMP_PROFILE, a Localhost profile):
+# the one the Docker backend enforces inside gVisor, from this checkout's seccomp.py.
+write_seccomp_profile() {
+  mkdir -p "$STATE/kubelet/seccomp"
+  PYTHONPATH="$HERE/.." python3 -c 'import json, sys
+from sandbox_kernel.backends.kubernetes_pod import SECCOMP_PROFILE
+from sandbox_kernel.backends.seccomp import seccomp_profile
+with open(sys.argv[1] + "/" + SECCOMP_PROFILE, "w") as f:
+    json.dump(seccomp_profile(), f)' "$STATE/kubelet/seccomp"
 }
 
 # The images a pod needs, in the node's containerd (pods use imagePullPolicy: Never).

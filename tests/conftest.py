@@ -8,6 +8,7 @@ without the sandbox).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -123,6 +124,11 @@ def nothing_left_behind() -> Iterator[None]:
     WarmPool.drain_all()
     runsc_leftovers = our_runsc_sandboxes()
     assert not runsc_leftovers, f"runsc sandboxes left behind: {runsc_leftovers}"
+    if os.environ.get("KUBECONFIG"):  # the kubernetes variant's pods (tests/helpers.py)
+        from sandbox_kernel.backends.kubernetes import KubernetesBackend
+
+        pods = [r.name for r in KubernetesBackend.list_sandboxes() if r.server_pid == os.getpid()]
+        assert not pods, f"kernel pods left behind: {pods}"
     try:
         client = docker.from_env()
     except docker.errors.DockerException:

@@ -27,13 +27,14 @@ from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
+from sandbox_kernel.backends import gvisor
 from sandbox_kernel.backends.owner import (
     LABEL_KERNEL_ID,
     LABEL_MANAGED,
     LABEL_POOL,
     LABEL_SERVER_PID,
 )
-from sandbox_kernel.backends.releases import runtime_release
+from sandbox_kernel.backends.releases import parse_release, runtime_release
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.policy import GVISOR_RUNTIMES, SandboxPolicy, build_policy
 from sandbox_kernel.security.expectations import GVISOR_BACKENDS
@@ -69,6 +70,25 @@ BACKEND_CONFIGS: dict[str, dict[str, Any]] = {
     "bwrap": {"backend": "bwrap", "pool_size": 0},
     "firejail": {"backend": "firejail", "pool_size": 0, "accept_unenforced": ["tmp_size"]},
 }
+# The kubernetes backend, where a cluster is configured (KUBECONFIG: scripts/dev-cluster.sh
+# up prints it); without one it is not a variant here, so nothing that iterates over these
+# needs a cluster. Its pods go to SANDBOX_KERNEL_K8S_NAMESPACE (default: "default"); the
+# node has the image (the dev cluster imports it); a pod has no pids cap of its own.
+# Its gVisor is the node's: the dev cluster's runs runsc at the runsc-current pin
+# (dev-cluster.sh); another cluster's, SANDBOX_KERNEL_K8S_GVISOR_RELEASE (YYYYMMDD).
+K8S_GVISOR_RELEASE = int(
+    os.environ.get("SANDBOX_KERNEL_K8S_GVISOR_RELEASE")
+    or parse_release(gvisor.CURRENT["RUNSC_CURRENT_PIN"])
+)
+if os.environ.get("KUBECONFIG"):
+    BACKEND_CONFIGS["kubernetes"] = {
+        "backend": "kubernetes",
+        "pool_size": 0,
+        "namespace": os.environ.get("SANDBOX_KERNEL_K8S_NAMESPACE", "default"),
+        "runtime_class": os.environ.get("SANDBOX_KERNEL_K8S_RUNTIME_CLASS", "gvisor"),
+        "image_pull_policy": "Never",
+        "accept_unenforced": ["pids_limit"],
+    }
 
 
 def policy(**overrides: Any) -> SandboxPolicy:
@@ -87,6 +107,8 @@ def gvisor_release(backend: str, runtime: str = TEST_RUNTIME) -> int | None:
     hold it to that release's gaps (``security.expectations.gaps_of``)."""
     if backend not in GVISOR_BACKENDS:
         return None
+    if backend == "kubernetes":  # the node's, which the host of the dev cluster knows
+        return K8S_GVISOR_RELEASE
     return runtime_release(backend, runtime if runtime in GVISOR_RUNTIMES else "runsc")
 
 

@@ -52,6 +52,9 @@ class Preflight:
     # policy's uid, and the host kernel keeps the agent's descriptors (undumpable) and, as
     # PID 1, its signals out of the kernel's reach.
     kernel_user_apart: bool = False
+    # The sandbox sets no resource limits of its own (a pod spec cannot): the agent sets
+    # the policy's nproc and nofile on the kernel (boot.kernel_rlimits).
+    agent_rlimits: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class SandboxInfo:
     user: str
     server_pid: int
     uptime_s: float
-    memory_mib: float
+    memory_mib: float | None  # None where the backend cannot tell
     cpu_percent: float | None = None  # None where the backend cannot tell
     # "sandbox", or "snapshot": a warm pool's checkpoint image on disk (no process; its
     # size in disk_mib), removed with its pool or by gc

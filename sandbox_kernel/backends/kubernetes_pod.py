@@ -21,11 +21,21 @@ from ..policy import SandboxPolicy
 from .gvisor import AGENT_CAPABILITIES
 
 CONTAINER = "kernel"  # the pod's one container: the attach stream names it
+# The pod's seccomp profile: the one the Docker backend enforces inside gVisor
+# (seccomp.seccomp_profile), as a Localhost profile the node holds under this name in its
+# kubelet's seccomp folder (<kubelet root>/seccomp/; dev-cluster.sh writes it). Not
+# RuntimeDefault: containerd's default answers clone3 with errnoRet ENOSYS, which runsc
+# ignores, so every clone3 fails EPERM and no thread can start in the pod (seen).
+SECCOMP_PROFILE = "sandbox-kernel-gvisor.json"
 # The scheduler's reservation of CPU per kernel; the limit is the policy's. Idle kernels
 # use next to none, so a node is not full after a few of them.
 CPU_REQUEST = "100m"
 # RFC 1123 label: what a pod's name must be (the API refuses anything else).
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# RFC 1123 subdomain: what a RuntimeClass's name must be.
+_DNS_SUBDOMAIN = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
 # A label value: at most 63 characters, alphanumeric at both ends.
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
 
@@ -37,6 +47,17 @@ def check_name(name: str, what: str = "pod name") -> str:
         raise PolicyError(
             f"{name!r} is not a valid {what}: lower-case letters, digits and '-', "
             "at most 63 characters, starting and ending with a letter or digit"
+        )
+    return name
+
+
+def check_subdomain(name: str, what: str) -> str:
+    """``name`` if the API accepts it as the name of a cluster object such as a
+    RuntimeClass (an RFC 1123 subdomain), else a PolicyError saying so."""
+    if not _DNS_SUBDOMAIN.fullmatch(name):
+        raise PolicyError(
+            f"{what}: {name!r} is not a valid name: lower-case letters, digits, '-' and '.', "
+            "at most 253 characters, each part starting and ending with a letter or digit"
         )
     return name
 
@@ -60,15 +81,16 @@ def kernel_pod(
     command: Sequence[str],
     labels: Mapping[str, str],
     agent: bool = True,
+    image_pull_policy: str = "IfNotPresent",
 ) -> dict[str, Any]:
     """The pod manifest of one kernel (``agent``) or of a probe.
 
     Issue 23's settings: the gVisor RuntimeClass, no volumes but size-capped memory
     emptyDirs for ``/tmp`` and the home, no service account token, no service links, no
     DNS but the pod's own loopback (``dnsPolicy: None`` needs a nameserver), read-only
-    root, ``RuntimeDefault`` seccomp (enforced inside gVisor: the handler's
-    ``oci-seccomp``), every capability dropped, no privilege escalation, the policy's
-    memory as request and limit, its CPUs as limit.
+    root, the Docker backend's seccomp profile (:data:`SECCOMP_PROFILE`; enforced inside
+    gVisor: the handler's ``oci-seccomp``), every capability dropped, no privilege
+    escalation, the policy's memory as request and limit, its CPUs as limit.
 
     ``agent``: the container runs the agent as it runs under Docker with gVisor, as root
     of gVisor's kernel with only :data:`AGENT_CAPABILITIES` (to start the kernel as the
@@ -86,7 +108,7 @@ def kernel_pod(
         "runAsUser": 0 if agent else uid,
         "runAsGroup": 0 if agent else gid,
         "runAsNonRoot": not agent,
-        "seccompProfile": {"type": "RuntimeDefault"},
+        "seccompProfile": {"type": "Localhost", "localhostProfile": SECCOMP_PROFILE},
     }
     memory, tmp, home = (str(b) for b in (policy.memory_bytes, policy.tmp_bytes, policy.home_bytes))
     return {
@@ -110,7 +132,7 @@ def kernel_pod(
                 {
                     "name": CONTAINER,
                     "image": policy.image,
-                    "imagePullPolicy": "IfNotPresent",
+                    "imagePullPolicy": image_pull_policy,
                     "command": list(command),
                     "stdin": agent,
                     "stdinOnce": agent,

@@ -1,7 +1,8 @@
 """Backend names -> backend classes: the provisioner's and the CLI's one list of backends.
 
 ``docker`` (gVisor) is the default; ``runsc`` is gVisor too, run by the provisioner
-without Docker (as root, or rootless for an ordinary user). Every other name is an
+without Docker (as root, or rootless for an ordinary user); ``kubernetes`` is gVisor too,
+one pod per kernel on a cluster (its RuntimeClass). Every other name is an
 explicit choice of a weaker tier: ``docker-runc`` (hardened Docker on the host kernel),
 ``bwrap`` and ``firejail`` (no daemon; host kernel). Naming one in the kernelspec is the
 operator's opt-in; each launch still logs that the host kernel is shared.
@@ -27,6 +28,7 @@ from .base import SandboxBackend
 BACKENDS: dict[str, str] = {
     "docker": "docker:DockerBackend",
     "runsc": "runsc:RunscBackend",
+    "kubernetes": "kubernetes:KubernetesBackend",
     "docker-runc": "docker:DockerRuncBackend",
     "bwrap": "bwrap:BwrapBackend",
     "firejail": "firejail:FirejailBackend",

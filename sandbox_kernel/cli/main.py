@@ -173,9 +173,10 @@ def cmd_ps(args: argparse.Namespace) -> int:
         if r.kind != "sandbox":
             continue
         cpu = f"{r.cpu_percent:>5.1f}%" if r.cpu_percent is not None else f"{'-':>6}"
+        memory = f"{r.memory_mib:>7.0f}MiB" if r.memory_mib is not None else f"{'-':>10}"
         print(
             f"{r.name:<44} {r.backend:<11} {r.user or '-':<12} {r.kernel_id or '-':<36}"
-            f" {'yes' if r.pooled else '':<4} {r.uptime_s:>7.0f}s {r.memory_mib:>7.0f}MiB {cpu}"
+            f" {'yes' if r.pooled else '':<4} {r.uptime_s:>7.0f}s {memory} {cpu}"
         )
     _print_kernelspecs()
     snapshots = [r for r in rows if r.kind == "snapshot"]

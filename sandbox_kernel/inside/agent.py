@@ -119,11 +119,15 @@ class Agent:
         escaped_stdin: bool = False,
         helpers: dict[str, str] | None = None,
         kernel_user: str | None = None,
+        kernel_rlimits: dict[str, int] | None = None,
     ) -> None:
         self.loop = loop
         self.escaped_stdin = escaped_stdin
         # (uid, gid) the kernel runs as when the agent is root; None: the agent's own.
         self.kernel_ids = parse_user(kernel_user) if os.getuid() == 0 else None
+        # Soft and hard limits the kernel starts with, where the sandbox sets none itself
+        # (a pod spec cannot): name ("nproc", "nofile", "core") -> value.
+        self.kernel_rlimits = dict(kernel_rlimits or {})
         self.pipe_in = pipe_in
         self.pipe_out = pipe_out
         self.mux = m.Mux(self._write, on_control=self.on_control, on_open=self.on_open)
@@ -249,12 +253,11 @@ class Agent:
         pass_fds: tuple[int, ...] = (),
     ) -> None:
         """Start the kernel process (or its pre-warmed stand-in) in its own session,
-        its stdout and stderr forwarded to the host on stream 0."""
-        full_env = dict(os.environ)
-        full_env.update(x.with_helper_path(env))
+        its stdout and stderr forwarded to the host on stream 0. Its environment is the
+        host's ``env`` alone (:func:`kernel_environment`)."""
         self.kernel = subprocess.Popen(
             argv,
-            env=full_env,
+            env=kernel_environment(env),
             stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -263,7 +266,7 @@ class Agent:
             pass_fds=pass_fds,
             # The agent is single-threaded, so a pre-exec hook is safe here. It runs after
             # the fork: drop to the kernel's uid first, then enter its (0700) home.
-            preexec_fn=_become(self.kernel_ids, cwd),
+            preexec_fn=_become(self.kernel_ids, cwd, self.kernel_rlimits),
         )
         self.kernel_pgid = self.kernel.pid
         console = m.Stream(self.mux, p.CONSOLE_STREAM)
@@ -325,10 +328,8 @@ class Agent:
             assert kernel is not None and kernel.stdin is not None
             if self.status is not None:
                 raise RuntimeError("the pre-warmed interpreter has exited")
-            full_env = dict(os.environ)
-            full_env.update(x.with_helper_path(env))
             spec = {
-                "env": full_env,
+                "env": kernel_environment(env),
                 "cwd": cwd,
                 "key": connection["key"],
                 "signature_scheme": connection.get("signature_scheme", "hmac-sha256"),
@@ -463,6 +464,14 @@ class Agent:
         self.finish(125, message)
 
 
+def kernel_environment(env: dict[str, str]) -> dict[str, str]:
+    """The kernel's whole environment: what the host sent (the policy's, policy.kernel_env)
+    and the helper's path and socket. Not the agent's own: that is the container runtime's
+    (Docker's HOSTNAME, the kubelet's KUBERNETES_SERVICE_* naming the API server, a
+    tool's), which the policy never chose, so one rule holds under every backend."""
+    return x.with_helper_path(env)
+
+
 def parse_user(user: str | None) -> tuple[int, int] | None:
     """``"1000:1000"`` (or ``"1000"``) -> (1000, 1000). The host decides which user; it
     also checks the uid the kernel really got (``kernel_facts``), root refused."""
@@ -472,11 +481,17 @@ def parse_user(user: str | None) -> tuple[int, int] | None:
     return int(uid), int(gid or uid)
 
 
-def _become(ids: tuple[int, int] | None, cwd: str) -> Any:
-    """The kernel's pre-exec hook: with a root agent, drop every group and become the
-    kernel's uid/gid (capabilities go with it); then enter ``cwd``."""
+def _become(ids: tuple[int, int] | None, cwd: str, rlimits: dict[str, int] | None = None) -> Any:
+    """The kernel's pre-exec hook: set ``rlimits`` (soft and hard: the kernel cannot raise
+    them), with a root agent drop every group and become the kernel's uid/gid
+    (capabilities go with it); then enter ``cwd``."""
+    import resource
+
+    limits = [(getattr(resource, "RLIMIT_" + k.upper()), v) for k, v in (rlimits or {}).items()]
 
     def setup() -> None:
+        for which, value in limits:
+            resource.setrlimit(which, (value, value))
         if ids is not None:
             clear_bounding_set()
             os.setgroups([])
@@ -553,10 +568,12 @@ def main(
     escaped_stdin: bool = False,
     helpers: dict[str, str] | None = None,
     kernel_user: str | None = None,
+    kernel_rlimits: dict[str, int] | None = None,
 ) -> None:
     """``escaped_stdin``: the host escapes Docker's detach sequence on stdin (Docker backend);
     ``helpers``: module name -> source of the kernel-side helpers (``sandboxed.py``);
-    ``kernel_user``: ``uid:gid`` the kernel runs as if the agent starts as root."""
+    ``kernel_user``: ``uid:gid`` the kernel runs as if the agent starts as root;
+    ``kernel_rlimits``: the kernel's resource limits, where the sandbox sets none."""
     undumpable = make_undumpable()
     # Keep the protocol pipe away from fds 0-2 so nothing else (the kernel, a
     # stray print) can write into it; the kernel gets its own pipes.
@@ -575,6 +592,7 @@ def main(
         escaped_stdin=escaped_stdin,
         helpers=helpers,
         kernel_user=kernel_user,
+        kernel_rlimits=kernel_rlimits,
     )
     agent.undumpable = undumpable
     code = loop.run_until_complete(agent.run())

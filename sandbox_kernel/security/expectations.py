@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .attacks import ATTACKS
 
-BACKEND_ORDER = ("docker", "runsc", "docker-runc", "bwrap", "firejail")
+BACKEND_ORDER = ("docker", "runsc", "kubernetes", "docker-runc", "bwrap", "firejail")
 
 _SHARED_KERNEL = "the sandbox runs on the host's Linux kernel (no gVisor): it reads the "
 _MOUNT_SOURCE = (
@@ -34,8 +34,9 @@ _AGENT_PROC = (
     "every uid (mode 0444, no ptrace check; fixed upstream in release-20251215.0) and lists "
     "/proc/<pid>/fd to anyone, whatever PR_SET_DUMPABLE says (the agent sets it; nothing "
     "else within the agent's reach hides them). The kernel reads of its root agent: the "
-    "environment (HOME, LANG, PATH, Docker's HOSTNAME: each also in the kernel's own; the "
-    "key reaches the agent over the pipe, never through its environment), the memory layout "
+    "environment (HOME, LANG, PATH: each also in the kernel's own; Docker's HOSTNAME, the "
+    "sandbox's host name, which the kernel's environment no longer has; the key reaches the "
+    "agent over the pipe, never through its environment), the memory layout "
     "and auxiliary vector (addresses in the same interpreter and libraries the kernel runs, "
     "which would help only an exploit of a memory bug in the agent) and the descriptor "
     "numbers. Its memory (mem: EACCES) and every descriptor but /dev/null stay closed "
@@ -112,7 +113,8 @@ GAPS: dict[str, dict[str, str]] = {
 # What gVisor shows of /proc/1 and /proc/1/task/1: nothing opened but /dev/null (fds 0-2),
 # the memory refused, environ holding only variables the kernel has itself.
 _AGENT_FILES = (
-    r"environ read \(\d+ variables, all in the kernel's own\), auxv read \(\d+ bytes\), "
+    r"environ read \(\d+ variables, (all in the kernel's own|not in the kernel's own: "
+    r"\['HOSTNAME'\])\), auxv read \(\d+ bytes\), "
     r"smaps read \(\d+ lines\), maps read \(\d+ lines\), mem EACCES, fd read \(\d+ entries\), "
     r"(fd/\d+ opened \(/dev/null\), )*fd/\* EACCES \(\d+\)(, fd/\* ENODEV \(\d+\))?"
     r"(, fd/\* ENXIO \(\d+\))?"
@@ -147,7 +149,7 @@ GAP_DETAILS["runsc"] = dict(GAP_DETAILS["docker"])
 # --version`) seen blocking it: setup-host's current build (host/runsc_current.env; the
 # attack suite on runsc-current, docs/backends.md). Older releases are held to the gap, so
 # a release in between that closes it fails the suite until this table says so.
-GVISOR_BACKENDS = ("docker", "runsc")
+GVISOR_BACKENDS = ("docker", "runsc", "kubernetes")
 CLOSED_IN: dict[str, int] = {
     "fs-noexec-loader": 20260905,  # ld.so: "failed to map segment"; mmap(PROT_EXEC) EPERM
     "net-userns-address": 20260905,  # RTM_NEWADDR/RTM_NEWROUTE EPERM in the clone3 namespace
@@ -155,16 +157,72 @@ CLOSED_IN: dict[str, int] = {
 }
 
 
+# The kubernetes backend's pods run the gVisor of their node, whose release the Jupyter
+# server cannot learn (no API names it; gVisor's kernel reports a fixed Linux version).
+# Its gaps are gVisor's, of the node's release where that is known (the tests know the
+# dev cluster's); without it, of any release, and those a later release closes may be
+# blocked or not: doctor reports them as seen (undecided). Its column in docs/security.md
+# says, like docker's, up to which release a gap holds.
+RELEASE_UNKNOWN = ("kubernetes",)
+# What the pod spec adds to gVisor's gaps, seen by the whole catalogue in a pod of the dev
+# cluster (tests/security/test_backend_attacks.py with KUBECONFIG set): the memory
+# emptyDirs are the node's folders served into the sandbox by gVisor's gofer (9p), not a
+# tmpfs of the sandbox's own, and a pod spec has no mount options (noexec) and no way to
+# cover /dev/net. To fix (docs/kubernetes.md, Open): gVisor's mount hints for tmpfs.
+_POD_VOLUMES = (
+    "a pod's memory emptyDirs (/tmp, the home) are the node's emptyDir folders served into "
+    "the sandbox by gVisor's gofer (9p), not a tmpfs of the sandbox's own"
+)
+GAPS["kubernetes"] = {
+    **GAPS["docker"],
+    "fs-mount-census": _POD_VOLUMES + "; the kubelet's /dev/termination-log is bound the same "
+    "way; /dev/shm is gVisor's tmpfs without a size cap (bounded by the pod's memory limit)",
+    "fs-tmpfs-caps": _POD_VOLUMES + ": their size is the emptyDir's sizeLimit on the node "
+    "(the kubelet's), not a tmpfs cap inside the sandbox",
+    "fs-noexec-tmpfs": "a pod spec sets no mount options: /tmp, the home and /dev/shm are not "
+    "noexec (code there could be run by the interpreter anyway)",
+    "fs-noexec-loader": "a pod spec sets no mount options: with no noexec mount, a binary in "
+    "/tmp, the home or /dev/shm runs through the dynamic loader under any gVisor release",
+    "net-interface-config": "gVisor's /dev/net/tun opens (a pod spec cannot cover /dev/net as "
+    "the Docker backend's empty tmpfs does); making a device (TUNSETIFF) and configuring an "
+    "interface (RTM_NEWADDR) stay refused (EPERM), and the pod has no network to reach",
+}
+GAP_DETAILS["kubernetes"] = {
+    **GAP_DETAILS["docker"],
+    "fs-mount-census": r"mounts not from the image or the sandbox: /dev/shm: writable tmpfs "
+    r"without a size cap \(/dev/shm\); /dev/termination-log: 9p mount of /; /home/sandbox: 9p "
+    r"mount of /; /tmp: 9p mount of /",
+    "net-interface-config": r"\{'open /dev/net/tun': 'OPENED', 'TUNSETIFF': 'EPERM', "
+    r"'RTM_NEWADDR': 'EPERM'\}",
+}
+# Gaps of a backend that no gVisor release closes there (CLOSED_IN does not apply).
+UNCONDITIONAL: dict[str, frozenset[str]] = {"kubernetes": frozenset({"fs-noexec-loader"})}
+
+
+def undecided(backend: str) -> frozenset[str]:
+    """The attacks whose outcome under ``backend`` depends on a gVisor release it cannot
+    know (either outcome is as documented)."""
+    if backend not in RELEASE_UNKNOWN:
+        return frozenset()
+    return frozenset(CLOSED_IN) - UNCONDITIONAL.get(backend, frozenset())
+
+
 def gaps_of(backend: str, release: int | None = None) -> dict[str, str]:
     """The attacks ``backend`` does not block (and why). Under gVisor (``docker``,
-    ``runsc``) they depend on the runsc ``release`` the sandbox runs on
-    (:func:`sandbox_kernel.backends.gvisor.release_of`), which is then required."""
+    ``runsc``, ``kubernetes``) they depend on the runsc ``release`` the sandbox runs on
+    (:func:`sandbox_kernel.backends.gvisor.release_of`), which is then required, except
+    where the backend cannot know it (RELEASE_UNKNOWN: every release's gaps)."""
     gaps = GAPS[backend]
-    if backend not in GVISOR_BACKENDS:
+    if backend not in GVISOR_BACKENDS or (release is None and backend in RELEASE_UNKNOWN):
         return dict(gaps)
     if release is None:
         raise ValueError(f"{backend}: the gaps depend on the runsc release; name it")
-    return {a: why for a, why in gaps.items() if a not in CLOSED_IN or release < CLOSED_IN[a]}
+    always = UNCONDITIONAL.get(backend, frozenset())
+    return {
+        a: why
+        for a, why in gaps.items()
+        if a not in CLOSED_IN or release < CLOSED_IN[a] or a in always
+    }
 
 
 def expected_blocked(backend: str, attack_id: str, release: int | None = None) -> bool:
@@ -188,7 +246,8 @@ def markdown_table() -> str:
         cells = []
         for backend in BACKEND_ORDER:
             why = GAPS[backend].get(attack.id)
-            closed = CLOSED_IN.get(attack.id) if backend in GVISOR_BACKENDS else None
+            always = attack.id in UNCONDITIONAL.get(backend, frozenset())
+            closed = CLOSED_IN.get(attack.id) if backend in GVISOR_BACKENDS and not always else None
             if why is None:
                 cells.append("blocked")
             elif closed is None:

@@ -56,9 +56,9 @@ from sandbox_kernel.relay.thread import RelayThread
 
 NAME = "local-test"
 SHIM = Path(__file__).with_name("local_sandbox.py")
-# Every process of a local sandbox has this in its environment (the agent passes its own
-# on to the kernel) or, for the agent, on its command line, so a test can find any that
-# outlived their sandbox.
+# Every process of a local sandbox has this in its environment (the shim adds it to the
+# kernel's, as it adds the sandbox's TMPDIR) or, for the agent, on its command line, so a
+# test can find any that outlived their sandbox.
 MARKER = "SANDBOX_KERNEL_LOCAL_TEST"
 # Kernel ports are picked here: below the ephemeral range (as the real inside ports are),
 # so the agent's connect retries cannot self-connect.
@@ -95,6 +95,11 @@ class LocalBackend(SandboxBackend):
     # A test may replace the sandbox's command (e.g. by one that hangs, as an image whose
     # python3 never answers would); None: the bootstrap command the provisioner gives.
     command_override: ClassVar[list[str] | None] = None
+    # Variables a test puts in the agent's own environment, as a container runtime does
+    # (Docker's HOSTNAME, the kubelet's KUBERNETES_SERVICE_HOST).
+    agent_env: ClassVar[dict[str, str]] = {}
+    # Whether the preflight asks the agent to set the kernel's rlimits (as a pod's must).
+    agent_rlimits: ClassVar[bool] = False
     # Shared by every instance: a pooled sandbox is removed by its claimer's backend.
     sandboxes: ClassVar[dict[str, LocalSandbox]] = {}
     created: ClassVar[dict[str, Path]] = {}  # name -> root of every one ever created here
@@ -107,6 +112,7 @@ class LocalBackend(SandboxBackend):
         return Preflight(
             runtime=NAME,
             warnings=("the local test backend isolates nothing",),
+            agent_rlimits=self.agent_rlimits,
         )
 
     async def create(
@@ -151,7 +157,11 @@ class LocalBackend(SandboxBackend):
                 "TMPDIR": str(tmp),
                 "SANDBOX_KERNEL_RUN_DIR": str(root / "run"),
                 MARKER: name,
+                **self.agent_env,
             },
+            # what the sandbox gives its kernel beyond the policy's environment: its /tmp
+            # (a real one has its own), and the marker
+            "kernel_env": {"TMPDIR": str(tmp), MARKER: name},
         }
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()

@@ -101,10 +101,13 @@ def reap() -> dict[int, int]:
 class Translator:
     """Host -> agent: the bundle unchanged, then frames with the sandbox's names mapped."""
 
-    def __init__(self, paths: dict[str, str], ports: dict[int, int]) -> None:
+    def __init__(
+        self, paths: dict[str, str], ports: dict[int, int], kernel_env: dict[str, str]
+    ) -> None:
         # Longest prefix first, so /tmp/x never shadows a longer mapped folder.
         self.paths = sorted(paths.items(), key=lambda kv: -len(kv[0]))
         self.ports = ports
+        self.kernel_env = kernel_env  # added to the kernel's environment (start, prewarm)
         self.bundle_left: int | None = None  # bytes of the bundle still to pass through
         self.head = b""
         self.decoder = p.FrameDecoder()
@@ -140,6 +143,7 @@ class Translator:
             argv = msg["argv"]
             msg["argv"] = argv[:1] + [self.path(a) for a in argv[1:]]
             msg["env"] = {k: self.path(v) for k, v in dict(msg.get("env") or {}).items()}
+            msg["env"].update(self.kernel_env)
             if msg.get("cwd"):
                 msg["cwd"] = self.path(msg["cwd"])
             msg["connection"] = {
@@ -200,7 +204,9 @@ def main() -> None:
         raise OSError(ctypes.get_errno(), "PR_SET_CHILD_SUBREAPER")
     if config.get("map_uid"):
         enter_user_namespace(libc, tuple(config["map_uid"]))
-    translate = Translator(config["paths"], {int(k): v for k, v in config["ports"].items()})
+    translate = Translator(
+        config["paths"], {int(k): v for k, v in config["ports"].items()}, config["kernel_env"]
+    )
     agent = subprocess.Popen(
         command,
         stdin=subprocess.PIPE,

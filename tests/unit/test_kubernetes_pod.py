@@ -73,7 +73,10 @@ def test_agent_container_is_gvisor_root_with_only_its_capabilities() -> None:
     assert sc["capabilities"] == {"drop": ["ALL"], "add": list(AGENT_CAPABILITIES)}
     assert (sc["runAsUser"], sc["runAsNonRoot"]) == (0, False)
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
-    assert sc["privileged"] is False and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert sc["privileged"] is False and sc["seccompProfile"] == {
+        "type": "Localhost",
+        "localhostProfile": "sandbox-kernel-gvisor.json",
+    }
     # stdin once: the attach stream's end is the pod's end
     assert (c["stdin"], c["stdinOnce"], c["tty"]) == (True, True, False)
 

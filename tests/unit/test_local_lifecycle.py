@@ -111,6 +111,53 @@ def test_start_runs_the_kernel_through_the_agent_and_shutdown_leaves_nothing(
     assert set(listening_ports(own_only=True)) <= ports_before
 
 
+def test_the_kernel_gets_the_policys_environment_not_the_agents(
+    specs: KernelSpecManager, kernels: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the container runtime puts in the agent's environment (the kubelet's
+    KUBERNETES_SERVICE_HOST in every pod, Docker's HOSTNAME) does not reach the kernel,
+    cold or claimed from the warm pool; the policy's ``env`` does."""
+    monkeypatch.setattr(LocalBackend, "agent_env", {"KUBERNETES_SERVICE_HOST": "10.0.0.1"})
+    write_spec(kernels, "env-pooled", {"pool_size": 1, "env": {"SK_POLICY": "yes"}})
+    code = (
+        "import os, json\n"
+        "print(json.dumps([os.environ.get(n) for n in ('KUBERNETES_SERVICE_HOST', 'SK_POLICY')]))"
+    )
+    first = start(specs, "env-pooled")
+    kernels_started = [first]
+    try:
+        assert not provisioner(first.km).last_start_warm
+        assert first.value(code) == [None, "yes"]
+        wait_until(lambda: pool_ready(provisioner(first.km).policy), "the warm pool to fill")
+        warm = start(specs, "env-pooled")
+        kernels_started.append(warm)
+        assert provisioner(warm.km).last_start_warm
+        assert warm.value(code) == [None, "yes"]
+    finally:
+        for kernel in kernels_started:
+            kernel.stop()
+        WarmPool.drain_all()
+
+
+def test_the_agent_sets_the_policys_rlimits_where_the_sandbox_cannot(
+    specs: KernelSpecManager, kernels: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend whose sandboxes have no rlimits of their own (a pod) has the agent set
+    the policy's on the kernel, soft and hard, so kernel code cannot raise them."""
+    monkeypatch.setattr(LocalBackend, "agent_rlimits", True)
+    write_spec(kernels, "limited", {"nofile_limit": 256, "nproc_limit": 65536, "pids_limit": 65536})
+    kernel = start(specs, "limited")
+    try:
+        found = kernel.value(
+            "import json, resource\n"
+            "print(json.dumps([resource.getrlimit(getattr(resource, 'RLIMIT_' + n))\n"
+            "                  for n in ('NOFILE', 'NPROC', 'CORE')]))"
+        )
+    finally:
+        kernel.stop()
+    assert found == [[256, 256], [65536, 65536], [0, 0]]
+
+
 def test_shutdown_now_kills_the_sandbox(specs: KernelSpecManager) -> None:
     kernel = start(specs, "local")
     sandbox = sandbox_of(kernel.km)
