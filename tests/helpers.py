@@ -91,6 +91,44 @@ if os.environ.get("KUBECONFIG"):
     }
 
 
+# Kubernetes tests (tests/integration/test_kubernetes*.py): the dev cluster's gVisor class,
+# and how long a cold gVisor pod may take on a loaded 2-core machine.
+K8S_RUNTIME_CLASS = os.environ.get("SANDBOX_KERNEL_K8S_RUNTIME_CLASS", "gvisor")
+K8S_POD_TIMEOUT = 120
+
+
+@contextmanager
+def kube_namespace(core: Any, prefix: str) -> Iterator[str]:
+    """A namespace of its own for a Kubernetes test (``core``: a CoreV1Api), ready once the
+    controller manager made its service account (pods are admitted only then); deleted at
+    the end with its pods, and asserted gone."""
+    from kubernetes import client
+
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    try:
+        deadline = time.monotonic() + K8S_POD_TIMEOUT
+        while not core.list_namespaced_service_account(name).items:
+            assert time.monotonic() < deadline, f"no service account in {name}: controllers?"
+            time.sleep(0.5)
+        yield name
+    finally:
+        core.delete_namespace(name, grace_period_seconds=0)
+        deadline = time.monotonic() + K8S_POD_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                core.read_namespace(name)
+            except client.ApiException as exc:
+                if exc.status == 404:
+                    break
+                raise
+            time.sleep(1)
+        else:
+            raise AssertionError(
+                f"namespace {name} (and its pods) still there after {K8S_POD_TIMEOUT} s"
+            )
+
+
 def policy(**overrides: Any) -> SandboxPolicy:
     """A validated policy for the default image, with ``overrides``: the unit tests'."""
     return build_policy(**{"image": DEFAULT_IMAGE, **overrides})

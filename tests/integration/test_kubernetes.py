@@ -22,7 +22,7 @@ from typing import Any, cast
 
 import pytest
 
-from sandbox_kernel.backends.kubernetes_attach import attach_pod
+from sandbox_kernel.backends.kubernetes_attach import attach_pod, open_attach
 from sandbox_kernel.backends.kubernetes_inventory import pod_labels, remove_orphan_pods
 from sandbox_kernel.backends.kubernetes_pod import CONTAINER, kernel_pod, server_role
 from sandbox_kernel.backends.owner import Owner
@@ -30,7 +30,7 @@ from sandbox_kernel.bundle import agent_payload, bootstrap_command
 from sandbox_kernel.inside import ops, protocol
 from sandbox_kernel.policy import SANDBOX_USER, build_policy
 from sandbox_kernel.relay.session import AgentSession
-from tests.helpers import NetnsHost
+from tests.helpers import K8S_POD_TIMEOUT, K8S_RUNTIME_CLASS, NetnsHost, kube_namespace
 
 if not os.environ.get("KUBECONFIG"):
     pytest.skip(
@@ -42,9 +42,6 @@ if not os.environ.get("KUBECONFIG"):
 from kubernetes import client, config
 from kubernetes.stream import stream
 
-RUNTIME_CLASS = os.environ.get("SANDBOX_KERNEL_K8S_RUNTIME_CLASS", "gvisor")
-POD_TIMEOUT = 120  # a cold gVisor pod on a loaded 2-core machine
-
 
 @pytest.fixture(scope="module")
 def core() -> client.CoreV1Api:
@@ -52,36 +49,16 @@ def core() -> client.CoreV1Api:
     api = client.CoreV1Api()
     node_api = client.NodeV1Api()
     try:
-        node_api.read_runtime_class(RUNTIME_CLASS)
+        node_api.read_runtime_class(K8S_RUNTIME_CLASS)
     except client.ApiException as exc:
-        pytest.fail(f"the cluster has no RuntimeClass {RUNTIME_CLASS!r} ({exc.reason})")
+        pytest.fail(f"the cluster has no RuntimeClass {K8S_RUNTIME_CLASS!r} ({exc.reason})")
     return api
 
 
 @pytest.fixture
 def namespace(core: client.CoreV1Api) -> Iterator[str]:
-    name = f"skt-{uuid.uuid4().hex[:8]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    try:
-        # pods are admitted once the controller manager made the namespace's service account
-        deadline = time.monotonic() + POD_TIMEOUT
-        while not core.list_namespaced_service_account(name).items:
-            assert time.monotonic() < deadline, f"no service account in {name}: controllers?"
-            time.sleep(0.5)
+    with kube_namespace(core, "skt") as name:
         yield name
-    finally:
-        core.delete_namespace(name, grace_period_seconds=0)
-        deadline = time.monotonic() + POD_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                core.read_namespace(name)
-            except client.ApiException as exc:
-                if exc.status == 404:
-                    break
-                raise
-            time.sleep(1)
-        else:
-            pytest.fail(f"namespace {name} (and its pods) still there after {POD_TIMEOUT} s")
 
 
 # the test pods' own policy: the defaults with a smaller memory cap (a loaded 2-core node)
@@ -92,7 +69,7 @@ LABELS = {"sandbox-kernel.test": "1"}
 def pod(name: str, command: list[str], *, agent: bool) -> dict[str, Any]:
     """The backend's pod (``kubernetes_pod.kernel_pod``); the image the node has imported."""
     manifest = kernel_pod(
-        name, POLICY, runtime_class=RUNTIME_CLASS, command=command, labels=LABELS, agent=agent
+        name, POLICY, runtime_class=K8S_RUNTIME_CLASS, command=command, labels=LABELS, agent=agent
     )
     manifest["spec"]["containers"][0]["imagePullPolicy"] = "Never"
     return manifest
@@ -104,7 +81,7 @@ def create_pod(core: client.CoreV1Api, ns: str, manifest: dict[str, Any]) -> Non
 
 
 def wait_phase(core: client.CoreV1Api, ns: str, name: str, phases: set[str]) -> str:
-    deadline = time.monotonic() + POD_TIMEOUT
+    deadline = time.monotonic() + K8S_POD_TIMEOUT
     phase = "?"
     while time.monotonic() < deadline:
         status = core.read_namespaced_pod(name, ns).status
@@ -180,23 +157,12 @@ def test_agent_answers_over_the_attach_stream(core: client.CoreV1Api, namespace:
     name = "kernel-agent"
     create_pod(core, namespace, pod(name, bootstrap_command(), agent=True))
     wait_phase(core, namespace, name, {"Running"})
-    ws = stream(
-        core.connect_get_namespaced_pod_attach,
-        name,
-        namespace,
-        container=CONTAINER,
-        stdin=True,
-        stdout=True,
-        stderr=False,
-        tty=False,
-        binary=True,
-        _preload_content=False,
-    )
+    ws = open_attach(core, namespace, name, CONTAINER)
     try:
         ws.write_stdin(agent_payload(escaped_stdin=False, kernel_user=SANDBOX_USER))
         decoder = protocol.FrameDecoder()
         hello: dict[str, Any] | None = None
-        deadline = time.monotonic() + POD_TIMEOUT
+        deadline = time.monotonic() + K8S_POD_TIMEOUT
         while hello is None and ws.is_open() and time.monotonic() < deadline:
             ws.update(timeout=1)
             for frame in decoder.feed(ws.read_stdout(timeout=0) or b""):
@@ -230,9 +196,11 @@ def test_relay_session_over_the_pod_stream(core: client.CoreV1Api, namespace: st
         await attach_pod(session, core, namespace, name, CONTAINER)
         assert session.escape_stdin is False and session.hello is not None
         session.send_agent(agent_payload(escaped_stdin=False, kernel_user=SANDBOX_USER))
-        hello = await asyncio.wait_for(session.hello, POD_TIMEOUT)
+        hello = await asyncio.wait_for(session.hello, K8S_POD_TIMEOUT)
         session.close()
-        await asyncio.wait_for(asyncio.to_thread(session.dead.wait, POD_TIMEOUT), POD_TIMEOUT)
+        await asyncio.wait_for(
+            asyncio.to_thread(session.dead.wait, K8S_POD_TIMEOUT), K8S_POD_TIMEOUT
+        )
         return hello, session.dead.is_set()
 
     hello, dead = asyncio.run(run())
@@ -300,9 +268,11 @@ def test_server_role_is_enough_for_the_relay_and_no_more(
         await attach_pod(session, sa, namespace, name, CONTAINER)
         session.send_agent(agent_payload(escaped_stdin=False, kernel_user=SANDBOX_USER))
         assert session.hello is not None
-        found = await asyncio.wait_for(session.hello, POD_TIMEOUT)
+        found = await asyncio.wait_for(session.hello, K8S_POD_TIMEOUT)
         session.close()
-        await asyncio.wait_for(asyncio.to_thread(session.dead.wait, POD_TIMEOUT), POD_TIMEOUT)
+        await asyncio.wait_for(
+            asyncio.to_thread(session.dead.wait, K8S_POD_TIMEOUT), K8S_POD_TIMEOUT
+        )
         return found
 
     assert asyncio.run(hello())["kernel_uid"] == int(SANDBOX_USER.split(":")[0])
@@ -343,7 +313,7 @@ def test_gc_removes_pods_whose_server_is_gone(core: client.CoreV1Api, namespace:
         manifest["metadata"]["labels"] = pod_labels(owner)
         create_pod(core, namespace, manifest)
     assert remove_orphan_pods(core, namespace) == ["gone"]
-    deadline = time.monotonic() + POD_TIMEOUT
+    deadline = time.monotonic() + K8S_POD_TIMEOUT
     while True:
         left = {p.metadata.name for p in core.list_namespaced_pod(namespace).items if p.metadata}
         if left == {"alive", "elsewhere"} or time.monotonic() > deadline:

@@ -17,7 +17,6 @@ import os
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -34,7 +33,14 @@ from sandbox_kernel.errors import SandboxError
 from sandbox_kernel.image.recipe import DEFAULT_IMAGE
 from sandbox_kernel.kernelspec import build_kernelspec
 from sandbox_kernel.policy import build_policy
-from tests.helpers import REPO, cli, running_kernel
+from tests.helpers import (
+    K8S_POD_TIMEOUT,
+    K8S_RUNTIME_CLASS,
+    REPO,
+    cli,
+    kube_namespace,
+    running_kernel,
+)
 
 if not os.environ.get("KUBECONFIG"):
     pytest.skip(
@@ -45,8 +51,6 @@ if not os.environ.get("KUBECONFIG"):
 
 from kubernetes import client, config
 
-RUNTIME_CLASS = os.environ.get("SANDBOX_KERNEL_K8S_RUNTIME_CLASS", "gvisor")
-POD_TIMEOUT = 120  # a cold gVisor pod on a loaded 2-core machine
 KERNEL = "sandbox-k8s"
 
 
@@ -58,27 +62,8 @@ def core() -> client.CoreV1Api:
 
 @pytest.fixture(scope="module")
 def namespace(core: client.CoreV1Api) -> Iterator[str]:
-    name = f"skb-{uuid.uuid4().hex[:8]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    try:
-        deadline = time.monotonic() + POD_TIMEOUT
-        while not core.list_namespaced_service_account(name).items:
-            assert time.monotonic() < deadline, f"no service account in {name}: controllers?"
-            time.sleep(0.5)
+    with kube_namespace(core, "skb") as name:
         yield name
-    finally:
-        core.delete_namespace(name, grace_period_seconds=0)
-        deadline = time.monotonic() + POD_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                core.read_namespace(name)
-            except client.ApiException as exc:
-                if exc.status == 404:
-                    break
-                raise
-            time.sleep(1)
-        else:
-            pytest.fail(f"namespace {name} (and its pods) still there after {POD_TIMEOUT} s")
 
 
 def k8s_config(namespace: str, **more: Any) -> dict[str, Any]:
@@ -88,7 +73,7 @@ def k8s_config(namespace: str, **more: Any) -> dict[str, Any]:
         "backend": "kubernetes",
         "image": DEFAULT_IMAGE,
         "namespace": namespace,
-        "runtime_class": RUNTIME_CLASS,
+        "runtime_class": K8S_RUNTIME_CLASS,
         "image_pull_policy": "Never",
         "accept_unenforced": ["pids_limit"],
         "pool_size": 0,
@@ -121,12 +106,12 @@ def test_a_kernel_in_a_pod_through_jupyter_client(
 ) -> None:
     """Start, execute, interrupt, restart (a new pod), shut down: no pod left."""
     ksm = KernelSpecManager(kernel_dirs=[str(jupyter_path / "kernels")])
-    with running_kernel(ksm, KERNEL, timeout=POD_TIMEOUT) as kernel:
+    with running_kernel(ksm, KERNEL, timeout=K8S_POD_TIMEOUT) as kernel:
         kernel_id = str(kernel.km.kernel_id)
         first = kernel_pods(core, namespace, kernel_id)
         assert len(first) == 1 and first == [kernel.sandbox_id], first
         pod = core.read_namespaced_pod(first[0], namespace)
-        assert pod.spec is not None and pod.spec.runtime_class_name == RUNTIME_CLASS
+        assert pod.spec is not None and pod.spec.runtime_class_name == K8S_RUNTIME_CLASS
         facts = kernel.value(
             "import json, os, platform, resource, socket\n"
             "print(json.dumps({'release': platform.release(), 'uid': os.getuid(),\n"
@@ -135,7 +120,7 @@ def test_a_kernel_in_a_pod_through_jupyter_client(
             "  'rlimits': [resource.getrlimit(getattr(resource, 'RLIMIT_' + n))\n"
             "              for n in ('NPROC', 'NOFILE', 'CORE')],\n"
             "  'api': sorted(k for k in os.environ if k.startswith('KUBERNETES_'))}))",
-            timeout=POD_TIMEOUT,
+            timeout=K8S_POD_TIMEOUT,
         )
         assert facts["release"] != os.uname().release and "gvisor" in facts["version"], facts
         assert facts["uid"] == 1000 and facts["ifaces"] == ["lo"], facts
@@ -149,7 +134,7 @@ def test_a_kernel_in_a_pod_through_jupyter_client(
         assert reply["content"]["ename"] == "KeyboardInterrupt", reply["content"]
         assert kernel.value("mine = 1; print(6 * 7)") == 42
         kernel.km.restart_kernel(now=True)
-        kernel.kc.wait_for_ready(timeout=POD_TIMEOUT)
+        kernel.kc.wait_for_ready(timeout=K8S_POD_TIMEOUT)
         second = kernel_pods(core, namespace, kernel_id)
         assert second == [kernel.sandbox_id] and second != first, (first, second)
         assert kernel.value("import json; print(json.dumps('mine' in globals()))") is False
@@ -180,7 +165,7 @@ def test_ps_lists_a_kernel_pod_and_gc_removes_a_dead_servers(
     would also remove other backends' leftovers on this shared machine.)"""
     env = {"JUPYTER_PATH": str(jupyter_path)}
     ksm = KernelSpecManager(kernel_dirs=[str(jupyter_path / "kernels")])
-    with running_kernel(ksm, KERNEL, timeout=POD_TIMEOUT) as kernel:
+    with running_kernel(ksm, KERNEL, timeout=K8S_POD_TIMEOUT) as kernel:
         ps = cli("ps", "--json", env=env)
         rows = [r for r in json.loads(ps.stdout) if r["backend"] == "kubernetes"]
         assert [r["name"] for r in rows] == [f"{namespace}/{kernel.sandbox_id}"], ps.stdout
@@ -190,7 +175,7 @@ def test_ps_lists_a_kernel_pod_and_gc_removes_a_dead_servers(
         child = subprocess.Popen(["true"])
         child.wait()
         orphan = kernel_pod(
-            "orphan", build_policy_small(), runtime_class=RUNTIME_CLASS, command=["sleep", "600"],
+            "orphan", build_policy_small(), runtime_class=K8S_RUNTIME_CLASS, command=["sleep", "600"],
             labels=pod_labels(Owner(child.pid, "1", socket.gethostname(), "jo", "k-orphan")),
             agent=False, image_pull_policy="Never",
         )  # fmt: skip
@@ -199,7 +184,7 @@ def test_ps_lists_a_kernel_pod_and_gc_removes_a_dead_servers(
         removed = KubernetesBackend.remove_orphans()
         assert f"{namespace}/orphan" in removed, removed
         assert not [r for r in removed if str(kernel.sandbox_id) in r]  # a live server's stays
-        deadline = time.monotonic() + POD_TIMEOUT
+        deadline = time.monotonic() + K8S_POD_TIMEOUT
         while "orphan" in {
             p.metadata and p.metadata.name for p in core.list_namespaced_pod(namespace).items
         }:
@@ -241,18 +226,18 @@ def test_a_warm_pod_is_claimed_once(core: client.CoreV1Api, namespace: str, tmp_
     (tmp_path / "warm" / "kernel.json").write_text(json.dumps(spec))
     ksm = KernelSpecManager(kernel_dirs=[str(tmp_path)])
     selector = "org.sandbox-kernel.managed=1"
-    with running_kernel(ksm, "warm", timeout=POD_TIMEOUT) as first:
+    with running_kernel(ksm, "warm", timeout=K8S_POD_TIMEOUT) as first:
         assert not first.km.provisioner.last_start_warm  # type: ignore[union-attr]
-        deadline = time.monotonic() + POD_TIMEOUT
+        deadline = time.monotonic() + K8S_POD_TIMEOUT
         while len(core.list_namespaced_pod(namespace, label_selector=selector).items) < 2:
             assert time.monotonic() < deadline, "the pool did not start a pod ahead"
             time.sleep(1)
         time.sleep(5)  # the pooled kernel's pre-initialisation
-        with running_kernel(ksm, "warm", timeout=POD_TIMEOUT) as warm:
+        with running_kernel(ksm, "warm", timeout=K8S_POD_TIMEOUT) as warm:
             assert warm.km.provisioner.last_start_warm  # type: ignore[union-attr]
             assert warm.value("print(6 * 7)") == 42
     WarmPool.drain_all()
-    deadline = time.monotonic() + POD_TIMEOUT
+    deadline = time.monotonic() + K8S_POD_TIMEOUT
     while core.list_namespaced_pod(namespace, label_selector=selector).items:
         assert time.monotonic() < deadline, "kernel pods left after the pool's drain"
         time.sleep(1)
