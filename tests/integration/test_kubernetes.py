@@ -22,7 +22,7 @@ from typing import Any, cast
 
 import pytest
 
-from sandbox_kernel.backends.kubernetes_attach import attach_pod, open_attach
+from sandbox_kernel.backends.kubernetes_attach import attach_pod
 from sandbox_kernel.backends.kubernetes_inventory import pod_labels, remove_orphan_pods
 from sandbox_kernel.backends.kubernetes_pod import CONTAINER, kernel_pod, server_role
 from sandbox_kernel.backends.owner import Owner
@@ -157,7 +157,20 @@ def test_agent_answers_over_the_attach_stream(core: client.CoreV1Api, namespace:
     name = "kernel-agent"
     create_pod(core, namespace, pod(name, bootstrap_command(), agent=True))
     wait_phase(core, namespace, name, {"Running"})
-    ws = open_attach(core, namespace, name, CONTAINER)
+    # The official client's own WSClient (write_stdin, read_stdout), as a user of the
+    # client would open it; the backend opens the raw websocket (open_attach) instead.
+    ws = stream(
+        core.connect_get_namespaced_pod_attach,
+        name,
+        namespace,
+        container=CONTAINER,
+        stdin=True,
+        stdout=True,
+        stderr=False,
+        tty=False,
+        binary=True,
+        _preload_content=False,
+    )
     try:
         ws.write_stdin(agent_payload(escaped_stdin=False, kernel_user=SANDBOX_USER))
         decoder = protocol.FrameDecoder()
