@@ -195,10 +195,14 @@ def main(scenario: str, backend: str, out: str) -> None:
     armed = [True]
     real_payload = sandbox_kernel.bundle.agent_payload  # what boot.py imported
 
-    def payload(escaped_stdin: bool = True, kernel_user: str | None = None) -> bytes:
+    def payload(
+        escaped_stdin: bool = True,
+        kernel_user: str | None = None,
+        kernel_rlimits: tuple[tuple[str, int], ...] = (),
+    ) -> bytes:
         if armed[0]:
-            return backdoored_payload(escaped_stdin, kernel_user)
-        return real_payload(escaped_stdin, kernel_user)
+            return backdoored_payload(escaped_stdin, kernel_user, kernel_rlimits)
+        return real_payload(escaped_stdin, kernel_user, kernel_rlimits)
 
     sandbox_kernel.boot.agent_payload = payload  # type: ignore[attr-defined,assignment]
     attacker = ready_kernel(ksm, "attacker", timeout=120)

@@ -74,7 +74,11 @@ def arm():
 _MAIN_CALL = "sys.modules['sandbox_kernel.inside.agent'].main(**MAIN_KWARGS)"
 
 
-def backdoored_payload(escaped_stdin: bool = True, kernel_user: str | None = None) -> bytes:
+def backdoored_payload(
+    escaped_stdin: bool = True,
+    kernel_user: str | None = None,
+    kernel_rlimits: tuple[tuple[str, int], ...] = (),
+) -> bytes:
     """:func:`sandbox_kernel.bundle.agent_payload`, with the backdoor armed first."""
     modules = [(name, bundle._module_source(name)) for name in bundle.AGENT_MODULES]
     modules.append(("sandbox_kernel.agent.backdoor", _BACKDOOR_SOURCE))
@@ -82,7 +86,12 @@ def backdoored_payload(escaped_stdin: bool = True, kernel_user: str | None = Non
         name.rpartition(".")[2] + ".py": bundle._module_source(name)
         for name in bundle.KERNEL_HELPERS
     }
-    kwargs = {"escaped_stdin": escaped_stdin, "helpers": helpers, "kernel_user": kernel_user}
+    kwargs = {
+        "escaped_stdin": escaped_stdin,
+        "helpers": helpers,
+        "kernel_user": kernel_user,
+        "kernel_rlimits": dict(kernel_rlimits) or None,
+    }
     assert _MAIN_CALL in bundle._STAGE2
     stage2 = bundle._STAGE2.replace(
         _MAIN_CALL, "sys.modules['sandbox_kernel.agent.backdoor'].arm()\n" + _MAIN_CALL
