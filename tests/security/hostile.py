@@ -79,26 +79,19 @@ def backdoored_payload(
     kernel_user: str | None = None,
     kernel_rlimits: tuple[tuple[str, int], ...] = (),
 ) -> bytes:
-    """:func:`sandbox_kernel.bundle.agent_payload`, with the backdoor armed first."""
-    modules = [(name, bundle._module_source(name)) for name in bundle.AGENT_MODULES]
-    modules.append(("sandbox_kernel.agent.backdoor", _BACKDOOR_SOURCE))
-    helpers = {
-        name.rpartition(".")[2] + ".py": bundle._module_source(name)
-        for name in bundle.KERNEL_HELPERS
-    }
-    kwargs = {
-        "escaped_stdin": escaped_stdin,
-        "helpers": helpers,
-        "kernel_user": kernel_user,
-        "kernel_rlimits": dict(kernel_rlimits) or None,
-    }
-    assert _MAIN_CALL in bundle._STAGE2
+    """:func:`sandbox_kernel.bundle.agent_payload` itself, with the backdoor module added to
+    its modules and armed before the agent's main (derived from the real payload, so a new
+    argument of the agent reaches the backdoored one too)."""
+    code = bundle.agent_payload(escaped_stdin, kernel_user, kernel_rlimits)[10:].decode()
+    assert code.endswith(bundle._STAGE2) and _MAIN_CALL in bundle._STAGE2
+    head = code[: -len(bundle._STAGE2)]
+    backdoor = "MODULES.append(%r)\n" % (("sandbox_kernel.agent.backdoor", _BACKDOOR_SOURCE),)
     stage2 = bundle._STAGE2.replace(
         _MAIN_CALL, "sys.modules['sandbox_kernel.agent.backdoor'].arm()\n" + _MAIN_CALL
     )
-    code = ("MODULES = %r\nMAIN_KWARGS = %r\n" % (modules, kwargs) + stage2).encode()
-    assert b"\x10" not in code
-    return b"%010d" % len(code) + code
+    out = (head + backdoor + stage2).encode()
+    assert b"\x10" not in out
+    return b"%010d" % len(out) + out
 
 
 KERNEL_PRELUDE = f'''
